@@ -1,0 +1,167 @@
+"""The `aekit` command: core subcommands here, the rest contributed by packages.
+
+Packages built on aekit (export, codec, detector, bench) register their subcommands
+through the `aekit.commands` entry-point group, so this root never imports them.
+Exit codes: 0 success; 1 the job ran and found something (screen: anomalies flagged);
+2 usage errors, bad input or a job with failed files; 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from importlib.metadata import entry_points
+from typing import Callable
+
+EXIT_OK, EXIT_FOUND, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+class CLIError(Exception):
+    """An error to print as one line (no traceback) with exit code 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from aekit import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="aekit", description="Train autoencoders, export them to ONNX, compress and screen images.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"aekit {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    add_train_parser(sub)
+    add_data_parser(sub)
+    for ep in sorted(entry_points(group="aekit.commands"), key=lambda e: e.name):
+        try:
+            register: Callable[[argparse._SubParsersAction], None] = ep.load()
+        except ImportError as e:
+            print(f"aekit: subcommands of {ep.name} unavailable ({e})", file=sys.stderr)
+            continue
+        register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return EXIT_ERROR
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("aekit: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (CLIError, FileNotFoundError, ValueError) as e:
+        print(f"aekit {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    except Exception as e:  # known error types of the packages carry their own messages
+        if type(e).__name__.endswith("Error") and type(e).__module__.split(".")[0] in KNOWN_PACKAGES:
+            print(f"aekit {args.command}: error: {e}", file=sys.stderr)
+            return EXIT_ERROR
+        raise
+
+
+KNOWN_PACKAGES = ("aekit", "export", "codec", "detector", "bench")
+
+
+def add_train_parser(sub: argparse._SubParsersAction) -> None:
+    from aekit.config import ModelConfig
+    from aekit.data import RESIZE_POLICIES, DataConfig
+
+    m, d = ModelConfig(), DataConfig()
+    p = sub.add_parser("train", help="train an autoencoder on an image folder",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                       description="Train on a flat image folder or one subfolder per class.")
+    p.add_argument("data", help="training image folder")
+    p.add_argument("--out", required=True, help="run folder (checkpoints, logs)")
+    p.add_argument("--val-data", help="validation folder (default: split off --val-fraction of DATA)")
+    p.add_argument("--ratio", type=int, choices=(4, 9), default=m.ratio, help="latent ratio 1/N")
+    p.add_argument("--channels", type=int, choices=(1, 3), default=None,
+                   help="image channels (default: 1 if the first image is grayscale, else 3)")
+    p.add_argument("--arch", default=m.arch, help="architecture (see aekit.models.ARCHITECTURES)")
+    p.add_argument("--width", type=int, default=m.width, help="channels of the first conv layer")
+    p.add_argument("--blocks", type=int, default=m.blocks, help="extra conv blocks at latent resolution")
+    p.add_argument("--upsample", choices=("pixelshuffle", "transpose"), default=m.upsample)
+    p.add_argument("--latent-levels", type=int, default=m.latent_levels, help="quantisation levels (<=256)")
+    p.add_argument("--quant", choices=("noise", "ste"), default=m.quant, help="training quantisation proxy")
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--time-budget", type=float, default=0.0, help="minutes (0: no limit)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--loss", default="mse", help="e.g. mse | l1:1,ms-ssim:0.5 | mse:1,perceptual:0.1")
+    p.add_argument("--vgg-weights", help="local VGG19 state_dict for the perceptual loss")
+    p.add_argument("--size", type=int, default=d.size, help="training image side")
+    p.add_argument("--resize", choices=RESIZE_POLICIES, default=d.resize)
+    p.add_argument("--val-fraction", type=float, default=d.val_fraction)
+    p.add_argument("--max-images", type=int, default=0, help="use at most N images (0: all)")
+    p.add_argument("--device", default="auto", choices=("auto", "cuda", "mps", "cpu"))
+    p.add_argument("--no-amp", action="store_true", help="disable mixed precision on CUDA")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    p.set_defaults(func=cmd_train)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from aekit.config import ModelConfig
+    from aekit.data import DataConfig
+    from aekit.train import TrainConfig, train
+
+    channels = args.channels or guess_channels(args.data)
+    mcfg = ModelConfig(arch=args.arch, channels=channels, ratio=args.ratio, width=args.width,
+                       blocks=args.blocks, upsample=args.upsample, latent_levels=args.latent_levels,
+                       quant=args.quant)
+    dcfg = DataConfig(size=args.size, resize=args.resize, val_fraction=args.val_fraction,
+                      max_images=args.max_images)
+    tcfg = TrainConfig(data=args.data, out=args.out, val_data=args.val_data, epochs=args.epochs,
+                       time_budget=args.time_budget, batch_size=args.batch_size, lr=args.lr,
+                       loss=args.loss, vgg_weights=args.vgg_weights, device=args.device,
+                       amp=not args.no_amp, seed=args.seed, data_cfg=dcfg)
+    summary = train(tcfg, mcfg, resume=args.resume)
+    print(f"trained {summary['epochs']} epochs in {summary['train_time_s']}s; "
+          f"best val PSNR {summary['best_val_psnr']:.2f} dB; checkpoint {args.out}/best.pt")
+    return EXIT_OK
+
+
+def guess_channels(data: str) -> int:
+    """1 if the first image of the folder is grayscale, else 3."""
+    from PIL import Image
+
+    from aekit.images import scan_folder
+
+    samples, _, _ = scan_folder(data)
+    for s in samples[:20]:
+        try:
+            with Image.open(s.path) as im:
+                return 1 if im.mode in ("L", "1", "I", "I;16", "I;16B", "I;16L", "LA") else 3
+        except OSError:
+            continue
+    return 3
+
+
+def add_data_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("data", help="write real sample data sets to folders")
+    dsub = p.add_subparsers(dest="dataset", metavar="DATASET", required=True)
+    f = dsub.add_parser("fashion-mnist", help="Fashion-MNIST IDX files -> PNG class folders",
+                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    f.add_argument("out", help="output folder (gets train/ and test/)")
+    f.add_argument("--source", help="folder with the IDX files (default: Debian's dataset-fashion-mnist)")
+    f.add_argument("--limit", type=int, default=0, help="first N images per split (0: all)")
+    f.set_defaults(func=cmd_data)
+    s = dsub.add_parser("samples", help="photos bundled with scikit-image and scikit-learn")
+    s.add_argument("out", help="output folder")
+    s.set_defaults(func=cmd_data)
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    from aekit import datasets
+
+    if args.dataset == "fashion-mnist":
+        datasets.fashion_mnist(args.out, args.source, args.limit)
+    else:
+        datasets.sample_photos(args.out)
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

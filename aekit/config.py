@@ -1,0 +1,70 @@
+"""Model configuration shared by training, export and the ONNX runtime (no torch here).
+
+The latent ratio is latent elements / input elements. A model with down-sampling factor
+f and c_y latent channels on a C-channel image has ratio C*f*f / c_y, so for sizes that
+are multiples of f the latent holds exactly 1/4 or 1/9 of the input's elements.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+# ratio -> down-sampling factor. 1/4 at H/4 and 1/9 at H/6 keep the same latent
+# channel count (4 for gray, 12 for RGB) so both ratios share one decoder design.
+FACTORS = {4: 4, 9: 6}
+# factor -> stride of each down-sampling stage, first (full resolution) to last.
+STRIDES = {4: (2, 2), 6: (2, 3)}
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "dcgan"  # registered architecture name (aekit.models.ARCHITECTURES)
+    channels: int = 3  # image channels: 1 (gray) or 3 (RGB)
+    ratio: int = 4  # latent ratio denominator: 4 or 9
+    width: int = 64  # channels after the first down-sampling conv; doubled after the second
+    blocks: int = 1  # extra 3x3 conv blocks at the latent resolution, in encoder and decoder
+    upsample: str = "pixelshuffle"  # decoder up-sampling: "pixelshuffle" or "transpose" (DCGAN)
+    latent_levels: int = 256  # quantisation levels of the tanh latent (<= 256: 8-bit symbols)
+    quant: str = "noise"  # training-time quantisation proxy: "noise" (uniform) or "ste" (rounding)
+
+    def __post_init__(self) -> None:
+        if self.ratio not in FACTORS:
+            raise ValueError(f"ratio {self.ratio} is not supported (expected 4 or 9)")
+        if self.channels not in (1, 3):
+            raise ValueError(f"channels {self.channels} is not supported (expected 1 or 3)")
+        if not 2 <= self.latent_levels <= 256:
+            raise ValueError(f"latent_levels {self.latent_levels} must be in 2..256 (8-bit symbols)")
+        if self.upsample not in ("pixelshuffle", "transpose"):
+            raise ValueError(f"upsample {self.upsample!r} must be 'pixelshuffle' or 'transpose'")
+        if self.quant not in ("noise", "ste"):
+            raise ValueError(f"quant {self.quant!r} must be 'noise' or 'ste'")
+
+    @property
+    def factor(self) -> int:
+        """Down-sampling factor f: the latent is (c_y, ceil(H/f), ceil(W/f))."""
+        return FACTORS[self.ratio]
+
+    @property
+    def strides(self) -> tuple[int, ...]:
+        return STRIDES[self.factor]
+
+    @property
+    def latent_channels(self) -> int:
+        return self.channels * self.factor**2 // self.ratio
+
+    def latent_shape(self, height: int, width: int) -> tuple[int, int, int]:
+        """(c_y, h, w) for an image of height x width (padded up to a multiple of f)."""
+        f = self.factor
+        return (self.latent_channels, -(-height // f), -(-width // f))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown model config keys: {sorted(unknown)}")
+        return cls(**d)

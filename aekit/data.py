@@ -1,0 +1,164 @@
+"""Training data: an image folder (flat or one subfolder per class) as batches of tensors.
+
+Images are decoded once (in parallel threads), resized by the chosen policy and kept in
+memory as uint8 when they fit under `cache_mb`; bad files are skipped with one line each.
+"""
+
+from __future__ import annotations
+
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+from PIL import Image
+
+from aekit.images import ImageError, Sample, load_image, scan_folder
+
+RESIZE_POLICIES = ("scale-crop", "random-crop", "none")
+
+
+@dataclass
+class DataConfig:
+    size: int = 256  # side of the square training images (ignored by resize="none")
+    resize: str = "scale-crop"  # scale-crop: short side to size, centre crop (seed recipe);
+    # random-crop: random size x size crops at native scale (centre crop for validation);
+    # none: images used as they are (all must share one size)
+    val_fraction: float = 0.1  # held out by a seeded, per-class split (unless val_data is given)
+    max_images: int = 0  # use at most this many images (seeded choice); 0 = all
+    cache_mb: int = 4096  # decoded images kept in memory up to this size; beyond, re-read per batch
+    workers: int = 4  # threads decoding image files
+
+    def __post_init__(self) -> None:
+        if self.resize not in RESIZE_POLICIES:
+            raise ValueError(f"resize {self.resize!r} must be one of {', '.join(RESIZE_POLICIES)}")
+        if self.resize != "none" and self.size < 1:
+            raise ValueError(f"size must be positive for resize={self.resize}, got {self.size}")
+
+
+class ImageSet:
+    """Decoded images of one split; yields (B, C, H, W) float batches in [-1, 1]."""
+
+    def __init__(self, samples: list[Sample], channels: int, cfg: DataConfig, min_side: int, train: bool):
+        self.cfg, self.channels, self.train, self.min_side = cfg, channels, train, min_side
+        self.samples, self.images = self._decode(samples)
+        self.labels = [s.label for s in self.samples]
+        if cfg.resize == "none":
+            shapes = {im.shape for im in self.images if im is not None}
+            if len(shapes) > 1:
+                raise ImageError(
+                    f"resize=none needs images of one size, found {len(shapes)} sizes "
+                    f"(e.g. {sorted(shapes)[:3]}); use --resize scale-crop or random-crop"
+                )
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def _decode(self, samples: list[Sample]) -> tuple[list[Sample], list[np.ndarray | None]]:
+        with ThreadPoolExecutor(max(1, self.cfg.workers)) as pool:
+            results = list(pool.map(self._load_checked, samples))
+        kept, images, budget = [], [], self.cfg.cache_mb * 2**20
+        for s, r in zip(samples, results):
+            if isinstance(r, str):
+                print(f"skipped {r}", file=sys.stderr)
+                continue
+            budget -= r.nbytes
+            kept.append(s)
+            images.append(r if budget >= 0 else None)  # None: re-read when batched
+        bad = len(samples) - len(kept)
+        if bad:
+            print(f"skipped {bad} unreadable or unusable image(s)", file=sys.stderr)
+        if not kept:
+            raise ImageError(f"no usable images among {len(samples)} files (all failed to load)")
+        return kept, images
+
+    def _load_checked(self, s: Sample) -> np.ndarray | str:
+        try:
+            return self._load(s)
+        except ImageError as e:
+            return str(e)
+
+    def _load(self, s: Sample) -> np.ndarray:
+        arr, _ = load_image(s.path, self.channels)
+        h, w = arr.shape[:2]
+        if min(h, w) < self.min_side:
+            raise ImageError(f"{s.path}: {w}x{h} is smaller than the down-sampling factor {self.min_side}")
+        if self.cfg.resize == "scale-crop":
+            arr = scale_crop(arr, self.cfg.size)
+        return arr
+
+    def image(self, i: int) -> np.ndarray:
+        im = self.images[i]
+        return im if im is not None else self._load(self.samples[i])
+
+    def batches(self, batch_size: int, rng: np.random.Generator | None) -> Iterator[np.ndarray]:
+        """uint8 (B, H, W, C) batches; shuffled (and randomly cropped) when rng is given."""
+        order = rng.permutation(len(self)) if rng is not None else np.arange(len(self))
+        for i in range(0, len(order), batch_size):
+            yield np.stack([self._view(int(j), rng) for j in order[i : i + batch_size]])
+
+    def _view(self, i: int, rng: np.random.Generator | None) -> np.ndarray:
+        im = self.image(i)
+        if self.cfg.resize != "random-crop":
+            return im
+        s = self.cfg.size
+        im = pad_to_min(im, s)
+        h, w = im.shape[:2]
+        if rng is not None:  # training: random crop; validation: centre crop
+            top, left = int(rng.integers(0, h - s + 1)), int(rng.integers(0, w - s + 1))
+        else:
+            top, left = (h - s) // 2, (w - s) // 2
+        return im[top : top + s, left : left + s]
+
+
+def scale_crop(arr: np.ndarray, size: int) -> np.ndarray:
+    """Scale the short side to size (Lanczos), then centre-crop size x size."""
+    h, w = arr.shape[:2]
+    if (h, w) != (size, size):
+        k = size / min(h, w)
+        nh, nw = max(size, round(h * k)), max(size, round(w * k))
+        im = Image.fromarray(arr[:, :, 0] if arr.shape[2] == 1 else arr)
+        arr = np.asarray(im.resize((nw, nh), Image.LANCZOS))
+        arr = arr[:, :, None] if arr.ndim == 2 else arr
+        top, left = (nh - size) // 2, (nw - size) // 2
+        arr = arr[top : top + size, left : left + size]
+    return np.ascontiguousarray(arr)
+
+
+def pad_to_min(arr: np.ndarray, size: int) -> np.ndarray:
+    h, w = arr.shape[:2]
+    if h >= size and w >= size:
+        return arr
+    return np.pad(arr, ((0, max(0, size - h)), (0, max(0, size - w)), (0, 0)), mode="edge")
+
+
+def split_samples(samples: list[Sample], val_fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:
+    """Deterministic per-class split: the same seed gives the same split on any machine."""
+    train, val = [], []
+    by_label: dict[str, list[Sample]] = {}
+    for s in samples:
+        by_label.setdefault(s.label, []).append(s)
+    for label in sorted(by_label):
+        group = by_label[label]
+        order = np.random.default_rng([seed, len(group)]).permutation(len(group))
+        n_val = int(round(len(group) * val_fraction)) if len(group) > 1 else 0
+        n_val = min(max(n_val, 1 if val_fraction > 0 and len(group) > 1 else 0), len(group) - 1)
+        val += [group[i] for i in order[:n_val]]
+        train += [group[i] for i in order[n_val:]]
+    return train, val
+
+
+def subsample(samples: list[Sample], n: int, seed: int) -> list[Sample]:
+    if n <= 0 or n >= len(samples):
+        return samples
+    idx = np.sort(np.random.default_rng([seed, 7]).choice(len(samples), n, replace=False))
+    return [samples[i] for i in idx]
+
+
+def report_skipped(skipped: list[Path]) -> None:
+    for p in skipped:
+        print(f"skipped {p}: not an image file", file=sys.stderr)
+    if skipped:
+        print(f"skipped {len(skipped)} non-image file(s)", file=sys.stderr)

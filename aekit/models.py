@@ -1,0 +1,167 @@
+"""Convolutional autoencoders: encoder/decoder modules, latent quantisation, registry.
+
+Tensors are named after the maths of learned compression: x (image in [-1, 1]),
+y (bounded latent), y_hat (quantised latent), x_hat (reconstruction).
+    model = build_model(ModelConfig(channels=3, ratio=4)); out = model(x)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from aekit.config import ModelConfig
+
+ARCHITECTURES: dict[str, Callable[[ModelConfig], "Autoencoder"]] = {}
+
+
+def register_arch(name: str):
+    """Class decorator adding an architecture to the registry (CLI choices come from it)."""
+
+    def add(cls):
+        ARCHITECTURES[name] = cls
+        return cls
+
+    return add
+
+
+def build_model(cfg: ModelConfig) -> "Autoencoder":
+    if cfg.arch not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {cfg.arch!r} (have: {', '.join(sorted(ARCHITECTURES))})")
+    return ARCHITECTURES[cfg.arch](cfg)
+
+
+@dataclass
+class AEOutput:
+    x_hat: torch.Tensor  # (B, C, H, W) reconstruction in [-1, 1], cropped to the input size
+    y: torch.Tensor  # (B, c_y, H/f, W/f) bounded latent before quantisation
+    y_hat: torch.Tensor  # (B, c_y, H/f, W/f) quantised (or noisy, in training) latent
+    aux_loss: torch.Tensor | None = None  # extra training term of the model (e.g. a VAE's KL)
+
+
+def conv_block(c_in: int, c_out: int, k: int = 3, s: int = 1, p: int = 1, bn: bool = True) -> nn.Sequential:
+    """Conv -> BatchNorm -> LeakyReLU(0.2), the DCGAN unit."""
+    layers: list[nn.Module] = [nn.Conv2d(c_in, c_out, k, s, p, bias=not bn)]
+    if bn:
+        layers.append(nn.BatchNorm2d(c_out))
+    layers.append(nn.LeakyReLU(0.2, inplace=True))
+    return nn.Sequential(*layers)
+
+
+def down_conv(c_in: int, c_out: int, stride: int, bn: bool = True) -> nn.Sequential:
+    """Strided conv dividing H and W exactly by stride (2: k4 p1; 3: k5 p1)."""
+    k, p = {2: (4, 1), 3: (5, 1)}[stride]
+    return conv_block(c_in, c_out, k, stride, p, bn)
+
+
+def up_conv(c_in: int, c_out: int, stride: int, mode: str) -> nn.Sequential:
+    """Up-sampling by stride: sub-pixel conv (pixel shuffle) or DCGAN transposed conv."""
+    if mode == "pixelshuffle":
+        # conv to c_out*s^2 channels then rearrange: no checkerboard from uneven overlap
+        return nn.Sequential(
+            nn.Conv2d(c_in, c_out * stride * stride, 3, 1, 1, bias=False),
+            nn.PixelShuffle(stride),
+            nn.BatchNorm2d(c_out),
+            nn.LeakyReLU(0.2, inplace=True),
+        )
+    k, p = {2: (4, 1), 3: (3, 0)}[stride]
+    return nn.Sequential(
+        nn.ConvTranspose2d(c_in, c_out, k, stride, p, bias=False),
+        nn.BatchNorm2d(c_out),
+        nn.LeakyReLU(0.2, inplace=True),
+    )
+
+
+class Autoencoder(nn.Module):
+    """Base class: pads to the factor, encodes, quantises, decodes, crops back.
+
+    Subclasses build `self.encoder` (x -> pre-activation latent) and `self.decoder`
+    (y_hat -> x_hat in [-1, 1]). The latent is tanh-bounded to [-1, 1] and quantised
+    to `latent_levels` uniform levels; training replaces rounding by additive uniform
+    noise (or straight-through rounding) so decoding holds up after 8-bit rounding.
+    """
+
+    encoder: nn.Module
+    decoder: nn.Module
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+
+    @property
+    def factor(self) -> int:
+        return self.cfg.factor
+
+    @property
+    def latent_channels(self) -> int:
+        return self.cfg.latent_channels
+
+    @property
+    def ratio(self) -> int:
+        return self.cfg.ratio
+
+    @property
+    def step(self) -> float:
+        """Quantisation step of the latent on [-1, 1]."""
+        return 2.0 / (self.cfg.latent_levels - 1)
+
+    def pad(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        ph, pw = (-h) % self.factor, (-w) % self.factor
+        return F.pad(x, (0, pw, 0, ph), mode="replicate") if ph or pw else x
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """x (B, C, H, W), H and W multiples of f -> y (B, c_y, H/f, W/f) in [-1, 1]."""
+        return torch.tanh(self.encoder(x))
+
+    def decode(self, y_hat: torch.Tensor) -> torch.Tensor:
+        """y_hat (B, c_y, h, w) -> x_hat (B, C, h*f, w*f) in [-1, 1]."""
+        return self.decoder(y_hat)
+
+    def quantise(self, y: torch.Tensor) -> torch.Tensor:
+        """Round to the latent grid in eval; a differentiable proxy in training."""
+        d = self.step
+        if not self.training:
+            return torch.round((y + 1) / d) * d - 1
+        if self.cfg.quant == "noise":
+            return (y + (torch.rand_like(y) - 0.5) * d).clamp(-1, 1)
+        return y + (torch.round((y + 1) / d) * d - 1 - y).detach()
+
+    def forward(self, x: torch.Tensor) -> AEOutput:
+        h, w = x.shape[-2:]
+        y = self.encode(self.pad(x))  # (B, c_y, ceil(H/f), ceil(W/f))
+        y_hat = self.quantise(y)
+        x_hat = self.decode(y_hat)[..., :h, :w]
+        return AEOutput(x_hat=x_hat, y=y, y_hat=y_hat)
+
+
+@register_arch("dcgan")
+class DCGANAutoencoder(Autoencoder):
+    """DCGAN-style: strided convs, batch norm, LeakyReLU(0.2); tanh output.
+
+    Encoder: conv/s (no BN, as DCGAN's first layer) -> conv/s BN -> blocks -> 3x3 to c_y.
+    Decoder mirrors it with pixel-shuffle (default) or transposed-conv up-sampling.
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__(cfg)
+        w, c, cy = cfg.width, cfg.channels, cfg.latent_channels
+        s1, s2 = cfg.strides  # e.g. (2, 2) for f=4, (2, 3) for f=6
+        self.encoder = nn.Sequential(
+            down_conv(c, w, s1, bn=False),  # (B, w, H/s1, W/s1)
+            down_conv(w, 2 * w, s2),  # (B, 2w, H/f, W/f)
+            *[conv_block(2 * w, 2 * w) for _ in range(cfg.blocks)],
+            nn.Conv2d(2 * w, cy, 3, 1, 1),  # (B, c_y, H/f, W/f), tanh applied in encode()
+        )
+        self.decoder = nn.Sequential(
+            conv_block(cy, 2 * w),  # (B, 2w, H/f, W/f)
+            *[conv_block(2 * w, 2 * w) for _ in range(cfg.blocks)],
+            up_conv(2 * w, w, s2, cfg.upsample),  # (B, w, H/s1, W/s1)
+            up_conv(w, w, s1, cfg.upsample),  # (B, w, H, W)
+            nn.Conv2d(w, c, 3, 1, 1),
+            nn.Tanh(),  # (B, C, H, W) in [-1, 1]
+        )

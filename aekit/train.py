@@ -1,0 +1,299 @@
+"""Training loop: Adam, per-epoch validation (PSNR on truly quantised latents), logs, resume.
+
+    aekit train DATA --ratio 4 --out runs/NAME [--epochs 20 | --time-budget 30]
+Writes runs/NAME/{last.pt, best.pt, log.jsonl, log.csv, config.json}.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from aekit.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from aekit.config import ModelConfig
+from aekit.data import DataConfig, ImageSet, report_skipped, split_samples, subsample
+from aekit.images import ImageError, scan_folder
+from aekit.losses import ReconstructionLoss
+from aekit.models import Autoencoder, build_model
+
+
+@dataclass
+class TrainConfig:
+    data: str  # training image folder (flat, or one subfolder per class)
+    out: str  # run folder for checkpoints and logs
+    val_data: str | None = None  # separate validation folder; default: a split of data
+    epochs: int = 20  # passes over the training set
+    time_budget: float = 0.0  # minutes; stop after the epoch that crosses it (0 = no limit)
+    batch_size: int = 32  # images per step
+    lr: float = 1e-3  # Adam learning rate (cosine-decayed to 5% over `epochs`)
+    betas: tuple[float, float] = (0.9, 0.999)  # Adam betas
+    loss: str = "mse"  # loss spec, e.g. "mse", "l1:1,ms-ssim:0.5", "mse:1,perceptual:0.1"
+    vgg_weights: str | None = None  # local VGG19 state_dict for the perceptual loss
+    device: str = "auto"  # auto (cuda > mps > cpu), cuda, mps or cpu
+    amp: bool = True  # mixed precision on CUDA (bf16 where supported, else fp16)
+    seed: int = 0  # seeds weights, split, batch order and noise
+    hist_images: int = 2000  # training images encoded for the latent symbol histogram
+    data_cfg: DataConfig = field(default_factory=DataConfig)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        d = dict(d)
+        d["data_cfg"] = DataConfig(**d.get("data_cfg", {}))
+        d["betas"] = tuple(d.get("betas", (0.9, 0.999)))
+        return cls(**d)
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda asked for, but torch sees no CUDA device")
+    return torch.device(name)
+
+
+def to_tensor(batch: np.ndarray, device: torch.device) -> torch.Tensor:
+    """uint8 (B, H, W, C) -> float (B, C, H, W) in [-1, 1] on device."""
+    x = torch.from_numpy(batch).to(device).permute(0, 3, 1, 2).float()
+    return x / 127.5 - 1
+
+
+def psnr_from_mse(mse: float) -> float:
+    """PSNR for images in [-1, 1] (peak-to-peak 2)."""
+    return float("inf") if mse <= 0 else 10 * math.log10(4.0 / mse)
+
+
+class Trainer:
+    """One training run; `run()` trains to the end (or budget) and returns the summary."""
+
+    def __init__(self, tcfg: TrainConfig, mcfg: ModelConfig, resume: bool = False):
+        self.tcfg, self.mcfg, self.out = tcfg, mcfg, Path(tcfg.out)
+        self.device = pick_device(tcfg.device)
+        self.start_epoch, self.best_val, self.best_epoch = 0, math.inf, -1
+        self.history: list[dict[str, Any]] = []
+        torch.manual_seed(tcfg.seed)
+        self.model: Autoencoder = build_model(mcfg).to(self.device)
+        self.loss_fn = ReconstructionLoss(tcfg.loss, tcfg.vgg_weights).to(self.device)
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=tcfg.lr, betas=tcfg.betas)
+        self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(
+            self.opt, T_max=max(1, tcfg.epochs), eta_min=tcfg.lr * 0.05
+        )
+        self.amp_dtype = self._amp_dtype()
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+        self.train_set, self.val_set, self.classes = self._load_data()
+        if resume:
+            self._resume()
+
+    def _amp_dtype(self) -> torch.dtype | None:
+        if not (self.tcfg.amp and self.device.type == "cuda"):
+            return None
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+    def _load_data(self) -> tuple[ImageSet, ImageSet | None, list[str]]:
+        t, dc = self.tcfg, self.tcfg.data_cfg
+        samples, classes, skipped = scan_folder(t.data)
+        report_skipped(skipped)
+        samples = subsample(samples, dc.max_images, t.seed)
+        if t.val_data:
+            val_samples, _, vskipped = scan_folder(t.val_data)
+            report_skipped(vskipped)
+            train_samples = samples
+        else:
+            train_samples, val_samples = split_samples(samples, dc.val_fraction, t.seed)
+        f = self.mcfg.factor
+        train = ImageSet(train_samples, self.mcfg.channels, dc, f, train=True)
+        val = ImageSet(val_samples, self.mcfg.channels, dc, f, train=False) if val_samples else None
+        print(f"data: {len(train)} training, {len(val) if val else 0} validation images"
+              + (f", {len(classes)} classes" if classes else ""), file=sys.stderr)
+        return train, val, classes
+
+    def _resume(self) -> None:
+        path = self.out / "last.pt"
+        ckpt = load_checkpoint(path)
+        if ckpt["model_config"] != self.mcfg.to_dict():
+            raise CheckpointError(f"{path}: model config differs from this run's; start a new --out")
+        self.model.load_state_dict(ckpt["state_dict"])
+        self.opt.load_state_dict(ckpt["optimizer"])
+        self.sched.load_state_dict(ckpt["scheduler"])
+        if "scaler" in ckpt:
+            self.scaler.load_state_dict(ckpt["scaler"])
+        torch.set_rng_state(ckpt["rng_torch"])
+        self.start_epoch = ckpt["epoch"] + 1
+        self.best_val, self.best_epoch = ckpt["best_val"], ckpt["best_epoch"]
+        self.history = list(ckpt["history"])
+        print(f"resumed from {path} at epoch {self.start_epoch + 1}", file=sys.stderr)
+
+    def run(self) -> dict[str, Any]:
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / "config.json").write_text(json.dumps(self.config_dict(), indent=2))
+        t0 = time.monotonic() - sum(h["epoch_time_s"] for h in self.history)
+        for epoch in range(self.start_epoch, self.tcfg.epochs):
+            t_epoch = time.monotonic()
+            train_loss, train_mse = self._train_epoch(epoch)
+            val = self.evaluate(self.val_set) if self.val_set else {"loss": train_loss, "mse": train_mse}
+            self.sched.step()
+            row = {
+                "epoch": epoch + 1,
+                "train_loss": train_loss,
+                "train_psnr": psnr_from_mse(train_mse),
+                "val_loss": val["loss"],
+                "val_psnr": psnr_from_mse(val["mse"]),
+                "lr": self.opt.param_groups[0]["lr"],
+                "epoch_time_s": time.monotonic() - t_epoch,
+            }
+            self._log(row)
+            if val["loss"] < self.best_val:
+                self.best_val, self.best_epoch = val["loss"], epoch
+                save_checkpoint(self.out / "best.pt", self._payload(epoch))
+            save_checkpoint(self.out / "last.pt", self._payload(epoch))
+            if self.tcfg.time_budget and time.monotonic() - t0 > self.tcfg.time_budget * 60:
+                print(f"time budget of {self.tcfg.time_budget} min reached after epoch {epoch + 1}", file=sys.stderr)
+                break
+        return self._finish(time.monotonic() - t0)
+
+    def _train_epoch(self, epoch: int) -> tuple[float, float]:
+        from tqdm import tqdm
+
+        self.model.train()
+        rng = np.random.default_rng([self.tcfg.seed, epoch])
+        n_batches = math.ceil(len(self.train_set) / self.tcfg.batch_size)
+        total, total_mse, n = 0.0, 0.0, 0
+        bar = tqdm(self.train_set.batches(self.tcfg.batch_size, rng), total=n_batches,
+                   desc=f"epoch {epoch + 1}/{self.tcfg.epochs}", leave=False, file=sys.stderr,
+                   disable=None)
+        for batch in bar:
+            x = to_tensor(batch, self.device)
+            loss, parts = self._step(x)
+            total += loss * len(x)
+            total_mse += parts["_mse"] * len(x)
+            n += len(x)
+            bar.set_postfix(loss=f"{loss:.4f}")
+        return total / n, total_mse / n
+
+    def _step(self, x: torch.Tensor) -> tuple[float, dict[str, float]]:
+        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
+                            enabled=self.amp_dtype is not None):
+            out = self.model(x)
+            loss, parts = self.loss_fn(out.x_hat.float(), x)
+            if out.aux_loss is not None:
+                loss = loss + out.aux_loss
+        self.opt.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.opt)
+        self.scaler.update()
+        parts["_mse"] = float(torch.mean((out.x_hat.detach().float() - x) ** 2))
+        return float(loss.detach()), parts
+
+    @torch.no_grad()
+    def evaluate(self, data: ImageSet) -> dict[str, float]:
+        """Loss and MSE with truly rounded latents (eval mode), as the codec will decode."""
+        self.model.eval()
+        total, total_mse, n = 0.0, 0.0, 0
+        for batch in data.batches(self.tcfg.batch_size, None):
+            x = to_tensor(batch, self.device)
+            out = self.model(x)
+            loss, _ = self.loss_fn(out.x_hat, x)
+            total += float(loss) * len(x)
+            total_mse += float(torch.mean((out.x_hat - x) ** 2)) * len(x)
+            n += len(x)
+        return {"loss": total / n, "mse": total_mse / n}
+
+    def _log(self, row: dict[str, Any]) -> None:
+        prev = self.history[-1] if self.history else None
+        self.history.append(row)
+        with open(self.out / "log.jsonl", "a") as f:
+            f.write(json.dumps(row) + "\n")
+        new_csv = not (self.out / "log.csv").exists()
+        with open(self.out / "log.csv", "a", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(row))
+            if new_csv:
+                w.writeheader()
+            w.writerow(row)
+        print(f"epoch {row['epoch']:3d}  train loss {row['train_loss']:.5f} psnr {row['train_psnr']:.2f}"
+              f"  val loss {row['val_loss']:.5f} psnr {row['val_psnr']:.2f}  {row['epoch_time_s']:.1f}s",
+              file=sys.stderr)
+        if prev and row["val_loss"] > prev["val_loss"] and row["train_loss"] < prev["train_loss"]:
+            print(f"warning: validation loss rose ({prev['val_loss']:.5f} -> {row['val_loss']:.5f}) while "
+                  f"training loss fell: possible overfitting; best.pt keeps epoch {self.best_epoch + 1}",
+                  file=sys.stderr)
+
+    def config_dict(self) -> dict[str, Any]:
+        return {"model": self.mcfg.to_dict(), "train": asdict(self.tcfg)}
+
+    def _payload(self, epoch: int) -> dict[str, Any]:
+        return {
+            "model_config": self.mcfg.to_dict(),
+            "train_config": asdict(self.tcfg),
+            "state_dict": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            "optimizer": self.opt.state_dict(),
+            "scheduler": self.sched.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng_torch": torch.get_rng_state(),
+            "epoch": epoch,
+            "best_val": self.best_val,
+            "best_epoch": self.best_epoch,
+            "history": self.history,
+            "classes": self.classes,
+        }
+
+    def _finish(self, train_time: float) -> dict[str, Any]:
+        """Reload best.pt, add the latent histogram and the training summary to it."""
+        best = load_checkpoint(self.out / "best.pt")
+        self.model.load_state_dict(best["state_dict"])
+        best_row = self.history[self.best_epoch] if 0 <= self.best_epoch < len(self.history) else self.history[-1]
+        summary = {
+            "data": str(Path(self.tcfg.data).resolve()),
+            "val_data": str(Path(self.tcfg.val_data).resolve()) if self.tcfg.val_data else None,
+            "classes": self.classes,
+            "n_train": len(self.train_set),
+            "n_val": len(self.val_set) if self.val_set else 0,
+            "epochs": len(self.history),
+            "best_epoch": self.best_epoch + 1,
+            "best_val_psnr": best_row["val_psnr"],
+            "final_val_psnr": self.history[-1]["val_psnr"],
+            "loss": self.tcfg.loss,
+            "train_time_s": round(train_time, 1),
+            "device": str(self.device),
+            "torch": str(torch.__version__),
+        }
+        best["latent_hist"] = self.latent_histogram()
+        best["summary"] = summary
+        save_checkpoint(self.out / "best.pt", {k: v for k, v in best.items() if k not in ("format", "version")})
+        print(f"best epoch {summary['best_epoch']}: val PSNR {summary['best_val_psnr']:.2f} dB "
+              f"-> {self.out / 'best.pt'}", file=sys.stderr)
+        return summary
+
+    @torch.no_grad()
+    def latent_histogram(self) -> list[list[int]]:
+        """Counts of each 8-bit symbol per latent channel over training images (c_y x levels)."""
+        self.model.eval()
+        levels, cy = self.mcfg.latent_levels, self.mcfg.latent_channels
+        counts = torch.zeros(cy, levels, dtype=torch.int64)
+        seen = 0
+        for batch in self.train_set.batches(self.tcfg.batch_size, None):
+            x = to_tensor(batch, self.device)
+            y = self.model.encode(self.model.pad(x)).float().cpu()
+            q = torch.round((y + 1) * ((levels - 1) / 2)).clamp(0, levels - 1).long()  # symbols
+            for c in range(cy):
+                counts[c] += torch.bincount(q[:, c].flatten(), minlength=levels)
+            seen += len(x)
+            if seen >= self.tcfg.hist_images:
+                break
+        return counts.tolist()
+
+
+def train(tcfg: TrainConfig, mcfg: ModelConfig, resume: bool = False) -> dict[str, Any]:
+    """Train a model; returns the training summary (also stored in best.pt)."""
+    return Trainer(tcfg, mcfg, resume=resume).run()

@@ -1,0 +1,114 @@
+"""The model manifest: manifest.json beside encoder.onnx and decoder.onnx (no torch).
+
+It names the model (id = hash of both ONNX files), says how to feed it (channels,
+factor, padding, normalisation, latent quantisation) and carries what later stages
+add (latent symbol histogram for the entropy coder, detector calibration).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from aekit.images import atomic_write_bytes
+
+MANIFEST_NAME = "manifest.json"
+MANIFEST_FORMAT = "aekit-model"
+MANIFEST_VERSION = 1
+REQUIRED_KEYS = ("model_id", "channels", "ratio", "factor", "latent_channels", "latent", "files")
+
+
+class ModelError(Exception):
+    """A model folder that is missing, incomplete, foreign or of an unknown version."""
+
+
+def model_id_of(encoder: Path, decoder: Path) -> str:
+    """First 16 hex digits of SHA-256 over encoder bytes then decoder bytes."""
+    h = hashlib.sha256()
+    for p in (encoder, decoder):
+        h.update(Path(p).read_bytes())
+    return h.hexdigest()[:16]
+
+
+def load_manifest(model_dir: str | Path) -> dict[str, Any]:
+    """Read and check model_dir/manifest.json (model_dir may also be the manifest itself)."""
+    d = Path(model_dir)
+    path = d if d.is_file() else d / MANIFEST_NAME
+    if not path.is_file():
+        raise ModelError(f"{d}: not an aekit model folder (no {MANIFEST_NAME}); export one with `aekit export`")
+    try:
+        m = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise ModelError(f"{path}: unreadable manifest ({e})") from None
+    if not isinstance(m, dict) or m.get("format") != MANIFEST_FORMAT:
+        raise ModelError(f"{path}: not an aekit model manifest")
+    if m.get("format_version") != MANIFEST_VERSION:
+        raise ModelError(f"{path}: manifest version {m.get('format_version')} unsupported (expected {MANIFEST_VERSION})")
+    missing = [k for k in REQUIRED_KEYS if k not in m]
+    if missing:
+        raise ModelError(f"{path}: manifest lacks {', '.join(missing)}")
+    for key in ("encoder", "decoder"):
+        if not (path.parent / m["files"][key]).is_file():
+            raise ModelError(f"{path.parent}: {m['files'][key]} named by the manifest is missing")
+    m["_dir"] = str(path.parent.resolve())
+    return m
+
+
+def save_manifest(model_dir: str | Path, manifest: dict[str, Any]) -> Path:
+    """Write manifest.json atomically (keys starting with '_' are not stored)."""
+    clean = {k: v for k, v in manifest.items() if not k.startswith("_")}
+    return atomic_write_bytes(Path(model_dir) / MANIFEST_NAME, (json.dumps(clean, indent=1) + "\n").encode())
+
+
+def find_model(model_id: str, search: list[str | Path]) -> Path:
+    """The model folder with this id: each search path is a model folder or a folder of them."""
+    seen = []
+    for root in map(Path, search):
+        candidates = [root] if (root / MANIFEST_NAME).is_file() else sorted(
+            p.parent for p in root.glob(f"*/{MANIFEST_NAME}")
+        ) if root.is_dir() else []
+        for c in candidates:
+            try:
+                mid = load_manifest(c)["model_id"]
+            except ModelError:
+                continue
+            if mid == model_id:
+                return c
+            seen.append(mid)
+    where = ", ".join(map(str, search)) or "(no search path)"
+    have = ", ".join(seen) if seen else "none"
+    raise ModelError(f"model {model_id} not found in {where} (have: {have})")
+
+
+def describe(m: dict[str, Any]) -> str:
+    """A readable multi-line summary of a manifest (`aekit info`)."""
+    lat, tr = m["latent"], m.get("training", {})
+    lines = [
+        f"model        {m['model_id']}  ({m.get('arch', '?')}, {m['channels']}-channel)",
+        f"folder       {m.get('_dir', '?')}",
+        f"ratio        1/{m['ratio']}: {m['latent_channels']} latent channels at H/{m['factor']} x W/{m['factor']}",
+        f"padding      {m.get('padding', {}).get('mode', '?')} to multiples of {m['factor']} (bottom/right), cropped back",
+        f"input        uint8 pixels -> x/127.5 - 1 (NCHW float32)",
+        f"latent       tanh in [{lat['range'][0]}, {lat['range'][1]}], {lat['levels']} levels "
+        f"-> {lat['dtype']} symbols; histogram: {'yes' if m.get('latent_hist') else 'no'}",
+        f"onnx         opset {m.get('opset')}, {m.get('exporter')}; files: "
+        + ", ".join(f"{k}={v}" for k, v in m["files"].items()),
+    ]
+    if "verification" in m:
+        v = m["verification"]
+        lines.append(f"verified     onnxruntime vs torch on {v.get('images')} real images: max abs err "
+                     f"encoder {v.get('encoder_max_abs_err'):.2e}, decoder {v.get('decoder_max_abs_err'):.2e}")
+    if tr:
+        lines.append(f"trained      on {tr.get('data')} ({tr.get('n_train')} train / {tr.get('n_val')} val images), "
+                     f"{tr.get('epochs')} epochs, loss {tr.get('loss')}, best val PSNR "
+                     f"{tr.get('best_val_psnr', float('nan')):.2f} dB, {tr.get('train_time_s')} s on {tr.get('device')}")
+        if tr.get("classes"):
+            lines.append(f"classes      {', '.join(tr['classes'])}")
+    if m.get("calibration"):
+        cal = m["calibration"]
+        per = cal.get("classes", {})
+        lines.append(f"calibration  score {cal.get('score')}, alpha {cal.get('alpha')}; "
+                     + ", ".join(f"{c}: n={v.get('n')} t={v.get('threshold'):.4g}" for c, v in per.items()))
+    return "\n".join(lines)

@@ -1,0 +1,220 @@
+"""Export a checkpoint to encoder.onnx + decoder.onnx + manifest.json, verified.
+
+    aekit export runs/NAME/best.pt --out models/NAME [--fp16]
+The export is written to a temp folder, checked with onnx.checker, run with
+onnxruntime against PyTorch on real images, and only then renamed into place.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from aekit.checkpoint import load_model
+from aekit.data import scale_crop
+from aekit.images import DIR_MODE, ImageError, load_image, pad_to_multiple, scan_folder, to_model_input
+from export.manifest import MANIFEST_FORMAT, MANIFEST_VERSION, model_id_of, save_manifest
+from export.runtime import make_session
+
+OPSET = 18  # pinned: every runtime we target (onnxruntime >= 1.18, TensorRT 10) supports it
+EXPORTER = f"torch.onnx dynamo exporter (torch {torch.__version__.split('+')[0]})"
+PARITY_TOL = 1e-4  # fp32 max abs error allowed between onnxruntime and PyTorch
+PARITY_TOL_FP16 = 2e-2  # fp16 models: max abs error vs the fp32 PyTorch model (values in [-1, 1])
+
+
+class ExportError(Exception):
+    """Export refused: the ONNX model failed its checks; nothing was written."""
+
+
+class _Encode(nn.Module):
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> (B, c_y, H/f, W/f)
+        return self.model.encode(x)
+
+
+class _Decode(nn.Module):
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, y_hat: torch.Tensor) -> torch.Tensor:  # (B, c_y, h, w) -> (B, C, h*f, w*f)
+        return self.model.decode(y_hat)
+
+
+def _to_onnx(module: nn.Module, example: torch.Tensor, name_in: str, name_out: str, path: Path) -> None:
+    dyn = torch.export.Dim.DYNAMIC
+    torch.onnx.export(
+        module, (example,), str(path), input_names=[name_in], output_names=[name_out],
+        dynamic_shapes={name_in: {0: dyn, 2: dyn, 3: dyn}}, opset_version=OPSET,
+        dynamo=True, external_data=False, verbose=False,
+    )
+    import onnx
+
+    onnx.checker.check_model(str(path), full_check=True)
+
+
+def verification_images(ckpt: dict[str, Any], channels: int, n: int = 8) -> tuple[list[np.ndarray], str]:
+    """Up to n real images: from the run's validation/training folder, else bundled photos."""
+    tc, summary = ckpt.get("train_config", {}), ckpt.get("summary", {})
+    size = min(int(tc.get("data_cfg", {}).get("size", 64) or 64), 128)
+    for folder in (summary.get("val_data"), summary.get("data"), tc.get("val_data"), tc.get("data")):
+        if folder and Path(folder).is_dir():
+            try:
+                samples, _, _ = scan_folder(folder)
+            except (ImageError, OSError):
+                continue
+            step = max(1, len(samples) // n)
+            images = []
+            for s in samples[::step][: 2 * n]:
+                try:
+                    images.append(scale_crop(load_image(s.path, channels)[0], size))
+                except ImageError:
+                    continue
+                if len(images) == n:
+                    return images, str(folder)
+            if images:
+                return images, str(folder)
+    import skimage.data
+
+    photos = [skimage.data.astronaut(), skimage.data.chelsea(), skimage.data.coffee(), skimage.data.camera()]
+    out = []
+    for p in photos[:n]:
+        p = p if p.ndim == 3 else np.repeat(p[:, :, None], 3, axis=2)
+        p = p.mean(axis=2, keepdims=True).round().astype(np.uint8) if channels == 1 else p
+        out.append(scale_crop(np.ascontiguousarray(p), size))
+    return out, "scikit-image photos"
+
+
+@torch.no_grad()
+def verify(model: nn.Module, enc_path: Path, dec_path: Path, images: list[np.ndarray], tol: float) -> dict[str, float]:
+    """Max abs error of onnxruntime vs PyTorch, encoder and decoder, on each real image.
+
+    Each image is also tried cropped to an odd size (not a multiple of f) to exercise padding.
+    """
+    enc, dec = make_session(enc_path, ["CPUExecutionProvider"]), make_session(dec_path, ["CPUExecutionProvider"])
+    e_err = d_err = 0.0
+    for im in images:
+        h, w = im.shape[:2]
+        for crop in (im, im[: max(1, h - 3), : max(1, w - 1)]):
+            x = pad_to_multiple(to_model_input(crop[None]), model.factor)
+            y_t = model.encode(torch.from_numpy(x))
+            y_o = enc.run(None, {"x": x.astype(_input_dtype(enc))})[0]
+            e_err = max(e_err, float(np.abs(y_o.astype(np.float32) - y_t.numpy()).max()))
+            y_hat = model.quantise(y_t)
+            x_t = model.decode(y_hat)
+            x_o = dec.run(None, {"y_hat": y_hat.numpy().astype(_input_dtype(dec))})[0]
+            d_err = max(d_err, float(np.abs(x_o.astype(np.float32) - x_t.numpy()).max()))
+    if e_err >= tol or d_err >= tol:
+        raise ExportError(
+            f"onnxruntime disagrees with PyTorch: max abs error encoder {e_err:.3g}, decoder {d_err:.3g} "
+            f"(limit {tol:g}); the model was not written"
+        )
+    return {"encoder_max_abs_err": e_err, "decoder_max_abs_err": d_err, "images": len(images)}
+
+
+def _input_dtype(session: Any) -> type:
+    return np.float16 if session.get_inputs()[0].type == "tensor(float16)" else np.float32
+
+
+def export_model(checkpoint: str | Path, out: str | Path, fp16: bool = False, force: bool = False) -> Path:
+    """Export, verify and write the model folder; returns its path. Refuses on failure."""
+    out = Path(out)
+    if out.exists() and not force:
+        raise ExportError(f"{out}: already exists; pass --force to replace it")
+    model, ckpt = load_model(checkpoint)
+    model = model.float().eval()
+    cfg = model.cfg
+    if not ckpt.get("latent_hist"):
+        raise ExportError(
+            f"{checkpoint}: no latent symbol histogram (written when a run finishes); "
+            "export best.pt of a finished run, or finish this one with `aekit train ... --resume`"
+        )
+    images, source = verification_images(ckpt, cfg.channels)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        t0 = time.monotonic()
+        f = cfg.factor
+        _to_onnx(_Encode(model).eval(), torch.zeros(2, cfg.channels, 4 * f, 4 * f).uniform_(-1, 1), "x", "y", tmp / "encoder.onnx")
+        _to_onnx(_Decode(model).eval(), torch.zeros(2, cfg.latent_channels, 4, 4).uniform_(-1, 1), "y_hat", "x_hat", tmp / "decoder.onnx")
+        check = verify(model, tmp / "encoder.onnx", tmp / "decoder.onnx", images, PARITY_TOL)
+        files = {"encoder": "encoder.onnx", "decoder": "decoder.onnx"}
+        if fp16:
+            files.update(_export_fp16(model, tmp, images))
+        manifest = _manifest(model, ckpt, tmp, files, check, source, checkpoint, time.monotonic() - t0)
+        save_manifest(tmp, manifest)
+        tmp.chmod(DIR_MODE)  # mkdtemp made it private
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    print(f"exported model {manifest['model_id']} to {out} (max abs err encoder "
+          f"{check['encoder_max_abs_err']:.2e}, decoder {check['decoder_max_abs_err']:.2e} "
+          f"on {check['images']} images from {source})", file=sys.stderr)
+    return out
+
+
+def _export_fp16(model: nn.Module, tmp: Path, images: list[np.ndarray]) -> dict[str, str]:
+    """fp16 weights, activations and inputs/outputs (for GPUs), checked against fp32 torch."""
+    import copy
+
+    half = copy.deepcopy(model).half().eval()
+    cfg, f = model.cfg, model.cfg.factor
+    x = torch.zeros(2, cfg.channels, 4 * f, 4 * f, dtype=torch.float16)
+    y = torch.zeros(2, cfg.latent_channels, 4, 4, dtype=torch.float16)
+    _to_onnx(_Encode(half).eval(), x, "x", "y", tmp / "encoder_fp16.onnx")
+    _to_onnx(_Decode(half).eval(), y, "y_hat", "x_hat", tmp / "decoder_fp16.onnx")
+    verify(model, tmp / "encoder_fp16.onnx", tmp / "decoder_fp16.onnx", images, PARITY_TOL_FP16)
+    return {"encoder_fp16": "encoder_fp16.onnx", "decoder_fp16": "decoder_fp16.onnx"}
+
+
+def _manifest(model, ckpt, tmp, files, check, source, checkpoint, secs) -> dict[str, Any]:
+    cfg = model.cfg
+    return {
+        "format": MANIFEST_FORMAT,
+        "format_version": MANIFEST_VERSION,
+        "model_id": model_id_of(tmp / "encoder.onnx", tmp / "decoder.onnx"),
+        "arch": cfg.arch,
+        "channels": cfg.channels,
+        "ratio": cfg.ratio,
+        "factor": cfg.factor,
+        "latent_channels": cfg.latent_channels,
+        "padding": {"mode": "edge", "multiple": cfg.factor, "where": "bottom-right", "crop_back": True},
+        "normalisation": {"input": "x = pixel / 127.5 - 1", "output": "pixel = round((x_hat + 1) * 127.5)"},
+        "latent": {"range": [-1.0, 1.0], "levels": cfg.latent_levels, "dtype": "uint8",
+                   "quantise": "q = round((y + 1) * (levels - 1) / 2)",
+                   "dequantise": "y_hat = q * 2 / (levels - 1) - 1"},
+        "latent_hist": ckpt["latent_hist"],
+        "files": files,
+        "io": {"encoder": {"input": "x", "output": "y"}, "decoder": {"input": "y_hat", "output": "x_hat"}},
+        "opset": OPSET,
+        "exporter": EXPORTER,
+        "verification": {**check, "source": source, "tolerance": PARITY_TOL, "seconds": round(secs, 1)},
+        "model_config": cfg.to_dict(),
+        "training": {**ckpt.get("summary", {}), "checkpoint": str(Path(checkpoint).resolve())},
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def checkpoint_info(path: str | Path) -> str:
+    """A short JSON description of a checkpoint (for `aekit info` on a .pt file)."""
+    from aekit.checkpoint import load_checkpoint
+
+    c = load_checkpoint(path)
+    keep = {k: c.get(k) for k in ("model_config", "summary", "epoch", "best_epoch", "classes")}
+    return json.dumps(keep, indent=1, default=str)
