@@ -1,0 +1,114 @@
+"""`aekit compress`, `aekit decompress` and `aekit evaluate` (registered through aekit.commands).
+
+    aekit compress SRC -m MODEL -o DST [--overwrite]      # file or tree -> mirrored .ael files
+    aekit decompress SRC -o DST [-m MODELS]               # .ael file or tree -> PNG images
+    aekit evaluate SRC -m MODEL [-m MODEL2] -o OUTDIR     # RD vs JPEG and WebP: JSON, markdown, PNG
+Exit codes: 0 all files done; 2 usage error or any file failed (one line each); 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from codec.format import SUFFIX
+
+EXIT_OK, EXIT_ERROR = 0, 2
+FMT = argparse.ArgumentDefaultsHelpFormatter
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from codec.core import MODELS_ENV, CodecConfig
+    from codec.jobs import JobConfig
+
+    c, j = CodecConfig(), JobConfig()
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+        p.add_argument("--skip-existing", action="store_true", default=True,
+                       help="skip outputs that exist, so an interrupted run resumes (the default)")
+        p.add_argument("--batch-size", type=int, default=c.batch_size, help="images of equal size per ONNX call")
+        p.add_argument("--workers", type=int, default=j.workers, help="threads reading and writing files")
+        p.add_argument("--device", choices=("auto", "cuda", "cpu"), default=c.device)
+        p.add_argument("--threads", type=int, default=c.threads, help="onnxruntime threads (0: default)")
+        p.add_argument("--tile", type=int, default=c.tile_px, help="tile side in pixels for large images")
+        p.add_argument("--full-res-max-pixels", type=int, default=c.full_res_max_pixels,
+                       help="images above this many pixels are coded in overlapping tiles")
+        p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                       help="progress bar (default: only on a terminal)")
+
+    p = sub.add_parser("compress", help="compress images (file or folder tree) into .ael latent files",
+                       formatter_class=FMT, description=__doc__)
+    p.add_argument("src", help="image file or folder (searched recursively)")
+    p.add_argument("-m", "--model", required=True, help="exported model folder")
+    p.add_argument("-o", "--out", required=True, help=f"output folder (mirrors SRC) or a single {SUFFIX} file")
+    common(p)
+    p.set_defaults(func=cmd_compress)
+
+    p = sub.add_parser("decompress", help="decode .ael latent files (file or folder tree) back to images",
+                       formatter_class=FMT, description=__doc__)
+    p.add_argument("src", help=f"{SUFFIX} file or folder")
+    p.add_argument("-o", "--out", required=True, help="output folder (mirrors SRC) or a single image file")
+    p.add_argument("-m", "--models", action="append",
+                   help=f"model folder or folder of model folders (repeatable; default: ${MODELS_ENV}, ./models)")
+    p.add_argument("--format", dest="out_format", choices=("png", "same"), default=j.out_format,
+                   help="png: lossless PNG; same: the original file's suffix (JPEG q95, lossless WebP)")
+    common(p)
+    p.set_defaults(func=cmd_decompress)
+
+    p = sub.add_parser("evaluate", help="rate-distortion of models on a folder vs JPEG and WebP",
+                       formatter_class=FMT, description=__doc__)
+    p.add_argument("src", help="image folder")
+    p.add_argument("-m", "--model", action="append", required=True, help="model folder (repeatable)")
+    p.add_argument("-o", "--out", default="eval", help="output folder: results.json, results.md, rd.png")
+    p.add_argument("--limit", type=int, default=0, help="first N images only (0: all)")
+    p.add_argument("--tile", type=int, default=0,
+                   help="also code every image in tiles of this side and report the seam cost (0: off)")
+    p.add_argument("--name", default="", help="data set name for the table and plot")
+    p.add_argument("--device", choices=("auto", "cuda", "cpu"), default=c.device)
+    p.set_defaults(func=cmd_evaluate)
+
+
+def _configs(args: argparse.Namespace):
+    from codec.core import CodecConfig
+    from codec.jobs import JobConfig
+
+    ccfg = CodecConfig(batch_size=args.batch_size, full_res_max_pixels=args.full_res_max_pixels,
+                       tile_px=args.tile, device=args.device, threads=args.threads)
+    jcfg = JobConfig(overwrite=args.overwrite, workers=args.workers, progress=args.progress,
+                     out_format=getattr(args, "out_format", "png"))
+    return ccfg, jcfg
+
+
+def _finish(report) -> int:
+    import sys
+
+    print(report.summary(), file=sys.stderr)
+    return EXIT_ERROR if report.failed else EXIT_OK
+
+
+def cmd_compress(args: argparse.Namespace) -> int:
+    from codec.core import Codec
+    from codec.jobs import compress_tree
+
+    ccfg, jcfg = _configs(args)
+    return _finish(compress_tree(args.src, args.out, Codec(args.model, ccfg), jcfg))
+
+
+def cmd_decompress(args: argparse.Namespace) -> int:
+    from codec.core import Decoder
+    from codec.jobs import decompress_tree
+
+    ccfg, jcfg = _configs(args)
+    return _finish(decompress_tree(args.src, args.out, Decoder(args.models, ccfg), jcfg))
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from codec.evaluate import EvalConfig, evaluate
+
+    cfg = EvalConfig(src=args.src, models=args.model, out=args.out, limit=args.limit, tile_px=args.tile,
+                     name=args.name or os.path.basename(os.path.normpath(args.src)), device=args.device)
+    result = evaluate(cfg)
+    print(result["markdown"])
+    print(f"wrote {args.out}/results.json, results.md, rd.png")
+    return EXIT_OK

@@ -1,0 +1,234 @@
+"""Images <-> latent files with an exported model: the codec itself (onnxruntime + numpy, no torch).
+
+    codec = Codec("models/photos-r4")
+    data = codec.compress(image, "RGB")                   # uint8 (H, W, 3) -> .ael bytes
+    image, header = Decoder().decompress(data, "x.ael")  # model found by the id in the file
+Large images (above CodecConfig.full_res_max_pixels) are coded in tiles with an overlap of
+context in latent space, so memory stays bounded; the latent is still one map per image.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from aekit.images import DEFAULT_MAX_PIXELS, ImageError, load_image
+from codec.format import FLAG_TILED, QUANT_TANH_UNIFORM, LatentFormatError, LatentHeader, pack, parse
+from export.entropy import EntropyError, EntropyModel
+from export.manifest import ModelError, find_model, load_manifest
+from export.runtime import Runtime
+
+MODELS_ENV = "AEKIT_MODELS"  # os.pathsep-separated model folders or folders of model folders
+
+
+class CodecError(Exception):
+    """An image or latent file the codec cannot process; the message names the file."""
+
+
+@dataclass
+class CodecConfig:
+    batch_size: int = 64  # images of equal size per ONNX call
+    full_res_max_pixels: int = 1 << 22  # larger images are coded in tiles (bounded memory)
+    tile_px: int = 1024  # tile side in pixels (rounded down to a multiple of the factor)
+    overlap: int = 6  # latent units of context on each side of a tile (6 * f pixels)
+    max_pixels: int = DEFAULT_MAX_PIXELS  # refuse larger images (decompression bombs)
+    device: str = "auto"  # onnxruntime device: auto | cuda | cpu
+    threads: int = 0  # onnxruntime intra-op threads (0: its default)
+
+
+def default_model_paths() -> list[Path]:
+    """Where decompress looks for models: $AEKIT_MODELS (os.pathsep list), then ./models."""
+    env = [Path(p) for p in os.environ.get(MODELS_ENV, "").split(os.pathsep) if p]
+    return env + [Path("models")]
+
+
+def load_for_model(path: str | Path, channels: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, str]:
+    """Image file -> (uint8 (H, W, channels), original mode "L" | "RGB").
+
+    A grayscale image through an RGB model is replicated to 3 channels (mode "L" is
+    restored on decode, nothing is lost); an RGB image through a gray model is refused,
+    since it would silently drop colour.
+    """
+    if channels == 1:
+        try:
+            return load_image(path, 1, strict=True, max_pixels=max_pixels)[0], "L"
+        except ImageError as e:
+            if "RGB image but" in str(e):
+                raise ImageError(f"{e}; refusing to drop colour (use an RGB model)") from None
+            raise
+    try:
+        return load_image(path, 3, strict=True, max_pixels=max_pixels)[0], "RGB"
+    except ImageError as first:
+        try:
+            gray = load_image(path, 1, strict=True, max_pixels=max_pixels)[0]
+        except ImageError:
+            raise first from None
+        return np.repeat(gray, 3, axis=2), "L"
+
+
+def restore_mode(image: np.ndarray, mode: str) -> np.ndarray:
+    """Model output (H, W, C) -> the original mode: RGB output of a gray image back to (H, W, 1)."""
+    if mode == "L" and image.shape[2] == 3:
+        # ITU-R 601 luma, as Pillow's convert("L"); the channels are near-equal anyway.
+        y = image.astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+        return np.clip(np.rint(y), 0, 255).astype(np.uint8)[:, :, None]
+    return image
+
+
+def tile_spans(n_latent: int, tile: int, overlap: int) -> list[tuple[int, int, int, int]]:
+    """Latent rows 0..n split into cores of `tile`: (core_start, core_end, ctx_start, ctx_end)."""
+    spans = []
+    for a in range(0, n_latent, tile):
+        b = min(a + tile, n_latent)
+        spans.append((a, b, max(0, a - overlap), min(n_latent, b + overlap)))
+    return spans
+
+
+class Codec:
+    """Compress images with one exported model."""
+
+    def __init__(self, model_dir: str | Path, cfg: CodecConfig | None = None):
+        self.cfg = cfg or CodecConfig()
+        self.rt = Runtime(model_dir, self.cfg.device, self.cfg.threads)
+        self.em = EntropyModel.from_manifest(self.rt.manifest)
+        self.model_id, self.channels, self.factor = self.rt.model_id, self.rt.channels, self.rt.factor
+
+    def load(self, path: str | Path) -> tuple[np.ndarray, str]:
+        return load_for_model(path, self.channels, self.cfg.max_pixels)
+
+    def tiled(self, height: int, width: int) -> bool:
+        return height * width > self.cfg.full_res_max_pixels
+
+    def symbols(self, images: np.ndarray) -> np.ndarray:
+        """uint8 (B, H, W, C) -> uint8 symbols (B, c_y, ceil(H/f), ceil(W/f))."""
+        b, h, w, _ = images.shape
+        if self.tiled(h, w):
+            return np.stack([self._symbols_tiled(im) for im in images])
+        return self.rt.quantise(self.rt.encode(images))
+
+    def _symbols_tiled(self, image: np.ndarray) -> np.ndarray:
+        """One large image (H, W, C) -> symbols (c_y, h, w), encoded tile by tile."""
+        f, h, w = self.factor, image.shape[0], image.shape[1]
+        c, lh, lw = self.rt.latent_shape(h, w)
+        tile = max(1, self.cfg.tile_px // f)
+        q = np.empty((c, lh, lw), dtype=np.uint8)
+        for r0, r1, cr0, cr1 in tile_spans(lh, tile, self.cfg.overlap):
+            for c0, c1, cc0, cc1 in tile_spans(lw, tile, self.cfg.overlap):
+                crop = image[cr0 * f:min(h, cr1 * f), cc0 * f:min(w, cc1 * f)]  # (th, tw, C)
+                qt = self.rt.quantise(self.rt.encode(crop[None]))[0]  # (c_y, cr1-cr0, cc1-cc0)
+                q[:, r0:r1, c0:c1] = qt[:, r0 - cr0:r1 - cr0, c0 - cc0:c1 - cc0]
+        return q
+
+    def header(self, height: int, width: int, mode: str, coder: int) -> LatentHeader:
+        return LatentHeader(
+            model_id=self.model_id, height=height, width=width, mode=mode, factor=self.factor,
+            latent_shape=self.rt.latent_shape(height, width), levels=self.rt.levels,
+            quantiser=QUANT_TANH_UNIFORM, coder=coder, flags=FLAG_TILED if self.tiled(height, width) else 0,
+        )
+
+    def pack(self, q: np.ndarray, height: int, width: int, mode: str) -> bytes:
+        """Symbols (c_y, h, w) of one image -> .ael file bytes."""
+        coder, payload = self.em.encode(q)
+        return pack(self.header(height, width, mode, coder), payload)
+
+    def compress_batch(self, images: np.ndarray, modes: list[str]) -> list[bytes]:
+        """uint8 (B, H, W, C) images of one size -> one .ael file content each."""
+        q = self.symbols(images)
+        h, w = images.shape[1:3]
+        return [self.pack(qi, h, w, m) for qi, m in zip(q, modes)]
+
+    def compress(self, image: np.ndarray, mode: str | None = None) -> bytes:
+        """uint8 (H, W, C) -> .ael bytes; C may be 1 for an RGB model (replicated, mode "L")."""
+        if image.ndim == 2:
+            image = image[:, :, None]
+        if image.shape[2] != self.channels:
+            if image.shape[2] == 1 and self.channels == 3:
+                image, mode = np.repeat(image, 3, axis=2), "L"
+            else:
+                raise CodecError(f"image with {image.shape[2]} channels, model {self.model_id} takes {self.channels}")
+        return self.compress_batch(image[None], [mode or ("L" if self.channels == 1 else "RGB")])[0]
+
+
+class Decoder:
+    """Decode latent files, finding each file's model by the id it stores (models cached)."""
+
+    def __init__(self, search: list[str | Path] | None = None, cfg: CodecConfig | None = None):
+        self.search = [Path(p) for p in search] if search else default_model_paths()
+        self.cfg = cfg or CodecConfig()
+        self._models: dict[str, tuple[dict[str, Any], EntropyModel]] = {}
+        self._runtimes: dict[str, Runtime] = {}
+
+    def model(self, model_id: str) -> tuple[dict[str, Any], EntropyModel]:
+        """(manifest, entropy model) for an id; ModelError if no search path has it."""
+        if model_id not in self._models:
+            m = load_manifest(find_model(model_id, self.search))
+            self._models[model_id] = (m, EntropyModel.from_manifest(m))
+        return self._models[model_id]
+
+    def runtime(self, model_id: str) -> Runtime:
+        if model_id not in self._runtimes:
+            self._runtimes[model_id] = Runtime(self.model(model_id)[0]["_dir"], self.cfg.device, self.cfg.threads)
+        return self._runtimes[model_id]
+
+    def symbols(self, data: bytes, name: str = "<bytes>") -> tuple[LatentHeader, np.ndarray]:
+        """File bytes -> (header, uint8 symbols (c_y, h, w)); no ONNX involved."""
+        h, payload = parse(data, name)
+        if h.height * h.width > self.cfg.max_pixels:
+            raise CodecError(f"{name}: {h.width}x{h.height} image exceeds the limit of {self.cfg.max_pixels} pixels")
+        m, em = self.model(h.model_id)
+        expect = (m["latent_channels"], m["factor"], m["latent"]["levels"])
+        if (h.latent_shape[0], h.factor, h.levels) != expect:
+            raise CodecError(f"{name}: header (c_y, f, L) = {(h.latent_shape[0], h.factor, h.levels)} "
+                             f"disagrees with model {h.model_id} {expect}")
+        if h.mode == "RGB" and m["channels"] == 1:
+            raise CodecError(f"{name}: an RGB image cannot come from gray model {h.model_id}")
+        try:
+            return h, em.decode(h.coder, payload, h.latent_shape)
+        except EntropyError as e:
+            raise CodecError(f"{name}: {e}") from None
+
+    def reconstruct(self, header: LatentHeader, q: np.ndarray) -> np.ndarray:
+        """Symbols (B, c_y, h, w) of images sharing header's model and size -> uint8 (B, H, W, C) in its mode."""
+        rt = self.runtime(header.model_id)
+        H, W = header.height, header.width
+        if H * W > self.cfg.full_res_max_pixels:
+            out = np.stack([self._decode_tiled(rt, qi, H, W) for qi in q])
+        else:
+            out = rt.decode(rt.dequantise(q), H, W)
+        return np.stack([restore_mode(o, header.mode) for o in out]) if header.mode == "L" else out
+
+    def _decode_tiled(self, rt: Runtime, q: np.ndarray, height: int, width: int) -> np.ndarray:
+        """Symbols (c_y, h, w) of one large image -> uint8 (H, W, C), decoded tile by tile."""
+        f = rt.factor
+        tile = max(1, self.cfg.tile_px // f)
+        out = np.empty((height, width, rt.channels), dtype=np.uint8)
+        for r0, r1, cr0, cr1 in tile_spans(q.shape[1], tile, self.cfg.overlap):
+            for c0, c1, cc0, cc1 in tile_spans(q.shape[2], tile, self.cfg.overlap):
+                xt = rt.decode(rt.dequantise(q[None, :, cr0:cr1, cc0:cc1]))[0]  # ((cr1-cr0)f, (cc1-cc0)f, C)
+                core = xt[(r0 - cr0) * f:(r1 - cr0) * f, (c0 - cc0) * f:(c1 - cc0) * f]
+                out[r0 * f:min(height, r1 * f), c0 * f:min(width, c1 * f)] = core[:min(height, r1 * f) - r0 * f,
+                                                                                   :min(width, c1 * f) - c0 * f]
+        return out
+
+    def decompress(self, data: bytes, name: str = "<bytes>") -> tuple[np.ndarray, LatentHeader]:
+        """File bytes -> (uint8 (H, W, 1 | 3) in the original mode, header)."""
+        h, q = self.symbols(data, name)
+        return self.reconstruct(h, q[None])[0], h
+
+
+def dequantise(header: LatentHeader, q: np.ndarray) -> np.ndarray:
+    """Symbols -> y_hat float32 in [-1, 1], exactly as the decoder sees them."""
+    return q.astype(np.float32) * np.float32(2 / (header.levels - 1)) - np.float32(1)
+
+
+def wrap_errors(name: str | Path, exc: Exception) -> Exception:
+    """Any expected failure -> one-line CodecError naming the file (others pass through)."""
+    if isinstance(exc, (CodecError, ImageError, LatentFormatError)):
+        return exc if str(name) in str(exc) else CodecError(f"{name}: {exc}")
+    if isinstance(exc, (ModelError, EntropyError, OSError)):
+        return CodecError(f"{name}: {exc}")
+    return exc

@@ -1,0 +1,156 @@
+"""The latent file format (.ael), version 1: pack and parse, nothing else (no torch, no ONNX).
+
+Byte layout, checks and the bit-exactness contract are documented in codec/FORMAT.md;
+`parse` is the only reader and refuses anything that is not a well-formed file with one
+LatentFormatError naming the file and the problem.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+
+from export.entropy import CODER_NAMES
+
+MAGIC = b"\x89AEL"  # high bit first: never valid text, like PNG's signature
+VERSION = 1
+SUFFIX = ".ael"
+MODES = {0: "L", 1: "RGB"}  # stored image mode -> PIL mode
+MODE_CODES = {v: k for k, v in MODES.items()}
+QUANT_TANH_UNIFORM = 1  # y in [-1, 1]; q = round((y + 1) * (L - 1) / 2); y_hat = q * 2 / (L - 1) - 1
+KNOWN_FLAGS = 0x01  # bit 0: encoded in overlapping tiles (informational; the latent is one map)
+FLAG_TILED = 0x01
+MAX_DIM = 1 << 20  # pixels per side; far above any real image, far below overflow
+MAX_PIXELS = 1 << 31  # height * width accepted by the parser (decoders apply their own limit)
+MAX_VARINT_BYTES = 5  # unsigned LEB128 of values < 2**35
+
+
+class LatentFormatError(Exception):
+    """A latent file that is truncated, corrupt, foreign or of an unknown version."""
+
+
+@dataclass(frozen=True)
+class LatentHeader:
+    model_id: str  # 16 hex digits (export.manifest.model_id_of)
+    height: int  # original image height in pixels
+    width: int  # original image width in pixels
+    mode: str  # original image mode, restored on decode: "L" or "RGB"
+    factor: int  # model down-sampling factor f
+    latent_shape: tuple[int, int, int]  # (c_y, ceil(H/f), ceil(W/f))
+    levels: int  # quantisation levels L (symbols 0..L-1)
+    quantiser: int = QUANT_TANH_UNIFORM
+    coder: int = 0  # export.entropy.CODER_* id
+    flags: int = 0
+
+    @property
+    def n_symbols(self) -> int:
+        c, h, w = self.latent_shape
+        return c * h * w
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        b, n = n & 0x7F, n >> 7
+        out.append(b | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def pack(h: LatentHeader, payload: bytes) -> bytes:
+    """Header + payload -> file bytes (CRC-32 over everything before it and the payload)."""
+    c, lh, lw = h.latent_shape
+    head = b"".join([
+        MAGIC, bytes([VERSION]), bytes.fromhex(h.model_id),
+        _varint(h.height), _varint(h.width),
+        bytes([MODE_CODES[h.mode], h.factor, c]), _varint(lh), _varint(lw),
+        _varint(h.levels), bytes([h.quantiser, h.coder, h.flags]), _varint(len(payload)),
+    ])
+    crc = zlib.crc32(payload, zlib.crc32(head))
+    return head + crc.to_bytes(4, "little") + payload
+
+
+class _Reader:
+    """Bounds-checked cursor over the file bytes."""
+
+    def __init__(self, data: bytes, name: str):
+        self.data, self.pos, self.name = data, 0, name
+
+    def fail(self, what: str) -> LatentFormatError:
+        return LatentFormatError(f"{self.name}: {what}")
+
+    def take(self, n: int, what: str) -> bytes:
+        if self.pos + n > len(self.data):
+            raise self.fail(f"truncated file ({len(self.data)} bytes) while reading the {what}")
+        b = self.data[self.pos:self.pos + n]
+        self.pos += n
+        return b
+
+    def u8(self, what: str) -> int:
+        return self.take(1, what)[0]
+
+    def varint(self, what: str) -> int:
+        n = 0
+        for i in range(MAX_VARINT_BYTES):
+            b = self.u8(what)
+            n |= (b & 0x7F) << (7 * i)
+            if not b & 0x80:
+                return n
+        raise self.fail(f"malformed {what} (varint longer than {MAX_VARINT_BYTES} bytes)")
+
+
+def parse(data: bytes, name: str = "<bytes>") -> tuple[LatentHeader, bytes]:
+    """File bytes -> (header, payload); LatentFormatError naming `name` on any problem."""
+    r = _Reader(bytes(data), name)
+    magic = r.take(len(MAGIC), "magic")
+    if magic != MAGIC:
+        raise r.fail(f"not an aekit latent file (magic {magic!r}, expected {MAGIC!r})")
+    version = r.u8("format version")
+    if version != VERSION:
+        raise r.fail(f"latent format version {version} is not supported (this aekit reads version {VERSION})")
+    model_id = r.take(8, "model id").hex()
+    height, width = r.varint("image height"), r.varint("image width")
+    mode_code, factor, c = r.u8("image mode"), r.u8("factor"), r.u8("latent channels")
+    lh, lw = r.varint("latent height"), r.varint("latent width")
+    levels = r.varint("quantisation levels")
+    quantiser, coder, flags = r.u8("quantiser id"), r.u8("entropy coder id"), r.u8("flags")
+    n_payload = r.varint("payload length")
+    crc_at = r.pos
+    crc = int.from_bytes(r.take(4, "checksum"), "little")
+    payload = r.take(n_payload, "payload") if n_payload <= len(r.data) - r.pos else None
+    if payload is None:
+        raise r.fail(f"truncated file: header announces a {n_payload}-byte payload, "
+                     f"{len(r.data) - r.pos} bytes follow")
+    if r.pos != len(r.data):
+        raise r.fail(f"{len(r.data) - r.pos} unexpected bytes after the payload")
+    if zlib.crc32(payload, zlib.crc32(r.data[:crc_at])) != crc:
+        raise r.fail("checksum mismatch (file corrupted)")
+    _check_fields(r, height, width, mode_code, factor, c, lh, lw, levels, quantiser, coder, flags)
+    header = LatentHeader(model_id, height, width, MODES[mode_code], factor, (c, lh, lw), levels,
+                          quantiser, coder, flags)
+    return header, payload
+
+
+def _check_fields(r: _Reader, height: int, width: int, mode_code: int, factor: int, c: int,
+                  lh: int, lw: int, levels: int, quantiser: int, coder: int, flags: int) -> None:
+    """Semantic checks of a header whose checksum matched (a forged file still gets here)."""
+    if not (1 <= height <= MAX_DIM and 1 <= width <= MAX_DIM) or height * width > MAX_PIXELS:
+        raise r.fail(f"implausible image size {width}x{height}")
+    if mode_code not in MODES:
+        raise r.fail(f"unknown image mode code {mode_code}")
+    if factor < 1 or c < 1:
+        raise r.fail(f"invalid factor {factor} or latent channels {c}")
+    if (lh, lw) != (-(-height // factor), -(-width // factor)):
+        raise r.fail(f"latent size {lh}x{lw} does not match a {width}x{height} image at factor {factor}")
+    if not 2 <= levels <= 256:
+        raise r.fail(f"quantisation levels {levels} outside 2..256")
+    if quantiser != QUANT_TANH_UNIFORM:
+        raise r.fail(f"unknown quantiser id {quantiser}")
+    if coder not in CODER_NAMES:
+        raise r.fail(f"unknown entropy coder id {coder}")
+    if flags & ~KNOWN_FLAGS:
+        raise r.fail(f"unknown flags 0x{flags:02x}")
+
+
+def read_header(data: bytes, name: str = "<bytes>") -> LatentHeader:
+    return parse(data, name)[0]

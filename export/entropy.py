@@ -1,0 +1,201 @@
+"""Lossless entropy coding of 8-bit latent symbols with integer probability tables (no torch).
+
+    em = EntropyModel.from_manifest(load_manifest("models/photos-r4"))
+    coder_id, payload = em.encode(q)            # q: uint8 (c_y, h, w)
+    assert (em.decode(coder_id, payload, q.shape) == q).all()
+
+Each latent channel gets its own categorical model, derived from the integer histogram
+of training latents in the manifest (`latent_hist`) by integer arithmetic only, and is
+coded with constriction's ANS coder. The tables are integers, so decoding is bit-exact
+on every machine (see codec/FORMAT.md, "bit-exactness"). zstandard and plain symbols
+are the fallbacks; the coder id says which one a payload uses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+CODER_RAW = 0  # payload = the uint8 symbols, C order (c_y, h, w)
+CODER_ZSTD = 1  # payload = zstandard frame of the raw symbols
+CODER_ANS = 2  # payload = constriction ANS words (uint32 little-endian), one categorical per channel
+CODER_NAMES = {CODER_RAW: "raw", CODER_ZSTD: "zstd", CODER_ANS: "ans-categorical"}
+
+# constriction's default categorical model works with 24-bit fixed-point probabilities.
+PRECISION = 24
+ZSTD_LEVEL = 10  # payloads are small (hundreds of bytes to megabytes); higher levels buy ~nothing
+
+
+class EntropyError(Exception):
+    """A payload that cannot be decoded (corrupt, truncated, or from another model)."""
+
+
+def integer_table(counts: np.ndarray, precision: int = PRECISION) -> np.ndarray:
+    """Integer histogram (L,) -> integer weights (L,) >= 1 summing to exactly 2**precision.
+
+    Every symbol gets 1, and the remaining 2**precision - L units are shared in
+    proportion to the counts by the largest-remainder rule (ties broken by symbol
+    index). Python/numpy int64 arithmetic only: identical on every machine.
+    """
+    counts = np.asarray(counts, dtype=np.int64)
+    levels = counts.size
+    if counts.ndim != 1 or levels < 2 or (counts < 0).any():
+        raise ValueError(f"histogram must be a 1-D array of >= 2 non-negative counts, got shape {counts.shape}")
+    free = (1 << precision) - levels
+    total = int(counts.sum())
+    if total == 0:
+        counts, total = np.ones(levels, dtype=np.int64), levels  # no data: uniform
+    # Scale down first so counts * free fits in int64 (counts may be large sums).
+    if total > (1 << 38):
+        shift = total.bit_length() - 38
+        counts = counts >> shift
+        total = int(counts.sum()) or 1
+    share = counts * free // total
+    remainder = counts * free % total
+    left = free - int(share.sum())
+    order = np.lexsort((np.arange(levels), -remainder))  # largest remainder first, then index
+    share[order[:left]] += 1
+    weights = share + 1
+    assert int(weights.sum()) == 1 << precision
+    return weights
+
+
+@dataclass
+class EntropyModel:
+    """Per-channel integer probability tables (c_y, L) and the coders that use them."""
+
+    tables: np.ndarray  # int64 (c_y, L), each row sums to 2**PRECISION, every entry >= 1
+    levels: int  # L: symbols are 0..L-1
+    _cache: list[Any] | None = field(default=None, repr=False, compare=False)  # constriction models
+
+    @classmethod
+    def from_manifest(cls, manifest: dict[str, Any]) -> "EntropyModel":
+        """Built from manifest["latent_hist"] (c_y x L counts); uniform tables if it is absent."""
+        levels = int(manifest["latent"]["levels"])
+        cy = int(manifest["latent_channels"])
+        hist = manifest.get("latent_hist")
+        counts = np.ones((cy, levels), dtype=np.int64) if not hist else np.asarray(hist, dtype=np.int64)
+        if counts.shape != (cy, levels):
+            raise EntropyError(f"latent_hist has shape {counts.shape}, expected ({cy}, {levels})")
+        return cls(np.stack([integer_table(c) for c in counts]), levels)
+
+    @property
+    def channels(self) -> int:
+        return self.tables.shape[0]
+
+    def bits(self, symbols: np.ndarray) -> float:
+        """Ideal code length in bits of symbols (c_y, h, w) under the tables."""
+        logp = np.log2(self.tables) - PRECISION  # (c_y, L)
+        q = symbols.reshape(self.channels, -1).astype(np.int64)
+        return float(-np.take_along_axis(logp, q, axis=1).sum())
+
+    def encode(self, symbols: np.ndarray) -> tuple[int, bytes]:
+        """uint8 (c_y, h, w) -> (coder_id, payload): the smallest of ANS, zstd and raw."""
+        q = self._check(symbols)
+        raw = q.tobytes()
+        best = (CODER_RAW, raw)
+        for coder_id, fn in ((CODER_ANS, self._encode_ans), (CODER_ZSTD, _zstd_compress)):
+            try:
+                payload = fn(q) if coder_id == CODER_ANS else fn(raw)
+            except ImportError:
+                continue  # optional coder not installed: the others still work
+            if len(payload) < len(best[1]):
+                best = (coder_id, payload)
+        return best
+
+    def decode(self, coder_id: int, payload: bytes, shape: tuple[int, int, int]) -> np.ndarray:
+        """(coder_id, payload) -> uint8 symbols of shape (c_y, h, w); EntropyError if corrupt."""
+        cy, h, w = (int(s) for s in shape)
+        if cy != self.channels or h < 1 or w < 1:
+            raise EntropyError(f"latent shape {shape} does not fit this model ({self.channels} channels)")
+        n = cy * h * w
+        if coder_id == CODER_RAW:
+            if len(payload) != n:
+                raise EntropyError(f"raw payload has {len(payload)} bytes, expected {n}")
+            q = np.frombuffer(payload, dtype=np.uint8)
+        elif coder_id == CODER_ZSTD:
+            q = np.frombuffer(_zstd_decompress(payload, n), dtype=np.uint8)
+        elif coder_id == CODER_ANS:
+            try:
+                q = self._decode_ans(payload, n)
+            except ImportError as e:
+                raise EntropyError(str(e)) from None
+        else:
+            raise EntropyError(f"unknown entropy coder id {coder_id} (known: {CODER_NAMES})")
+        q = q.reshape(cy, h, w)
+        if q.max(initial=0) >= self.levels:
+            raise EntropyError(f"decoded symbol {int(q.max())} outside 0..{self.levels - 1}")
+        return q
+
+    # -- ANS (constriction) ------------------------------------------------------------
+
+    def _models(self) -> list[Any]:
+        """constriction categoricals, one per channel (built once; exact, see integer_table)."""
+        if self._cache is None:
+            Categorical = _constriction().stream.model.Categorical
+
+            # Weights w_i + 1 = table_i: passing w_i (exact integers, sum 2**24 - L) makes
+            # constriction's fast quantiser compute floor(cumsum(w) * 1.0) + i, i.e. exactly
+            # our table, with no rounding anywhere (all values are integers < 2**53).
+            self._cache = [Categorical((t - 1).astype(np.float64), perfect=False) for t in self.tables]
+        return self._cache
+
+    def _encode_ans(self, q: np.ndarray) -> bytes:
+        models, coder = self._models(), _constriction().stream.stack.AnsCoder()
+        flat = q.reshape(self.channels, -1).astype(np.int32)
+        for c in reversed(range(self.channels)):  # a stack: encode last channel first
+            coder.encode_reverse(flat[c], models[c])
+        return coder.get_compressed().astype("<u4").tobytes()
+
+    def _decode_ans(self, payload: bytes, n: int) -> np.ndarray:
+        AnsCoder = _constriction().stream.stack.AnsCoder
+        if len(payload) % 4 or not payload:
+            raise EntropyError(f"ANS payload of {len(payload)} bytes is not a whole number of 32-bit words")
+        words = np.frombuffer(payload, dtype="<u4").astype(np.uint32)
+        models, per = self._models(), n // self.channels
+        try:
+            coder = AnsCoder(words)
+            out = np.concatenate([coder.decode(models[c], per) for c in range(self.channels)])
+        except (ValueError, RuntimeError, OverflowError) as e:
+            raise EntropyError(f"corrupt ANS payload ({e})") from None
+        if not coder.is_empty():  # a clean stream ends exactly where encoding started
+            raise EntropyError("corrupt ANS payload (data left over after the last symbol)")
+        return out.astype(np.uint8)
+
+    def _check(self, symbols: np.ndarray) -> np.ndarray:
+        q = np.ascontiguousarray(symbols)
+        if q.dtype != np.uint8 or q.ndim != 3 or q.shape[0] != self.channels:
+            raise ValueError(f"expected uint8 symbols ({self.channels}, h, w), got {q.dtype} {q.shape}")
+        if q.size and q.max() >= self.levels:
+            raise ValueError(f"symbol {int(q.max())} outside 0..{self.levels - 1}")
+        return q
+
+
+def _constriction() -> Any:
+    """The constriction module (its submodules are attributes, not importable modules)."""
+    try:
+        import constriction
+    except ImportError as e:
+        raise ImportError(f"the ANS coder needs the constriction package ({e}); pip install constriction") from None
+    return constriction
+
+
+def _zstd_compress(raw: bytes) -> bytes:
+    import zstandard
+
+    return zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_content_size=True, write_checksum=False).compress(raw)
+
+
+def _zstd_decompress(payload: bytes, n: int) -> bytes:
+    import zstandard
+
+    try:
+        # max_output_size bounds memory even for a forged frame header (no zstd bombs).
+        out = zstandard.ZstdDecompressor().decompress(payload, max_output_size=n)
+    except zstandard.ZstdError as e:
+        raise EntropyError(f"corrupt zstd payload ({e})") from None
+    if len(out) != n:
+        raise EntropyError(f"zstd payload holds {len(out)} bytes, expected {n}")
+    return out
