@@ -1,0 +1,187 @@
+"""Model FLOPs from the ONNX graph, and the device peak they are compared with.
+
+    macs = count_macs("models/photos-r4/encoder.onnx", {"x": (1, 3, 256, 256)})
+Counts multiply-adds of Conv, ConvTranspose, MatMul and Gemm at concrete input shapes
+(shapes from ONNX shape inference, else one onnxruntime run); FLOPs = 2 x MACs.
+Element-wise ops (activations, bias, pixel shuffle) are not counted, as is customary.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+COUNTED_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
+
+# Dense (no sparsity) peak TFLOP/s from the vendors' datasheets, by precision:
+# fp16/bf16 on tensor cores with fp32 accumulate; tf32 tensor cores; fp32 CUDA cores.
+# Matched against the device name, most specific key first.
+GPU_PEAK_TFLOPS: dict[str, dict[str, float]] = {
+    "H200": {"fp16": 989.4, "bf16": 989.4, "tf32": 494.7, "fp32": 66.9},
+    "H100 PCIe": {"fp16": 756.0, "bf16": 756.0, "tf32": 378.0, "fp32": 51.2},
+    "H100 NVL": {"fp16": 835.0, "bf16": 835.0, "tf32": 417.5, "fp32": 60.0},
+    "H100": {"fp16": 989.4, "bf16": 989.4, "tf32": 494.7, "fp32": 66.9},  # SXM5
+    "GH200": {"fp16": 989.4, "bf16": 989.4, "tf32": 494.7, "fp32": 66.9},
+    "B200": {"fp16": 2250.0, "bf16": 2250.0, "tf32": 1100.0, "fp32": 80.0},
+    "A100": {"fp16": 312.0, "bf16": 312.0, "tf32": 156.0, "fp32": 19.5},
+    "A10G": {"fp16": 70.0, "bf16": 70.0, "tf32": 35.0, "fp32": 31.2},
+    "A10": {"fp16": 125.0, "bf16": 125.0, "tf32": 62.5, "fp32": 31.2},
+    "L40S": {"fp16": 362.0, "bf16": 362.0, "tf32": 183.0, "fp32": 91.6},
+    "L40": {"fp16": 181.0, "bf16": 181.0, "tf32": 90.5, "fp32": 90.5},
+    "L4": {"fp16": 121.0, "bf16": 121.0, "tf32": 60.0, "fp32": 30.3},
+    "T4": {"fp16": 65.0, "fp32": 8.1},
+    "V100": {"fp16": 125.0, "fp32": 15.7},
+    "RTX 6000 Ada": {"fp16": 364.2, "bf16": 364.2, "tf32": 182.1, "fp32": 91.1},
+    "RTX A6000": {"fp16": 154.8, "bf16": 154.8, "tf32": 77.4, "fp32": 38.7},
+    "RTX 5090": {"fp16": 209.5, "bf16": 209.5, "tf32": 104.8, "fp32": 104.8},
+    "RTX 4090": {"fp16": 165.2, "bf16": 165.2, "tf32": 82.6, "fp32": 82.6},
+    "RTX 4080": {"fp16": 97.5, "bf16": 97.5, "tf32": 48.7, "fp32": 48.7},
+    "RTX 3090": {"fp16": 71.0, "bf16": 71.0, "tf32": 35.6, "fp32": 35.6},
+    "RTX 3080": {"fp16": 59.5, "bf16": 59.5, "tf32": 29.8, "fp32": 29.8},
+}
+
+
+def gpu_peak_tflops(device_name: str, precision: str) -> float | None:
+    """Datasheet dense peak for this GPU name and precision (fp32 uses the CUDA-core figure)."""
+    for key in sorted(GPU_PEAK_TFLOPS, key=len, reverse=True):
+        if key.lower() in device_name.lower():
+            table = GPU_PEAK_TFLOPS[key]
+            return table.get(precision, table.get("fp16") if precision == "bf16" else None)
+    return None
+
+
+def measured_matmul_tflops(n: int = 2048, seconds: float = 0.5) -> float:
+    """Achieved fp32 TFLOP/s of a large numpy matmul: the CPU's practical peak."""
+    a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
+    b = np.random.default_rng(1).standard_normal((n, n), dtype=np.float32)
+    a @ b  # warm-up: thread pool start, page faults
+    best, t_end = float("inf"), time.perf_counter() + seconds
+    while True:
+        t0 = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t0)
+        if time.perf_counter() > t_end:
+            break
+    return 2 * n**3 / best / 1e12
+
+
+def count_macs(onnx_path: str | Path, input_shapes: dict[str, tuple[int, ...]]) -> dict[str, Any]:
+    """Multiply-adds of the counted ops at these input shapes: {'macs', 'by_op', 'method'}."""
+    import onnx
+
+    model = onnx.load(str(onnx_path))
+    shapes = _inferred_shapes(model, input_shapes)
+    method = "onnx shape inference"
+    if not _have_all(model, shapes):
+        shapes = _runtime_shapes(model, input_shapes)
+        method = "onnxruntime run"
+    weights = {t.name: tuple(t.dims) for t in model.graph.initializer}
+    by_op: dict[str, int] = {}
+    for node in model.graph.node:
+        if node.op_type in COUNTED_OPS:
+            macs = _node_macs(node, shapes, weights)
+            by_op[node.op_type] = by_op.get(node.op_type, 0) + macs
+    return {"macs": sum(by_op.values()), "by_op": by_op, "method": method}
+
+
+def _node_macs(node: Any, shapes: dict[str, tuple[int, ...]], weights: dict[str, tuple[int, ...]]) -> int:
+    w = weights.get(node.input[1]) or shapes[node.input[1]]
+    group = next((a.i for a in node.attribute if a.name == "group"), 1)
+    if node.op_type == "Conv":  # out (N, Co, *S) x (Ci/g * prod(k)) per output element
+        return int(np.prod(shapes[node.output[0]], dtype=np.int64)) * int(np.prod(w[1:], dtype=np.int64))
+    if node.op_type == "ConvTranspose":  # weight (Ci, Co/g, *k): every input element scatters Co/g * prod(k)
+        return int(np.prod(shapes[node.input[0]], dtype=np.int64)) * int(np.prod(w[1:], dtype=np.int64))
+    a = shapes[node.input[0]]
+    k = a[-1] if not (node.op_type == "Gemm" and _attr(node, "transA")) else a[0]
+    return int(np.prod(shapes[node.output[0]], dtype=np.int64)) * int(k)
+
+
+def _attr(node: Any, name: str) -> int:
+    return next((a.i for a in node.attribute if a.name == name), 0)
+
+
+def _concrete(model: Any, input_shapes: dict[str, tuple[int, ...]]) -> Any:
+    import onnx
+
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    for inp in m.graph.input:
+        if inp.name in input_shapes:
+            dims = inp.type.tensor_type.shape.dim
+            for d, v in zip(dims, input_shapes[inp.name]):
+                d.Clear()
+                d.dim_value = int(v)
+    return m
+
+
+def _inferred_shapes(model: Any, input_shapes: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
+    import onnx
+
+    try:
+        m = onnx.shape_inference.infer_shapes(_concrete(model, input_shapes), data_prop=True)
+    except Exception:  # inference is best effort; the runtime fallback is exact
+        return {}
+    shapes: dict[str, tuple[int, ...]] = {}
+    for vi in list(m.graph.input) + list(m.graph.value_info) + list(m.graph.output):
+        dims = vi.type.tensor_type.shape.dim
+        if dims and all(d.HasField("dim_value") for d in dims):
+            shapes[vi.name] = tuple(d.dim_value for d in dims)
+    return shapes
+
+
+def _have_all(model: Any, shapes: dict[str, tuple[int, ...]]) -> bool:
+    weights = {t.name for t in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type in COUNTED_OPS:
+            needed = [node.input[0], node.output[0]] + ([] if node.input[1] in weights else [node.input[1]])
+            if any(n not in shapes for n in needed):
+                return False
+    return True
+
+
+def _runtime_shapes(model: Any, input_shapes: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
+    """Shapes of every counted op's tensors by running the graph once with them exposed as outputs."""
+    import onnx
+    import onnxruntime as ort
+
+    m = _concrete(model, input_shapes)
+    weights = {t.name for t in m.graph.initializer}
+    have = {o.name for o in m.graph.output}
+    names = []
+    for node in m.graph.node:
+        if node.op_type in COUNTED_OPS:
+            for n in (node.input[0], node.input[1], node.output[0]):
+                if n not in weights and n not in have and n not in names and n not in input_shapes:
+                    names.append(n)
+    m.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names)
+    sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+    feeds = {i.name: np.zeros(input_shapes[i.name], dtype=np.float16 if "float16" in i.type else np.float32)
+             for i in sess.get_inputs()}
+    outs = sess.run(None, feeds)
+    shapes = {n: tuple(v) for n, v in input_shapes.items()}
+    shapes.update({o.name: tuple(v.shape) for o, v in zip(sess.get_outputs(), outs)})
+    return shapes
+
+
+def peak_activation_bytes(onnx_path: str | Path, input_shapes: dict[str, tuple[int, ...]]) -> int:
+    """Estimated working memory of one run: the largest (inputs + outputs) of any node, in bytes.
+
+    onnxruntime reuses buffers between nodes, so the biggest single layer bounds the peak
+    from below; the bench multiplies by two for allocator slack before refusing a batch.
+    """
+    import onnx
+
+    model = onnx.load(str(onnx_path))
+    shapes = _inferred_shapes(model, input_shapes)
+    if not shapes:
+        shapes = _runtime_shapes(model, input_shapes)
+    weights = {t.name for t in model.graph.initializer}
+    elem = 2 if "fp16" in Path(onnx_path).name else 4
+    worst = 0
+    for node in model.graph.node:
+        names = [n for n in list(node.input) + list(node.output) if n and n not in weights and n in shapes]
+        worst = max(worst, sum(int(np.prod(shapes[n], dtype=np.int64)) for n in names) * elem)
+    return worst

@@ -1,0 +1,103 @@
+"""File-to-file stage: `aekit compress` then `aekit decompress` on a folder, as subprocesses.
+
+    row = folder_stage("models/fmnist-r4", "data/fmnist/test", limit=1000, log=print)
+Run as separate processes (bench never imports the codec), each child's wall time and
+peak RSS taken from os.wait4, so 1,000 vs 10,000 files shows whether memory stays flat.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from aekit.images import scan_folder
+
+
+def _child(cmd: list[str], timeout: float | None = None) -> dict[str, Any]:
+    """Run cmd; wall seconds, exit code, peak RSS of the child (ru_maxrss) and its stderr tail."""
+    t0 = time.perf_counter()
+    with tempfile.TemporaryFile() as err:
+        p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
+        _, status, usage = os.wait4(p.pid, 0)
+        p.returncode = os.waitstatus_to_exitcode(status)
+        wall = time.perf_counter() - t0
+        err.seek(0)
+        tail = err.read().decode(errors="replace").strip().splitlines()[-3:]
+    return {"cmd": cmd, "rc": p.returncode, "seconds": wall, "peak_rss_bytes": usage.ru_maxrss * 1024,
+            "cpu_seconds": usage.ru_utime + usage.ru_stime, "stderr_tail": tail}
+
+
+def aekit_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "aekit.cli", *args]
+
+
+def codec_available() -> str | None:
+    """None if `aekit compress` and `aekit decompress` exist, else why not."""
+    for sub in ("compress", "decompress"):
+        r = subprocess.run(aekit_cmd(sub, "--help"), capture_output=True, text=True)
+        if r.returncode != 0:
+            return f"`aekit {sub}` is not available ({(r.stderr.strip().splitlines() or ['no output'])[-1]})"
+    return None
+
+
+def mirror(src: Path, dst: Path, limit: int) -> tuple[int, int]:
+    """Symlink the first `limit` images of src (all if 0) into dst, same tree; (files, bytes)."""
+    samples, _, _ = scan_folder(src)
+    if limit:
+        if limit > len(samples):
+            raise ValueError(f"{src}: --folder-limit {limit} but the folder holds {len(samples)} images")
+        samples = samples[:limit]
+    total = 0
+    for s in samples:
+        link = dst / s.rel
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(s.path)
+        total += s.path.stat().st_size
+    return len(samples), total
+
+
+def tree_bytes(root: Path) -> tuple[int, int]:
+    files = [p for p in root.rglob("*") if p.is_file()]
+    return len(files), sum(p.stat().st_size for p in files)
+
+
+def folder_stage(model: str, folder: str, limit: int, log: Callable[[str], None]) -> dict[str, Any]:
+    """Compress then decompress the (first `limit` files of the) folder; one dict of figures."""
+    row: dict[str, Any] = {"folder": str(folder), "limit": limit, "model": str(model)}
+    if (why := codec_available()) is not None:
+        row.update(status="skipped", message=why)
+        log(f"folder {folder}: {why} -- skipped")
+        return row
+    work = Path(tempfile.mkdtemp(prefix="aekit-bench-"))
+    try:
+        n, in_bytes = mirror(Path(folder), work / "src", limit)
+        row.update(files=n, source_bytes=in_bytes, startup=_child(aekit_cmd("--version"))["seconds"])
+        comp = _child(aekit_cmd("compress", str(work / "src"), "-m", str(model), "-o", str(work / "lat")))
+        n_lat, lat_bytes = tree_bytes(work / "lat") if (work / "lat").exists() else (0, 0)
+        dec = _child(aekit_cmd("decompress", str(work / "lat"), "-o", str(work / "out"), "-m", str(model)))
+        n_out, _ = tree_bytes(work / "out") if (work / "out").exists() else (0, 0)
+        row.update(latent_files=n_lat, latent_bytes=lat_bytes, decoded_files=n_out, compress=comp, decompress=dec)
+        for k, c in (("compress", comp), ("decompress", dec)):
+            c["images_per_s"] = n / c["seconds"]
+            c["source_mb_per_s"] = in_bytes / c["seconds"] / 1e6
+        ok = comp["rc"] == 0 and dec["rc"] == 0 and n_lat == n and n_out == n
+        row["status"] = "ok" if ok else "error"
+        if not ok:
+            row["message"] = (f"compress rc {comp['rc']} ({n_lat}/{n} files), decompress rc {dec['rc']} "
+                              f"({n_out}/{n} files): {' | '.join(comp['stderr_tail'] + dec['stderr_tail'])}")
+        log(f"folder {folder} ({n} files): compress {comp['images_per_s']:.0f} img/s, peak RSS "
+            f"{comp['peak_rss_bytes'] / 2**20:.0f} MiB; decompress {dec['images_per_s']:.0f} img/s, peak RSS "
+            f"{dec['peak_rss_bytes'] / 2**20:.0f} MiB; {lat_bytes / max(n_lat, 1):.0f} B/latent file"
+            + ("" if ok else f"; FAILED: {row['message']}"))
+    except (OSError, ValueError) as e:
+        row.update(status="error", message=f"folder {folder}: {e}")
+        log(row["message"])
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return row
