@@ -1,0 +1,139 @@
+"""Conformal calibration: per-class thresholds and p-values from scores of normal images.
+
+Split-conformal rule: with n calibration scores of normal images, the threshold at level
+alpha is the k-th smallest score, k = ceil((n + 1)(1 - alpha)); a new normal image (exchangeable
+with the calibration images) scores above it with probability at most alpha. Its conformal
+p-value is (1 + #{calibration scores >= s}) / (n + 1). Stored in the model manifest under
+"calibration" (format below, versioned), so thresholds travel with the model files.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+
+CALIBRATION_VERSION = 1
+# manifest["calibration"] = {"version": 1, "score": "mse", "alpha": 0.01, "model_id": ...,
+#   "preprocess": {...}, "created": iso time,
+#   "classes": {name: {"n": int, "threshold": float | null (null = infinite), "scores": [sorted floats],
+#                      "map_scale": float, "image_shape": [H, W] | null, "source": folder}}}
+
+
+class CalibrationError(Exception):
+    """Missing, foreign or unusable calibration (names the model and the class)."""
+
+
+def check_alpha(alpha: float) -> float:
+    if not 0.0 < alpha < 1.0:
+        raise ValueError(f"alpha {alpha} must be in (0, 1) (the false-positive rate allowed on normal images)")
+    return float(alpha)
+
+
+def conformal_rank(n: int, alpha: float) -> int:
+    """k = ceil((n + 1)(1 - alpha)), 1-based rank of the threshold among n sorted scores."""
+    check_alpha(alpha)
+    return math.ceil(round((n + 1) * (1.0 - alpha), 9))  # round(): 100 * 0.99 must give 99
+
+
+def min_calibration_size(alpha: float) -> int:
+    """Smallest n for which a finite threshold exists at alpha: n >= 1/alpha - 1."""
+    return math.ceil(round(1.0 / check_alpha(alpha) - 1.0, 9))
+
+
+def conformal_threshold(sorted_scores: np.ndarray, alpha: float) -> float:
+    """The k-th smallest calibration score; inf when k > n (nothing can be flagged)."""
+    n = len(sorted_scores)
+    k = conformal_rank(n, alpha)
+    return float(sorted_scores[k - 1]) if k <= n else math.inf
+
+
+def p_values(sorted_scores: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """Conformal p-values (1 + #{cal >= s}) / (n + 1) of scores against sorted calibration scores."""
+    n = len(sorted_scores)
+    at_least = n - np.searchsorted(sorted_scores, np.asarray(scores, dtype=np.float64), side="left")
+    return (1.0 + at_least) / (n + 1.0)
+
+
+@dataclass
+class ClassCalibration:
+    scores: np.ndarray  # (n,) sorted calibration scores of normal images of the class
+    map_scale: float = 0.0  # 99.9th percentile of per-pixel errors on calibration images (heatmap scale)
+    image_shape: list[int] | None = None  # [H, W] when all calibration images share one size
+    source: str = ""  # folder the calibration images came from
+
+    @property
+    def n(self) -> int:
+        return len(self.scores)
+
+    def threshold(self, alpha: float) -> float:
+        return conformal_threshold(self.scores, alpha)
+
+    def p_values(self, scores: np.ndarray) -> np.ndarray:
+        return p_values(self.scores, scores)
+
+
+@dataclass
+class Calibration:
+    score: str  # score name the thresholds belong to (see detector.scores.SCORES)
+    alpha: float  # default false-positive rate; screening may override it
+    model_id: str  # the model the scores were computed with
+    preprocess: dict[str, Any] = field(default_factory=dict)  # how images were fed (must match at screening)
+    classes: dict[str, ClassCalibration] = field(default_factory=dict)
+    created: str = ""
+
+    def thresholds(self, alpha: float | None = None) -> dict[str, float]:
+        a = self.alpha if alpha is None else check_alpha(alpha)
+        return {c: cc.threshold(a) for c, cc in self.classes.items()}
+
+    def to_dict(self) -> dict[str, Any]:
+        t = self.thresholds()
+        return {
+            "version": CALIBRATION_VERSION,
+            "score": self.score,
+            "alpha": self.alpha,
+            "model_id": self.model_id,
+            "preprocess": self.preprocess,
+            "created": self.created or datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "rule": "threshold = ceil((n+1)(1-alpha))-th smallest score (null: infinite); "
+                    "p = (1 + #{scores >= s}) / (n + 1); anomaly when score > threshold",
+            "classes": {
+                c: {"n": cc.n, "threshold": None if math.isinf(t[c]) else t[c],
+                    "map_scale": cc.map_scale, "image_shape": cc.image_shape, "source": cc.source,
+                    "scores": [float(s) for s in cc.scores]}
+                for c, cc in sorted(self.classes.items())
+            },
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], where: str = "manifest") -> "Calibration":
+        if not isinstance(d, dict) or d.get("version") != CALIBRATION_VERSION:
+            got = d.get("version") if isinstance(d, dict) else type(d).__name__
+            raise CalibrationError(f"{where}: calibration version {got} unsupported (expected {CALIBRATION_VERSION})")
+        try:
+            classes = {
+                c: ClassCalibration(np.sort(np.asarray(v["scores"], dtype=np.float64)), float(v.get("map_scale", 0.0)),
+                                    v.get("image_shape"), v.get("source", ""))
+                for c, v in d["classes"].items()
+            }
+            return cls(d["score"], float(d["alpha"]), d["model_id"], d.get("preprocess", {}), classes,
+                       d.get("created", ""))
+        except (KeyError, TypeError, ValueError) as e:
+            raise CalibrationError(f"{where}: malformed calibration ({type(e).__name__}: {e})") from None
+
+    def merged(self, other: "Calibration") -> "Calibration":
+        """This calibration with other's classes added or replaced (same score and preprocessing)."""
+        if (other.score, other.preprocess, other.model_id) != (self.score, self.preprocess, self.model_id):
+            return other  # incompatible: the new calibration replaces the old one entirely
+        return Calibration(other.score, other.alpha, other.model_id, other.preprocess,
+                           {**self.classes, **other.classes}, other.created)
+
+
+def too_small_message(name: str, n: int, alpha: float) -> str:
+    need = min_calibration_size(alpha)
+    return (f"class {name!r}: {n} calibration images are too few for alpha={alpha:g} "
+            f"(need at least {need}); its threshold is infinite and nothing can be flagged at this alpha; "
+            f"add normal images or use alpha >= {1 / (n + 1):.3g}")

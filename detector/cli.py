@@ -1,0 +1,151 @@
+"""Subcommands `aekit calibrate`, `aekit screen` and `aekit detector {train-per-class, evaluate}`.
+
+Exit codes of screen (for pipelines): 0 nothing flagged; 1 at least one image flagged;
+2 errors (bad usage, unknown or uncalibrated class, unreadable/unusable files: the job goes
+on past them, records them and still writes its outputs). Calibrate: 0 ok, 2 failed files or
+too few images for alpha (the calibration is stored all the same).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+
+H = argparse.ArgumentDefaultsHelpFormatter
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    c = sub.add_parser("calibrate", formatter_class=H, help="calibrate per-class anomaly thresholds on normal images",
+                       description="Score held-out normal images and store conformal per-class thresholds in the "
+                                   "model manifest. Classes are subfolders of NORMAL_DIR, or --class for all images.")
+    c.add_argument("model", help="model folder, or a detector directory from `aekit detector train-per-class`")
+    c.add_argument("normal_dir", help="folder of normal images (class subfolders, or flat with --class)")
+    c.add_argument("--alpha", type=float, default=0.01, help="false-positive rate allowed on normal images")
+    c.add_argument("--class", dest="cls", help="class of every image in NORMAL_DIR")
+    c.add_argument("--score", choices=("mse", "ssim"), default="mse", help="reconstruction error score")
+    c.add_argument("--latent", choices=("quantised", "float"), default="quantised",
+                   help="reconstruct through 8-bit latent symbols (as shipped) or the float latent")
+    _job_args(c)
+    c.set_defaults(func=cmd_calibrate)
+
+    s = sub.add_parser("screen", formatter_class=H, help="flag anomalous images against calibrated thresholds",
+                       description="Score every image under SRC; writes OUT.jsonl, OUT.csv, OUT.summary.json. "
+                                   "Exit 0: nothing flagged, 1: anomalies flagged, 2: errors.")
+    s.add_argument("model", help="calibrated model folder or detector directory")
+    s.add_argument("src", help="image file or folder (class subfolders, or flat)")
+    s.add_argument("--class", dest="cls", help="class of every image in SRC (default: subfolders, or the only class)")
+    s.add_argument("--alpha", type=float, help="false-positive rate (default: the calibrated one)")
+    s.add_argument("--out", default="screen", help="output prefix: OUT.jsonl, OUT.csv, OUT.summary.json")
+    s.add_argument("--heatmaps", help="folder for error-map overlays of flagged images")
+    _job_args(s)
+    s.set_defaults(func=cmd_screen)
+
+    d = sub.add_parser("detector", help="per-class detector training and evaluation")
+    dsub = d.add_subparsers(dest="detector_command", metavar="COMMAND", required=True)
+    t = dsub.add_parser("train-per-class", formatter_class=H, help="train, export and calibrate one model per class",
+                        description="One model per subfolder of DATA, gathered in OUT with a detector.json routing "
+                                    "each class to its model; a held-out part of each class calibrates it.")
+    t.add_argument("data", help="folder with one subfolder of normal images per class")
+    t.add_argument("--out", required=True, help="detector directory to write")
+    t.add_argument("--runs", help="training run folders (default: runs/<OUT name>)")
+    t.add_argument("--cal-fraction", type=float, default=0.1, help="held out of each class for calibration")
+    t.add_argument("--alpha", type=float, default=0.01)
+    t.add_argument("--score", choices=("mse", "ssim"), default="mse")
+    t.add_argument("--ratio", type=int, choices=(4, 9), default=9)
+    t.add_argument("--width", type=int, default=32)
+    t.add_argument("--blocks", type=int, default=1)
+    t.add_argument("--epochs", type=int, default=10)
+    t.add_argument("--batch-size", type=int, default=64)
+    t.add_argument("--lr", type=float, default=2e-3)
+    t.add_argument("--loss", default="mse")
+    t.add_argument("--size", type=int, default=0, help="scale-crop training images to this side (0: use as they are)")
+    t.add_argument("--channels", type=int, choices=(1, 3), help="default: from the first image")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--force", action="store_true", help="replace an existing detector directory")
+    t.set_defaults(func=cmd_train_per_class)
+
+    e = dsub.add_parser("evaluate", formatter_class=H, help="AUROC, AUPRC, FPR and recall on labelled images",
+                        description="LABELLED_DIR holds class subfolders (each calibrated class is normal, the other "
+                                    "subfolders its anomalies: one-vs-rest), or with --class NAME a 'good' (or 'normal') "
+                                    "subfolder and anomaly subfolders. Writes OUT.json, OUT.md and OUT_roc.png.")
+    e.add_argument("model", help="calibrated model folder or detector directory")
+    e.add_argument("labelled_dir")
+    e.add_argument("--class", dest="cls", help="evaluate one class: LABELLED_DIR/{good|normal} vs the other subfolders")
+    e.add_argument("--alpha", type=float, help="false-positive rate (default: the calibrated one)")
+    e.add_argument("--out", default="evaluation", help="output prefix")
+    _job_args(e)
+    e.set_defaults(func=cmd_evaluate)
+
+
+def _job_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", choices=("auto", "cuda", "cpu"), default="cpu", help="onnxruntime device")
+    p.add_argument("--batch-size", type=int, default=64, help="images per onnxruntime call")
+    p.add_argument("--threads", type=int, default=0, help="onnxruntime threads (0: its default)")
+
+
+def _job_config(args: argparse.Namespace):
+    from detector.jobs import JobConfig
+
+    return JobConfig(device=args.device, batch_size=args.batch_size, threads=args.threads)
+
+
+def _fmt(t: float | None) -> str:
+    return "inf" if t is None or math.isinf(t) else f"{t:.6g}"
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from detector.jobs import calibrate_folder
+
+    rep = calibrate_folder(args.model, args.normal_dir, args.cls, args.alpha, args.score, args.latent, _job_config(args))
+    for msg in rep.failed:
+        print(f"error: {msg}", file=sys.stderr)
+    print(f"calibrated {len(rep.classes)} class(es), score {args.score}, alpha {args.alpha:g}:")
+    for c, v in rep.classes.items():
+        print(f"  {c:24s} n={v['n']:6d}  threshold={_fmt(v['threshold'])}")
+    for msg in rep.too_small:
+        print(f"WARNING: {msg}", file=sys.stderr)
+    print("stored in " + ", ".join(map(str, rep.written)))
+    if rep.failed:
+        print(f"{len(rep.failed)} file(s)/class(es) failed; calibrated on the rest", file=sys.stderr)
+    return 2 if rep.failed or rep.too_small else 0
+
+
+def cmd_screen(args: argparse.Namespace) -> int:
+    from detector.jobs import screen_folder
+
+    rep = screen_folder(args.model, args.src, args.out, args.cls, args.alpha, args.heatmaps, _job_config(args))
+    for msg in rep.warnings:
+        print(f"WARNING: {msg}", file=sys.stderr)
+    for msg in rep.failed:
+        print(f"error: {msg}", file=sys.stderr)
+    print(f"{'class':24s} {'images':>7s} {'flagged':>8s} {'errors':>7s} {'threshold':>11s}  (score {rep.score}, alpha {rep.alpha:g})")
+    for c, s in sorted(rep.per_class.items()):
+        t = _fmt(s.threshold) if s.calibrated else "-"
+        print(f"{c:24s} {s.n:7d} {s.flagged:8d} {s.errors:7d} {t:>11s}")
+    print(f"{rep.flagged} image(s) flagged; records: " + ", ".join(map(str, rep.outputs)))
+    if rep.failed:
+        print(f"{len(rep.failed)} error(s): exit 2", file=sys.stderr)
+    return rep.exit_code
+
+
+def cmd_train_per_class(args: argparse.Namespace) -> int:
+    from detector.perclass import PerClassConfig, train_per_class
+
+    cfg = PerClassConfig(**{k: getattr(args, k) for k in PerClassConfig.__dataclass_fields__ if hasattr(args, k)})
+    out, failed = train_per_class(args.data, args.out, cfg, runs=args.runs, force=args.force)
+    print(f"detector directory {out}")
+    for msg in failed:
+        print(f"error: {msg}", file=sys.stderr)
+    return 2 if failed else 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from detector.evaluate import evaluate_folder
+
+    res = evaluate_folder(args.model, args.labelled_dir, args.out, args.cls, args.alpha, _job_config(args))
+    print(res.markdown)
+    print("wrote " + ", ".join(map(str, res.outputs)))
+    for msg in res.failed:
+        print(f"error: {msg}", file=sys.stderr)
+    return 2 if res.failed else 0

@@ -1,0 +1,47 @@
+"""Error-map overlays for flagged images: [image | reconstruction | error map over image] (numpy + pillow).
+
+The colour scale is fixed per class (the calibration's 99.9th percentile of per-pixel errors
+on normal images = full red), so colours compare across images of one class.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from aekit.images import save_image
+
+# blue -> cyan -> green -> yellow -> red, sampled into a 256-entry lookup table
+_STOPS = np.array([[0, 0, 128], [0, 160, 255], [0, 200, 80], [255, 220, 0], [220, 0, 0]], dtype=np.float64)
+LUT = np.stack([np.interp(np.linspace(0, 1, 256), np.linspace(0, 1, len(_STOPS)), _STOPS[:, c]) for c in range(3)],
+               axis=1).round().astype(np.uint8)  # (256, 3)
+MIN_PANEL_SIDE = 224  # small images (e.g. 28x28) are enlarged (nearest) to be readable
+
+
+def to_rgb(im: np.ndarray) -> np.ndarray:
+    """uint8 (H, W, 1|3) -> (H, W, 3)."""
+    return np.repeat(im, 3, axis=2) if im.shape[2] == 1 else im
+
+
+def overlay(image: np.ndarray, error_map: np.ndarray, scale: float) -> np.ndarray:
+    """uint8 (H, W, C) and (H, W) errors -> uint8 (H, W, 3): the map coloured, blended by its strength."""
+    v = np.clip(error_map / scale, 0.0, 1.0) if scale > 0 else np.zeros_like(error_map)
+    heat = LUT[np.rint(v * 255).astype(np.int64)].astype(np.float64)  # (H, W, 3)
+    a = (0.25 + 0.6 * v)[:, :, None]  # stronger errors cover more of the image
+    base = to_rgb(image).astype(np.float64)
+    return np.clip(np.rint(base * (1 - a) + heat * a), 0, 255).astype(np.uint8)
+
+
+def panel(image: np.ndarray, recon: np.ndarray, error_map: np.ndarray, scale: float) -> np.ndarray:
+    """[image | reconstruction | overlay] side by side, enlarged when small: uint8 (H', 3W', 3)."""
+    strip = np.concatenate([to_rgb(image), to_rgb(recon), overlay(image, error_map, scale)], axis=1)
+    k = max(1, -(-MIN_PANEL_SIDE // min(image.shape[:2])))
+    if k > 1:
+        strip = np.asarray(Image.fromarray(strip).resize((strip.shape[1] * k, strip.shape[0] * k), Image.NEAREST))
+    return strip
+
+
+def write_heatmap(path: str | Path, image: np.ndarray, recon: np.ndarray, error_map: np.ndarray, scale: float) -> Path:
+    return save_image(panel(image, recon, error_map, scale), path)

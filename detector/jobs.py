@@ -1,0 +1,306 @@
+"""Folder jobs: calibrate a model on folders of normal images; screen folders for anomalies.
+
+    aekit calibrate models/bag data/bag_normal --alpha 0.01
+    aekit screen models/bag incoming/ --out results/screen --heatmaps results/heatmaps
+Images are decoded in chunks (bounded memory); a bad file is reported and skipped, and the
+job goes on. Screening writes PREFIX.jsonl, PREFIX.csv and PREFIX.summary.json atomically.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import sys
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from aekit.images import FILE_MODE, ImageError, Sample, load_image, scan_folder
+from detector.calibration import CalibrationError, too_small_message
+from detector.heatmap import write_heatmap
+from detector.model import ClassScores, Detector, DetectorError
+
+RECORD_FIELDS = ("path", "class", "score", "threshold", "p_value", "is_anomaly", "error")
+
+
+@dataclass
+class JobConfig:
+    device: str = "cpu"  # onnxruntime device: auto | cuda | cpu
+    batch_size: int = 64  # images per onnxruntime call
+    chunk: int = 512  # image files decoded per step (bounds memory on large folders)
+    workers: int = 4  # threads decoding image files
+    threads: int = 0  # onnxruntime intra-op threads (0: its default)
+
+
+def min_side(factor: int) -> int:
+    """Smallest usable image side: the latent must be at least 2 x 2 (and SSIM needs room)."""
+    return max(2 * factor, 8)
+
+
+def load_for_model(path: Path, channels: int, factor: int) -> np.ndarray:
+    """Decode an image for a model; wrong channel count or too small raise ImageError naming the file."""
+    arr, note = load_image(path, channels)
+    if "RGB converted to L" in note:  # accept colour files whose three channels are equal
+        rgb, _ = load_image(path, 3)
+        if not (np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 1], rgb[..., 2])):
+            raise ImageError(f"{path}: RGB image but the model takes 1-channel (grayscale) images")
+    elif "grayscale converted to RGB" in note:
+        raise ImageError(f"{path}: grayscale image but the model takes 3-channel (RGB) images")
+    h, w = arr.shape[:2]
+    if min(h, w) < min_side(factor):
+        raise ImageError(f"{path}: {w}x{h} is too small (the model needs at least {min_side(factor)} pixels a side)")
+    return arr
+
+
+def labelled(src: str | Path, cls: str | None) -> tuple[list[Sample], list[str | None], list[Path]]:
+    """Samples under src and their classes: --class for all, else class subfolders, else None (flat)."""
+    samples, classes, skipped = scan_folder(src)
+    labels = [cls if cls else (s.label or None) for s in samples]
+    return samples, labels, skipped
+
+
+def load_chunks(samples: list[Sample], channels: int, factor: int, cfg: JobConfig
+                ) -> Iterator[list[tuple[int, np.ndarray | None, str | None]]]:
+    """Chunks of (index, image or None, error or None), decoded in threads, in sample order."""
+
+    def one(i: int) -> tuple[int, np.ndarray | None, str | None]:
+        try:
+            return i, load_for_model(samples[i].path, channels, factor), None
+        except ImageError as e:
+            return i, None, str(e)
+
+    with ThreadPoolExecutor(max(1, cfg.workers)) as pool:
+        for start in range(0, len(samples), cfg.chunk):
+            yield list(pool.map(one, range(start, min(len(samples), start + cfg.chunk))))
+
+
+# ---- calibration -----------------------------------------------------------------------------
+@dataclass
+class CalibrateReport:
+    classes: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> n, threshold, model
+    failed: list[str] = field(default_factory=list)  # one message per unusable file or class
+    too_small: list[str] = field(default_factory=list)  # warnings: too few images for alpha
+    written: list[Path] = field(default_factory=list)  # manifests updated
+
+
+def calibrate_folder(model: str | Path, src: str | Path, cls: str | None = None, alpha: float = 0.01,
+                     score: str = "mse", latent: str = "quantised", cfg: JobConfig | None = None) -> CalibrateReport:
+    """Score normal images per class, store conformal calibration in the model manifest(s)."""
+    cfg = cfg or JobConfig()
+    det = Detector(model, score=score, alpha=alpha, latent=latent, device=cfg.device,
+                   batch_size=cfg.batch_size, threads=cfg.threads)
+    samples, labels, skipped = labelled(src, cls)
+    for p in skipped:
+        print(f"note: {p}: not an image file (skipped)", file=sys.stderr)
+    report = CalibrateReport()
+    labels = [c or det.default_class(fitting=True) for c in labels]
+    usable = _routable(det, samples, labels, report.failed)
+    per_class: dict[str, ClassScores] = {}
+    for chunk in load_chunks(samples, det.channels, _factor(det), cfg):
+        ok = [(i, im) for i, im, err in chunk if err is None and i in usable]
+        report.failed += [err for _, _, err in chunk if err]
+        if not ok:
+            continue
+        scores, maps = det.score_maps([im for _, im in ok], [labels[i] for i, _ in ok])
+        for k, (i, _) in enumerate(ok):
+            per_class.setdefault(labels[i], ClassScores()).add(scores[k : k + 1], maps[k : k + 1])
+    if not per_class:
+        raise ImageError(f"{src}: no usable calibration images ({len(report.failed)} failed)")
+    det.set_calibration(per_class, source=str(Path(src).resolve()))
+    report.written = det.save()
+    for c in sorted(per_class):
+        cc = det.class_calibration(c)
+        t = cc.threshold(det.alpha_)
+        report.classes[c] = {"n": cc.n, "threshold": t, "model": str(det.model_for(c))}
+        if math.isinf(t):
+            report.too_small.append(too_small_message(c, cc.n, det.alpha_))
+    return report
+
+
+def _factor(det: Detector) -> int:
+    from export.manifest import load_manifest
+
+    return max(load_manifest(d)["factor"] for d in set(det.routes.values()))
+
+
+def _routable(det: Detector, samples: list[Sample], labels: list[str], failed: list[str]) -> set[int]:
+    """Indices whose class has a model; one failure message per class without one."""
+    bad: dict[str, str] = {}
+    for c in set(labels):
+        try:
+            det.model_for(c)
+        except DetectorError as e:
+            bad[c] = str(e)
+    for c, msg in sorted(bad.items()):
+        n = labels.count(c)
+        failed.append(f"{msg} ({n} image(s) skipped, e.g. {samples[labels.index(c)].path})")
+    return {i for i, c in enumerate(labels) if c not in bad}
+
+
+# ---- screening -------------------------------------------------------------------------------
+@dataclass
+class ClassSummary:
+    n: int = 0  # images scored
+    flagged: int = 0  # images above the threshold
+    errors: int = 0  # files that could not be scored
+    calibrated: bool = False  # the class has a calibration (else its images are errors)
+    threshold: float | None = None  # at the alpha used (None: infinite or uncalibrated)
+    score_sum: float = 0.0
+    min_p: float = 1.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"n": self.n, "flagged": self.flagged, "flagged_fraction": self.flagged / self.n if self.n else 0.0,
+                "errors": self.errors, "calibrated": self.calibrated, "threshold": self.threshold,
+                "mean_score": self.score_sum / self.n if self.n else None, "min_p_value": self.min_p}
+
+
+@dataclass
+class ScreenReport:
+    alpha: float = 0.0
+    score: str = ""
+    per_class: dict[str, ClassSummary] = field(default_factory=dict)
+    failed: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    outputs: list[Path] = field(default_factory=list)
+
+    @property
+    def flagged(self) -> int:
+        return sum(s.flagged for s in self.per_class.values())
+
+    @property
+    def exit_code(self) -> int:
+        """0 nothing flagged, 1 something flagged, 2 some file or class could not be screened."""
+        return 2 if self.failed else 1 if self.flagged else 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"alpha": self.alpha, "score": self.score, "flagged": self.flagged, "exit_code": self.exit_code,
+                "classes": {c: s.to_dict() for c, s in sorted(self.per_class.items())},
+                "failed": self.failed, "warnings": self.warnings}
+
+
+class RecordWriter:
+    """JSONL + CSV records streamed to temp files beside the targets, renamed into place by commit()."""
+
+    def __init__(self, prefix: str | Path):
+        self.targets = [Path(f"{prefix}.jsonl"), Path(f"{prefix}.csv")]
+        self.temps: list[str] = []
+        self.files = []
+        for t in self.targets:
+            t.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{t.name}.", suffix=".part", dir=t.parent)
+            self.temps.append(tmp)
+            self.files.append(io.open(fd, "w", newline=""))
+        self.csv = csv.DictWriter(self.files[1], fieldnames=RECORD_FIELDS, extrasaction="ignore")
+        self.csv.writeheader()
+
+    def write(self, rec: dict[str, Any]) -> None:
+        self.files[0].write(json.dumps(rec) + "\n")
+        self.csv.writerow({k: ("" if rec.get(k) is None else rec.get(k)) for k in RECORD_FIELDS})
+
+    def commit(self) -> list[Path]:
+        for f, tmp, t in zip(self.files, self.temps, self.targets):
+            f.close()
+            os.chmod(tmp, FILE_MODE)
+            os.replace(tmp, t)
+        return self.targets
+
+    def abort(self) -> None:
+        for f, tmp in zip(self.files, self.temps):
+            f.close()
+            Path(tmp).unlink(missing_ok=True)
+
+
+def screen_folder(model: str | Path, src: str | Path, out: str | Path, cls: str | None = None,
+                  alpha: float | None = None, heatmaps: str | Path | None = None,
+                  cfg: JobConfig | None = None) -> ScreenReport:
+    """Score every image under src against its class threshold; write records and a summary."""
+    cfg = cfg or JobConfig()
+    det = Detector(model, alpha=alpha, device=cfg.device, batch_size=cfg.batch_size, threads=cfg.threads)
+    if not det.classes_:
+        raise CalibrationError(f"{model}: not calibrated; run `aekit calibrate {model} NORMAL_DIR` first")
+    if cls:
+        det.class_calibration(cls)  # an explicit unknown/uncalibrated class is a usage error
+    samples, labels, skipped = labelled(src, cls)
+    labels = [c or det.default_class() for c in labels]
+    report = ScreenReport(alpha=det.alpha_, warnings=[f"{p}: not an image file (skipped)" for p in skipped])
+    writer = RecordWriter(out)
+    try:
+        usable = _calibrated(det, samples, labels, report, writer)
+        for chunk in load_chunks(samples, det.channels, _factor(det), cfg):
+            _screen_chunk(det, samples, labels, chunk, usable, report, writer, heatmaps, src)
+        report.outputs = writer.commit()
+    except BaseException:
+        writer.abort()
+        raise
+    summary = Path(f"{out}.summary.json")
+    from aekit.images import atomic_write_bytes
+
+    report.outputs.append(atomic_write_bytes(summary, (json.dumps(report.to_dict(), indent=1) + "\n").encode()))
+    return report
+
+
+def _calibrated(det: Detector, samples: list[Sample], labels: list[str], report: ScreenReport,
+                writer: RecordWriter) -> set[int]:
+    """Indices whose class is calibrated; the others are recorded as errors (one message per class)."""
+    ok: set[str] = set()
+    for c in sorted(set(labels)):
+        s = report.per_class.setdefault(c, ClassSummary())
+        try:
+            cc = det.class_calibration(c)
+        except (DetectorError, CalibrationError) as e:
+            idx = [i for i, lab in enumerate(labels) if lab == c]
+            report.failed.append(f"{e} ({len(idx)} image(s) not screened, e.g. {samples[idx[0]].path})")
+            s.errors = len(idx)
+            for i in idx:
+                writer.write({"path": str(samples[i].path), "class": c, "is_anomaly": None, "error": str(e)})
+            continue
+        ok.add(c)
+        s.calibrated = True
+        t = cc.threshold(det.alpha_)
+        s.threshold = None if math.isinf(t) else t
+        report.score = det.settings(det.model_for(c))[0]
+        if math.isinf(t):
+            report.warnings.append(too_small_message(c, cc.n, det.alpha_))
+    return {i for i, c in enumerate(labels) if c in ok}
+
+
+def _screen_chunk(det, samples, labels, chunk, usable, report, writer, heatmaps, src) -> None:
+    ok = [(i, im) for i, im, err in chunk if err is None and i in usable]
+    for i, _, err in chunk:
+        if err is not None and i in usable:
+            report.failed.append(err)
+            report.per_class[labels[i]].errors += 1
+            writer.write({"path": str(samples[i].path), "class": labels[i], "is_anomaly": None, "error": err})
+    if not ok:
+        return
+    images, labs = [im for _, im in ok], [labels[i] for i, _ in ok]
+    scores, maps = det.score_maps(images, labs, maps=heatmaps is not None)
+    for k, (i, im) in enumerate(ok):
+        c, cc = labs[k], det.class_calibration(labs[k])
+        _note_shape(report, c, cc.image_shape, im.shape[:2])
+        t, p = cc.threshold(det.alpha_), float(cc.p_values(scores[k : k + 1])[0])
+        flag = bool(scores[k] > t)
+        s = report.per_class[c]
+        s.n, s.flagged, s.score_sum, s.min_p = s.n + 1, s.flagged + flag, s.score_sum + scores[k], min(s.min_p, p)
+        writer.write({"path": str(samples[i].path), "class": c, "score": float(scores[k]),
+                      "threshold": None if math.isinf(t) else t, "p_value": p, "is_anomaly": flag, "error": None,
+                      "rel": str(samples[i].rel), "height": im.shape[0], "width": im.shape[1]})
+        if flag and heatmaps is not None:
+            recon = det.reconstruct(det.model_for(c), im[None], det.settings(det.model_for(c))[1])[0]
+            dest = Path(heatmaps) / samples[i].rel.with_suffix(".png")
+            write_heatmap(dest, im, recon, maps[k], cc.map_scale)
+
+
+def _note_shape(report: ScreenReport, cls: str, cal_shape: list[int] | None, shape: tuple[int, int]) -> None:
+    if cal_shape and list(shape) != list(cal_shape):
+        msg = (f"class {cls!r}: calibrated on {cal_shape[1]}x{cal_shape[0]} images, screening "
+               f"{shape[1]}x{shape[0]} images; scores of other sizes may not be comparable")
+        if msg not in report.warnings and sum(w.startswith(f"class {cls!r}: calibrated on") for w in report.warnings) < 3:
+            report.warnings.append(msg)
