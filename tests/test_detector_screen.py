@@ -1,0 +1,246 @@
+"""`aekit calibrate` / `aekit screen` / `aekit detector evaluate` in-process on a tiny real model.
+
+The shared tiny model is copied per test (calibration writes into its manifest). Covers exit
+codes 0/1/2, record files, exact score reuse, alpha override, the manifest round trip, every
+bad-input message of the issue, detector-directory routing and torch-free screening.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from aekit.cli import main
+from aekit.images import load_image, save_image
+from detector.calibration import conformal_threshold
+from detector.model import Detector, save_detector_manifest
+from export.manifest import load_manifest
+
+CLASSES = ("trouser", "bag", "sneaker")
+
+
+@pytest.fixture
+def model(tiny_model, tmp_path) -> Path:
+    dest = tmp_path / "model"
+    shutil.copytree(tiny_model(1, 4), dest)
+    return dest
+
+
+@pytest.fixture
+def normal(fmnist_dir, tmp_path) -> Path:
+    """Three classes of real Fashion-MNIST training images (about 60 each)."""
+    out = tmp_path / "normal"
+    for c in CLASSES:
+        shutil.copytree(fmnist_dir / "train" / c, out / c)
+    return out
+
+
+def run(capsys, *argv) -> tuple[int, str, str]:
+    rc = main([str(a) for a in argv])
+    cap = capsys.readouterr()
+    return rc, cap.out, cap.err
+
+
+def records(prefix: Path) -> list[dict]:
+    return [json.loads(line) for line in Path(f"{prefix}.jsonl").read_text().splitlines()]
+
+
+def test_calibrate_stores_versioned_thresholds_in_the_manifest(model, normal, capsys):
+    rc, out, err = run(capsys, "calibrate", model, normal, "--alpha", "0.05")
+    assert rc == 0, err
+    cal = load_manifest(model)["calibration"]
+    assert cal["version"] == 1 and cal["score"] == "mse" and cal["alpha"] == 0.05
+    assert cal["model_id"] == load_manifest(model)["model_id"]
+    for c in CLASSES:
+        entry = cal["classes"][c]
+        assert entry["n"] == len(list((normal / c).iterdir())) == len(entry["scores"])
+        assert entry["scores"] == sorted(entry["scores"])
+        assert entry["threshold"] == conformal_threshold(np.array(entry["scores"]), 0.05)
+    rc, info, _ = run(capsys, "info", model)
+    assert rc == 0 and "calibration  score mse, alpha 0.05" in info and "trouser: n=" in info
+    # the calibration travels with the folder: a copy screens with the same thresholds
+    moved = model.parent / "moved"
+    shutil.copytree(model, moved)
+    assert Detector(moved).thresholds_ == Detector(model).thresholds_
+
+
+def test_screen_reuses_calibration_scores_exactly_and_writes_records(model, normal, tmp_path, capsys):
+    assert run(capsys, "calibrate", model, normal, "--alpha", "0.05", "--score", "ssim")[0] == 0
+    rc, out, err = run(capsys, "screen", model, normal, "--out", tmp_path / "r")
+    assert rc in (0, 1), err
+    recs = records(tmp_path / "r")
+    cal = load_manifest(model)["calibration"]
+    for c in CLASSES:
+        mine = sorted(r["score"] for r in recs if r["class"] == c)
+        assert mine == cal["classes"][c]["scores"]  # same function, same pixels: identical floats
+    for r in recs:
+        assert r["is_anomaly"] == (r["score"] > r["threshold"]) and 0 < r["p_value"] <= 1
+        n = cal["classes"][r["class"]]["n"]
+        assert r["p_value"] == (1 + sum(s >= r["score"] for s in cal["classes"][r["class"]]["scores"])) / (n + 1)
+    rows = list(csv.DictReader(open(tmp_path / "r.csv")))
+    assert len(rows) == len(recs) and set(rows[0]) >= {"path", "class", "score", "threshold", "p_value", "is_anomaly"}
+    summary = json.loads((tmp_path / "r.summary.json").read_text())
+    assert summary["score"] == "ssim" and set(summary["classes"]) == set(CLASSES)
+    assert summary["exit_code"] == rc and summary["flagged"] == sum(r["is_anomaly"] for r in recs)
+    # flagged fraction of the calibration images themselves is at most alpha (by construction)
+    assert summary["flagged"] <= 0.05 * len(recs)
+
+
+def test_exit_codes_and_heatmaps(model, normal, tmp_path, capsys):
+    assert run(capsys, "calibrate", model, normal / "trouser", "--class", "trouser", "--alpha", "0.05")[0] == 0
+    det = Detector(model)
+    t = det.thresholds_["trouser"]
+    files = sorted((normal / "trouser").iterdir())
+    scores = det.decision_function([load_image(f, 1)[0] for f in files], "trouser")
+    calm = tmp_path / "calm"
+    calm.mkdir()
+    for f in [f for f, s in zip(files, scores) if s <= t][:10]:
+        shutil.copy(f, calm / f.name)
+    rc, out, _ = run(capsys, "screen", model, calm, "--out", tmp_path / "calm", "--heatmaps", tmp_path / "hm0")
+    assert rc == 0 and "0 image(s) flagged" in out and not (tmp_path / "hm0").exists()
+    # an inverted trouser is far from every normal trouser: flagged, exit 1, heatmap written
+    odd = tmp_path / "odd"
+    save_image(255 - load_image(files[0], 1)[0], odd / "inverted.png")
+    shutil.copy(files[1], odd / files[1].name)
+    rc, out, _ = run(capsys, "screen", model, odd, "--out", tmp_path / "odd", "--heatmaps", tmp_path / "hm")
+    assert rc == 1 and "1 image(s) flagged" in out
+    assert [p.name for p in (tmp_path / "hm").iterdir()] == ["inverted.png"]
+    heat = load_image(tmp_path / "hm" / "inverted.png", 3)[0]
+    assert heat.shape[1] == 3 * heat.shape[0]  # image | reconstruction | overlay
+    # an unreadable file: the job goes on, records it, exit 2
+    (odd / "broken.png").write_bytes(b"not a png")
+    rc, out, err = run(capsys, "screen", model, odd, "--out", tmp_path / "odd2")
+    assert rc == 2 and "broken.png: cannot decode image" in err
+    recs = records(tmp_path / "odd2")
+    assert len(recs) == 3 and sum(r["error"] is not None for r in recs) == 1
+    assert sum(bool(r["is_anomaly"]) for r in recs) == 1
+
+
+def test_alpha_override_recomputes_thresholds_from_stored_scores(model, normal, tmp_path, capsys):
+    assert run(capsys, "calibrate", model, normal, "--alpha", "0.05")[0] == 0
+    stored = load_manifest(model)["calibration"]["classes"]
+    run(capsys, "screen", model, normal, "--alpha", "0.2", "--out", tmp_path / "a")
+    for r in records(tmp_path / "a"):
+        assert r["threshold"] == conformal_threshold(np.array(stored[r["class"]]["scores"]), 0.2)
+    flagged = sum(r["is_anomaly"] for r in records(tmp_path / "a"))
+    # screening the calibration images: exactly those above the k-th smallest score are flagged
+    expect = sum(int(np.sum(np.array(v["scores"]) > conformal_threshold(np.array(v["scores"]), 0.2)))
+                 for v in stored.values())
+    assert flagged == expect and 0 < flagged <= 0.2 * sum(v["n"] for v in stored.values())
+    assert load_manifest(model)["calibration"]["alpha"] == 0.05  # screening never rewrites the calibration
+
+
+def test_bad_input_messages(model, normal, tmp_path, capsys, photos_dir):
+    # uncalibrated model
+    rc, _, err = run(capsys, "screen", model, normal, "--out", tmp_path / "x")
+    assert rc == 2 and "not calibrated" in err and "aekit calibrate" in err
+    # too few calibration images for alpha: loud warning naming the class, exit 2, stored as infinite
+    few = tmp_path / "few" / "bag"
+    few.mkdir(parents=True)
+    for f in sorted((normal / "bag").iterdir())[:10]:
+        shutil.copy(f, few / f.name)
+    rc, _, err = run(capsys, "calibrate", model, few.parent, "--alpha", "0.01")
+    assert rc == 2 and "class 'bag': 10 calibration images are too few for alpha=0.01 (need at least 99)" in err
+    assert load_manifest(model)["calibration"]["classes"]["bag"]["threshold"] is None
+    rc, _, err = run(capsys, "screen", model, few.parent, "--out", tmp_path / "few")
+    assert rc == 0 and "nothing can be flagged" in err
+    # calibrate trouser only; then: unknown class, class without calibration, wrong channels, too small
+    assert run(capsys, "calibrate", model, normal / "trouser", "--class", "trouser", "--alpha", "0.05")[0] == 0
+    rc, _, err = run(capsys, "screen", model, normal / "bag", "--class", "nope", "--out", tmp_path / "x")
+    assert rc == 2 and "class 'nope' is unknown" in err
+    rc, _, err = run(capsys, "screen", model, normal, "--out", tmp_path / "mixed")
+    assert rc == 2 and "class 'sneaker' has no calibration" in err  # the tiny model was trained on it
+    recs = records(tmp_path / "mixed")
+    assert {r["class"] for r in recs if r["error"] is None} == {"trouser", "bag"}  # the others were screened
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    shutil.copy(photos_dir / "astronaut.png", bad / "astronaut.png")
+    save_image(np.zeros((5, 5, 1), np.uint8), bad / "tiny.png")
+    save_image(np.repeat(load_image(sorted((normal / "trouser").iterdir())[0], 1)[0], 3, axis=2), bad / "gray_as_rgb.png")
+    rc, _, err = run(capsys, "screen", model, bad, "--class", "trouser", "--out", tmp_path / "bad")
+    assert rc == 2
+    assert "astronaut.png: RGB image but the model takes 1-channel (grayscale) images" in err
+    assert "tiny.png: 5x5 is too small" in err
+    assert [r["error"] for r in records(tmp_path / "bad") if "gray_as_rgb" in r["path"]] == [None]
+    # a flat folder when several classes are calibrated needs --class
+    assert run(capsys, "calibrate", model, normal / "bag", "--class", "bag", "--alpha", "0.05")[0] == 0
+    rc, _, err = run(capsys, "screen", model, normal / "bag", "--out", tmp_path / "x")
+    assert rc == 2 and "--class NAME" in err
+    # a missing model folder or source
+    rc, _, err = run(capsys, "screen", tmp_path / "nomodel", normal, "--out", tmp_path / "x")
+    assert rc == 2 and "not an aekit model folder" in err
+    rc, _, err = run(capsys, "screen", model, tmp_path / "nothing", "--class", "bag", "--out", tmp_path / "x")
+    assert rc == 2 and "no such file or folder" in err
+
+
+def test_estimator_api(model, normal):
+    files = sorted((normal / "trouser").iterdir())
+    X = np.stack([load_image(f, 1)[0] for f in files])  # (N, 28, 28, 1)
+    det = Detector(model, alpha=0.05, score="ssim").fit(X[:40], "trouser")
+    assert set(det.thresholds_) == {"trouser"} and det.decision_scores_.shape == (40,)
+    scores = det.decision_function(X[40:])  # the only calibrated class is the default
+    np.testing.assert_array_equal(det.predict(X[40:]), (scores > det.thresholds_["trouser"]).astype(int))
+    assert det.decision_function(255 - X[:5]).min() > np.median(scores)  # inverted: more anomalous
+    det.save()
+    again = Detector(model)
+    assert again.thresholds_ == det.thresholds_ and again.settings(again.routes[None])[0] == "ssim"
+    np.testing.assert_array_equal(again.decision_function(X[40:]), scores)
+    with pytest.raises(Exception, match="calibrated with score ssim"):
+        Detector(model, score="mse").predict(X[:2])
+
+
+def test_detector_directory_routes_each_class_to_its_model(model, normal, tmp_path, capsys):
+    det_dir = tmp_path / "det"
+    for c in ("trouser", "bag"):
+        shutil.copytree(model, det_dir / c)
+    save_detector_manifest(det_dir, {c: {"model": c} for c in ("trouser", "bag")}, {})
+    rc, out, err = run(capsys, "calibrate", det_dir, normal, "--alpha", "0.05")
+    assert rc == 2 and "unknown class 'sneaker'" in err  # no model for it: reported, the rest calibrated
+    assert set(load_manifest(det_dir / "bag")["calibration"]["classes"]) == {"bag"}
+    assert set(load_manifest(det_dir / "trouser")["calibration"]["classes"]) == {"trouser"}
+    rc, out, err = run(capsys, "screen", det_dir, normal, "--out", tmp_path / "s")
+    assert rc == 2 and "unknown class 'sneaker': detector" in err
+    assert {r["class"] for r in records(tmp_path / "s") if r["error"] is None} == {"trouser", "bag"}
+    rc, out, err = run(capsys, "detector", "evaluate", det_dir, normal, "--out", tmp_path / "ev")
+    assert rc == 0, err
+    ev = json.loads((tmp_path / "ev.json").read_text())
+    assert set(ev["metrics"]) == {"trouser", "bag", "mean"}
+    m = ev["metrics"]["trouser"]
+    assert m["n_normal"] == len(list((normal / "trouser").iterdir())) and m["n_anomalous"] > m["n_normal"]
+    assert 0 <= m["auroc"] <= 1 and 0 <= m["fpr"] <= 0.05 + 1e-9  # calibration images: FPR <= alpha
+    assert (tmp_path / "ev.md").read_text().startswith("| class |") and (tmp_path / "ev_roc.png").stat().st_size > 0
+
+
+def test_evaluate_good_vs_defect_layout(model, normal, tmp_path, capsys):
+    lab = tmp_path / "lab"
+    shutil.copytree(normal / "trouser", lab / "good")
+    shutil.copytree(normal / "bag", lab / "bag_defect")
+    assert run(capsys, "calibrate", model, normal / "trouser", "--class", "trouser", "--alpha", "0.05")[0] == 0
+    rc, out, err = run(capsys, "detector", "evaluate", model, lab, "--class", "trouser", "--out", tmp_path / "e")
+    assert rc == 0, err
+    m = json.loads((tmp_path / "e.json").read_text())["metrics"]["trouser"]
+    assert m["n_normal"] == len(list((lab / "good").iterdir())) and m["auroc"] > 0.5
+
+
+def test_screening_never_imports_torch(model, normal, tmp_path, capsys):
+    assert run(capsys, "calibrate", model, normal / "bag", "--class", "bag", "--alpha", "0.05")[0] == 0
+    code = (
+        "import sys\n"
+        "from detector.jobs import calibrate_folder, screen_folder\n"
+        f"calibrate_folder({str(model)!r}, {str(normal / 'bag')!r}, 'bag', 0.05)\n"
+        f"rep = screen_folder({str(model)!r}, {str(normal / 'bag')!r}, {str(tmp_path / 'nt')!r}, 'bag')\n"
+        "assert rep.per_class['bag'].n > 0\n"
+        "import detector.cli, detector.evaluate, detector.heatmap\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+        "print('ok')\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "ok" in r.stdout, r.stderr
