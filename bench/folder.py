@@ -67,9 +67,9 @@ def tree_bytes(root: Path) -> tuple[int, int]:
     return len(files), sum(p.stat().st_size for p in files)
 
 
-def folder_stage(model: str, folder: str, limit: int, log: Callable[[str], None]) -> dict[str, Any]:
+def folder_stage(model: str, folder: str, limit: int, log: Callable[[str], None], device: str = "cpu") -> dict[str, Any]:
     """Compress then decompress the (first `limit` files of the) folder; one dict of figures."""
-    row: dict[str, Any] = {"folder": str(folder), "limit": limit, "model": str(model)}
+    row: dict[str, Any] = {"folder": str(folder), "limit": limit, "model": str(model), "device": device}
     if (why := codec_available()) is not None:
         row.update(status="skipped", message=why)
         log(f"folder {folder}: {why} -- skipped")
@@ -78,9 +78,11 @@ def folder_stage(model: str, folder: str, limit: int, log: Callable[[str], None]
     try:
         n, in_bytes = mirror(Path(folder), work / "src", limit)
         row.update(files=n, source_bytes=in_bytes, startup=_child(aekit_cmd("--version"))["seconds"])
-        comp = _child(aekit_cmd("compress", str(work / "src"), "-m", str(model), "-o", str(work / "lat")))
+        comp = _child(aekit_cmd("compress", str(work / "src"), "-m", str(model), "-o", str(work / "lat"),
+                                     "--device", device))
         n_lat, lat_bytes = tree_bytes(work / "lat") if (work / "lat").exists() else (0, 0)
-        dec = _child(aekit_cmd("decompress", str(work / "lat"), "-o", str(work / "out"), "-m", str(model)))
+        dec = _child(aekit_cmd("decompress", str(work / "lat"), "-o", str(work / "out"), "-m", str(model),
+                                    "--device", device))
         n_out, _ = tree_bytes(work / "out") if (work / "out").exists() else (0, 0)
         row.update(latent_files=n_lat, latent_bytes=lat_bytes, decoded_files=n_out, compress=comp, decompress=dec)
         for k, c in (("compress", comp), ("decompress", dec)):

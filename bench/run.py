@@ -313,7 +313,7 @@ class Sweep:
             from bench.folder import folder_stage
 
             for lim in cfg.folder_limits or (0,):
-                self.report.folders.append(folder_stage(m["_dir"], f, lim, self.log))
+                self.report.folders.append(folder_stage(m["_dir"], f, lim, self.log, self.device))
         for r in self.runners.values():
             if isinstance(r, Runner):
                 r.close()
