@@ -34,6 +34,8 @@ class BackendOptions:
     trt_cache: str | None = None  # TensorRT engine + timing cache folder (default: <tmp>/aekit-trt-cache)
     compile_mode: str | None = None  # torch.compile mode (default: max-autotune on CUDA, default on CPU)
     cudnn_search: str = "EXHAUSTIVE"  # onnxruntime cudnn_conv_algo_search: EXHAUSTIVE | HEURISTIC | DEFAULT
+    cuda_graph: bool = False  # onnxruntime CUDA graphs: one launch per run (fixed shapes + IOBinding, which we have)
+    nhwc: bool = False  # onnxruntime CUDA prefer_nhwc: channels-last convs (tensor cores without transposes)
 
 
 class Runner:
@@ -120,6 +122,10 @@ def _ort_providers(name: str, precision: str, opts: BackendOptions, shapes: dict
         "arena_extend_strategy": "kSameAsRequested",  # exact allocations: peak memory is meaningful
         "do_copy_in_default_stream": "1",
     }
+    if opts.cuda_graph:
+        cuda["enable_cuda_graph"] = "1"
+    if opts.nhwc:
+        cuda["prefer_nhwc"] = "1"
     if name == "ort-cuda":
         return [("CUDAExecutionProvider", cuda), "CPUExecutionProvider"]
     cache = Path(opts.trt_cache or Path(tempfile.gettempdir()) / "aekit-trt-cache")
@@ -241,35 +247,31 @@ class OrtRunner(Runner):
             self.dec_io.synchronize_outputs()
 
     def fetch_latents(self) -> np.ndarray:
-        return self.y_dev.numpy() if self.device == "cuda" else self.y
+        return self.enc_io.copy_outputs_to_cpu()[0] if self.device == "cuda" else self.y
 
     def fetch_pixels(self) -> np.ndarray:
-        return self.px_dev.numpy() if self.device == "cuda" else self.px
+        return self.dec_io.copy_outputs_to_cpu()[0] if self.device == "cuda" else self.px
 
     def compress(self, images: np.ndarray) -> np.ndarray:
         if self.device == "cuda":  # upload, run, download: what a real GPU pipeline pays
             self.x_dev.update_inplace(np.ascontiguousarray(images))
             self.enc.run_with_iobinding(self.enc_io)
-            return self.y_dev.numpy()
+            return self.enc_io.copy_outputs_to_cpu()[0]
         return self.enc.run(None, {"pixels": images})[0]
 
     def decompress(self, y_hat: np.ndarray) -> np.ndarray:
         if self.device == "cuda":
             self.yh_dev.update_inplace(np.ascontiguousarray(y_hat, dtype=np.float32))
             self.dec.run_with_iobinding(self.dec_io)
-            return self.px_dev.numpy()
+            return self.dec_io.copy_outputs_to_cpu()[0]
         return self.dec.run(None, {"y_hat": y_hat})[0]
 
-    def reset_peak_memory(self) -> None:
-        from bench.sysinfo import gpu_memory_used_bytes
-
-        self._base = gpu_memory_used_bytes() if self.device == "cuda" else None
-
     def peak_memory(self) -> int | None:
-        """Device memory used now; onnxruntime's arena keeps its high-water mark, so this is the peak."""
-        from bench.sysinfo import gpu_memory_used_bytes
+        """Device memory this process holds: onnxruntime's arena never shrinks, so it is the high-water
+        mark of every run so far (sessions, weights, cuDNN workspaces, activations)."""
+        from bench.sysinfo import process_gpu_memory_bytes
 
-        return gpu_memory_used_bytes() if self.device == "cuda" else None
+        return process_gpu_memory_bytes() if self.device == "cuda" else None
 
     def close(self) -> None:
         self.enc = self.dec = None
@@ -370,9 +372,7 @@ class TorchRunner(Runner):
 
     def compress(self, images: np.ndarray) -> np.ndarray:
         t = self.torch
-        src = t.from_numpy(images)
-        if self.device == "cuda":
-            src = src.pin_memory().to(self.device, non_blocking=True)
+        src = t.from_numpy(np.ascontiguousarray(images)).to(self.device)
         with t.inference_mode():
             return self.enc_fn(src).cpu().numpy()
 

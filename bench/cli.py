@@ -64,6 +64,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", help="PyTorch weights for torch backends (default: the manifest's)")
     p.add_argument("--trt-cache", help="TensorRT engine cache folder (default: $TMPDIR/aekit-trt-cache)")
     p.add_argument("--compile-mode", help="torch.compile mode (default: max-autotune on CUDA, default on CPU)")
+    p.add_argument("--cuda-graph", action="store_true", help="ort-cuda: capture CUDA graphs (one launch per run)")
+    p.add_argument("--nhwc", action="store_true", help="ort-cuda: prefer_nhwc convolutions (fp16 tensor cores)")
     p.add_argument("--json", dest="json_out", help="write the full record here")
     p.add_argument("--plot", help="throughput-vs-batch PNG (default: beside --json, same name .png)")
     p.add_argument("--quiet", action="store_true", help="no progress lines, only the table")
@@ -82,7 +84,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
                       images=args.images, max_images=args.max_images, jpeg=not args.no_jpeg,
                       entropy=not args.no_entropy, folders=tuple(args.folder), folder_limits=args.folder_limit,
                       threads=args.threads, checkpoint=args.checkpoint, trt_cache=args.trt_cache,
-                      compile_mode=args.compile_mode)
+                      compile_mode=args.compile_mode, cuda_graph=args.cuda_graph, nhwc=args.nhwc)
 
     def log(msg: str) -> None:
         if not args.quiet:

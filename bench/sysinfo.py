@@ -125,3 +125,18 @@ def gpu_memory_used_bytes() -> int | None:
         return None
     free, total = torch.cuda.mem_get_info(0)
     return total - free
+
+
+def process_gpu_memory_bytes(pid: int | None = None) -> int | None:
+    """Device memory held by this process (nvidia-smi per-process accounting), else all processes' use."""
+    pid = pid or os.getpid()
+    try:
+        r = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
+                           capture_output=True, text=True, timeout=20)
+        for line in r.stdout.strip().splitlines():
+            p, used = (v.strip() for v in line.split(","))
+            if int(p) == pid:
+                return int(used) * 2**20
+    except (OSError, ValueError, subprocess.TimeoutExpired):
+        pass
+    return gpu_memory_used_bytes()  # pid namespaces can hide our pid from nvidia-smi
