@@ -291,7 +291,8 @@ def _screen_chunk(det, samples, labels, chunk, usable, report, writer, heatmaps,
         s.n, s.flagged, s.score_sum, s.min_p = s.n + 1, s.flagged + flag, s.score_sum + scores[k], min(s.min_p, p)
         writer.write({"path": str(samples[i].path), "class": c, "score": float(scores[k]),
                       "threshold": None if math.isinf(t) else t, "p_value": p, "is_anomaly": flag, "error": None,
-                      "rel": str(samples[i].rel), "height": im.shape[0], "width": im.shape[1]})
+                      "rel": str(samples[i].rel), "height": im.shape[0], "width": im.shape[1],
+                      "model_id": det.runtime(det.model_for(c)).model_id})
         if flag and heatmaps is not None:
             recon = det.reconstruct(det.model_for(c), im[None], det.settings(det.model_for(c))[1])[0]
             dest = Path(heatmaps) / samples[i].rel.with_suffix(".png")

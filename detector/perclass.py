@@ -19,7 +19,7 @@ import numpy as np
 
 from aekit.images import ImageError, Sample, scan_folder
 from detector.jobs import load_for_model
-from detector.model import Detector, save_detector_manifest
+from detector.model import Detector, DetectorError, save_detector_manifest
 
 
 @dataclass
@@ -103,7 +103,7 @@ def train_per_class(data: str | Path, out: str | Path, cfg: PerClassConfig, runs
 
     out = Path(out)
     if out.exists() and not force:
-        raise FileExistsError(f"{out}: already exists; pass --force to replace it")
+        raise DetectorError(f"{out}: already exists; pass --force to replace it")
     samples, classes, _ = scan_folder(data)
     if not classes:
         raise ImageError(f"{data}: needs one subfolder of normal images per class (found a flat folder)")

@@ -244,3 +244,31 @@ def test_screening_never_imports_torch(model, normal, tmp_path, capsys):
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and "ok" in r.stdout, r.stderr
+
+
+def test_train_per_class_builds_a_routed_calibrated_detector(fmnist_dir, tmp_path, capsys):
+    data = tmp_path / "data"
+    for c in ("trouser", "sneaker"):
+        shutil.copytree(fmnist_dir / "train" / c, data / c)
+    out = tmp_path / "det"
+    rc, _, err = run(capsys, "detector", "train-per-class", data, "--out", out, "--runs", tmp_path / "runs",
+                     "--epochs", "1", "--width", "8", "--blocks", "0", "--cal-fraction", "0.3", "--alpha", "0.1")
+    assert rc == 0, err
+    manifest = json.loads((out / "detector.json").read_text())
+    assert manifest["format"] == "aekit-detector" and set(manifest["classes"]) == {"trouser", "sneaker"}
+    ids = {c: load_manifest(out / c)["model_id"] for c in ("trouser", "sneaker")}
+    assert ids["trouser"] != ids["sneaker"]
+    for c in ids:
+        cal = load_manifest(out / c)["calibration"]
+        assert set(cal["classes"]) == {c} and cal["classes"][c]["n"] == manifest["classes"][c]["n_calibration"]
+        n_total = len(list((data / c).iterdir()))
+        assert manifest["classes"][c]["n_train"] + manifest["classes"][c]["n_val"] + cal["classes"][c]["n"] == n_total
+    test = tmp_path / "test"
+    for c in ("trouser", "sneaker"):
+        shutil.copytree(fmnist_dir / "test" / c, test / c)
+    rc, _, err = run(capsys, "screen", out, test, "--out", tmp_path / "s")
+    assert rc in (0, 1), err
+    for r in records(tmp_path / "s"):
+        assert r["model_id"] == ids[r["class"]]  # each class went through its own model
+    rc, _, err = run(capsys, "detector", "train-per-class", data, "--out", out)
+    assert rc == 2 and "already exists" in err
