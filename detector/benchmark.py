@@ -47,6 +47,7 @@ class BenchConfig:
     lr: float = 2e-3
     loss: str = "mse"  # training loss spec (aekit.losses)
     tag: str = ""  # names the work subfolder (default: derived from the settings)
+    threads: int = 0  # torch and onnxruntime threads (0: their defaults); 1 on a shared machine
 
     def name(self) -> str:
         return self.tag or f"r{self.ratio}-w{self.width}-b{self.blocks}-e{self.epochs}-{self.loss.replace(':', '').replace(',', '_')}"
@@ -90,11 +91,11 @@ def train_model(cfg: BenchConfig, cls: str, seed: int, train_samples: list[Sampl
     return model, summary
 
 
-def score_variants(model_dir: Path, images: np.ndarray) -> dict[str, np.ndarray]:
+def score_variants(model_dir: Path, images: np.ndarray, threads: int = 0) -> dict[str, np.ndarray]:
     """Scores of every variant for uint8 (N, H, W, 1) images, batched through onnxruntime."""
     from detector.model import Detector
 
-    det = Detector(model_dir)
+    det = Detector(model_dir, threads=threads)
     out: dict[str, list[np.ndarray]] = {v: [] for v in VARIANTS}
     for i in range(0, len(images), 500):
         x = images[i : i + 500]
@@ -132,8 +133,8 @@ def run_one(cfg: BenchConfig, cls: str, seed: int, train_by_class: dict[str, lis
     train_s, cal_s = split(train_by_class[cls], cfg.cal_fraction, seed)
     model, summary = train_model(cfg, cls, seed, train_s, work)
     t_train = time.monotonic() - t0
-    cal_scores = score_variants(model, load_all(cal_s))
-    test_scores = score_variants(model, test_x)
+    cal_scores = score_variants(model, load_all(cal_s), cfg.threads)
+    test_scores = score_variants(model, test_x, cfg.threads)
     res = {"class": cls, "seed": seed, "n_train": summary["n_train"], "n_val": summary["n_val"], "n_cal": len(cal_s),
            "best_val_psnr": summary["best_val_psnr"], "train_s": round(t_train, 1),
            "score_s": round(time.monotonic() - t0 - t_train, 1),
@@ -170,16 +171,30 @@ def machine() -> dict[str, Any]:
             "onnxruntime": onnxruntime.__version__, "torch_threads": torch.get_num_threads()}
 
 
-def run(cfg: BenchConfig) -> dict[str, Any]:
+def run(cfg: BenchConfig, summarise_only: bool = False) -> dict[str, Any]:
+    """Train and score every (seed, class), seeds outermost; cached runs are reused.
+
+    summarise_only: no training; summarise the cached runs of the seeds complete for every class.
+    """
+    if cfg.threads:
+        import torch
+
+        torch.set_num_threads(cfg.threads)
     train_samples, classes, _ = scan_folder(Path(cfg.data) / "train")
     test_samples, _, _ = scan_folder(Path(cfg.data) / "test")
     classes = cfg.classes or classes
     by_class: dict[str, list[Sample]] = {}
     for s in train_samples:
         by_class.setdefault(s.label, []).append(s)
-    test_x, test_y = load_all(test_samples), np.array([s.label for s in test_samples])
     t0 = time.monotonic()
-    runs = [run_one(cfg, c, s, by_class, test_x, test_y) for s in cfg.seeds for c in classes]
+    if summarise_only:
+        work = Path(cfg.work) / cfg.name()
+        done = {(c, s): work / f"{c}-s{s}" / "result.json" for s in cfg.seeds for c in classes}
+        cfg.seeds = [s for s in cfg.seeds if all(done[(c, s)].is_file() for c in classes)]
+        runs = [json.loads(done[(c, s)].read_text()) for s in cfg.seeds for c in classes]
+    else:
+        test_x, test_y = load_all(test_samples), np.array([s.label for s in test_samples])
+        runs = [run_one(cfg, c, s, by_class, test_x, test_y) for s in cfg.seeds for c in classes]
     return {"benchmark": "fashion-mnist one-class (train on one class, test on the full 10k test set)",
             "config": asdict(cfg), "classes": classes, "machine": machine(),
             "wall_s": round(time.monotonic() - t0, 1), "summary": summarise(runs, classes, cfg.seeds), "runs": runs}
@@ -211,15 +226,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="result JSON (a .md table is written beside it)")
     for name in ("data", "work", "loss", "tag"):
         p.add_argument(f"--{name}", default=getattr(d, name))
-    for name in ("ratio", "width", "blocks", "latent_levels", "epochs", "batch_size"):
+    for name in ("ratio", "width", "blocks", "latent_levels", "epochs", "batch_size"):  # threads: below
         p.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(d, name))
     for name in ("cal_fraction", "val_fraction", "lr"):
         p.add_argument(f"--{name.replace('_', '-')}", type=float, default=getattr(d, name))
     p.add_argument("--classes", nargs="*", default=[])
     p.add_argument("--seeds", nargs="*", type=int, default=d.seeds)
+    p.add_argument("--threads", type=int, default=d.threads, help="torch/onnxruntime threads (0: default)")
+    p.add_argument("--summarise-only", action="store_true", help="no training: summarise the finished runs")
     args = p.parse_args(argv)
-    cfg = BenchConfig(**{k: v for k, v in vars(args).items() if k != "out"})
-    result = run(cfg)
+    cfg = BenchConfig(**{k: v for k, v in vars(args).items() if k not in ("out", "summarise_only")})
+    result = run(cfg, args.summarise_only)
     result["command"] = "python -m detector.benchmark " + " ".join(map(shlex.quote, sys.argv[1:] if argv is None else argv))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
