@@ -1,13 +1,12 @@
 """File-to-file stage: `aekit compress` then `aekit decompress` on a folder, as subprocesses.
 
     row = folder_stage("models/fmnist-r4", "data/fmnist/test", limit=1000, log=print)
-Run as separate processes (bench never imports the codec), each child's wall time and
-peak RSS taken from os.wait4, so 1,000 vs 10,000 files shows whether memory stays flat.
+Run as separate processes (bench never imports the codec); each child's wall time and own
+peak RSS are recorded, so 1,000 vs 10,000 files shows whether memory stays flat.
 """
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
@@ -19,18 +18,45 @@ from typing import Any, Callable
 from aekit.images import scan_folder
 
 
-def _child(cmd: list[str], timeout: float | None = None) -> dict[str, Any]:
-    """Run cmd; wall seconds, exit code, peak RSS of the child (ru_maxrss) and its stderr tail."""
-    t0 = time.perf_counter()
-    with tempfile.TemporaryFile() as err:
-        p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
-        _, status, usage = os.wait4(p.pid, 0)
-        p.returncode = os.waitstatus_to_exitcode(status)
+def _child(cmd: list[str]) -> dict[str, Any]:
+    """Run cmd; wall seconds, exit code, the child's own peak RSS and its stderr tail.
+
+    The peak comes from GNU time's %M when /usr/bin/time exists: a child forked straight
+    from this (large) process would report the parent's RSS in ru_maxrss, because Linux
+    carries the old address space's high-water mark across fork + exec. Otherwise the
+    child's VmHWM is polled from /proc (misses at most the last 20 ms of growth).
+    """
+    gnu_time = Path("/usr/bin/time")
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "time.txt"
+        full = [str(gnu_time), "-f", "%M", "-o", str(out), *cmd] if gnu_time.exists() else cmd
+        t0 = time.perf_counter()
+        with open(Path(tmp) / "stderr", "wb") as err:
+            p = subprocess.Popen(full, stdout=subprocess.DEVNULL, stderr=err)
+            polled = 0
+            while p.poll() is None:
+                polled = max(polled, _vm_hwm(p.pid))
+                time.sleep(0.02)
         wall = time.perf_counter() - t0
-        err.seek(0)
-        tail = err.read().decode(errors="replace").strip().splitlines()[-3:]
-    return {"cmd": cmd, "rc": p.returncode, "seconds": wall, "peak_rss_bytes": usage.ru_maxrss * 1024,
-            "cpu_seconds": usage.ru_utime + usage.ru_stime, "stderr_tail": tail}
+        tail = (Path(tmp) / "stderr").read_text(errors="replace").strip().splitlines()[-3:]
+        peak, how = polled, "polled /proc VmHWM"
+        if out.exists() and (lines := out.read_text().split()):
+            try:
+                peak, how = int(lines[-1]) * 1024, "GNU time %M"
+            except ValueError:
+                pass
+    return {"cmd": cmd, "rc": p.returncode, "seconds": wall, "peak_rss_bytes": peak, "peak_rss_from": how,
+            "stderr_tail": tail}
+
+
+def _vm_hwm(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
 
 
 def aekit_cmd(*args: str) -> list[str]:
