@@ -24,9 +24,11 @@ if [[ $want == all || $want == fmnist ]]; then
       --images data/fmnist/test --seconds 1 --folder data/fmnist/test --folder-limit 1000,10000
 fi
 if [[ $want == all || $want == photos ]]; then
-  # the photo model at 256x256: ORT fp32 and fp16 graphs, PyTorch eager and compiled, batch 1..32
-  rec photos-r4-cpu models/photos-r4 --device cpu --backend ort-cpu,torch-eager,torch-compile --precision fp32 \
-      --batch 1,8,32 --size 256x256 --images data/photos --seconds 1
+  # the photo model at 256x256: ORT and PyTorch eager, batch 1..32; torch.compile and fp16/bf16 at batch 8
+  rec photos-r4-cpu models/photos-r4 --device cpu --backend ort-cpu,torch-eager --batch 1,8,32 --size 256x256 \
+      --images data/photos --seconds 1
+  rec photos-r4-cpu-precisions models/photos-r4 --device cpu --backend ort-cpu,torch-eager,torch-compile \
+      --precision fp32,fp16,bf16 --batch 8 --size 256x256 --images data/photos --seconds 1 --no-jpeg
 fi
 if [[ $want == all || $want == scaling ]]; then
   # image-size scaling with memory: 256^2, 512^2, 1024^2 (ORT CPU)
