@@ -34,6 +34,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--tile", type=int, default=c.tile_px, help="tile side in pixels for large images")
         p.add_argument("--full-res-max-pixels", type=int, default=c.full_res_max_pixels,
                        help="images above this many pixels are coded in overlapping tiles")
+        p.add_argument("--max-pixels", type=int, default=c.max_pixels,
+                       help="refuse images above this many pixels (decompression bombs)")
         p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                        help="progress bar (default: only on a terminal)")
 
@@ -74,7 +76,8 @@ def _configs(args: argparse.Namespace):
     from codec.jobs import JobConfig
 
     ccfg = CodecConfig(batch_size=args.batch_size, full_res_max_pixels=args.full_res_max_pixels,
-                       tile_px=args.tile, device=args.device, threads=args.threads)
+                       tile_px=args.tile, device=args.device, threads=args.threads,
+                       max_pixels=args.max_pixels)
     jcfg = JobConfig(overwrite=args.overwrite, workers=args.workers, progress=args.progress,
                      out_format=getattr(args, "out_format", "png"))
     return ccfg, jcfg

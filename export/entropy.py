@@ -91,6 +91,17 @@ class EntropyModel:
         q = symbols.reshape(self.channels, -1).astype(np.int64)
         return float(-np.take_along_axis(logp, q, axis=1).sum())
 
+    def min_bytes(self, n: int) -> int:
+        """A lower bound on the ANS payload of n symbols: n times the cheapest symbol's cost.
+
+        No symbol costs less than -log2(max table entry / 2**24) bits, so a valid payload
+        cannot be shorter (less 8 bytes of coder state slack); float rounding here only
+        loosens the bound by far less than that slack.
+        """
+        per_channel = n // self.channels
+        bits = per_channel * float(sum(PRECISION - np.log2(t.max()) for t in self.tables))
+        return max(0, int(bits / 8) - 8)
+
     def encode(self, symbols: np.ndarray) -> tuple[int, bytes]:
         """uint8 (c_y, h, w) -> (coder_id, payload): the smallest of ANS, zstd and raw."""
         q = self._check(symbols)
@@ -153,6 +164,9 @@ class EntropyModel:
         AnsCoder = _constriction().stream.stack.AnsCoder
         if len(payload) % 4 or not payload:
             raise EntropyError(f"ANS payload of {len(payload)} bytes is not a whole number of 32-bit words")
+        if len(payload) < self.min_bytes(n):  # a forged tiny file announcing a huge latent
+            raise EntropyError(f"ANS payload of {len(payload)} bytes is too short to hold {n} symbols "
+                               f"(at least {self.min_bytes(n)} bytes under this model)")
         words = np.frombuffer(payload, dtype="<u4").astype(np.uint32)
         models, per = self._models(), n // self.channels
         try:

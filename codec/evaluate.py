@@ -1,0 +1,262 @@
+"""Rate-distortion evaluation of codec models on an image folder against JPEG and WebP (Pillow).
+
+    aekit evaluate data/fmnist/test -m models/fmnist-r4 -m models/fmnist-r9 -o codec/results/fmnist
+For each model: mean file bytes (header included), bits per pixel, PSNR and MS-SSIM of the
+decoded images; JPEG and WebP are swept over quality and interpolated at the model's mean
+bytes. Writes results.json, results.md and rd.png. Torch-free (metrics in codec.metrics).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import platform
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from aekit.images import atomic_write_bytes, is_image_name
+from codec.core import Codec, CodecConfig, Decoder, load_for_model
+from codec.jobs import walk
+from codec.metrics import msssim_batch, msssim_scales, psnr_batch
+
+QUALITIES = (1, 3, 5, 10, 15, 20, 30, 40, 50, 60, 70, 80, 90, 95)
+
+
+@dataclass
+class EvalConfig:
+    src: str  # image folder (searched recursively) or one image
+    models: list[str]  # exported model folders
+    out: str = "eval"  # output folder
+    limit: int = 0  # first N images (0: all)
+    tile_px: int = 0  # also code in tiles of this side to measure seams (0: off)
+    name: str = ""  # data set name for the table and plot
+    device: str = "auto"
+    qualities: tuple[int, ...] = QUALITIES  # JPEG and WebP quality sweep
+    chunk: int = 512  # images loaded at once (memory bound)
+    command: str = field(default_factory=lambda: " ".join(["aekit"] + sys.argv[1:]))
+
+
+class _Acc:
+    """Per-method sums over images: bytes, bpp, PSNR, MS-SSIM."""
+
+    def __init__(self) -> None:
+        self.n, self.bytes, self.bpp, self.psnr, self.msssim, self.n_ms = 0, 0.0, 0.0, 0.0, 0.0, 0
+
+    def add(self, nbytes: np.ndarray, pixels: np.ndarray, psnr: np.ndarray, ms: np.ndarray) -> None:
+        self.n += len(nbytes)
+        self.bytes += float(nbytes.sum())
+        self.bpp += float((8 * nbytes / pixels).sum())
+        self.psnr += float(psnr.sum())
+        ok = ~np.isnan(ms)
+        self.msssim += float(ms[ok].sum())
+        self.n_ms += int(ok.sum())
+
+    def row(self) -> dict[str, Any]:
+        n = max(self.n, 1)
+        return {"images": self.n, "mean_bytes": self.bytes / n, "bpp": self.bpp / n, "psnr": self.psnr / n,
+                "msssim": self.msssim / self.n_ms if self.n_ms else None}
+
+
+def _pillow_roundtrip(img: np.ndarray, fmt: str, q: int) -> tuple[int, np.ndarray]:
+    """uint8 (H, W, C) -> (bytes, decoded (H, W, C)) through JPEG or WebP at quality q."""
+    im = Image.fromarray(img[:, :, 0] if img.shape[2] == 1 else img)
+    buf = io.BytesIO()
+    opts = {"quality": q, "optimize": True} if fmt == "JPEG" else {"quality": q, "method": 6}
+    im.save(buf, format=fmt, **opts)
+    dec = np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert(im.mode))
+    return buf.tell(), dec.reshape(img.shape)
+
+
+def _images(cfg: EvalConfig):
+    """Chunks of (path, native image (H, W, 1|3), mode), streamed."""
+    src = Path(cfg.src)
+    paths = ((p for p, _ in walk(src, is_image_name) if p is not None) if src.is_dir() else iter([src]))
+    chunk, seen = [], 0
+    for p in paths:
+        if cfg.limit and seen >= cfg.limit:
+            break
+        arr, mode = load_for_model(p, 3)
+        chunk.append((p, arr[:, :, :1] if mode == "L" else arr, mode))
+        seen += 1
+        if len(chunk) >= cfg.chunk:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _by_shape(items: list) -> dict[tuple, list]:
+    groups: dict[tuple, list] = {}
+    for it in items:
+        groups.setdefault(it[1].shape, []).append(it)
+    return groups
+
+
+def _eval_codec(codec: Codec, decoder: Decoder, group: list, acc: _Acc) -> int:
+    """Code one equal-shape group with a model; returns how many images it refused (RGB on gray)."""
+    usable = [it for it in group if not (codec.channels == 1 and it[2] == "RGB")]
+    if not usable:
+        return len(group)
+    orig = np.stack([it[1] for it in usable])  # (B, H, W, C) native
+    inp = np.repeat(orig, 3, axis=3) if codec.channels == 3 and orig.shape[3] == 1 else orig
+    files = codec.compress_batch(inp, [it[2] for it in usable])
+    rec = np.stack([decoder.decompress(f)[0] for f in files])
+    px = np.full(len(files), orig.shape[1] * orig.shape[2], dtype=np.float64)
+    acc.add(np.array([len(f) for f in files], dtype=np.float64), px, psnr_batch(orig, rec), msssim_batch(orig, rec))
+    return len(group) - len(usable)
+
+
+def _eval_pillow(group: list, fmt: str, q: int, acc: _Acc) -> None:
+    orig = np.stack([it[1] for it in group])
+    out = [_pillow_roundtrip(im, fmt, q) for im in orig]
+    rec = np.stack([o[1] for o in out])
+    px = np.full(len(orig), orig.shape[1] * orig.shape[2], dtype=np.float64)
+    acc.add(np.array([o[0] for o in out], dtype=np.float64), px, psnr_batch(orig, rec), msssim_batch(orig, rec))
+
+
+def _at_bytes(sweep: list[dict[str, Any]], target: float, key: str) -> float | None:
+    """Metric of a quality sweep linearly interpolated at mean bytes = target (None outside)."""
+    pts = sorted((r["mean_bytes"], r[key]) for r in sweep if r[key] is not None)
+    xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+    if not xs or target < xs[0] or target > xs[-1]:
+        return None
+    return float(np.interp(target, xs, ys))
+
+
+def evaluate(cfg: EvalConfig) -> dict[str, Any]:
+    """Run the evaluation and write results.json, results.md, rd.png under cfg.out."""
+    t0 = time.monotonic()
+    codecs = {m: Codec(m, CodecConfig(device=cfg.device)) for m in cfg.models}
+    tiled = {m: Codec(m, CodecConfig(device=cfg.device, full_res_max_pixels=0, tile_px=cfg.tile_px))
+             for m in cfg.models} if cfg.tile_px else {}
+    dec = Decoder(cfg.models, CodecConfig(device=cfg.device))
+    dec_tiled = Decoder(cfg.models, CodecConfig(device=cfg.device, full_res_max_pixels=0, tile_px=cfg.tile_px))
+    accs: dict[str, _Acc] = {}
+    refused: dict[str, int] = {m: 0 for m in cfg.models}
+    scales: set[int] = set()
+    n = 0
+    for chunk in _images(cfg):
+        n += len(chunk)
+        for shape, group in _by_shape(chunk).items():
+            scales.add(msssim_scales(shape[0], shape[1]))
+            for m in cfg.models:
+                refused[m] += _eval_codec(codecs[m], dec, group, accs.setdefault(f"codec:{m}", _Acc()))
+                if m in tiled:
+                    _eval_codec(tiled[m], dec_tiled, group, accs.setdefault(f"tiled:{m}", _Acc()))
+            for fmt in ("JPEG", "WEBP"):
+                for q in cfg.qualities:
+                    _eval_pillow(group, fmt, q, accs.setdefault(f"{fmt}:{q}", _Acc()))
+        print(f"evaluate: {n} images, {time.monotonic() - t0:.0f} s", file=sys.stderr)
+    result = _summarise(cfg, accs, refused, n, sorted(scales), time.monotonic() - t0)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    result["markdown"] = _markdown(result)
+    atomic_write_bytes(out / "results.json", (json.dumps(result, indent=1) + "\n").encode())
+    atomic_write_bytes(out / "results.md", result["markdown"].encode())
+    _plot(result, out / "rd.png")
+    return result
+
+
+def _summarise(cfg: EvalConfig, accs: dict[str, _Acc], refused: dict[str, int], n: int,
+               scales: list[int], seconds: float) -> dict[str, Any]:
+    sweeps = {fmt: [dict(quality=q, **accs[f"{fmt}:{q}"].row()) for q in cfg.qualities] for fmt in ("JPEG", "WEBP")}
+    models = []
+    for m in cfg.models:
+        row = dict(model=m, model_id=codecs_id(m), **accs[f"codec:{m}"].row(), refused_rgb=refused[m])
+        if f"tiled:{m}" in accs:
+            t = accs[f"tiled:{m}"].row()
+            row["tiled"] = {"tile_px": cfg.tile_px, **t, "seam_cost_psnr_db": row["psnr"] - t["psnr"]}
+        for fmt, sweep in sweeps.items():
+            row[fmt.lower() + "_at_equal_bytes"] = {
+                "psnr": _at_bytes(sweep, row["mean_bytes"], "psnr"),
+                "msssim": _at_bytes(sweep, row["mean_bytes"], "msssim"),
+                "min_mean_bytes": min(r["mean_bytes"] for r in sweep),
+            }
+        models.append(row)
+    return {
+        "format": "aekit-codec-eval", "version": 1, "data": str(cfg.src), "name": cfg.name, "images": n,
+        "msssim_scales": scales, "models": models, "sweeps": sweeps, "config": asdict(cfg),
+        "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
+                    "python": platform.python_version(), "pillow": Image.__version__,
+                    "onnxruntime_providers": _device(cfg)},
+        "seconds": round(seconds, 1),
+    }
+
+
+def codecs_id(model: str) -> str:
+    from export.manifest import load_manifest
+
+    return load_manifest(model)["model_id"]
+
+
+def _device(cfg: EvalConfig) -> str:
+    from export.runtime import select_providers
+
+    return ",".join(select_providers(cfg.device))
+
+
+def _fmt(v: float | None, spec: str) -> str:
+    return "—" if v is None else format(v, spec)
+
+
+def _markdown(r: dict[str, Any]) -> str:
+    lines = [f"### {r['name'] or r['data']}: {r['images']} images (MS-SSIM scales: {r['msssim_scales']})", "",
+             "| model | mean bytes | bpp | PSNR dB | MS-SSIM | JPEG PSNR / MS-SSIM at equal bytes "
+             "| WebP PSNR / MS-SSIM at equal bytes | seam cost (tiled) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for m in r["models"]:
+        j, w = m["jpeg_at_equal_bytes"], m["webp_at_equal_bytes"]
+
+        def cmp(x: dict[str, Any]) -> str:
+            if x["psnr"] is None:
+                return f"n/a (smallest {x['min_mean_bytes']:.0f} B)"
+            return f"{x['psnr']:.2f} / {_fmt(x['msssim'], '.4f')}"
+
+        seam = f"{m['tiled']['seam_cost_psnr_db']:+.3f} dB @ {m['tiled']['tile_px']} px" if "tiled" in m else "—"
+        lines.append(f"| {Path(m['model']).name} | {m['mean_bytes']:.1f} | {m['bpp']:.3f} | {m['psnr']:.2f} | "
+                     f"{_fmt(m['msssim'], '.4f')} | {cmp(j)} | {cmp(w)} | {seam} |")
+    lines += ["", "| quality | JPEG bytes | JPEG PSNR | JPEG MS-SSIM | WebP bytes | WebP PSNR | WebP MS-SSIM |",
+              "|---:|---:|---:|---:|---:|---:|---:|"]
+    for a, b in zip(r["sweeps"]["JPEG"], r["sweeps"]["WEBP"]):
+        lines.append(f"| {a['quality']} | {a['mean_bytes']:.1f} | {a['psnr']:.2f} | {_fmt(a['msssim'], '.4f')} | "
+                     f"{b['mean_bytes']:.1f} | {b['psnr']:.2f} | {_fmt(b['msssim'], '.4f')} |")
+    return "\n".join(lines) + "\n"
+
+
+def _plot(r: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for ax, key, label in ((axes[0], "psnr", "PSNR (dB)"), (axes[1], "msssim", "MS-SSIM")):
+        for fmt, style in (("JPEG", "s-"), ("WEBP", "o-")):
+            pts = [(s["bpp"], s[key]) for s in r["sweeps"][fmt] if s[key] is not None]
+            ax.plot(*zip(*pts), style, ms=3, label=f"{fmt} (q {r['sweeps'][fmt][0]['quality']}-"
+                                                   f"{r['sweeps'][fmt][-1]['quality']})")
+        for m in r["models"]:
+            if m[key] is None:
+                continue
+            ax.plot(m["bpp"], m[key], "*", ms=13, label=f"aekit {Path(m['model']).name}")
+            if "tiled" in m and m["tiled"][key] is not None:
+                ax.plot(m["tiled"]["bpp"], m["tiled"][key], "x", ms=9, label=f"{Path(m['model']).name} tiled")
+        ax.set_xlabel("bits per pixel (mean over images)")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        xs = [m["bpp"] for m in r["models"]]
+        ax.set_xlim(0, max(xs) * 2.5 if xs else None)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"{r['name'] or r['data']}: {r['images']} images")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())

@@ -1,0 +1,87 @@
+"""Image quality metrics in numpy (no torch): PSNR and MS-SSIM for batches of uint8 images.
+
+MS-SSIM follows Wang et al. 2003 as implemented by pytorch-msssim (Gaussian window 11,
+sigma 1.5, K = (0.01, 0.03), 'valid' filtering, 2x2 average pooling with zero padding of
+odd sizes, the standard five weights). Images too small for five scales (the window must
+fit the coarsest scale, e.g. 28x28 Fashion-MNIST) use as many scales as fit, with the
+leading weights renormalised; `msssim_scales` says how many.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+WEIGHTS = np.array([0.0448, 0.2856, 0.3001, 0.2363, 0.1333])
+WIN, SIGMA, K1, K2 = 11, 1.5, 0.01, 0.03
+
+
+def psnr_batch(a: np.ndarray, b: np.ndarray, cap: float = 100.0) -> np.ndarray:
+    """uint8 (N, H, W, C) pairs -> PSNR dB (N,), capped for identical images."""
+    d = a.astype(np.float64) - b.astype(np.float64)
+    mse = (d * d).reshape(len(a), -1).mean(1)
+    with np.errstate(divide="ignore"):
+        return np.minimum(10 * np.log10(255.0**2 / mse), cap)
+
+
+def msssim_scales(height: int, width: int) -> int:
+    """Scales that fit: the window must fit inside the coarsest scale (5 for >= 176 px)."""
+    side, k = min(height, width), 0
+    while k < 5 and side >= WIN:
+        k, side = k + 1, (side + side % 2) // 2
+    return k
+
+
+def _window() -> np.ndarray:
+    x = np.arange(WIN) - WIN // 2
+    g = np.exp(-(x**2) / (2 * SIGMA**2))
+    return g / g.sum()
+
+
+def _filter(x: np.ndarray) -> np.ndarray:
+    """Separable 'valid' Gaussian filter over the last two axes of (N, C, H, W)."""
+    g, r = _window(), WIN // 2
+    try:
+        from scipy.ndimage import correlate1d  # C loops; the crop below makes it 'valid'
+    except ImportError:  # numpy only: shifted sums (slower)
+        h, w = x.shape[-2] - WIN + 1, x.shape[-1] - WIN + 1
+        x = sum(g[k] * x[..., k:k + h, :] for k in range(WIN))
+        return sum(g[k] * x[..., k:k + w] for k in range(WIN))
+    x = correlate1d(x, g, axis=-2, mode="constant")[..., r:-r, :]
+    return correlate1d(x, g, axis=-1, mode="constant")[..., r:-r]
+
+
+def _ssim(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(N, C, H, W) float64 -> (ssim, cs), each (N, C), averaged over the valid window."""
+    c1, c2 = (K1 * 255) ** 2, (K2 * 255) ** 2
+    mx, my = _filter(x), _filter(y)
+    sxx, syy, sxy = _filter(x * x) - mx * mx, _filter(y * y) - my * my, _filter(x * y) - mx * my
+    cs = (2 * sxy + c2) / (sxx + syy + c2)
+    ssim = ((2 * mx * my + c1) / (mx * mx + my * my + c1)) * cs
+    return ssim.mean((-2, -1)), cs.mean((-2, -1))
+
+
+def _pool(x: np.ndarray) -> np.ndarray:
+    """2x2 average pooling, odd sizes zero-padded on both sides (torch avg_pool2d, padding=s%2)."""
+    ph, pw = x.shape[-2] % 2, x.shape[-1] % 2
+    x = np.pad(x, [(0, 0), (0, 0), (ph, ph), (pw, pw)])
+    h, w = x.shape[-2] // 2 * 2, x.shape[-1] // 2 * 2
+    x = x[..., :h, :w]
+    return 0.25 * (x[..., 0::2, 0::2] + x[..., 1::2, 0::2] + x[..., 0::2, 1::2] + x[..., 1::2, 1::2])
+
+
+def msssim_batch(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """uint8 (N, H, W, C) pairs -> MS-SSIM (N,), mean over channels; NaN if under 11 px."""
+    k = msssim_scales(a.shape[1], a.shape[2])
+    if k == 0:
+        return np.full(len(a), np.nan)
+    w = WEIGHTS[:k] / WEIGHTS[:k].sum()
+    x = a.astype(np.float64).transpose(0, 3, 1, 2)
+    y = b.astype(np.float64).transpose(0, 3, 1, 2)
+    terms = []
+    for i in range(k):
+        ssim, cs = _ssim(x, y)
+        terms.append(np.maximum(ssim if i == k - 1 else cs, 0.0))
+        if i < k - 1:
+            x, y = _pool(x), _pool(y)
+    val = np.prod([t ** wi for t, wi in zip(terms, w)], axis=0)  # (N, C)
+    return val.mean(1)
