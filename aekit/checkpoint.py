@@ -67,7 +67,12 @@ def load_model(path: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
     ckpt = load_checkpoint(path)
     try:
         model = build_model(ModelConfig.from_dict(ckpt["model_config"]))
-        model.load_state_dict(ckpt["state_dict"])
+        missing, unexpected = model.load_state_dict(ckpt["state_dict"], strict=False)
     except (ValueError, RuntimeError, TypeError) as e:
         raise CheckpointError(f"{path}: weights do not match the stored config ({e})") from None
+    missing = [k for k in missing if not k.startswith("prior.")]  # training-only rate model
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{path}: weights do not match the stored config (missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
     return model.eval(), ckpt

@@ -91,9 +91,12 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--loss", default="mse", help="e.g. mse | l1:1,ms-ssim:0.5 | mse:1,perceptual:0.1")
     p.add_argument("--vgg-weights", help="local VGG19 state_dict for the perceptual loss")
+    p.add_argument("--rate-weight", type=float, default=0.0,
+                   help="lambda: add lambda x estimated latent bits per pixel to the loss (smaller files)")
     p.add_argument("--size", type=int, default=d.size, help="training image side")
     p.add_argument("--resize", choices=RESIZE_POLICIES, default=d.resize)
     p.add_argument("--val-fraction", type=float, default=d.val_fraction)
+    p.add_argument("--repeat", type=int, default=d.repeat, help="passes over the images per epoch")
     p.add_argument("--max-images", type=int, default=0, help="use at most N images (0: all)")
     p.add_argument("--device", default="auto", choices=("auto", "cuda", "mps", "cpu"))
     p.add_argument("--no-amp", action="store_true", help="disable mixed precision on CUDA")
@@ -112,10 +115,11 @@ def cmd_train(args: argparse.Namespace) -> int:
                        blocks=args.blocks, upsample=args.upsample, latent_levels=args.latent_levels,
                        quant=args.quant)
     dcfg = DataConfig(size=args.size, resize=args.resize, val_fraction=args.val_fraction,
-                      max_images=args.max_images)
+                      max_images=args.max_images, repeat=args.repeat)
     tcfg = TrainConfig(data=args.data, out=args.out, val_data=args.val_data, epochs=args.epochs,
                        time_budget=args.time_budget, batch_size=args.batch_size, lr=args.lr,
-                       loss=args.loss, vgg_weights=args.vgg_weights, device=args.device,
+                       loss=args.loss, vgg_weights=args.vgg_weights, rate_weight=args.rate_weight,
+                       device=args.device,
                        amp=not args.no_amp, seed=args.seed, data_cfg=dcfg)
     summary = train(tcfg, mcfg, resume=args.resume)
     print(f"trained {summary['epochs']} epochs in {summary['train_time_s']}s; "

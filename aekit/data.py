@@ -30,6 +30,7 @@ class DataConfig:
     max_images: int = 0  # use at most this many images (seeded choice); 0 = all
     cache_mb: int = 4096  # decoded images kept in memory up to this size; beyond, re-read per batch
     workers: int = 4  # threads decoding image files
+    repeat: int = 1  # passes over the training images per epoch (random crops differ each time)
 
     def __post_init__(self) -> None:
         if self.resize not in RESIZE_POLICIES:
@@ -41,8 +42,10 @@ class DataConfig:
 class ImageSet:
     """Decoded images of one split; yields (B, C, H, W) float batches in [-1, 1]."""
 
-    def __init__(self, samples: list[Sample], channels: int, cfg: DataConfig, min_side: int, train: bool):
+    def __init__(self, samples: list[Sample], channels: int, cfg: DataConfig, min_side: int, train: bool,
+                 source: str = ""):
         self.cfg, self.channels, self.train, self.min_side = cfg, channels, train, min_side
+        self.source = source or "data"
         self.samples, self.images = self._decode(samples)
         self.labels = [s.label for s in self.samples]
         if cfg.resize == "none":
@@ -71,7 +74,7 @@ class ImageSet:
         if bad:
             print(f"skipped {bad} unreadable or unusable image(s)", file=sys.stderr)
         if not kept:
-            raise ImageError(f"no usable images among {len(samples)} files (all failed to load)")
+            raise ImageError(f"{self.source}: no usable images among {len(samples)} files (all failed to load)")
         return kept, images
 
     def _load_checked(self, s: Sample) -> np.ndarray | str:
@@ -95,7 +98,10 @@ class ImageSet:
 
     def batches(self, batch_size: int, rng: np.random.Generator | None) -> Iterator[np.ndarray]:
         """uint8 (B, H, W, C) batches; shuffled (and randomly cropped) when rng is given."""
-        order = rng.permutation(len(self)) if rng is not None else np.arange(len(self))
+        if rng is not None:  # training: each image `repeat` times per epoch, shuffled
+            order = rng.permutation(np.tile(np.arange(len(self)), max(1, self.cfg.repeat)))
+        else:
+            order = np.arange(len(self))
         for i in range(0, len(order), batch_size):
             yield np.stack([self._view(int(j), rng) for j in order[i : i + batch_size]])
 

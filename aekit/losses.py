@@ -61,7 +61,7 @@ class PerceptualLoss(nn.Module):
 
     def __init__(self, weights_file: str | Path | None = None, layers: int = VGG19_RELU2_2):
         super().__init__()
-        self.features = load_vgg19_features(weights_file)[:layers].eval()
+        self.features = load_vgg19_features(weights_file, layers).eval()
         for p in self.features.parameters():
             p.requires_grad_(False)
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
@@ -82,7 +82,8 @@ class PerceptualLoss(nn.Module):
         return F.mse_loss(self.features(self.normalise(x_hat)), self.features(self.normalise(x)))
 
 
-def load_vgg19_features(weights_file: str | Path | None) -> nn.Sequential:
+def load_vgg19_features(weights_file: str | Path | None, layers: int = VGG19_RELU2_2) -> nn.Sequential:
+    """The first `layers` modules of ImageNet VGG19's feature extractor, weights loaded."""
     from torchvision.models import VGG19_Weights, vgg19
 
     if weights_file is not None:
@@ -93,15 +94,24 @@ def load_vgg19_features(weights_file: str | Path | None) -> nn.Sequential:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:
             raise RuntimeError(f"{path}: not a readable VGG19 state_dict ({e})") from None
-        model = vgg19(weights=None)
-        if not any(k.startswith("features.") for k in state):
-            state = {f"features.{k}": v for k, v in state.items()}
-        missing, _ = model.load_state_dict(state, strict=False)
-        if any(k.startswith("features.") for k in missing):
-            raise RuntimeError(f"{path}: VGG19 weights lack feature layers ({missing[:3]} ...)")
-        return model.features
+        if not isinstance(state, dict):
+            raise RuntimeError(f"{path}: not a VGG19 state_dict")
+        from torchvision.models.vgg import cfgs, make_layers
+
+        features = make_layers(cfgs["E"])[:layers]  # VGG19's feature stack, without the classifier
+        # accept a full vgg19 state_dict ("features.N.weight") or a features-only one ("N.weight")
+        state = {k.removeprefix("features."): v for k, v in state.items() if not k.startswith("classifier.")}
+        needed = set(features.state_dict())
+        missing = sorted(needed - set(state))
+        if missing:
+            raise RuntimeError(f"{path}: VGG19 weights lack layers {missing[:4]} needed up to relu2_2")
+        try:
+            features.load_state_dict({k: state[k] for k in needed})
+        except RuntimeError as e:
+            raise RuntimeError(f"{path}: VGG19 weights have the wrong shapes ({e})") from None
+        return features
     try:
-        return vgg19(weights=VGG19_Weights.IMAGENET1K_V1).features
+        return vgg19(weights=VGG19_Weights.IMAGENET1K_V1).features[:layers]
     except Exception as e:
         raise RuntimeError(
             "perceptual loss needs ImageNet VGG19 weights: torchvision could not load "

@@ -38,6 +38,7 @@ class TrainConfig:
     betas: tuple[float, float] = (0.9, 0.999)  # Adam betas
     loss: str = "mse"  # loss spec, e.g. "mse", "l1:1,ms-ssim:0.5", "mse:1,perceptual:0.1"
     vgg_weights: str | None = None  # local VGG19 state_dict for the perceptual loss
+    rate_weight: float = 0.0  # lambda of the rate term: loss += lambda * estimated bits per pixel
     device: str = "auto"  # auto (cuda > mps > cpu), cuda, mps or cpu
     amp: bool = True  # mixed precision on CUDA (bf16 where supported, else fp16)
     seed: int = 0  # seeds weights, split, batch order and noise
@@ -113,8 +114,9 @@ class Trainer:
         else:
             train_samples, val_samples = split_samples(samples, dc.val_fraction, t.seed)
         f = self.mcfg.factor
-        train = ImageSet(train_samples, self.mcfg.channels, dc, f, train=True)
-        val = ImageSet(val_samples, self.mcfg.channels, dc, f, train=False) if val_samples else None
+        train = ImageSet(train_samples, self.mcfg.channels, dc, f, train=True, source=f"{t.data} (training split)")
+        val = ImageSet(val_samples, self.mcfg.channels, dc, f, train=False,
+                       source=f"{t.val_data or t.data} (validation split)") if val_samples else None
         print(f"data: {len(train)} training, {len(val) if val else 0} validation images"
               + (f", {len(classes)} classes" if classes else ""), file=sys.stderr)
         return train, val, classes
@@ -127,6 +129,7 @@ class Trainer:
         self.model.load_state_dict(ckpt["state_dict"])
         self.opt.load_state_dict(ckpt["optimizer"])
         self.sched.load_state_dict(ckpt["scheduler"])
+        self.sched.T_max = max(1, self.tcfg.epochs)  # resuming may extend the run
         if "scaler" in ckpt:
             self.scaler.load_state_dict(ckpt["scaler"])
         torch.set_rng_state(ckpt["rng_torch"])
@@ -142,7 +145,7 @@ class Trainer:
         for epoch in range(self.start_epoch, self.tcfg.epochs):
             t_epoch = time.monotonic()
             train_loss, train_mse = self._train_epoch(epoch)
-            val = self.evaluate(self.val_set) if self.val_set else {"loss": train_loss, "mse": train_mse}
+            val = self.evaluate(self.val_set) if self.val_set else {"loss": train_loss, "mse": train_mse, "bpp": float("nan")}
             self.sched.step()
             row = {
                 "epoch": epoch + 1,
@@ -150,6 +153,7 @@ class Trainer:
                 "train_psnr": psnr_from_mse(train_mse),
                 "val_loss": val["loss"],
                 "val_psnr": psnr_from_mse(val["mse"]),
+                "val_bpp_est": val["bpp"],
                 "lr": self.opt.param_groups[0]["lr"],
                 "epoch_time_s": time.monotonic() - t_epoch,
             }
@@ -168,7 +172,7 @@ class Trainer:
 
         self.model.train()
         rng = np.random.default_rng([self.tcfg.seed, epoch])
-        n_batches = math.ceil(len(self.train_set) / self.tcfg.batch_size)
+        n_batches = math.ceil(len(self.train_set) * max(1, self.tcfg.data_cfg.repeat) / self.tcfg.batch_size)
         total, total_mse, n = 0.0, 0.0, 0
         bar = tqdm(self.train_set.batches(self.tcfg.batch_size, rng), total=n_batches,
                    desc=f"epoch {epoch + 1}/{self.tcfg.epochs}", leave=False, file=sys.stderr,
@@ -189,6 +193,10 @@ class Trainer:
             loss, parts = self.loss_fn(out.x_hat.float(), x)
             if out.aux_loss is not None:
                 loss = loss + out.aux_loss
+            if self.tcfg.rate_weight > 0:
+                bpp = self.model.rate_bpp(out, x.shape[0] * x.shape[2] * x.shape[3])
+                parts["bpp"] = float(bpp.detach())
+                loss = loss + self.tcfg.rate_weight * bpp
         self.opt.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.opt)
@@ -200,15 +208,18 @@ class Trainer:
     def evaluate(self, data: ImageSet) -> dict[str, float]:
         """Loss and MSE with truly rounded latents (eval mode), as the codec will decode."""
         self.model.eval()
-        total, total_mse, n = 0.0, 0.0, 0
+        total, total_mse, bits, n, pixels = 0.0, 0.0, 0.0, 0, 0
         for batch in data.batches(self.tcfg.batch_size, None):
             x = to_tensor(batch, self.device)
             out = self.model(x)
             loss, _ = self.loss_fn(out.x_hat, x)
-            total += float(loss) * len(x)
+            px = x.shape[0] * x.shape[2] * x.shape[3]
+            bpp = float(self.model.rate_bpp(out, px))
+            total += (float(loss) + self.tcfg.rate_weight * bpp) * len(x)
             total_mse += float(torch.mean((out.x_hat - x) ** 2)) * len(x)
-            n += len(x)
-        return {"loss": total / n, "mse": total_mse / n}
+            bits += bpp * px
+            n, pixels = n + len(x), pixels + px
+        return {"loss": total / n, "mse": total_mse / n, "bpp": bits / pixels}
 
     def _log(self, row: dict[str, Any]) -> None:
         prev = self.history[-1] if self.history else None
@@ -222,7 +233,9 @@ class Trainer:
                 w.writeheader()
             w.writerow(row)
         print(f"epoch {row['epoch']:3d}  train loss {row['train_loss']:.5f} psnr {row['train_psnr']:.2f}"
-              f"  val loss {row['val_loss']:.5f} psnr {row['val_psnr']:.2f}  {row['epoch_time_s']:.1f}s",
+              f"  val loss {row['val_loss']:.5f} psnr {row['val_psnr']:.2f}"
+              + (f" bpp~{row['val_bpp_est']:.3f}" if self.tcfg.rate_weight > 0 else "")
+              + f"  {row['epoch_time_s']:.1f}s",
               file=sys.stderr)
         if prev and row["val_loss"] > prev["val_loss"] and row["train_loss"] < prev["train_loss"]:
             print(f"warning: validation loss rose ({prev['val_loss']:.5f} -> {row['val_loss']:.5f}) while "
@@ -282,7 +295,8 @@ class Trainer:
         levels, cy = self.mcfg.latent_levels, self.mcfg.latent_channels
         counts = torch.zeros(cy, levels, dtype=torch.int64)
         seen = 0
-        for batch in self.train_set.batches(self.tcfg.batch_size, None):
+        rng = np.random.default_rng([self.tcfg.seed, 10**6])  # random crops add diversity
+        for batch in self.train_set.batches(self.tcfg.batch_size, rng):
             x = to_tensor(batch, self.device)
             y = self.model.encode(self.model.pad(x)).float().cpu()
             q = torch.round((y + 1) * ((levels - 1) / 2)).clamp(0, levels - 1).long()  # symbols

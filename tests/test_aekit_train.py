@@ -1,0 +1,90 @@
+"""Training: logs, checkpoints (weights_only), exact resume, bad input with clear messages."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from aekit.checkpoint import CheckpointError, load_checkpoint, load_model
+from aekit.cli import main
+from aekit.config import ModelConfig
+from aekit.data import DataConfig, split_samples
+from aekit.images import ImageError, scan_folder
+from aekit.train import TrainConfig, train
+
+
+def tiny(data, out, epochs=1, **kw):
+    tcfg = TrainConfig(data=str(data), out=str(out), epochs=epochs, batch_size=32, seed=3,
+                       data_cfg=DataConfig(resize="none", workers=2, max_images=160), hist_images=64, **kw)
+    return tcfg, ModelConfig(channels=1, ratio=4, width=8, blocks=0)
+
+
+def test_train_writes_logs_and_loadable_checkpoints(train_tiny):
+    run = train_tiny(1, 4)
+    rows = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2, 3] and rows[-1]["val_psnr"] > 12
+    assert (run / "log.csv").read_text().startswith("epoch,train_loss,train_psnr,val_loss,val_psnr")
+    ckpt = load_checkpoint(run / "best.pt")  # torch.load(weights_only=True) inside
+    hist = np.array(ckpt["latent_hist"])
+    assert hist.shape == (4, 256) and hist.sum() > 0
+    assert ckpt["summary"]["classes"] and ckpt["summary"]["n_train"] > 0
+    model, _ = load_model(run / "best.pt")
+    assert not model.training
+
+
+def test_resume_reproduces_an_uninterrupted_run(fmnist_dir, tmp_path):
+    data = fmnist_dir / "test"
+    straight = train(*tiny(data, tmp_path / "a", epochs=2))
+    train(*tiny(data, tmp_path / "b", epochs=2, time_budget=1e-9))  # "interrupted" after epoch 1
+    assert len(load_checkpoint(tmp_path / "b" / "last.pt")["history"]) == 1
+    resumed = train(*tiny(data, tmp_path / "b", epochs=2), resume=True)
+    assert resumed["epochs"] == straight["epochs"] == 2
+    a = load_checkpoint(tmp_path / "a" / "last.pt")["state_dict"]
+    b = load_checkpoint(tmp_path / "b" / "last.pt")["state_dict"]
+    assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-6) for k in a)
+
+
+def test_split_is_deterministic_and_stratified(fmnist_dir):
+    samples, classes, _ = scan_folder(fmnist_dir / "test")
+    t1, v1 = split_samples(samples, 0.1, seed=0)
+    t2, v2 = split_samples(samples, 0.1, seed=0)
+    _, v3 = split_samples(samples, 0.1, seed=1)
+    assert v1 == v2 and v1 != v3 and len(t1) + len(v1) == len(samples)
+    assert {s.label for s in v1} == set(classes)
+
+
+def test_bad_inputs_give_clear_errors(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert main(["train", str(tmp_path / "empty"), "--out", str(tmp_path / "r")]) == 2
+    assert "empty: no image files" in capsys.readouterr().err
+    assert main(["train", str(tmp_path / "nowhere"), "--out", str(tmp_path / "r")]) == 2
+    assert "nowhere: no such file" in capsys.readouterr().err
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "a.png").write_bytes(b"garbage")
+    (bad / "b.jpg").write_bytes(b"\xff\xd8\xff garbage")
+    Image.fromarray(np.zeros((2, 2), np.uint8)).save(bad / "tiny.png")
+    args = ["train", str(bad), "--out", str(tmp_path / "r"), "--channels", "1", "--resize", "none"]
+    assert main(args + ["--val-fraction", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "a.png: cannot decode image" in err and "tiny.png: 2x2 is smaller than the down-sampling factor 4" in err
+    assert "bad (training split): no usable images among 3 files" in err
+    with pytest.raises(SystemExit) as e:
+        main(["train", str(bad), "--out", str(tmp_path / "r"), "--ratio", "5"])
+    assert e.value.code == 2
+    assert "invalid choice: 5" in capsys.readouterr().err
+
+
+def test_corrupt_and_foreign_checkpoints(tmp_path):
+    (tmp_path / "junk.pt").write_bytes(b"\x80\x04 not a checkpoint")
+    with pytest.raises(CheckpointError, match="junk.pt: not a readable aekit checkpoint"):
+        load_checkpoint(tmp_path / "junk.pt")
+    torch.save({"state_dict": {}}, tmp_path / "foreign.pt")
+    with pytest.raises(CheckpointError, match="foreign.pt: not an aekit checkpoint"):
+        load_checkpoint(tmp_path / "foreign.pt")
+    with pytest.raises(CheckpointError, match="missing.pt: checkpoint not found"):
+        load_checkpoint(tmp_path / "missing.pt")

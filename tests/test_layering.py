@@ -1,0 +1,47 @@
+"""The house stands on one rule: imports flow aekit <- export <- {codec, detector, bench}."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("aekit", "export", "codec", "detector", "bench")
+ALLOWED = {
+    "aekit": set(),
+    "export": {"aekit"},
+    "codec": {"aekit", "export"},
+    "detector": {"aekit", "export"},
+    "bench": {"aekit", "export"},
+}
+
+
+def imported_packages(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(), str(path))
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.split(".")[0])
+    return names & set(PACKAGES)
+
+
+def test_imports_flow_one_way():
+    bad = []
+    for pkg in PACKAGES:
+        for path in sorted((ROOT / pkg).rglob("*.py")):
+            for dep in imported_packages(path) - ALLOWED[pkg] - {pkg}:
+                bad.append(f"{path.relative_to(ROOT)} imports {dep}")
+    assert not bad, "layering violated:\n" + "\n".join(bad)
+
+
+def test_runtime_modules_do_not_import_torch():
+    code = (
+        "import sys, aekit, aekit.images, aekit.config, aekit.cli, export.manifest, export.runtime\n"
+        "print('torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
