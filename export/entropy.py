@@ -206,7 +206,10 @@ def _zstd_decompress(payload: bytes, n: int) -> bytes:
     import zstandard
 
     try:
-        # max_output_size bounds memory even for a forged frame header (no zstd bombs).
+        # The frame must declare its size, and it must be n: a forged size never gets allocated.
+        size = zstandard.get_frame_parameters(payload).content_size
+        if size != n:
+            raise EntropyError(f"zstd frame declares {size} bytes, expected {n}")
         out = zstandard.ZstdDecompressor().decompress(payload, max_output_size=n)
     except zstandard.ZstdError as e:
         raise EntropyError(f"corrupt zstd payload ({e})") from None
