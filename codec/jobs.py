@@ -13,7 +13,7 @@ import os
 import sys
 import time
 from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
@@ -205,7 +205,10 @@ class _Pipeline:
                 self.flush(key, flush)
             while self.writes:
                 self.finish_write()
-        finally:
+        finally:  # on interrupt: drop pending reads, but let computed outputs land (atomically)
+            for _, fut in loads:
+                fut.cancel()
+            wait([fut for _, fut, _ in self.writes])
             self.pool.shutdown(wait=True, cancel_futures=True)
 
     def _route(self, item: Item, fut: Future, route: Callable[[Item], None]) -> None:
