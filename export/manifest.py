@@ -82,6 +82,11 @@ def find_model(model_id: str, search: list[str | Path]) -> Path:
     raise ModelError(f"model {model_id} not found in {where} (have: {have})")
 
 
+def _num(x: Any) -> str:
+    """A threshold for display: None/absent means infinite (too few images to flag anything)."""
+    return "inf" if x is None else f"{x:.4g}"
+
+
 def describe(m: dict[str, Any]) -> str:
     """A readable multi-line summary of a manifest (`aekit info`)."""
     lat, tr = m["latent"], m.get("training", {})
@@ -110,5 +115,5 @@ def describe(m: dict[str, Any]) -> str:
         cal = m["calibration"]
         per = cal.get("classes", {})
         lines.append(f"calibration  score {cal.get('score')}, alpha {cal.get('alpha')}; "
-                     + ", ".join(f"{c}: n={v.get('n')} t={v.get('threshold'):.4g}" for c, v in per.items()))
+                     + ", ".join(f"{c}: n={v.get('n')} t={_num(v.get('threshold'))}" for c, v in per.items()))
     return "\n".join(lines)
