@@ -35,7 +35,7 @@ def jpeg_decode(blob: bytes, channels: int) -> np.ndarray:
 
 
 def match_quality(images: list[np.ndarray], target_bytes: float) -> dict[str, Any]:
-    """Pillow quality 1..95 whose mean file size is closest to target_bytes (bisection: size rises with q).
+    """Pillow quality 1..100 whose mean file size is closest to target_bytes (bisection: size rises with q).
 
     Returns quality, mean bytes and PSNR; 'note' says when even quality 1 is larger
     (JPEG's own headers and tables cost ~150-600 bytes, more than a tiny latent file).
@@ -43,7 +43,7 @@ def match_quality(images: list[np.ndarray], target_bytes: float) -> dict[str, An
     def mean_size(q: int) -> float:
         return float(np.mean([len(jpeg_bytes(im, q)) for im in images]))
 
-    lo, hi = 1, 95
+    lo, hi = 1, 100
     while hi - lo > 1:
         mid = (lo + hi) // 2
         if mean_size(mid) < target_bytes:
@@ -54,6 +54,8 @@ def match_quality(images: list[np.ndarray], target_bytes: float) -> dict[str, An
     size = mean_size(q)
     out = {"quality": q, "mean_bytes": size, "target_bytes": target_bytes,
            "psnr_db": float(np.mean([psnr(im, jpeg_decode(jpeg_bytes(im, q), im.shape[2])) for im in images]))}
+    if q == 100 and size < target_bytes / 1.2:
+        out["note"] = (f"JPEG at quality 100 takes {size:.0f} bytes, less than the {target_bytes:.0f} compared with")
     if q == 1 and size > 1.2 * target_bytes:
         out["note"] = (f"JPEG cannot get as small as {target_bytes:.0f} bytes here: quality 1 still takes "
                        f"{size:.0f} bytes (headers and tables)")

@@ -339,17 +339,18 @@ class Sweep:
         m, size = self.manifest, f"{h}x{w}"
         self.log(f"== {size}: {len(images)} distinct images, batches {', '.join(map(str, self.cfg.batches))}")
         rt = Runtime(m["_dir"], device="cpu", threads=self.cfg.threads)
-        q = np.concatenate([rt.quantise(rt.encode(images[i:i + 4])) for i in range(0, len(images), 4)])  # (N, c_y, h/f, w/f)
+        y = np.concatenate([rt.encode(images[i:i + 4]) for i in range(0, len(images), 4)])  # (N, c_y, h/f, w/f)
+        q = rt.quantise(y)
         c_y, lh, lw = q.shape[1:]
         flops = {"encoder": 2 * count_macs(Path(m["_dir"]) / m["files"]["encoder"], {"x": (1, m["channels"], h, w)})["macs"],
                  "decoder": 2 * count_macs(Path(m["_dir"]) / m["files"]["decoder"], {"y_hat": (1, c_y, lh, lw)})["macs"]}
         self.report.model["flops"][size] = flops
         payloads = self._quality(images, q, rt, size)
         for b in self.cfg.batches:
-            imgs, qb = tile(images, b), tile(q, b)
-            y_hat = rt.dequantise(qb)
+            imgs, yb = tile(images, b), tile(y, b)
+            y_hat = rt.dequantise(rt.quantise(yb))
             if self.entropy is not None:
-                self.run_entropy(qb, size, b, h, w)
+                self.run_entropy(yb, size, b, h, w)
             for name in self.backends:
                 for prec in self.cfg.precisions:
                     self.run_model(name, prec, imgs, y_hat, size, b, h, w, flops)
@@ -394,7 +395,9 @@ class Sweep:
         return q.astype(np.float32) * np.float32(2 / (levels - 1)) - np.float32(1)
 
     def run_entropy(self, yb: np.ndarray, size: str, b: int, h: int, w: int) -> None:
-        """Quantise + entropy code, and entropy decode + dequantise, of a batch of latents (CPU)."""
+        """Quantise + entropy code, and entropy decode + dequantise, of a batch of float latents (CPU)."""
+        if yb.dtype != np.float32:
+            raise TypeError(f"run_entropy takes float32 latents, got {yb.dtype}")
         em, res = self.entropy, self.report.results
         coded = [em.encode(s) for s in self._quantise(yb)]
         shape = yb.shape[1:]
