@@ -22,7 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("model", help="model folder, or a detector directory from `aekit detector train-per-class`")
     c.add_argument("normal_dir", help="folder of normal images (class subfolders, or flat with --class)")
     c.add_argument("--alpha", type=float, default=0.01, help="false-positive rate allowed on normal images")
-    c.add_argument("--class", dest="cls", help="class of every image in NORMAL_DIR")
+    c.add_argument("--class", dest="cls", metavar="NAME", help="class of every image in NORMAL_DIR")
     c.add_argument("--score", choices=("mse", "ssim"), default="mse", help="reconstruction error score")
     c.add_argument("--latent", choices=("quantised", "float"), default="quantised",
                    help="reconstruct through 8-bit latent symbols (as shipped) or the float latent")
@@ -34,8 +34,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "Exit 0: nothing flagged, 1: anomalies flagged, 2: errors.")
     s.add_argument("model", help="calibrated model folder or detector directory")
     s.add_argument("src", help="image file or folder (class subfolders, or flat)")
-    s.add_argument("--class", dest="cls", help="class of every image in SRC (default: subfolders, or the only class)")
-    s.add_argument("--alpha", type=float, help="false-positive rate (default: the calibrated one)")
+    s.add_argument("--class", dest="cls", metavar="NAME",
+                   help="class of every image in SRC; None: class subfolders, or the only calibrated class")
+    s.add_argument("--alpha", type=float, help="false-positive rate; None: the calibrated one")
     s.add_argument("--out", default="screen", help="output prefix: OUT.jsonl, OUT.csv, OUT.summary.json")
     s.add_argument("--heatmaps", help="folder for error-map overlays of flagged images")
     _job_args(s)
@@ -48,7 +49,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                     "each class to its model; a held-out part of each class calibrates it.")
     t.add_argument("data", help="folder with one subfolder of normal images per class")
     t.add_argument("--out", required=True, help="detector directory to write")
-    t.add_argument("--runs", help="training run folders (default: runs/<OUT name>)")
+    t.add_argument("--runs", help="training run folders; None: runs/<OUT name>")
     t.add_argument("--cal-fraction", type=float, default=0.1, help="held out of each class for calibration")
     t.add_argument("--alpha", type=float, default=0.01)
     t.add_argument("--score", choices=("mse", "ssim"), default="mse")
@@ -60,10 +61,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--lr", type=float, default=2e-3)
     t.add_argument("--loss", default="mse")
     t.add_argument("--size", type=int, default=0, help="scale-crop training images to this side (0: use as they are)")
-    t.add_argument("--channels", type=int, choices=(1, 3), help="default: from the first image")
+    t.add_argument("--channels", type=int, choices=(1, 3), help="None: from the first image")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--force", action="store_true", help="replace an existing detector directory")
     t.set_defaults(func=cmd_train_per_class)
+
+    a = dsub.add_parser("assemble", formatter_class=H, help="gather per-class model folders into a detector directory",
+                        description="Copy model folders (one per class, e.g. from `aekit train DATA/bag` + `aekit export`) "
+                                    "into OUT and write OUT/detector.json routing each class to its model.")
+    a.add_argument("out", help="detector directory to write")
+    a.add_argument("models", nargs="+", metavar="CLASS=MODEL_DIR", help="e.g. bag=models/bag coat=models/coat")
+    a.add_argument("--force", action="store_true", help="replace an existing detector directory")
+    a.set_defaults(func=cmd_assemble)
 
     e = dsub.add_parser("evaluate", formatter_class=H, help="AUROC, AUPRC, FPR and recall on labelled images",
                         description="LABELLED_DIR holds class subfolders (each calibrated class is normal, the other "
@@ -71,8 +80,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                                     "subfolder and anomaly subfolders. Writes OUT.json, OUT.md and OUT_roc.png.")
     e.add_argument("model", help="calibrated model folder or detector directory")
     e.add_argument("labelled_dir")
-    e.add_argument("--class", dest="cls", help="evaluate one class: LABELLED_DIR/{good|normal} vs the other subfolders")
-    e.add_argument("--alpha", type=float, help="false-positive rate (default: the calibrated one)")
+    e.add_argument("--class", dest="cls", metavar="NAME", help="evaluate one class: LABELLED_DIR/{good|normal} vs the other subfolders")
+    e.add_argument("--alpha", type=float, help="false-positive rate; None: the calibrated one")
     e.add_argument("--out", default="evaluation", help="output prefix")
     _job_args(e)
     e.set_defaults(func=cmd_evaluate)
@@ -138,6 +147,18 @@ def cmd_train_per_class(args: argparse.Namespace) -> int:
     for msg in failed:
         print(f"error: {msg}", file=sys.stderr)
     return 2 if failed else 0
+
+
+def cmd_assemble(args: argparse.Namespace) -> int:
+    from detector.perclass import assemble
+
+    pairs = [m.split("=", 1) for m in args.models]
+    bad = [m for m, p in zip(args.models, pairs) if len(p) != 2 or not p[0] or not p[1]]
+    if bad:
+        raise ValueError(f"expected CLASS=MODEL_DIR, got {', '.join(bad)}")
+    out = assemble(args.out, dict(pairs), args.force)
+    print(f"detector directory {out}: {', '.join(p[0] for p in pairs)}")
+    return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:

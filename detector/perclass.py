@@ -128,3 +128,26 @@ def train_per_class(data: str | Path, out: str | Path, cfg: PerClassConfig, runs
         raise ImageError(f"{data}: no class could be trained ({'; '.join(failed)})")
     save_detector_manifest(out, entries, {"data": str(Path(data).resolve()), "config": asdict(cfg)})
     return out, failed
+
+
+def assemble(out: str | Path, models: dict[str, str | Path], force: bool = False) -> Path:
+    """Copy exported per-class model folders (e.g. from `aekit train` + `aekit export`) into a
+    detector directory OUT/<class>/ and write OUT/detector.json routing each class to its copy."""
+    from export.manifest import load_manifest
+
+    out = Path(out)
+    if out.exists() and not force:
+        raise DetectorError(f"{out}: already exists; pass --force to replace it")
+    manifests = {c: load_manifest(m) for c, m in models.items()}  # every folder checked before writing
+    channels = {m["channels"] for m in manifests.values()}
+    if len(channels) > 1:
+        raise DetectorError(f"models mix {sorted(channels)}-channel inputs; a detector takes one kind of image")
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    for c, m in models.items():
+        shutil.copytree(m, out / c)
+    entries = {c: {"model": c, "model_id": manifests[c]["model_id"], "source": str(Path(models[c]).resolve())}
+               for c in models}
+    save_detector_manifest(out, entries, {"assembled": True})
+    return out

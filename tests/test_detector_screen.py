@@ -21,7 +21,7 @@ import pytest
 from aekit.cli import main
 from aekit.images import load_image, save_image
 from detector.calibration import conformal_threshold
-from detector.model import Detector, save_detector_manifest
+from detector.model import Detector
 from export.manifest import load_manifest
 
 CLASSES = ("trouser", "bag", "sneaker")
@@ -199,9 +199,12 @@ def test_estimator_api(model, normal):
 
 def test_detector_directory_routes_each_class_to_its_model(model, normal, tmp_path, capsys):
     det_dir = tmp_path / "det"
-    for c in ("trouser", "bag"):
-        shutil.copytree(model, det_dir / c)
-    save_detector_manifest(det_dir, {c: {"model": c} for c in ("trouser", "bag")}, {})
+    rc, out, err = run(capsys, "detector", "assemble", det_dir, f"trouser={model}", f"bag={model}")
+    assert rc == 0 and json.loads((det_dir / "detector.json").read_text())["classes"]["bag"]["model"] == "bag"
+    rc, out, err = run(capsys, "detector", "assemble", det_dir, f"trouser={model}")
+    assert rc == 2 and "already exists" in err
+    rc, out, err = run(capsys, "detector", "assemble", tmp_path / "d2", f"bag={tmp_path / 'missing'}")
+    assert rc == 2 and "not an aekit model folder" in err and not (tmp_path / "d2").exists()
     rc, out, err = run(capsys, "calibrate", det_dir, normal, "--alpha", "0.05")
     assert rc == 2 and "unknown class 'sneaker'" in err  # no model for it: reported, the rest calibrated
     assert set(load_manifest(det_dir / "bag")["calibration"]["classes"]) == {"bag"}
