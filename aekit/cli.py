@@ -101,6 +101,7 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", choices=("auto", "cuda", "mps", "cpu"))
     p.add_argument("--no-amp", action="store_true", help="disable mixed precision on CUDA")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: one per core)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     p.set_defaults(func=cmd_train)
 
@@ -120,7 +121,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                        time_budget=args.time_budget, batch_size=args.batch_size, lr=args.lr,
                        loss=args.loss, vgg_weights=args.vgg_weights, rate_weight=args.rate_weight,
                        device=args.device,
-                       amp=not args.no_amp, seed=args.seed, data_cfg=dcfg)
+                       amp=not args.no_amp, seed=args.seed, threads=args.threads, data_cfg=dcfg)
     summary = train(tcfg, mcfg, resume=args.resume)
     print(f"trained {summary['epochs']} epochs in {summary['train_time_s']}s; "
           f"best val PSNR {summary['best_val_psnr']:.2f} dB; checkpoint {args.out}/best.pt")

@@ -42,6 +42,7 @@ class TrainConfig:
     device: str = "auto"  # auto (cuda > mps > cpu), cuda, mps or cpu
     amp: bool = True  # mixed precision on CUDA (bf16 where supported, else fp16)
     seed: int = 0  # seeds weights, split, batch order and noise
+    threads: int = 0  # torch CPU threads (0: torch's default, one per core)
     hist_images: int = 2000  # training images encoded for the latent symbol histogram
     data_cfg: DataConfig = field(default_factory=DataConfig)
 
@@ -82,6 +83,8 @@ class Trainer:
     def __init__(self, tcfg: TrainConfig, mcfg: ModelConfig, resume: bool = False):
         self.tcfg, self.mcfg, self.out = tcfg, mcfg, Path(tcfg.out)
         self.device = pick_device(tcfg.device)
+        if tcfg.threads > 0:
+            torch.set_num_threads(tcfg.threads)
         self.start_epoch, self.best_val, self.best_epoch = 0, math.inf, -1
         self.history: list[dict[str, Any]] = []
         torch.manual_seed(tcfg.seed)
