@@ -44,6 +44,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("src", help="image file or folder (searched recursively)")
     p.add_argument("-m", "--model", required=True, help="exported model folder")
     p.add_argument("-o", "--out", required=True, help=f"output folder (mirrors SRC) or a single {SUFFIX} file")
+    p.add_argument("--levels", type=int, default=c.levels,
+                   help="latent quantisation levels, 2..256 (0: the model's); fewer = smaller files, lower quality")
     common(p)
     p.set_defaults(func=cmd_compress)
 
@@ -66,6 +68,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--limit", type=int, default=0, help="first N images only (0: all)")
     p.add_argument("--tile", type=int, default=0,
                    help="also code every image in tiles of this side and report the seam cost (0: off)")
+    p.add_argument("--levels", type=int, nargs="+", default=[0],
+                   help="evaluate each model at these latent levels (0: the model's): an RD curve per model")
     p.add_argument("--name", default="", help="data set name for the table and plot")
     p.add_argument("--device", choices=("auto", "cuda", "cpu"), default=c.device)
     p.set_defaults(func=cmd_evaluate)
@@ -77,7 +81,7 @@ def _configs(args: argparse.Namespace):
 
     ccfg = CodecConfig(batch_size=args.batch_size, full_res_max_pixels=args.full_res_max_pixels,
                        tile_px=args.tile, device=args.device, threads=args.threads,
-                       max_pixels=args.max_pixels)
+                       max_pixels=args.max_pixels, levels=getattr(args, "levels", 0))
     jcfg = JobConfig(overwrite=args.overwrite, workers=args.workers, progress=args.progress,
                      out_format=getattr(args, "out_format", "png"))
     return ccfg, jcfg
@@ -110,6 +114,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from codec.evaluate import EvalConfig, evaluate
 
     cfg = EvalConfig(src=args.src, models=args.model, out=args.out, limit=args.limit, tile_px=args.tile,
+                     levels=args.levels,
                      name=args.name or os.path.basename(os.path.normpath(args.src)), device=args.device)
     result = evaluate(cfg)
     print(result["markdown"])

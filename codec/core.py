@@ -36,6 +36,7 @@ class CodecConfig:
     tile_px: int = 1024  # tile side in pixels (rounded down to a multiple of the factor)
     overlap: int = 6  # latent units of context on each side of a tile (6 * f pixels)
     max_pixels: int = DEFAULT_MAX_PIXELS  # refuse larger images (decompression bombs)
+    levels: int = 0  # quantisation levels of the stored latent (0: the model's, usually 256; fewer = smaller files)
     device: str = "auto"  # onnxruntime device: auto | cuda | cpu
     threads: int = 0  # onnxruntime intra-op threads (0: its default)
 
@@ -94,7 +95,10 @@ class Codec:
     def __init__(self, model_dir: str | Path, cfg: CodecConfig | None = None):
         self.cfg = cfg or CodecConfig()
         self.rt = Runtime(model_dir, self.cfg.device, self.cfg.threads)
-        self.em = EntropyModel.from_manifest(self.rt.manifest)
+        self.levels = self.cfg.levels or self.rt.levels
+        if not 2 <= self.levels <= 256:
+            raise CodecError(f"levels {self.levels} outside 2..256")
+        self.em = EntropyModel.from_manifest(self.rt.manifest, self.levels)
         self.model_id, self.channels, self.factor = self.rt.model_id, self.rt.channels, self.rt.factor
 
     def load(self, path: str | Path) -> tuple[np.ndarray, str]:
@@ -108,7 +112,7 @@ class Codec:
         b, h, w, _ = images.shape
         if self.tiled(h, w):
             return np.stack([self._symbols_tiled(im) for im in images])
-        return self.rt.quantise(self.rt.encode(images))
+        return quantise(self.rt.encode(images), self.levels)
 
     def _symbols_tiled(self, image: np.ndarray) -> np.ndarray:
         """One large image (H, W, C) -> symbols (c_y, h, w), encoded tile by tile."""
@@ -119,14 +123,14 @@ class Codec:
         for r0, r1, cr0, cr1 in tile_spans(lh, tile, self.cfg.overlap):
             for c0, c1, cc0, cc1 in tile_spans(lw, tile, self.cfg.overlap):
                 crop = image[cr0 * f:min(h, cr1 * f), cc0 * f:min(w, cc1 * f)]  # (th, tw, C)
-                qt = self.rt.quantise(self.rt.encode(crop[None]))[0]  # (c_y, cr1-cr0, cc1-cc0)
+                qt = quantise(self.rt.encode(crop[None]), self.levels)[0]  # (c_y, cr1-cr0, cc1-cc0)
                 q[:, r0:r1, c0:c1] = qt[:, r0 - cr0:r1 - cr0, c0 - cc0:c1 - cc0]
         return q
 
     def header(self, height: int, width: int, mode: str, coder: int) -> LatentHeader:
         return LatentHeader(
             model_id=self.model_id, height=height, width=width, mode=mode, factor=self.factor,
-            latent_shape=self.rt.latent_shape(height, width), levels=self.rt.levels,
+            latent_shape=self.rt.latent_shape(height, width), levels=self.levels,
             quantiser=QUANT_TANH_UNIFORM, coder=coder, flags=FLAG_TILED if self.tiled(height, width) else 0,
         )
 
@@ -159,19 +163,25 @@ class Decoder:
     def __init__(self, search: list[str | Path] | None = None, cfg: CodecConfig | None = None):
         self.search = [Path(p) for p in search] if search else default_model_paths()
         self.cfg = cfg or CodecConfig()
-        self._models: dict[str, tuple[dict[str, Any], EntropyModel]] = {}
+        self._models: dict[str, dict[str, Any]] = {}
+        self._entropy: dict[tuple[str, int], EntropyModel] = {}
         self._runtimes: dict[str, Runtime] = {}
 
-    def model(self, model_id: str) -> tuple[dict[str, Any], EntropyModel]:
-        """(manifest, entropy model) for an id; ModelError if no search path has it."""
+    def model(self, model_id: str) -> dict[str, Any]:
+        """The manifest of a model id; ModelError if no search path has it."""
         if model_id not in self._models:
-            m = load_manifest(find_model(model_id, self.search))
-            self._models[model_id] = (m, EntropyModel.from_manifest(m))
+            self._models[model_id] = load_manifest(find_model(model_id, self.search))
         return self._models[model_id]
+
+    def entropy(self, model_id: str, levels: int) -> EntropyModel:
+        key = (model_id, levels)
+        if key not in self._entropy:
+            self._entropy[key] = EntropyModel.from_manifest(self.model(model_id), levels)
+        return self._entropy[key]
 
     def runtime(self, model_id: str) -> Runtime:
         if model_id not in self._runtimes:
-            self._runtimes[model_id] = Runtime(self.model(model_id)[0]["_dir"], self.cfg.device, self.cfg.threads)
+            self._runtimes[model_id] = Runtime(self.model(model_id)["_dir"], self.cfg.device, self.cfg.threads)
         return self._runtimes[model_id]
 
     def symbols(self, data: bytes, name: str = "<bytes>") -> tuple[LatentHeader, np.ndarray]:
@@ -179,11 +189,12 @@ class Decoder:
         h, payload = parse(data, name)
         if h.height * h.width > self.cfg.max_pixels:
             raise CodecError(f"{name}: {h.width}x{h.height} image exceeds the limit of {self.cfg.max_pixels} pixels")
-        m, em = self.model(h.model_id)
-        expect = (m["latent_channels"], m["factor"], m["latent"]["levels"])
-        if (h.latent_shape[0], h.factor, h.levels) != expect:
-            raise CodecError(f"{name}: header (c_y, f, L) = {(h.latent_shape[0], h.factor, h.levels)} "
+        m = self.model(h.model_id)
+        expect = (m["latent_channels"], m["factor"])
+        if (h.latent_shape[0], h.factor) != expect:
+            raise CodecError(f"{name}: header (c_y, f) = {(h.latent_shape[0], h.factor)} "
                              f"disagrees with model {h.model_id} {expect}")
+        em = self.entropy(h.model_id, h.levels)
         if h.mode == "RGB" and m["channels"] == 1:
             raise CodecError(f"{name}: an RGB image cannot come from gray model {h.model_id}")
         try:
@@ -196,19 +207,19 @@ class Decoder:
         rt = self.runtime(header.model_id)
         H, W = header.height, header.width
         if H * W > self.cfg.full_res_max_pixels:
-            out = np.stack([self._decode_tiled(rt, qi, H, W) for qi in q])
+            out = np.stack([self._decode_tiled(rt, dequantise(header, qi), H, W) for qi in q])
         else:
-            out = rt.decode(rt.dequantise(q), H, W)
+            out = rt.decode(dequantise(header, q), H, W)
         return np.stack([restore_mode(o, header.mode) for o in out]) if header.mode == "L" else out
 
-    def _decode_tiled(self, rt: Runtime, q: np.ndarray, height: int, width: int) -> np.ndarray:
-        """Symbols (c_y, h, w) of one large image -> uint8 (H, W, C), decoded tile by tile."""
+    def _decode_tiled(self, rt: Runtime, y_hat: np.ndarray, height: int, width: int) -> np.ndarray:
+        """y_hat (c_y, h, w) of one large image -> uint8 (H, W, C), decoded tile by tile."""
         f = rt.factor
         tile = max(1, self.cfg.tile_px // f)
         out = np.empty((height, width, rt.channels), dtype=np.uint8)
-        for r0, r1, cr0, cr1 in tile_spans(q.shape[1], tile, self.cfg.overlap):
-            for c0, c1, cc0, cc1 in tile_spans(q.shape[2], tile, self.cfg.overlap):
-                xt = rt.decode(rt.dequantise(q[None, :, cr0:cr1, cc0:cc1]))[0]  # ((cr1-cr0)f, (cc1-cc0)f, C)
+        for r0, r1, cr0, cr1 in tile_spans(y_hat.shape[1], tile, self.cfg.overlap):
+            for c0, c1, cc0, cc1 in tile_spans(y_hat.shape[2], tile, self.cfg.overlap):
+                xt = rt.decode(y_hat[None, :, cr0:cr1, cc0:cc1])[0]  # ((cr1-cr0)f, (cc1-cc0)f, C)
                 core = xt[(r0 - cr0) * f:(r1 - cr0) * f, (c0 - cc0) * f:(c1 - cc0) * f]
                 out[r0 * f:min(height, r1 * f), c0 * f:min(width, c1 * f)] = core[:min(height, r1 * f) - r0 * f,
                                                                                    :min(width, c1 * f) - c0 * f]
@@ -218,6 +229,12 @@ class Decoder:
         """File bytes -> (uint8 (H, W, 1 | 3) in the original mode, header)."""
         h, q = self.symbols(data, name)
         return self.reconstruct(h, q[None])[0], h
+
+
+def quantise(y: np.ndarray, levels: int) -> np.ndarray:
+    """y in [-1, 1] -> uint8 symbols round((y + 1) (L - 1) / 2), as export.runtime for any L."""
+    q = np.rint((y.astype(np.float32) + 1) * np.float32((levels - 1) / 2))
+    return np.clip(q, 0, levels - 1).astype(np.uint8)
 
 
 def dequantise(header: LatentHeader, q: np.ndarray) -> np.ndarray:

@@ -36,6 +36,7 @@ class EvalConfig:
     out: str = "eval"  # output folder
     limit: int = 0  # first N images (0: all)
     tile_px: int = 0  # also code in tiles of this side to measure seams (0: off)
+    levels: list[int] = field(default_factory=lambda: [0])  # latent levels per model (0: the model's)
     name: str = ""  # data set name for the table and plot
     device: str = "auto"
     qualities: tuple[int, ...] = QUALITIES  # JPEG and WebP quality sweep
@@ -133,28 +134,31 @@ def _at_bytes(sweep: list[dict[str, Any]], target: float, key: str) -> float | N
 def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     """Run the evaluation and write results.json, results.md, rd.png under cfg.out."""
     t0 = time.monotonic()
-    codecs = {m: Codec(m, CodecConfig(device=cfg.device)) for m in cfg.models}
-    tiled = {m: Codec(m, CodecConfig(device=cfg.device, full_res_max_pixels=0, tile_px=cfg.tile_px))
+    runs = [(m, lv) for m in cfg.models for lv in cfg.levels]  # (model, levels): one RD point each
+    codecs = {r: Codec(r[0], CodecConfig(device=cfg.device, levels=r[1])) for r in runs}
+    tiled = {m: Codec(m, CodecConfig(device=cfg.device, full_res_max_pixels=0, tile_px=cfg.tile_px,
+                                     levels=cfg.levels[0]))
              for m in cfg.models} if cfg.tile_px else {}
     dec = Decoder(cfg.models, CodecConfig(device=cfg.device))
     dec_tiled = Decoder(cfg.models, CodecConfig(device=cfg.device, full_res_max_pixels=0, tile_px=cfg.tile_px))
     accs: dict[str, _Acc] = {}
-    refused: dict[str, int] = {m: 0 for m in cfg.models}
+    refused: dict[tuple, int] = {r: 0 for r in runs}
     scales: set[int] = set()
     n = 0
     for chunk in _images(cfg):
         n += len(chunk)
         for shape, group in _by_shape(chunk).items():
             scales.add(msssim_scales(shape[0], shape[1]))
+            for r in runs:
+                refused[r] += _eval_codec(codecs[r], dec, group, accs.setdefault(f"codec:{r}", _Acc()))
             for m in cfg.models:
-                refused[m] += _eval_codec(codecs[m], dec, group, accs.setdefault(f"codec:{m}", _Acc()))
                 if m in tiled:
                     _eval_codec(tiled[m], dec_tiled, group, accs.setdefault(f"tiled:{m}", _Acc()))
             for fmt in ("JPEG", "WEBP"):
                 for q in cfg.qualities:
                     _eval_pillow(group, fmt, q, accs.setdefault(f"{fmt}:{q}", _Acc()))
         print(f"evaluate: {n} images, {time.monotonic() - t0:.0f} s", file=sys.stderr)
-    result = _summarise(cfg, accs, refused, n, sorted(scales), time.monotonic() - t0)
+    result = _summarise(cfg, runs, codecs, accs, refused, n, sorted(scales), time.monotonic() - t0)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     result["markdown"] = _markdown(result)
@@ -164,13 +168,15 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     return result
 
 
-def _summarise(cfg: EvalConfig, accs: dict[str, _Acc], refused: dict[str, int], n: int,
-               scales: list[int], seconds: float) -> dict[str, Any]:
+def _summarise(cfg: EvalConfig, runs: list[tuple], codecs: dict[tuple, Codec], accs: dict[str, _Acc],
+               refused: dict[tuple, int], n: int, scales: list[int], seconds: float) -> dict[str, Any]:
     sweeps = {fmt: [dict(quality=q, **accs[f"{fmt}:{q}"].row()) for q in cfg.qualities] for fmt in ("JPEG", "WEBP")}
     models = []
-    for m in cfg.models:
-        row = dict(model=m, model_id=codecs_id(m), **accs[f"codec:{m}"].row(), refused_rgb=refused[m])
-        if f"tiled:{m}" in accs:
+    for r in runs:
+        m = r[0]
+        row = dict(model=m, model_id=codecs[r].model_id, levels=codecs[r].levels, **accs[f"codec:{r}"].row(),
+                   refused_rgb=refused[r])
+        if f"tiled:{m}" in accs and r[1] == cfg.levels[0]:
             t = accs[f"tiled:{m}"].row()
             row["tiled"] = {"tile_px": cfg.tile_px, **t, "seam_cost_psnr_db": row["psnr"] - t["psnr"]}
         for fmt, sweep in sweeps.items():
@@ -190,10 +196,8 @@ def _summarise(cfg: EvalConfig, accs: dict[str, _Acc], refused: dict[str, int], 
     }
 
 
-def codecs_id(model: str) -> str:
-    from export.manifest import load_manifest
-
-    return load_manifest(model)["model_id"]
+def label(m: dict[str, Any]) -> str:
+    return f"{Path(m['model']).name} L{m['levels']}"
 
 
 def _device(cfg: EvalConfig) -> str:
@@ -208,7 +212,7 @@ def _fmt(v: float | None, spec: str) -> str:
 
 def _markdown(r: dict[str, Any]) -> str:
     lines = [f"### {r['name'] or r['data']}: {r['images']} images (MS-SSIM scales: {r['msssim_scales']})", "",
-             "| model | mean bytes | bpp | PSNR dB | MS-SSIM | JPEG PSNR / MS-SSIM at equal bytes "
+             "| model, latent levels | mean bytes | bpp | PSNR dB | MS-SSIM | JPEG PSNR / MS-SSIM at equal bytes "
              "| WebP PSNR / MS-SSIM at equal bytes | seam cost (tiled) |",
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for m in r["models"]:
@@ -220,7 +224,7 @@ def _markdown(r: dict[str, Any]) -> str:
             return f"{x['psnr']:.2f} / {_fmt(x['msssim'], '.4f')}"
 
         seam = f"{m['tiled']['seam_cost_psnr_db']:+.3f} dB @ {m['tiled']['tile_px']} px" if "tiled" in m else "—"
-        lines.append(f"| {Path(m['model']).name} | {m['mean_bytes']:.1f} | {m['bpp']:.3f} | {m['psnr']:.2f} | "
+        lines.append(f"| {label(m)} | {m['mean_bytes']:.1f} | {m['bpp']:.3f} | {m['psnr']:.2f} | "
                      f"{_fmt(m['msssim'], '.4f')} | {cmp(j)} | {cmp(w)} | {seam} |")
     lines += ["", "| quality | JPEG bytes | JPEG PSNR | JPEG MS-SSIM | WebP bytes | WebP PSNR | WebP MS-SSIM |",
               "|---:|---:|---:|---:|---:|---:|---:|"]
@@ -242,12 +246,18 @@ def _plot(r: dict[str, Any], path: Path) -> None:
             pts = [(s["bpp"], s[key]) for s in r["sweeps"][fmt] if s[key] is not None]
             ax.plot(*zip(*pts), style, ms=3, label=f"{fmt} (q {r['sweeps'][fmt][0]['quality']}-"
                                                    f"{r['sweeps'][fmt][-1]['quality']})")
+        by_model: dict[str, list] = {}
         for m in r["models"]:
-            if m[key] is None:
-                continue
-            ax.plot(m["bpp"], m[key], "*", ms=13, label=f"aekit {Path(m['model']).name}")
-            if "tiled" in m and m["tiled"][key] is not None:
-                ax.plot(m["tiled"]["bpp"], m["tiled"][key], "x", ms=9, label=f"{Path(m['model']).name} tiled")
+            by_model.setdefault(m["model"], []).append(m)
+        for name, ms in by_model.items():
+            pts = sorted((m["bpp"], m[key]) for m in ms if m[key] is not None)
+            if pts:
+                ax.plot(*zip(*pts), "*-", ms=11, lw=2, label=f"aekit {Path(name).name} (levels "
+                        f"{', '.join(str(m['levels']) for m in sorted(ms, key=lambda m: -m['levels']))})")
+            for m in ms:
+                if "tiled" in m and m["tiled"][key] is not None:
+                    ax.plot(m["tiled"]["bpp"], m["tiled"][key], "x", ms=9, color="k",
+                            label=f"{Path(name).name} tiled {m['tiled']['tile_px']} px")
         ax.set_xlabel("bits per pixel (mean over images)")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)

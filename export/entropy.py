@@ -62,6 +62,20 @@ def integer_table(counts: np.ndarray, precision: int = PRECISION) -> np.ndarray:
     return weights
 
 
+def rebin(counts: np.ndarray, levels: int) -> np.ndarray:
+    """Counts over L0 symbols -> counts over `levels` symbols: s -> round(s (L - 1) / (L0 - 1)).
+
+    Integer arithmetic (round half up), matching where the requantised symbol of a latent
+    with L0-level symbol s falls to within one bin.
+    """
+    base = counts.size
+    s = np.arange(base, dtype=np.int64)
+    target = (2 * s * (levels - 1) + (base - 1)) // (2 * (base - 1))
+    out = np.zeros(levels, dtype=np.int64)
+    np.add.at(out, target, counts.astype(np.int64))
+    return out
+
+
 @dataclass
 class EntropyModel:
     """Per-channel integer probability tables (c_y, L) and the coders that use them."""
@@ -71,14 +85,21 @@ class EntropyModel:
     _cache: list[Any] | None = field(default=None, repr=False, compare=False)  # constriction models
 
     @classmethod
-    def from_manifest(cls, manifest: dict[str, Any]) -> "EntropyModel":
-        """Built from manifest["latent_hist"] (c_y x L counts); uniform tables if it is absent."""
-        levels = int(manifest["latent"]["levels"])
+    def from_manifest(cls, manifest: dict[str, Any], levels: int | None = None) -> "EntropyModel":
+        """Built from manifest["latent_hist"] (c_y x L0 counts); uniform tables if it is absent.
+
+        levels: code symbols requantised to L < L0 levels (coarser, cheaper latents); the
+        histogram is rebinned by integer arithmetic (see rebin), so tables stay exact.
+        """
+        base = int(manifest["latent"]["levels"])
         cy = int(manifest["latent_channels"])
         hist = manifest.get("latent_hist")
-        counts = np.ones((cy, levels), dtype=np.int64) if not hist else np.asarray(hist, dtype=np.int64)
-        if counts.shape != (cy, levels):
-            raise EntropyError(f"latent_hist has shape {counts.shape}, expected ({cy}, {levels})")
+        counts = np.ones((cy, base), dtype=np.int64) if not hist else np.asarray(hist, dtype=np.int64)
+        if counts.shape != (cy, base):
+            raise EntropyError(f"latent_hist has shape {counts.shape}, expected ({cy}, {base})")
+        levels = levels or base
+        if levels != base:
+            counts = np.stack([rebin(c, levels) for c in counts])
         return cls(np.stack([integer_table(c) for c in counts]), levels)
 
     @property
