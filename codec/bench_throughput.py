@@ -23,6 +23,18 @@ from aekit.images import atomic_write_bytes, is_image_name
 from codec.jobs import walk
 
 
+
+def cpu_name() -> str:
+    """CPU model name from /proc/cpuinfo (Linux), else the platform's machine type."""
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def subset(src: Path, n: int, dst: Path) -> int:
     """Hard-link (or copy) the first n images of src into dst, keeping the tree; returns the count."""
     k = 0
@@ -78,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     import onnxruntime
 
     result = {"format": "aekit-codec-throughput", "src": args.src, "model": args.model, "runs": rows,
-              "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
+              "machine": {"cpus": os.cpu_count(), "processor": cpu_name(),
                           "python": platform.python_version(), "onnxruntime": onnxruntime.__version__,
                           "loadavg_1_5_15": os.getloadavg()},
               "command": " ".join(["python -m codec.bench_throughput", *(argv or sys.argv[1:])])}

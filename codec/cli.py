@@ -14,6 +14,7 @@ import os
 from codec.format import SUFFIX
 
 EXIT_OK, EXIT_ERROR = 0, 2
+EXIT_DOC = "Exit codes: 0 all files done (or skipped as existing); 2 usage error or any file failed; 130 interrupted."
 FMT = argparse.ArgumentDefaultsHelpFormatter
 
 
@@ -26,7 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
         p.add_argument("--skip-existing", action="store_true", default=True,
-                       help="skip outputs that exist, so an interrupted run resumes (the default)")
+                       help="skip outputs that exist, so an interrupted run resumes (always on unless --overwrite)")
         p.add_argument("--batch-size", type=int, default=c.batch_size, help="images of equal size per ONNX call")
         p.add_argument("--workers", type=int, default=j.workers, help="threads reading and writing files")
         p.add_argument("--device", choices=("auto", "cuda", "cpu"), default=c.device)
@@ -40,7 +41,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                        help="progress bar (default: only on a terminal)")
 
     p = sub.add_parser("compress", help="compress images (file or folder tree) into .ael latent files",
-                       formatter_class=FMT, description=__doc__)
+                       formatter_class=FMT, description="Compress an image file or folder tree into mirrored "
+                       f".ael latent files (a/b.png -> OUT/a/b.png{SUFFIX}). {EXIT_DOC}")
     p.add_argument("src", help="image file or folder (searched recursively)")
     p.add_argument("-m", "--model", required=True, help="exported model folder")
     p.add_argument("-o", "--out", required=True, help=f"output folder (mirrors SRC) or a single {SUFFIX} file")
@@ -50,7 +52,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_compress)
 
     p = sub.add_parser("decompress", help="decode .ael latent files (file or folder tree) back to images",
-                       formatter_class=FMT, description=__doc__)
+                       formatter_class=FMT, description="Decode .ael files back to images; each file's model "
+                       f"is found by the id it stores, in -m if given, else in ${MODELS_ENV} and ./models. {EXIT_DOC}")
     p.add_argument("src", help=f"{SUFFIX} file or folder")
     p.add_argument("-o", "--out", required=True, help="output folder (mirrors SRC) or a single image file")
     p.add_argument("-m", "--models", action="append",
@@ -61,7 +64,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_decompress)
 
     p = sub.add_parser("evaluate", help="rate-distortion of models on a folder vs JPEG and WebP",
-                       formatter_class=FMT, description=__doc__)
+                       formatter_class=FMT, description="Mean bytes, bpp, PSNR and MS-SSIM of each model (and "
+                       "latent levels) against JPEG and WebP swept over quality, interpolated at equal mean "
+                       "bytes; writes results.json, results.md and rd.png.")
     p.add_argument("src", help="image folder")
     p.add_argument("-m", "--model", action="append", required=True, help="model folder (repeatable)")
     p.add_argument("-o", "--out", default="eval", help="output folder: results.json, results.md, rd.png")

@@ -65,6 +65,18 @@ class _Acc:
                 "msssim": self.msssim / self.n_ms if self.n_ms else None}
 
 
+
+def cpu_name() -> str:
+    """CPU model name from /proc/cpuinfo (Linux), else the platform's machine type."""
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def _pillow_roundtrip(img: np.ndarray, fmt: str, q: int) -> tuple[int, np.ndarray]:
     """uint8 (H, W, C) -> (bytes, decoded (H, W, C)) through JPEG or WebP at quality q."""
     im = Image.fromarray(img[:, :, 0] if img.shape[2] == 1 else img)
@@ -189,7 +201,7 @@ def _summarise(cfg: EvalConfig, runs: list[tuple], codecs: dict[tuple, Codec], a
     return {
         "format": "aekit-codec-eval", "version": 1, "data": str(cfg.src), "name": cfg.name, "images": n,
         "msssim_scales": scales, "models": models, "sweeps": sweeps, "config": asdict(cfg),
-        "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
+        "machine": {"cpus": os.cpu_count(), "processor": cpu_name(),
                     "python": platform.python_version(), "pillow": Image.__version__,
                     "onnxruntime_providers": _device(cfg)},
         "seconds": round(seconds, 1),
