@@ -36,6 +36,7 @@ class BackendOptions:
     cudnn_search: str = "EXHAUSTIVE"  # onnxruntime cudnn_conv_algo_search: EXHAUSTIVE | HEURISTIC | DEFAULT
     cuda_graph: bool = False  # onnxruntime CUDA graphs: one launch per run (fixed shapes + IOBinding, which we have)
     nhwc: bool = False  # onnxruntime CUDA prefer_nhwc: channels-last convs (tensor cores without transposes)
+    iobinding: bool | None = None  # bind pre-allocated OrtValues (None: on CUDA/TensorRT, off on CPU)
 
 
 class Runner:
@@ -178,6 +179,8 @@ class OrtRunner(Runner):
             self.enc_file, self.dec_file = files["encoder"], files["decoder"]
         self.enc = self.dec = None
         self.shape: tuple[int, ...] | None = None
+        self.bound = opts.iobinding if opts.iobinding is not None else self.device == "cuda"
+        self.ov_device = "cuda" if self.device == "cuda" else "cpu"  # where the OrtValues live
 
     def _session(self, graph: Any, in_name: str, in_shape: tuple[int, ...]) -> Any:
         ort = self.ort
@@ -212,17 +215,19 @@ class OrtRunner(Runner):
                                      "pixels", images.shape)
             self.dec = self._session(pixel_decoder(onnx.load(str(d / self.dec_file))), "y_hat", y_hat.shape)
             self.shape = images.shape
-        self.images, self.y_hat = np.ascontiguousarray(images), np.ascontiguousarray(y_hat, dtype=np.float32)
-        if self.device == "cuda":
+        # own copies: a CPU OrtValue wraps numpy memory, and update_inplace must not write into the caller's
+        self.images, self.y_hat = np.array(images, order="C"), np.array(y_hat, dtype=np.float32, order="C")
+        if self.bound:
             self._bind(images.shape, y_hat.shape)
 
     def _bind(self, img_shape: tuple[int, ...], lat_shape: tuple[int, ...]) -> None:
         """Inputs copied to the GPU once; outputs pre-allocated there (nothing crosses the bus)."""
         ov = self.ort.OrtValue
-        self.x_dev = ov.ortvalue_from_numpy(self.images, "cuda", 0)
-        self.yh_dev = ov.ortvalue_from_numpy(self.y_hat, "cuda", 0)
-        self.y_dev = ov.ortvalue_from_shape_and_type(list(lat_shape), np.float32, "cuda", 0)
-        self.px_dev = ov.ortvalue_from_shape_and_type(list(img_shape), np.uint8, "cuda", 0)
+        dev = self.ov_device
+        self.x_dev = ov.ortvalue_from_numpy(self.images, dev, 0)
+        self.yh_dev = ov.ortvalue_from_numpy(self.y_hat, dev, 0)
+        self.y_dev = ov.ortvalue_from_shape_and_type(list(lat_shape), np.float32, dev, 0)
+        self.px_dev = ov.ortvalue_from_shape_and_type(list(img_shape), np.uint8, dev, 0)
         self.enc_io, self.dec_io = self.enc.io_binding(), self.dec.io_binding()
         self.enc_io.bind_ortvalue_input("pixels", self.x_dev)
         self.enc_io.bind_ortvalue_output("y", self.y_dev)
@@ -230,37 +235,37 @@ class OrtRunner(Runner):
         self.dec_io.bind_ortvalue_output("pixels", self.px_dev)
 
     def encode(self) -> None:
-        if self.device == "cuda":
+        if self.bound:
             self.enc.run_with_iobinding(self.enc_io)
         else:
             self.y = self.enc.run(None, {"pixels": self.images})[0]
 
     def decode(self) -> None:
-        if self.device == "cuda":
+        if self.bound:
             self.dec.run_with_iobinding(self.dec_io)
         else:
             self.px = self.dec.run(None, {"y_hat": self.y_hat})[0]
 
     def sync(self) -> None:
-        if self.device == "cuda":
+        if self.bound:
             self.enc_io.synchronize_outputs()
             self.dec_io.synchronize_outputs()
 
     def fetch_latents(self) -> np.ndarray:
-        return self.enc_io.copy_outputs_to_cpu()[0] if self.device == "cuda" else self.y
+        return self.enc_io.copy_outputs_to_cpu()[0] if self.bound else self.y
 
     def fetch_pixels(self) -> np.ndarray:
-        return self.dec_io.copy_outputs_to_cpu()[0] if self.device == "cuda" else self.px
+        return self.dec_io.copy_outputs_to_cpu()[0] if self.bound else self.px
 
     def compress(self, images: np.ndarray) -> np.ndarray:
-        if self.device == "cuda":  # upload, run, download: what a real GPU pipeline pays
+        if self.bound:  # upload, run, download: what a real GPU pipeline pays
             self.x_dev.update_inplace(np.ascontiguousarray(images))
             self.enc.run_with_iobinding(self.enc_io)
             return self.enc_io.copy_outputs_to_cpu()[0]
         return self.enc.run(None, {"pixels": images})[0]
 
     def decompress(self, y_hat: np.ndarray) -> np.ndarray:
-        if self.device == "cuda":
+        if self.bound:
             self.yh_dev.update_inplace(np.ascontiguousarray(y_hat, dtype=np.float32))
             self.dec.run_with_iobinding(self.dec_io)
             return self.dec_io.copy_outputs_to_cpu()[0]
