@@ -5,14 +5,13 @@ A checkpoint rebuilds its model alone: `model, ckpt = load_model("runs/x/best.pt
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from aekit.config import ModelConfig
+from aekit.images import atomic_output
 
 CHECKPOINT_FORMAT = "aekit-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -24,18 +23,10 @@ class CheckpointError(Exception):
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
     """Save atomically: a temp file in the same folder, then rename over path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **payload}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_output(path) as tmp:
         torch.save(payload, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return Path(path)
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

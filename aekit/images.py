@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import os
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -190,38 +192,40 @@ FILE_MODE = 0o666 & ~_umask()
 DIR_MODE = 0o777 & ~_umask()
 
 
-def save_image(arr: np.ndarray, path: str | Path) -> Path:
-    """Write uint8 (H, W, C) atomically (temp name in the same folder, then rename)."""
+@contextmanager
+def atomic_output(path: str | Path) -> Iterator[Path]:
+    """Yield a temp path beside `path`; on success it is renamed over `path`, else removed.
+
+    Readers never see a partial file, and an interrupted job leaves only a hidden
+    '.NAME.*.part' file that the next run ignores.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    im = Image.fromarray(arr[:, :, 0] if arr.shape[2] == 1 else arr)
-    fmt = Image.registered_extensions().get(path.suffix.lower(), "PNG")
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
-            im.save(f, format=fmt)
+        yield Path(tmp)
         os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return path
+
+
+def save_image(arr: np.ndarray, path: str | Path) -> Path:
+    """Write uint8 (H, W, C) atomically, in the format of the path's suffix (PNG if unknown)."""
+    im = Image.fromarray(arr[:, :, 0] if arr.shape[2] == 1 else arr)
+    fmt = Image.registered_extensions().get(Path(path).suffix.lower(), "PNG")
+    with atomic_output(path) as tmp:
+        im.save(tmp, format=fmt)
+    return Path(path)
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     """Write bytes to path via a temp file in the same folder and an atomic rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, FILE_MODE)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    with atomic_output(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
