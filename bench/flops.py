@@ -68,6 +68,34 @@ def measured_matmul_tflops(n: int = 2048, seconds: float = 0.5) -> float:
     return 2 * n**3 / best / 1e12
 
 
+def measured_ort_matmul_tflops(n: int = 2048, seconds: float = 0.5, threads: int = 0) -> float:
+    """Achieved fp32 TFLOP/s of an n x n x n MatMul in onnxruntime's CPU provider (the MLAS
+    kernels our convolutions use), best call of `seconds`."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    g = helper.make_graph([helper.make_node("MatMul", ["a", "b"], ["c"])], "mm",
+                          [helper.make_tensor_value_info(k, TensorProto.FLOAT, [n, n]) for k in "ab"],
+                          [helper.make_tensor_value_info("c", TensorProto.FLOAT, [n, n])])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    so = ort.SessionOptions()
+    if threads:
+        so.intra_op_num_threads = threads
+    sess = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    feeds = {k: rng.standard_normal((n, n), dtype=np.float32) for k in "ab"}
+    sess.run(None, feeds)
+    best, t_end = float("inf"), time.perf_counter() + seconds
+    while True:
+        t0 = time.perf_counter()
+        sess.run(None, feeds)
+        best = min(best, time.perf_counter() - t0)
+        if time.perf_counter() > t_end:
+            break
+    return 2 * n**3 / best / 1e12
+
+
 def count_macs(onnx_path: str | Path, input_shapes: dict[str, tuple[int, ...]]) -> dict[str, Any]:
     """Multiply-adds of the counted ops at these input shapes: {'macs', 'by_op', 'method'}."""
     import onnx
