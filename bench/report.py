@@ -1,6 +1,7 @@
 """Bench output: a human table, the JSON record and a throughput-vs-batch plot.
 
     print(table(report)); write_json(report, "bench/results/x.json"); plot(report, "bench/results/x.png")
+    python -m bench.report bench/results/*.json     # the tables again, from recorded JSON
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ def table(report: BenchReport) -> str:
     out.append(f"device: {env.get('device_name')} ({report.config['resolved_device']}), "
                f"{report.config['threads_used']} threads; model {report.model['model_id']} "
                f"({report.model['channels']}-ch, 1/{report.model['ratio']}); peak {report.peak.get('source')}")
-    out.append("")
+    out += ["", "best images/s per stage (batch):", "", summary(report), "", "every setting:", ""]
     out.append("| backend | prec | size | batch | stage | img/s | MP/s | p50 ms | p99 ms | spread | TFLOP/s | % peak | host MiB | dev MiB |")
     out.append("|---|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in report.results:
@@ -65,6 +66,26 @@ def table(report: BenchReport) -> str:
             if r.message not in seen:
                 seen.add(r.message)
                 out.append(f"- [{r.status}] {r.message}")
+    return "\n".join(out)
+
+
+def summary(report: BenchReport) -> str:
+    """Best images/s (and its batch) per size x backend x precision for each stage: the headline."""
+    stages = ("encode", "decode", "compress", "decompress", "entropy-encode", "entropy-decode", "jpeg-encode", "jpeg-decode")
+    best: dict[tuple[str, str, str], dict[str, StageResult]] = {}
+    for r in report.results:
+        if r.status == "ok" and r.images_per_s:
+            row = best.setdefault((r.size, r.backend, r.precision), {})
+            if r.stage not in row or r.images_per_s > row[r.stage].images_per_s:
+                row[r.stage] = r
+    present = [st for st in stages if any(st in v for v in best.values())]
+    out = ["| size | backend | prec | " + " | ".join(present) + " | peak host MiB | peak dev MiB |",
+           "|---|---|---|" + "---:|" * (len(present) + 2)]
+    for (size, backend, prec), row in sorted(best.items(), key=lambda kv: (int(kv[0][0].split("x")[0]), kv[0][1], kv[0][2])):
+        cells = [f"{row[st].images_per_s:.1f} (b{row[st].batch})" if st in row else "" for st in present]
+        host = max((r.peak_host_bytes or 0) for r in row.values())
+        dev = max((r.peak_device_bytes or 0) for r in row.values())
+        out.append(f"| {size} | {backend} | {prec} | " + " | ".join(cells) + f" | {_mib(host)} | {_mib(dev)} |")
     return "\n".join(out)
 
 
@@ -112,3 +133,24 @@ def plot(report: BenchReport, path: str | Path) -> Path | None:
     plt.close(fig)
     tmp.replace(path)
     return path
+
+
+def load_report(path: str | Path) -> BenchReport:
+    """A recorded JSON back into a BenchReport (for tables and plots of old runs)."""
+    d = json.loads(Path(path).read_text())
+    if d.get("format") != "aekit-bench":
+        raise ValueError(f"{path}: not an aekit bench record")
+    if d.get("format_version") != 1:
+        raise ValueError(f"{path}: bench record version {d.get('format_version')} unsupported (expected 1)")
+    d = {k: v for k, v in d.items() if k not in ("format", "format_version")}
+    d["results"] = [StageResult(**r) for r in d["results"]]
+    return BenchReport(**d)
+
+
+if __name__ == "__main__":
+    import sys
+
+    for arg in sys.argv[1:]:
+        print(f"## {arg}\n")
+        print(table(load_report(arg)))
+        print()
