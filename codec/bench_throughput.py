@@ -13,6 +13,7 @@ import json
 import os
 import platform
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -93,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
               "machine": {"cpus": os.cpu_count(), "processor": cpu_name(),
                           "python": platform.python_version(), "onnxruntime": onnxruntime.__version__,
                           "loadavg_1_5_15": os.getloadavg()},
-              "command": " ".join(["python -m codec.bench_throughput", *(argv or sys.argv[1:])])}
+              "command": shlex.join(["python", "-m", "codec.bench_throughput", *(argv or sys.argv[1:])])}
     atomic_write_bytes(args.out, (json.dumps(result, indent=1) + "\n").encode())
     return 0
 

@@ -12,6 +12,7 @@ import io
 import json
 import os
 import platform
+import shlex
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -41,7 +42,7 @@ class EvalConfig:
     device: str = "auto"
     qualities: tuple[int, ...] = QUALITIES  # JPEG and WebP quality sweep
     chunk: int = 512  # images loaded at once (memory bound)
-    command: str = field(default_factory=lambda: " ".join(["aekit"] + sys.argv[1:]))
+    command: str = field(default_factory=lambda: shlex.join(["aekit"] + sys.argv[1:]))
 
 
 class _Acc:
