@@ -75,7 +75,7 @@ class PillowJpeg:
     def _map(self, fn: Any, items: Any) -> list[Any]:
         return list(self.pool.map(fn, items)) if self.pool else [fn(i) for i in items]
 
-    def encode(self, images: np.ndarray) -> list[bytes]:
+    def encode(self, images: np.ndarray | list[np.ndarray]) -> list[bytes]:
         return self._map(lambda im: jpeg_bytes(im, self.quality), list(images))
 
     def decode(self, blobs: list[bytes], channels: int) -> np.ndarray:
