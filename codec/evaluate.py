@@ -197,6 +197,7 @@ def _summarise(cfg: EvalConfig, runs: list[tuple], codecs: dict[tuple, Codec], a
                 "psnr": _at_bytes(sweep, row["mean_bytes"], "psnr"),
                 "msssim": _at_bytes(sweep, row["mean_bytes"], "msssim"),
                 "min_mean_bytes": min(r["mean_bytes"] for r in sweep),
+                "max_mean_bytes": max(r["mean_bytes"] for r in sweep),
             }
         models.append(row)
     return {
@@ -232,6 +233,8 @@ def _markdown(r: dict[str, Any]) -> str:
         j, w = m["jpeg_at_equal_bytes"], m["webp_at_equal_bytes"]
 
         def cmp(x: dict[str, Any]) -> str:
+            if x["psnr"] is None and m["mean_bytes"] > x["max_mean_bytes"]:
+                return f"n/a (largest {x['max_mean_bytes']:.0f} B)"
             if x["psnr"] is None:
                 return f"n/a (smallest {x['min_mean_bytes']:.0f} B)"
             return f"{x['psnr']:.2f} / {_fmt(x['msssim'], '.4f')}"
