@@ -94,6 +94,7 @@ class HostPeakMemory:
     """
 
     def reset(self) -> bool:
+        _malloc_trim()  # hand freed heap back to the OS first, or earlier settings' garbage counts as ours
         try:
             Path("/proc/self/clear_refs").write_text("5")
             return True
@@ -140,3 +141,13 @@ def process_gpu_memory_bytes(pid: int | None = None) -> int | None:
     except (OSError, ValueError, subprocess.TimeoutExpired):
         pass
     return gpu_memory_used_bytes()  # pid namespaces can hide our pid from nvidia-smi
+
+
+def _malloc_trim() -> None:
+    """glibc keeps freed memory in its heap (RSS stays high after a big batch); give it back."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
