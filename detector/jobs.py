@@ -22,7 +22,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from aekit.images import FILE_MODE, ImageError, Sample, load_image, scan_folder
+from aekit.images import FILE_MODE, ImageError, Sample, atomic_write_bytes, load_image, scan_folder
 from detector.calibration import CalibrationError, too_small_message
 from detector.heatmap import write_heatmap
 from detector.model import ClassScores, Detector, DetectorError
@@ -240,8 +240,6 @@ def screen_folder(model: str | Path, src: str | Path, out: str | Path, cls: str 
         writer.abort()
         raise
     summary = Path(f"{out}.summary.json")
-    from aekit.images import atomic_write_bytes
-
     report.outputs.append(atomic_write_bytes(summary, (json.dumps(report.to_dict(), indent=1) + "\n").encode()))
     return report
 

@@ -6,7 +6,6 @@ aekit.train, exports it, calibrates on 100 held-out trousers and scores 2000 tes
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 from conftest import HAVE_FMNIST
