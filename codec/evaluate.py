@@ -278,7 +278,8 @@ def _plot(r: dict[str, Any], path: Path) -> None:
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
         xs = [m["bpp"] for m in r["models"]]
-        ax.set_xlim(0, max(xs) * 2.5 if xs else None)
+        sweep_max = max(s["bpp"] for f in ("JPEG", "WEBP") for s in r["sweeps"][f])
+        ax.set_xlim(0, max(max(xs) * 1.1, min(sweep_max, max(xs) * 2.5)) if xs else None)
     axes[0].legend(fontsize=7)
     fig.suptitle(f"{r['name'] or r['data']}: {r['images']} images")
     fig.tight_layout()
