@@ -95,7 +95,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.json_out:
         print(f"wrote {write_json(report, args.json_out)}", file=sys.stderr)
     png = args.plot or (str(Path(args.json_out).with_suffix(".png")) if args.json_out else None)
-    if png and (out := plot(report, png)):
-        print(f"wrote {out}", file=sys.stderr)
+    if png:
+        try:
+            if out := plot(report, png):
+                print(f"wrote {out}", file=sys.stderr)
+        except ImportError as e:
+            print(f"aekit bench: no plot ({e}; pip install matplotlib)", file=sys.stderr)
     ran = any(r.status == "ok" for r in report.results)
     return 2 if report.failed or not ran else 0
