@@ -43,20 +43,21 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "in-memory compress/decompress, optional file-to-file folder run) for every "
                                    "backend x precision x size x batch, and JPEG on the same images.")
     p.add_argument("model", help="exported model folder (manifest.json)")
-    p.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"))
+    p.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"),
+                   help="auto: cuda when a GPU is visible, else cpu")
     p.add_argument("--backend", default="ort", type=_csv(str),
                    help="comma list: ort | torch | all, or ort-cpu, ort-cuda, ort-trt, torch-eager, torch-compile")
-    p.add_argument("--batch", default=(1, 8, 64, 256), type=_csv(_batch), help="batch sizes, comma list")
-    p.add_argument("--size", default=(), type=_csv(_size),
+    p.add_argument("--batch", default="1,8,64,256", type=_csv(_batch), help="batch sizes, comma list")
+    p.add_argument("--size", default=None, type=_csv(_size),
                    help="image sizes HxW, comma list (default: the images' own size if uniform, else 256x256)")
-    p.add_argument("--precision", default=("fp32",), type=_csv(str), help="comma list of fp32, fp16, bf16")
+    p.add_argument("--precision", default="fp32", type=_csv(str), help="comma list of fp32, fp16, bf16")
     p.add_argument("--seconds", type=float, default=1.0, help="timed seconds per stage and setting")
     p.add_argument("--warmup", type=int, default=2, help="untimed calls before timing")
     p.add_argument("--images", help="image folder (default: the model's validation/training data)")
     p.add_argument("--max-images", type=int, default=32, help="distinct images loaded (batches repeat them)")
     p.add_argument("--folder", action="append", default=[],
                    help="also time `aekit compress`/`decompress` file to file on this folder (repeatable)")
-    p.add_argument("--folder-limit", type=_csv(int), default=(),
+    p.add_argument("--folder-limit", type=_csv(int), default=None,
                    help="comma list: run the folder stage on its first N files (e.g. 1000,10000)")
     p.add_argument("--no-jpeg", action="store_true", help="skip the JPEG baselines")
     p.add_argument("--no-entropy", action="store_true", help="skip entropy coding and in-memory compress/decompress")
@@ -80,9 +81,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from bench.run import BenchConfig, run_bench
 
     cfg = BenchConfig(model=args.model, device=args.device, backends=args.backend, batches=args.batch,
-                      sizes=args.size, precisions=args.precision, seconds=args.seconds, warmup=args.warmup,
+                      sizes=args.size or (), precisions=args.precision, seconds=args.seconds, warmup=args.warmup,
                       images=args.images, max_images=args.max_images, jpeg=not args.no_jpeg,
-                      entropy=not args.no_entropy, folders=tuple(args.folder), folder_limits=args.folder_limit,
+                      entropy=not args.no_entropy, folders=tuple(args.folder), folder_limits=args.folder_limit or (),
                       threads=args.threads, checkpoint=args.checkpoint, trt_cache=args.trt_cache,
                       compile_mode=args.compile_mode, cuda_graph=args.cuda_graph, nhwc=args.nhwc)
 
