@@ -9,6 +9,8 @@ A runner that cannot start raises BackendError with one line saying why.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import os
 import tempfile
 from dataclasses import dataclass
@@ -39,7 +41,7 @@ class BackendOptions:
     iobinding: bool | None = None  # bind pre-allocated OrtValues (None: on CUDA/TensorRT, off on CPU)
 
 
-class Runner:
+class Runner(ABC):
     """Interface: load(images) stages inputs; encode()/decode() run on staged tensors."""
 
     name = "?"
@@ -47,32 +49,39 @@ class Runner:
     precision = "fp32"
     notes: list[str]
 
+    @abstractmethod
     def load(self, images: np.ndarray, y_hat: np.ndarray) -> None:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def encode(self) -> None:
         """Staged pixels -> latents, result kept on the device."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def decode(self) -> None:
         """Staged latents -> pixels, result kept on the device."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def fetch_latents(self) -> np.ndarray:
         """The last encode()'s latents as float32 host memory (B, c_y, h, w)."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def fetch_pixels(self) -> np.ndarray:
         """The last decode()'s pixels as uint8 host memory (B, H, W, C)."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def compress(self, images: np.ndarray) -> np.ndarray:
         """Host pixels -> host latents: upload, encode, download (the end-to-end path)."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def decompress(self, y_hat: np.ndarray) -> np.ndarray:
         """Host latents -> host pixels: upload, decode, download."""
-        raise NotImplementedError
+        ...
 
     def sync(self) -> None:
         """Wait for queued device work (no-op on CPU)."""

@@ -13,18 +13,10 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from aekit.machine import cpu_name
+
 LIBRARIES = ("aekit", "numpy", "pillow", "onnx", "onnxruntime-gpu", "onnxruntime", "torch", "torchvision",
              "constriction", "zstandard", "tensorrt")
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def library_versions() -> dict[str, str | None]:

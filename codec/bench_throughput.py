@@ -21,19 +21,9 @@ import tempfile
 from pathlib import Path
 
 from aekit.images import atomic_write_bytes, is_image_name
+from aekit.machine import cpu_name
 from codec.jobs import walk
 
-
-
-def cpu_name() -> str:
-    """CPU model name from /proc/cpuinfo (Linux), else the platform's machine type."""
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def subset(src: Path, n: int, dst: Path) -> int:

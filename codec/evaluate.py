@@ -23,6 +23,7 @@ import numpy as np
 from PIL import Image
 
 from aekit.images import atomic_write_bytes, is_image_name
+from aekit.machine import cpu_name
 from codec.core import Codec, CodecConfig, Decoder, load_for_model
 from codec.jobs import walk
 from codec.metrics import msssim_batch, msssim_scales, psnr_batch
@@ -65,17 +66,6 @@ class _Acc:
         return {"images": self.n, "mean_bytes": self.bytes / n, "bpp": self.bpp / n, "psnr": self.psnr / n,
                 "msssim": self.msssim / self.n_ms if self.n_ms else None}
 
-
-
-def cpu_name() -> str:
-    """CPU model name from /proc/cpuinfo (Linux), else the platform's machine type."""
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _pillow_roundtrip(img: np.ndarray, fmt: str, q: int) -> tuple[int, np.ndarray]:
