@@ -25,7 +25,7 @@ run() {  # name, then the aekit train arguments
 }
 
 FMNIST="data/fmnist/train --val-data data/fmnist/test --resize none --channels 1 --width 32 --epochs 10 --batch-size 64"
-PHOTOS="data/photos --channels 3 --resize random-crop --size 128 --repeat 48 --width 32 --epochs 20 --batch-size 16"
+PHOTOS="data/photos --channels 3 --resize random-crop --size 128 --repeat 48 --width 32 --epochs 12 --batch-size 16"
 want=${1:-all}
 pids=()
 [[ $want == all || $want == fmnist-r4 ]] && { run fmnist-r4 $FMNIST --ratio 4 & pids+=($!); }
