@@ -88,7 +88,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _job_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", choices=("auto", "cuda", "cpu"), default="cpu", help="onnxruntime device")
+    p.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto",
+                   help="onnxruntime device (auto: CUDA when a GPU is visible); calibrate and screen on one"
+                   " kind of device for bit-identical scores")
     p.add_argument("--batch-size", type=int, default=64, help="images per onnxruntime call")
     p.add_argument("--threads", type=int, default=0, help="onnxruntime threads (0: its default)")
 

@@ -32,7 +32,7 @@ RECORD_FIELDS = ("path", "class", "score", "threshold", "p_value", "is_anomaly",
 
 @dataclass
 class JobConfig:
-    device: str = "cpu"  # onnxruntime device: auto | cuda | cpu
+    device: str = "auto"  # onnxruntime device: auto (CUDA when a GPU is visible) | cuda | cpu
     batch_size: int = 64  # images per onnxruntime call
     chunk: int = 512  # image files decoded per step (bounds memory on large folders)
     workers: int = 4  # threads decoding image files

@@ -110,7 +110,7 @@ class Detector:
     """
 
     def __init__(self, model: str | Path, score: str | None = None, alpha: float | None = None,
-                 latent: str | None = None, device: str = "cpu", batch_size: int = 64, threads: int = 0):
+                 latent: str | None = None, device: str = "auto", batch_size: int = 64, threads: int = 0):
         self.model, self.score, self.alpha, self.latent = model, score, alpha, latent
         self.device, self.batch_size, self.threads = device, batch_size, threads
         self._routes: dict[str | None, Path] | None = None
