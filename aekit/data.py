@@ -60,16 +60,16 @@ class ImageSet:
         return len(self.samples)
 
     def _decode(self, samples: list[Sample]) -> tuple[list[Sample], list[np.ndarray | None]]:
-        with ThreadPoolExecutor(max(1, self.cfg.workers)) as pool:
-            results = list(pool.map(self._load_checked, samples))
         kept, images, budget = [], [], self.cfg.cache_mb * 2**20
-        for s, r in zip(samples, results):
-            if isinstance(r, str):
-                print(f"skipped {r}", file=sys.stderr)
-                continue
-            budget -= r.nbytes
-            kept.append(s)
-            images.append(r if budget >= 0 else None)  # None: re-read when batched
+        with ThreadPoolExecutor(max(1, self.cfg.workers)) as pool:
+            # consumed as decoded: past the cache budget an image is only checked, not kept
+            for s, r in zip(samples, pool.map(self._load_checked, samples)):
+                if isinstance(r, str):
+                    print(f"skipped {r}", file=sys.stderr)
+                    continue
+                budget -= r.nbytes
+                kept.append(s)
+                images.append(r if budget >= 0 else None)  # None: re-read when batched
         bad = len(samples) - len(kept)
         if bad:
             print(f"skipped {bad} unreadable or unusable image(s)", file=sys.stderr)

@@ -88,3 +88,16 @@ def test_corrupt_and_foreign_checkpoints(tmp_path):
         load_checkpoint(tmp_path / "foreign.pt")
     with pytest.raises(CheckpointError, match="missing.pt: checkpoint not found"):
         load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_images_over_the_cache_budget_are_reread_identically(fmnist_dir):
+    from aekit.data import ImageSet
+
+    samples, _, _ = scan_folder(fmnist_dir / "test")
+    samples = samples[:40]
+    cached = ImageSet(samples, 1, DataConfig(resize="none"), 4, train=True)
+    uncached = ImageSet(samples, 1, DataConfig(resize="none", cache_mb=0), 4, train=True)
+    assert all(im is not None for im in cached.images) and all(im is None for im in uncached.images)
+    a = list(cached.batches(16, np.random.default_rng(1)))
+    b = list(uncached.batches(16, np.random.default_rng(1)))
+    assert len(a) == 3 and all((x == y).all() for x, y in zip(a, b))
