@@ -20,6 +20,7 @@ from bench.backends import (ALL_BACKENDS, BackendError, BackendOptions, Runner, 
                             make_runner, one_line)
 from bench.timing import Timing, TimingConfig, time_call
 from export.manifest import load_manifest
+from export.runtime import dequantise, quantise
 
 REPORT_FORMAT, REPORT_VERSION = "aekit-bench", 1
 GROUPS = {"ort": ("ort-cpu", "ort-cuda", "ort-trt"), "torch": ("torch-eager", "torch-compile")}
@@ -419,13 +420,10 @@ class Sweep:
     # -- stages ----------------------------------------------------------------
 
     def _quantise(self, y: np.ndarray) -> np.ndarray:
-        levels = self.manifest["latent"]["levels"]
-        q = np.rint((y.astype(np.float32) + 1) * np.float32((levels - 1) / 2))
-        return np.clip(q, 0, levels - 1).astype(np.uint8)
+        return quantise(y, self.manifest["latent"]["levels"])
 
     def _dequantise(self, q: np.ndarray) -> np.ndarray:
-        levels = self.manifest["latent"]["levels"]
-        return q.astype(np.float32) * np.float32(2 / (levels - 1)) - np.float32(1)
+        return dequantise(q, self.manifest["latent"]["levels"])
 
     def run_entropy(self, size: str, b: int, h: int, w: int) -> None:
         """Quantise + entropy code, and entropy decode + dequantise, b images per call (CPU),

@@ -13,8 +13,9 @@ from pathlib import Path
 import numpy as np
 
 from aekit.images import atomic_write_bytes
-from codec.core import Codec, CodecConfig, CodecError, Decoder, dequantise, wrap_errors
+from codec.core import Codec, CodecConfig, CodecError, Decoder, wrap_errors
 from codec.jobs import encode_image_file
+from export.runtime import dequantise
 
 
 def _exists_guard(dst: Path, overwrite: bool) -> None:
@@ -61,4 +62,4 @@ def read_latents(path: str | Path, models: list[str | Path] | Decoder | None = N
         header, q = decoder.symbols(path.read_bytes(), str(path))
     except Exception as e:
         raise wrap_errors(path, e) from None
-    return dequantise(header, q) if dequantised else q
+    return dequantise(q, header.levels) if dequantised else q

@@ -20,7 +20,7 @@ from aekit.images import DEFAULT_MAX_PIXELS, ImageError, load_image
 from codec.format import FLAG_TILED, QUANT_TANH_UNIFORM, LatentFormatError, LatentHeader, pack, parse
 from export.entropy import EntropyError, EntropyModel
 from export.manifest import ModelError, find_model, load_manifest
-from export.runtime import Runtime
+from export.runtime import Runtime, dequantise, quantise
 
 MODELS_ENV = "AEKIT_MODELS"  # os.pathsep-separated model folders or folders of model folders
 
@@ -207,9 +207,9 @@ class Decoder:
         rt = self.runtime(header.model_id)
         H, W = header.height, header.width
         if H * W > self.cfg.full_res_max_pixels:
-            out = np.stack([self._decode_tiled(rt, dequantise(header, qi), H, W) for qi in q])
+            out = np.stack([self._decode_tiled(rt, dequantise(qi, header.levels), H, W) for qi in q])
         else:
-            out = rt.decode(dequantise(header, q), H, W)
+            out = rt.decode(dequantise(q, header.levels), H, W)
         return np.stack([restore_mode(o, header.mode) for o in out]) if header.mode == "L" else out
 
     def _decode_tiled(self, rt: Runtime, y_hat: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -229,17 +229,6 @@ class Decoder:
         """File bytes -> (uint8 (H, W, 1 | 3) in the original mode, header)."""
         h, q = self.symbols(data, name)
         return self.reconstruct(h, q[None])[0], h
-
-
-def quantise(y: np.ndarray, levels: int) -> np.ndarray:
-    """y in [-1, 1] -> uint8 symbols round((y + 1) (L - 1) / 2), as export.runtime for any L."""
-    q = np.rint((y.astype(np.float32) + 1) * np.float32((levels - 1) / 2))
-    return np.clip(q, 0, levels - 1).astype(np.uint8)
-
-
-def dequantise(header: LatentHeader, q: np.ndarray) -> np.ndarray:
-    """Symbols -> y_hat float32 in [-1, 1], exactly as the decoder sees them."""
-    return q.astype(np.float32) * np.float32(2 / (header.levels - 1)) - np.float32(1)
 
 
 def wrap_errors(name: str | Path, exc: Exception) -> Exception:

@@ -16,6 +16,17 @@ from aekit.images import from_model_output, pad_to_multiple, to_model_input
 from export.manifest import load_manifest
 
 
+def quantise(y: np.ndarray, levels: int) -> np.ndarray:
+    """y in [-1, 1] -> uint8 symbols round((y + 1) * (L - 1) / 2) in 0..L-1."""
+    q = np.rint((y.astype(np.float32) + 1) * np.float32((levels - 1) / 2))
+    return np.clip(q, 0, levels - 1).astype(np.uint8)
+
+
+def dequantise(q: np.ndarray, levels: int) -> np.ndarray:
+    """uint8 symbols -> y_hat float32 = q * 2 / (L - 1) - 1, exactly as the decoder sees them."""
+    return q.astype(np.float32) * np.float32(2 / (levels - 1)) - np.float32(1)
+
+
 def gpu_visible() -> bool:
     """A CUDA device node exists and CUDA_VISIBLE_DEVICES does not hide every device."""
     if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
@@ -80,13 +91,12 @@ class Runtime:
         return self.encoder.run(None, {"x": x})[0]
 
     def quantise(self, y: np.ndarray) -> np.ndarray:
-        """y in [-1, 1] -> uint8 symbols round((y + 1) * (L - 1) / 2) in 0..L-1."""
-        q = np.rint((y.astype(np.float32) + 1) * np.float32((self.levels - 1) / 2))
-        return np.clip(q, 0, self.levels - 1).astype(np.uint8)
+        """y in [-1, 1] -> uint8 symbols at the model's levels (see `quantise`)."""
+        return quantise(y, self.levels)
 
     def dequantise(self, q: np.ndarray) -> np.ndarray:
-        """uint8 symbols -> y_hat float32 = q * 2 / (L - 1) - 1."""
-        return q.astype(np.float32) * np.float32(2 / (self.levels - 1)) - np.float32(1)
+        """uint8 symbols at the model's levels -> y_hat float32 (see `dequantise`)."""
+        return dequantise(q, self.levels)
 
     def decode(self, y_hat: np.ndarray, height: int | None = None, width: int | None = None) -> np.ndarray:
         """y_hat (B, c_y, h, w) -> uint8 (B, H, W, C), cropped to height x width if given."""
