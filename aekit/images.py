@@ -6,6 +6,7 @@ padding and normalisation used at training time.
 
 from __future__ import annotations
 
+import io
 import os
 import tempfile
 from contextlib import contextmanager
@@ -83,8 +84,24 @@ def _walk(root: Path) -> tuple[list[Path], list[Path]]:
     return files, skipped
 
 
+class NamedBytes(io.BytesIO):
+    """File contents already in memory (e.g. read from object storage) that print as their source.
+
+    load_image() accepts one in place of a path, so error messages still name the file.
+    """
+
+    def __init__(self, data: bytes, name: str):
+        super().__init__(data)
+        self.name = name
+
+    def __str__(self) -> str:
+        return self.name
+
+    __repr__ = __str__  # Pillow's messages repr the file object
+
+
 def load_image(
-    path: str | Path,
+    path: str | Path | NamedBytes,
     channels: int,
     *,
     strict: bool = False,
@@ -98,7 +115,10 @@ def load_image(
     gray model and vice versa (a codec must not silently drop colour); otherwise it is
     converted and the note says so. Raises ImageError naming the file.
     """
-    path = Path(path)
+    if isinstance(path, NamedBytes):
+        path.seek(0)  # may be decoded more than once (e.g. RGB, then gray)
+    else:
+        path = Path(path)
     try:
         with Image.open(path) as im:
             w, h = im.size
