@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         raise
 
 
-KNOWN_PACKAGES = ("aekit", "export", "codec", "detector", "bench")
+KNOWN_PACKAGES = ("aekit", "export", "codec", "detector", "bench", "serve")
 
 
 def add_train_parser(sub: argparse._SubParsersAction) -> None:

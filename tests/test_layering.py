@@ -8,13 +8,14 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("aekit", "export", "codec", "detector", "bench")
+PACKAGES = ("aekit", "export", "codec", "detector", "bench", "serve")
 ALLOWED = {
     "aekit": set(),
     "export": {"aekit"},
     "codec": {"aekit", "export"},
     "detector": {"aekit", "export"},
     "bench": {"aekit", "export"},
+    "serve": {"aekit", "export", "codec", "detector"},
 }
 
 

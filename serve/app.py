@@ -1,0 +1,373 @@
+"""The FastAPI application: upload page, /v1 API, limits, error mapping, online learning hooks.
+
+    from serve.app import create_app; app = create_app(ServeConfig(model="models/fmnist-r4"))
+Every expected failure is a 4xx JSON body {"error": "...", "status": N} naming the upload; the
+only files a request touches are uuid-named temporaries inside the server's own folder.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import re
+import shutil
+import tempfile
+import time
+import uuid
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from aekit.images import ImageError, atomic_write_bytes, psnr
+from codec.core import CodecError, load_for_model
+from codec.format import LatentFormatError
+from codec.jobs import encode_image_file
+from detector.calibration import CalibrationError
+from detector.model import DetectorError
+from export.entropy import EntropyError
+from export.manifest import ModelError
+from serve.config import ServeConfig
+from serve.models import ModelStore, Snapshot, screen_one
+
+SIGNATURES = {"image/png": b"\x89PNG\r\n\x1a\n", "image/jpeg": b"\xff\xd8\xff"}
+SUFFIX = {"image/png": ".png", "image/jpeg": ".jpg"}
+ACCEPTED_TYPES = (*SIGNATURES, "application/octet-stream", "")  # declared types we then sniff
+LATENT_TYPES = ("application/octet-stream", "application/x-aekit-latent", "")
+
+
+class ApiError(Exception):
+    """An answer other than 200: HTTP status and a one-line message naming the upload."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+@dataclass
+class Upload:
+    data: bytes  # the file's bytes
+    name: str  # display name (sanitised client filename, or "upload")
+    content_type: str  # declared media type ("" when none)
+    fields: dict[str, str] = field(default_factory=dict)  # other form fields and query parameters
+
+
+def display_name(name: str | None) -> str:
+    """A client filename reduced to a safe basename for messages and download names (never a path)."""
+    base = re.split(r"[\\/]", name or "")[-1]
+    base = re.sub(r"[^A-Za-z0-9._ -]", "_", base).strip(" .")[:100]
+    return base or "upload"
+
+
+def status_of(e: Exception) -> int:
+    """HTTP status of a domain error: bad input 422, limits 413, model/calibration mismatch 409."""
+    msg = str(e)
+    if isinstance(e, ImageError) and ("exceeds the limit" in msg or "decompression bomb" in msg):
+        return 413
+    if isinstance(e, (ModelError, CalibrationError)):
+        return 409
+    if isinstance(e, CodecError) and "exceeds the limit" in msg:
+        return 413
+    return 422
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused with 413 as soon as it passes `limit` bytes (declared or streamed)."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise ApiError(413, f"upload of {int(declared)} bytes exceeds the limit of {limit} bytes")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(413, f"upload exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def read_upload(request: Request, limit: int) -> Upload:
+    """One file from multipart/form-data (field `file`) or a raw body; other fields kept as strings."""
+    body = await read_body(request, limit + 64 * 1024)  # room for multipart headers
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    fields = dict(request.query_params)
+    if ctype != "multipart/form-data":
+        if len(body) > limit:
+            raise ApiError(413, f"upload exceeds the limit of {limit} bytes")
+        return Upload(body, display_name(request.headers.get("x-filename")), ctype, fields)
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    try:
+        form = await Request(request.scope, receive).form(max_files=1, max_fields=8)
+    except Exception as e:  # malformed multipart: starlette raises its own HTTP/parse errors
+        raise ApiError(400, f"malformed multipart body ({getattr(e, 'detail', e)})") from None
+    part = form.get("file")
+    if part is None or isinstance(part, str):
+        raise ApiError(422, "multipart upload without a file field named 'file'")
+    data = await part.read()
+    fields.update({k: v for k, v in form.items() if isinstance(v, str)})
+    if len(data) > limit:
+        raise ApiError(413, f"{display_name(part.filename)}: {len(data)} bytes exceeds the limit of {limit} bytes")
+    return Upload(data, display_name(part.filename), (part.content_type or "").lower(), fields)
+
+
+def sniff_image(up: Upload) -> str:
+    """The upload's real type, image/png or image/jpeg; 415 for anything else."""
+    if up.content_type not in ACCEPTED_TYPES:
+        raise ApiError(415, f"{up.name}: content type {up.content_type} refused; send image/png or image/jpeg")
+    if not up.data:
+        raise ApiError(422, f"{up.name}: empty upload")
+    for kind, sig in SIGNATURES.items():
+        if up.data.startswith(sig):
+            return kind
+    raise ApiError(415, f"{up.name}: not a PNG or JPEG file (only image/png and image/jpeg are accepted)")
+
+
+class Server:
+    """State behind the app: config, work folder, model store, optional learner, counters."""
+
+    def __init__(self, cfg: ServeConfig):
+        self.cfg = cfg
+        self.own_workdir = cfg.workdir is None
+        self.workdir = Path(cfg.workdir or tempfile.mkdtemp(prefix="aekit-serve-")).resolve()
+        (self.workdir / "tmp").mkdir(parents=True, exist_ok=True)
+        (self.workdir / "versions").mkdir(exist_ok=True)
+        self.store = ModelStore(cfg, self.workdir / "versions")
+        self.keep = Path(cfg.keep_uploads).resolve() if cfg.keep_uploads else None
+        if self.keep:
+            self.keep.mkdir(parents=True, exist_ok=True)
+        self.learner = None
+        if cfg.learn:
+            from serve.learn import Learner
+
+            self.learner = Learner(cfg, self.store, self.workdir)
+        self.started = time.time()
+
+    def close(self) -> None:
+        if self.learner:
+            self.learner.stop()
+        if self.own_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def decode_image(self, up: Upload, snap: Snapshot) -> tuple[np.ndarray, str]:
+        """Upload -> (uint8 (H, W, C), mode) for the snapshot's model, via a uuid-named temp file."""
+        kind = sniff_image(up)
+        tmp = self.workdir / "tmp" / f"{uuid.uuid4().hex}{SUFFIX[kind]}"
+        tmp.write_bytes(up.data)
+        try:
+            image, mode = load_for_model(tmp, snap.codec.channels, self.cfg.max_pixels)
+        except ImageError as e:
+            raise ApiError(status_of(e), str(e).replace(str(tmp), up.name)) from None
+        finally:
+            tmp.unlink(missing_ok=True)
+        if self.keep:
+            atomic_write_bytes(self.keep / f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}{SUFFIX[kind]}",
+                               up.data)
+        if self.learner:
+            self.learner.offer(image)
+        return image, mode
+
+    def status(self) -> dict[str, Any]:
+        snap = self.store.current
+        return {"version": snap.version, "model_id": snap.model_id, "calibrated": snap.calibrated,
+                "classes": snap.detector.classes_ if snap.calibrated else [],
+                "channels": snap.codec.channels, "ratio": snap.manifest["ratio"],
+                "learning": self.learner.snapshot() if self.learner else {"enabled": False},
+                "loaded_versions": {str(v): mid for mid, v in sorted(self.store.loaded().items(), key=lambda kv: kv[1])},
+                "uptime_s": round(time.time() - self.started, 1),
+                "limits": {"max_upload_bytes": self.cfg.max_upload_bytes, "max_pixels": self.cfg.max_pixels,
+                           "request_timeout_s": self.cfg.request_timeout_s, "queue_size": self.cfg.queue_size}}
+
+    # ---- the work of each endpoint (runs in a worker thread) ------------------------------
+    def compress(self, up: Upload) -> tuple[bytes, Snapshot]:
+        snap = self.store.current
+        image, mode = self.decode_image(up, snap)
+        return snap.codec.compress(image, mode), snap
+
+    def decompress(self, up: Upload) -> tuple[bytes, int]:
+        if up.content_type not in LATENT_TYPES:
+            raise ApiError(415, f"{up.name}: content type {up.content_type} refused; send the .ael file "
+                                "as application/octet-stream")
+        snap = self.store.current
+        try:
+            image, header = snap.decoder.decompress(up.data, up.name)
+        except ModelError:
+            from codec.format import read_header
+
+            mid = read_header(up.data, up.name).model_id
+            loaded = ", ".join(f"version {v} ({m})" for m, v in sorted(self.store.loaded().items(), key=lambda kv: kv[1]))
+            was = self.store.versions.get(mid)
+            made = f"model version {was} ({mid}), no longer loaded" if was is not None else f"model {mid}, not served here"
+            raise ApiError(409, f"{up.name}: latent file made by {made}; loaded: {loaded}") from None
+        return encode_image_file(image, Path("x.png")), self.store.versions.get(header.model_id, -1)
+
+    def reconstruct(self, up: Upload) -> tuple[np.ndarray, np.ndarray, bytes, Snapshot]:
+        snap = self.store.current
+        image, mode = self.decode_image(up, snap)
+        latent = snap.codec.compress(image, mode)
+        out, _ = snap.decoder.decompress(latent, up.name)
+        return image, out, latent, snap
+
+    def screen(self, up: Upload) -> dict[str, Any]:
+        snap = self.store.current
+        image, _ = self.decode_image(up, snap)  # (H, W, model channels): gray is replicated for RGB models
+        return screen_one(snap, image, up.fields.get("class") or None)
+
+    def analyze(self, up: Upload) -> dict[str, Any]:
+        """Everything the page shows for one upload, in one JSON answer."""
+        image, out, latent, snap = self.reconstruct(up)
+        try:
+            screening: dict[str, Any] = screen_one(snap, image, up.fields.get("class") or None)
+        except (CalibrationError, DetectorError) as e:
+            screening = {"error": str(e), "calibrated": snap.calibrated}
+        h, w, c = image.shape
+        name = up.name.rsplit(".", 1)[0] + ".ael"
+        return {"name": up.name, "width": w, "height": h, "channels": c, "upload_bytes": len(up.data),
+                "raw_bytes": h * w * c, "latent_bytes": len(latent), "latent_name": name,
+                "ratio": round(h * w * c / len(latent), 2), "psnr": round(psnr(image, out), 2),
+                "reconstruction_png": base64.b64encode(encode_image_file(out, Path("x.png"))).decode(),
+                "latent": base64.b64encode(latent).decode(),
+                "screen": screening, "model_id": snap.model_id, "version": snap.version}
+
+
+def png_response(image_or_bytes: np.ndarray | bytes, headers: dict[str, str]) -> Response:
+    data = image_or_bytes if isinstance(image_or_bytes, bytes) else encode_image_file(image_or_bytes, Path("x.png"))
+    return Response(data, media_type="image/png", headers=headers)
+
+
+def create_app(cfg: ServeConfig) -> FastAPI:
+    """Build the app (models loaded now; the learner starts with the app's lifespan)."""
+    server = Server(cfg)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        if server.learner:
+            server.learner.start()
+        try:
+            yield
+        finally:
+            server.close()
+
+    app = FastAPI(title="aekit serve", version="1", lifespan=lifespan, docs_url=None, redoc_url=None,
+                  description="Autoencoder codec and anomaly screening over HTTP (see README, section Serve).")
+    app.state.server = server
+    if cfg.cors_origins:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=cfg.cors_origins, allow_methods=["GET", "POST"],
+                           allow_headers=["*"])
+    add_error_handlers(app)
+
+    async def run(fn: Callable[..., Any], *args: Any) -> Any:
+        try:
+            return await asyncio.wait_for(run_in_threadpool(fn, *args), cfg.request_timeout_s)
+        except asyncio.TimeoutError:
+            raise ApiError(503, f"request took longer than {cfg.request_timeout_s:g} s; "
+                                "try a smaller image or retry later") from None
+
+    async def upload(request: Request) -> Upload:
+        return await read_upload(request, cfg.max_upload_bytes)
+
+    image_body = {"requestBody": {"required": True, "content": {
+        "multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": {
+            "file": {"type": "string", "format": "binary"}, "class": {"type": "string"}}}},
+        "image/png": {"schema": {"type": "string", "format": "binary"}},
+        "image/jpeg": {"schema": {"type": "string", "format": "binary"}}}}}
+    latent_body = {"requestBody": {"required": True, "content": {
+        "multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": {
+            "file": {"type": "string", "format": "binary"}}}},
+        "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}}
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def page() -> HTMLResponse:
+        return HTMLResponse(resources.files("serve").joinpath("page.html").read_text(encoding="utf-8"),
+                            headers={"Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:; "
+                                     "style-src 'unsafe-inline'; script-src 'unsafe-inline'"})
+
+    @app.get("/healthz", summary="liveness")
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/v1/model", summary="the current model's manifest (histogram and calibration scores left out)")
+    def model() -> dict[str, Any]:
+        m = {k: v for k, v in server.store.current.manifest.items() if not k.startswith("_") and k != "latent_hist"}
+        if isinstance(m.get("calibration"), dict):
+            m["calibration"] = {**m["calibration"], "classes": {
+                c: {k: v for k, v in cc.items() if k != "scores"} for c, cc in m["calibration"]["classes"].items()}}
+        return {"manifest": m, "serve": server.status()}
+
+    @app.get("/v1/status", summary="model version, calibration, learning counters and running loss")
+    def status() -> dict[str, Any]:
+        return server.status()
+
+    @app.post("/v1/compress", summary="image (PNG/JPEG) -> latent file (.ael)", openapi_extra=image_body,
+              response_class=Response, responses={200: {"content": {"application/octet-stream": {}}}})
+    async def compress(request: Request) -> Response:
+        up = await upload(request)
+        data, snap = await run(server.compress, up)
+        name = up.name.rsplit(".", 1)[0] + ".ael"
+        return Response(data, media_type="application/octet-stream", headers={
+            "Content-Disposition": f'attachment; filename="{name}"', "X-Model-Id": snap.model_id,
+            "X-Model-Version": str(snap.version)})
+
+    @app.post("/v1/decompress", summary="latent file (.ael) -> PNG", openapi_extra=latent_body,
+              response_class=Response, responses={200: {"content": {"image/png": {}}}})
+    async def decompress(request: Request) -> Response:
+        up = await upload(request)
+        data, version = await run(server.decompress, up)
+        return png_response(data, {"X-Model-Version": str(version)})
+
+    @app.post("/v1/reconstruct", summary="image -> its reconstruction through the 8-bit latent (PNG)",
+              openapi_extra=image_body, response_class=Response, responses={200: {"content": {"image/png": {}}}})
+    async def reconstruct(request: Request) -> Response:
+        up = await upload(request)
+        image, out, latent, snap = await run(server.reconstruct, up)
+        return png_response(out, {"X-Latent-Bytes": str(len(latent)), "X-Model-Id": snap.model_id,
+                                  "X-Model-Version": str(snap.version), "X-PSNR": f"{psnr(image, out):.2f}"})
+
+    @app.post("/v1/screen", summary="image -> anomaly score, class threshold, conformal p-value, verdict",
+              openapi_extra=image_body)
+    async def screen(request: Request) -> dict[str, Any]:
+        return await run(server.screen, await upload(request))
+
+    @app.post("/v1/analyze", summary="the page's call: reconstruction, latent file, sizes and screening in one JSON",
+              openapi_extra=image_body)
+    async def analyze(request: Request) -> dict[str, Any]:
+        return await run(server.analyze, await upload(request))
+
+    return app
+
+
+def add_error_handlers(app: FastAPI) -> None:
+    """Every failure becomes {"error", "status"} JSON; domain errors are 4xx, never 500."""
+
+    def body(status: int, message: str) -> JSONResponse:
+        return JSONResponse({"error": message, "status": status}, status_code=status)
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, e: ApiError) -> JSONResponse:
+        return body(e.status, e.message)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, e: StarletteHTTPException) -> JSONResponse:
+        return body(e.status_code, str(e.detail))
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, e: RequestValidationError) -> JSONResponse:
+        return body(422, "; ".join(f"{'.'.join(map(str, x.get('loc', ())))}: {x.get('msg')}" for x in e.errors()))
+
+    for exc in (ImageError, CodecError, LatentFormatError, EntropyError, ModelError, CalibrationError,
+                DetectorError, ValueError):
+        @app.exception_handler(exc)
+        async def domain_error(request: Request, e: Exception) -> JSONResponse:
+            return body(status_of(e), str(e))
