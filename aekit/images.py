@@ -97,7 +97,8 @@ class NamedBytes(io.BytesIO):
     def __str__(self) -> str:
         return self.name
 
-    __repr__ = __str__  # Pillow's messages repr the file object
+    def __repr__(self) -> str:  # Pillow's messages repr the file object: word them as for a path
+        return repr(self.name)
 
 
 def load_image(

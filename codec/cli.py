@@ -21,6 +21,7 @@ FMT = argparse.ArgumentDefaultsHelpFormatter
 def register(sub: argparse._SubParsersAction) -> None:
     from codec.core import MODELS_ENV, CodecConfig
     from codec.jobs import JobConfig
+    from export.engine_ray import add_engine_args
 
     c, j = CodecConfig(), JobConfig()
 
@@ -39,6 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        help="refuse images above this many pixels (decompression bombs)")
         p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                        help="progress bar (default: only on a terminal)")
+        add_engine_args(p)  # --engine ray: the same job as a Ray Data pipeline (codec.ray_jobs)
 
     p = sub.add_parser("compress", help="compress images (file or folder tree) into .ael latent files",
                        formatter_class=FMT, description="Compress an image file or folder tree into mirrored "
@@ -104,6 +106,10 @@ def cmd_compress(args: argparse.Namespace) -> int:
     from codec.jobs import compress_tree
 
     ccfg, jcfg = _configs(args)
+    if args.engine == "ray":
+        from codec.ray_jobs import compress_tree_ray
+
+        return _finish(compress_tree_ray(args.src, args.out, args.model, ccfg, _ray_config(args, ccfg)))
     return _finish(compress_tree(args.src, args.out, Codec(args.model, ccfg), jcfg))
 
 
@@ -112,7 +118,21 @@ def cmd_decompress(args: argparse.Namespace) -> int:
     from codec.jobs import decompress_tree
 
     ccfg, jcfg = _configs(args)
+    if args.engine == "ray":
+        from codec.ray_jobs import decompress_tree_ray
+
+        return _finish(decompress_tree_ray(args.src, args.out, args.models, ccfg, _ray_config(args, ccfg),
+                                           jcfg.out_format))
     return _finish(decompress_tree(args.src, args.out, Decoder(args.models, ccfg), jcfg))
+
+
+def _ray_config(args: argparse.Namespace, ccfg):
+    """Ray options; each actor's onnxruntime uses its reserved CPUs unless --threads says otherwise."""
+    from export.engine_ray import ray_config
+
+    if not ccfg.threads:
+        ccfg.threads = max(1, round(args.actor_cpus))
+    return ray_config(args, ccfg.batch_size, args.overwrite)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
