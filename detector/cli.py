@@ -40,6 +40,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--out", default="screen", help="output prefix: OUT.jsonl, OUT.csv, OUT.summary.json")
     s.add_argument("--heatmaps", help="folder for error-map overlays of flagged images")
     _job_args(s)
+    from export.engine_ray import add_engine_args
+
+    add_engine_args(s)  # --engine ray: the same screening as a Ray Data pipeline (detector.ray_jobs)
     s.set_defaults(func=cmd_screen)
 
     d = sub.add_parser("detector", help="per-class detector training and evaluation")
@@ -125,7 +128,16 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 def cmd_screen(args: argparse.Namespace) -> int:
     from detector.jobs import screen_folder
 
-    rep = screen_folder(args.model, args.src, args.out, args.cls, args.alpha, args.heatmaps, _job_config(args))
+    if args.engine == "ray":
+        from detector.ray_jobs import screen_folder_ray
+        from export.engine_ray import ray_config
+
+        cfg = _job_config(args)
+        cfg.threads = cfg.threads or max(1, round(args.actor_cpus))
+        rep = screen_folder_ray(args.model, args.src, args.out, args.cls, args.alpha, args.heatmaps, cfg,
+                                ray_config(args, args.batch_size))
+    else:
+        rep = screen_folder(args.model, args.src, args.out, args.cls, args.alpha, args.heatmaps, _job_config(args))
     for msg in rep.warnings:
         print(f"WARNING: {msg}", file=sys.stderr)
     for msg in rep.failed:
