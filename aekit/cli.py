@@ -69,6 +69,8 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
     from aekit.config import ModelConfig
     from aekit.data import RESIZE_POLICIES, DataConfig
 
+    from aekit.config import ARCHITECTURE_NAMES, BACKBONES
+
     m, d = ModelConfig(), DataConfig()
     p = sub.add_parser("train", help="train an autoencoder on an image folder",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -79,7 +81,17 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ratio", type=int, choices=(4, 9), default=m.ratio, help="latent ratio 1/N")
     p.add_argument("--channels", type=int, choices=(1, 3), default=None,
                    help="image channels (default: 1 if the first image is grayscale, else 3)")
-    p.add_argument("--arch", default=m.arch, help="architecture (see aekit.models.ARCHITECTURES)")
+    p.add_argument("--arch", default=m.arch, choices=ARCHITECTURE_NAMES,
+                   help="dcgan | resnet (residual) | pretrained (ResNet trunk encoder) | vae")
+    p.add_argument("--backbone", default=m.backbone, choices=BACKBONES, help="--arch pretrained: trunk")
+    p.add_argument("--encoder-weights", help="--arch pretrained: local torchvision ResNet state_dict "
+                   "(default: torchvision's ImageNet weights if cached, else random init)")
+    # defaults of these live in TrainConfig (importing it here would import torch for every command)
+    p.add_argument("--freeze-epochs", type=int, help="--arch pretrained: first epochs train the decoder "
+                   "with the trunk frozen [1]")
+    p.add_argument("--lr-ratio", type=float, help="--arch pretrained: lr of each earlier encoder group "
+                   "relative to the next one's [0.3]")
+    p.add_argument("--kl-weight", type=float, help="--arch vae: weight of the KL term [0.01]")
     p.add_argument("--width", type=int, default=m.width, help="channels of the first conv layer")
     p.add_argument("--blocks", type=int, default=m.blocks, help="extra conv blocks at latent resolution")
     p.add_argument("--upsample", choices=("pixelshuffle", "transpose"), default=m.upsample)
@@ -90,7 +102,14 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--loss", default="mse", help="e.g. mse | l1:1,ms-ssim:0.5 | mse:1,perceptual:0.1")
-    p.add_argument("--vgg-weights", help="local VGG19 state_dict for the perceptual loss")
+    p.add_argument("--vgg-weights", help="local VGG16/VGG19 state_dict for the perceptual loss")
+    p.add_argument("--perceptual", default="vgg19",
+                   help="perceptual layers: vgg19 (relu2_2) | vgg16 (relu1_2=1,relu2_2=0.5,relu3_3=0.25) "
+                        "| NET:LAYER=W,...")
+    p.add_argument("--noise", default="", help="denoising training: gaussian:SIGMA or mask:FRACTION "
+                   "(inputs corrupted, targets clean)")
+    p.add_argument("--progressive", default="", help="progressive resizing: SIZE:EPOCHS[,SIZE:EPOCHS] "
+                   "trained before the full --size, e.g. 14:3")
     p.add_argument("--rate-weight", type=float, default=0.0,
                    help="lambda: add lambda x estimated latent bits per pixel to the loss (smaller files)")
     p.add_argument("--size", type=int, default=d.size, help="training image side")
@@ -114,12 +133,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     channels = args.channels or guess_channels(args.data)
     mcfg = ModelConfig(arch=args.arch, channels=channels, ratio=args.ratio, width=args.width,
                        blocks=args.blocks, upsample=args.upsample, latent_levels=args.latent_levels,
-                       quant=args.quant)
+                       quant=args.quant, backbone=args.backbone)
     dcfg = DataConfig(size=args.size, resize=args.resize, val_fraction=args.val_fraction,
                       max_images=args.max_images, repeat=args.repeat)
     tcfg = TrainConfig(data=args.data, out=args.out, val_data=args.val_data, epochs=args.epochs,
                        time_budget=args.time_budget, batch_size=args.batch_size, lr=args.lr,
                        loss=args.loss, vgg_weights=args.vgg_weights, rate_weight=args.rate_weight,
+                       perceptual=args.perceptual, noise=args.noise, progressive=args.progressive,
+                       encoder_weights=args.encoder_weights,
+                       **{k: getattr(args, k) for k in ("freeze_epochs", "lr_ratio", "kl_weight")
+                          if getattr(args, k) is not None},
                        device=args.device,
                        amp=not args.no_amp, seed=args.seed, threads=args.threads, data_cfg=dcfg)
     summary = train(tcfg, mcfg, resume=args.resume)

@@ -15,6 +15,9 @@ from typing import Any
 FACTORS = {4: 4, 9: 6}
 # factor -> stride of each down-sampling stage, first (full resolution) to last.
 STRIDES = {4: (2, 2), 6: (2, 3)}
+# registered in aekit.models (kept here too so the CLI offers them without importing torch)
+ARCHITECTURE_NAMES = ("dcgan", "resnet", "pretrained", "vae")
+BACKBONES = ("resnet18", "resnet34")  # torchvision ResNets whose trunk to layer1 has 64 channels
 
 
 @dataclass
@@ -27,6 +30,7 @@ class ModelConfig:
     upsample: str = "pixelshuffle"  # decoder up-sampling: "pixelshuffle" or "transpose" (DCGAN)
     latent_levels: int = 256  # quantisation levels of the tanh latent (<= 256: 8-bit symbols)
     quant: str = "noise"  # training-time quantisation proxy: "noise" (uniform) or "ste" (rounding)
+    backbone: str = "resnet18"  # arch "pretrained" only: torchvision ResNet whose trunk is the encoder
 
     def __post_init__(self) -> None:
         if self.ratio not in FACTORS:
@@ -37,6 +41,8 @@ class ModelConfig:
             raise ValueError(f"latent_levels {self.latent_levels} must be in 2..256 (8-bit symbols)")
         if self.upsample not in ("pixelshuffle", "transpose"):
             raise ValueError(f"upsample {self.upsample!r} must be 'pixelshuffle' or 'transpose'")
+        if self.backbone not in BACKBONES:
+            raise ValueError(f"backbone {self.backbone!r} is not supported (have: {', '.join(BACKBONES)})")
         if self.quant not in ("noise", "ste"):
             raise ValueError(f"quant {self.quant!r} must be 'noise' or 'ste'")
 

@@ -7,14 +7,17 @@ y (bounded latent), y_hat (quantised latent), x_hat (reconstruction).
 
 from __future__ import annotations
 
+import math
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from aekit.config import ModelConfig
+from aekit.config import BACKBONES, ModelConfig
 
 ARCHITECTURES: dict[str, Callable[[ModelConfig], "Autoencoder"]] = {}
 
@@ -40,7 +43,7 @@ class AEOutput:
     x_hat: torch.Tensor  # (B, C, H, W) reconstruction in [-1, 1], cropped to the input size
     y: torch.Tensor  # (B, c_y, H/f, W/f) bounded latent before quantisation
     y_hat: torch.Tensor  # (B, c_y, H/f, W/f) quantised (or noisy, in training) latent
-    aux_loss: torch.Tensor | None = None  # extra training term of the model (e.g. a VAE's KL)
+    kl: torch.Tensor | None = None  # VAE only: KL(q(z|x) || prior) in nats per image element
 
 
 def conv_block(c_in: int, c_out: int, k: int = 3, s: int = 1, p: int = 1, bn: bool = True) -> nn.Sequential:
@@ -170,6 +173,14 @@ class Autoencoder(nn.Module):
         x_hat = self.decode(y_hat)[..., :h, :w]
         return AEOutput(x_hat=x_hat, y=y, y_hat=y_hat)
 
+    def param_groups(self) -> list[list[nn.Parameter]]:
+        """Parameters from the earliest encoder layer to the decoder, for discriminative
+        learning rates; one group unless an architecture has a pretrained trunk."""
+        return [list(self.parameters())]
+
+    def set_trunk_frozen(self, frozen: bool) -> None:
+        """Freeze a pretrained encoder trunk (two-phase training); no trunk: nothing to do."""
+
 
 @register_arch("dcgan")
 class DCGANAutoencoder(Autoencoder):
@@ -197,3 +208,222 @@ class DCGANAutoencoder(Autoencoder):
             nn.Conv2d(w, c, 3, 1, 1),
             nn.Tanh(),  # (B, C, H, W) in [-1, 1]
         )
+
+
+class ResBlock(nn.Module):
+    """x + BN(conv(LReLU(BN(conv(x))))), then LeakyReLU(0.2): a pre-summation residual unit."""
+
+    def __init__(self, c: int):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(c, c, 3, 1, 1, bias=False), nn.BatchNorm2d(c), nn.LeakyReLU(0.2, inplace=True),
+            nn.Conv2d(c, c, 3, 1, 1, bias=False), nn.BatchNorm2d(c),
+        )
+        self.act = nn.LeakyReLU(0.2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(x + self.body(x))
+
+
+@register_arch("resnet")
+class ResNetAutoencoder(Autoencoder):
+    """Residual encoder/decoder: the DCGAN stages with a residual block after each
+    resolution change; `blocks` residual blocks at the latent resolution on both sides."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__(cfg)
+        w, c, cy = cfg.width, cfg.channels, cfg.latent_channels
+        s1, s2 = cfg.strides
+        self.encoder = nn.Sequential(
+            down_conv(c, w, s1, bn=False), ResBlock(w),  # (B, w, H/s1, W/s1)
+            down_conv(w, 2 * w, s2), ResBlock(2 * w),  # (B, 2w, H/f, W/f)
+            *[ResBlock(2 * w) for _ in range(cfg.blocks)],
+            nn.Conv2d(2 * w, cy, 3, 1, 1),  # (B, c_y, H/f, W/f)
+        )
+        self.decoder = nn.Sequential(
+            conv_block(cy, 2 * w), ResBlock(2 * w),
+            *[ResBlock(2 * w) for _ in range(cfg.blocks)],
+            up_conv(2 * w, w, s2, cfg.upsample), ResBlock(w),  # (B, w, H/s1, W/s1)
+            up_conv(w, w, s1, cfg.upsample),  # (B, w, H, W)
+            nn.Conv2d(w, c, 3, 1, 1),
+            nn.Tanh(),
+        )
+
+
+def dcgan_decoder(cfg: ModelConfig, c_in: int) -> nn.Sequential:
+    """The DCGAN decoder from c_in latent-resolution channels to (B, C, H, W) in [-1, 1]."""
+    w, s1, s2 = cfg.width, *cfg.strides
+    return nn.Sequential(
+        conv_block(c_in, 2 * w),
+        *[conv_block(2 * w, 2 * w) for _ in range(cfg.blocks)],
+        up_conv(2 * w, w, s2, cfg.upsample),
+        up_conv(w, w, s1, cfg.upsample),
+        nn.Conv2d(w, cfg.channels, 3, 1, 1),
+        nn.Tanh(),
+    )
+
+
+
+
+class ResNetTrunk(nn.Module):
+    """A torchvision ResNet cut after layer1: (B, C, H, W) in [-1, 1] -> (B, 64, H/f, W/f).
+
+    ImageNet normalisation is built in (gray images are repeated to 3 channels). For f=4
+    the trunk is torchvision's own (conv1 /2, maxpool /2); for f=6 the parameter-free
+    max-pool takes stride 3 instead, so every pretrained weight still applies.
+    """
+
+    def __init__(self, backbone: str, factor: int):
+        super().__init__()
+        import torchvision.models as tvm
+
+        if backbone not in BACKBONES:
+            raise ValueError(f"backbone {backbone!r} is not supported (have: {', '.join(BACKBONES)})")
+        net = getattr(tvm, backbone)(weights=None)
+        pool = net.maxpool if factor == 4 else nn.MaxPool2d(3, stride=factor // 2, padding=0)
+        self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, pool)  # (B, 64, H/f, W/f)
+        self.layer1 = net.layer1  # (B, 64, H/f, W/f)
+        self.backbone, self.factor = backbone, factor
+        self.register_buffer("mean", torch.tensor((0.485, 0.456, 0.406)).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor((0.229, 0.224, 0.225)).view(1, 3, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = (x + 1) / 2  # [-1, 1] -> [0, 1]
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        x = (x - self.mean) / self.std
+        if self.factor != 4:  # stride-3 pool without padding: pad conv1's output to a multiple of 3
+            x = self.stem[:3](x)
+            h, w = x.shape[-2:]
+            x = self.stem[3](F.pad(x, (0, (-w) % 3, 0, (-h) % 3), mode="replicate"))
+            return self.layer1(x)
+        return self.layer1(self.stem(x))
+
+    def load_pretrained(self, weights_file: str | Path | None) -> str:
+        """ImageNet weights from a local state_dict, else torchvision's weights API (its cache
+        or the network); returns where they came from, or "random init" when neither exists."""
+        state = None
+        if weights_file:
+            path = Path(weights_file)
+            if not path.is_file():
+                raise FileNotFoundError(f"{path}: encoder weights file not found")
+            try:
+                state = torch.load(path, map_location="cpu", weights_only=True)
+            except Exception as e:
+                raise RuntimeError(f"{path}: not a readable {self.backbone} state_dict ({e})") from None
+            source = str(path)
+        else:
+            import torchvision.models as tvm
+
+            enum = getattr(tvm, {"resnet18": "ResNet18_Weights", "resnet34": "ResNet34_Weights"}[self.backbone])
+            try:
+                state = enum.IMAGENET1K_V1.get_state_dict(progress=False)
+                source = f"torchvision {enum.__name__}.IMAGENET1K_V1"
+            except Exception as e:
+                print(f"warning: no ImageNet weights for {self.backbone} ({type(e).__name__}: {e}); "
+                      "the encoder trunk starts from random init (pass --encoder-weights FILE)", file=sys.stderr)
+                return "random init"
+        self._load_state(state, source)
+        return source
+
+    def _load_state(self, state: dict, source: str) -> None:
+        mapping = {"conv1.": "stem.0.", "bn1.": "stem.1.", "layer1.": "layer1."}
+        mine = {}
+        for k, v in state.items():
+            for src, dst in mapping.items():
+                if k.startswith(src):
+                    mine[dst + k[len(src):]] = v
+        own = {k for k in self.state_dict() if k not in ("mean", "std")}
+        missing = sorted(own - set(mine))
+        if missing:
+            raise RuntimeError(f"{source}: {self.backbone} weights lack {missing[:3]}")
+        try:
+            self.load_state_dict({k: mine[k] for k in own}, strict=False)
+        except RuntimeError as e:
+            raise RuntimeError(f"{source}: {self.backbone} weights have the wrong shapes ({e})") from None
+
+
+@register_arch("pretrained")
+class PretrainedEncoderAutoencoder(Autoencoder):
+    """Encoder = a ResNet trunk (ImageNet weights when available) + a 3x3 conv head to c_y;
+    decoder = the DCGAN decoder. Trained in two phases (see TrainConfig.freeze_epochs):
+    decoder only with the trunk frozen, then everything with discriminative learning rates."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__(cfg)
+        self.trunk = ResNetTrunk(cfg.backbone, cfg.factor)
+        self.head = nn.Conv2d(64, cfg.latent_channels, 3, 1, 1)  # (B, c_y, H/f, W/f)
+        self.encoder = nn.Sequential(self.trunk, self.head)
+        self.decoder = dcgan_decoder(cfg, cfg.latent_channels)
+        self._frozen = False
+
+    def param_groups(self) -> list[list[nn.Parameter]]:
+        trunk = self.trunk
+        return [list(trunk.stem.parameters()), list(trunk.layer1.parameters()),
+                [*self.head.parameters(), *self.decoder.parameters(), *self.prior.parameters()]]
+
+    def set_trunk_frozen(self, frozen: bool) -> None:
+        self._frozen = frozen
+        for p in self.trunk.parameters():
+            p.requires_grad_(not frozen)
+        if frozen:
+            self.trunk.eval()  # frozen batch-norm statistics too
+
+    def train(self, mode: bool = True) -> "PretrainedEncoderAutoencoder":
+        super().train(mode)
+        if self._frozen:
+            self.trunk.eval()
+        return self
+
+
+@register_arch("vae")
+class ConvVAE(Autoencoder):
+    """Convolutional VAE on the DCGAN encoder/decoder.
+
+    The encoder predicts a mean (tanh-bounded, so it fits the codec's latent grid) and a
+    log-variance per latent element; training decodes z = mu + sigma * eps (then the
+    quantisation proxy) and adds KL(N(mu, sigma^2) || N(0, s^2)) with s = PRIOR_STD, so the
+    prior lies inside [-1, 1]. Inference and export use the deterministic mean: encode(x) = mu.
+    """
+
+    PRIOR_STD = 0.5
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__(cfg)
+        w, c, cy = cfg.width, cfg.channels, cfg.latent_channels
+        s1, s2 = cfg.strides
+        self.body = nn.Sequential(
+            down_conv(c, w, s1, bn=False),
+            down_conv(w, 2 * w, s2),
+            *[conv_block(2 * w, 2 * w) for _ in range(cfg.blocks)],
+        )
+        self.mu_head = nn.Conv2d(2 * w, cy, 3, 1, 1)  # (B, c_y, H/f, W/f)
+        self.logvar_head = nn.Conv2d(2 * w, cy, 3, 1, 1)  # (B, c_y, H/f, W/f)
+        self.encoder = nn.Sequential(self.body, self.mu_head)  # encode() = tanh(mu head): the mean
+        self.decoder = dcgan_decoder(cfg, cy)
+
+    def forward(self, x: torch.Tensor) -> AEOutput:
+        if not self.training:
+            return super().forward(x)
+        h, w = x.shape[-2:]
+        feats = self.body(self.pad(x))
+        mu = torch.tanh(self.mu_head(feats))  # (B, c_y, h', w') in [-1, 1]
+        logvar = self.logvar_head(feats).clamp(-12, 4)
+        z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
+        y_hat = self.quantise(z)  # the decoder also learns to live with the latent grid
+        x_hat = self.decode(y_hat)[..., :h, :w]
+        s2 = self.PRIOR_STD**2
+        kl = 0.5 * (torch.exp(logvar) / s2 + mu**2 / s2 - 1 - logvar + math.log(s2))  # per element
+        return AEOutput(x_hat=x_hat, y=mu, y_hat=y_hat, kl=kl.sum() / x.numel())
+
+    @torch.no_grad()
+    def sample(self, n: int, height: int, width: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """n new images (n, C, height, width) in [-1, 1] decoded from prior draws on the latent grid."""
+        cy, h, w = self.cfg.latent_shape(height, width)
+        dev = next(self.parameters()).device
+        z = torch.randn(n, cy, h, w, generator=generator).to(dev) * self.PRIOR_STD
+        was = self.training
+        self.eval()
+        x = self.decode(self.quantise(z.clamp(-1, 1)))[..., :height, :width]
+        self.train(was)
+        return x

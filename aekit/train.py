@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from aekit.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from aekit.config import ModelConfig
@@ -37,7 +38,14 @@ class TrainConfig:
     lr: float = 1e-3  # Adam learning rate (cosine-decayed to 5% over `epochs`)
     betas: tuple[float, float] = (0.9, 0.999)  # Adam betas
     loss: str = "mse"  # loss spec, e.g. "mse", "l1:1,ms-ssim:0.5", "mse:1,perceptual:0.1"
-    vgg_weights: str | None = None  # local VGG19 state_dict for the perceptual loss
+    vgg_weights: str | None = None  # local VGG state_dict for the perceptual loss
+    perceptual: str = "vgg19"  # feature loss layers: "vgg19" (relu2_2), "vgg16" (3 layers) or NET:LAYER=W,...
+    noise: str = ""  # denoising: corrupt inputs, keep targets clean: "gaussian:SIGMA" or "mask:FRACTION"
+    kl_weight: float = 0.01  # arch "vae": weight of the KL term (nats per image element)
+    progressive: str = ""  # progressive resizing: "SIZE:EPOCHS[,SIZE:EPOCHS]" at low sizes first
+    encoder_weights: str | None = None  # arch "pretrained": local ResNet state_dict (else torchvision's)
+    freeze_epochs: int = 1  # arch "pretrained": phase 1 epochs training the decoder with the trunk frozen
+    lr_ratio: float = 0.3  # arch "pretrained": each earlier encoder group gets this times the next one's lr
     rate_weight: float = 0.0  # lambda of the rate term: loss += lambda * estimated bits per pixel
     device: str = "auto"  # auto (cuda > mps > cpu), cuda, mps or cpu
     amp: bool = True  # mixed precision on CUDA (bf16 where supported, else fp16)
@@ -89,8 +97,11 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         torch.manual_seed(tcfg.seed)
         self.model: Autoencoder = build_model(mcfg).to(self.device)
-        self.loss_fn = ReconstructionLoss(tcfg.loss, tcfg.vgg_weights).to(self.device)
-        self.opt = torch.optim.Adam(self.model.parameters(), lr=tcfg.lr, betas=tcfg.betas)
+        self.loss_fn = ReconstructionLoss(tcfg.loss, tcfg.vgg_weights, tcfg.perceptual).to(self.device)
+        self.noise = parse_noise(tcfg.noise)
+        self.phases = parse_progressive(tcfg.progressive, tcfg.epochs)
+        self.encoder_source = self._pretrained_init() if not resume else None
+        self.opt = torch.optim.Adam(self._param_groups(), lr=tcfg.lr, betas=tcfg.betas)
         self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(
             self.opt, T_max=max(1, tcfg.epochs), eta_min=tcfg.lr * 0.05
         )
@@ -99,6 +110,22 @@ class Trainer:
         self.train_set, self.val_set, self.classes = self._load_data()
         if resume:
             self._resume()
+
+    def _pretrained_init(self) -> str | None:
+        """Load ImageNet weights into a pretrained trunk (new runs only; resume loads all)."""
+        trunk = getattr(self.model, "trunk", None)
+        if trunk is None:
+            return None
+        source = trunk.load_pretrained(self.tcfg.encoder_weights)
+        print(f"encoder trunk: {self.mcfg.backbone} from {source}", file=sys.stderr)
+        return source
+
+    def _param_groups(self) -> list[dict[str, Any]]:
+        """Discriminative learning rates: the last group (decoder) gets lr, each earlier
+        encoder group lr_ratio times the next one's (one group for most architectures)."""
+        groups = [g for g in self.model.param_groups() if g]
+        n = len(groups)
+        return [{"params": g, "lr": self.tcfg.lr * self.tcfg.lr_ratio ** (n - 1 - i)} for i, g in enumerate(groups)]
 
     def _amp_dtype(self) -> torch.dtype | None:
         if not (self.tcfg.amp and self.device.type == "cuda"):
@@ -147,11 +174,13 @@ class Trainer:
         t0 = time.monotonic() - sum(h["epoch_time_s"] for h in self.history)
         for epoch in range(self.start_epoch, self.tcfg.epochs):
             t_epoch = time.monotonic()
+            self.model.set_trunk_frozen(epoch < self.tcfg.freeze_epochs)  # two-phase (pretrained trunk)
             train_loss, train_mse = self._train_epoch(epoch)
             val = self.evaluate(self.val_set) if self.val_set else {"loss": train_loss, "mse": train_mse, "bpp": float("nan")}
             self.sched.step()
             row = {
                 "epoch": epoch + 1,
+                "size": self.phases[epoch] or self.tcfg.data_cfg.size,
                 "train_loss": train_loss,
                 "train_psnr": psnr_from_mse(train_mse),
                 "val_loss": val["loss"],
@@ -180,8 +209,11 @@ class Trainer:
         bar = tqdm(self.train_set.batches(self.tcfg.batch_size, rng), total=n_batches,
                    desc=f"epoch {epoch + 1}/{self.tcfg.epochs}", leave=False, file=sys.stderr,
                    disable=None)
+        size = self.phases[epoch]
         for batch in bar:
             x = to_tensor(batch, self.device)
+            if size:  # progressive resizing: this epoch trains on down-scaled images
+                x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
             loss, parts = self._step(x)
             total += loss * len(x)
             total_mse += parts["_mse"] * len(x)
@@ -192,10 +224,11 @@ class Trainer:
     def _step(self, x: torch.Tensor) -> tuple[float, dict[str, float]]:
         with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
                             enabled=self.amp_dtype is not None):
-            out = self.model(x)
+            out = self.model(corrupt(x, self.noise) if self.noise else x)  # denoising: clean targets
             loss, parts = self.loss_fn(out.x_hat.float(), x)
-            if out.aux_loss is not None:
-                loss = loss + out.aux_loss
+            if out.kl is not None:
+                parts["kl"] = float(out.kl.detach())
+                loss = loss + self.tcfg.kl_weight * out.kl
             if self.tcfg.rate_weight > 0:
                 bpp = self.model.rate_bpp(out, x.shape[0] * x.shape[2] * x.shape[3])
                 parts["bpp"] = float(bpp.detach())
@@ -212,9 +245,10 @@ class Trainer:
         """Loss and MSE with truly rounded latents (eval mode), as the codec will decode."""
         self.model.eval()
         total, total_mse, bits, n, pixels = 0.0, 0.0, 0.0, 0, 0
+        gen = torch.Generator(self.device).manual_seed(self.tcfg.seed)  # the same corruption every epoch
         for batch in data.batches(self.tcfg.batch_size, None):
             x = to_tensor(batch, self.device)
-            out = self.model(x)
+            out = self.model(corrupt(x, self.noise, gen) if self.noise else x)
             loss, _ = self.loss_fn(out.x_hat, x)
             px = x.shape[0] * x.shape[2] * x.shape[3]
             bpp = float(self.model.rate_bpp(out, px)) if self.tcfg.rate_weight > 0 else 0.0
@@ -282,6 +316,9 @@ class Trainer:
             "best_val_psnr": best_row["val_psnr"],
             "final_val_psnr": self.history[-1]["val_psnr"],
             "loss": self.tcfg.loss,
+            "noise": self.tcfg.noise,
+            "progressive": self.tcfg.progressive,
+            "encoder_init": self.encoder_source or (best.get("summary") or {}).get("encoder_init"),
             "train_time_s": round(train_time, 1),
             "device": str(self.device),
             "torch": str(torch.__version__),
@@ -311,6 +348,52 @@ class Trainer:
             if seen >= self.tcfg.hist_images:
                 break
         return counts.tolist()
+
+
+def parse_noise(spec: str) -> tuple[str, float] | None:
+    """'gaussian:0.1' (sigma on the [0, 1] pixel scale) or 'mask:0.25' (fraction of pixels
+    dropped to black) -> (kind, amount); '' -> None."""
+    if not spec:
+        return None
+    kind, _, amount = spec.partition(":")
+    if kind not in ("gaussian", "mask"):
+        raise ValueError(f"noise {spec!r}: expected gaussian:SIGMA or mask:FRACTION")
+    try:
+        value = float(amount)
+    except ValueError:
+        raise ValueError(f"noise {spec!r}: {amount!r} is not a number") from None
+    if not (0 < value <= 1):
+        raise ValueError(f"noise {spec!r}: amount must be in (0, 1]")
+    return kind, value
+
+
+def corrupt(x: torch.Tensor, noise: tuple[str, float], gen: torch.Generator | None = None) -> torch.Tensor:
+    """Corrupted copy of x (B, C, H, W) in [-1, 1]: additive Gaussian noise or masking noise
+    (whole pixels, all channels, set to black)."""
+    kind, amount = noise
+    if kind == "gaussian":
+        n = torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)
+        return (x + 2 * amount * n).clamp(-1, 1)  # sigma on [0, 1] is 2 sigma on [-1, 1]
+    keep = torch.rand((x.shape[0], 1, *x.shape[2:]), generator=gen, device=x.device) >= amount
+    return torch.where(keep, x, torch.full_like(x, -1.0))
+
+
+def parse_progressive(spec: str, epochs: int) -> list[int | None]:
+    """'14:2,21:1' -> the training size of each epoch: [14, 14, 21, None, ...] (None: full size)."""
+    sizes: list[int | None] = []
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        size, _, n = part.partition(":")
+        try:
+            size_i, n_i = int(size), int(n)
+        except ValueError:
+            raise ValueError(f"progressive {spec!r}: expected SIZE:EPOCHS[,SIZE:EPOCHS]") from None
+        if size_i < 1 or n_i < 1:
+            raise ValueError(f"progressive {spec!r}: sizes and epochs must be positive")
+        sizes += [size_i] * n_i
+    if sizes and len(sizes) >= epochs:
+        raise ValueError(f"progressive {spec!r} covers {len(sizes)} epochs of {epochs}: "
+                         "leave at least one epoch at the full size")
+    return sizes + [None] * (epochs - len(sizes))
 
 
 def train(tcfg: TrainConfig, mcfg: ModelConfig, resume: bool = False) -> dict[str, Any]:
