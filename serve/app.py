@@ -15,11 +15,11 @@ import shutil
 import tempfile
 import time
 import uuid
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 from fastapi import FastAPI, Request
@@ -73,6 +73,8 @@ def status_of(e: Exception) -> int:
     msg = str(e)
     if isinstance(e, ImageError) and ("exceeds the limit" in msg or "decompression bomb" in msg):
         return 413
+    if isinstance(e, CalibrationError) and "is unknown" in msg:
+        return 422  # a class the model was never trained or calibrated on: bad input, not a model state
     if isinstance(e, (ModelError, CalibrationError)):
         return 409
     if isinstance(e, CodecError) and "exceeds the limit" in msg:
@@ -243,6 +245,29 @@ class Server:
 def png_response(image_or_bytes: np.ndarray | bytes, headers: dict[str, str]) -> Response:
     data = image_or_bytes if isinstance(image_or_bytes, bytes) else encode_image_file(image_or_bytes, Path("x.png"))
     return Response(data, media_type="image/png", headers=headers)
+
+
+@contextmanager
+def serve_in_thread(app: FastAPI, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
+    """Run the app with uvicorn in a background thread (tests, notebooks); yields its base URL."""
+    import threading
+
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, name="aekit-serve", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError(f"aekit serve did not start on {host}:{port}")
+        time.sleep(0.02)
+    bound = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://{host}:{bound}"
+    finally:
+        server.should_exit = True
+        thread.join(30)
 
 
 def create_app(cfg: ServeConfig) -> FastAPI:

@@ -72,7 +72,7 @@ class Learner:
         return asdict(self.status)
 
     def start(self) -> None:
-        self._setup()  # load the checkpoint in the caller: a bad one stops the server at start
+        self.load()  # load the checkpoint in the caller: a bad one stops the server at start
         self._thread.start()
 
     def stop(self, timeout: float = 10.0) -> None:
@@ -81,7 +81,8 @@ class Learner:
             self._thread.join(timeout)
 
     # ---- worker ------------------------------------------------------------------------
-    def _setup(self) -> None:
+    def load(self) -> None:
+        """Load the checkpoint into a trainable PyTorch model with its optimiser (torch imported here)."""
         import torch
 
         from aekit.checkpoint import load_model
@@ -101,6 +102,8 @@ class Learner:
                 for group in self._groups(batch):
                     self._step(group)
                     steps_since += 1
+            if self._stop.is_set():
+                break
             if steps_since >= self.cfg.swap_min_steps and time.monotonic() - last_swap >= self.cfg.swap_every_s:
                 self.update()
                 last_swap, steps_since = time.monotonic(), 0
