@@ -1,0 +1,145 @@
+"""`--engine ray` on a local Ray cluster (2 CPUs, one per test module): compress, decompress and
+screen give byte-identical files and identical scores to the local engine; failures are reported
+per file; reruns resume. Skipped when Ray is not installed (extra aekit[ray])."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from aekit.cli import main
+
+ray = pytest.importorskip("ray", reason="Ray not installed: pip install -e '.[ray]' (extra aekit[ray])")
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """One local Ray cluster for the module: Ray's start-up costs seconds, not each test's."""
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    if started:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def src_tree(fmnist_dir, photos_dir, tmp_path_factory) -> Path:
+    """40 Fashion-MNIST images in two class folders, a gray photo (512x512), an RGB photo (refused
+    by a gray model) and a corrupt file."""
+    src = tmp_path_factory.mktemp("ray-src")
+    for cls in ("bag", "coat"):
+        (src / cls).mkdir()
+        for p in sorted((fmnist_dir / "test" / cls).glob("*.png"))[:20]:
+            shutil.copy(p, src / cls / p.name)
+    shutil.copy(photos_dir / "camera.png", src / "bag" / "camera.png")
+    shutil.copy(photos_dir / "astronaut.png", src / "coat" / "astronaut.png")
+    (src / "coat" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    return src
+
+
+def tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def failures(err: str) -> list[str]:
+    return sorted(line for line in err.splitlines() if line.startswith("failed: "))
+
+
+def test_compress_and_decompress_match_local_engine(ray_cluster, tiny_model, src_tree, tmp_path, capsys):
+    model = tiny_model(1, 4)
+    assert main(["compress", str(src_tree), "-m", str(model), "-o", str(tmp_path / "local")]) == 2
+    local_err = capsys.readouterr().err
+    assert main(["compress", str(src_tree), "-m", str(model), "-o", str(tmp_path / "ray"), "--engine", "ray"]) == 2
+    ray_err = capsys.readouterr().err
+    local, remote = tree(tmp_path / "local"), tree(tmp_path / "ray")
+    assert len(local) == 41 and local == remote  # same names, byte-identical latent files
+    assert failures(ray_err) == failures(local_err) and len(failures(ray_err)) == 2
+    assert "broken.png: cannot decode image" in ray_err and "astronaut.png: RGB image" in ray_err
+    assert "compressed 41 files, skipped 0 existing, 2 failed" in ray_err
+
+    assert main(["decompress", str(tmp_path / "local"), "-o", str(tmp_path / "dl"), "-m", str(model)]) == 0
+    assert main(["decompress", str(tmp_path / "local"), "-o", str(tmp_path / "dr"), "-m", str(model),
+                 "--engine", "ray"]) == 0
+    assert "decompressed 41 files" in capsys.readouterr().err
+    assert tree(tmp_path / "dl") == tree(tmp_path / "dr") and len(tree(tmp_path / "dr")) == 41
+
+
+def test_rerun_resumes_and_leaves_existing_outputs(ray_cluster, tiny_model, src_tree, tmp_path, capsys):
+    model, out = tiny_model(1, 4), tmp_path / "ray"
+    args = ["compress", str(src_tree), "-m", str(model), "-o", str(out), "--engine", "ray"]
+    assert main(args) == 2
+    first = tree(out)
+    gone = sorted(out.rglob("*.ael"))[:5]
+    kept = {p: p.stat().st_mtime_ns for p in sorted(out.rglob("*.ael"))[5:]}
+    for p in gone:
+        p.unlink()
+    capsys.readouterr()
+    assert main(args) == 2  # the two bad files still fail
+    err = capsys.readouterr().err
+    assert "compressed 5 files, skipped 36 existing, 2 failed" in err
+    assert tree(out) == first
+    assert all(p.stat().st_mtime_ns == t for p, t in kept.items())  # existing outputs not rewritten
+    assert not [p for p in out.rglob("*") if p.name.startswith(".")]  # no temp files left
+    assert main(args + ["--overwrite"]) == 2
+    assert "compressed 41 files, skipped 0 existing" in capsys.readouterr().err
+
+
+def test_screen_matches_local_engine(ray_cluster, tiny_model, fmnist_dir, src_tree, tmp_path, capsys):
+    det = tmp_path / "det"
+    shutil.copytree(tiny_model(1, 4), det)
+    cal = tmp_path / "cal"
+    for cls in ("bag", "coat"):
+        shutil.copytree(fmnist_dir / "train" / cls, cal / cls)
+    assert main(["calibrate", str(det), str(cal), "--alpha", "0.1", "--device", "cpu"]) == 0
+    base = ["screen", str(det), str(src_tree), "--device", "cpu"]
+    rc_local = main(base + ["--out", str(tmp_path / "local")])
+    rc_ray = main(base + ["--out", str(tmp_path / "ray"), "--engine", "ray"])
+    assert rc_local == rc_ray == 2  # two unusable files
+    recs = [{r["path"]: r for r in map(json.loads, (tmp_path / f"{k}.jsonl").read_text().splitlines())}
+            for k in ("local", "ray")]
+    assert len(recs[0]) == 43 and recs[0] == recs[1]  # identical scores, p-values, flags, errors
+    assert sum(r["error"] is not None for r in recs[1].values()) == 2
+    summaries = [json.loads((tmp_path / f"{k}.summary.json").read_text()) for k in ("local", "ray")]
+    assert summaries[0] == summaries[1]
+    assert "broken.png" in capsys.readouterr().err
+
+
+def test_listing_and_writing_through_fsspec_urls():
+    """Object-store semantics without a cloud: fsspec's memory filesystem (in this process)."""
+    fsspec = pytest.importorskip("fsspec")
+    from export.engine_ray import list_tree, write_bytes
+
+    fs = fsspec.filesystem("memory")
+    for name in ("a/x.png", "a/.hidden.png", "b/y.jpg", "notes.txt"):
+        fs.pipe_file(f"/src/{name}", b"data")
+    fs.pipe_file("/out/a/x.png.ael", b"old")
+    listing = list_tree("memory://src", "memory://out", lambda r: r.endswith((".png", ".jpg")),
+                        lambda r: r + ".ael")
+    assert [t[0] for t in listing.todo] == ["memory://src/b/y.jpg"]
+    assert listing.todo[0][2] == "/out/b/y.jpg.ael"
+    assert (listing.skipped, listing.ignored) == (1, 1)
+    assert write_bytes(fs, "/out/b/y.jpg.ael", b"latent") == 6
+    assert fs.cat_file("/out/b/y.jpg.ael") == b"latent"
+
+
+def test_local_engine_never_imports_ray(tiny_model, src_tree, tmp_path):
+    code = ("import sys; from aekit.cli import main\n"
+            f"rc = main(['compress', {str(src_tree / 'bag')!r}, '-m', {str(tiny_model(1, 4))!r}, "
+            f"'-o', {str(tmp_path / 'out')!r}])\n"
+            "print(rc, 'ray' in sys.modules, 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["0", "False", "False"]
+
+
+def test_missing_ray_is_one_clear_line(tiny_model, src_tree, tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
+    import export.engine_ray as er
+
+    with pytest.raises(er.EngineError, match=r"aekit\[ray\]"):
+        er.connect(er.RayConfig())
