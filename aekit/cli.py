@@ -31,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     add_train_parser(sub)
     add_data_parser(sub)
+    add_generate_parsers(sub)
     for ep in sorted(entry_points(group="aekit.commands"), key=lambda e: e.name):
         try:
             register: Callable[[argparse._SubParsersAction], None] = ep.load()
@@ -188,6 +189,37 @@ def cmd_data(args: argparse.Namespace) -> int:
         datasets.fashion_mnist(args.out, args.source, args.limit)
     else:
         datasets.sample_photos(args.out)
+    return EXIT_OK
+
+
+def add_generate_parsers(sub: argparse._SubParsersAction) -> None:
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    p = sub.add_parser("sample", help="generate new images from a VAE's prior into a grid PNG",
+                       formatter_class=fmt)
+    p.add_argument("model", help="checkpoint (.pt) or run folder of a model trained with --arch vae")
+    p.add_argument("-n", type=int, default=64, help="number of images")
+    p.add_argument("-o", "--out", required=True, help="output grid image (PNG)")
+    p.add_argument("--size", type=int, help="image side (default: the training size)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_generate)
+    p = sub.add_parser("interpolate", help="decode the latent path between two images into a strip PNG",
+                       formatter_class=fmt)
+    p.add_argument("model", help="checkpoint (.pt) or run folder")
+    p.add_argument("a", help="first image")
+    p.add_argument("b", help="second image (same size as the first)")
+    p.add_argument("--steps", type=int, default=8, help="decoded points from a to b")
+    p.add_argument("-o", "--out", required=True, help="output strip image (PNG)")
+    p.set_defaults(func=cmd_generate)
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from aekit import generate
+
+    if args.command == "sample":
+        out = generate.sample(args.model, args.n, args.out, args.size, args.seed)
+    else:
+        out = generate.interpolate(args.model, args.a, args.b, args.out, args.steps)
+    print(out)
     return EXIT_OK
 
 
