@@ -123,6 +123,9 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: one per core)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    p.add_argument("--nproc", type=int, default=1,
+                   help="data-parallel processes (DDP: gloo on CPU, NCCL on GPUs); --batch-size is the global "
+                        "batch, split evenly (see also torchrun in the README)")
     p.set_defaults(func=cmd_train)
 
 
@@ -146,7 +149,12 @@ def cmd_train(args: argparse.Namespace) -> int:
                           if getattr(args, k) is not None},
                        device=args.device,
                        amp=not args.no_amp, seed=args.seed, threads=args.threads, data_cfg=dcfg)
-    summary = train(tcfg, mcfg, resume=args.resume)
+    if args.nproc > 1:
+        from aekit.distributed import launch
+
+        summary = launch(args.nproc, tcfg, mcfg, resume=args.resume)
+    else:
+        summary = train(tcfg, mcfg, resume=args.resume)
     print(f"trained {summary['epochs']} epochs in {summary['train_time_s']}s; "
           f"best val PSNR {summary['best_val_psnr']:.2f} dB; checkpoint {args.out}/best.pt")
     return EXIT_OK

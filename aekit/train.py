@@ -19,6 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from aekit import distributed
 from aekit.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from aekit.config import ModelConfig
 from aekit.data import DataConfig, ImageSet, report_skipped, split_samples, subsample
@@ -90,7 +91,7 @@ class Trainer:
 
     def __init__(self, tcfg: TrainConfig, mcfg: ModelConfig, resume: bool = False):
         self.tcfg, self.mcfg, self.out = tcfg, mcfg, Path(tcfg.out)
-        self.device = pick_device(tcfg.device)
+        self.device = distributed.setup(pick_device(tcfg.device))  # joins the process group under --nproc
         if tcfg.threads > 0:
             torch.set_num_threads(tcfg.threads)
         self.start_epoch, self.best_val, self.best_epoch = 0, math.inf, -1
@@ -110,6 +111,8 @@ class Trainer:
         self.train_set, self.val_set, self.classes = self._load_data()
         if resume:
             self._resume()
+        # the step's forward: the model, or it inside DistributedDataParallel (aekit.distributed)
+        self.net = distributed.wrap(self.model, self.device, tcfg.seed, find_unused=tcfg.rate_weight == 0)
 
     def _pretrained_init(self) -> str | None:
         """Load ImageNet weights into a pretrained trunk (new runs only; resume loads all)."""
@@ -170,13 +173,14 @@ class Trainer:
 
     def run(self) -> dict[str, Any]:
         self.out.mkdir(parents=True, exist_ok=True)
-        (self.out / "config.json").write_text(json.dumps(self.config_dict(), indent=2))
+        if distributed.is_main():
+            (self.out / "config.json").write_text(json.dumps(self.config_dict(), indent=2))
         t0 = time.monotonic() - sum(h["epoch_time_s"] for h in self.history)
         for epoch in range(self.start_epoch, self.tcfg.epochs):
             t_epoch = time.monotonic()
             self.model.set_trunk_frozen(epoch < self.tcfg.freeze_epochs)  # two-phase (pretrained trunk)
             train_loss, train_mse = self._train_epoch(epoch)
-            val = self.evaluate(self.val_set) if self.val_set else {"loss": train_loss, "mse": train_mse, "bpp": float("nan")}
+            val = self.evaluate(self.val_set) if self.val_set and distributed.is_main() else {"loss": train_loss, "mse": train_mse, "bpp": float("nan")}
             self.sched.step()
             row = {
                 "epoch": epoch + 1,
@@ -189,15 +193,16 @@ class Trainer:
                 "lr": self.opt.param_groups[0]["lr"],
                 "epoch_time_s": time.monotonic() - t_epoch,
             }
-            self._log(row)
-            if val["loss"] < self.best_val:
-                self.best_val, self.best_epoch = val["loss"], epoch
-                save_checkpoint(self.out / "best.pt", self._payload(epoch))
-            save_checkpoint(self.out / "last.pt", self._payload(epoch))
-            if self.tcfg.time_budget and time.monotonic() - t0 > self.tcfg.time_budget * 60:
+            if distributed.is_main():  # rank 0 alone logs and saves
+                self._log(row)
+                if val["loss"] < self.best_val:
+                    self.best_val, self.best_epoch = val["loss"], epoch
+                    save_checkpoint(self.out / "best.pt", self._payload(epoch))
+                save_checkpoint(self.out / "last.pt", self._payload(epoch))
+            if distributed.agree(self.tcfg.time_budget and time.monotonic() - t0 > self.tcfg.time_budget * 60):
                 print(f"time budget of {self.tcfg.time_budget} min reached after epoch {epoch + 1}", file=sys.stderr)
                 break
-        return self._finish(time.monotonic() - t0)
+        return self._finish(time.monotonic() - t0) if distributed.is_main() else {}
 
     def _train_epoch(self, epoch: int) -> tuple[float, float]:
         from tqdm import tqdm
@@ -206,7 +211,7 @@ class Trainer:
         rng = np.random.default_rng([self.tcfg.seed, epoch])
         n_batches = math.ceil(len(self.train_set) * max(1, self.tcfg.data_cfg.repeat) / self.tcfg.batch_size)
         total, total_mse, n = 0.0, 0.0, 0
-        bar = tqdm(self.train_set.batches(self.tcfg.batch_size, rng), total=n_batches,
+        bar = tqdm(distributed.shard(self.train_set.batches(self.tcfg.batch_size, rng)), total=n_batches,
                    desc=f"epoch {epoch + 1}/{self.tcfg.epochs}", leave=False, file=sys.stderr,
                    disable=None)
         size = self.phases[epoch]
@@ -219,12 +224,13 @@ class Trainer:
             total_mse += parts["_mse"] * len(x)
             n += len(x)
             bar.set_postfix(loss=f"{loss:.4f}")
+        total, total_mse, n = distributed.all_sum(total, total_mse, n)  # over all ranks' slices
         return total / n, total_mse / n
 
     def _step(self, x: torch.Tensor) -> tuple[float, dict[str, float]]:
         with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
                             enabled=self.amp_dtype is not None):
-            out = self.model(corrupt(x, self.noise) if self.noise else x)  # denoising: clean targets
+            out = self.net(corrupt(x, self.noise) if self.noise else x)  # denoising: clean targets
             loss, parts = self.loss_fn(out.x_hat.float(), x)
             if out.kl is not None:
                 parts["kl"] = float(out.kl.detach())
@@ -234,7 +240,7 @@ class Trainer:
                 parts["bpp"] = float(bpp.detach())
                 loss = loss + self.tcfg.rate_weight * bpp
         self.opt.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
+        self.scaler.scale(loss * distributed.loss_weight(len(x))).backward()  # 1 unless slices differ
         self.scaler.step(self.opt)
         self.scaler.update()
         parts["_mse"] = float(torch.mean((out.x_hat.detach().float() - x) ** 2))
