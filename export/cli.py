@@ -18,6 +18,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     i.add_argument("model", help="model folder, manifest.json, or a .pt checkpoint")
     i.add_argument("--json", action="store_true", help="print the raw manifest")
     i.set_defaults(func=cmd_info)
+    from export.features_cli import register as register_features  # aekit features, aekit probe
+
+    register_features(sub)
 
 
 def cmd_export(args: argparse.Namespace) -> int:
