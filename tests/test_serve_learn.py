@@ -1,0 +1,96 @@
+"""Online learning in `aekit serve --learn`: bounded queue, training, atomic swaps, old latents, failures."""
+
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("fastapi", reason="the serve extra is not installed (pip install -e \".[serve]\")")
+pytest.importorskip("httpx", reason="httpx is not installed (pip install -e \".[test]\")")
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    from fastapi.testclient import TestClient
+
+from serve.app import create_app
+from serve.config import ServeConfig
+
+PNG = {"content-type": "image/png"}
+AEL = {"content-type": "application/octet-stream"}
+
+
+@pytest.fixture(scope="module")
+def bags(fmnist_dir) -> list[Path]:
+    return sorted((fmnist_dir / "test" / "bag").iterdir())[:12]
+
+
+@pytest.fixture()
+def cfg(tiny_model, fmnist_dir) -> ServeConfig:
+    return ServeConfig(model=str(tiny_model(1, 4)), calibration=str(fmnist_dir / "test"), calibration_limit=10,
+                       alpha=0.1, learn=True, batch_size=4, swap_every_s=0.0, swap_min_steps=2, keep_versions=1)
+
+
+def test_queue_is_bounded_and_requests_never_wait(cfg, bags):
+    app = create_app(replace(cfg, queue_size=2))  # no lifespan: the worker does not run, the queue fills
+    c = TestClient(app)
+    codes = [c.post("/v1/reconstruct", content=p.read_bytes(), headers=PNG).status_code for p in bags[:5]]
+    assert codes == [200] * 5
+    s = c.get("/v1/status").json()["learning"]
+    assert (s["accepted"], s["dropped"], s["queued"]) == (2, 3, 2)
+    app.state.server.close()
+
+
+def test_learns_swaps_and_old_latents_still_decode(cfg, bags):
+    with TestClient(create_app(cfg)) as c:
+        old = c.post("/v1/compress", content=bags[0].read_bytes(), headers=PNG)
+        v0 = old.headers["x-model-id"]
+        for p in bags:
+            assert c.post("/v1/reconstruct", content=p.read_bytes(), headers=PNG).status_code == 200
+        deadline = time.monotonic() + 240
+        while (s := c.get("/v1/status").json())["version"] < 1 and time.monotonic() < deadline:
+            assert s["learning"]["failed_exports"] == 0, s["learning"]["last_error"]
+            time.sleep(0.5)
+        assert s["version"] >= 1 and s["model_id"] != v0, s
+        assert s["learning"]["steps"] >= cfg.swap_min_steps and s["learning"]["running_loss"] > 0
+        assert s["calibrated"]  # each learned version is recalibrated on the calibration images
+        d = c.post("/v1/decompress", content=old.content, headers=AEL)
+        assert d.status_code == 200 and d.headers["x-model-version"] == "0"  # version 0 always decodes
+        r = c.post("/v1/screen?class=bag", content=bags[0].read_bytes(), headers=PNG).json()
+        assert r["version"] >= 1 and r["verdict"] in ("normal", "anomaly")
+
+
+def test_failed_update_keeps_last_good_model_and_pruned_versions_answer_409(cfg, bags, monkeypatch):
+    app = create_app(cfg)
+    server = app.state.server
+    learner, c = server.learner, TestClient(app)
+    learner.load()
+    for p in bags[:4]:
+        c.post("/v1/reconstruct", content=p.read_bytes(), headers=PNG)
+    learner._step(learner._groups([learner.queue.get() for _ in range(4)])[0])
+    assert learner.update() and server.store.current.version == 1
+    v1_latent = c.post("/v1/compress", content=bags[0].read_bytes(), headers=PNG).content
+
+    import export.onnx
+
+    def broken(*a, **k):
+        raise export.onnx.ExportError("onnxruntime disagrees with PyTorch (simulated)")
+
+    monkeypatch.setattr(export.onnx, "export_model", broken)
+    assert not learner.update()
+    s = c.get("/v1/status").json()
+    assert s["version"] == 1 and s["learning"]["failed_exports"] == 1 and "simulated" in s["learning"]["last_error"]
+    assert c.post("/v1/reconstruct", content=bags[1].read_bytes(), headers=PNG).status_code == 200
+    monkeypatch.undo()
+    learner._step(learner._groups([learner.queue.get()])[0])  # new weights, so version 2 gets a new id
+    assert learner.update() and server.store.current.version == 2  # keep_versions=1: v1 is pruned
+    r = c.post("/v1/decompress", content=v1_latent, headers=AEL)
+    assert r.status_code == 409 and "version 1" in r.json()["error"] and "no longer loaded" in r.json()["error"]
+    server.close()
+
+
+def test_learn_without_checkpoint_is_a_clear_error(cfg, tmp_path):
+    with pytest.raises(FileNotFoundError, match="--checkpoint"):
+        create_app(replace(cfg, checkpoint=str(tmp_path / "missing.pt")))
