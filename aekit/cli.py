@@ -155,6 +155,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         summary = launch(args.nproc, tcfg, mcfg, resume=args.resume)
     else:
         summary = train(tcfg, mcfg, resume=args.resume)
+    if not summary:  # another rank than 0 under torchrun: rank 0 reports
+        return EXIT_OK
     print(f"trained {summary['epochs']} epochs in {summary['train_time_s']}s; "
           f"best val PSNR {summary['best_val_psnr']:.2f} dB; checkpoint {args.out}/best.pt")
     return EXIT_OK

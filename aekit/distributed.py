@@ -105,6 +105,10 @@ def wrap(model: nn.Module, device: torch.device, seed: int, find_unused: bool = 
         return model
     for name, child in list(model.named_children()):
         setattr(model, name, sync_batchnorm(child, device.type == "cuda"))
+    import warnings
+
+    # 1-channel convolutions have ambiguous strides; DDP warns about it, harmlessly
+    warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
     if rank:
         torch.manual_seed(seed * 1009 + rank)  # each rank its own quantisation/denoising noise
     return nn.parallel.DistributedDataParallel(
