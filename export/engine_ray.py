@@ -175,7 +175,7 @@ def list_tree(src: str, dst: str | None, want: Callable[[str], bool], out_name: 
                                   f"{claimed[out]} in this run{'; ' + clash_hint if clash_hint else ''}")
             continue
         claimed[out] = name
-        if out and not overwrite and (out in existing or (not existing and fs_out.exists(out))):
+        if out and not overwrite and out in existing:  # one listing of DST, not a request per file
             listing.skipped += 1
         else:
             listing.todo.append((name, path, out))
