@@ -224,6 +224,7 @@ class ProbeConfig:
     seed: int = 0  # seed of the class-balanced subsets
     C: float = 0.01  # inverse L2 strength of LogisticRegression on standardised features (same for every set)
     max_iter: int = 500  # lbfgs iterations (fixed)
+    threads: int = 1  # BLAS/OpenMP threads during fits (0: library default)
 
 
 @dataclass
@@ -267,9 +268,10 @@ def fit_score(x_tr: np.ndarray, y_tr: np.ndarray, x_te: np.ndarray, y_te: np.nda
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
+    from threadpoolctl import threadpool_limits
 
     clf = make_pipeline(StandardScaler(), LogisticRegression(C=cfg.C, max_iter=cfg.max_iter))
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), threadpool_limits(cfg.threads or None):
         warnings.simplefilter("ignore", ConvergenceWarning)
         clf.fit(x_tr, y_tr)
     return float(np.mean(clf.predict(x_te) == y_te))

@@ -24,7 +24,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                        help="scale-crop every image to SIZE x SIZE first (0: native size, which must be one size)")
         p.add_argument("--batch-size", type=int, default=256, help="images per ONNX call")
         p.add_argument("--workers", type=int, default=4, help="threads decoding image files")
-        p.add_argument("--threads", type=int, default=0, help="onnxruntime threads (0: its default)")
+        p.add_argument("--threads", type=int, default=0,
+                       help="onnxruntime threads, and BLAS threads of the probe's fits (0: library defaults)")
         p.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
 
     p = sub.add_parser("features", help="latent vectors (+ labels) of an image folder, as .npz for other models",
@@ -48,6 +49,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the labelled subsets")
     p.add_argument("--repeats", type=int, default=5, help="subsets per size (mean ± std reported)")
     p.add_argument("--C", type=float, default=0.01, help="inverse L2 regularisation of the logistic regression")
+    p.add_argument("--max-iter", type=int, default=500, help="lbfgs iterations per fit")
     p.add_argument("--no-pixels", action="store_true", help="skip the raw-pixel baseline")
     p.add_argument("--json", help="also write the results to this JSON file")
     common(p)
@@ -98,7 +100,8 @@ def cmd_probe(args: argparse.Namespace) -> int:
     from export.features import ProbeConfig, pixel_features, probe, probe_table
     from export.manifest import load_manifest
 
-    cfg = ProbeConfig(labels_per_class=parse_labels(args.labels), repeats=args.repeats, seed=args.seed, C=args.C)
+    cfg = ProbeConfig(labels_per_class=parse_labels(args.labels), repeats=args.repeats, seed=args.seed, C=args.C,
+                      max_iter=args.max_iter, threads=args.threads)
     m = load_manifest(args.model)
     train, test = features_for(args, args.train, m["model_id"]), features_for(args, args.test, m["model_id"])
     px = {}
