@@ -91,6 +91,7 @@ def random_vgg(net: str, out: Path, seed: int) -> str:
 
     path = out / f"{net}-random-seed{seed}.pt"
     if not path.exists():
+        out.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(seed)
         torch.save(make_layers(cfgs[{"vgg16": "D", "vgg19": "E"}[net]])[:16].state_dict(), path)
     return str(path)

@@ -240,3 +240,26 @@ def test_denoise_cli_reconstructs_a_folder_and_resumes(tiny_model, fmnist_dir, t
     assert len(outs) == 12 and np.asarray(Image.open(outs[0])).shape == (28, 28)
     main(["denoise", str(src), "-m", str(model), "-o", str(tmp_path / "clean")])
     assert "skipped 12 existing" in capsys.readouterr().err
+
+
+def test_experiment_table_end_to_end(fmnist_dir, tmp_path):
+    """Two techniques at one ratio, tiny budget: trained, exported, measured, tabled; rerun resumes."""
+    from bench.experiment import ExperimentConfig, run_experiment, time_to_reach, train_args
+
+    cfg = ExperimentConfig(data=str(fmnist_dir), out=str(tmp_path / "exp"), ratios=[9],
+                           techniques=["pixelshuffle", "progressive"], train_images=200, test_images=100,
+                           epochs=2, width=8, probe_labels=5, probe_pool=100)
+    args, note = train_args(cfg, "perceptual-vgg16", 4, tmp_path, tmp_path / "run")
+    assert "--vgg-weights" in args and "random init" in note  # no ImageNet weights here: the row says so
+    result = run_experiment(cfg)
+    rows = {r["technique"]: r for r in result["rows"]}
+    assert set(rows) == {"pixelshuffle", "progressive"}
+    for r in rows.values():
+        assert 0 < r["mse"] < 1 and r["psnr_db"] > 8 and 0 <= r["clf_acc_recon"] <= 1 and 0 <= r["probe_acc"] <= 1
+    assert "--progressive 14:1" in rows["progressive"]["command"]
+    assert "### Ratio 1/9" in result["markdown"] and "Progressive resizing at 1/9" in result["markdown"]
+    assert (tmp_path / "exp" / "results.md").exists()
+    again = run_experiment(cfg)  # everything kept: nothing retrained
+    assert [r["train_cpu_s"] for r in again["rows"]] == [r["train_cpu_s"] for r in result["rows"]]
+    assert time_to_reach({"val_psnr_by_epoch": [10, 12, 14], "epoch_time_s": [1, 2, 3]}, 12) == 3
+    assert time_to_reach({"val_psnr_by_epoch": [10], "epoch_time_s": [1]}, 12) is None
