@@ -96,6 +96,30 @@ def parse_labels(text: str) -> tuple[int, ...]:
     return ns
 
 
+def provenance() -> dict:
+    """Command (when run as `aekit`), machine, date and library versions for a results file."""
+    import platform
+    from datetime import datetime, timezone
+    from importlib.metadata import version
+
+    from aekit.machine import cpu_name
+
+    cmd = " ".join(["aekit", *sys.argv[1:]]) if Path(sys.argv[0]).name == "aekit" else None
+    return {"command": cmd, "machine": cpu_name(), "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "versions": {"python": platform.python_version(),
+                         **{k: version(k) for k in ("numpy", "scikit-learn", "onnxruntime", "onnxruntime-gpu")
+                            if _installed(k)}}}
+
+
+def _installed(name: str) -> bool:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return bool(version(name))
+    except PackageNotFoundError:
+        return False
+
+
 def cmd_probe(args: argparse.Namespace) -> int:
     from export.features import ProbeConfig, pixel_features, probe, probe_table
     from export.manifest import load_manifest
@@ -116,8 +140,9 @@ def cmd_probe(args: argparse.Namespace) -> int:
         from aekit.images import atomic_write_bytes
 
         doc = {"model": str(args.model), "model_id": m["model_id"], "train": str(args.train), "test": str(args.test),
-               "pool": train.pool, "config": {**cfg.__dict__, "labels_per_class": list(cfg.labels_per_class)},
-               "results": [r.to_dict() for r in results]}
+               "n_train": len(train), "n_test": len(test), "pool": train.pool, "size": train.size,
+               "config": {**cfg.__dict__, "labels_per_class": list(cfg.labels_per_class)},
+               "results": [r.to_dict() for r in results], **provenance()}
         atomic_write_bytes(args.json, (json.dumps(doc, indent=1) + "\n").encode())
     skipped = train.failed + test.failed
     if skipped:
