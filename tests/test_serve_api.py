@@ -248,3 +248,36 @@ def test_concurrent_uploads_on_loopback(app_cfg, images):
         with ThreadPoolExecutor(16) as ex:
             codes = list(ex.map(one, range(64)))
     assert set(codes) == {200415}, codes
+
+
+# ---- command line and imports ---------------------------------------------------------------
+def test_cli_errors_name_the_problem(capsys, tiny_model, tmp_path):
+    from aekit.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["serve", "--help"])
+    assert e.value.code == 0 and "--learn" in capsys.readouterr().out
+    assert main(["serve", str(tmp_path / "nowhere")]) == 2
+    assert "nowhere" in capsys.readouterr().err
+    model = str(tiny_model(1, 4))
+    assert main(["serve", model, "--learn", "--checkpoint", str(tmp_path / "no.pt")]) == 2
+    assert "no.pt" in capsys.readouterr().err
+    assert main(["serve", model, "--calibration", str(tmp_path / "nocal")]) == 2
+    assert "nocal" in capsys.readouterr().err
+
+
+def test_serving_without_learning_never_imports_torch(tiny_model, images):
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, warnings; warnings.simplefilter('ignore')\n"
+        "from fastapi.testclient import TestClient\n"
+        "from serve.app import create_app\nfrom serve.config import ServeConfig\n"
+        f"c = TestClient(create_app(ServeConfig(model={str(tiny_model(1, 4))!r})))\n"
+        f"data = open({str(images['bag'][0])!r}, 'rb').read()\n"
+        "assert c.post('/v1/reconstruct', content=data, headers={'content-type': 'image/png'}).status_code == 200\n"
+        "print('torch' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
