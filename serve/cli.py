@@ -7,6 +7,8 @@ Heavy imports (fastapi, uvicorn, onnxruntime, torch) happen only when the comman
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
 
 from serve.config import MB, ServeConfig
 
@@ -62,8 +64,32 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from serve.app import create_app
 
     cfg = config_from_args(args)
+    server_cls = _server_class()
     app = create_app(cfg)
     print(f"aekit serve: model {app.state.server.store.current.model_id} at http://{cfg.host}:{cfg.port}/ "
           f"(learning {'on' if cfg.learn else 'off'})", flush=True)
-    uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="warning", timeout_keep_alive=5)
+    server = server_cls(uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level="warning", timeout_keep_alive=5))
+    server.run()
+    print("aekit serve: stopped", flush=True)
     return 0
+
+
+def _server_class():
+    import uvicorn
+
+    class QuietServer(uvicorn.Server):
+        """uvicorn.Server whose Ctrl-C/SIGTERM ends the run gracefully (no re-raised signal, no traceback)."""
+
+        @contextlib.contextmanager
+        def capture_signals(self):
+            def stop(*_: object) -> None:
+                self.should_exit = True
+
+            old = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+            try:
+                yield
+            finally:
+                for s, h in old.items():
+                    signal.signal(s, h)
+
+    return QuietServer
