@@ -1,6 +1,6 @@
 """Classifier accuracy on reconstructions: a small CNN trained once on original images, then scored on a model's outputs.
 
-    python -m bench.classifier data/fmnist/train data/fmnist/test --json bench/results/classifier.json
+    python -m bench.classifier data/fmnist/train data/fmnist/test --model models/fmnist-r4 --json classifier.json
 The classifier is cached under runs/classifier/<hash>.pt (hash of the data folder and the settings), so an
 experiment comparing many autoencoders trains it once. Reconstructions go through the ONNX runtime exactly
 as the codec decodes them (encode -> quantise -> dequantise -> decode).
@@ -235,8 +235,9 @@ def reconstruction_metrics(orig: np.ndarray, recon: np.ndarray, batch_size: int 
             "structure": float(np.mean(np.concatenate(values))), "structure_metric": name}
 
 
-def record(train_dir: str, test_dir: str, cfg: ClassifierConfig, out: Path, threads: int) -> dict[str, Any]:
-    """Train (or reuse) the classifier and measure its accuracy on the original test images."""
+def record(train_dir: str, test_dir: str, cfg: ClassifierConfig, out: Path, threads: int,
+           models: list[str] = ()) -> dict[str, Any]:
+    """Train (or reuse) the classifier; its accuracy on the original test images and on each model's reconstructions."""
     import platform
     import sys
     from datetime import datetime, timezone
@@ -250,11 +251,16 @@ def record(train_dir: str, test_dir: str, cfg: ClassifierConfig, out: Path, thre
         raise ImageError(f"{test_dir}: classes {classes} differ from the training classes {clf.classes}")
     t0 = time.perf_counter()
     acc = classifier_accuracy(clf, images, labels)
+    per_model = {}
+    for m in models:
+        orig, recon, y = reconstruct_folder(m, test_dir, size=cfg.size, threads=threads)
+        per_model[m] = {"accuracy_on_reconstructions": classifier_accuracy(clf, recon, y),
+                        "accuracy_on_originals": classifier_accuracy(clf, orig, y), **reconstruction_metrics(orig, recon)}
     return {"command": "python -m " + " ".join(["bench.classifier", *sys.argv[1:]]), "classifier": str(path),
             "test_dir": test_dir, "n_test": len(images), "test_accuracy": acc,
             "test_time_s": round(time.perf_counter() - t0, 2),
             **{k: clf.info[k] for k in ("train_dir", "n_train", "train_accuracy", "train_time_s", "threads", "config")},
-            "machine": cpu_name(), "python": platform.python_version(), "torch": clf.info["torch"],
+            "reconstructions": per_model, "machine": cpu_name(), "python": platform.python_version(), "torch": clf.info["torch"],
             "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
 
@@ -270,10 +276,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=d.epochs)
     p.add_argument("--max-images", type=int, default=d.max_images, help="seeded training subset (0: all)")
     p.add_argument("--threads", type=int, default=1, help="torch threads")
+    p.add_argument("--model", action="append", default=[],
+                   help="exported model: also score its reconstructions of TEST (repeatable)")
     p.add_argument("--json", help="write the record to this JSON file")
     args = p.parse_args(argv)
     rec = record(args.train, args.test, ClassifierConfig(epochs=args.epochs, max_images=args.max_images),
-                 Path(args.out), args.threads)
+                 Path(args.out), args.threads, args.model)
     print(json.dumps(rec, indent=1))
     if args.json:
         from aekit.images import atomic_write_bytes

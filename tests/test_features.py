@@ -124,3 +124,15 @@ def test_cli_errors_name_the_path(model, tmp_path, capsys):
     rc, _, err = run(capsys, "probe", model, "--train", tmp_path, "--test", tmp_path, "--labels", "ten")
     assert rc == 2 and "--labels 'ten'" in err
     assert not (tmp_path / "f.npz").exists()
+
+
+def test_extraction_imports_neither_torch_nor_sklearn(model, fmnist_dir):
+    import subprocess
+    import sys
+
+    code = (f"import sys; from export.features import extract_features; "
+            f"f = extract_features({str(model)!r}, {str(fmnist_dir / 'test' / 'bag')!r}, threads=1); "
+            f"print(len(f), 'torch' in sys.modules, 'sklearn' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    n, torch_loaded, sklearn_loaded = out.stdout.split()
+    assert int(n) > 0 and torch_loaded == "False" and sklearn_loaded == "False"
