@@ -244,8 +244,11 @@ def record(train_dir: str, test_dir: str, cfg: ClassifierConfig, out: Path, thre
 
     from aekit.machine import cpu_name
 
+    import torch
+
     path = train_classifier(train_dir, out, threads=threads, cfg=cfg)
     clf = load_classifier(path)
+    torch.set_num_threads(threads or torch.get_num_threads())
     images, labels, classes, _, _ = load_images(test_dir, clf.channels, 1, LoadConfig(size=cfg.size))
     if classes != clf.classes:
         raise ImageError(f"{test_dir}: classes {classes} differ from the training classes {clf.classes}")
