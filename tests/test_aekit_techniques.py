@@ -256,8 +256,10 @@ def test_experiment_table_end_to_end(fmnist_dir, tmp_path):
     assert set(rows) == {"pixelshuffle", "progressive"}
     for r in rows.values():
         assert 0 < r["mse"] < 1 and r["psnr_db"] > 8 and 0 <= r["clf_acc_recon"] <= 1 and 0 <= r["probe_acc"] <= 1
+        assert 5 < r["denoise_psnr_db"] < 40
     assert "--progressive 14:1" in rows["progressive"]["command"]
     assert "### Ratio 1/9" in result["markdown"] and "Progressive resizing at 1/9" in result["markdown"]
+    assert 15 < result["noisy_input_psnr_db"] < 25  # sigma 0.1 noise: about 20 dB
     assert (tmp_path / "exp" / "results.md").exists()
     again = run_experiment(cfg)  # everything kept: nothing retrained
     assert [r["train_cpu_s"] for r in again["rows"]] == [r["train_cpu_s"] for r in result["rows"]]
