@@ -29,6 +29,21 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
     return Path(path)
 
 
+def load_state_file(path: str | Path, what: str) -> dict[str, Any]:
+    """A third-party state_dict file (e.g. ImageNet weights), loaded with weights_only=True;
+    errors name the file and what it should have been (`what`, e.g. "VGG19")."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: {what} weights file not found")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise RuntimeError(f"{path}: not a readable {what} state_dict ({e})") from None
+    if not isinstance(state, dict):
+        raise RuntimeError(f"{path}: not a {what} state_dict")
+    return state
+
+
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():

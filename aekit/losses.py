@@ -154,16 +154,11 @@ def load_vgg_features(net: str, weights_file: str | Path | None, layers: int) ->
 
     label = net.upper()
     if weights_file is not None:
-        path = Path(weights_file)
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: {label} weights file not found")
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:
-            raise RuntimeError(f"{path}: not a readable {label} state_dict ({e})") from None
-        if not isinstance(state, dict):
-            raise RuntimeError(f"{path}: not a {label} state_dict")
         from torchvision.models.vgg import cfgs, make_layers
+
+        from aekit.checkpoint import load_state_file
+
+        path, state = Path(weights_file), load_state_file(weights_file, label)
 
         features = make_layers(cfgs[VGG_CFG[net]])[:layers]  # the feature stack, without the classifier
         # accept a full state_dict ("features.N.weight") or a features-only one ("N.weight")

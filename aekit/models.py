@@ -302,16 +302,10 @@ class ResNetTrunk(nn.Module):
     def load_pretrained(self, weights_file: str | Path | None) -> str:
         """ImageNet weights from a local state_dict, else torchvision's weights API (its cache
         or the network); returns where they came from, or "random init" when neither exists."""
-        state = None
         if weights_file:
-            path = Path(weights_file)
-            if not path.is_file():
-                raise FileNotFoundError(f"{path}: encoder weights file not found")
-            try:
-                state = torch.load(path, map_location="cpu", weights_only=True)
-            except Exception as e:
-                raise RuntimeError(f"{path}: not a readable {self.backbone} state_dict ({e})") from None
-            source = str(path)
+            from aekit.checkpoint import load_state_file
+
+            state, source = load_state_file(weights_file, self.backbone), str(weights_file)
         else:
             import torchvision.models as tvm
 

@@ -64,27 +64,40 @@ class ExperimentConfig:
     seed: int = 0
 
 
-def train_subset(cfg: ExperimentConfig) -> Path:
-    """A class-balanced copy (hard links) of the first train_images/classes images per class."""
-    src = Path(cfg.data) / "train"
-    dst = Path(cfg.out) / f"data-train-{cfg.train_images}"
+def class_subset(src: Path, dst: Path, skip: int, per: int) -> Path:
+    """dst/<class>/: images skip..skip+per (sorted) of each class folder of src, as hard links
+    (copies where links fail); built under a temp name, so an interrupted run leaves no half set."""
     if dst.is_dir():
         return dst
-    classes = sorted(p for p in src.iterdir() if p.is_dir())
+    classes = sorted(p for p in src.iterdir() if p.is_dir()) if src.is_dir() else []
     if not classes:
-        raise FileNotFoundError(f"{src}: no class folders (run: aekit data fashion-mnist {cfg.data})")
-    per = cfg.train_images // len(classes)
+        raise FileNotFoundError(f"{src}: no class folders (run: aekit data fashion-mnist {src.parent})")
     tmp = dst.with_name(dst.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     for c in classes:
         (tmp / c.name).mkdir(parents=True)
-        for f in sorted(c.iterdir())[:per]:
+        for f in sorted(c.iterdir())[skip:skip + per]:
             try:
                 (tmp / c.name / f.name).hardlink_to(f)
             except OSError:
                 shutil.copy2(f, tmp / c.name / f.name)
     tmp.rename(dst)
     return dst
+
+
+def train_subset(cfg: ExperimentConfig) -> Path:
+    """The autoencoders' class-balanced training set: the first train_images/10 images per class."""
+    src = Path(cfg.data) / "train"
+    n = len([p for p in src.iterdir() if p.is_dir()]) if src.is_dir() else 1
+    return class_subset(src, Path(cfg.out) / f"data-train-{cfg.train_images}", 0, cfg.train_images // max(1, n))
+
+
+def probe_pool(cfg: ExperimentConfig) -> Path:
+    """Training images not in the autoencoders' subset, from which the probe draws labelled subsets."""
+    src = Path(cfg.data) / "train"
+    n = max(1, len([p for p in src.iterdir() if p.is_dir()]))
+    return class_subset(src, Path(cfg.out) / f"data-probe-{cfg.probe_pool}", cfg.train_images // n,
+                        cfg.probe_pool // n)
 
 
 def random_vgg(net: str, out: Path, seed: int) -> str:
@@ -203,24 +216,6 @@ def measure(cfg: ExperimentConfig, model: Path, clf: Any, pool: Path) -> dict[st
     row["probe_acc"] = res[0].accuracy
     row["probe_std"] = res[0].std
     return row
-
-
-def probe_pool(cfg: ExperimentConfig) -> Path:
-    """Training images (not in the autoencoder's subset) the probe draws labelled subsets from."""
-    src = Path(cfg.data) / "train"
-    dst = Path(cfg.out) / f"data-probe-{cfg.probe_pool}"
-    if dst.is_dir():
-        return dst
-    classes = sorted(p for p in src.iterdir() if p.is_dir())
-    per, skip = cfg.probe_pool // len(classes), cfg.train_images // len(classes)
-    tmp = dst.with_name(dst.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    for c in classes:
-        (tmp / c.name).mkdir(parents=True)
-        for f in sorted(c.iterdir())[skip:skip + per]:
-            (tmp / c.name / f.name).hardlink_to(f)
-    tmp.rename(dst)
-    return dst
 
 
 def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:

@@ -177,7 +177,7 @@ def test_pretrained_weights_errors(tmp_path):
     from aekit.models import ResNetTrunk
 
     trunk = ResNetTrunk("resnet18", 4)
-    with pytest.raises(FileNotFoundError, match="nope.pt: encoder weights file not found"):
+    with pytest.raises(FileNotFoundError, match="nope.pt: resnet18 weights file not found"):
         trunk.load_pretrained(tmp_path / "nope.pt")
     torch.save({"conv1.weight": torch.zeros(1)}, tmp_path / "bad.pt")
     with pytest.raises(RuntimeError, match="bad.pt: resnet18 weights lack"):
