@@ -278,6 +278,18 @@ def time_to_reach(row: dict[str, Any], target: float) -> float | None:
     return None
 
 
+def equal_quality(base: dict[str, Any], prog: dict[str, Any]) -> str:
+    """Time saved at equal quality: when the full-size run first matched the progressive run's final PSNR."""
+    target = prog["val_psnr_by_epoch"][-1]
+    t = time_to_reach(base, target)
+    if t is None:
+        return f" The full-size run never fell to {target} dB."
+    saved = t - prog["train_time_s"]
+    return (f" At equal quality ({target} dB) the full-size run needed {t} s and the progressive run "
+            f"{prog['train_time_s']} s: {'saved' if saved > 0 else 'lost'} {abs(saved):.1f} s "
+            f"({100 * abs(saved) / t:.0f} %).")
+
+
 def report(cfg: ExperimentConfig, rows: list[dict[str, Any]], clf_orig: float, clf_info: dict,
            probe_pixels: float, noisy_psnr: float) -> dict[str, Any]:
     from aekit.machine import cpu_name
@@ -320,7 +332,8 @@ def report(cfg: ExperimentConfig, rows: list[dict[str, Any]], clf_orig: float, c
             lines += ["", f"Progressive resizing at 1/{ratio}: {prog['train_time_s']} s vs {base['train_time_s']} s "
                       f"for the full-size run; final validation PSNR {prog['val_psnr_by_epoch'][-1]} vs {target} dB; "
                       + (f"reached the full-size run's final PSNR after {t} s ({100 * (1 - t / base['train_time_s']):.0f} % "
-                         "less time)." if t else "did not reach the full-size run's final PSNR in this budget.")]
+                         "less time)." if t else "did not reach the full-size run's final PSNR in this budget.")
+                      + equal_quality(base, prog)]
         lines.append("")
     result = {**meta, "rows": rows, "markdown": "\n".join(lines)}
     out = Path(cfg.out)
