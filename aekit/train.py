@@ -95,6 +95,7 @@ class Trainer:
         if tcfg.threads > 0:
             torch.set_num_threads(tcfg.threads)
         self.start_epoch, self.best_val, self.best_epoch = 0, math.inf, -1
+        self.trained_side = 0  # side (px) of the last training batch, logged per epoch
         self.history: list[dict[str, Any]] = []
         torch.manual_seed(tcfg.seed)
         self.model: Autoencoder = build_model(mcfg).to(self.device)
@@ -184,7 +185,7 @@ class Trainer:
             self.sched.step()
             row = {
                 "epoch": epoch + 1,
-                "size": self.phases[epoch] or self.tcfg.data_cfg.size,
+                "size": self.trained_side,  # side of the images this epoch trained on
                 "train_loss": train_loss,
                 "train_psnr": psnr_from_mse(train_mse),
                 "val_loss": val["loss"],
@@ -219,6 +220,7 @@ class Trainer:
             x = to_tensor(batch, self.device)
             if size:  # progressive resizing: this epoch trains on down-scaled images
                 x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+            self.trained_side = x.shape[-1]
             loss, parts = self._step(x)
             total += loss * len(x)
             total_mse += parts["_mse"] * len(x)

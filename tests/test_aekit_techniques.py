@@ -143,7 +143,7 @@ def test_denoising_and_progressive_training_run(fmnist_dir, tmp_path):
                      epochs=3, noise="mask:0.2", progressive="14:2")
     summary = tr.run()
     rows = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
-    assert [r["size"] for r in rows] == [14, 14, 256]  # size column: low res first, then the data's own
+    assert [r["size"] for r in rows] == [14, 14, 28]  # size column: low res first, then the images' own
     assert summary["noise"] == "mask:0.2" and summary["progressive"] == "14:2"
     assert rows[-1]["val_psnr"] > rows[0]["val_psnr"]
 
