@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import platform
 import resource
 import shlex
@@ -25,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from aekit.images import psnr
 
 # name -> (what it is, extra `aekit train` arguments). Rows other than "dcgan" use the default
 # pixel-shuffle decoder, so "pixelshuffle" is the reference every technique changes one thing of.
@@ -192,12 +193,7 @@ def denoise_psnr(cfg: ExperimentConfig, model: Path, orig: np.ndarray) -> float:
     rt = Runtime(model, device="cpu", threads=cfg.threads)
     noisy = noisy_copy(orig, cfg.seed)
     recon = np.concatenate([rt.reconstruct(noisy[s:s + 256]) for s in range(0, len(noisy), 256)])
-    return psnr_db(orig, recon)
-
-
-def psnr_db(a: np.ndarray, b: np.ndarray) -> float:
-    mse = float(np.mean((a.astype(np.float64) / 255 - b.astype(np.float64) / 255) ** 2))
-    return float("inf") if mse == 0 else 10 * math.log10(1 / mse)
+    return psnr(orig, recon)
 
 
 def measure(cfg: ExperimentConfig, model: Path, clf: Any, pool: Path) -> dict[str, Any]:
@@ -260,7 +256,7 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
         if "denoise_psnr_db" not in r:
             r["denoise_psnr_db"] = denoise_psnr(cfg, out / "models" / f"{r['technique']}-r{r['ratio']}", orig)
     rows_file.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    cfg_noisy = psnr_db(orig, noisy_copy(orig, cfg.seed))
+    cfg_noisy = psnr(orig, noisy_copy(orig, cfg.seed))
     return report(cfg, rows, clf_orig, clf.info, pixel_probe(cfg, _any_model(out), pool), cfg_noisy)
 
 

@@ -18,29 +18,34 @@ EXIT_DOC = "Exit codes: 0 all files done (or skipped as existing); 2 usage error
 FMT = argparse.ArgumentDefaultsHelpFormatter
 
 
+def common(p: argparse.ArgumentParser) -> None:
+    """Options of every folder job (compress, decompress, denoise): resume, batching, threads, limits."""
+    from codec.core import CodecConfig
+    from codec.jobs import JobConfig
+
+    c, j = CodecConfig(), JobConfig()
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    p.add_argument("--skip-existing", action="store_true", default=True,
+                   help="skip outputs that exist, so an interrupted run resumes (always on unless --overwrite)")
+    p.add_argument("--batch-size", type=int, default=c.batch_size, help="images of equal size per ONNX call")
+    p.add_argument("--workers", type=int, default=j.workers, help="threads reading and writing files")
+    p.add_argument("--device", choices=("auto", "cuda", "cpu"), default=c.device)
+    p.add_argument("--threads", type=int, default=c.threads, help="onnxruntime threads (0: default)")
+    p.add_argument("--tile", type=int, default=c.tile_px, help="tile side in pixels for large images")
+    p.add_argument("--full-res-max-pixels", type=int, default=c.full_res_max_pixels,
+                   help="images above this many pixels are coded in overlapping tiles")
+    p.add_argument("--max-pixels", type=int, default=c.max_pixels,
+                   help="refuse images above this many pixels (decompression bombs)")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="progress bar (default: only on a terminal)")
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     from codec.core import MODELS_ENV, CodecConfig
     from codec.jobs import JobConfig
     from export.engine_ray import add_engine_args
 
     c, j = CodecConfig(), JobConfig()
-
-    def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
-        p.add_argument("--skip-existing", action="store_true", default=True,
-                       help="skip outputs that exist, so an interrupted run resumes (always on unless --overwrite)")
-        p.add_argument("--batch-size", type=int, default=c.batch_size, help="images of equal size per ONNX call")
-        p.add_argument("--workers", type=int, default=j.workers, help="threads reading and writing files")
-        p.add_argument("--device", choices=("auto", "cuda", "cpu"), default=c.device)
-        p.add_argument("--threads", type=int, default=c.threads, help="onnxruntime threads (0: default)")
-        p.add_argument("--tile", type=int, default=c.tile_px, help="tile side in pixels for large images")
-        p.add_argument("--full-res-max-pixels", type=int, default=c.full_res_max_pixels,
-                       help="images above this many pixels are coded in overlapping tiles")
-        p.add_argument("--max-pixels", type=int, default=c.max_pixels,
-                       help="refuse images above this many pixels (decompression bombs)")
-        p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                       help="progress bar (default: only on a terminal)")
-        add_engine_args(p)  # --engine ray: the same job as a Ray Data pipeline (codec.ray_jobs)
 
     p = sub.add_parser("compress", help="compress images (file or folder tree) into .ael latent files",
                        formatter_class=FMT, description="Compress an image file or folder tree into mirrored "
@@ -51,6 +56,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--levels", type=int, default=c.levels,
                    help="latent quantisation levels, 2..256 (0: the model's); fewer = smaller files, lower quality")
     common(p)
+    add_engine_args(p)  # --engine ray: the same job as a Ray Data pipeline (codec.ray_jobs)
     p.set_defaults(func=cmd_compress)
 
     p = sub.add_parser("decompress", help="decode .ael latent files (file or folder tree) back to images",
@@ -63,6 +69,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--format", dest="out_format", choices=("png", "same"), default=j.out_format,
                    help="png: lossless PNG; same: the original file's suffix (JPEG q95, lossless WebP)")
     common(p)
+    add_engine_args(p)  # --engine ray: the same job as a Ray Data pipeline (codec.ray_jobs)
     p.set_defaults(func=cmd_decompress)
 
     p = sub.add_parser("evaluate", help="rate-distortion of models on a folder vs JPEG and WebP",
@@ -82,7 +89,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_evaluate)
 
 
-def _configs(args: argparse.Namespace):
+def job_configs(args: argparse.Namespace):
     from codec.core import CodecConfig
     from codec.jobs import JobConfig
 
@@ -105,7 +112,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
     from codec.core import Codec
     from codec.jobs import compress_tree
 
-    ccfg, jcfg = _configs(args)
+    ccfg, jcfg = job_configs(args)
     if args.engine == "ray":
         from codec.ray_jobs import compress_tree_ray
 
@@ -117,7 +124,7 @@ def cmd_decompress(args: argparse.Namespace) -> int:
     from codec.core import Decoder
     from codec.jobs import decompress_tree
 
-    ccfg, jcfg = _configs(args)
+    ccfg, jcfg = job_configs(args)
     if args.engine == "ray":
         from codec.ray_jobs import decompress_tree_ray
 

@@ -50,9 +50,9 @@ def reconstruct_tree(src: str | Path, dst: str | Path, model_dir: str | Path, co
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from codec.core import CodecConfig
+    from codec.cli import common
 
-    c, j = CodecConfig(), JobConfig()
+    j = JobConfig()
     p = sub.add_parser("denoise", help="reconstruct images through a model (denoising with a --noise model)",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                        description="Encode, quantise and decode each image of SRC with an exported model and "
@@ -63,24 +63,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--out", required=True, help="output folder (mirrors SRC) or a single image file")
     p.add_argument("--format", dest="out_format", choices=("png", "same"), default=j.out_format,
                    help="png: lossless PNG; same: the original file's suffix")
-    p.add_argument("--overwrite", action="store_true", help="replace existing outputs (default: skip, resume)")
-    p.add_argument("--batch-size", type=int, default=c.batch_size, help="images of equal size per ONNX call")
-    p.add_argument("--workers", type=int, default=j.workers, help="threads reading and writing files")
-    p.add_argument("--device", choices=("auto", "cuda", "cpu"), default=c.device)
-    p.add_argument("--threads", type=int, default=c.threads, help="onnxruntime threads (0: default)")
-    p.add_argument("--max-pixels", type=int, default=c.max_pixels, help="refuse images above this many pixels")
-    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                   help="progress bar (default: only on a terminal)")
+    common(p)
     p.set_defaults(func=cmd_denoise)
 
 
 def cmd_denoise(args: argparse.Namespace) -> int:
-    from codec.core import CodecConfig
+    from codec.cli import job_configs
 
-    ccfg = CodecConfig(batch_size=args.batch_size, device=args.device, threads=args.threads,
-                       max_pixels=args.max_pixels)
-    jcfg = JobConfig(overwrite=args.overwrite, workers=args.workers, progress=args.progress,
-                     out_format=args.out_format)
+    ccfg, jcfg = job_configs(args)
     codec = Codec(args.model, ccfg)
     noise = (codec.rt.manifest.get("training") or {}).get("noise")
     if not noise:
