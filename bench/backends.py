@@ -111,7 +111,7 @@ def make_runner(name: str, precision: str, manifest: dict[str, Any], opts: Backe
 
 def cuda_status() -> str | None:
     """None if a CUDA GPU is usable, else one line saying why not."""
-    from export.runtime import gpu_visible
+    from aekit.export.runtime import gpu_visible
 
     if not gpu_visible():
         return "no CUDA GPU visible on this machine (no /dev/nvidia*, or CUDA_VISIBLE_DEVICES hides it)"
@@ -215,7 +215,7 @@ class OrtRunner(Runner):
     def load(self, images: np.ndarray, y_hat: np.ndarray) -> None:
         import onnx
 
-        from bench.graphs import pixel_decoder, pixel_encoder
+        from aekit.bench.graphs import pixel_decoder, pixel_encoder
 
         d = Path(self.manifest["_dir"])
         if self.enc is None or self.shape != images.shape:
@@ -283,7 +283,7 @@ class OrtRunner(Runner):
     def peak_memory(self) -> int | None:
         """Device memory this process holds: onnxruntime's arena never shrinks, so it is the high-water
         mark of every run so far (sessions, weights, cuDNN workspaces, activations)."""
-        from bench.sysinfo import process_gpu_memory_bytes
+        from aekit.bench.sysinfo import process_gpu_memory_bytes
 
         return process_gpu_memory_bytes() if self.device == "cuda" else None
 

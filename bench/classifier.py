@@ -1,6 +1,6 @@
 """Classifier accuracy on reconstructions: a small CNN trained once on original images, then scored on a model's outputs.
 
-    python -m bench.classifier data/fmnist/train data/fmnist/test --model models/fmnist-r4 --json classifier.json
+    python -m aekit.bench.classifier data/fmnist/train data/fmnist/test --model models/fmnist-r4 --json classifier.json
 The classifier is cached under runs/classifier/<hash>.pt (hash of the data folder and the settings), so an
 experiment comparing many autoencoders trains it once. Reconstructions go through the ONNX runtime exactly
 as the codec decodes them (encode -> quantise -> dequantise -> decode).
@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from aekit.images import ImageError, atomic_output, scan_folder
-from export.features import LoadConfig, load_images
+from aekit.export.features import LoadConfig, load_images
 
 CLASSIFIER_FORMAT = "aekit-classifier"
 CLASSIFIER_VERSION = 1
@@ -196,9 +196,9 @@ def reconstruct_folder(model_dir: str | Path, data_dir: str | Path, max_images: 
                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(originals, reconstructions, labels): uint8 (N, H, W, C) twice, int labels (sorted class folders of data_dir).
 
-    Reconstructions are what the codec decodes: encode -> quantise -> dequantise -> decode (export.runtime).
+    Reconstructions are what the codec decodes: encode -> quantise -> dequantise -> decode (aekit.export.runtime).
     """
-    from export.runtime import Runtime
+    from aekit.export.runtime import Runtime
 
     rt = Runtime(model_dir, device=device, threads=threads)
     images, labels, _, _, failed = load_images(data_dir, rt.channels, rt.factor,
@@ -259,7 +259,7 @@ def record(train_dir: str, test_dir: str, cfg: ClassifierConfig, out: Path, thre
         orig, recon, y = reconstruct_folder(m, test_dir, size=cfg.size, threads=threads)
         per_model[m] = {"accuracy_on_reconstructions": classifier_accuracy(clf, recon, y),
                         "accuracy_on_originals": classifier_accuracy(clf, orig, y), **reconstruction_metrics(orig, recon)}
-    return {"command": "python -m " + " ".join(["bench.classifier", *sys.argv[1:]]), "classifier": str(path),
+    return {"command": "python -m " + " ".join(["aekit.bench.classifier", *sys.argv[1:]]), "classifier": str(path),
             "test_dir": test_dir, "n_test": len(images), "test_accuracy": acc,
             "test_time_s": round(time.perf_counter() - t0, 2),
             **{k: clf.info[k] for k in ("train_dir", "n_train", "train_accuracy", "train_time_s", "threads", "config")},
@@ -271,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
 
     d = ClassifierConfig()
-    p = argparse.ArgumentParser(prog="python -m bench.classifier", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m aekit.bench.classifier", description=__doc__,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("train", help="labelled training folder (one subfolder per class)")
     p.add_argument("test", help="labelled test folder (same classes)")

@@ -31,7 +31,7 @@ def _batch(text: str) -> int:
 
 
 def _size(text: str) -> tuple[int, int]:
-    from bench.run import parse_size
+    from aekit.bench.run import parse_size
 
     return parse_size(text.strip())
 
@@ -77,8 +77,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     import sys
     from pathlib import Path
 
-    from bench.report import plot, table, write_json
-    from bench.run import BenchConfig, run_bench
+    from aekit.bench.report import plot, table, write_json
+    from aekit.bench.run import BenchConfig, run_bench
 
     cfg = BenchConfig(model=args.model, device=args.device, backends=args.backend, batches=args.batch,
                       sizes=args.size or (), precisions=args.precision, seconds=args.seconds, warmup=args.warmup,

@@ -165,7 +165,7 @@ def train_run(cfg: ExperimentConfig, args: list[str], run: Path, log: Path) -> f
 
 def pixel_probe(cfg: ExperimentConfig, model: Path, pool: Path) -> float:
     """The probe on raw pixels of the same images and labelled subsets: the baseline of the claim."""
-    from export.features import extract_features, pixel_features, probe
+    from aekit.export.features import extract_features, pixel_features, probe
 
     tr = extract_features(model, pool, threads=cfg.threads)
     te = extract_features(model, Path(cfg.data) / "test", max_images=cfg.test_images, seed=cfg.seed,
@@ -188,7 +188,7 @@ def noisy_copy(images: np.ndarray, seed: int) -> np.ndarray:
 
 def denoise_psnr(cfg: ExperimentConfig, model: Path, orig: np.ndarray) -> float:
     """PSNR of the model's reconstruction of noisy test images against the clean ones."""
-    from export.runtime import Runtime
+    from aekit.export.runtime import Runtime
 
     rt = Runtime(model, device="cpu", threads=cfg.threads)
     noisy = noisy_copy(orig, cfg.seed)
@@ -198,8 +198,8 @@ def denoise_psnr(cfg: ExperimentConfig, model: Path, orig: np.ndarray) -> float:
 
 def measure(cfg: ExperimentConfig, model: Path, clf: Any, pool: Path) -> dict[str, Any]:
     """Test-set metrics of one exported model, as the codec decodes."""
-    from bench.classifier import classifier_accuracy, reconstruct_folder, reconstruction_metrics
-    from export.features import extract_features, probe
+    from aekit.bench.classifier import classifier_accuracy, reconstruct_folder, reconstruction_metrics
+    from aekit.export.features import extract_features, probe
 
     test = Path(cfg.data) / "test"
     orig, recon, labels = reconstruct_folder(model, test, cfg.test_images, seed=cfg.seed, threads=cfg.threads)
@@ -215,7 +215,7 @@ def measure(cfg: ExperimentConfig, model: Path, clf: Any, pool: Path) -> dict[st
 
 
 def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
-    from bench.classifier import classifier_accuracy, load_classifier, reconstruct_folder, train_classifier
+    from aekit.bench.classifier import classifier_accuracy, load_classifier, reconstruct_folder, train_classifier
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)

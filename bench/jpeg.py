@@ -96,7 +96,7 @@ class NvJpeg:
     device = "cuda"
 
     def __init__(self, quality: int):
-        from bench.backends import BackendError, cuda_status
+        from aekit.bench.backends import BackendError, cuda_status
 
         try:
             import torch

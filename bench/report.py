@@ -1,7 +1,7 @@
 """Bench output: a human table, the JSON record and a throughput-vs-batch plot.
 
     print(table(report)); write_json(report, "bench/results/x.json"); plot(report, "bench/results/x.png")
-    python -m bench.report bench/results/*.json     # the tables again, from recorded JSON
+    python -m aekit.bench.report bench/results/*.json     # the tables again, from recorded JSON
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 from aekit.images import atomic_write_bytes
-from bench.run import BenchReport, StageResult
+from aekit.bench.run import BenchReport, StageResult
 
 
 def _mib(n: int | None) -> str:

@@ -16,11 +16,11 @@ from typing import Any, Callable
 
 import numpy as np
 
-from bench.backends import (ALL_BACKENDS, BackendError, BackendOptions, Runner, default_threads, is_oom,
+from aekit.bench.backends import (ALL_BACKENDS, BackendError, BackendOptions, Runner, default_threads, is_oom,
                             make_runner, one_line)
-from bench.timing import Timing, TimingConfig, time_call
-from export.manifest import load_manifest
-from export.runtime import dequantise, quantise
+from aekit.bench.timing import Timing, TimingConfig, time_call
+from aekit.export.manifest import load_manifest
+from aekit.export.runtime import dequantise, quantise
 
 REPORT_FORMAT, REPORT_VERSION = "aekit-bench", 1
 GROUPS = {"ort": ("ort-cpu", "ort-cuda", "ort-trt"), "torch": ("torch-eager", "torch-compile")}
@@ -127,7 +127,7 @@ def expand_backends(names: tuple[str, ...] | list[str], device: str) -> list[str
 
 
 def resolve_device(device: str) -> str:
-    from bench.backends import cuda_status
+    from aekit.bench.backends import cuda_status
 
     if device not in ("auto", "cuda", "cpu"):
         raise ValueError(f"--device {device!r}: expected auto, cuda or cpu")
@@ -251,7 +251,7 @@ class Sweep:
     """State of one bench run: model, images, runners, results; methods add results."""
 
     def __init__(self, cfg: BenchConfig, log: Callable[[str], None]):
-        from bench.sysinfo import HostPeakMemory, environment
+        from aekit.bench.sysinfo import HostPeakMemory, environment
 
         self.cfg, self.log = cfg, log
         self.t0 = time.perf_counter()
@@ -285,15 +285,15 @@ class Sweep:
         if not self.cfg.entropy:
             return None
         try:
-            from export.entropy import EntropyModel
+            from aekit.export.entropy import EntropyModel
         except ImportError as e:
-            self.note(f"entropy stages skipped: export.entropy is not available ({e})")
+            self.note(f"entropy stages skipped: aekit.export.entropy is not available ({e})")
             return None
         return EntropyModel.from_manifest(self.manifest)
 
     def _peak(self) -> dict[str, Any]:
         """Device peak TFLOP/s per precision: the GPU's datasheet, or a measured CPU matmul."""
-        from bench.flops import gpu_peak_tflops, measured_matmul_tflops
+        from aekit.bench.flops import gpu_peak_tflops, measured_matmul_tflops
 
         env = self.report.environment
         if self.device == "cuda":
@@ -301,9 +301,9 @@ class Sweep:
             peak = {p: gpu_peak_tflops(name, "tf32" if p == "fp32" else p) for p in ("fp32", "fp16", "bf16")}
             src = f"datasheet dense peak for {name!r} (fp32 compared with TF32: cuDNN convs use it by default)"
             if all(v is None for v in peak.values()):
-                src = f"{name!r} not in bench.flops.GPU_PEAK_TFLOPS: no peak fraction"
+                src = f"{name!r} not in aekit.bench.flops.GPU_PEAK_TFLOPS: no peak fraction"
         else:  # no datasheet for a CPU in a VM: the best of two large fp32 matmuls, measured now
-            from bench.flops import measured_ort_matmul_tflops
+            from aekit.bench.flops import measured_ort_matmul_tflops
 
             v = measured_matmul_tflops(seconds=1.0)
             try:
@@ -334,7 +334,7 @@ class Sweep:
                 continue
             self.run_size(np.stack([fit(im, h, w) for im in distinct]), h, w)
         for f in cfg.folders:
-            from bench.folder import folder_stage
+            from aekit.bench.folder import folder_stage
 
             for lim in cfg.folder_limits or (0,):
                 self.report.folders.append(folder_stage(m["_dir"], f, lim, self.log, self.device))
@@ -355,8 +355,8 @@ class Sweep:
 
     def run_size(self, images: np.ndarray, h: int, w: int) -> None:
         """images: the distinct images at this size (N, H, W, C)."""
-        from bench.flops import count_macs
-        from export.runtime import Runtime
+        from aekit.bench.flops import count_macs
+        from aekit.export.runtime import Runtime
 
         m, size = self.manifest, f"{h}x{w}"
         self.log(f"== {size}: {len(images)} distinct images, batches {', '.join(map(str, self.cfg.batches))}")
@@ -387,13 +387,13 @@ class Sweep:
     def _quality(self, images: np.ndarray, q: np.ndarray, rt: Any, size: str) -> dict[str, Any]:
         """Coded bytes and PSNR of ours vs JPEG at the quality giving a similar size."""
         from aekit.images import psnr
-        from bench.jpeg import match_quality
+        from aekit.bench.jpeg import match_quality
 
         rec = rt.decode(rt.dequantise(q), *images.shape[1:3])
         ours_psnr = float(np.mean([psnr(a, b) for a, b in zip(images, rec)]))
         coders: dict[str, int] = {}
         if self.entropy is not None:
-            from export.entropy import CODER_NAMES
+            from aekit.export.entropy import CODER_NAMES
 
             coded = [self.entropy.encode(s) for s in q]
             sizes = [len(p) for _, p in coded]
@@ -464,7 +464,7 @@ class Sweep:
 
     def _host_guard(self, name: str, prec: str, imgs: np.ndarray, flops_size: tuple[int, int]) -> str | None:
         """A CPU batch that would not fit in free RAM is refused before it can bring the machine down."""
-        from bench.flops import peak_activation_bytes
+        from aekit.bench.flops import peak_activation_bytes
 
         m = self.manifest
         try:
@@ -566,7 +566,7 @@ class Sweep:
         return out
 
     def run_jpeg(self, imgs: np.ndarray, size: str, b: int, h: int, w: int, quality: int) -> None:
-        from bench.jpeg import PillowJpeg
+        from aekit.bench.jpeg import PillowJpeg
 
         res, ch = self.report.results, imgs.shape[3]
         images = self.distinct[0]
@@ -589,7 +589,7 @@ class Sweep:
                  f"dec {rows[1].images_per_s:10.1f} img/s  ({nbytes:.0f} B/image)")
 
     def _nvjpeg(self, imgs: np.ndarray, size: str, b: int, h: int, w: int, quality: int) -> list[StageResult]:
-        from bench.jpeg import NvJpeg
+        from aekit.bench.jpeg import NvJpeg
 
         if "nvjpeg" not in self.runners:
             try:

@@ -2,7 +2,7 @@
 
     aekit compress photos/ -m models/photos-r4 -o latents/   # mirrored tree of .ael files
     aekit decompress latents/ -o decoded/                    # model found by the id in each file
-Python: compress_file, decompress_file, read_latents (codec.api). Format: codec/FORMAT.md.
+Python: compress_file, decompress_file, read_latents (aekit.codec.api). Format: codec/FORMAT.md.
 """
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ __all__ = ["compress_file", "decompress_file", "read_latents", "Codec", "Decoder
 
 def __getattr__(name: str) -> Any:  # lazy, so `aekit --help` does not load numpy/onnxruntime
     if name in ("compress_file", "decompress_file", "read_latents"):
-        from codec import api
+        from aekit.codec import api
 
         return getattr(api, name)
     if name in ("Codec", "Decoder", "CodecConfig", "CodecError"):
-        from codec import core
+        from aekit.codec import core
 
         return getattr(core, name)
     raise AttributeError(f"module 'codec' has no attribute {name!r}")

@@ -1,6 +1,6 @@
 """Python API of the codec: one file at a time, and latents as features for other models.
 
-    from codec import compress_file, decompress_file, read_latents
+    from aekit.codec import compress_file, decompress_file, read_latents
     compress_file("cat.png", "cat.png.ael", "models/photos-r4")
     decompress_file("cat.png.ael", "cat.png")        # model found by id (./models, $AEKIT_MODELS)
     y_hat = read_latents("cat.png.ael")              # float32 (c_y, H/f, W/f) in [-1, 1]
@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 
 from aekit.images import atomic_write_bytes
-from codec.core import Codec, CodecConfig, CodecError, Decoder, wrap_errors
-from codec.jobs import encode_image_file
-from export.runtime import dequantise
+from aekit.codec.core import Codec, CodecConfig, CodecError, Decoder, wrap_errors
+from aekit.codec.jobs import encode_image_file
+from aekit.export.runtime import dequantise
 
 
 def _exists_guard(dst: Path, overwrite: bool) -> None:

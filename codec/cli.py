@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from codec.format import SUFFIX
+from aekit.codec.format import SUFFIX
 
 EXIT_OK, EXIT_ERROR = 0, 2
 EXIT_DOC = "Exit codes: 0 all files done (or skipped as existing); 2 usage error or any file failed; 130 interrupted."
@@ -20,8 +20,8 @@ FMT = argparse.ArgumentDefaultsHelpFormatter
 
 def common(p: argparse.ArgumentParser) -> None:
     """Options of every folder job (compress, decompress, denoise): resume, batching, threads, limits."""
-    from codec.core import CodecConfig
-    from codec.jobs import JobConfig
+    from aekit.codec.core import CodecConfig
+    from aekit.codec.jobs import JobConfig
 
     c, j = CodecConfig(), JobConfig()
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
@@ -41,9 +41,9 @@ def common(p: argparse.ArgumentParser) -> None:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from codec.core import MODELS_ENV, CodecConfig
-    from codec.jobs import JobConfig
-    from export.engine_ray import add_engine_args
+    from aekit.codec.core import MODELS_ENV, CodecConfig
+    from aekit.codec.jobs import JobConfig
+    from aekit.export.engine_ray import add_engine_args
 
     c, j = CodecConfig(), JobConfig()
 
@@ -56,7 +56,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--levels", type=int, default=c.levels,
                    help="latent quantisation levels, 2..256 (0: the model's); fewer = smaller files, lower quality")
     common(p)
-    add_engine_args(p)  # --engine ray: the same job as a Ray Data pipeline (codec.ray_jobs)
+    add_engine_args(p)  # --engine ray: the same job as a Ray Data pipeline (aekit.codec.ray_jobs)
     p.set_defaults(func=cmd_compress)
 
     p = sub.add_parser("decompress", help="decode .ael latent files (file or folder tree) back to images",
@@ -69,7 +69,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--format", dest="out_format", choices=("png", "same"), default=j.out_format,
                    help="png: lossless PNG; same: the original file's suffix (JPEG q95, lossless WebP)")
     common(p)
-    add_engine_args(p)  # --engine ray: the same job as a Ray Data pipeline (codec.ray_jobs)
+    add_engine_args(p)  # --engine ray: the same job as a Ray Data pipeline (aekit.codec.ray_jobs)
     p.set_defaults(func=cmd_decompress)
 
     p = sub.add_parser("evaluate", help="rate-distortion of models on a folder vs JPEG and WebP",
@@ -90,8 +90,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def job_configs(args: argparse.Namespace):
-    from codec.core import CodecConfig
-    from codec.jobs import JobConfig
+    from aekit.codec.core import CodecConfig
+    from aekit.codec.jobs import JobConfig
 
     ccfg = CodecConfig(batch_size=args.batch_size, full_res_max_pixels=args.full_res_max_pixels,
                        tile_px=args.tile, device=args.device, threads=args.threads,
@@ -109,24 +109,24 @@ def _finish(report) -> int:
 
 
 def cmd_compress(args: argparse.Namespace) -> int:
-    from codec.core import Codec
-    from codec.jobs import compress_tree
+    from aekit.codec.core import Codec
+    from aekit.codec.jobs import compress_tree
 
     ccfg, jcfg = job_configs(args)
     if args.engine == "ray":
-        from codec.ray_jobs import compress_tree_ray
+        from aekit.codec.ray_jobs import compress_tree_ray
 
         return _finish(compress_tree_ray(args.src, args.out, args.model, ccfg, _ray_config(args, ccfg)))
     return _finish(compress_tree(args.src, args.out, Codec(args.model, ccfg), jcfg))
 
 
 def cmd_decompress(args: argparse.Namespace) -> int:
-    from codec.core import Decoder
-    from codec.jobs import decompress_tree
+    from aekit.codec.core import Decoder
+    from aekit.codec.jobs import decompress_tree
 
     ccfg, jcfg = job_configs(args)
     if args.engine == "ray":
-        from codec.ray_jobs import decompress_tree_ray
+        from aekit.codec.ray_jobs import decompress_tree_ray
 
         return _finish(decompress_tree_ray(args.src, args.out, args.models, ccfg, _ray_config(args, ccfg),
                                            jcfg.out_format))
@@ -135,7 +135,7 @@ def cmd_decompress(args: argparse.Namespace) -> int:
 
 def _ray_config(args: argparse.Namespace, ccfg):
     """Ray options; each actor's onnxruntime uses its reserved CPUs unless --threads says otherwise."""
-    from export.engine_ray import ray_config
+    from aekit.export.engine_ray import ray_config
 
     if not ccfg.threads:
         ccfg.threads = max(1, round(args.actor_cpus))
@@ -143,7 +143,7 @@ def _ray_config(args: argparse.Namespace, ccfg):
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from codec.evaluate import EvalConfig, evaluate
+    from aekit.codec.evaluate import EvalConfig, evaluate
 
     cfg = EvalConfig(src=args.src, models=args.model, out=args.out, limit=args.limit, tile_px=args.tile,
                      levels=args.levels,

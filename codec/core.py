@@ -17,10 +17,10 @@ from typing import Any
 import numpy as np
 
 from aekit.images import DEFAULT_MAX_PIXELS, ImageError, load_image
-from codec.format import FLAG_TILED, QUANT_TANH_UNIFORM, LatentFormatError, LatentHeader, pack, parse
-from export.entropy import EntropyError, EntropyModel
-from export.manifest import ModelError, find_model, load_manifest
-from export.runtime import Runtime, dequantise, quantise
+from aekit.codec.format import FLAG_TILED, QUANT_TANH_UNIFORM, LatentFormatError, LatentHeader, pack, parse
+from aekit.export.entropy import EntropyError, EntropyModel
+from aekit.export.manifest import ModelError, find_model, load_manifest
+from aekit.export.runtime import Runtime, dequantise, quantise
 
 MODELS_ENV = "AEKIT_MODELS"  # os.pathsep-separated model folders or folders of model folders
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from aekit.images import is_image_name
-from codec.core import Codec, Decoder
-from codec.jobs import Item, JobConfig, JobReport, _Pipeline, _progress, decoded_name, encode_image_file, plan
+from aekit.codec.core import Codec, Decoder
+from aekit.codec.jobs import Item, JobConfig, JobReport, _Pipeline, _progress, decoded_name, encode_image_file, plan
 
 
 def reconstruct_tree(src: str | Path, dst: str | Path, model_dir: str | Path, codec: Codec,
@@ -50,7 +50,7 @@ def reconstruct_tree(src: str | Path, dst: str | Path, model_dir: str | Path, co
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from codec.cli import common
+    from aekit.codec.cli import common
 
     j = JobConfig()
     p = sub.add_parser("denoise", help="reconstruct images through a model (denoising with a --noise model)",
@@ -68,7 +68,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_denoise(args: argparse.Namespace) -> int:
-    from codec.cli import job_configs
+    from aekit.codec.cli import job_configs
 
     ccfg, jcfg = job_configs(args)
     codec = Codec(args.model, ccfg)

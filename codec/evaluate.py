@@ -3,7 +3,7 @@
     aekit evaluate data/fmnist/test -m models/fmnist-r4 -m models/fmnist-r9 -o codec/results/fmnist
 For each model: mean file bytes (header included), bits per pixel, PSNR and MS-SSIM of the
 decoded images; JPEG and WebP are swept over quality and interpolated at the model's mean
-bytes. Writes results.json, results.md and rd.png. Torch-free (metrics in codec.metrics).
+bytes. Writes results.json, results.md and rd.png. Torch-free (metrics in aekit.codec.metrics).
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ from PIL import Image
 
 from aekit.images import atomic_write_bytes, is_image_name
 from aekit.machine import cpu_name
-from codec.core import Codec, CodecConfig, Decoder, load_for_model
-from codec.jobs import walk
-from codec.metrics import msssim_batch, msssim_scales, psnr_batch
+from aekit.codec.core import Codec, CodecConfig, Decoder, load_for_model
+from aekit.codec.jobs import walk
+from aekit.codec.metrics import msssim_batch, msssim_scales, psnr_batch
 
 QUALITIES = (1, 3, 5, 10, 15, 20, 30, 40, 50, 60, 70, 80, 90, 95)
 
@@ -205,7 +205,7 @@ def label(m: dict[str, Any]) -> str:
 
 
 def _device(cfg: EvalConfig) -> str:
-    from export.runtime import select_providers
+    from aekit.export.runtime import select_providers
 
     return ",".join(select_providers(cfg.device))
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import zlib
 from dataclasses import dataclass
 
-from export.entropy import CODER_NAMES
+from aekit.export.entropy import CODER_NAMES
 
 MAGIC = b"\x89AEL"  # high bit first: never valid text, like PNG's signature
 VERSION = 1
@@ -31,7 +31,7 @@ class LatentFormatError(Exception):
 
 @dataclass(frozen=True)
 class LatentHeader:
-    model_id: str  # 16 hex digits (export.manifest.model_id_of)
+    model_id: str  # 16 hex digits (aekit.export.manifest.model_id_of)
     height: int  # original image height in pixels
     width: int  # original image width in pixels
     mode: str  # original image mode, restored on decode: "L" or "RGB"
@@ -39,7 +39,7 @@ class LatentHeader:
     latent_shape: tuple[int, int, int]  # (c_y, ceil(H/f), ceil(W/f))
     levels: int  # quantisation levels L (symbols 0..L-1)
     quantiser: int = QUANT_TANH_UNIFORM
-    coder: int = 0  # export.entropy.CODER_* id
+    coder: int = 0  # aekit.export.entropy.CODER_* id
     flags: int = 0
 
     @property

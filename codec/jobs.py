@@ -22,8 +22,8 @@ import numpy as np
 from PIL import Image
 
 from aekit.images import IMAGE_EXTENSIONS, atomic_write_bytes, is_image_name
-from codec.core import Codec, Decoder, wrap_errors
-from codec.format import SUFFIX, LatentHeader
+from aekit.codec.core import Codec, Decoder, wrap_errors
+from aekit.codec.format import SUFFIX, LatentHeader
 
 
 @dataclass

@@ -1,8 +1,8 @@
 """Compress and decompress folder trees on a Ray cluster (`--engine ray`), with the local engine's rules.
 
     aekit compress SRC -m MODEL -o DST --engine ray [--address auto] [--actors N]
-The pipeline is export.engine_ray's; this module supplies the per-file steps, built on
-codec.core.Codec / Decoder, so the files are byte-identical to the local engine's (tested).
+The pipeline is aekit.export.engine_ray's; this module supplies the per-file steps, built on
+aekit.codec.core.Codec / Decoder, so the files are byte-identical to the local engine's (tested).
 """
 
 from __future__ import annotations
@@ -16,11 +16,11 @@ from typing import Any
 import numpy as np
 
 from aekit.images import NamedBytes, is_image_name
-from codec.core import Codec, CodecConfig, Decoder, default_model_paths, load_for_model, wrap_errors
-from codec.format import SUFFIX
-from codec.jobs import JobReport, decoded_name, encode_image_file
-from export.engine_ray import RayConfig, list_tree, run_files
-from export.manifest import load_manifest
+from aekit.codec.core import Codec, CodecConfig, Decoder, default_model_paths, load_for_model, wrap_errors
+from aekit.codec.format import SUFFIX
+from aekit.codec.jobs import JobReport, decoded_name, encode_image_file
+from aekit.export.engine_ray import RayConfig, list_tree, run_files
+from aekit.export.manifest import load_manifest
 
 
 def fail_line(name: str, exc: BaseException) -> str:

@@ -1,6 +1,6 @@
 """One-class Fashion-MNIST benchmark: AUROC and realised false-positive rate per class and seed.
 
-    flock /tmp/aekit-cpu.lock python -m detector.benchmark --seeds 0 1 2 --out detector/results/NAME.json
+    flock /tmp/aekit-cpu.lock python -m aekit.detector.benchmark --seeds 0 1 2 --out detector/results/NAME.json
 For each class: train on that class's training images minus a seeded calibration hold-out,
 export to ONNX, calibrate (conformal) on the hold-out, score the full 10k test set (that
 class normal, the other nine anomalous) through onnxruntime, exactly as `aekit screen` does.
@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 
 from aekit.images import Sample, load_image, scan_folder
-from detector.calibration import conformal_threshold
-from detector.scores import error_maps, reduce_maps
+from aekit.detector.calibration import conformal_threshold
+from aekit.detector.scores import error_maps, reduce_maps
 
 ALPHAS = (0.05, 0.01)
 VARIANTS = ("mse", "ssim", "mse-float", "ssim-float")  # score [-float: unquantised latent round trip]
@@ -79,7 +79,7 @@ def train_model(cfg: BenchConfig, cls: str, seed: int, train_samples: list[Sampl
     from aekit.config import ModelConfig
     from aekit.data import DataConfig
     from aekit.train import TrainConfig, train
-    from export.onnx import export_model
+    from aekit.export.onnx import export_model
 
     data = link_folder(train_samples, work / "train")
     mcfg = ModelConfig(channels=1, ratio=cfg.ratio, width=cfg.width, blocks=cfg.blocks, latent_levels=cfg.latent_levels)
@@ -93,7 +93,7 @@ def train_model(cfg: BenchConfig, cls: str, seed: int, train_samples: list[Sampl
 
 def score_variants(model_dir: Path, images: np.ndarray, threads: int = 0) -> dict[str, np.ndarray]:
     """Scores of every variant for uint8 (N, H, W, 1) images, batched through onnxruntime."""
-    from detector.model import Detector
+    from aekit.detector.model import Detector
 
     det = Detector(model_dir, threads=threads)
     out: dict[str, list[np.ndarray]] = {v: [] for v in VARIANTS}
@@ -237,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     cfg = BenchConfig(**{k: v for k, v in vars(args).items() if k not in ("out", "summarise_only")})
     result = run(cfg, args.summarise_only)
-    result["command"] = "python -m detector.benchmark " + " ".join(map(shlex.quote, sys.argv[1:] if argv is None else argv))
+    result["command"] = "python -m aekit.detector.benchmark " + " ".join(map(shlex.quote, sys.argv[1:] if argv is None else argv))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")

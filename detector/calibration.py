@@ -78,7 +78,7 @@ class ClassCalibration:
 
 @dataclass
 class Calibration:
-    score: str  # score name the thresholds belong to (see detector.scores.SCORES)
+    score: str  # score name the thresholds belong to (see aekit.detector.scores.SCORES)
     alpha: float  # default false-positive rate; screening may override it
     model_id: str  # the model the scores were computed with
     preprocess: dict[str, Any] = field(default_factory=dict)  # how images were fed (must match at screening)

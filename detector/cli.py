@@ -40,9 +40,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--out", default="screen", help="output prefix: OUT.jsonl, OUT.csv, OUT.summary.json")
     s.add_argument("--heatmaps", help="folder for error-map overlays of flagged images")
     _job_args(s)
-    from export.engine_ray import add_engine_args
+    from aekit.export.engine_ray import add_engine_args
 
-    add_engine_args(s)  # --engine ray: the same screening as a Ray Data pipeline (detector.ray_jobs)
+    add_engine_args(s)  # --engine ray: the same screening as a Ray Data pipeline (aekit.detector.ray_jobs)
     s.set_defaults(func=cmd_screen)
 
     d = sub.add_parser("detector", help="per-class detector training and evaluation")
@@ -99,7 +99,7 @@ def _job_args(p: argparse.ArgumentParser) -> None:
 
 
 def _job_config(args: argparse.Namespace):
-    from detector.jobs import JobConfig
+    from aekit.detector.jobs import JobConfig
 
     return JobConfig(device=args.device, batch_size=args.batch_size, threads=args.threads)
 
@@ -109,7 +109,7 @@ def _fmt(t: float | None) -> str:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from detector.jobs import calibrate_folder
+    from aekit.detector.jobs import calibrate_folder
 
     rep = calibrate_folder(args.model, args.normal_dir, args.cls, args.alpha, args.score, args.latent, _job_config(args))
     for msg in rep.failed:
@@ -126,11 +126,11 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 
 def cmd_screen(args: argparse.Namespace) -> int:
-    from detector.jobs import screen_folder
+    from aekit.detector.jobs import screen_folder
 
     if args.engine == "ray":
-        from detector.ray_jobs import screen_folder_ray
-        from export.engine_ray import ray_config
+        from aekit.detector.ray_jobs import screen_folder_ray
+        from aekit.export.engine_ray import ray_config
 
         cfg = _job_config(args)
         cfg.threads = cfg.threads or max(1, round(args.actor_cpus))
@@ -153,7 +153,7 @@ def cmd_screen(args: argparse.Namespace) -> int:
 
 
 def cmd_train_per_class(args: argparse.Namespace) -> int:
-    from detector.perclass import PerClassConfig, train_per_class
+    from aekit.detector.perclass import PerClassConfig, train_per_class
 
     cfg = PerClassConfig(**{k: getattr(args, k) for k in PerClassConfig.__dataclass_fields__ if hasattr(args, k)})
     out, failed = train_per_class(args.data, args.out, cfg, runs=args.runs, force=args.force)
@@ -164,7 +164,7 @@ def cmd_train_per_class(args: argparse.Namespace) -> int:
 
 
 def cmd_assemble(args: argparse.Namespace) -> int:
-    from detector.perclass import assemble
+    from aekit.detector.perclass import assemble
 
     pairs = [m.split("=", 1) for m in args.models]
     bad = [m for m, p in zip(args.models, pairs) if len(p) != 2 or not p[0] or not p[1]]
@@ -176,7 +176,7 @@ def cmd_assemble(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from detector.evaluate import evaluate_folder
+    from aekit.detector.evaluate import evaluate_folder
 
     res = evaluate_folder(args.model, args.labelled_dir, args.out, args.cls, args.alpha, _job_config(args))
     print(res.markdown)

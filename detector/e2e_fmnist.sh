@@ -2,7 +2,7 @@
 # End-to-end CLI run on the benchmark's seed-0 Fashion-MNIST models (one model per class):
 # assemble a detector directory, calibrate it on each class's held-out 10% (the same seeded
 # split the benchmark used), screen the 10k test set (each image routed to its class's model)
-# and evaluate one-vs-rest. Run after `python -m detector.benchmark` (it trains the models):
+# and evaluate one-vs-rest. Run after `python -m aekit.detector.benchmark` (it trains the models):
 #   flock /tmp/aekit-cpu.lock bash detector/e2e_fmnist.sh [runs/detector-bench/r9-w16-b1-e8-mse]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,7 +14,7 @@ python - "$WORK/cal" <<'PY'
 import os, sys
 from pathlib import Path
 from aekit.images import scan_folder
-from detector.benchmark import split
+from aekit.detector.benchmark import split
 samples, classes, _ = scan_folder("data/fmnist/train")
 for c in classes:
     _, cal = split([s for s in samples if s.label == c], 0.1, 0)

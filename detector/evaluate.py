@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 
 from aekit.images import ImageError, atomic_write_bytes, scan_folder
-from detector.jobs import JobConfig, _factor, load_chunks
-from detector.model import Detector, DetectorError
+from aekit.detector.jobs import JobConfig, _factor, load_chunks
+from aekit.detector.model import Detector, DetectorError
 
 NORMAL_NAMES = ("good", "normal")
 

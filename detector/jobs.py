@@ -23,9 +23,9 @@ from typing import Any, Iterator
 import numpy as np
 
 from aekit.images import FILE_MODE, ImageError, Sample, atomic_write_bytes, load_image, scan_folder
-from detector.calibration import CalibrationError, too_small_message
-from detector.heatmap import write_heatmap
-from detector.model import ClassScores, Detector, DetectorError
+from aekit.detector.calibration import CalibrationError, too_small_message
+from aekit.detector.heatmap import write_heatmap
+from aekit.detector.model import ClassScores, Detector, DetectorError
 
 RECORD_FIELDS = ("path", "class", "score", "threshold", "p_value", "is_anomaly", "error")
 
@@ -125,7 +125,7 @@ def calibrate_folder(model: str | Path, src: str | Path, cls: str | None = None,
 
 
 def _factor(det: Detector) -> int:
-    from export.manifest import load_manifest
+    from aekit.export.manifest import load_manifest
 
     return max(load_manifest(d)["factor"] for d in set(det.routes.values()))
 

@@ -20,9 +20,9 @@ from typing import Any
 import numpy as np
 
 from aekit.images import ImageError, atomic_write_bytes
-from detector.calibration import Calibration, CalibrationError, ClassCalibration, check_alpha, too_small_message
-from detector.scores import check_score, error_maps, reduce_maps
-from export.manifest import MANIFEST_NAME, ModelError, load_manifest, save_manifest
+from aekit.detector.calibration import Calibration, CalibrationError, ClassCalibration, check_alpha, too_small_message
+from aekit.detector.scores import check_score, error_maps, reduce_maps
+from aekit.export.manifest import MANIFEST_NAME, ModelError, load_manifest, save_manifest
 
 DETECTOR_FILE = "detector.json"
 DETECTOR_FORMAT, DETECTOR_VERSION = "aekit-detector", 1
@@ -136,7 +136,7 @@ class Detector:
 
     def runtime(self, model_dir: Path) -> Any:
         if model_dir not in self._runtimes:
-            from export.runtime import Runtime
+            from aekit.export.runtime import Runtime
 
             self._runtimes[model_dir] = Runtime(model_dir, device=self.device, threads=self.threads)
         return self._runtimes[model_dir]

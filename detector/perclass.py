@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 
 from aekit.images import ImageError, Sample, scan_folder
-from detector.jobs import load_for_model
-from detector.model import Detector, DetectorError, save_detector_manifest
+from aekit.detector.jobs import load_for_model
+from aekit.detector.model import Detector, DetectorError, save_detector_manifest
 
 
 @dataclass
@@ -66,7 +66,7 @@ def train_class(cls: str, train_s: list[Sample], cal_s: list[Sample], out: Path,
     from aekit.config import ModelConfig
     from aekit.data import DataConfig
     from aekit.train import TrainConfig, train
-    from export.onnx import export_model
+    from aekit.export.onnx import export_model
 
     data = link_folder(train_s, runs / cls / "train")
     dcfg = DataConfig(resize="random-crop", size=cfg.size) if cfg.size else DataConfig(resize="none")
@@ -133,7 +133,7 @@ def train_per_class(data: str | Path, out: str | Path, cfg: PerClassConfig, runs
 def assemble(out: str | Path, models: dict[str, str | Path], force: bool = False) -> Path:
     """Copy exported per-class model folders (e.g. from `aekit train` + `aekit export`) into a
     detector directory OUT/<class>/ and write OUT/detector.json routing each class to its copy."""
-    from export.manifest import load_manifest
+    from aekit.export.manifest import load_manifest
 
     out = Path(out)
     if out.exists() and not force:

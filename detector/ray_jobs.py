@@ -1,9 +1,9 @@
 """Screen folders for anomalies on a Ray cluster (`aekit screen ... --engine ray`), as the local engine does.
 
     aekit screen models/det s3://bucket/incoming --out results/screen --engine ray --address auto
-The pipeline is export.engine_ray's: images are decoded in CPU tasks and scored by
-detector.model.Detector in the model actors; the driver turns scores into the same records,
-summary and exit code as detector.jobs.screen_folder (identical scores, tested).
+The pipeline is aekit.export.engine_ray's: images are decoded in CPU tasks and scored by
+aekit.detector.model.Detector in the model actors; the driver turns scores into the same records,
+summary and exit code as aekit.detector.jobs.screen_folder (identical scores, tested).
 """
 
 from __future__ import annotations
@@ -18,12 +18,12 @@ from typing import Any
 import numpy as np
 
 from aekit.images import ImageError, NamedBytes, Sample, atomic_write_bytes, is_image_name
-from detector.calibration import CalibrationError
-from detector.heatmap import write_heatmap
-from detector.jobs import (ClassSummary, JobConfig, RecordWriter, ScreenReport, _calibrated, _factor, _note_shape,
+from aekit.detector.calibration import CalibrationError
+from aekit.detector.heatmap import write_heatmap
+from aekit.detector.jobs import (ClassSummary, JobConfig, RecordWriter, ScreenReport, _calibrated, _factor, _note_shape,
                            labelled, load_for_model)
-from detector.model import Detector
-from export.engine_ray import Listing, RayConfig, filesystem, list_tree, run_files
+from aekit.detector.model import Detector
+from aekit.export.engine_ray import Listing, RayConfig, filesystem, list_tree, run_files
 
 
 @dataclass

@@ -1,5 +1,5 @@
 """export: trained checkpoints -> ONNX encoder/decoder + manifest, and the ONNX runtime.
 
-`export.onnx` needs torch (export time); `export.manifest` and `export.runtime` need only
+`aekit.export.onnx` needs torch (export time); `aekit.export.manifest` and `aekit.export.runtime` need only
 numpy + onnxruntime, and are what codec, detector and bench run on.
 """

@@ -18,13 +18,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     i.add_argument("model", help="model folder, manifest.json, or a .pt checkpoint")
     i.add_argument("--json", action="store_true", help="print the raw manifest")
     i.set_defaults(func=cmd_info)
-    from export.features_cli import register as register_features  # aekit features, aekit probe
+    from aekit.export.features_cli import register as register_features  # aekit features, aekit probe
 
     register_features(sub)
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from export.onnx import export_model
+    from aekit.export.onnx import export_model
 
     out = export_model(args.checkpoint, args.out, fp16=args.fp16, force=args.force)
     print(out)
@@ -35,11 +35,11 @@ def cmd_info(args: argparse.Namespace) -> int:
     import json
 
     if Path(args.model).suffix == ".pt":
-        from export.onnx import checkpoint_info
+        from aekit.export.onnx import checkpoint_info
 
         print(checkpoint_info(args.model))
         return 0
-    from export.manifest import describe, load_manifest
+    from aekit.export.manifest import describe, load_manifest
 
     m = load_manifest(args.model)
     if args.json:

@@ -134,7 +134,7 @@ def extract_features(model_dir: str | Path, data: str | Path, *, batch_size: int
                      pool: str = "none", workers: int = 4, size: int = 0, seed: int = 0, threads: int = 0,
                      device: str = "auto") -> Features:
     """Deterministic latent vectors of every usable image under data; bad files skipped, one line each."""
-    from export.runtime import Runtime
+    from aekit.export.runtime import Runtime
 
     if pool not in POOLS:
         raise ValueError(f"pool {pool!r} must be one of {', '.join(POOLS)}")

@@ -57,7 +57,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def extract(args: argparse.Namespace, data: str):
-    from export.features import extract_features
+    from aekit.export.features import extract_features
 
     return extract_features(args.model, data, batch_size=args.batch_size, max_images=args.max_images,
                             pool=args.pool, workers=args.workers, size=args.size, threads=args.threads,
@@ -65,7 +65,7 @@ def extract(args: argparse.Namespace, data: str):
 
 
 def cmd_features(args: argparse.Namespace) -> int:
-    from export.features import save_features
+    from aekit.export.features import save_features
 
     feats = extract(args, args.data)
     save_features(args.out, feats)
@@ -76,7 +76,7 @@ def cmd_features(args: argparse.Namespace) -> int:
 
 def features_for(args: argparse.Namespace, src: str, model_id: str):
     """Features from a .npz (checked against MODEL) or extracted from a folder."""
-    from export.features import FeaturesError, load_features
+    from aekit.export.features import FeaturesError, load_features
 
     if Path(src).suffix == ".npz":
         feats = load_features(src)
@@ -121,8 +121,8 @@ def _installed(name: str) -> bool:
 
 
 def cmd_probe(args: argparse.Namespace) -> int:
-    from export.features import ProbeConfig, pixel_features, probe, probe_table
-    from export.manifest import load_manifest
+    from aekit.export.features import ProbeConfig, pixel_features, probe, probe_table
+    from aekit.export.manifest import load_manifest
 
     cfg = ProbeConfig(labels_per_class=parse_labels(args.labels), repeats=args.repeats, seed=args.seed, C=args.C,
                       max_iter=args.max_iter, threads=args.threads)

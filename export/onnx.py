@@ -23,8 +23,8 @@ from torch import nn
 from aekit.checkpoint import load_model
 from aekit.data import scale_crop
 from aekit.images import DIR_MODE, ImageError, load_image, pad_to_multiple, scan_folder, to_model_input
-from export.manifest import MANIFEST_FORMAT, MANIFEST_VERSION, model_id_of, save_manifest
-from export.runtime import make_session
+from aekit.export.manifest import MANIFEST_FORMAT, MANIFEST_VERSION, model_id_of, save_manifest
+from aekit.export.runtime import make_session
 
 OPSET = 18  # pinned: every runtime we target (onnxruntime >= 1.18, TensorRT 10) supports it
 EXPORTER = f"torch.onnx dynamo exporter (torch {torch.__version__.split('+')[0]})"

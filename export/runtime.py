@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from aekit.images import from_model_output, pad_to_multiple, to_model_input
-from export.manifest import load_manifest
+from aekit.export.manifest import load_manifest
 
 
 def quantise(y: np.ndarray, levels: int) -> np.ndarray:

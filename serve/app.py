@@ -1,6 +1,6 @@
 """The FastAPI application: upload page, /v1 API, limits, error mapping, online learning hooks.
 
-    from serve.app import create_app; app = create_app(ServeConfig(model="models/fmnist-r4"))
+    from aekit.serve.app import create_app; app = create_app(ServeConfig(model="models/fmnist-r4"))
 Every expected failure is a 4xx JSON body {"error": "...", "status": N} naming the upload; the
 only files a request touches are uuid-named temporaries inside the server's own folder.
 """
@@ -29,15 +29,15 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from aekit.images import ImageError, atomic_write_bytes, psnr
-from codec.core import CodecError, load_for_model
-from codec.format import LatentFormatError
-from codec.jobs import encode_image_file
-from detector.calibration import CalibrationError
-from detector.model import DetectorError
-from export.entropy import EntropyError
-from export.manifest import ModelError
-from serve.config import ServeConfig
-from serve.models import ModelStore, Snapshot, screen_one
+from aekit.codec.core import CodecError, load_for_model
+from aekit.codec.format import LatentFormatError
+from aekit.codec.jobs import encode_image_file
+from aekit.detector.calibration import CalibrationError
+from aekit.detector.model import DetectorError
+from aekit.export.entropy import EntropyError
+from aekit.export.manifest import ModelError
+from aekit.serve.config import ServeConfig
+from aekit.serve.models import ModelStore, Snapshot, screen_one
 
 SIGNATURES = {"image/png": b"\x89PNG\r\n\x1a\n", "image/jpeg": b"\xff\xd8\xff"}
 SUFFIX = {"image/png": ".png", "image/jpeg": ".jpg"}
@@ -150,7 +150,7 @@ class Server:
             self.keep.mkdir(parents=True, exist_ok=True)
         self.learner = None
         if cfg.learn:
-            from serve.learn import Learner
+            from aekit.serve.learn import Learner
 
             self.learner = Learner(cfg, self.store, self.workdir)
         self.started = time.time()
@@ -204,7 +204,7 @@ class Server:
         try:
             image, header = snap.decoder.decompress(up.data, up.name)
         except ModelError:
-            from codec.format import read_header
+            from aekit.codec.format import read_header
 
             mid = read_header(up.data, up.name).model_id
             loaded = ", ".join(f"version {v} ({m})" for m, v in sorted(self.store.loaded().items(), key=lambda kv: kv[1]))

@@ -10,7 +10,7 @@ import argparse
 import contextlib
 import signal
 
-from serve.config import MB, ServeConfig
+from aekit.serve.config import MB, ServeConfig
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -61,7 +61,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         import uvicorn
     except ImportError as e:
         raise ValueError(f"aekit serve needs the serve extra ({e}); pip install -e \".[serve]\"") from None
-    from serve.app import create_app
+    from aekit.serve.app import create_app
 
     cfg = config_from_args(args)
     server_cls = _server_class()

@@ -2,7 +2,7 @@
 
 Uploads arrive on a bounded queue (`offer` never blocks: a full queue drops the image and
 counts it). The worker trains on single images or mini-batches as they arrive (torch, one
-thread), and at intervals exports a new ONNX version with export.onnx.export_model (parity
+thread), and at intervals exports a new ONNX version with aekit.export.onnx.export_model (parity
 checked) into the server's folder and swaps it in; a failed update keeps the last good model.
 """
 
@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from serve.config import ServeConfig
-from serve.models import ModelStore
+from aekit.serve.config import ServeConfig
+from aekit.serve.models import ModelStore
 
 
 @dataclass
@@ -157,7 +157,7 @@ class Learner:
         out = self.workdir / "versions" / f"v{version}"
         try:
             ckpt = self._save_checkpoint(version)
-            from export.onnx import export_model
+            from aekit.export.onnx import export_model
 
             export_model(ckpt, out, force=True)
             self.store.add_version(out)

@@ -1,6 +1,6 @@
 """Load test of `aekit serve --learn` on loopback: N requests at concurrency C over /v1/reconstruct and /v1/screen.
 
-    flock /tmp/aekit-heavy.lock python -m serve.loadtest --model models/fmnist-r4 --images data/fmnist/test
+    flock /tmp/aekit-heavy.lock python -m aekit.serve.loadtest --model models/fmnist-r4 --images data/fmnist/test
 Starts the server as a subprocess (learning on, calibrated on --images), sends real PNGs with
 asyncio + httpx, and writes serve/results/loadtest.json and serve/RESULTS.md (throughput,
 p50/p99 latency, errors, server RSS before/after, versions swapped in, machine and versions).
@@ -137,7 +137,7 @@ async def run(args: argparse.Namespace) -> dict:
 
 def record(args: argparse.Namespace, result: dict) -> dict:
     return {
-        "command": "flock /tmp/aekit-heavy.lock python -m serve.loadtest " + " ".join(sys.argv[1:]),
+        "command": "flock /tmp/aekit-heavy.lock python -m aekit.serve.loadtest " + " ".join(sys.argv[1:]),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "os": platform.platform()},
         "versions": {k: version(k) for k in ("aekit", "onnxruntime-gpu", "torch", "fastapi", "uvicorn", "httpx")}

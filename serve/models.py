@@ -16,11 +16,11 @@ from typing import Any
 import numpy as np
 
 from aekit.images import ImageError, scan_folder
-from codec.core import Codec, CodecConfig, Decoder, load_for_model
-from detector.calibration import CalibrationError
-from detector.model import DEFAULT_CLASS, Detector, DetectorError
-from export.manifest import load_manifest
-from serve.config import ServeConfig
+from aekit.codec.core import Codec, CodecConfig, Decoder, load_for_model
+from aekit.detector.calibration import CalibrationError
+from aekit.detector.model import DEFAULT_CLASS, Detector, DetectorError
+from aekit.export.manifest import load_manifest
+from aekit.serve.config import ServeConfig
 
 
 @dataclass(frozen=True)

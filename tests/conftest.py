@@ -99,7 +99,7 @@ def tiny_model(train_tiny, tmp_path_factory):
 
     def make(channels: int = 1, ratio: int = 4) -> Path:
         if (channels, ratio) not in cache:
-            from export.onnx import export_model
+            from aekit.export.onnx import export_model
 
             run = train_tiny(channels, ratio)
             out = tmp_path_factory.mktemp(f"model-c{channels}-r{ratio}") / "model"

@@ -211,8 +211,8 @@ def test_vgg16_multilayer_feature_loss(tmp_path, fmnist_dir):
 
 @pytest.mark.parametrize("arch", ["resnet", "pretrained", "vae"])
 def test_every_variant_exports_with_parity(arch, fmnist_dir, tmp_path):
-    from export.onnx import export_model
-    from export.runtime import Runtime
+    from aekit.export.onnx import export_model
+    from aekit.export.runtime import Runtime
 
     tr = small_train(fmnist_dir, tmp_path / "run", ModelConfig(arch=arch, channels=1, ratio=9, width=8),
                      epochs=1, freeze_epochs=0)
@@ -244,7 +244,7 @@ def test_denoise_cli_reconstructs_a_folder_and_resumes(tiny_model, fmnist_dir, t
 
 def test_experiment_table_end_to_end(fmnist_dir, tmp_path):
     """Two techniques at one ratio, tiny budget: trained, exported, measured, tabled; rerun resumes."""
-    from bench.experiment import ExperimentConfig, run_experiment, time_to_reach, train_args
+    from aekit.bench.experiment import ExperimentConfig, run_experiment, time_to_reach, train_args
 
     cfg = ExperimentConfig(data=str(fmnist_dir), out=str(tmp_path / "exp"), ratios=[9],
                            techniques=["pixelshuffle", "progressive"], train_images=200, test_images=100,

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bench.backends import BackendError, BackendOptions, is_oom, make_runner
-from bench.run import fit
-from export.manifest import load_manifest
-from export.runtime import Runtime
+from aekit.bench.backends import BackendError, BackendOptions, is_oom, make_runner
+from aekit.bench.run import fit
+from aekit.export.manifest import load_manifest
+from aekit.export.runtime import Runtime
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +51,7 @@ def test_torch_eager_agrees_with_onnx(staged):
 
 def test_fp16_graphs_run_and_stay_close(staged, train_tiny, tmp_path):
     pytest.importorskip("torch")
-    from export.onnx import export_model
+    from aekit.export.onnx import export_model
 
     _, images, y_hat, rt = staged
     m = load_manifest(export_model(train_tiny(3, 4) / "best.pt", tmp_path / "m16", fp16=True))

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bench.classifier import (ClassifierConfig, ClassifierError, classifier_accuracy, load_classifier,
+from aekit.bench.classifier import (ClassifierConfig, ClassifierError, classifier_accuracy, load_classifier,
                               reconstruct_folder, reconstruction_metrics, train_classifier)
-from export.features import LoadConfig, load_images
-from export.runtime import Runtime
+from aekit.export.features import LoadConfig, load_images
+from aekit.export.runtime import Runtime
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +29,7 @@ def test_classifier_trains_beats_chance_and_is_cached(clf_path, fmnist_dir):
                              cfg=ClassifierConfig(epochs=3, width=8, batch_size=32, max_images=300))
     assert again == clf_path and clf_path.stat().st_mtime_ns == mtime  # trained once
     other = ClassifierConfig(epochs=1, width=8, batch_size=32, max_images=300)
-    from bench.classifier import cache_key
+    from aekit.bench.classifier import cache_key
 
     other.channels = 1
     assert cache_key(fmnist_dir / "train", other) != clf_path.stem  # settings are part of the key

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from aekit.cli import main
-from export.runtime import gpu_visible
+from aekit.export.runtime import gpu_visible
 
 FAST = ["--seconds", "0.02", "--warmup", "1", "--max-images", "4", "--device", "cpu"]
 MODEL_STAGES = {"encode", "decode", "compress", "decompress"}
@@ -90,7 +90,7 @@ def test_missing_provider(tiny_model, capsys, monkeypatch):
 
 
 def test_oom_at_a_batch_size_is_reported_and_larger_batches_skipped(tiny_model, capsys, monkeypatch):
-    from bench.backends import OrtRunner
+    from aekit.bench.backends import OrtRunner
 
     real = OrtRunner.encode
 
@@ -112,7 +112,7 @@ def test_oom_at_a_batch_size_is_reported_and_larger_batches_skipped(tiny_model, 
 def test_host_memory_guard_refuses_a_batch_that_cannot_fit(tiny_model, capsys):
     rc, stdout, err = bench(capsys, tiny_model(1, 4), "--batch", "1,2", "--no-jpeg", "--no-entropy", *FAST)
     assert rc == 0
-    import bench.run as br
+    import aekit.bench.run as br
 
     cfg = br.BenchConfig(model=str(tiny_model(1, 4)), device="cpu", batches=(1, 1_000_000), seconds=0.02, warmup=1,
                          max_images=2, jpeg=False, entropy=False)
@@ -149,7 +149,7 @@ def test_bad_arguments_are_usage_errors(tiny_model, capsys):
 
 
 def test_folder_stage_runs_the_codec_as_subprocesses(tiny_model, fmnist_dir):
-    from bench.folder import codec_available, folder_stage
+    from aekit.bench.folder import codec_available, folder_stage
 
     if codec_available() is not None:
         pytest.skip(codec_available())
@@ -162,7 +162,7 @@ def test_folder_stage_runs_the_codec_as_subprocesses(tiny_model, fmnist_dir):
 
 
 def test_bench_does_not_import_codec_or_detector():
-    code = ("import sys, bench.cli, bench.run, bench.report, bench.folder, bench.jpeg, bench.backends; "
+    code = ("import sys, aekit.bench.cli, aekit.bench.run, aekit.bench.report, aekit.bench.folder, aekit.bench.jpeg, aekit.bench.backends; "
             "bad = [m for m in sys.modules if m.split('.')[0] in ('codec', 'detector')]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -10,7 +10,7 @@ import pytest
 onnx = pytest.importorskip("onnx")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
-from bench.flops import count_macs, gpu_peak_tflops, peak_activation_bytes  # noqa: E402
+from aekit.bench.flops import count_macs, gpu_peak_tflops, peak_activation_bytes  # noqa: E402
 
 
 def _w(name: str, shape: tuple[int, ...]):
@@ -47,7 +47,7 @@ def test_counts_each_op_by_hand(tmp_path):
 
 
 def test_runtime_fallback_agrees(tmp_path, monkeypatch):
-    import bench.flops as fl
+    import aekit.bench.flops as fl
 
     p = synthetic(tmp_path / "t.onnx")
     want = count_macs(p, {"x": (2, 4, 8, 8)})
@@ -77,12 +77,12 @@ def test_peak_table():
 
 
 def test_pixel_graphs_match_the_runtime(tiny_model, rgb_photos):
-    """uint8 NHWC in and out, bit-exact with export.runtime's numpy pre/post-processing (fp32)."""
+    """uint8 NHWC in and out, bit-exact with aekit.export.runtime's numpy pre/post-processing (fp32)."""
     import onnxruntime as ort
 
-    from bench.graphs import pixel_decoder, pixel_encoder
-    from bench.run import fit
-    from export.runtime import Runtime
+    from aekit.bench.graphs import pixel_decoder, pixel_encoder
+    from aekit.bench.run import fit
+    from aekit.export.runtime import Runtime
 
     d = tiny_model(3, 4)
     rt = Runtime(d, device="cpu")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bench.timing import Timing, TimingConfig, percentile, time_call
+from aekit.bench.timing import Timing, TimingConfig, percentile, time_call
 
 
 class FakeClock:

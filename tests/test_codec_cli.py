@@ -73,7 +73,7 @@ def test_resume_skips_existing_and_overwrite_replaces(tiny_model, src_tree, tmp_
 
 
 def test_interrupted_run_leaves_no_partial_files_and_resumes(tiny_model, src_tree, tmp_path, monkeypatch):
-    from codec.core import Codec
+    from aekit.codec.core import Codec
 
     model, out = tiny_model(1, 4), tmp_path / "lat"
     real, calls = Codec.compress_batch, []
@@ -120,7 +120,7 @@ def test_decompress_bad_latents_and_model_search(tiny_model, src_tree, tmp_path,
     (lat / "foreign.png.ael").write_bytes(b"PK\x03\x04" + b"\x00" * 60)
     (lat / "future.png.ael").write_bytes(data[:4] + b"\x07" + data[5:])
     other = tiny_model(3, 4)  # a real model file whose model is not on the search path
-    from codec.core import Codec
+    from aekit.codec.core import Codec
 
     (lat / "unknown.png.ael").write_bytes(Codec(other).compress(np.zeros((8, 8, 3), np.uint8)))
     capsys.readouterr()

@@ -7,7 +7,7 @@ import hashlib
 import numpy as np
 import pytest
 
-from export.entropy import (CODER_ANS, CODER_RAW, CODER_ZSTD, PRECISION, EntropyError, EntropyModel,
+from aekit.export.entropy import (CODER_ANS, CODER_RAW, CODER_ZSTD, PRECISION, EntropyError, EntropyModel,
                             integer_table)
 
 

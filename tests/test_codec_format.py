@@ -15,10 +15,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from codec.core import CodecConfig, CodecError, Decoder
-from codec.format import MAGIC, LatentFormatError, LatentHeader, pack, parse
-from export.entropy import CODER_ANS, EntropyModel
-from export.manifest import ModelError
+from aekit.codec.core import CodecConfig, CodecError, Decoder
+from aekit.codec.format import MAGIC, LatentFormatError, LatentHeader, pack, parse
+from aekit.export.entropy import CODER_ANS, EntropyModel
+from aekit.export.manifest import ModelError
 
 MODEL_ID = "0123456789abcdef"
 CLEAN = (LatentFormatError, CodecError, ModelError)
@@ -47,7 +47,7 @@ def models(tmp_path_factory) -> Path:
 
 
 def valid_file(models: Path, h: int = 10, w: int = 7) -> bytes:
-    from export.manifest import load_manifest
+    from aekit.export.manifest import load_manifest
 
     em = EntropyModel.from_manifest(load_manifest(models / f"model-{MODEL_ID}"))
     lh, lw = -(-h // 4), -(-w // 4)

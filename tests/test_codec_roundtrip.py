@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from aekit.images import load_image, psnr
-from codec import compress_file, decompress_file, read_latents
-from codec.core import Codec, CodecConfig, CodecError, Decoder
-from codec.format import parse
-from export.runtime import Runtime
+from aekit.codec import compress_file, decompress_file, read_latents
+from aekit.codec.core import Codec, CodecConfig, CodecError, Decoder
+from aekit.codec.format import parse
+from aekit.export.runtime import Runtime
 
 MODELS = [(1, 4), (1, 9), (3, 4), (3, 9)]
 

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from detector.calibration import (
+from aekit.detector.calibration import (
     Calibration, CalibrationError, ClassCalibration, conformal_rank, conformal_threshold,
     min_calibration_size, p_values,
 )

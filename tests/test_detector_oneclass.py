@@ -35,7 +35,7 @@ def trouser_model(fmnist_arrays, tmp_path_factory):
     from aekit.data import DataConfig
     from aekit.images import save_image
     from aekit.train import TrainConfig, train
-    from export.onnx import export_model
+    from aekit.export.onnx import export_model
 
     root = tmp_path_factory.mktemp("oneclass")
     for i, im in enumerate(fmnist_arrays[0]):
@@ -50,7 +50,7 @@ def trouser_model(fmnist_arrays, tmp_path_factory):
 def test_other_classes_score_higher(trouser_model, fmnist_arrays, score, floor):
     from sklearn.metrics import roc_auc_score
 
-    from detector.model import Detector
+    from aekit.detector.model import Detector
 
     _, cal, test_x, test_y = fmnist_arrays
     det = Detector(trouser_model, score=score, alpha=0.05).fit(cal, "trouser")

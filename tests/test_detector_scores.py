@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from detector.heatmap import panel
-from detector.scores import error_maps, reduce_maps, ssim_index_map
+from aekit.detector.heatmap import panel
+from aekit.detector.scores import error_maps, reduce_maps, ssim_index_map
 
 
 @pytest.fixture

@@ -19,9 +19,9 @@ import pytest
 
 from aekit.cli import main
 from aekit.images import load_image, save_image
-from detector.calibration import conformal_threshold
-from detector.model import Detector
-from export.manifest import load_manifest
+from aekit.detector.calibration import conformal_threshold
+from aekit.detector.model import Detector
+from aekit.export.manifest import load_manifest
 
 CLASSES = ("trouser", "bag", "sneaker")
 
@@ -236,11 +236,11 @@ def test_screening_never_imports_torch(model, normal, tmp_path, capsys):
     assert run(capsys, "calibrate", model, normal / "bag", "--class", "bag", "--alpha", "0.05")[0] == 0
     code = (
         "import sys\n"
-        "from detector.jobs import calibrate_folder, screen_folder\n"
+        "from aekit.detector.jobs import calibrate_folder, screen_folder\n"
         f"calibrate_folder({str(model)!r}, {str(normal / 'bag')!r}, 'bag', 0.05)\n"
         f"rep = screen_folder({str(model)!r}, {str(normal / 'bag')!r}, {str(tmp_path / 'nt')!r}, 'bag')\n"
         "assert rep.per_class['bag'].n > 0\n"
-        "import detector.cli, detector.evaluate, detector.heatmap\n"
+        "import aekit.detector.cli, aekit.detector.evaluate, aekit.detector.heatmap\n"
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
         "print('ok')\n"
     )

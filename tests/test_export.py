@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from aekit.cli import main
-from export.manifest import ModelError, find_model, load_manifest
-from export.runtime import Runtime
+from aekit.export.manifest import ModelError, find_model, load_manifest
+from aekit.export.runtime import Runtime
 
 
 @pytest.mark.parametrize("channels", [1, 3])
@@ -51,9 +51,9 @@ def test_export_refuses_overwrite_and_failed_verification(train_tiny, tmp_path, 
     assert {"encoder_fp16", "decoder_fp16"} <= set(m["files"])
     assert main(["export", str(run / "best.pt"), "--out", str(out)]) == 2
     assert "already exists; pass --force" in capsys.readouterr().err
-    import export.onnx
+    import aekit.export.onnx
 
-    monkeypatch.setattr(export.onnx, "PARITY_TOL", 0.0)
+    monkeypatch.setattr(aekit.export.onnx, "PARITY_TOL", 0.0)
     assert main(["export", str(run / "best.pt"), "--out", str(tmp_path / "m2")]) == 2
     assert "onnxruntime disagrees with PyTorch" in capsys.readouterr().err
     assert not (tmp_path / "m2").exists() and not list(tmp_path.glob(".m2*"))

@@ -15,9 +15,9 @@ import pytest
 
 from aekit.cli import main
 from aekit.images import load_image
-from export.features import (FeaturesError, ProbeConfig, extract_features, load_features, pixel_features,
+from aekit.export.features import (FeaturesError, ProbeConfig, extract_features, load_features, pixel_features,
                              probe, probe_table, save_features)
-from export.runtime import Runtime
+from aekit.export.runtime import Runtime
 
 
 @pytest.fixture(scope="module")
@@ -130,7 +130,7 @@ def test_extraction_imports_neither_torch_nor_sklearn(model, fmnist_dir):
     import subprocess
     import sys
 
-    code = (f"import sys; from export.features import extract_features; "
+    code = (f"import sys; from aekit.export.features import extract_features; "
             f"f = extract_features({str(model)!r}, {str(fmnist_dir / 'test' / 'bag')!r}, threads=1); "
             f"print(len(f), 'torch' in sys.modules, 'sklearn' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -113,7 +113,7 @@ def test_screen_matches_local_engine(ray_cluster, tiny_model, fmnist_dir, src_tr
 def test_listing_and_writing_through_fsspec_urls():
     """Object-store semantics without a cloud: fsspec's memory filesystem (in this process)."""
     fsspec = pytest.importorskip("fsspec")
-    from export.engine_ray import list_tree, write_bytes
+    from aekit.export.engine_ray import list_tree, write_bytes
 
     fs = fsspec.filesystem("memory")
     for name in ("a/x.png", "a/.hidden.png", "b/y.jpg", "notes.txt"):
@@ -139,7 +139,7 @@ def test_local_engine_never_imports_ray(tiny_model, src_tree, tmp_path):
 
 def test_missing_ray_is_one_clear_line(tiny_model, src_tree, tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
-    import export.engine_ray as er
+    import aekit.export.engine_ray as er
 
     with pytest.raises(er.EngineError, match=r"aekit\[ray\]"):
         er.connect(er.RayConfig())

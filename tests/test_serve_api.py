@@ -21,8 +21,8 @@ with warnings.catch_warnings():  # starlette's notice about httpx2 is not ours t
     warnings.simplefilter("ignore")
     from fastapi.testclient import TestClient  # noqa: E402
 
-from serve.app import create_app, serve_in_thread  # noqa: E402
-from serve.config import ServeConfig  # noqa: E402
+from aekit.serve.app import create_app, serve_in_thread  # noqa: E402
+from aekit.serve.config import ServeConfig  # noqa: E402
 
 
 def png_bytes(arr: np.ndarray) -> bytes:
@@ -179,7 +179,7 @@ def test_bad_latent_files(client, images, tiny_model, rgb_photos):
         assert_error(client.post("/v1/decompress", files={"file": ("z.ael", bad, "application/octet-stream")}),
                      422, "z.ael", why)
     assert_error(client.post("/v1/decompress", content=ael, headers={"content-type": "image/png"}), 415, "octet-stream")
-    from codec.core import Codec
+    from aekit.codec.core import Codec
 
     other = Codec(tiny_model(3, 4)).compress(rgb_photos[0][:32, :32])  # a real file of another model
     assert_error(client.post("/v1/decompress", files={"file": ("o.ael", other, "application/octet-stream")}),
@@ -273,7 +273,7 @@ def test_serving_without_learning_never_imports_torch(tiny_model, images):
     code = (
         "import sys, warnings; warnings.simplefilter('ignore')\n"
         "from fastapi.testclient import TestClient\n"
-        "from serve.app import create_app\nfrom serve.config import ServeConfig\n"
+        "from aekit.serve.app import create_app\nfrom aekit.serve.config import ServeConfig\n"
         f"c = TestClient(create_app(ServeConfig(model={str(tiny_model(1, 4))!r})))\n"
         f"data = open({str(images['bag'][0])!r}, 'rb').read()\n"
         "assert c.post('/v1/reconstruct', content=data, headers={'content-type': 'image/png'}).status_code == 200\n"

@@ -17,8 +17,8 @@ import pytest
 pytest.importorskip("fastapi", reason="the serve extra is not installed (pip install -e \".[serve]\")")
 playwright = pytest.importorskip("playwright.sync_api", reason="pip install playwright (the test extra)")
 
-from serve.app import create_app, serve_in_thread  # noqa: E402
-from serve.config import ServeConfig  # noqa: E402
+from aekit.serve.app import create_app, serve_in_thread  # noqa: E402
+from aekit.serve.config import ServeConfig  # noqa: E402
 
 CHROMIUM = next((p for p in ("/usr/bin/chromium", shutil.which("chromium") or "", shutil.which("chromium-browser") or "")
                  if p and Path(p).is_file()), None)

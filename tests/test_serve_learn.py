@@ -15,8 +15,8 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     from fastapi.testclient import TestClient
 
-from serve.app import create_app
-from serve.config import ServeConfig
+from aekit.serve.app import create_app
+from aekit.serve.config import ServeConfig
 
 PNG = {"content-type": "image/png"}
 AEL = {"content-type": "application/octet-stream"}
@@ -73,12 +73,12 @@ def test_failed_update_keeps_last_good_model_and_pruned_versions_answer_409(cfg,
     assert learner.update() and server.store.current.version == 1
     v1_latent = c.post("/v1/compress", content=bags[0].read_bytes(), headers=PNG).content
 
-    import export.onnx
+    import aekit.export.onnx
 
     def broken(*a, **k):
-        raise export.onnx.ExportError("onnxruntime disagrees with PyTorch (simulated)")
+        raise aekit.export.onnx.ExportError("onnxruntime disagrees with PyTorch (simulated)")
 
-    monkeypatch.setattr(export.onnx, "export_model", broken)
+    monkeypatch.setattr(aekit.export.onnx, "export_model", broken)
     assert not learner.update()
     s = c.get("/v1/status").json()
     assert s["version"] == 1 and s["learning"]["failed_exports"] == 1 and "simulated" in s["learning"]["last_error"]

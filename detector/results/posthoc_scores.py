@@ -6,9 +6,9 @@ z(.) combinations are normalised with the test normals' statistics: an optimisti
 import json, sys, numpy as np
 from pathlib import Path
 from sklearn.metrics import roc_auc_score
-from detector.benchmark import load_all, split
-from detector.model import Detector
-from detector.scores import error_maps, reduce_maps
+from aekit.detector.benchmark import load_all, split
+from aekit.detector.model import Detector
+from aekit.detector.scores import error_maps, reduce_maps
 from aekit.images import scan_folder
 test, _, _ = scan_folder("data/fmnist/test")
 X = load_all(test); y = np.array([s.label for s in test])
