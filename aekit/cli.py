@@ -9,7 +9,9 @@ Exit codes: 0 success; 1 the job ran and found something (screen: anomalies flag
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
+import warnings
 from importlib.metadata import entry_points
 from typing import Callable
 
@@ -20,14 +22,74 @@ class CLIError(Exception):
     """An error to print as one line (no traceback) with exit code 2."""
 
 
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends "(default: X)" only where it says something.
+
+    argparse's ArgumentDefaultsHelpFormatter appends it to every option with help text, so an
+    option whose help already names its default in words ("(default: only on a terminal)")
+    or whose default is None (unset) got a second, meaningless "(default: None)".
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default is None or "default" in text or "%(default)" in text:
+            return text
+        return super()._get_help_string(action)
+
+
+class Parser(argparse.ArgumentParser):
+    """ArgumentParser whose subcommands (here and in every package) get DefaultsHelpFormatter."""
+
+    def __init__(self, *args, **kwargs):
+        if kwargs.get("formatter_class") in (None, argparse.ArgumentDefaultsHelpFormatter):
+            kwargs["formatter_class"] = DefaultsHelpFormatter
+        super().__init__(*args, **kwargs)
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is at emit time (a test's capture, a redirected stream)."""
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
+def setup_logging(verbosity: int = 0) -> None:
+    """Diagnostics go to stderr through the "aekit" loggers; results stay on stdout.
+
+    verbosity: -2 errors only, -1 warnings, 0 info (progress lines; the CLI default), 1+ debug.
+    Library users who never call this see only warnings, as with any library.
+    """
+    level = {-2: logging.ERROR, -1: logging.WARNING, 0: logging.INFO}.get(max(verbosity, -2), logging.DEBUG)
+    log = logging.getLogger("aekit")
+    for h in [h for h in log.handlers if isinstance(h, _StderrHandler)]:
+        log.removeHandler(h)
+    handler = _StderrHandler()
+    handler.setFormatter(logging.Formatter("%(name)s: %(message)s" if level < logging.INFO else "%(message)s"))
+    log.addHandler(handler)
+    log.setLevel(level)
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Python warnings (recoverable oddities, `warnings.warn`) as one line: "warning: ..."."""
+    logging.getLogger("aekit").warning("warning: %s", message)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from aekit import __version__
 
-    parser = argparse.ArgumentParser(
-        prog="aekit", description="Train autoencoders, export them to ONNX, compress and screen images.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    parser = Parser(
+        prog="aekit", description="Train autoencoders, export them to ONNX, compress and screen images. "
+        "Diagnostics go to stderr (-q/-v set how many), results to stdout.",
     )
     parser.add_argument("--version", action="version", version=f"aekit {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more diagnostics (-v: debug)")
+    parser.add_argument("-q", "--quiet", action="count", default=0,
+                        help="fewer diagnostics (-q: warnings and errors only, -qq: errors only)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     add_train_parser(sub)
     add_data_parser(sub)
@@ -36,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
         try:
             register: Callable[[argparse._SubParsersAction], None] = ep.load()
         except ImportError as e:
-            print(f"aekit: subcommands of {ep.name} unavailable ({e})", file=sys.stderr)
+            logging.getLogger(__name__).warning("aekit: subcommands of %s unavailable (%s)", ep.name, e)
             continue
         register(sub)
     return parser
@@ -45,9 +107,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    setup_logging(args.verbose - args.quiet)
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_ERROR
+    shown, warnings.showwarning = warnings.showwarning, _show_warning
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
@@ -61,9 +125,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"aekit {args.command}: error: {e}", file=sys.stderr)
             return EXIT_ERROR
         raise
+    finally:
+        warnings.showwarning = shown
 
 
-KNOWN_PACKAGES = ("aekit", "export", "codec", "detector", "bench", "serve")
+KNOWN_PACKAGES = ("aekit",)  # every package lives under the one import root
 
 
 def add_train_parser(sub: argparse._SubParsersAction) -> None:

@@ -6,7 +6,7 @@ memory as uint8 when they fit under `cache_mb`; bad files are skipped with one l
 
 from __future__ import annotations
 
-import sys
+import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +16,8 @@ import numpy as np
 from PIL import Image
 
 from aekit.images import ImageError, Sample, load_image, scan_folder
+
+log = logging.getLogger(__name__)
 
 RESIZE_POLICIES = ("scale-crop", "random-crop", "none")
 
@@ -65,14 +67,14 @@ class ImageSet:
             # consumed as decoded: past the cache budget an image is only checked, not kept
             for s, r in zip(samples, pool.map(self._load_checked, samples)):
                 if isinstance(r, str):
-                    print(f"skipped {r}", file=sys.stderr)
+                    log.warning("skipped %s", r)
                     continue
                 budget -= r.nbytes
                 kept.append(s)
                 images.append(r if budget >= 0 else None)  # None: re-read when batched
         bad = len(samples) - len(kept)
         if bad:
-            print(f"skipped {bad} unreadable or unusable image(s)", file=sys.stderr)
+            log.warning("skipped %d unreadable or unusable image(s)", bad)
         if not kept:
             raise ImageError(f"{self.source}: no usable images among {len(samples)} files (all failed to load)")
         return kept, images
@@ -165,6 +167,6 @@ def subsample(samples: list[Sample], n: int, seed: int) -> list[Sample]:
 
 def report_skipped(skipped: list[Path]) -> None:
     for p in skipped:
-        print(f"skipped {p}: not an image file", file=sys.stderr)
+        log.warning("skipped %s: not an image file", p)
     if skipped:
-        print(f"skipped {len(skipped)} non-image file(s)", file=sys.stderr)
+        log.warning("skipped %d non-image file(s)", len(skipped))

@@ -7,13 +7,15 @@
 from __future__ import annotations
 
 import gzip
+import logging
 import struct
-import sys
 from pathlib import Path
 
 import numpy as np
 
 from aekit.images import atomic_write_bytes, save_image
+
+log = logging.getLogger(__name__)
 
 FASHION_MNIST_DIRS = ("/usr/share/datasets/fashion-mnist",)
 FASHION_MNIST_CLASSES = (
@@ -78,7 +80,7 @@ def fashion_mnist(out: str | Path, source: str | Path | None = None, limit: int 
             if not path.exists():
                 save_image(images[i][:, :, None], path)
         counts[split] = n
-        print(f"{split}: {n} images in {Path(out) / split}", file=sys.stderr)
+        log.info("%s: %d images in %s", split, n, Path(out) / split)
     return counts
 
 
@@ -101,5 +103,5 @@ def sample_photos(out: str | Path) -> list[Path]:
         if not path.exists():
             atomic_write_bytes(path, Path(src).read_bytes())
         written.append(path)
-    print(f"{len(written)} photos in {out}", file=sys.stderr)
+    log.info("%d photos in %s", len(written), out)
     return written

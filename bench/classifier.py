@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -19,6 +20,8 @@ import numpy as np
 
 from aekit.images import ImageError, atomic_output, scan_folder
 from aekit.export.features import LoadConfig, load_images
+
+log = logging.getLogger(__name__)
 
 CLASSIFIER_FORMAT = "aekit-classifier"
 CLASSIFIER_VERSION = 1
@@ -204,7 +207,7 @@ def reconstruct_folder(model_dir: str | Path, data_dir: str | Path, max_images: 
     images, labels, _, _, failed = load_images(data_dir, rt.channels, rt.factor,
                                                LoadConfig(size=size, max_images=max_images, seed=seed))
     for msg in failed:
-        print(f"failed: {msg}")
+        log.error("failed: %s", msg)
     recon = np.concatenate([rt.reconstruct(images[s : s + batch_size]) for s in range(0, len(images), batch_size)])
     return images, recon, labels
 

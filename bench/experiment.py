@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import platform
 import resource
 import shlex
@@ -26,6 +27,8 @@ from typing import Any
 import numpy as np
 
 from aekit.images import psnr
+
+log = logging.getLogger(__name__)
 
 # name -> (what it is, extra `aekit train` arguments). Rows other than "dcgan" use the default
 # pixel-shuffle decoder, so "pixelshuffle" is the reference every technique changes one thing of.
@@ -248,8 +251,8 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
             rows.append(row)
             with open(rows_file, "a") as f:
                 f.write(json.dumps(row) + "\n")
-            print(f"{name} r{ratio}: PSNR {row['psnr_db']:.2f} dB, clf {row['clf_acc_recon']:.4f}, "
-                  f"probe {row['probe_acc']:.4f}, {row['train_time_s']} s", file=sys.stderr)
+            log.info("%s r%d: PSNR %.2f dB, clf %.4f, probe %.4f, %s s", name, ratio, row["psnr_db"],
+                     row["clf_acc_recon"], row["probe_acc"], row["train_time_s"])
     orig, _, labels = reconstruct_folder(_any_model(out), Path(cfg.data) / "test", cfg.test_images, seed=cfg.seed)
     clf_orig = classifier_accuracy(clf, orig, labels)
     for r in rows:  # rows recorded before the denoising column existed get it now

@@ -8,9 +8,10 @@ Same streaming, batching, atomic writes, per-file errors and resume as `aekit de
 
 from __future__ import annotations
 
+import logging
 import argparse
-import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,8 @@ import numpy as np
 from aekit.images import is_image_name
 from aekit.codec.core import Codec, Decoder
 from aekit.codec.jobs import Item, JobConfig, JobReport, _Pipeline, _progress, decoded_name, encode_image_file, plan
+
+log = logging.getLogger(__name__)
 
 
 def reconstruct_tree(src: str | Path, dst: str | Path, model_dir: str | Path, codec: Codec,
@@ -74,8 +77,8 @@ def cmd_denoise(args: argparse.Namespace) -> int:
     codec = Codec(args.model, ccfg)
     noise = (codec.rt.manifest.get("training") or {}).get("noise")
     if not noise:
-        print(f"note: {args.model} was not trained with --noise; its reconstructions are not denoised",
-              file=sys.stderr)
+        warnings.warn(f"{args.model} was not trained with --noise; its reconstructions are not denoised",
+                      stacklevel=1)
     report = reconstruct_tree(args.src, args.out, args.model, codec, jcfg)
-    print(report.summary(), file=sys.stderr)
+    log.info("%s", report.summary())
     return 2 if report.failed else 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import platform
 import shlex
@@ -27,6 +28,8 @@ from aekit.machine import cpu_name
 from aekit.codec.core import Codec, CodecConfig, Decoder, load_for_model
 from aekit.codec.jobs import walk
 from aekit.codec.metrics import msssim_batch, msssim_scales, psnr_batch
+
+log = logging.getLogger(__name__)
 
 QUALITIES = (1, 3, 5, 10, 15, 20, 30, 40, 50, 60, 70, 80, 90, 95)
 
@@ -160,7 +163,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
             for fmt in ("JPEG", "WEBP"):
                 for q in cfg.qualities:
                     _eval_pillow(group, fmt, q, accs.setdefault(f"{fmt}:{q}", _Acc()))
-        print(f"evaluate: {n} images, {time.monotonic() - t0:.0f} s", file=sys.stderr)
+        log.info("evaluate: %d images, %.0f s", n, time.monotonic() - t0)
     result = _summarise(cfg, runs, codecs, accs, refused, n, sorted(scales), time.monotonic() - t0)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)

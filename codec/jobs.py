@@ -9,6 +9,7 @@ leaves no partial files and a rerun resumes (existing outputs are skipped unless
 from __future__ import annotations
 
 import io
+import logging
 import os
 import sys
 import time
@@ -24,6 +25,8 @@ from PIL import Image
 from aekit.images import IMAGE_EXTENSIONS, atomic_write_bytes, is_image_name
 from aekit.codec.core import Codec, Decoder, wrap_errors
 from aekit.codec.format import SUFFIX, LatentHeader
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -144,7 +147,7 @@ class _Pipeline:
         if type(err).__name__ not in ("CodecError", "ImageError", "LatentFormatError", "ValueError"):
             line += f" ({type(err).__name__})"
         self.report.failed.append(line)
-        print(f"failed: {line}", file=sys.stderr)
+        log.error("failed: %s", line)
         self.bar.update(1)
 
     def write(self, item: Item, make_bytes: Callable[[], bytes], pixel_bytes: int) -> None:

@@ -7,7 +7,7 @@ aekit.codec.core.Codec / Decoder, so the files are byte-identical to the local e
 
 from __future__ import annotations
 
-import sys
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +21,8 @@ from aekit.codec.format import SUFFIX
 from aekit.codec.jobs import JobReport, decoded_name, encode_image_file
 from aekit.export.engine_ray import RayConfig, list_tree, run_files
 from aekit.export.manifest import load_manifest
+
+log = logging.getLogger(__name__)
 
 
 def fail_line(name: str, exc: BaseException) -> str:
@@ -123,11 +125,11 @@ def _report(verb: str, job: Any, listing, rcfg: RayConfig, progress: bool | None
     report.skipped, report.ignored = listing.skipped, listing.ignored
     for line in listing.failed:
         report.failed.append(line)
-        print(f"failed: {line}", file=sys.stderr)
+        log.error("failed: %s", line)
     for row in run_files(job, listing, rcfg):
         if row["error"]:
             report.failed.append(row["error"])
-            print(f"failed: {row['error']}", file=sys.stderr)
+            log.error("failed: %s", row["error"])
             continue
         report.ok += 1
         report.bytes_in += row["bytes_in"]

@@ -8,7 +8,7 @@ Extraction runs on onnxruntime + numpy (no torch); the probe imports scikit-lear
 from __future__ import annotations
 
 import io
-import sys
+import logging
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -19,6 +19,8 @@ import numpy as np
 
 from aekit.data import scale_crop, subsample
 from aekit.images import ImageError, Sample, atomic_output, load_image, scan_folder
+
+log = logging.getLogger(__name__)
 
 FEATURES_FORMAT = "aekit-features"
 FEATURES_VERSION = 1
@@ -59,7 +61,7 @@ def list_samples(data: str | Path, cfg: LoadConfig) -> tuple[list[Sample], list[
     """Image files under data (flat, or one subfolder per class) and the class names; non-images noted."""
     samples, classes, skipped = scan_folder(data)
     for p in skipped:
-        print(f"note: {p}: not an image file (skipped)", file=sys.stderr)
+        log.warning("skipped %s: not an image file", p)
     return subsample(samples, cfg.max_images, cfg.seed), classes
 
 
@@ -148,7 +150,7 @@ def extract_features(model_dir: str | Path, data: str | Path, *, batch_size: int
         for i, arr, err in chunk:
             err = err or (None if pool == "avg" else check_shape(shape, arr, samples[i].path, size))
             if err:
-                print(f"failed: {err}", file=sys.stderr)
+                log.error("failed: %s", err)
                 failed.append(err)
                 continue
             shape = shape or arr.shape

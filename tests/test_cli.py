@@ -1,0 +1,44 @@
+"""The CLI root: help text that states each default once, -q/-v that set the log level."""
+
+from __future__ import annotations
+
+import argparse
+import re
+
+import pytest
+
+from aekit.cli import build_parser, main
+
+
+def subparsers(parser: argparse.ArgumentParser, prefix: str = "aekit"):
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield f"{prefix} {name}", sub
+                yield from subparsers(sub, f"{prefix} {name}")
+
+
+def test_help_states_each_default_once():
+    bad = []
+    for name, p in subparsers(build_parser()):
+        text = " ".join(p.format_help().split())
+        if "(default: None)" in text or re.search(r"\(default[^)]*\) \(default", text):
+            bad.append(name)
+    assert not bad, f"doubled or empty defaults in --help of: {bad}"
+
+
+def test_help_still_shows_real_defaults():
+    (name, p), = [(n, p) for n, p in subparsers(build_parser()) if n == "aekit train"]
+    assert "latent ratio 1/N (default: 4)" in " ".join(p.format_help().split())  # --ratio
+
+
+@pytest.mark.parametrize("flags, shown", [((), True), (("-q",), False)])
+def test_quiet_hides_progress_lines(tmp_path, capsys, flags, shown):
+    assert main([*flags, "data", "samples", str(tmp_path / "photos")]) == 0
+    cap = capsys.readouterr()
+    assert ("photos in" in cap.err) is shown and cap.out == ""
+
+
+def test_verbose_names_the_logger(tmp_path, capsys):
+    assert main(["-v", "data", "samples", str(tmp_path / "photos")]) == 0
+    assert "aekit.datasets: " in capsys.readouterr().err
