@@ -3,19 +3,22 @@
 Packages built on aekit (export, codec, detector, bench) register their subcommands
 through the `aekit.commands` entry-point group, so this root never imports them.
 Exit codes: 0 success; 1 the job ran and found something (screen: anomalies flagged);
-2 usage errors, bad input or a job with failed files; 130 interrupted.
+2 usage errors, bad input or a job with failed files; 130 interrupted; 141 the reader of
+stdout went away (`aekit info | head`: quietly, as SIGPIPE would).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import warnings
 from importlib.metadata import entry_points
 from typing import Callable
 
 EXIT_OK, EXIT_FOUND, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_BROKEN_PIPE = 128 + 13  # as a process killed by SIGPIPE
 
 
 class CLIError(Exception):
@@ -105,6 +108,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; a closed stdout (a pager or `head` that stopped reading) ends it quietly."""
+    try:
+        try:
+            return _main(argv)
+        finally:  # also after argparse's SystemExit (--help): a closed pipe surfaces here, not at exit
+            sys.stdout.flush()
+    except BrokenPipeError:
+        try:  # point stdout at /dev/null so the interpreter's final flush cannot fail again
+            fd = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(fd, sys.stdout.fileno())
+            os.close(fd)
+        except (OSError, ValueError):  # stdout without a descriptor (a test's capture)
+            pass
+        return EXIT_BROKEN_PIPE
+
+
+def _main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     setup_logging(args.verbose - args.quiet)
@@ -147,7 +167,8 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--val-data", help="validation folder (default: split off --val-fraction of DATA)")
     p.add_argument("--ratio", type=int, choices=(4, 9), default=m.ratio, help="latent ratio 1/N")
     p.add_argument("--channels", type=int, choices=(1, 3), default=None,
-                   help="image channels (default: 1 if the first image is grayscale, else 3)")
+                   help="image channels (default: from the whole folder: 1 if every image is grayscale, "
+                        "3 if any is colour; printed)")
     p.add_argument("--arch", default=m.arch, choices=ARCHITECTURE_NAMES,
                    help="dcgan | resnet (residual) | pretrained (ResNet trunk encoder) | vae")
     p.add_argument("--backbone", default=m.backbone, choices=BACKBONES, help="--arch pretrained: trunk")
@@ -179,7 +200,9 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
                    "trained before the full --size, e.g. 14:3")
     p.add_argument("--rate-weight", type=float, default=0.0,
                    help="lambda: add lambda x estimated latent bits per pixel to the loss (smaller files)")
-    p.add_argument("--size", type=int, default=d.size, help="training image side")
+    p.add_argument("--size", type=int, default=d.size,
+                   help="training image side (0: the smallest image's short side, at most 256: small images "
+                        "train at their own size; printed)")
     p.add_argument("--resize", choices=RESIZE_POLICIES, default=d.resize)
     p.add_argument("--val-fraction", type=float, default=d.val_fraction)
     p.add_argument("--repeat", type=int, default=d.repeat, help="passes over the images per epoch")
@@ -200,11 +223,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     from aekit.data import DataConfig
     from aekit.train import TrainConfig, train
 
-    channels = args.channels or guess_channels(args.data)
+    channels, size = folder_defaults(args.data, args.channels, args.size if args.resize != "none" else -1)
     mcfg = ModelConfig(arch=args.arch, channels=channels, ratio=args.ratio, width=args.width,
                        blocks=args.blocks, upsample=args.upsample, latent_levels=args.latent_levels,
                        quant=args.quant, backbone=args.backbone)
-    dcfg = DataConfig(size=args.size, resize=args.resize, val_fraction=args.val_fraction,
+    dcfg = DataConfig(size=max(size, 0), resize=args.resize, val_fraction=args.val_fraction,
                       max_images=args.max_images, repeat=args.repeat)
     tcfg = TrainConfig(data=args.data, out=args.out, val_data=args.val_data, epochs=args.epochs,
                        time_budget=args.time_budget, batch_size=args.batch_size, lr=args.lr,
@@ -229,19 +252,33 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def guess_channels(data: str) -> int:
-    """1 if the first image of the folder is grayscale, else 3."""
-    from PIL import Image
+    """Channels for a model of this folder: 1 if every image is grayscale, 3 if any is colour."""
+    return folder_defaults(data, None, -1)[0]
 
+
+def folder_defaults(data: str, channels: int | None, size: int) -> tuple[int, int]:
+    """Channels and training side from every image header of the folder, each said in one line.
+
+    Channels: 1 if every image is grayscale, 3 if any is colour (see FolderSummary);
+    size 0 (auto): the smallest short side, at most 256. Given values are kept as they are.
+    """
+    from aekit.data import MAX_AUTO_SIZE, summarize
     from aekit.images import scan_folder
 
-    samples, _, _ = scan_folder(data)
-    for s in samples[:20]:
-        try:
-            with Image.open(s.path) as im:
-                return 1 if im.mode in ("L", "1", "I", "I;16", "I;16B", "I;16L", "LA") else 3
-        except OSError:
-            continue
-    return 3
+    if channels and size != 0:
+        return channels, size
+    samples, _, _ = scan_folder(data, report=lambda line: None)  # training reports skips itself
+    info = summarize(samples)
+    log = logging.getLogger(__name__)
+    if not channels:
+        channels = info.channels()
+        log.info("data: %s (--channels to choose)", info.describe())
+    if size == 0:
+        size = info.auto_size()
+        log.info("data: training side %d (%s; --size to choose)", size,
+                 f"the smallest image side is {info.min_side}" + (f", capped at {MAX_AUTO_SIZE}"
+                                                                   if info.min_side > MAX_AUTO_SIZE else ""))
+    return channels, size
 
 
 def add_data_parser(sub: argparse._SubParsersAction) -> None:
@@ -253,6 +290,14 @@ def add_data_parser(sub: argparse._SubParsersAction) -> None:
     f.add_argument("--source", help="folder with the IDX files (default: Debian's dataset-fashion-mnist)")
     f.add_argument("--limit", type=int, default=0, help="first N images per split (0: all)")
     f.set_defaults(func=cmd_data)
+    ph = dsub.add_parser("photos", help="the real-photo set: bundled photos + Debian's mate-backgrounds, "
+                         "train/ and a fixed held-out test/ split",
+                         description="Writes OUT/train and OUT/test (astronaut, coffee, LadyBird, Storm, "
+                                     "GreenMeadow) as PNG; mate-backgrounds is read where installed, else "
+                                     "unpacked with apt-get download + dpkg -x into ~/.cache/aekit.")
+    ph.add_argument("out")
+    ph.add_argument("--mate", help="folder of mate-backgrounds' nature/ photos (default: found or unpacked)")
+    ph.set_defaults(func=cmd_data)
     s = dsub.add_parser("samples", help="photos bundled with scikit-image and scikit-learn")
     s.add_argument("out", help="output folder")
     s.set_defaults(func=cmd_data)
@@ -263,6 +308,8 @@ def cmd_data(args: argparse.Namespace) -> int:
 
     if args.dataset == "fashion-mnist":
         datasets.fashion_mnist(args.out, args.source, args.limit)
+    elif args.dataset == "photos":
+        datasets.photos(args.out, args.mate)
     else:
         datasets.sample_photos(args.out)
     return EXIT_OK

@@ -2,6 +2,8 @@
 
 Images are decoded once (in parallel threads), resized by the chosen policy and kept in
 memory as uint8 when they fit under `cache_mb`; bad files are skipped with one line each.
+Defaults follow the folder: the training side is the smallest image's short side (at most
+256), and the channel count is 1 only when every image is grayscale (summarize()).
 """
 
 from __future__ import annotations
@@ -15,16 +17,18 @@ from typing import Iterator
 import numpy as np
 from PIL import Image
 
-from aekit.images import ImageError, Sample, load_image, scan_folder
+from aekit.images import ImageError, Sample, load_image, probe_image, scan_folder
 
 log = logging.getLogger(__name__)
 
 RESIZE_POLICIES = ("scale-crop", "random-crop", "none")
+MAX_AUTO_SIZE = 256  # size=0 (auto) trains at the smallest image's short side, but at most this
 
 
 @dataclass
 class DataConfig:
-    size: int = 256  # side of the square training images (ignored by resize="none")
+    size: int = 0  # side of the square training images (ignored by resize="none"); 0: auto, the
+    # smallest training image's short side capped at MAX_AUTO_SIZE (28x28 images train at 28, never upscaled)
     resize: str = "scale-crop"  # scale-crop: short side to size, centre crop (seed recipe);
     # random-crop: random size x size crops at native scale (centre crop for validation);
     # none: images used as they are (all must share one size)
@@ -37,8 +41,8 @@ class DataConfig:
     def __post_init__(self) -> None:
         if self.resize not in RESIZE_POLICIES:
             raise ValueError(f"resize {self.resize!r} must be one of {', '.join(RESIZE_POLICIES)}")
-        if self.resize != "none" and self.size < 1:
-            raise ValueError(f"size must be positive for resize={self.resize}, got {self.size}")
+        if self.size < 0:
+            raise ValueError(f"size must be positive (or 0: auto), got {self.size}")
 
 
 class ImageSet:
@@ -48,6 +52,10 @@ class ImageSet:
                  source: str = ""):
         self.cfg, self.channels, self.train, self.min_side = cfg, channels, train, min_side
         self.source = source or "data"
+        if cfg.resize != "none" and cfg.size == 0:  # auto: resolved once, by the first split built
+            cfg.size = summarize(samples, cfg.workers).auto_size()
+            log.info("data: training side %d (auto: the smallest image's short side, at most %d; "
+                     "--size to change)", cfg.size, MAX_AUTO_SIZE)
         self.samples, self.images = self._decode(samples)
         self.labels = [s.label for s in self.samples]
         if cfg.resize == "none":
@@ -119,6 +127,51 @@ class ImageSet:
         else:
             top, left = (h - s) // 2, (w - s) // 2
         return im[top : top + s, left : left + s]
+
+
+@dataclass
+class FolderSummary:
+    """What the image headers of a folder say (no pixels decoded): the basis of the defaults."""
+
+    gray: int = 0  # images stored with one channel
+    colour: int = 0  # images stored in colour (RGB, CMYK, colour palettes, ...)
+    unreadable: int = 0  # files whose header could not be read (skipped later, one line each)
+    min_side: int = 0  # the smallest short side among readable images (0: none readable)
+
+    def channels(self) -> int:
+        """All gray -> 1; any colour -> 3 (gray images are then replicated, nothing is lost)."""
+        return 1 if self.gray and not self.colour else 3
+
+    def describe(self) -> str:
+        n = self.gray + self.colour
+        if self.channels() == 1:
+            return f"channels 1 (grayscale): all {n} readable images are grayscale"
+        mixed = f"; the {self.gray} grayscale ones are replicated to 3 channels" if self.gray else ""
+        return f"channels 3 (RGB): {self.colour} colour and {self.gray} grayscale images{mixed}"
+
+    def auto_size(self) -> int:
+        return min(MAX_AUTO_SIZE, self.min_side) if self.min_side else MAX_AUTO_SIZE
+
+
+def summarize(samples: list[Sample], workers: int = 4) -> FolderSummary:
+    """Read every image header once (threads): gray/colour counts and the smallest side."""
+    def one(s: Sample):
+        try:
+            return probe_image(s.path)
+        except ImageError:
+            return None
+
+    out, sides = FolderSummary(), []
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        for info in pool.map(one, samples):
+            if info is None:
+                out.unreadable += 1
+                continue
+            out.gray += info.gray
+            out.colour += not info.gray
+            sides.append(min(info.width, info.height))
+    out.min_side = min(sides) if sides else 0
+    return out
 
 
 def scale_crop(arr: np.ndarray, size: int) -> np.ndarray:

@@ -8,14 +8,20 @@ from __future__ import annotations
 
 import io
 import os
+import re
+import logging
+import stat
 import tempfile
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 from PIL import Image, ImageOps
+
+log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 # A decoded image above this many pixels is refused before its pixels are read
@@ -25,6 +31,37 @@ DEFAULT_MAX_PIXELS = 178_956_970  # Pillow's own hard limit (2 x MAX_IMAGE_PIXEL
 
 class ImageError(Exception):
     """A file that cannot be used as an image; the message names the file and the reason."""
+
+
+class ImageLimitError(ImageError):
+    """An image refused by a size limit (pixels, decompression bomb): the input is too big, not broken."""
+
+
+def display(path: str | Path) -> str:
+    """A path as printable text: bytes of a non-UTF-8 file name shown as \\xNN escapes."""
+    return str(path).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def entry_problem(path: Path) -> str | None:
+    """Why a directory entry cannot be read as a file (None when it can).
+
+    Checked before anything opens it: a file name that is not valid UTF-8 (it could not be
+    printed or recorded faithfully), a symbolic link that loops or points nowhere, and
+    anything that is not a regular file (a FIFO would block the reader forever).
+    """
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        return "file name is not valid UTF-8; rename the file"
+    try:
+        st = path.stat()
+    except OSError as e:
+        if path.is_symlink():
+            return f"symbolic link that cannot be followed ({e.strerror or e})"
+        return f"cannot read ({e.strerror or e})"
+    if not stat.S_ISREG(st.st_mode):
+        return "not a regular file"
+    return None
 
 
 @dataclass(frozen=True)
@@ -38,24 +75,43 @@ def is_image_name(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS
 
 
-def scan_folder(root: str | Path) -> tuple[list[Sample], list[str], list[Path]]:
+def warn(message: str) -> None:
+    """Default reporter of skipped entries: one warning line (the aekit.images logger)."""
+    log.warning("%s", message)
+
+
+def scan_folder(root: str | Path, report: Callable[[str], None] = warn,
+                ) -> tuple[list[Sample], list[str], list[Path]]:
     """Image files under root, their class names and the non-image files skipped.
 
     ImageFolder convention: if root holds subfolders with images, each first-level
     subfolder is a class (images deeper down belong to that class) and images lying
     directly in root are an error; otherwise root is one flat, unlabelled folder.
-    Returns (samples sorted by path, class names sorted, skipped non-image files).
+    Image-named entries that cannot be read as files (see entry_problem: links that loop
+    or dangle, non-UTF-8 names, FIFOs) are left out, each reported as one line through
+    `report`. Returns (samples sorted by path, class names sorted, skipped non-image files).
     """
     root = Path(root)
-    if not root.exists():
-        raise FileNotFoundError(f"{root}: no such file or folder")
-    if root.is_file():
+    if not root.exists() and not root.is_symlink():
+        raise FileNotFoundError(f"{display(root)}: no such file or folder")
+    if not root.is_dir():
         if not is_image_name(root):
-            raise ImageError(f"{root}: not an image file (expected one of {', '.join(IMAGE_EXTENSIONS)})")
-        return [Sample(root.resolve(), "", Path(root.name))], [], []
-    files, skipped = _walk(root)
+            raise ImageError(f"{display(root)}: not an image file (expected one of {', '.join(IMAGE_EXTENSIONS)})")
+        if problem := entry_problem(root):
+            raise ImageError(f"{display(root)}: {problem}")
+        return [Sample(Path(os.path.abspath(root)), "", Path(root.name))], [], []
+    files, skipped, unusable = [], [], 0
+    for p in iter_files(root):
+        if not is_image_name(p):
+            skipped.append(p)
+        elif problem := entry_problem(p):
+            unusable += 1
+            report(f"skipped {display(p)}: {problem}")
+        else:
+            files.append(p)
     if not files:
-        raise ImageError(f"{root}: no image files found ({len(skipped)} other files)")
+        bad = f"{unusable} unusable image entries (named above), " if unusable else ""
+        raise ImageError(f"{display(root)}: no image files found ({bad}{len(skipped)} other files)")
     top_level = [p for p in files if p.parent == root]
     nested = [p for p in files if p.parent != root]
     if nested and top_level:
@@ -67,21 +123,22 @@ def scan_folder(root: str | Path) -> tuple[list[Sample], list[str], list[Path]]:
     for p in files:
         rel = p.relative_to(root)
         label = rel.parts[0] if nested else ""
-        samples.append(Sample(p.resolve(), label, rel))
+        samples.append(Sample(Path(os.path.realpath(p)), label, rel))
     classes = sorted({s.label for s in samples if s.label})
     return samples, classes, skipped
 
 
-def _walk(root: Path) -> tuple[list[Path], list[Path]]:
-    files, skipped = [], []
+def iter_files(root: Path) -> Iterator[Path]:
+    """Every non-hidden file entry under root, sorted; links to folders are not followed.
+
+    The one folder walker of the package (training, screening, features and the codec's
+    folder jobs); hidden names include our own '.NAME.*.part' temp files.
+    """
     for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for name in sorted(filenames):
-            if name.startswith("."):
-                continue
-            p = Path(dirpath) / name
-            (files if is_image_name(p) else skipped).append(p)
-    return files, skipped
+            if not name.startswith("."):
+                yield Path(dirpath) / name
 
 
 class NamedBytes(io.BytesIO):
@@ -110,41 +167,97 @@ def load_image(
 ) -> tuple[np.ndarray, str]:
     """Decode an image file to a uint8 array (H, W, channels) and a note on conversion.
 
-    EXIF orientation is applied. Modes are converted deliberately: palette and
-    alpha images are composited on white, 16/32-bit integer images are scaled to
-    8 bits, CMYK/YCbCr/LAB go to RGB. With strict=True a colour image is refused by a
-    gray model and vice versa (a codec must not silently drop colour); otherwise it is
-    converted and the note says so. Raises ImageError naming the file.
+    EXIF orientation is applied when it can be read (unreadable EXIF is ignored and noted:
+    the pixels are fine). Modes are converted deliberately: palette and alpha images are
+    composited on white, 16-bit integer images are scaled to 8 bits by their declared
+    depth, 32-bit integer and float images are refused, CMYK/YCbCr/LAB go to RGB. Files
+    with several frames (multi-page TIFF, APNG, animated WebP) are refused; the primary
+    image of a JPEG with extra MPO pictures is used. With strict=True a colour image is
+    refused by a gray model and vice versa (a codec must not silently drop colour);
+    otherwise it is converted and the note says so (channels=0: 1 or 3 as stored). Every failure, whatever Pillow raised,
+    is one ImageError naming the file (ImageLimitError for the size limits).
     """
     if isinstance(path, NamedBytes):
         path.seek(0)  # may be decoded more than once (e.g. RGB, then gray)
+        name = path.name
     else:
         path = Path(path)
+        name = display(path)
+        if problem := entry_problem(path):
+            raise ImageError(f"{name}: {problem}")
     try:
         with Image.open(path) as im:
             w, h = im.size
             if w * h > max_pixels:
-                raise ImageError(f"{path}: {w}x{h} = {w * h} pixels exceeds the limit of {max_pixels}")
-            im = ImageOps.exif_transpose(im)
-            arr, note = _to_array(im, channels, strict, path)
+                raise ImageLimitError(f"{name}: {w}x{h} = {w * h} pixels exceeds the limit of {max_pixels}")
+            frames = getattr(im, "n_frames", 1)
+            if frames > 1 and im.format != "MPO":  # MPO: a JPEG photo plus previews/depth maps
+                raise ImageError(f"{name}: {im.format} file with {frames} frames (animated or multi-page); "
+                                 "aekit reads single images, so save the frame you want as its own file")
+            bits = _integer_depth(im)  # before _orient: a transposed copy forgets its file's tags
+            im, notes = _orient(im)
+            arr, note = _to_array(im, channels, strict, name, bits)
     except ImageError:
         raise
     except Image.DecompressionBombError as e:
-        raise ImageError(f"{path}: refused as a decompression bomb ({e})") from None
-    except (OSError, ValueError, SyntaxError) as e:
-        raise ImageError(f"{path}: cannot decode image ({e})") from None
+        raise ImageLimitError(f"{name}: refused as a decompression bomb ({e})") from None
+    except MemoryError:
+        raise ImageLimitError(f"{name}: not enough memory to decode this image") from None
+    except Exception as e:  # Pillow's plugins raise many types (struct.error, IndexError, ...) on bad files
+        raise ImageError(f"{name}: cannot decode image ({type(e).__name__}: {e})") from None
     if min(arr.shape[:2]) < 1:
-        raise ImageError(f"{path}: empty image")
-    return arr, note
+        raise ImageError(f"{name}: empty image")
+    return arr, "; ".join(n for n in (*notes, note) if n)
 
 
-def _to_array(im: Image.Image, channels: int, strict: bool, path: Path) -> tuple[np.ndarray, str]:
+# EXIF orientation -> the transpose that shows the image upright (as ImageOps.exif_transpose)
+_ORIENTATION = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
+                4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
+                6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE, 8: Image.Transpose.ROTATE_90}
+
+
+def _orient(im: Image.Image) -> tuple[Image.Image, list[str]]:
+    """Apply the EXIF orientation; malformed EXIF is ignored with a note, never fatal.
+
+    Only the orientation tag is read (ImageOps.exif_transpose also re-serialises the
+    whole EXIF block, which raises on many malformed-but-harmless tags).
+    """
+    try:
+        orientation = im.getexif().get(0x0112, 1)
+    except Exception as e:
+        return im, [f"EXIF unreadable, orientation ignored ({type(e).__name__})"]
+    method = _ORIENTATION.get(orientation) if isinstance(orientation, int) else None
+    if method is None:
+        return im, [] if orientation in (1, None) else [f"EXIF orientation {orientation!r} ignored"]
+    im.load()
+    return im.transpose(method), []
+
+
+def _integer_depth(im: Image.Image) -> int:
+    """Bits per sample an integer-mode (I, I;16*) image declares: TIFF's BitsPerSample, else 16 or 32."""
+    bits = getattr(im, "tag_v2", {}).get(258) if im.format == "TIFF" else None
+    if isinstance(bits, tuple):
+        bits = bits[0] if bits else None
+    if isinstance(bits, int) and 1 <= bits <= 32:
+        return bits
+    if im.mode.startswith("I;16") or im.format == "PNG":  # PNG stores at most 16 bits a sample
+        return 16
+    return 32
+
+
+def _to_array(im: Image.Image, channels: int, strict: bool, path: str, bits: int = 16) -> tuple[np.ndarray, str]:
     mode, notes = im.mode, []
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
         a = np.asarray(im, dtype=np.float64)
-        top = 65535.0 if mode.startswith("I;16") or a.max() > 255 else 255.0
-        im = Image.fromarray(np.clip(np.round(a * (255.0 / top)), 0, 255).astype(np.uint8), "L")
-        notes.append(f"{mode} scaled to 8 bits")
+        if bits > 16:  # no honest way to map 2^32 levels: a fixed scale crushes, a per-image one lies
+            lo, hi = (a.min(), a.max()) if a.size else (0, 0)
+            raise ImageError(f"{path}: {bits}-bit integer image (values {lo:.0f}..{hi:.0f}); aekit reads 8- and "
+                             "16-bit images, so convert it to 16 bits with the scaling you want")
+        top = float(2**bits - 1)
+        if a.size and (a.min() < 0 or a.max() > top):
+            raise ImageError(f"{path}: values {a.min():.0f}..{a.max():.0f} outside the declared {bits}-bit range")
+        im = Image.fromarray(np.round(a * (255.0 / top)).astype(np.uint8), "L")
+        notes.append(f"{bits}-bit {mode} scaled to 8 bits (x 255/{top:.0f})")
     elif mode == "F":
         raise ImageError(f"{path}: floating-point images (mode F) are not supported; save as 8/16-bit")
     if im.mode == "P":
@@ -162,7 +275,7 @@ def _to_array(im: Image.Image, channels: int, strict: bool, path: Path) -> tuple
     src_channels = 1 if im.mode == "L" else 3
     if im.mode not in ("L", "RGB"):
         raise ImageError(f"{path}: unsupported image mode {im.mode}")
-    if src_channels != channels:
+    if channels and src_channels != channels:  # channels 0: as stored (1 or 3)
         if strict:
             kind = {1: "grayscale", 3: "RGB"}
             raise ImageError(
@@ -175,6 +288,62 @@ def _to_array(im: Image.Image, channels: int, strict: bool, path: Path) -> tuple
     if arr.ndim == 2:
         arr = arr[:, :, None]
     return np.ascontiguousarray(arr), "; ".join(notes)
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    width: int  # as stored (EXIF orientation may swap width and height, never the short side)
+    height: int
+    gray: bool  # one channel as stored (L, 1, I;16, LA, or a palette of grays)
+
+
+GRAY_MODES = ("1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F")
+
+
+def probe_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageInfo:
+    """Size and gray/colour of an image file from its header (no pixels decoded); ImageError if unusable."""
+    path = Path(path)
+    if problem := entry_problem(path):
+        raise ImageError(f"{display(path)}: {problem}")
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+            if w * h > max_pixels:
+                raise ImageLimitError(f"{display(path)}: {w}x{h} = {w * h} pixels exceeds the limit of {max_pixels}")
+            if im.mode in ("P", "PA"):
+                pal = np.asarray(im.getpalette() or [], dtype=np.uint8).reshape(-1, 3)
+                gray = bool((pal == pal[:, :1]).all())
+            else:
+                gray = im.mode in GRAY_MODES
+            return ImageInfo(w, h, gray)
+    except ImageError:
+        raise
+    except Exception as e:
+        raise ImageError(f"{display(path)}: cannot read image header ({type(e).__name__}: {e})") from None
+
+
+def load_for_channels(path: str | Path | NamedBytes, channels: int,
+                      max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, str]:
+    """Image file -> (uint8 (H, W, channels), original mode "L" | "RGB") for a model of `channels`.
+
+    The one channel rule of aekit (codec, detector, server): convert when nothing is lost,
+    refuse when colour would be lost.
+      - a grayscale file through an RGB model is replicated to 3 channels (mode "L", so a
+        codec restores one channel on decode);
+      - an RGB file whose three channels are equal ("gray-looking" RGB) through a gray model
+        is taken as grayscale (mode "L");
+      - an RGB file with colour through a gray model is refused (ImageError naming the file).
+    """
+    arr, _ = load_image(path, 0, max_pixels=max_pixels)  # (H, W, 1|3) as stored
+    if arr.shape[2] == channels:
+        return arr, "L" if channels == 1 else "RGB"
+    if channels == 3:
+        return np.repeat(arr, 3, axis=2), "L"
+    if np.array_equal(arr[..., 0], arr[..., 1]) and np.array_equal(arr[..., 1], arr[..., 2]):
+        return np.ascontiguousarray(arr[..., :1]), "L"
+    name = path.name if isinstance(path, NamedBytes) else display(path)
+    raise ImageError(f"{name}: RGB image but the model takes 1-channel (grayscale) images; "
+                     "refusing to drop colour (use an RGB model)")
 
 
 def pad_to_multiple(x: np.ndarray, factor: int) -> np.ndarray:
@@ -215,22 +384,86 @@ DIR_MODE = 0o777 & ~_umask()
 
 @contextmanager
 def atomic_output(path: str | Path) -> Iterator[Path]:
-    """Yield a temp path beside `path`; on success it is renamed over `path`, else removed.
+    """Yield a temp path beside `path`; on success it is fsynced and renamed over `path`, else removed.
 
-    Readers never see a partial file, and an interrupted job leaves only a hidden
-    '.NAME.*.part' file that the next run ignores.
+    Readers never see a partial file, and after a crash or power loss the name holds the old
+    or the new content, never a torn one. An interrupted job leaves only a hidden
+    '.NAME.PID-XXXX.part' file that the next run ignores and remove_stale_parts() deletes.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}-", suffix=".part", dir=path.parent)
     os.close(fd)
     try:
         yield Path(tmp)
         os.chmod(tmp, FILE_MODE)
+        _fsync(tmp)
         os.replace(tmp, path)
+        _fsync_dir(path.parent)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _fsync(path: str | Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename durable (POSIX); a no-op where folders cannot be opened (Windows)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+_PART = re.compile(r"^\..+\.(?:(\d+)-)?[A-Za-z0-9_]+\.part$")
+
+
+def remove_stale_parts(root: str | Path, min_age_s: float = 3600.0) -> list[Path]:
+    """Delete temp files that atomic_output() left behind when its process was killed.
+
+    A '.NAME.PID-XXXX.part' is stale when process PID no longer runs (or runs but the
+    file has not changed for min_age_s, as after a PID was reused); one without a PID
+    (older versions) when unchanged for min_age_s. Returns the paths removed.
+    """
+    removed = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in filenames:
+            m = _PART.match(name)
+            if not m:
+                continue
+            p = Path(dirpath) / name
+            try:
+                age = time.time() - p.lstat().st_mtime
+                if (m.group(1) and not _pid_alive(int(m.group(1)))) or age >= min_age_s:
+                    p.unlink()
+                    removed.append(p)
+            except OSError:
+                continue  # gone meanwhile, or not ours to delete
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, OSError):
+        return True  # exists (another user's), or not checkable: keep the file
+    return True
 
 
 def save_image(arr: np.ndarray, path: str | Path) -> Path:
