@@ -483,6 +483,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    """PSNR in dB between two uint8 arrays of equal shape (inf when identical)."""
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return float("inf") if mse == 0 else float(10 * np.log10(255.0**2 / mse))
+    """Kept for callers of aekit.images.psnr: the one definition is aekit.metrics.psnr."""
+    from aekit.metrics import psnr as _psnr
+
+    return _psnr(a, b)

@@ -212,30 +212,20 @@ def reconstruct_folder(model_dir: str | Path, data_dir: str | Path, max_images: 
     return images, recon, labels
 
 
-def reconstruction_metrics(orig: np.ndarray, recon: np.ndarray, batch_size: int = 500) -> dict[str, Any]:
-    """MSE and MAE on the [0, 1] pixel scale, PSNR (dB, of the set's mean MSE; inf when identical), and
-    MS-SSIM (pytorch-msssim) when the images are over 160 px a side, else single-scale SSIM, 7-px window."""
-    import torch
-    from pytorch_msssim import ms_ssim, ssim
+def reconstruction_metrics(orig: np.ndarray, recon: np.ndarray) -> dict[str, Any]:
+    """MSE and MAE on the [0, 1] pixel scale; PSNR (dB) and MS-SSIM as the codec reports them
+    (aekit.metrics: per-image means; MS-SSIM over the scales that fit, one scale = SSIM)."""
+    from aekit.metrics import msssim_batch, msssim_scales, psnr_batch
 
     if orig.shape != recon.shape:
         raise ValueError(f"originals {orig.shape} and reconstructions {recon.shape} differ in shape")
     a, b = orig.astype(np.float64) / 255, recon.astype(np.float64) / 255
     mse, mae = float(np.mean((a - b) ** 2)), float(np.mean(np.abs(a - b)))
-    side = min(orig.shape[1:3])
-    multi = side > 160
-    win = 11 if multi else min(7, side - (1 - side % 2))  # odd, at most the side
-    values = []
-    with torch.inference_mode():
-        for s in range(0, len(orig), batch_size):
-            x, y = (torch.from_numpy(v[s : s + batch_size]).permute(0, 3, 1, 2).float() / 255 for v in (orig, recon))
-            f = ms_ssim(x, y, data_range=1.0, size_average=False) if multi else \
-                ssim(x, y, data_range=1.0, win_size=win, size_average=False)
-            values.append(f.numpy())
-    name = "ms-ssim" if multi else f"ssim (single scale, {win}-px window)"
+    k = msssim_scales(*orig.shape[1:3])
     return {"n": len(orig), "scale": "pixels in [0, 1]", "mse": mse, "mae": mae,
-            "psnr_db": float("inf") if mse == 0 else float(10 * np.log10(1.0 / mse)),
-            "structure": float(np.mean(np.concatenate(values))), "structure_metric": name}
+            "psnr_db": float(np.mean(psnr_batch(orig, recon))),
+            "structure": float(np.nanmean(msssim_batch(orig, recon))),
+            "structure_metric": "ms-ssim" if k == 5 else f"ms-ssim ({k} scale{'s' * (k > 1)} fit)"}
 
 
 def record(train_dir: str, test_dir: str, cfg: ClassifierConfig, out: Path, threads: int,

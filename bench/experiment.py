@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from aekit.images import psnr
+from aekit.metrics import psnr
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from aekit.images import psnr
+from aekit.metrics import psnr
 
 
 def _pil(img: np.ndarray) -> Image.Image:

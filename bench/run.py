@@ -386,7 +386,7 @@ class Sweep:
 
     def _quality(self, images: np.ndarray, q: np.ndarray, rt: Any, size: str) -> dict[str, Any]:
         """Coded bytes and PSNR of ours vs JPEG at the quality giving a similar size."""
-        from aekit.images import psnr
+        from aekit.metrics import psnr
         from aekit.bench.jpeg import match_quality
 
         rec = rt.decode(rt.dequantise(q), *images.shape[1:3])

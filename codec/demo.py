@@ -12,7 +12,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from aekit.images import load_image, psnr
+from aekit.images import load_image
+from aekit.metrics import psnr
 
 
 def register(sub: argparse._SubParsersAction) -> None:

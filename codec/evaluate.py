@@ -3,7 +3,7 @@
     aekit evaluate data/fmnist/test -m models/fmnist-r4 -m models/fmnist-r9 -o codec/results/fmnist
 For each model: mean file bytes (header included), bits per pixel, PSNR and MS-SSIM of the
 decoded images; JPEG and WebP are swept over quality and interpolated at the model's mean
-bytes. Writes results.json, results.md and rd.png. Torch-free (metrics in aekit.codec.metrics).
+bytes. Writes results.json, results.md and rd.png. Torch-free (metrics in aekit.metrics).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from aekit.images import atomic_write_bytes, is_image_name
 from aekit.machine import cpu_name
 from aekit.codec.core import Codec, CodecConfig, Decoder, load_for_model
 from aekit.codec.jobs import walk
-from aekit.codec.metrics import msssim_batch, msssim_scales, psnr_batch
+from aekit.metrics import msssim_batch, msssim_scales, psnr_batch
 
 log = logging.getLogger(__name__)
 

@@ -45,7 +45,7 @@ def test_accuracy_on_reconstructions(clf_path, tiny_model, fmnist_dir):
     assert 0.0 <= acc <= 1.0
     m = reconstruction_metrics(orig, recon)
     assert 0 < m["mse"] < 0.1 and 0 < m["mae"] < 0.3 and 10 < m["psnr_db"] < 60
-    assert m["structure_metric"].startswith("ssim (single scale, 7-px") and 0 < m["structure"] < 1
+    assert m["structure_metric"] == "ms-ssim (2 scales fit)" and 0 < m["structure"] < 1  # 28 px: 2 scales
     with pytest.raises(ValueError, match="got shape"):
         classifier_accuracy(clf, np.zeros((2, 28, 28, 3), np.uint8), [0, 1])
 
@@ -53,7 +53,7 @@ def test_accuracy_on_reconstructions(clf_path, tiny_model, fmnist_dir):
 def test_metrics_on_identical_images():
     x = np.random.default_rng(0).integers(0, 256, (4, 28, 28, 1), dtype=np.uint8)
     m = reconstruction_metrics(x, x)
-    assert m["mse"] == 0 and m["mae"] == 0 and m["psnr_db"] == float("inf") and m["structure"] == pytest.approx(1)
+    assert m["mse"] == 0 and m["mae"] == 0 and m["psnr_db"] == 100.0 and m["structure"] == pytest.approx(1)
     y = x.copy()
     y[:, 0, 0, 0] ^= 1
     assert np.isfinite(reconstruction_metrics(x, y)["psnr_db"])

@@ -1,10 +1,16 @@
-"""Image quality metrics in numpy (no torch): PSNR and MS-SSIM for batches of uint8 images.
+"""Image quality metrics in numpy (no torch), the one definition every package reports.
+
+PSNR: per image on uint8 pixels (peak 255), averaged over images ("per-image mean"); identical
+images count as PSNR_CAP (100 dB) so means stay finite. The codec, its evaluation, the bench,
+the server and training's validation log all report this number (training rounds its decoded
+float images to uint8 first, as the codec does; see `psnr_torch`).
 
 MS-SSIM follows Wang et al. 2003 as implemented by pytorch-msssim (Gaussian window 11,
 sigma 1.5, K = (0.01, 0.03), 'valid' filtering, 2x2 average pooling with zero padding of
-odd sizes, the standard five weights). Images too small for five scales (the window must
-fit the coarsest scale, e.g. 28x28 Fashion-MNIST) use as many scales as fit, with the
-leading weights renormalised; `msssim_scales` says how many.
+odd sizes, the standard five weights); tests/test_metrics.py checks it against pytorch-msssim.
+Images too small for five scales (the window must fit the coarsest scale, e.g. 28x28
+Fashion-MNIST) use as many scales as fit, with the leading weights renormalised;
+`msssim_scales` says how many (one scale is plain SSIM).
 """
 
 from __future__ import annotations
@@ -15,12 +21,38 @@ WEIGHTS = np.array([0.0448, 0.2856, 0.3001, 0.2363, 0.1333])
 WIN, SIGMA, K1, K2 = 11, 1.5, 0.01, 0.03
 
 
-def psnr_batch(a: np.ndarray, b: np.ndarray, cap: float = 100.0) -> np.ndarray:
-    """uint8 (N, H, W, C) pairs -> PSNR dB (N,), capped for identical images."""
-    d = a.astype(np.float64) - b.astype(np.float64)
-    mse = (d * d).reshape(len(a), -1).mean(1)
+PSNR_CAP = 100.0  # dB reported for identical images
+
+
+def psnr_batch(a: np.ndarray, b: np.ndarray, cap: float = PSNR_CAP) -> np.ndarray:
+    """uint8 (N, H, W, C) pairs -> PSNR dB (N,), one per image, capped for identical images."""
+    d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
+    mse = (d * d).reshape(len(d), -1).mean(1)
     with np.errstate(divide="ignore"):
         return np.minimum(10 * np.log10(255.0**2 / mse), cap)
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """PSNR dB of one uint8 image pair of equal shape (PSNR_CAP when identical)."""
+    return float(psnr_batch(np.asarray(a)[None], np.asarray(b)[None])[0])
+
+
+def mean_psnr(pairs) -> float:
+    """The per-image mean PSNR over (original, reconstruction) uint8 pairs: what aekit reports."""
+    return float(np.mean([psnr(a, b) for a, b in pairs]))
+
+
+def psnr_torch(x_hat, x):
+    """Per-image PSNR (B,) of model outputs in [-1, 1] against inputs in [-1, 1], both tensors.
+
+    Both sides are rounded to uint8 exactly as `aekit.images.from_model_output` does, so the
+    figure training logs is the one the codec reports. Tensor methods only: no torch import here.
+    """
+    def u8(t):
+        return ((t.detach().float() + 1) * 127.5).round().clamp(0, 255)
+
+    mse = ((u8(x_hat).double() - u8(x).double()) ** 2).flatten(1).mean(1)
+    return (10 * (255.0**2 / mse).log10()).clamp(max=PSNR_CAP)
 
 
 def msssim_scales(height: int, width: int) -> int:
