@@ -25,6 +25,7 @@ from aekit.config import ModelConfig
 from aekit.data import DataConfig, ImageSet, report_skipped, split_samples, subsample
 from aekit.images import ImageError, scan_folder
 from aekit.losses import ReconstructionLoss
+from aekit.metrics import psnr_torch
 from aekit.models import Autoencoder, build_model
 
 
@@ -189,7 +190,7 @@ class Trainer:
                 "train_loss": train_loss,
                 "train_psnr": psnr_from_mse(train_mse),
                 "val_loss": val["loss"],
-                "val_psnr": psnr_from_mse(val["mse"]),
+                "val_psnr": val.get("psnr", psnr_from_mse(val["mse"])),
                 "val_bpp_est": val["bpp"],
                 "lr": self.opt.param_groups[0]["lr"],
                 "epoch_time_s": time.monotonic() - t_epoch,
@@ -252,7 +253,7 @@ class Trainer:
     def evaluate(self, data: ImageSet) -> dict[str, float]:
         """Loss and MSE with truly rounded latents (eval mode), as the codec will decode."""
         self.model.eval()
-        total, total_mse, bits, n, pixels = 0.0, 0.0, 0.0, 0, 0
+        total, total_mse, bits, n, pixels, psnr_sum = 0.0, 0.0, 0.0, 0, 0, 0.0
         gen = torch.Generator(self.device).manual_seed(self.tcfg.seed)  # the same corruption every epoch
         for batch in data.batches(self.tcfg.batch_size, None):
             x = to_tensor(batch, self.device)
@@ -262,11 +263,12 @@ class Trainer:
             bpp = float(self.model.rate_bpp(out, px)) if self.tcfg.rate_weight > 0 else 0.0
             total += (float(loss) + self.tcfg.rate_weight * bpp) * len(x)
             total_mse += float(torch.mean((out.x_hat - x) ** 2)) * len(x)
+            psnr_sum += float(psnr_torch(out.x_hat, x).sum())  # the codec's PSNR: per image, on uint8
             bits += bpp * px
             n, pixels = n + len(x), pixels + px
         # the learned prior is trained only by the rate term: without it its estimate means nothing
         bpp = bits / pixels if self.tcfg.rate_weight > 0 else float("nan")
-        return {"loss": total / n, "mse": total_mse / n, "bpp": bpp}
+        return {"loss": total / n, "mse": total_mse / n, "psnr": psnr_sum / n, "bpp": bpp}
 
     def _log(self, row: dict[str, Any]) -> None:
         prev = self.history[-1] if self.history else None
