@@ -89,7 +89,8 @@ def mirror(src: Path, dst: Path, limit: int) -> tuple[int, int]:
 
 
 def tree_bytes(root: Path) -> tuple[int, int]:
-    files = [p for p in root.rglob("*") if p.is_file()]
+    """(files, bytes) of the outputs under root; hidden files (the jobs' own records) are not outputs."""
+    files = [p for p in root.rglob("*") if p.is_file() and not p.name.startswith(".")]
     return len(files), sum(p.stat().st_size for p in files)
 
 

@@ -1,11 +1,15 @@
-"""Shared fixtures: small real image folders and tiny trained + exported models.
+"""Shared fixtures: small image folders and tiny trained + exported models.
 
-Models are trained for a few seconds on real images (Fashion-MNIST for gray, the
-scikit-image/scikit-learn photos for RGB) and cached for the whole test session.
+Every model fixture trains for a few seconds on data that needs no download: gray models on
+28x28 patches of the gray photos bundled with scikit-image (`gray_dir`, ten classes, made here),
+RGB models on the scikit-image/scikit-learn photos. Tests on real Fashion-MNIST (`fmnist_dir`,
+Debian's dataset-fashion-mnist) are marked `fmnist`: skipped where it is not installed, except
+under AEKIT_REQUIRE_DATA=1 (CI), where a missing dataset fails them instead.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -14,16 +18,79 @@ import pytest
 from aekit.datasets import FASHION_MNIST_DIRS
 
 HAVE_FMNIST = any(Path(d).is_dir() for d in FASHION_MNIST_DIRS)
-needs_fmnist = pytest.mark.skipif(
-    not HAVE_FMNIST, reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)"
-)
+REQUIRE_DATA = os.environ.get("AEKIT_REQUIRE_DATA") == "1"
+FMNIST_MISSING = "Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)"
+needs_fmnist = pytest.mark.skipif(not HAVE_FMNIST and not REQUIRE_DATA, reason=FMNIST_MISSING)
+
+# gray photos bundled with scikit-image: one class each (natural, text, texture and microscopy)
+GRAY_SOURCES = ("camera", "coins", "moon", "page", "text", "clock", "grass", "gravel", "brick", "cell")
+
+
+def pytest_sessionstart(session):
+    """CI (AEKIT_REQUIRE_DATA=1) stops at once when what it needs is missing, instead of skipping."""
+    import shutil
+
+    if REQUIRE_DATA:
+        missing = [what for what, ok in (("dataset-fashion-mnist", HAVE_FMNIST),
+                                         ("chromium", bool(shutil.which("chromium") or shutil.which("chromium-browser"))))
+                   if not ok]
+        if missing:
+            raise pytest.UsageError(f"AEKIT_REQUIRE_DATA=1 but not installed: {', '.join(missing)} (apt-get install -y ...)")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Real Fashion-MNIST tests get the `fmnist` marker; `gpu` tests are skipped where no GPU is visible."""
+    from aekit.export.runtime import gpu_visible
+
+    no_gpu = None if gpu_visible() else pytest.mark.skip(reason="no CUDA GPU visible")
+    for item in items:
+        if "fmnist_dir" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.fmnist)
+        if no_gpu and item.get_closest_marker("gpu"):
+            item.add_marker(no_gpu)
+
+
+def require_fmnist() -> None:
+    if HAVE_FMNIST:
+        return
+    if REQUIRE_DATA:
+        pytest.fail(f"AEKIT_REQUIRE_DATA=1 but {FMNIST_MISSING}")
+    pytest.skip(FMNIST_MISSING)
+
+
+def write_gray_classes(out: Path, train: int = 64, test: int = 32, side: int = 28, seed: int = 0) -> Path:
+    """Ten classes of side x side gray patches cut from scikit-image's bundled photos.
+
+    Each photo is scaled so its short side is 4 * side, then `train` + `test` seeded crops are
+    written as out/{train,test}/<photo>/NNNN.png: the layout of `aekit data fashion-mnist`.
+    """
+    import skimage.data
+    from PIL import Image
+
+    from aekit.images import save_image
+
+    rng = np.random.default_rng(seed)
+    for name in GRAY_SOURCES:
+        im = Image.fromarray(getattr(skimage.data, name)())
+        k = 4 * side / min(im.size)
+        arr = np.asarray(im.resize((round(im.width * k), round(im.height * k)), Image.LANCZOS))
+        for split, n in (("train", train), ("test", test)):
+            for i in range(n):
+                y, x = rng.integers(0, arr.shape[0] - side + 1), rng.integers(0, arr.shape[1] - side + 1)
+                save_image(np.ascontiguousarray(arr[y:y + side, x:x + side, None]), out / split / name / f"{i:04d}.png")
+    return out
+
+
+@pytest.fixture(scope="session")
+def gray_dir(tmp_path_factory) -> Path:
+    """Ten classes of 28x28 gray patches of scikit-image's photos: train/ (64 each), test/ (32 each)."""
+    return write_gray_classes(tmp_path_factory.mktemp("gray"))
 
 
 @pytest.fixture(scope="session")
 def fmnist_dir(tmp_path_factory) -> Path:
     """Fashion-MNIST as class folders: first 600 train and 300 test images (train/, test/)."""
-    if not HAVE_FMNIST:
-        pytest.skip("Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
+    require_fmnist()
     from aekit.datasets import fashion_mnist
 
     out = tmp_path_factory.mktemp("fmnist")
@@ -52,28 +119,33 @@ def rgb_photos(photos_dir) -> list[np.ndarray]:
 
 @pytest.fixture(scope="session")
 def train_tiny(tmp_path_factory):
-    """Factory: train_tiny(channels, ratio, **overrides) -> run folder with best.pt (cached)."""
+    """Factory: train_tiny(channels, ratio, data="", **overrides) -> run folder with best.pt (cached)."""
     cache: dict[tuple, Path] = {}
 
-    def make(channels: int = 1, ratio: int = 4, **over) -> Path:
-        key = (channels, ratio, tuple(sorted(over.items())))
+    def make(channels: int = 1, ratio: int = 4, data: str = "", **over) -> Path:
+        key = (channels, ratio, data, tuple(sorted(over.items())))
         if key in cache:
             return cache[key]
         from aekit.config import ModelConfig
         from aekit.data import DataConfig
         from aekit.train import TrainConfig, train
 
-        out = tmp_path_factory.mktemp(f"run-c{channels}-r{ratio}")
-        if channels == 1:
-            data = tmp_path_factory.getbasetemp() / "tiny-fmnist"
-            if not data.exists():
-                if not HAVE_FMNIST:
-                    pytest.skip("Fashion-MNIST not installed")
+        out = tmp_path_factory.mktemp(f"run-c{channels}-r{ratio}{data}")
+        if channels == 1 and data == "fmnist":  # for tests whose scores assume Fashion-MNIST-like images
+            src = tmp_path_factory.getbasetemp() / "tiny-fmnist"
+            if not src.exists():
+                require_fmnist()
                 from aekit.datasets import fashion_mnist
 
-                fashion_mnist(data, limit=256)
+                fashion_mnist(src, limit=256)
             dcfg = DataConfig(resize="none", workers=2)
-            folder = str(data / "train")
+            folder = str(src / "train")
+        elif channels == 1:
+            src = tmp_path_factory.getbasetemp() / "tiny-gray"
+            if not src.exists():
+                write_gray_classes(src, train=26, test=0)
+            dcfg = DataConfig(resize="none", workers=2)
+            folder = str(src / "train")
         else:
             from aekit.datasets import sample_photos
 
@@ -94,16 +166,17 @@ def train_tiny(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_model(train_tiny, tmp_path_factory):
-    """Factory: tiny_model(channels, ratio) -> exported model folder (cached)."""
+    """Factory: tiny_model(channels, ratio, data="") -> exported model folder (cached)."""
     cache: dict[tuple, Path] = {}
 
-    def make(channels: int = 1, ratio: int = 4) -> Path:
-        if (channels, ratio) not in cache:
+    def make(channels: int = 1, ratio: int = 4, data: str = "") -> Path:
+        """data="fmnist": the gray model trained on Fashion-MNIST (a real-data test), else on gray_dir's patches."""
+        if (channels, ratio, data) not in cache:
             from aekit.export.onnx import export_model
 
-            run = train_tiny(channels, ratio)
-            out = tmp_path_factory.mktemp(f"model-c{channels}-r{ratio}") / "model"
-            cache[(channels, ratio)] = export_model(run / "best.pt", out)
-        return cache[(channels, ratio)]
+            run = train_tiny(channels, ratio, data)
+            out = tmp_path_factory.mktemp(f"model-c{channels}-r{ratio}{data}") / "model"
+            cache[(channels, ratio, data)] = export_model(run / "best.pt", out)
+        return cache[(channels, ratio, data)]
 
     return make

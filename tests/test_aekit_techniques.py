@@ -18,9 +18,9 @@ from aekit.models import ARCHITECTURES, ConvVAE, build_model
 from aekit.train import TrainConfig, Trainer, corrupt, parse_noise, parse_progressive
 
 
-def fmnist_batch(fmnist_dir: Path, n: int = 16) -> torch.Tensor:
-    """n real Fashion-MNIST images (n, 1, 28, 28) in [-1, 1]."""
-    paths = sorted((fmnist_dir / "train").rglob("*.png"))[:: 37][:n]
+def gray_batch(gray_dir: Path, n: int = 16) -> torch.Tensor:
+    """n real gray 28x28 patches (n, 1, 28, 28) in [-1, 1]."""
+    paths = sorted((gray_dir / "train").rglob("*.png"))[:: 37][:n]
     arr = np.stack([np.asarray(Image.open(p), dtype=np.float32) for p in paths])[:, None]
     return torch.from_numpy(arr / 127.5 - 1)
 
@@ -64,17 +64,17 @@ def test_architecture_shapes_and_ratio(arch, ratio, channels):
 
 
 @pytest.mark.parametrize("arch", ARCHITECTURE_NAMES)
-def test_each_architecture_learns_on_real_images(arch, fmnist_dir):
+def test_each_architecture_learns_on_real_images(arch, gray_dir):
     torch.manual_seed(0)
     model = build_model(ModelConfig(arch=arch, channels=1, ratio=4, width=8))
-    first, last = steps_reduce_loss(model, fmnist_batch(fmnist_dir))
+    first, last = steps_reduce_loss(model, gray_batch(gray_dir))
     assert last < 0.7 * first
 
 
-def test_vae_kl_sampling_and_deterministic_mean(fmnist_dir):
+def test_vae_kl_sampling_and_deterministic_mean(gray_dir):
     torch.manual_seed(0)
     vae = build_model(ModelConfig(arch="vae", channels=1, ratio=4, width=8))
-    x = fmnist_batch(fmnist_dir, 4)
+    x = gray_batch(gray_dir, 4)
     vae.train()
     out = vae(x)
     assert out.kl is not None and out.kl > 0
@@ -86,15 +86,15 @@ def test_vae_kl_sampling_and_deterministic_mean(fmnist_dir):
     assert not torch.equal(s[0], s[1])
 
 
-def test_vae_sample_and_interpolate_cli(tmp_path, fmnist_dir, capsys):
+def test_vae_sample_and_interpolate_cli(tmp_path, gray_dir, capsys):
     run = tmp_path / "vae"
-    rc = main(["train", str(fmnist_dir / "train"), "--out", str(run), "--arch", "vae", "--width", "8",
+    rc = main(["train", str(gray_dir / "train"), "--out", str(run), "--arch", "vae", "--width", "8",
                "--epochs", "1", "--max-images", "200", "--size", "28", "--resize", "none", "--threads", "1"])
     assert rc == 0
     assert main(["sample", str(run), "-n", "10", "-o", str(tmp_path / "grid.png")]) == 0
     grid = np.asarray(Image.open(tmp_path / "grid.png"))
     assert grid.shape == (3 * 30 - 2, 4 * 30 - 2)  # 4 columns x 3 rows of 28 px with 2 px gaps
-    a, b = sorted((fmnist_dir / "test").rglob("*.png"))[:2]
+    a, b = sorted((gray_dir / "test").rglob("*.png"))[:2]
     assert main(["interpolate", str(run / "best.pt"), str(a), str(b), "--steps", "5",
                  "-o", str(tmp_path / "strip.png")]) == 0
     assert np.asarray(Image.open(tmp_path / "strip.png")).shape == (28, 7 * 30 - 2)
@@ -132,14 +132,14 @@ def test_progressive_schedule():
         parse_progressive("14", 3)
 
 
-def small_train(fmnist_dir: Path, out: Path, mcfg: ModelConfig, **tk) -> Trainer:
-    tcfg = TrainConfig(data=str(fmnist_dir / "train"), out=str(out), batch_size=16, lr=3e-3, threads=1,
+def small_train(gray_dir: Path, out: Path, mcfg: ModelConfig, **tk) -> Trainer:
+    tcfg = TrainConfig(data=str(gray_dir / "train"), out=str(out), batch_size=16, lr=3e-3, threads=1,
                        hist_images=64, data_cfg=DataConfig(resize="none", max_images=160, workers=2), **tk)
     return Trainer(tcfg, mcfg)
 
 
-def test_denoising_and_progressive_training_run(fmnist_dir, tmp_path):
-    tr = small_train(fmnist_dir, tmp_path / "run", ModelConfig(channels=1, width=8),
+def test_denoising_and_progressive_training_run(gray_dir, tmp_path):
+    tr = small_train(gray_dir, tmp_path / "run", ModelConfig(channels=1, width=8),
                      epochs=3, noise="mask:0.2", progressive="14:2")
     summary = tr.run()
     rows = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
@@ -148,13 +148,13 @@ def test_denoising_and_progressive_training_run(fmnist_dir, tmp_path):
     assert rows[-1]["val_psnr"] > rows[0]["val_psnr"]
 
 
-def test_pretrained_two_phase_and_discriminative_lr(fmnist_dir, tmp_path):
+def test_pretrained_two_phase_and_discriminative_lr(gray_dir, tmp_path):
     import torchvision
 
     weights = tmp_path / "resnet18.pt"
     torch.manual_seed(3)
     torch.save(torchvision.models.resnet18(weights=None).state_dict(), weights)
-    tr = small_train(fmnist_dir, tmp_path / "run", ModelConfig(arch="pretrained", channels=1, width=8),
+    tr = small_train(gray_dir, tmp_path / "run", ModelConfig(arch="pretrained", channels=1, width=8),
                      epochs=2, freeze_epochs=1, lr_ratio=0.1, encoder_weights=str(weights))
     assert tr.encoder_source == str(weights)
     ref = torch.load(weights, weights_only=True)
@@ -184,7 +184,7 @@ def test_pretrained_weights_errors(tmp_path):
         trunk.load_pretrained(tmp_path / "bad.pt")
 
 
-def test_vgg16_multilayer_feature_loss(tmp_path, fmnist_dir):
+def test_vgg16_multilayer_feature_loss(tmp_path, gray_dir):
     from torchvision.models.vgg import cfgs, make_layers
 
     from aekit.losses import PerceptualLoss, parse_perceptual_spec
@@ -201,20 +201,20 @@ def test_vgg16_multilayer_feature_loss(tmp_path, fmnist_dir):
     torch.save(make_layers(cfgs["D"]).state_dict(), path)  # random weights: ImageNet's are not reachable here
     loss = PerceptualLoss(path, "vgg16:relu1_2=1,relu3_3=0.5")
     assert len(loss.features) == 16 and len(loss.taps) == 2  # stack cut after relu3_3
-    x = fmnist_batch(fmnist_dir, 4)
+    x = gray_batch(gray_dir, 4)
     assert float(loss(x, x)) == 0 and float(loss(x.flip(-1), x)) > 0
     model = build_model(ModelConfig(channels=1, ratio=4, width=8))
-    first, last = steps_reduce_loss(model, fmnist_batch(fmnist_dir), spec="mse:1,perceptual:0.1",
+    first, last = steps_reduce_loss(model, gray_batch(gray_dir), spec="mse:1,perceptual:0.1",
                                     vgg_weights=path, perceptual="vgg16")
     assert last < first
 
 
 @pytest.mark.parametrize("arch", ["resnet", "pretrained", "vae"])
-def test_every_variant_exports_with_parity(arch, fmnist_dir, tmp_path):
+def test_every_variant_exports_with_parity(arch, gray_dir, tmp_path):
     from aekit.export.onnx import export_model
     from aekit.export.runtime import Runtime
 
-    tr = small_train(fmnist_dir, tmp_path / "run", ModelConfig(arch=arch, channels=1, ratio=9, width=8),
+    tr = small_train(gray_dir, tmp_path / "run", ModelConfig(arch=arch, channels=1, ratio=9, width=8),
                      epochs=1, freeze_epochs=0)
     tr.run()
     out = export_model(tmp_path / "run" / "best.pt", tmp_path / "model")
@@ -222,13 +222,13 @@ def test_every_variant_exports_with_parity(arch, fmnist_dir, tmp_path):
     assert manifest["arch"] == arch
     assert manifest["verification"]["encoder_max_abs_err"] < 1e-4
     rt = Runtime(out)
-    img = np.asarray(Image.open(sorted((fmnist_dir / "test").rglob("*.png"))[0]))[None, :, :, None]
+    img = np.asarray(Image.open(sorted((gray_dir / "test").rglob("*.png"))[0]))[None, :, :, None]
     assert rt.decode(rt.encode(img), 28, 28).shape == (1, 28, 28, 1)
 
 
-def test_denoise_cli_reconstructs_a_folder_and_resumes(tiny_model, fmnist_dir, tmp_path, capsys):
+def test_denoise_cli_reconstructs_a_folder_and_resumes(tiny_model, gray_dir, tmp_path, capsys):
     src = tmp_path / "noisy"
-    for i, p in enumerate(sorted((fmnist_dir / "test").rglob("*.png"))[:12]):
+    for i, p in enumerate(sorted((gray_dir / "test").rglob("*.png"))[:12]):
         (src / p.parent.name).mkdir(parents=True, exist_ok=True)
         (src / p.parent.name / p.name).write_bytes(p.read_bytes())
     (src / "broken.png").write_bytes(b"not an image")

@@ -36,8 +36,8 @@ def test_train_writes_logs_and_loadable_checkpoints(train_tiny):
     assert not model.training
 
 
-def test_resume_reproduces_an_uninterrupted_run(fmnist_dir, tmp_path):
-    data = fmnist_dir / "test"
+def test_resume_reproduces_an_uninterrupted_run(gray_dir, tmp_path):
+    data = gray_dir / "test"
     straight = train(*tiny(data, tmp_path / "a", epochs=2))
     train(*tiny(data, tmp_path / "b", epochs=2, time_budget=1e-9))  # "interrupted" after epoch 1
     assert len(load_checkpoint(tmp_path / "b" / "last.pt")["history"]) == 1
@@ -48,8 +48,8 @@ def test_resume_reproduces_an_uninterrupted_run(fmnist_dir, tmp_path):
     assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-6) for k in a)
 
 
-def test_split_is_deterministic_and_stratified(fmnist_dir):
-    samples, classes, _ = scan_folder(fmnist_dir / "test")
+def test_split_is_deterministic_and_stratified(gray_dir):
+    samples, classes, _ = scan_folder(gray_dir / "test")
     t1, v1 = split_samples(samples, 0.1, seed=0)
     t2, v2 = split_samples(samples, 0.1, seed=0)
     _, v3 = split_samples(samples, 0.1, seed=1)
@@ -90,10 +90,10 @@ def test_corrupt_and_foreign_checkpoints(tmp_path):
         load_checkpoint(tmp_path / "missing.pt")
 
 
-def test_images_over_the_cache_budget_are_reread_identically(fmnist_dir):
+def test_images_over_the_cache_budget_are_reread_identically(gray_dir):
     from aekit.data import ImageSet
 
-    samples, _, _ = scan_folder(fmnist_dir / "test")
+    samples, _, _ = scan_folder(gray_dir / "test")
     samples = samples[:40]
     cached = ImageSet(samples, 1, DataConfig(resize="none"), 4, train=True)
     uncached = ImageSet(samples, 1, DataConfig(resize="none", cache_mb=0), 4, train=True)

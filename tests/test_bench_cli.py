@@ -32,7 +32,7 @@ def test_end_to_end_json_table_and_plot(tiny_model, tmp_path, capsys):
     assert env["device_name"] and env["libraries"]["onnxruntime-gpu"] or env["libraries"]["onnxruntime"]
     assert rep["config"]["batches"] == [1, 3] and rep["config"]["resolved_backends"] == ["ort-cpu"]
     assert rep["peak"]["tflops"]["fp32"] > 0
-    size = "28x28"  # Fashion-MNIST's own size is the default
+    size = "28x28"  # the images' own size is the default
     assert rep["model"]["flops"][size]["encoder"] > 0
     ok = [r for r in rep["results"] if r["status"] == "ok"]
     stages = {(r["backend"], r["stage"], r["batch"]) for r in ok}
@@ -148,13 +148,13 @@ def test_bad_arguments_are_usage_errors(tiny_model, capsys):
     assert rc == 2 and "not an aekit model folder" in err
 
 
-def test_folder_stage_runs_the_codec_as_subprocesses(tiny_model, fmnist_dir):
+def test_folder_stage_runs_the_codec_as_subprocesses(tiny_model, gray_dir):
     from aekit.bench.folder import codec_available, folder_stage
 
     if codec_available() is not None:
         pytest.skip(codec_available())
     lines: list[str] = []
-    row = folder_stage(str(tiny_model(1, 4)), str(fmnist_dir / "test"), 20, lines.append)
+    row = folder_stage(str(tiny_model(1, 4)), str(gray_dir / "test"), 20, lines.append)
     assert row["status"] == "ok", row
     assert row["files"] == row["latent_files"] == row["decoded_files"] == 20
     assert row["compress"]["images_per_s"] > 0 and row["compress"]["peak_rss_bytes"] > 0

@@ -23,11 +23,11 @@ def tree_hash(root: Path) -> dict[str, str]:
 
 
 @pytest.fixture
-def src_tree(tmp_path, fmnist_dir) -> Path:
+def src_tree(tmp_path, gray_dir) -> Path:
     """A nested folder of 24 real images plus a stray text file."""
     src = tmp_path / "src"
-    for cls in ("bag", "ankle_boot"):
-        for i, p in enumerate(sorted((fmnist_dir / "test" / cls).glob("*.png"))[:12]):
+    for cls in ("coins", "text"):
+        for i, p in enumerate(sorted((gray_dir / "test" / cls).glob("*.png"))[:12]):
             d = src / cls / ("deep" if i % 3 == 0 else "")
             d.mkdir(parents=True, exist_ok=True)
             shutil.copy(p, d / p.name)
@@ -95,10 +95,10 @@ def test_interrupted_run_leaves_no_partial_files_and_resumes(tiny_model, src_tre
 
 def test_bad_inputs_one_line_each_rest_processed(tiny_model, src_tree, tmp_path, photos_dir, capsys):
     model = tiny_model(1, 4)
-    (src_tree / "bag" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)
-    (src_tree / "bag" / "text.jpg").write_text("hello, I am not a JPEG")
-    shutil.copy(photos_dir / "astronaut.png", src_tree / "ankle_boot" / "colour.png")  # RGB into a gray model
-    Image.new("1", (14000, 13000)).save(src_tree / "ankle_boot" / "bomb.png")  # 182 Mpx > Pillow's limit
+    (src_tree / "coins" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)
+    (src_tree / "coins" / "text.jpg").write_text("hello, I am not a JPEG")
+    shutil.copy(photos_dir / "astronaut.png", src_tree / "text" / "colour.png")  # RGB into a gray model
+    Image.new("1", (14000, 13000)).save(src_tree / "text" / "bomb.png")  # 182 Mpx > Pillow's limit
     capsys.readouterr()
     assert run("compress", src_tree, "-m", model, "-o", tmp_path / "lat") == 2
     err = capsys.readouterr().err
@@ -137,9 +137,9 @@ def test_decompress_bad_latents_and_model_search(tiny_model, src_tree, tmp_path,
     assert len(list((tmp_path / "dec").rglob("*.png"))) == 24
 
 
-def test_single_files(tiny_model, fmnist_dir, tmp_path, capsys):
+def test_single_files(tiny_model, gray_dir, tmp_path, capsys):
     model = tiny_model(1, 9)
-    src = next((fmnist_dir / "test").rglob("*.png"))
+    src = next((gray_dir / "test").rglob("*.png"))
     assert run("compress", src, "-m", model, "-o", tmp_path / "one.ael") == 0
     assert run("compress", src, "-m", model, "-o", tmp_path / "one.ael") == 0
     assert "skipped 1 existing" in capsys.readouterr().err  # refuses to overwrite unless asked
@@ -148,9 +148,9 @@ def test_single_files(tiny_model, fmnist_dir, tmp_path, capsys):
     assert run("compress", tmp_path / "nope.png", "-m", model, "-o", tmp_path / "x.ael") == 2
 
 
-def test_runtime_commands_do_not_import_torch(tiny_model, fmnist_dir, tmp_path):
+def test_runtime_commands_do_not_import_torch(tiny_model, gray_dir, tmp_path):
     model = tiny_model(1, 4)
-    src = next((fmnist_dir / "test").rglob("*.png"))
+    src = next((gray_dir / "test").rglob("*.png"))
     code = (
         "import sys; from aekit.cli import main\n"
         f"assert main(['compress', {str(src)!r}, '-m', {str(model)!r}, '-o', {str(tmp_path / 'a.ael')!r}]) == 0\n"
@@ -164,9 +164,9 @@ def test_runtime_commands_do_not_import_torch(tiny_model, fmnist_dir, tmp_path):
     assert r.returncode == 0, r.stderr
 
 
-def test_evaluate_writes_json_markdown_and_plot(tiny_model, fmnist_dir, tmp_path, capsys):
+def test_evaluate_writes_json_markdown_and_plot(tiny_model, gray_dir, tmp_path, capsys):
     out = tmp_path / "eval"
-    assert run("evaluate", fmnist_dir / "test", "-m", tiny_model(1, 4), "-m", tiny_model(1, 9),
+    assert run("evaluate", gray_dir / "test", "-m", tiny_model(1, 4), "-m", tiny_model(1, 9),
                "-o", out, "--limit", "40", "--tile", "12") == 0
     r = json.loads((out / "results.json").read_text())
     assert r["images"] == 40 and r["msssim_scales"] == [2] and len(r["models"]) == 2

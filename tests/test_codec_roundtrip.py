@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from aekit.images import load_image, psnr
+from aekit.images import load_image
+from aekit.metrics import psnr
 from aekit.codec import compress_file, decompress_file, read_latents
 from aekit.codec.core import Codec, CodecConfig, CodecError, Decoder
 from aekit.codec.format import parse
@@ -14,21 +15,21 @@ from aekit.export.runtime import Runtime
 MODELS = [(1, 4), (1, 9), (3, 4), (3, 9)]
 
 
-def real_image(channels: int, fmnist_dir, rgb_photos, h: int, w: int) -> np.ndarray:
-    """A real image cropped to h x w: a Fashion-MNIST digit tiled up (gray) or a photo (RGB)."""
+def real_image(channels: int, gray_dir, rgb_photos, h: int, w: int) -> np.ndarray:
+    """A real image cropped to h x w: a 28x28 gray patch tiled up (gray) or a photo (RGB)."""
     if channels == 1:
-        digit = load_image(next((fmnist_dir / "test").rglob("*.png")), 1)[0]
+        digit = load_image(next((gray_dir / "test").rglob("*.png")), 1)[0]
         return np.tile(digit, (h // 28 + 1, w // 28 + 1, 1))[:h, :w]
     return rgb_photos[0][:h, :w]
 
 
 @pytest.mark.parametrize("channels,ratio", MODELS)
 @pytest.mark.parametrize("h,w", [(28, 28), (31, 45), (1, 7), (61, 13)])
-def test_round_trip_matches_the_onnx_model_exactly(tiny_model, fmnist_dir, rgb_photos, channels, ratio, h, w):
+def test_round_trip_matches_the_onnx_model_exactly(tiny_model, gray_dir, rgb_photos, channels, ratio, h, w):
     """Decoded pixels equal the runtime's own 8-bit round trip, symbols equal the encoder's."""
     model = tiny_model(channels, ratio)
     codec, dec = Codec(model), Decoder([model])
-    image = real_image(channels, fmnist_dir, rgb_photos, h, w)
+    image = real_image(channels, gray_dir, rgb_photos, h, w)
     data = codec.compress(image)
     header, q = dec.symbols(data, "x.ael")
     assert np.array_equal(q, codec.symbols(image[None])[0])  # cross-check: decoded symbols == encoder's
@@ -40,12 +41,12 @@ def test_round_trip_matches_the_onnx_model_exactly(tiny_model, fmnist_dir, rgb_p
 
 
 @pytest.mark.parametrize("channels,ratio", MODELS)
-def test_size_bound_on_real_images(tiny_model, fmnist_dir, photos_dir, channels, ratio):
+def test_size_bound_on_real_images(tiny_model, gray_dir, photos_dir, channels, ratio):
     """File size <= raw pixel bytes / ratio + header, on real images of multiple-of-f sizes."""
     codec = Codec(tiny_model(channels, ratio))
     f = codec.factor
     if channels == 1:
-        paths = sorted((fmnist_dir / "test").rglob("*.png"))[:64]
+        paths = sorted((gray_dir / "test").rglob("*.png"))[:64]
         images = [load_image(p, 1)[0] for p in paths]
         images = [im[: im.shape[0] // f * f, : im.shape[1] // f * f] for im in images]  # 28 -> 24 at f=6
     else:
@@ -58,9 +59,9 @@ def test_size_bound_on_real_images(tiny_model, fmnist_dir, photos_dir, channels,
         assert len(data) - len(payload) <= 40
 
 
-def test_gray_image_through_rgb_model_keeps_its_mode(tiny_model, tmp_path, fmnist_dir):
+def test_gray_image_through_rgb_model_keeps_its_mode(tiny_model, tmp_path, gray_dir):
     model = tiny_model(3, 4)
-    src = next((fmnist_dir / "test").rglob("*.png"))
+    src = next((gray_dir / "test").rglob("*.png"))
     compress_file(src, tmp_path / "g.ael", model)
     header, _ = parse((tmp_path / "g.ael").read_bytes())
     assert header.mode == "L"
@@ -77,17 +78,17 @@ def test_rgb_image_through_gray_model_is_refused(tiny_model, tmp_path, photos_di
     assert not (tmp_path / "a.ael").exists()
 
 
-def test_api_refuses_to_overwrite(tiny_model, tmp_path, fmnist_dir):
-    src = next((fmnist_dir / "test").rglob("*.png"))
+def test_api_refuses_to_overwrite(tiny_model, tmp_path, gray_dir):
+    src = next((gray_dir / "test").rglob("*.png"))
     compress_file(src, tmp_path / "x.ael", tiny_model(1, 4))
     with pytest.raises(CodecError, match="exists"):
         compress_file(src, tmp_path / "x.ael", tiny_model(1, 4))
     compress_file(src, tmp_path / "x.ael", tiny_model(1, 4), overwrite=True)
 
 
-def test_read_latents_gives_features(tiny_model, tmp_path, fmnist_dir):
+def test_read_latents_gives_features(tiny_model, tmp_path, gray_dir):
     model = tiny_model(1, 9)
-    src = next((fmnist_dir / "test").rglob("*.png"))
+    src = next((gray_dir / "test").rglob("*.png"))
     compress_file(src, tmp_path / "x.ael", model)
     y = read_latents(tmp_path / "x.ael", [model])
     assert y.shape == (4, 5, 5) and y.dtype == np.float32 and -1 <= y.min() <= y.max() <= 1
@@ -115,10 +116,10 @@ def test_tiled_coding_is_close_to_full_resolution(tiny_model, rgb_photos, channe
     assert np.mean(q_full == q_tiled) > 0.95
 
 
-def test_fewer_levels_make_smaller_exact_files(tiny_model, fmnist_dir):
+def test_fewer_levels_make_smaller_exact_files(tiny_model, gray_dir):
     """--levels: requantised latents round-trip exactly and code smaller on real images."""
     model = tiny_model(1, 4)
-    images = [load_image(p, 1)[0] for p in sorted((fmnist_dir / "test").rglob("*.png"))[:32]]
+    images = [load_image(p, 1)[0] for p in sorted((gray_dir / "test").rglob("*.png"))[:32]]
     full, coarse, dec = Codec(model), Codec(model, CodecConfig(levels=16)), Decoder([model])
     rt = Runtime(model)
     sizes = {16: 0, 256: 0}

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import HAVE_FMNIST
+from conftest import needs_fmnist
 
-pytestmark = pytest.mark.skipif(not HAVE_FMNIST, reason="Fashion-MNIST not installed")
+pytestmark = [pytest.mark.fmnist, needs_fmnist]  # under AEKIT_REQUIRE_DATA=1 a missing dataset fails
 TROUSER = 1  # label index in the original dataset
 
 

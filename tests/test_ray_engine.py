@@ -29,17 +29,17 @@ def ray_cluster():
 
 
 @pytest.fixture(scope="module")
-def src_tree(fmnist_dir, photos_dir, tmp_path_factory) -> Path:
-    """40 Fashion-MNIST images in two class folders, a gray photo (512x512), an RGB photo (refused
+def src_tree(gray_dir, photos_dir, tmp_path_factory) -> Path:
+    """40 gray 28x28 images in two class folders, a gray photo (512x512), an RGB photo (refused
     by a gray model) and a corrupt file."""
     src = tmp_path_factory.mktemp("ray-src")
-    for cls in ("bag", "coat"):
+    for cls in ("coins", "moon"):
         (src / cls).mkdir()
-        for p in sorted((fmnist_dir / "test" / cls).glob("*.png"))[:20]:
+        for p in sorted((gray_dir / "test" / cls).glob("*.png"))[:20]:
             shutil.copy(p, src / cls / p.name)
-    shutil.copy(photos_dir / "camera.png", src / "bag" / "camera.png")
-    shutil.copy(photos_dir / "astronaut.png", src / "coat" / "astronaut.png")
-    (src / "coat" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    shutil.copy(photos_dir / "camera.png", src / "coins" / "camera.png")
+    shutil.copy(photos_dir / "astronaut.png", src / "moon" / "astronaut.png")
+    (src / "moon" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
     return src
 
 
@@ -90,12 +90,12 @@ def test_rerun_resumes_and_leaves_existing_outputs(ray_cluster, tiny_model, src_
     assert "compressed 41 files, skipped 0 existing" in capsys.readouterr().err
 
 
-def test_screen_matches_local_engine(ray_cluster, tiny_model, fmnist_dir, src_tree, tmp_path, capsys):
+def test_screen_matches_local_engine(ray_cluster, tiny_model, gray_dir, src_tree, tmp_path, capsys):
     det = tmp_path / "det"
     shutil.copytree(tiny_model(1, 4), det)
     cal = tmp_path / "cal"
-    for cls in ("bag", "coat"):
-        shutil.copytree(fmnist_dir / "train" / cls, cal / cls)
+    for cls in ("coins", "moon"):
+        shutil.copytree(gray_dir / "train" / cls, cal / cls)
     assert main(["calibrate", str(det), str(cal), "--alpha", "0.1", "--device", "cpu"]) == 0
     base = ["screen", str(det), str(src_tree), "--device", "cpu"]
     rc_local = main(base + ["--out", str(tmp_path / "local")])
@@ -130,7 +130,7 @@ def test_listing_and_writing_through_fsspec_urls():
 
 def test_local_engine_never_imports_ray(tiny_model, src_tree, tmp_path):
     code = ("import sys; from aekit.cli import main\n"
-            f"rc = main(['compress', {str(src_tree / 'bag')!r}, '-m', {str(tiny_model(1, 4))!r}, "
+            f"rc = main(['compress', {str(src_tree / 'coins')!r}, '-m', {str(tiny_model(1, 4))!r}, "
             f"'-o', {str(tmp_path / 'out')!r}])\n"
             "print(rc, 'ray' in sys.modules, 'torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -16,14 +16,14 @@ from aekit.train import TrainConfig, train
 
 
 @pytest.fixture(scope="module")
-def runs(fmnist_dir, tmp_path_factory):
+def runs(gray_dir, tmp_path_factory):
     """The same tiny run (64 images, global batch 16, 2 epochs) in 1 and in 2 processes."""
     from aekit.distributed import launch
 
     tmp = tmp_path_factory.mktemp("ddp")
     # quant="ste": deterministic rounding, so the only randomness (batch order) is shared by all ranks
     mcfg = ModelConfig(channels=1, ratio=4, width=8, blocks=0, quant="ste")
-    tcfg = TrainConfig(data=str(fmnist_dir / "train"), out=str(tmp / "single"), epochs=2, batch_size=16, lr=3e-3,
+    tcfg = TrainConfig(data=str(gray_dir / "train"), out=str(tmp / "single"), epochs=2, batch_size=16, lr=3e-3,
                        seed=0, threads=1, hist_images=64,
                        data_cfg=DataConfig(resize="none", max_images=72, val_fraction=0.1, workers=1))
     single = train(tcfg, mcfg)
@@ -55,8 +55,8 @@ def test_only_rank_zero_writes(runs):
     assert "latent_hist" in load_checkpoint(tmp / "ddp" / "best.pt")
 
 
-def test_batch_size_must_divide(fmnist_dir, tmp_path, capsys):
-    rc = main(["train", str(fmnist_dir / "train"), "--out", str(tmp_path / "r"), "--nproc", "3",
+def test_batch_size_must_divide(gray_dir, tmp_path, capsys):
+    rc = main(["train", str(gray_dir / "train"), "--out", str(tmp_path / "r"), "--nproc", "3",
                "--batch-size", "16", "--epochs", "1"])
     assert rc == 2
     assert "--batch-size 16 is not divisible by --nproc 3" in capsys.readouterr().err
