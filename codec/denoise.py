@@ -18,7 +18,9 @@ import numpy as np
 
 from aekit.images import is_image_name
 from aekit.codec.core import Codec, Decoder
-from aekit.codec.jobs import Item, JobConfig, JobReport, _Pipeline, _progress, decoded_name, encode_image_file, plan
+from aekit.codec.jobs import (
+    Item, JobConfig, JobReport, _Pipeline, _progress, decoded_name, encode_image_file, plan, recipe, start_job,
+)
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +31,7 @@ def reconstruct_tree(src: str | Path, dst: str | Path, model_dir: str | Path, co
     jcfg, report, t0 = jcfg or JobConfig(), JobReport("reconstructed"), time.monotonic()
     decoder = Decoder([model_dir], codec.cfg)
     total, items = plan(Path(src), Path(dst), is_image_name, lambda rel: decoded_name(rel, jcfg.out_format), report)
+    ledger = start_job(Path(src), Path(dst), recipe("denoise", codec, out_format=jcfg.out_format))
 
     def route(item: Item) -> None:
         arr, mode = item.data  # (H, W, C) uint8, original mode
@@ -46,7 +49,7 @@ def reconstruct_tree(src: str | Path, dst: str | Path, model_dir: str | Path, co
             p.write(it, lambda a=img, d=it.dst: encode_image_file(a, d), img.size)
 
     with _progress(total, jcfg.progress, "img") as bar:
-        p = _Pipeline(report, jcfg, bar)
+        p = _Pipeline(report, jcfg, bar, ledger)
         p.run(items, lambda it: codec.load(it.src), route, flush)
     report.seconds = time.monotonic() - t0
     return report

@@ -2,16 +2,22 @@
 
 Files are streamed (a bounded window of images in flight, never the whole folder), image
 files are decoded and written by a thread pool, and images of equal size are batched into
-one ONNX call. Every output is written to a temp name and renamed, so an interrupted run
-leaves no partial files and a rerun resumes (existing outputs are skipped unless overwrite).
+one ONNX call. Every output is written to a temp name, fsynced and renamed, so an interrupted
+run leaves no partial files (temp files of a killed run are removed by the next one).
+Resume: a ledger in the output folder (.aekit-outputs.jsonl) records what made each output
+(source path, size and mtime; job, model id, levels, output format); a rerun skips outputs
+whose record matches and redoes stale ones (changed source, other model or settings, no record).
+Two sources that map to one output name are reported on every run, not only the first.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import logging
 import os
 import sys
+import threading
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor, wait
@@ -22,7 +28,9 @@ from typing import Callable, Iterator
 import numpy as np
 from PIL import Image
 
-from aekit.images import IMAGE_EXTENSIONS, atomic_write_bytes, is_image_name
+from aekit.images import (
+    IMAGE_EXTENSIONS, atomic_write_bytes, display, is_image_name, iter_files, remove_stale_parts,
+)
 from aekit.codec.core import Codec, Decoder, wrap_errors
 from aekit.codec.format import SUFFIX, LatentHeader
 
@@ -43,7 +51,8 @@ class JobConfig:
 class JobReport:
     verb: str  # "compressed" | "decompressed"
     ok: int = 0
-    skipped: int = 0  # outputs that already existed (resume)
+    skipped: int = 0  # outputs that already existed and are up to date (resume)
+    stale: int = 0  # existing outputs redone: source changed, other model/settings, or no record
     ignored: int = 0  # files of other kinds in the tree (not images / not .ael)
     failed: list[str] = field(default_factory=list)  # one line per failed file
     bytes_in: int = 0  # input file bytes of processed files
@@ -55,7 +64,8 @@ class JobReport:
         t = max(self.seconds, 1e-9)
         ratio = (f", {self.pixel_bytes / self.bytes_out:.1f}x smaller than raw pixels"
                  if self.verb == "compressed" and self.bytes_out else "")
-        return (f"{self.verb} {self.ok} files, skipped {self.skipped} existing, {len(self.failed)} failed"
+        stale = f" (redid {self.stale} stale)" if self.stale else ""
+        return (f"{self.verb} {self.ok} files{stale}, skipped {self.skipped} existing, {len(self.failed)} failed"
                 f"{f', ignored {self.ignored} other files' if self.ignored else ''}; "
                 f"{self.bytes_in / 1e6:.2f} MB in, {self.bytes_out / 1e6:.2f} MB out{ratio}; "
                 f"{self.seconds:.1f} s, {self.ok / t:.1f} images/s, {self.pixel_bytes / 1e6 / t:.2f} MB/s of pixels")
@@ -67,6 +77,96 @@ class Item:
     dst: Path
     data: object = None  # what the loader produced
     note: str = ""
+    stamp: dict | None = None  # the source's identity when it was read (see Ledger)
+
+
+LEDGER = ".aekit-outputs.jsonl"  # hidden: walkers skip it, like our temp files
+
+
+class Ledger:
+    """What made each output of a folder job, so a rerun redoes exactly the stale outputs.
+
+    One JSON line per output written: {"out": path relative to the ledger's folder, "src":
+    absolute source path, "size", "mtime_ns", "recipe": {job, model, levels, ...}}. Lines are
+    appended as outputs land (a killed run keeps what it finished) and the file is compacted,
+    atomically, when the job ends. An output without a matching record is redone.
+    """
+
+    def __init__(self, root: Path, recipe: dict):
+        self.root, self.recipe, self.path = root, recipe, root / LEDGER
+        self.lock = threading.Lock()
+        self.records: dict[str, dict] = {}
+        try:
+            lines = self.path.read_text(encoding="utf-8").splitlines()
+        except (FileNotFoundError, NotADirectoryError):
+            lines = []
+        except (OSError, UnicodeDecodeError) as e:
+            log.warning("%s: unreadable (%s); every existing output is redone", display(self.path), e)
+            lines = []
+        for line in lines:
+            try:
+                rec = json.loads(line)
+                self.records[rec["out"]] = rec
+            except (ValueError, KeyError, TypeError):
+                continue  # the torn last line of a killed run, or foreign text: that output is redone
+
+    def key(self, dst: Path) -> str:
+        return os.path.relpath(dst, self.root)
+
+    @staticmethod
+    def stamp(src: Path) -> dict:
+        st = src.stat()
+        return {"src": os.path.abspath(src), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+    def fresh(self, item: Item) -> bool:
+        """Is item.dst made from this very source with this recipe? Sets item.stamp."""
+        try:
+            item.stamp = self.stamp(item.src)
+        except OSError:
+            item.stamp = None
+            return False
+        rec = self.records.get(self.key(item.dst))
+        return rec is not None and {k: rec.get(k) for k in ("src", "size", "mtime_ns", "recipe")} == {
+            **item.stamp, "recipe": self.recipe}
+
+    def add(self, item: Item) -> None:
+        if item.stamp is None:
+            return
+        rec = {"out": self.key(item.dst), **item.stamp, "recipe": self.recipe}
+        line = json.dumps(rec, sort_keys=True) + "\n"
+        with self.lock:
+            self.records[rec["out"]] = rec
+            self.root.mkdir(parents=True, exist_ok=True)
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(line)
+
+    def compact(self) -> None:
+        """Rewrite with one line per output that still exists (atomic; a failure only logs)."""
+        with self.lock:
+            keep = [r for k, r in sorted(self.records.items()) if (self.root / k).exists()]
+            if not keep and not self.path.exists():
+                return
+            try:
+                atomic_write_bytes(self.path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in keep).encode())
+            except OSError as e:
+                log.warning("%s: not compacted (%s)", display(self.path), e)
+
+
+def output_root(src: Path, dst: Path) -> Path:
+    """The folder that holds a job's outputs and its ledger (dst, or a single output's folder)."""
+    if src.is_file() and dst.suffix and not dst.is_dir():
+        return dst.parent
+    return dst
+
+
+def start_job(src: Path, dst: Path, recipe: dict) -> Ledger:
+    """Remove temp files a killed run left in the output tree; open the output ledger."""
+    root = output_root(src, dst)
+    if root.is_dir():
+        gone = remove_stale_parts(root)
+        if gone:
+            log.info("removed %d temp file(s) left by an interrupted run, e.g. %s", len(gone), display(gone[0]))
+    return Ledger(root, recipe)
 
 
 def _progress(total: int, enabled: bool | None, unit: str):
@@ -77,14 +177,13 @@ def _progress(total: int, enabled: bool | None, unit: str):
 
 
 def walk(src: Path, want: Callable[[Path], bool]) -> Iterator[tuple[Path, Path] | tuple[None, Path]]:
-    """(path, rel) of wanted files under src in sorted order; (None, rel) for the others."""
-    for dirpath, dirnames, filenames in os.walk(src, followlinks=False):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in sorted(filenames):
-            if name.startswith("."):
-                continue  # hidden files, including our own temp files
-            p = Path(dirpath) / name
-            yield (p, p.relative_to(src)) if want(p) else (None, p.relative_to(src))
+    """(path, rel) of wanted files under src in sorted order; (None, rel) for the others.
+
+    aekit.images.iter_files is the walker (hidden names, including our temp files and
+    ledger, are skipped); wanted entries that cannot be read fail later with one line.
+    """
+    for p in iter_files(src):
+        yield (p, p.relative_to(src)) if want(p) else (None, p.relative_to(src))
 
 
 def plan(src: Path, dst: Path, want: Callable[[Path], bool], out_name: Callable[[Path], Path],
@@ -133,8 +232,9 @@ def encode_image_file(arr: np.ndarray, path: Path) -> bytes:
 class _Pipeline:
     """Shared machinery: bounded load window, shape buckets, write futures, failure lines."""
 
-    def __init__(self, report: JobReport, jcfg: JobConfig, bar):
-        self.report, self.jcfg, self.bar = report, jcfg, bar
+    def __init__(self, report: JobReport, jcfg: JobConfig, bar, ledger: Ledger | None = None):
+        self.report, self.jcfg, self.bar, self.ledger = report, jcfg, bar, ledger
+        self.claimed: dict[Path, Path] = {}  # outputs of the current folder -> their source
         self.pool = ThreadPoolExecutor(max(1, jcfg.workers))
         self.writes: deque[tuple[Item, Future]] = deque()
         self.buckets: dict[tuple, list[Item]] = {}
@@ -143,7 +243,8 @@ class _Pipeline:
     def fail(self, item: Item, exc: Exception) -> None:
         """Record one failed file as one line naming it (unexpected error types are named too)."""
         err = wrap_errors(item.src, exc)
-        line = str(err) if str(item.src) in str(err) else f"{item.src}: {err}"
+        name = display(item.src)
+        line = str(err) if (str(item.src) in str(err) or name in str(err)) else f"{name}: {err}"
         if type(err).__name__ not in ("CodecError", "ImageError", "LatentFormatError", "ValueError"):
             line += f" ({type(err).__name__})"
         self.report.failed.append(line)
@@ -154,6 +255,8 @@ class _Pipeline:
         def job() -> int:
             data = make_bytes()
             atomic_write_bytes(item.dst, data)
+            if self.ledger:
+                self.ledger.add(item)
             return len(data)
 
         self.writes.append((item, self.pool.submit(job), pixel_bytes))
@@ -195,10 +298,15 @@ class _Pipeline:
         loads: deque[tuple[Item, Future]] = deque()
         try:
             for item in items:
-                if item.dst.exists() and not self.jcfg.overwrite:
-                    self.report.skipped += 1
-                    self.bar.update(1)
+                if not self._claim(item):
                     continue
+                fresh = self.ledger.fresh(item) if self.ledger else True  # also stamps the source
+                if item.dst.exists():
+                    if fresh and not self.jcfg.overwrite:
+                        self.report.skipped += 1
+                        self.bar.update(1)
+                        continue
+                    self.report.stale += not self.jcfg.overwrite
                 loads.append((item, self.pool.submit(load, item)))
                 while len(loads) > self.jcfg.window:
                     self._route(*loads.popleft(), route)
@@ -213,6 +321,23 @@ class _Pipeline:
                 fut.cancel()
             wait([fut for _, fut, _ in self.writes])
             self.pool.shutdown(wait=True, cancel_futures=True)
+            if self.ledger:
+                self.ledger.compact()
+
+    def _claim(self, item: Item) -> bool:
+        """False (and one failure line) when an earlier source of this run maps to the same output.
+
+        Checked before resume, so the clash is reported on every run, not only the first.
+        Sources are walked folder by folder, so only the current folder's outputs are kept.
+        """
+        if self.claimed and next(iter(self.claimed)).parent != item.dst.parent:
+            self.claimed.clear()
+        first = self.claimed.setdefault(item.dst, item.src)
+        if first == item.src:
+            return True
+        self.fail(item, ValueError(f"{display(item.src)}: its output {display(item.dst.name)} is already the output "
+                                   f"of {display(first.name)}; rename one (or use --format same)"))
+        return False
 
     def _route(self, item: Item, fut: Future, route: Callable[[Item], None]) -> None:
         try:
@@ -236,6 +361,7 @@ def compress_tree(src: str | Path, dst: str | Path, codec: Codec, jcfg: JobConfi
     """Compress an image file or folder tree into mirrored .ael files (dst/rel + '.ael')."""
     jcfg, report, t0 = jcfg or JobConfig(), JobReport("compressed"), time.monotonic()
     total, items = plan(Path(src), Path(dst), is_image_name, lambda rel: rel.with_name(rel.name + SUFFIX), report)
+    ledger = start_job(Path(src), Path(dst), recipe("compress", codec))
 
     def route(item: Item) -> None:
         arr, mode = item.data  # (H, W, C) uint8, original mode
@@ -253,28 +379,32 @@ def compress_tree(src: str | Path, dst: str | Path, codec: Codec, jcfg: JobConfi
             p.write(it, lambda d=data: d, raw)
 
     with _progress(total, jcfg.progress, "img") as bar:
-        p = _Pipeline(report, jcfg, bar)
+        p = _Pipeline(report, jcfg, bar, ledger)
         p.run(items, lambda it: codec.load(it.src), route, flush)
     report.seconds = time.monotonic() - t0
     return report
+
+
+def recipe(job: str, codec: Codec | None = None, **settings) -> dict:
+    """What, besides the source, decides an output's bytes: a changed recipe makes it stale."""
+    from aekit.codec.format import VERSION
+
+    r: dict = {"job": job, "format": VERSION, **settings}
+    if codec is not None:
+        r.update(model=codec.model_id, levels=codec.levels)
+    return r
 
 
 def decompress_tree(src: str | Path, dst: str | Path, decoder: Decoder, jcfg: JobConfig | None = None) -> JobReport:
     """Decompress a .ael file or folder tree into mirrored images (PNG unless out_format='same')."""
     jcfg, report, t0 = jcfg or JobConfig(), JobReport("decompressed"), time.monotonic()
     total, items = plan(Path(src), Path(dst), is_latent_name, lambda rel: decoded_name(rel, jcfg.out_format), report)
-    claimed: dict[Path, Path] = {}  # outputs of the current folder (two latents -> one name)
+    ledger = start_job(Path(src), Path(dst), recipe("decompress", out_format=jcfg.out_format))
 
     def load(item: Item) -> tuple[LatentHeader, np.ndarray]:
         return decoder.symbols(item.src.read_bytes(), str(item.src))
 
     def route(item: Item) -> None:
-        if claimed and next(iter(claimed)).parent != item.dst.parent:
-            claimed.clear()
-        if item.dst in claimed:
-            raise ValueError(f"{item.src}: decodes to {item.dst.name}, already written from "
-                             f"{claimed[item.dst].name} in this run; use --format same")
-        claimed[item.dst] = item.src
         h, _ = item.data
         key = (h.model_id, h.height, h.width, h.mode)
         if h.height * h.width > decoder.cfg.full_res_max_pixels:
@@ -290,7 +420,7 @@ def decompress_tree(src: str | Path, dst: str | Path, decoder: Decoder, jcfg: Jo
             p.write(it, lambda a=img, d=it.dst: encode_image_file(a, d), img.size)
 
     with _progress(total, jcfg.progress, "file") as bar:
-        p = _Pipeline(report, jcfg, bar)
+        p = _Pipeline(report, jcfg, bar, ledger)
         p.run(items, load, route, flush)
     report.seconds = time.monotonic() - t0
     return report
