@@ -37,6 +37,9 @@ def _size(text: str) -> tuple[int, int]:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from aekit.bench import probe
+
+    probe.register(sub)  # `aekit probe`: an evaluation of a model's latents
     p = sub.add_parser("bench", help="measure encode/decode throughput against JPEG on this hardware",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                        description="Time each stage (encode, quantise+entropy code, entropy decode, decode, "

@@ -168,7 +168,8 @@ def train_run(cfg: ExperimentConfig, args: list[str], run: Path, log: Path) -> f
 
 def pixel_probe(cfg: ExperimentConfig, model: Path, pool: Path) -> float:
     """The probe on raw pixels of the same images and labelled subsets: the baseline of the claim."""
-    from aekit.export.features import extract_features, pixel_features, probe
+    from aekit.bench.probe import probe
+    from aekit.export.features import extract_features, pixel_features
 
     tr = extract_features(model, pool, threads=cfg.threads)
     te = extract_features(model, Path(cfg.data) / "test", max_images=cfg.test_images, seed=cfg.seed,
@@ -202,7 +203,8 @@ def denoise_psnr(cfg: ExperimentConfig, model: Path, orig: np.ndarray) -> float:
 def measure(cfg: ExperimentConfig, model: Path, clf: Any, pool: Path) -> dict[str, Any]:
     """Test-set metrics of one exported model, as the codec decodes."""
     from aekit.bench.classifier import classifier_accuracy, reconstruct_folder, reconstruction_metrics
-    from aekit.export.features import extract_features, probe
+    from aekit.bench.probe import probe
+    from aekit.export.features import extract_features
 
     test = Path(cfg.data) / "test"
     orig, recon, labels = reconstruct_folder(model, test, cfg.test_images, seed=cfg.seed, threads=cfg.threads)

@@ -7,31 +7,22 @@ nvJPEG goes through torchvision.io.encode_jpeg / decode_jpeg on CUDA tensors.
 
 from __future__ import annotations
 
-import io
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
+from aekit.codec import baseline
 from aekit.metrics import psnr
 
 
-def _pil(img: np.ndarray) -> Image.Image:
-    return Image.fromarray(img[:, :, 0] if img.shape[2] == 1 else img)
-
-
 def jpeg_bytes(img: np.ndarray, quality: int) -> bytes:
-    """One uint8 (H, W, C) image as baseline JPEG (4:2:0 chroma for RGB, Pillow's default)."""
-    buf = io.BytesIO()
-    _pil(img).save(buf, format="JPEG", quality=int(quality))
-    return buf.getvalue()
+    """One uint8 (H, W, C) image as a whole JPEG file: the codec's baseline (aekit.codec.baseline)."""
+    return baseline.encode(img, "JPEG", quality)
 
 
 def jpeg_decode(blob: bytes, channels: int) -> np.ndarray:
-    with Image.open(io.BytesIO(blob)) as im:
-        arr = np.asarray(im.convert("L" if channels == 1 else "RGB"))
-    return arr[:, :, None] if arr.ndim == 2 else arr
+    return baseline.decode(blob, channels)
 
 
 def match_quality(images: list[np.ndarray], target_bytes: float) -> dict[str, Any]:

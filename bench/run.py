@@ -385,24 +385,23 @@ class Sweep:
                 self.run_jpeg(imgs, size, b, h, w, payloads["jpeg_quality"])
 
     def _quality(self, images: np.ndarray, q: np.ndarray, rt: Any, size: str) -> dict[str, Any]:
-        """Coded bytes and PSNR of ours vs JPEG at the quality giving a similar size."""
-        from aekit.metrics import psnr
+        """Whole .ael files as `aekit compress` writes them (aekit.codec.core, header included) and
+        their PSNR, vs whole JPEG files at the quality giving the closest mean size (aekit.codec.baseline)."""
         from aekit.bench.jpeg import match_quality
+        from aekit.codec.core import Codec, CodecConfig, Decoder
+        from aekit.export.entropy import CODER_NAMES
+        from aekit.metrics import mean_psnr
 
-        rec = rt.decode(rt.dequantise(q), *images.shape[1:3])
-        ours_psnr = float(np.mean([psnr(a, b) for a, b in zip(images, rec)]))
+        ccfg = CodecConfig(device="cpu", threads=self.threads)
+        codec, decoder = Codec(self.manifest["_dir"], ccfg), Decoder([self.manifest["_dir"]], ccfg)
+        files = [codec.compress(im) for im in images]
+        decoded = [decoder.decompress(f) for f in files]  # (image, header) each
+        ours_psnr = mean_psnr((a, b.reshape(a.shape)) for a, (b, _) in zip(images, decoded))
         coders: dict[str, int] = {}
-        if self.entropy is not None:
-            from aekit.export.entropy import CODER_NAMES
-
-            coded = [self.entropy.encode(s) for s in q]
-            sizes = [len(p) for _, p in coded]
-            for cid, _ in coded:
-                coders[CODER_NAMES.get(cid, str(cid))] = coders.get(CODER_NAMES.get(cid, str(cid)), 0) + 1
-            what = "entropy-coded payload bytes (latent file = payload + header)"
-        else:
-            sizes = [s.size for s in q]
-            what = "raw 8-bit symbols (no entropy coder available)"
+        for _, header in decoded:
+            name = CODER_NAMES.get(header.coder, str(header.coder))
+            coders[name] = coders.get(name, 0) + 1
+        sizes, what = [len(f) for f in files], "whole .ael files (header + entropy-coded payload)"
         mean = float(np.mean(sizes))
         j = match_quality(list(images), mean)
         row = {"size": size, "images": len(images), "ours_bytes": mean, "ours_bytes_are": what,

@@ -26,6 +26,7 @@ from PIL import Image
 from aekit.images import atomic_write_bytes, is_image_name
 from aekit.machine import cpu_name
 from aekit.codec.core import Codec, CodecConfig, Decoder, load_for_model
+from aekit.codec import baseline
 from aekit.codec.jobs import walk
 from aekit.metrics import msssim_batch, msssim_scales, psnr_batch
 
@@ -71,16 +72,6 @@ class _Acc:
 
 
 
-def _pillow_roundtrip(img: np.ndarray, fmt: str, q: int) -> tuple[int, np.ndarray]:
-    """uint8 (H, W, C) -> (bytes, decoded (H, W, C)) through JPEG or WebP at quality q."""
-    im = Image.fromarray(img[:, :, 0] if img.shape[2] == 1 else img)
-    buf = io.BytesIO()
-    opts = {"quality": q, "optimize": True} if fmt == "JPEG" else {"quality": q, "method": 6}
-    im.save(buf, format=fmt, **opts)
-    dec = np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert(im.mode))
-    return buf.tell(), dec.reshape(img.shape)
-
-
 def _images(cfg: EvalConfig):
     """Chunks of (path, native image (H, W, 1|3), mode), streamed."""
     src = Path(cfg.src)
@@ -122,7 +113,7 @@ def _eval_codec(codec: Codec, decoder: Decoder, group: list, acc: _Acc) -> int:
 
 def _eval_pillow(group: list, fmt: str, q: int, acc: _Acc) -> None:
     orig = np.stack([it[1] for it in group])
-    out = [_pillow_roundtrip(im, fmt, q) for im in orig]
+    out = [baseline.roundtrip(im, fmt, q) for im in orig]
     rec = np.stack([o[1] for o in out])
     px = np.full(len(orig), orig.shape[1] * orig.shape[2], dtype=np.float64)
     acc.add(np.array([o[0] for o in out], dtype=np.float64), px, psnr_batch(orig, rec), msssim_batch(orig, rec))

@@ -20,7 +20,7 @@ if [[ $want == all || $want == photos ]]; then
 fi
 if [[ $want == all || $want == throughput ]]; then
   for r in 4 9; do
-    python -m aekit.codec.bench_throughput data/fmnist/test -m "$M/fmnist-r$r" --sizes 1000 10000 \
+    python -m aekit.bench.codec_throughput data/fmnist/test -m "$M/fmnist-r$r" --sizes 1000 10000 \
       --out $out/throughput_fmnist-r$r.json
   done
 fi

@@ -29,7 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     i.add_argument("model", help="model folder, manifest.json, or a .pt checkpoint")
     i.add_argument("--json", action="store_true", help="print the raw manifest")
     i.set_defaults(func=cmd_info)
-    from aekit.export.features_cli import register as register_features  # aekit features, aekit probe
+    from aekit.export.features_cli import register as register_features  # aekit features (aekit probe: aekit.bench.probe)
 
     register_features(sub)
 

@@ -1,15 +1,14 @@
-"""Latent features for other models: an exported model's y_hat vectors over an image folder, and linear probes.
+"""Latent features for other models: an exported model's y_hat vectors over an image folder, as .npz.
 
     aekit features models/fmnist-r4 data/fmnist/test -o feats.npz [--pool avg]
-    aekit probe models/fmnist-r4 --train data/fmnist/train --test data/fmnist/test --labels 10,100,1000
-Extraction runs on onnxruntime + numpy (no torch); the probe imports scikit-learn lazily.
+Extraction runs on onnxruntime + numpy (no torch). The linear probe that evaluates these
+features lives with the other evaluations, in aekit.bench.probe (`aekit probe`).
 """
 
 from __future__ import annotations
 
 import io
 import logging
-import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -216,103 +215,3 @@ def load_features(path: str | Path) -> Features:
     return Features(x=x.astype(np.float32), labels=labels.astype(np.int64), classes=[str(c) for c in d["classes"]],
                     paths=[str(p) for p in d["paths"]], model_id=str(d["model_id"]), pool=str(d["pool"]),
                     size=int(d["size"]), failed=int(d["failed"]))
-
-
-# ---- linear probes --------------------------------------------------------------------------------
-@dataclass
-class ProbeConfig:
-    labels_per_class: tuple[int, ...] = (10, 100, 1000)  # labelled training images per class
-    repeats: int = 5  # seeded subsets per size (mean and std reported); 1 when a size takes every image
-    seed: int = 0  # seed of the class-balanced subsets
-    C: float = 0.01  # inverse L2 strength of LogisticRegression on standardised features (same for every set)
-    max_iter: int = 500  # lbfgs iterations (fixed)
-    threads: int = 1  # BLAS/OpenMP threads during fits (0: library default)
-
-
-@dataclass
-class ProbeResult:
-    features: str  # "latent" or "pixels"
-    labels_per_class: int  # asked for; classes with fewer images use all they have
-    accuracy: float  # mean accuracy on all test vectors over the repeats
-    std: float  # standard deviation over the repeats (0 for one repeat)
-    accuracies: list[float] = field(default_factory=list)  # one per repeat
-    n_train: int = 0  # labelled vectors per fit
-    n_test: int = 0
-    dim: int = 0  # feature dimension
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-def balanced_subset(labels: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
-    """Indices of up to n rows per class (label >= 0), drawn without replacement, sorted."""
-    picks = []
-    for c in np.unique(labels[labels >= 0]):
-        idx = np.flatnonzero(labels == c)
-        picks.append(idx if len(idx) <= n else rng.choice(idx, n, replace=False))
-    return np.sort(np.concatenate(picks))
-
-
-def aligned_test_labels(train: Features, test: Features) -> np.ndarray:
-    """Test labels re-indexed into the train classes (class names must be covered by train's)."""
-    if not train.classes or not test.classes:
-        raise FeaturesError("the probe needs labelled images (one subfolder per class) for train and test")
-    missing = sorted(set(test.classes) - set(train.classes))
-    if missing:
-        raise FeaturesError(f"test classes missing from the training classes: {', '.join(missing)}")
-    remap = np.asarray([train.classes.index(c) for c in test.classes], np.int64)
-    return remap[test.labels]
-
-
-def fit_score(x_tr: np.ndarray, y_tr: np.ndarray, x_te: np.ndarray, y_te: np.ndarray, cfg: ProbeConfig) -> float:
-    """Standardise on the training rows, fit multinomial logistic regression, return test accuracy."""
-    from sklearn.exceptions import ConvergenceWarning
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-    from threadpoolctl import threadpool_limits
-
-    clf = make_pipeline(StandardScaler(), LogisticRegression(C=cfg.C, max_iter=cfg.max_iter))
-    with warnings.catch_warnings(), threadpool_limits(cfg.threads or None):
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        clf.fit(x_tr, y_tr)
-    return float(np.mean(clf.predict(x_te) == y_te))
-
-
-def probe(train: Features, test: Features, labels_per_class: tuple[int, ...] = (10, 100, 1000), seed: int = 0,
-          repeats: int = 5, *, train_pixels: Features | None = None, test_pixels: Features | None = None,
-          cfg: ProbeConfig | None = None) -> list[ProbeResult]:
-    """Linear-probe accuracy on latents (and on pixels, same subsets, when given) per labels-per-class."""
-    cfg = cfg or ProbeConfig(labels_per_class=tuple(labels_per_class), repeats=repeats, seed=seed)
-    y_te = aligned_test_labels(train, test)
-    sets = [("latent", train.x, test.x)]
-    if train_pixels is not None and test_pixels is not None:
-        if train_pixels.paths != train.paths or test_pixels.paths != test.paths:
-            raise FeaturesError("pixel baseline: its images differ from the latent features' images")
-        sets.append(("pixels", train_pixels.x, test_pixels.x))
-    results = []
-    for n in cfg.labels_per_class:
-        takes_all = all(np.sum(train.labels == c) <= n for c in np.unique(train.labels[train.labels >= 0]))
-        subsets = [balanced_subset(train.labels, n, np.random.default_rng([cfg.seed, n, r]))
-                   for r in range(1 if takes_all else cfg.repeats)]
-        for name, x_tr, x_te in sets:
-            accs = [fit_score(x_tr[s], train.labels[s], x_te, y_te, cfg) for s in subsets]
-            results.append(ProbeResult(features=name, labels_per_class=n, accuracy=float(np.mean(accs)),
-                                       std=float(np.std(accs)), accuracies=accs, n_train=len(subsets[0]),
-                                       n_test=len(y_te), dim=x_tr.shape[1]))
-    return results
-
-
-def probe_table(results: list[ProbeResult]) -> str:
-    """labels/class | latent accuracy | pixels accuracy (mean ± std over repeats)."""
-    by = {(r.labels_per_class, r.features): r for r in results}
-    has_px = any(r.features == "pixels" for r in results)
-    lines = [("labels/class  train  probe on latents   " + ("probe on pixels" if has_px else "")).rstrip()]
-    for n in sorted({r.labels_per_class for r in results}):
-        lat = by[(n, "latent")]
-        row = f"{n:>12}  {lat.n_train:>5}  {lat.accuracy:.4f} ± {lat.std:.4f}   "
-        if (n, "pixels") in by:
-            px = by[(n, "pixels")]
-            row += f"{px.accuracy:.4f} ± {px.std:.4f}"
-        lines.append(row.rstrip())
-    return "\n".join(lines)

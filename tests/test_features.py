@@ -1,4 +1,4 @@
-"""export/features.py and `aekit features` / `aekit probe` on a tiny real model and real Fashion-MNIST images.
+"""export/features.py, bench/probe.py and `aekit features` / `aekit probe` on a tiny real model and real Fashion-MNIST images.
 
 Latent vectors are the decoder's y_hat (checked against the runtime), labels follow the class folders,
 bad files are skipped and named, .npz files round-trip, and the probe returns sane accuracies.
@@ -15,8 +15,8 @@ import pytest
 
 from aekit.cli import main
 from aekit.images import load_image
-from aekit.export.features import (FeaturesError, ProbeConfig, extract_features, load_features, pixel_features,
-                             probe, probe_table, save_features)
+from aekit.bench.probe import ProbeConfig, probe, probe_table
+from aekit.export.features import FeaturesError, extract_features, load_features, pixel_features, save_features
 from aekit.export.runtime import Runtime
 
 

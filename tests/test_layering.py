@@ -1,4 +1,14 @@
-"""The house stands on one rule: imports flow aekit <- export <- {codec, detector, bench}."""
+"""The house stands on one rule: imports flow one way, up this stack (README: Architecture).
+
+    aekit.serve                      the HTTP server: uses the codec and the detector
+    aekit.bench                      benchmarks and evaluations: may use everything below
+    aekit.codec    aekit.detector    the two products; neither imports the other
+    aekit.export                     ONNX export and the shared runtime: manifest, entropy coder,
+                                     onnxruntime sessions, features, the Ray engine
+    aekit                            core: configs, models, training, images, metrics, CLI root
+A layer imports only layers below it; the CLI root finds the packages' subcommands through
+entry points, so the core never imports them. One wheel, one import name (test_packaging.py).
+"""
 
 from __future__ import annotations
 
@@ -14,7 +24,7 @@ ALLOWED = {
     "export": {"aekit"},
     "codec": {"aekit", "export"},
     "detector": {"aekit", "export"},
-    "bench": {"aekit", "export"},
+    "bench": {"aekit", "export", "codec", "detector"},
     "serve": {"aekit", "export", "codec", "detector"},
 }
 

@@ -1,6 +1,6 @@
 """Throughput and peak memory of `aekit compress` / `aekit decompress` on real image folders.
 
-    flock /tmp/aekit-cpu.lock python -m aekit.codec.bench_throughput data/fmnist/test -m models/fmnist-r4 \
+    flock /tmp/aekit-cpu.lock python -m aekit.bench.codec_throughput data/fmnist/test -m models/fmnist-r4 \
         --sizes 1000 10000 --out codec/results/throughput_fmnist-r4.json
 Each run is a fresh process under /usr/bin/time -v (max RSS); the first N images of the
 folder are hard-linked into a scratch tree so 1,000 and 10,000 images are the same kind.
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
               "machine": {"cpus": os.cpu_count(), "processor": cpu_name(),
                           "python": platform.python_version(), "onnxruntime": onnxruntime.__version__,
                           "loadavg_1_5_15": os.getloadavg()},
-              "command": shlex.join(["python", "-m", "aekit.codec.bench_throughput", *(argv or sys.argv[1:])])}
+              "command": shlex.join(["python", "-m", "aekit.bench.codec_throughput", *(argv or sys.argv[1:])])}
     atomic_write_bytes(args.out, (json.dumps(result, indent=1) + "\n").encode())
     return 0
 

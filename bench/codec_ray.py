@@ -1,6 +1,6 @@
 """Scaling run: `aekit compress` of a folder with the local engine and with Ray at 1, 2, ... workers.
 
-    flock /tmp/aekit-heavy.lock python -m aekit.codec.bench_ray data/fmnist/test -m models/fmnist-r4 --workers 1,2
+    flock /tmp/aekit-heavy.lock python -m aekit.bench.codec_ray data/fmnist/test -m models/fmnist-r4 --workers 1,2
 Starts one local Ray cluster (--cpus), times each engine on a fresh output folder (Ray's start-up
 reported apart; actor start-up counted in each run), checks every run's files are byte-identical
 to the local engine's, and writes a JSON record (command, machine, date, versions) and a table.
@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> dict:
     for r in rows:
         r["images_per_s"] = r["files"] / r["seconds"]
     return {
-        "command": "python -m aekit.codec.bench_ray " + " ".join(sys.argv[1:]),
+        "command": "python -m aekit.bench.codec_ray " + " ".join(sys.argv[1:]),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "ray_cpus": args.cpus},
         "versions": {k: version(k) for k in ("ray", "onnxruntime-gpu", "numpy", "pyarrow", "fsspec")
