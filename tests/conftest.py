@@ -17,6 +17,7 @@ import pytest
 
 from aekit.datasets import FASHION_MNIST_DIRS
 
+ROOT_TESTS = Path(__file__).resolve().parent
 HAVE_FMNIST = any(Path(d).is_dir() for d in FASHION_MNIST_DIRS)
 REQUIRE_DATA = os.environ.get("AEKIT_REQUIRE_DATA") == "1"
 FMNIST_MISSING = "Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)"

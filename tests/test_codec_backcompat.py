@@ -1,0 +1,61 @@
+"""A latent file written by format version 1 still decodes, and `aekit dump` describes it.
+
+The fixture (tests/fixtures/v1/, README there) was written by the last aekit that wrote version 1;
+a change that breaks reading it fails here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+
+import numpy as np
+
+from aekit.cli import main
+from aekit.codec.core import Decoder
+from aekit.codec.dump import describe
+from aekit.images import load_image
+from aekit.metrics import psnr
+from conftest import ROOT_TESTS
+
+V1 = ROOT_TESTS / "fixtures" / "v1"
+SYMBOLS_SHA256 = "b8b7c086708a22e1163b3b6a7f292410b3c0b7ecd52beabea024c7db68b682fd"
+MODEL_ID = "216c7178e107c61f"
+
+
+def test_v1_header_fields():
+    d = describe(V1 / "camera.png.ael", [V1 / "model"])
+    assert d["format_version"] == 1 and d["model_id"] == MODEL_ID and d["model"] == str(V1 / "model")
+    assert (d["image"], d["mode"], d["factor"], d["latent_shape"], d["levels"]) == ("28x28", "L", 4, [4, 7, 7], 256)
+    assert (d["file_bytes"], d["header_bytes"], d["payload_bytes"], d["coder"]) == (227, 31, 196, "raw")
+    assert d["bpp"] == round(8 * 227 / 784, 4)
+
+
+def test_v1_file_still_decodes():
+    data = (V1 / "camera.png.ael").read_bytes()
+    decoder = Decoder([V1 / "model"])
+    _, q = decoder.symbols(data)
+    assert hashlib.sha256(np.ascontiguousarray(q).tobytes()).hexdigest() == SYMBOLS_SHA256
+    decoded, header = decoder.decompress(data)
+    source, then = load_image(V1 / "camera.png", 1)[0], load_image(V1 / "camera.decoded.png", 1)[0]
+    assert header.mode == "L" and decoded.shape == source.shape == (28, 28, 1)
+    assert np.abs(decoded.astype(int) - then.astype(int)).max() <= 1
+    assert psnr(source, decoded) >= 19.5
+
+
+def test_v1_file_through_the_cli(tmp_path, capsys):
+    assert main(["decompress", str(V1 / "camera.png.ael"), "-o", str(tmp_path / "out.png"),
+                 "-m", str(V1 / "model")]) == 0
+    assert psnr(load_image(V1 / "camera.png", 1)[0], load_image(tmp_path / "out.png", 1)[0]) >= 19.5
+    capsys.readouterr()
+    assert main(["dump", str(V1 / "camera.png.ael"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["model_id"] == MODEL_ID
+
+
+def test_dump_names_bad_files_and_exits_2(tmp_path, capsys):
+    shutil.copy(V1 / "camera.png.ael", tmp_path / "good.png.ael")
+    (tmp_path / "bad.png.ael").write_bytes(b"PK\x03\x04" + b"\x00" * 40)
+    assert main(["dump", str(tmp_path)]) == 2
+    cap = capsys.readouterr()
+    assert "file_bytes: 227" in cap.out and "bad.png.ael" in cap.err and "not an aekit latent file" in cap.err
