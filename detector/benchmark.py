@@ -46,11 +46,13 @@ class BenchConfig:
     batch_size: int = 64
     lr: float = 2e-3
     loss: str = "mse"  # training loss spec (aekit.losses)
+    noise: str = ""  # training input corruption (aekit.train --noise), e.g. defects:0.5
     tag: str = ""  # names the work subfolder (default: derived from the settings)
     threads: int = 0  # torch and onnxruntime threads (0: their defaults); 1 on a shared machine
 
     def name(self) -> str:
-        return self.tag or f"r{self.ratio}-w{self.width}-b{self.blocks}-e{self.epochs}-{self.loss.replace(':', '').replace(',', '_')}"
+        noise = f"-{self.noise.replace(':', '')}" if self.noise else ""
+        return self.tag or f"r{self.ratio}-w{self.width}-b{self.blocks}-e{self.epochs}-{self.loss.replace(':', '').replace(',', '_')}{noise}"
 
 
 def load_all(samples: list[Sample]) -> np.ndarray:
@@ -84,7 +86,7 @@ def train_model(cfg: BenchConfig, cls: str, seed: int, train_samples: list[Sampl
     data = link_folder(train_samples, work / "train")
     mcfg = ModelConfig(channels=1, ratio=cfg.ratio, width=cfg.width, blocks=cfg.blocks, latent_levels=cfg.latent_levels)
     tcfg = TrainConfig(data=str(data), out=str(work / "run"), epochs=cfg.epochs, batch_size=cfg.batch_size,
-                       lr=cfg.lr, loss=cfg.loss, seed=seed, device="cpu", hist_images=512,
+                       lr=cfg.lr, loss=cfg.loss, noise=cfg.noise, seed=seed, device="cpu", hist_images=512,
                        data_cfg=DataConfig(resize="none", val_fraction=cfg.val_fraction, workers=2))
     summary = train(tcfg, mcfg)
     model = export_model(work / "run" / "best.pt", work / "model", force=True)
@@ -224,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     d = BenchConfig()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--out", required=True, help="result JSON (a .md table is written beside it)")
-    for name in ("data", "work", "loss", "tag"):
+    for name in ("data", "work", "loss", "noise", "tag"):
         p.add_argument(f"--{name}", default=getattr(d, name))
     for name in ("ratio", "width", "blocks", "latent_levels", "epochs", "batch_size"):  # threads: below
         p.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(d, name))

@@ -4,11 +4,14 @@ Split-conformal rule: with n calibration scores of normal images, the threshold 
 alpha is the k-th smallest score, k = ceil((n + 1)(1 - alpha)); a new normal image (exchangeable
 with the calibration images) scores above it with probability at most alpha. Its conformal
 p-value is (1 + #{calibration scores >= s}) / (n + 1). Stored in the model manifest under
-"calibration" (format below, versioned), so thresholds travel with the model files.
+"calibration" (format below, versioned), so thresholds travel with the model files; feature
+memory banks go to `calibration.npz` beside it (its sha256 is in the manifest).
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 import math
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -16,11 +19,17 @@ from typing import Any
 
 import numpy as np
 
-CALIBRATION_VERSION = 1
-# manifest["calibration"] = {"version": 1, "score": "mse", "alpha": 0.01, "model_id": ...,
-#   "preprocess": {...}, "created": iso time,
+from aekit.detector.features import FeatureBank
+
+CALIBRATION_VERSION = 2  # 2 added score specs, "norm", "n_fit" and the feature banks; 1 is still read
+ARRAYS_FILE = "calibration.npz"  # feature banks, beside manifest.json
+ALPHA_LADDER = (0.01, 0.05, 0.1, 0.2)  # default alpha: the smallest of these the calibration folder allows
+# manifest["calibration"] = {"version": 2, "score": "ssim-max+feat", "alpha": 0.01, "model_id": ...,
+#   "preprocess": {"latent": ..., "smooth": sigma}, "created": iso time, "arrays": {"file", "sha256"} | absent,
 #   "classes": {name: {"n": int, "threshold": float | null (null = infinite), "scores": [sorted floats],
-#                      "map_scale": float, "image_shape": [H, W] | null, "source": folder}}}
+#                      "map_scale": float, "image_shape": [H, W] | null, "source": folder,
+#                      "n_fit": images that fitted the bank / normalisers (not among the n),
+#                      "norm": {part: [loc, scale]} (combined scores: sum of (s - loc) / scale)}}}
 
 
 class CalibrationError(Exception):
@@ -44,6 +53,15 @@ def min_calibration_size(alpha: float) -> int:
     return math.ceil(round(1.0 / check_alpha(alpha) - 1.0, 9))
 
 
+def default_alpha(n: int) -> float:
+    """The smallest alpha of ALPHA_LADDER with a finite threshold for n calibration scores."""
+    for a in ALPHA_LADDER:
+        if n >= min_calibration_size(a):
+            return a
+    raise CalibrationError(f"{n} calibration images are too few for any alpha up to {ALPHA_LADDER[-1]} "
+                           f"(need at least {min_calibration_size(ALPHA_LADDER[-1])})")
+
+
 def conformal_threshold(sorted_scores: np.ndarray, alpha: float) -> float:
     """The k-th smallest calibration score; inf when k > n (nothing can be flagged)."""
     n = len(sorted_scores)
@@ -64,6 +82,9 @@ class ClassCalibration:
     map_scale: float = 0.0  # 99.9th percentile of per-pixel errors on calibration images (heatmap scale)
     image_shape: list[int] | None = None  # [H, W] when all calibration images share one size
     source: str = ""  # folder the calibration images came from
+    norm: dict[str, list[float]] = field(default_factory=dict)  # part -> [loc, scale] of combined scores
+    n_fit: int = 0  # images used for the bank and normalisers (held apart from the n conformal scores)
+    bank: FeatureBank | None = None  # encoder-feature memory bank (score 'feat')
 
     @property
     def n(self) -> int:
@@ -89,8 +110,21 @@ class Calibration:
         a = self.alpha if alpha is None else check_alpha(alpha)
         return {c: cc.threshold(a) for c, cc in self.classes.items()}
 
-    def to_dict(self) -> dict[str, Any]:
+    def arrays(self) -> bytes | None:
+        """The feature banks as .npz bytes (None when no class has one)."""
+        a = {}
+        for c, cc in sorted(self.classes.items()):
+            if cc.bank is not None:
+                a.update(cc.bank.to_arrays(f"{c}/"))
+        if not a:
+            return None
+        buf = io.BytesIO()
+        np.savez(buf, **a)
+        return buf.getvalue()
+
+    def to_dict(self, arrays: bytes | None = None) -> dict[str, Any]:
         t = self.thresholds()
+        extra = {"arrays": {"file": ARRAYS_FILE, "sha256": hashlib.sha256(arrays).hexdigest()}} if arrays else {}
         return {
             "version": CALIBRATION_VERSION,
             "score": self.score,
@@ -103,22 +137,26 @@ class Calibration:
             "classes": {
                 c: {"n": cc.n, "threshold": None if math.isinf(t[c]) else t[c],
                     "map_scale": cc.map_scale, "image_shape": cc.image_shape, "source": cc.source,
-                    "scores": [float(s) for s in cc.scores]}
+                    "n_fit": cc.n_fit, "norm": cc.norm, "scores": [float(s) for s in cc.scores]}
                 for c, cc in sorted(self.classes.items())
             },
+            **extra,
         }
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any], where: str = "manifest") -> "Calibration":
-        if not isinstance(d, dict) or d.get("version") != CALIBRATION_VERSION:
+    def from_dict(cls, d: dict[str, Any], where: str = "manifest", arrays: bytes | None = None) -> "Calibration":
+        """From the manifest's dict; arrays: the bytes of calibration.npz (checked against its sha256)."""
+        if not isinstance(d, dict) or d.get("version") not in (1, CALIBRATION_VERSION):
             got = d.get("version") if isinstance(d, dict) else type(d).__name__
             raise CalibrationError(f"{where}: calibration version {got} unsupported (expected {CALIBRATION_VERSION})")
         try:
             classes = {
                 c: ClassCalibration(np.sort(np.asarray(v["scores"], dtype=np.float64)), float(v.get("map_scale", 0.0)),
-                                    v.get("image_shape"), v.get("source", ""))
+                                    v.get("image_shape"), v.get("source", ""), dict(v.get("norm", {})),
+                                    int(v.get("n_fit", 0)))
                 for c, v in d["classes"].items()
             }
+            _attach_banks(classes, d.get("arrays"), arrays, where)
             return cls(d["score"], float(d["alpha"]), d["model_id"], d.get("preprocess", {}), classes,
                        d.get("created", ""))
         except (KeyError, TypeError, ValueError) as e:
@@ -132,8 +170,23 @@ class Calibration:
                            {**self.classes, **other.classes}, other.created)
 
 
-def too_small_message(name: str, n: int, alpha: float) -> str:
+def _attach_banks(classes: dict[str, ClassCalibration], meta: dict | None, arrays: bytes | None, where: str) -> None:
+    if not meta:
+        return
+    if arrays is None or hashlib.sha256(arrays).hexdigest() != meta.get("sha256"):
+        what = "missing" if arrays is None else "does not match its sha256"
+        raise CalibrationError(f"{where}: feature bank file {meta.get('file')} {what}; recalibrate")
+    a = dict(np.load(io.BytesIO(arrays)))
+    for c, cc in classes.items():
+        if f"{c}/bank" in a:
+            cc.bank = FeatureBank.from_arrays(a, f"{c}/")
+
+
+def too_small_message(name: str, n: int, alpha: float, n_fit: int = 0) -> str:
+    """One line: why no finite threshold exists and the minimum count of normal images for alpha."""
     need = min_calibration_size(alpha)
+    fit = f" plus the {n_fit} that fit the score" if n_fit else ""
+    ok = [a for a in ALPHA_LADDER if n >= min_calibration_size(a)]
+    hint = f"; add normal images or use alpha >= {ok[0]:g}" if ok else "; add normal images"
     return (f"class {name!r}: {n} calibration images are too few for alpha={alpha:g} "
-            f"(need at least {need}); its threshold is infinite and nothing can be flagged at this alpha; "
-            f"add normal images or use alpha >= {1 / (n + 1):.3g}")
+            f"(need at least {need}{fit}): the threshold would be infinite and nothing could be flagged{hint}")

@@ -1,16 +1,19 @@
-"""Subcommands `aekit calibrate`, `aekit screen` and `aekit detector {train-per-class, evaluate}`.
+"""Subcommands `aekit calibrate`, `aekit screen`, `aekit bench-detect` and `aekit detector {train-per-class, evaluate}`.
 
 Exit codes of screen (for pipelines): 0 nothing flagged; 1 at least one image flagged;
 2 errors (bad usage, unknown or uncalibrated class, unreadable/unusable files: the job goes
-on past them, records them and still writes its outputs). Calibrate: 0 ok, 2 failed files or
-too few images for alpha (the calibration is stored all the same).
+on past them, records them and still writes its outputs), and any unexpected failure (one line,
+never 1). Calibrate: 0 ok, 2 failed files (calibrated on the rest) or too few images for alpha
+(nothing stored).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import sys
+from collections.abc import Callable
 
 H = argparse.ArgumentDefaultsHelpFormatter
 
@@ -21,13 +24,18 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "model manifest. Classes are subfolders of NORMAL_DIR, or --class for all images.")
     c.add_argument("model", help="model folder, or a detector directory from `aekit detector train-per-class`")
     c.add_argument("normal_dir", help="folder of normal images (class subfolders, or flat with --class)")
-    c.add_argument("--alpha", type=float, default=0.01, help="false-positive rate allowed on normal images")
+    c.add_argument("--alpha", type=float, help="false-positive rate allowed on normal images; None: the smallest "
+                   "of 0.01, 0.05, 0.1, 0.2 the folder has enough images for")
     c.add_argument("--class", dest="cls", metavar="NAME", help="class of every image in NORMAL_DIR")
-    c.add_argument("--score", choices=("mse", "ssim"), default="mse", help="reconstruction error score")
+    c.add_argument("--score", type=_score_spec, help="score: MAP[-REDUCER] (MAP mse|ssim|msssim, REDUCER "
+                   "mean|max|topP), feat (encoder-feature memory bank), or parts joined by '+' (normalised sum, "
+                   "calibrated as one score); None: " + _default_score())
+    c.add_argument("--fit-fraction", type=float, default=0.3, help="share of each class fitting the feature bank "
+                   "and the normalisers of a combined score (only for those scores; the rest calibrates)")
     c.add_argument("--latent", choices=("quantised", "float"), default="quantised",
                    help="reconstruct through 8-bit latent symbols (as shipped) or the float latent")
     _job_args(c)
-    c.set_defaults(func=cmd_calibrate)
+    c.set_defaults(func=_guarded(cmd_calibrate))
 
     s = sub.add_parser("screen", formatter_class=H, help="flag anomalous images against calibrated thresholds",
                        description="Score every image under SRC; writes OUT.jsonl, OUT.csv, OUT.summary.json. "
@@ -38,12 +46,33 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="class of every image in SRC; None: class subfolders, or the only calibrated class")
     s.add_argument("--alpha", type=float, help="false-positive rate; None: the calibrated one")
     s.add_argument("--out", default="screen", help="output prefix: OUT.jsonl, OUT.csv, OUT.summary.json")
-    s.add_argument("--heatmaps", help="folder for error-map overlays of flagged images")
+    s.add_argument("--heatmaps", help="folder for [image | reconstruction | map] pictures of flagged images")
+    s.add_argument("--maps", help="folder for every image's anomaly map: REL.png (overlay, colour scale) "
+                   "and REL.npy (raw float32 map)")
     _job_args(s)
     from aekit.export.engine_ray import add_engine_args
 
     add_engine_args(s)  # --engine ray: the same screening as a Ray Data pipeline (aekit.detector.ray_jobs)
-    s.set_defaults(func=cmd_screen)
+    s.set_defaults(func=_guarded(cmd_screen))
+
+    b = sub.add_parser("bench-detect", formatter_class=H, help="local-defect benchmark: AUROC, AUPRO, FPR, recall",
+                       description="Calibrate each score on CAL (in memory; the model is not changed), then score "
+                                   "every image of TEST_DIR clean and with one seeded synthetic defect (square, spot, "
+                                   "scratch, noise, cutpaste; 2-8 px at 28 px). Writes OUT.json and OUT.md.")
+    b.add_argument("model", help="model folder")
+    b.add_argument("test_dir", help="held-out normal images (one size), never trained or calibrated on")
+    b.add_argument("--cal", required=True, help="normal images to calibrate on (not the test ones)")
+    b.add_argument("--score", nargs="+", type=_score_spec, default=["mse", "mse-max", "ssim-max", "feat", "ssim-max+feat"],
+                   help="score specs to compare")
+    b.add_argument("--alpha", type=float, default=0.05)
+    b.add_argument("--class", dest="cls", default="default", metavar="NAME", help="class name recorded")
+    b.add_argument("--seed", type=int, default=0, help="seeds defect placement and the fit split")
+    b.add_argument("--limit", type=int, default=0, help="use the first N test images (0: all)")
+    b.add_argument("--object-level", type=int, default=20, help="defects centred on pixels brighter than this")
+    b.add_argument("--texture", action="store_true", help="defects anywhere (textures), not on a bright object")
+    b.add_argument("--threads", type=int, default=0, help="onnxruntime threads (0: its default)")
+    b.add_argument("--out", default="defects", help="output prefix")
+    b.set_defaults(func=_guarded(cmd_bench_detect))
 
     d = sub.add_parser("detector", help="per-class detector training and evaluation")
     dsub = d.add_subparsers(dest="detector_command", metavar="COMMAND", required=True)
@@ -54,8 +83,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--out", required=True, help="detector directory to write")
     t.add_argument("--runs", help="training run folders; None: runs/<OUT name>")
     t.add_argument("--cal-fraction", type=float, default=0.1, help="held out of each class for calibration")
-    t.add_argument("--alpha", type=float, default=0.01)
-    t.add_argument("--score", choices=("mse", "ssim"), default="mse")
+    t.add_argument("--alpha", type=float, help="None: the smallest of 0.01, 0.05, 0.1, 0.2 the hold-out allows")
+    t.add_argument("--score", type=_score_spec, help="None: " + _default_score())
+    t.add_argument("--noise", default=_default_noise(), help="training input corruption (aekit train --noise); "
+                   "'' for plain training")
     t.add_argument("--ratio", type=int, choices=(4, 9), default=9)
     t.add_argument("--width", type=int, default=32)
     t.add_argument("--blocks", type=int, default=1)
@@ -90,6 +121,48 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.set_defaults(func=cmd_evaluate)
 
 
+def _score_spec(v: str) -> str:
+    from aekit.detector.scores import check_score
+
+    try:
+        return check_score(v)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _default_score() -> str:
+    from aekit.detector.model import DEFAULT_SCORE
+
+    return DEFAULT_SCORE
+
+
+def _default_noise() -> str:
+    from aekit.detector.perclass import PerClassConfig
+
+    return PerClassConfig.noise
+
+
+def _guarded(cmd: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """Any failure the job did not foresee exits 2 with one line (never 1, which means 'anomalies
+    flagged'); known errors keep the CLI's own one-line handling."""
+
+    @functools.wraps(cmd)
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return cmd(args)
+        except (KeyboardInterrupt, ValueError, FileNotFoundError):
+            raise
+        except Exception as e:
+            if type(e).__module__.startswith("aekit") and type(e).__name__.endswith("Error"):
+                raise  # the CLI prints these as one line and exits 2
+            where = getattr(e, "filename", None) or getattr(args, "src", None) or getattr(args, "normal_dir", "")
+            print(f"aekit {args.command}: error: {where}: unexpected {type(e).__name__}: {e}".replace("\n", " "),
+                  file=sys.stderr)
+            return 2
+
+    return run
+
+
 def _job_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto",
                    help="onnxruntime device (auto: CUDA when a GPU is visible); calibrate and screen on one"
@@ -111,24 +184,27 @@ def _fmt(t: float | None) -> str:
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from aekit.detector.jobs import calibrate_folder
 
-    rep = calibrate_folder(args.model, args.normal_dir, args.cls, args.alpha, args.score, args.latent, _job_config(args))
+    rep = calibrate_folder(args.model, args.normal_dir, args.cls, args.alpha, args.score, args.latent,
+                           _job_config(args), args.fit_fraction)
     for msg in rep.failed:
         print(f"error: {msg}", file=sys.stderr)
-    print(f"calibrated {len(rep.classes)} class(es), score {args.score}, alpha {args.alpha:g}:")
+    print(f"calibrated {len(rep.classes)} class(es), score {rep.score}, alpha {rep.alpha:g}"
+          + (" (default for this folder)" if args.alpha is None else "") + ":")
     for c, v in rep.classes.items():
-        print(f"  {c:24s} n={v['n']:6d}  threshold={_fmt(v['threshold'])}")
-    for msg in rep.too_small:
-        print(f"WARNING: {msg}", file=sys.stderr)
+        fit = f" (+{v['n_fit']} fitting the score)" if v["n_fit"] else ""
+        print(f"  {c:24s} n={v['n']:6d}  threshold={_fmt(v['threshold'])}{fit}")
     print("stored in " + ", ".join(map(str, rep.written)))
     if rep.failed:
         print(f"{len(rep.failed)} file(s)/class(es) failed; calibrated on the rest", file=sys.stderr)
-    return 2 if rep.failed or rep.too_small else 0
+    return 2 if rep.failed else 0
 
 
 def cmd_screen(args: argparse.Namespace) -> int:
     from aekit.detector.jobs import screen_folder
 
     if args.engine == "ray":
+        if args.maps:
+            raise ValueError("--maps is not available with --engine ray (use the local engine)")
         from aekit.detector.ray_jobs import screen_folder_ray
         from aekit.export.engine_ray import ray_config
 
@@ -137,7 +213,8 @@ def cmd_screen(args: argparse.Namespace) -> int:
         rep = screen_folder_ray(args.model, args.src, args.out, args.cls, args.alpha, args.heatmaps, cfg,
                                 ray_config(args, args.batch_size))
     else:
-        rep = screen_folder(args.model, args.src, args.out, args.cls, args.alpha, args.heatmaps, _job_config(args))
+        rep = screen_folder(args.model, args.src, args.out, args.cls, args.alpha, args.heatmaps, _job_config(args),
+                            args.maps)
     for msg in rep.warnings:
         print(f"WARNING: {msg}", file=sys.stderr)
     for msg in rep.failed:
@@ -184,3 +261,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     for msg in res.failed:
         print(f"error: {msg}", file=sys.stderr)
     return 2 if res.failed else 0
+
+
+def cmd_bench_detect(args: argparse.Namespace) -> int:
+    from aekit.detector.defect_bench import main as bench
+
+    args.argv = [str(args.model), str(args.test_dir), "--cal", str(args.cal), "--score", *args.score,
+                 "--alpha", str(args.alpha), "--class", args.cls, "--seed", str(args.seed), "--out", str(args.out)]
+    return bench(args)

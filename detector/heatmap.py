@@ -1,4 +1,5 @@
-"""Error-map overlays for flagged images: [image | reconstruction | error map over image] (numpy + pillow).
+"""Anomaly-map pictures: [image | reconstruction | map over image] for flagged images (--heatmaps), and
+[image | map over image | colour scale] + the raw float map as .npy for every image (--maps).
 
 The colour scale is fixed per class (the calibration's 99.9th percentile of per-pixel errors
 on normal images = full red), so colours compare across images of one class.
@@ -45,3 +46,40 @@ def panel(image: np.ndarray, recon: np.ndarray, error_map: np.ndarray, scale: fl
 
 def write_heatmap(path: str | Path, image: np.ndarray, recon: np.ndarray, error_map: np.ndarray, scale: float) -> Path:
     return save_image(panel(image, recon, error_map, scale), path)
+
+
+def colour_bar(height: int, scale: float, width: int = 64) -> np.ndarray:
+    """A vertical colour scale (top = `scale`, the class's full red; bottom = 0) with its values: (height, width, 3)."""
+    from PIL import ImageDraw
+
+    bar = np.full((height, width, 3), 255, np.uint8)
+    ramp = LUT[np.linspace(255, 0, height).round().astype(np.int64)]  # (height, 3)
+    bar[:, 4:18] = ramp[:, None, :]
+    im = Image.fromarray(bar)
+    draw = ImageDraw.Draw(im)
+    draw.text((21, 0), f"{scale:.3g}", fill=(0, 0, 0))
+    draw.text((21, height // 2 - 5), f"{scale / 2:.3g}", fill=(0, 0, 0))
+    draw.text((21, height - 11), "0", fill=(0, 0, 0))
+    return np.asarray(im)
+
+
+def map_panel(image: np.ndarray, anomaly_map: np.ndarray, scale: float) -> np.ndarray:
+    """[image | map over image | colour scale], enlarged when small: uint8 (H', 2W' + 64, 3)."""
+    strip = np.concatenate([to_rgb(image), overlay(image, anomaly_map, scale)], axis=1)
+    k = max(1, -(-MIN_PANEL_SIDE // min(image.shape[:2])))
+    if k > 1:
+        strip = np.asarray(Image.fromarray(strip).resize((strip.shape[1] * k, strip.shape[0] * k), Image.NEAREST))
+    return np.concatenate([strip, colour_bar(strip.shape[0], scale)], axis=1)
+
+
+def write_map(stem: str | Path, image: np.ndarray, anomaly_map: np.ndarray, scale: float) -> list[Path]:
+    """STEM.png (overlay with colour scale) and STEM.npy (the raw float32 map, (H, W)), written atomically."""
+    import io
+
+    from aekit.images import atomic_write_bytes
+
+    stem = Path(stem)
+    png = save_image(map_panel(image, anomaly_map, scale), stem.with_suffix(".png"))
+    buf = io.BytesIO()
+    np.save(buf, anomaly_map.astype(np.float32))
+    return [png, atomic_write_bytes(stem.with_suffix(".npy"), buf.getvalue())]

@@ -24,7 +24,7 @@ import numpy as np
 
 from aekit.images import FILE_MODE, ImageError, Sample, atomic_write_bytes, load_image, scan_folder
 from aekit.detector.calibration import CalibrationError, too_small_message
-from aekit.detector.heatmap import write_heatmap
+from aekit.detector.heatmap import write_heatmap, write_map
 from aekit.detector.model import ClassScores, Detector, DetectorError
 
 RECORD_FIELDS = ("path", "class", "score", "threshold", "p_value", "is_anomaly", "error")
@@ -88,23 +88,42 @@ class CalibrateReport:
     failed: list[str] = field(default_factory=list)  # one message per unusable file or class
     too_small: list[str] = field(default_factory=list)  # warnings: too few images for alpha
     written: list[Path] = field(default_factory=list)  # manifests updated
+    alpha: float = 0.0  # the alpha stored (given, or the default that fits the folder)
+    score: str = ""  # the score spec calibrated
 
 
-def calibrate_folder(model: str | Path, src: str | Path, cls: str | None = None, alpha: float = 0.01,
-                     score: str = "mse", latent: str = "quantised", cfg: JobConfig | None = None) -> CalibrateReport:
-    """Score normal images per class, store conformal calibration in the model manifest(s)."""
+def calibrate_folder(model: str | Path, src: str | Path, cls: str | None = None, alpha: float | None = None,
+                     score: str | None = None, latent: str = "quantised", cfg: JobConfig | None = None,
+                     fit_fraction: float = 0.3) -> CalibrateReport:
+    """Score normal images per class, store conformal calibration in the model manifest(s).
+
+    Scores with a feature bank or several parts first fit them on a seeded fit_fraction of each
+    class (held in memory); the other images are streamed and give the conformal scores.
+    CalibrationError when a class has too few images for alpha (nothing is stored then)."""
     cfg = cfg or JobConfig()
     det = Detector(model, score=score, alpha=alpha, latent=latent, device=cfg.device,
-                   batch_size=cfg.batch_size, threads=cfg.threads)
+                   batch_size=cfg.batch_size, threads=cfg.threads, fit_fraction=fit_fraction)
     samples, labels, skipped = labelled(src, cls)
     for p in skipped:
         print(f"note: {p}: not an image file (skipped)", file=sys.stderr)
     report = CalibrateReport()
     labels = [c or det.default_class(fitting=True) for c in labels]
     usable = _routable(det, samples, labels, report.failed)
+    fit_idx: set[int] = set()
+    for c in sorted({labels[i] for i in usable}):
+        idx = [i for i in sorted(usable) if labels[i] == c]
+        part = [idx[k] for k in det.split(len(idx), c)[0]]
+        if part:
+            fit_idx.update(part)
+            images = []
+            for chunk in load_chunks([samples[i] for i in part], det.channels, _factor(det), cfg):
+                images += [im for _, im, err in chunk if err is None]
+                report.failed += [err for _, _, err in chunk if err]
+            det.fit_reference(images, c)
     per_class: dict[str, ClassScores] = {}
-    for chunk in load_chunks(samples, det.channels, _factor(det), cfg):
-        ok = [(i, im) for i, im, err in chunk if err is None and i in usable]
+    rest = [i for i in sorted(usable) if i not in fit_idx]
+    for chunk in load_chunks([samples[i] for i in rest], det.channels, _factor(det), cfg):
+        ok = [(rest[j], im) for j, im, err in chunk if err is None]
         report.failed += [err for _, _, err in chunk if err]
         if not ok:
             continue
@@ -115,12 +134,11 @@ def calibrate_folder(model: str | Path, src: str | Path, cls: str | None = None,
         raise ImageError(f"{src}: no usable calibration images ({len(report.failed)} failed)")
     det.set_calibration(per_class, source=str(Path(src).resolve()))
     report.written = det.save()
+    report.alpha, report.score = det.alpha_, det.settings(det.model_for(sorted(per_class)[0]))[0]
     for c in sorted(per_class):
         cc = det.class_calibration(c)
-        t = cc.threshold(det.alpha_)
-        report.classes[c] = {"n": cc.n, "threshold": t, "model": str(det.model_for(c))}
-        if math.isinf(t):
-            report.too_small.append(too_small_message(c, cc.n, det.alpha_))
+        report.classes[c] = {"n": cc.n, "n_fit": cc.n_fit, "threshold": cc.threshold(det.alpha_),
+                             "model": str(det.model_for(c))}
     return report
 
 
@@ -219,8 +237,10 @@ class RecordWriter:
 
 def screen_folder(model: str | Path, src: str | Path, out: str | Path, cls: str | None = None,
                   alpha: float | None = None, heatmaps: str | Path | None = None,
-                  cfg: JobConfig | None = None) -> ScreenReport:
-    """Score every image under src against its class threshold; write records and a summary."""
+                  cfg: JobConfig | None = None, maps: str | Path | None = None) -> ScreenReport:
+    """Score every image under src against its class threshold; write records and a summary.
+
+    maps: folder for every image's anomaly map (REL.png overlay with colour scale, REL.npy raw)."""
     cfg = cfg or JobConfig()
     det = Detector(model, alpha=alpha, device=cfg.device, batch_size=cfg.batch_size, threads=cfg.threads)
     if not det.classes_:
@@ -234,7 +254,7 @@ def screen_folder(model: str | Path, src: str | Path, out: str | Path, cls: str 
     try:
         usable = _calibrated(det, samples, labels, report, writer)
         for chunk in load_chunks(samples, det.channels, _factor(det), cfg):
-            _screen_chunk(det, samples, labels, chunk, usable, report, writer, heatmaps, src)
+            _screen_chunk(det, samples, labels, chunk, usable, report, writer, heatmaps, maps)
         report.outputs = writer.commit()
     except BaseException:
         writer.abort()
@@ -269,17 +289,45 @@ def _calibrated(det: Detector, samples: list[Sample], labels: list[str], report:
     return {i for i, c in enumerate(labels) if c in ok}
 
 
-def _screen_chunk(det, samples, labels, chunk, usable, report, writer, heatmaps, src) -> None:
+def _fail(samples, labels, report, writer, i: int, err: str) -> None:
+    report.failed.append(err)
+    report.per_class[labels[i]].errors += 1
+    writer.write({"path": str(samples[i].path), "class": labels[i], "is_anomaly": None, "error": err})
+
+
+def _score_or_isolate(det, samples, labels, ok, want_maps, report, writer):
+    """Scores and maps of a chunk; when the batch fails, image by image, so an unexpected error
+    names its file and the rest of the folder is still screened."""
+    images, labs = [im for _, im in ok], [labels[i] for i, _ in ok]
+    try:
+        return ok, *det.score_maps(images, labs, maps=want_maps)
+    except (DetectorError, CalibrationError):
+        raise
+    except Exception:
+        pass
+    kept, scores, maps = [], [], []
+    for i, im in ok:
+        try:
+            s, m = det.score_maps([im], [labels[i]], maps=want_maps)
+        except Exception as e:
+            _fail(samples, labels, report, writer, i, f"{samples[i].path}: scoring failed ({type(e).__name__}: {e})")
+            continue
+        kept.append((i, im))
+        scores.append(s[0])
+        maps.append(m[0] if want_maps else None)
+    return kept, np.array(scores), maps if want_maps else None
+
+
+def _screen_chunk(det, samples, labels, chunk, usable, report, writer, heatmaps, map_dir) -> None:
     ok = [(i, im) for i, im, err in chunk if err is None and i in usable]
     for i, _, err in chunk:
         if err is not None and i in usable:
-            report.failed.append(err)
-            report.per_class[labels[i]].errors += 1
-            writer.write({"path": str(samples[i].path), "class": labels[i], "is_anomaly": None, "error": err})
+            _fail(samples, labels, report, writer, i, err)
     if not ok:
         return
-    images, labs = [im for _, im in ok], [labels[i] for i, _ in ok]
-    scores, maps = det.score_maps(images, labs, maps=heatmaps is not None)
+    ok, scores, maps = _score_or_isolate(det, samples, labels, ok, heatmaps is not None or map_dir is not None,
+                                         report, writer)
+    labs = [labels[i] for i, _ in ok]
     for k, (i, im) in enumerate(ok):
         c, cc = labs[k], det.class_calibration(labs[k])
         _note_shape(report, c, cc.image_shape, im.shape[:2])
@@ -295,6 +343,8 @@ def _screen_chunk(det, samples, labels, chunk, usable, report, writer, heatmaps,
             recon = det.reconstruct(det.model_for(c), im[None], det.settings(det.model_for(c))[1])[0]
             dest = Path(heatmaps) / samples[i].rel.with_suffix(".png")
             write_heatmap(dest, im, recon, maps[k], cc.map_scale)
+        if map_dir is not None:
+            write_map(Path(map_dir) / samples[i].rel.with_suffix(""), im, maps[k], cc.map_scale)
 
 
 def _note_shape(report: ScreenReport, cls: str, cal_shape: list[int] | None, shape: tuple[int, int]) -> None:

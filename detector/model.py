@@ -1,16 +1,17 @@
 """The anomaly detector as a scikit-learn/pyod-style estimator over exported ONNX models.
 
-    det = Detector("models/bag").fit(normal_images, classes="bag")   # calibrate (conformal)
-    det.decision_function(images, "bag"); det.predict(images, "bag"); det.thresholds_
+    det = Detector("models/bag", score="ssim-max").fit(normal_images, classes="bag")  # conformal
+    det.decision_function(images, "bag"); det.predict(images, "bag"); det.thresholds_; det.anomaly_maps(images)
 MODEL is one model folder (shared by all its classes) or a detector directory
 (`detector.json` routing each class to its own model folder). Runs on onnxruntime only.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
-import sys
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -20,8 +21,10 @@ from typing import Any
 import numpy as np
 
 from aekit.images import ImageError, atomic_write_bytes
-from aekit.detector.calibration import Calibration, CalibrationError, ClassCalibration, check_alpha, too_small_message
-from aekit.detector.scores import check_score, error_maps, reduce_maps
+from aekit.detector.calibration import (ARRAYS_FILE, Calibration, CalibrationError, ClassCalibration, check_alpha,
+                                        default_alpha, too_small_message)
+from aekit.detector.features import FeatureBank
+from aekit.detector.scores import FEATURE, SMOOTH_SIGMA, components, error_maps, image_scores, upsample
 from aekit.export.manifest import MANIFEST_NAME, ModelError, load_manifest, save_manifest
 
 DETECTOR_FILE = "detector.json"
@@ -29,6 +32,7 @@ DETECTOR_FORMAT, DETECTOR_VERSION = "aekit-detector", 1
 DEFAULT_CLASS = "default"  # class name of images from a flat folder screened without --class
 LATENT_MODES = ("quantised", "float")  # reconstruct through 8-bit symbols (as shipped) or the float latent
 MAX_BATCH_PIXELS = 2**24  # images x pixels per onnxruntime call (bounds memory on large images)
+DEFAULT_SCORE = "mse-max"  # best image score measured on local defects (detector/RESULTS.md)
 
 
 class DetectorError(Exception):
@@ -84,7 +88,7 @@ class ClassScores:
     """Scores of one class's calibration images, gathered batch by batch."""
 
     scores: list[np.ndarray] = field(default_factory=list)  # (b,) arrays
-    pixels: list[np.ndarray] = field(default_factory=list)  # sampled per-pixel errors (heatmap scale)
+    pixels: list[np.ndarray] = field(default_factory=list)  # sampled per-pixel map values (colour scale)
     shapes: set[tuple[int, int]] = field(default_factory=set)
 
     def add(self, scores: np.ndarray, maps: Sequence[np.ndarray]) -> None:
@@ -100,46 +104,116 @@ class ClassScores:
                                 list(shapes[0]) if len(shapes) == 1 else None, source)
 
 
-class Detector:
-    """Reconstruction-error anomaly detector with per-class conformal thresholds.
+@dataclass
+class Reference:
+    """What a combined or feature score fits on normal images before conformal calibration."""
 
-    Parameters are stored by __init__; the model(s) and any stored calibration load on first
-    use. Fitted attributes: `calibrations_` (model folder -> Calibration), `thresholds_`
-    (class -> threshold at `alpha_`), `decision_scores_` (scores of the images given to fit).
+    bank: FeatureBank | None = None  # memory bank of the 'feat' part
+    norm: dict[str, list[float]] = field(default_factory=dict)  # part -> [loc, scale] (combined scores)
+    n_fit: int = 0
+
+
+def part_name(part: tuple[str, str]) -> str:
+    return part[0] if part[0] == FEATURE else f"{part[0]}-{part[1]}"
+
+
+def combine(parts: dict[str, tuple[np.ndarray, np.ndarray]], norm: dict[str, list[float]]
+            ) -> tuple[np.ndarray, np.ndarray]:
+    """Several (scores (B,), maps (B, H, W)) -> one: sum of (s - loc) / scale; maps / scale summed.
+
+    loc, scale (median, 95th percentile - median) come from the fit images, never from the
+    calibration ones, so the combined score is one fixed function calibrated as a whole."""
+    missing = sorted(set(parts) - set(norm))
+    if missing:
+        raise CalibrationError(f"combined score: no normaliser for {', '.join(missing)}; recalibrate")
+    score = sum((s - norm[k][0]) / norm[k][1] for k, (s, _) in parts.items())
+    maps = sum(m / norm[k][1] for k, (_, m) in parts.items())
+    return score, maps
+
+
+class Detector:
+    """Reconstruction-error and encoder-feature anomaly detector with per-class conformal thresholds.
+
+    Parameters (stored by __init__ as given; get_params/set_params as in scikit-learn):
+    model: model folder or detector directory; score: score spec (None: the calibrated one, else
+    DEFAULT_SCORE); alpha (None: the calibrated one; at fit, the smallest of ALPHA_LADDER the data
+    allow); latent: 'quantised' | 'float'; fit_fraction: share of each class's normal images that
+    fits the feature bank and the normalisers of a combined score (only for such scores; the rest
+    calibrates); bank_size: memory-bank vectors per class; random_state: seeds split and subsampling.
+    Fitted attributes (set by fit, or loaded with a calibrated model): `calibrations_` (model folder
+    -> Calibration), `thresholds_`, `alpha_`, `classes_`, `decision_scores_` (set by fit only).
     Labels follow pyod: predict() returns 1 for anomalies, 0 for normal images.
     """
 
     def __init__(self, model: str | Path, score: str | None = None, alpha: float | None = None,
-                 latent: str | None = None, device: str = "auto", batch_size: int = 64, threads: int = 0):
-        self.model, self.score, self.alpha, self.latent = model, score, alpha, latent
-        self.device, self.batch_size, self.threads = device, batch_size, threads
-        self._routes: dict[str | None, Path] | None = None
-        self._runtimes: dict[Path, Any] = {}
-        self.calibrations_: dict[Path, Calibration] = {}
+                 latent: str | None = None, device: str = "auto", batch_size: int = 64, threads: int = 0,
+                 fit_fraction: float = 0.3, bank_size: int = 8192, random_state: int = 0):
+        self.model = model
+        self.score = score
+        self.alpha = alpha
+        self.latent = latent
+        self.device = device
+        self.batch_size = batch_size
+        self.threads = threads
+        self.fit_fraction = fit_fraction
+        self.bank_size = bank_size
+        self.random_state = random_state
+
+    # ---- scikit-learn parameter protocol --------------------------------------------------
+    @classmethod
+    def _param_names(cls) -> list[str]:
+        return [n for n in inspect.signature(cls.__init__).parameters if n != "self"]
+
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        return {n: getattr(self, n) for n in self._param_names()}
+
+    def set_params(self, **params: Any) -> "Detector":
+        """Set parameters; loaded models and fitted state are dropped when the model changes."""
+        bad = sorted(set(params) - set(self._param_names()))
+        if bad:
+            raise ValueError(f"invalid parameter(s) {', '.join(bad)} for Detector (valid: {', '.join(self._param_names())})")
+        if "model" in params or "device" in params or "threads" in params:
+            for k in ("_routes", "_runtimes", "calibrations_", "_reference"):
+                self.__dict__.pop(k, None)
+        for k, v in params.items():
+            setattr(self, k, v)
+        return self
+
+    def __repr__(self) -> str:
+        d = {n: v for n, v in self.get_params().items() if v != inspect.signature(type(self).__init__).parameters[n].default}
+        return f"Detector({', '.join(f'{k}={v!r}' for k, v in d.items())})"
 
     # ---- setup -------------------------------------------------------------------------
     @property
     def routes(self) -> dict[str | None, Path]:
-        if self._routes is None:
-            self._routes = load_routes(self.model)
-            for d in set(self._routes.values()):
+        """class -> model folder (loaded on first use, with any calibration stored in the models)."""
+        if "_routes" not in self.__dict__:
+            routes = load_routes(self.model)
+            cals = {}
+            for d in set(routes.values()):
                 cal = load_manifest(d).get("calibration")
                 if cal:
-                    self.calibrations_[d] = Calibration.from_dict(cal, f"{d / MANIFEST_NAME}")
+                    f = d / ARRAYS_FILE
+                    cals[d] = Calibration.from_dict(cal, f"{d / MANIFEST_NAME}", f.read_bytes() if f.is_file() else None)
+            self._routes, self.calibrations_ = routes, cals
         return self._routes
+
+    def _cals(self) -> dict[Path, Calibration]:
+        self.routes
+        return self.calibrations_
 
     @property
     def classes_(self) -> list[str]:
         """Calibrated classes."""
-        self.routes
-        return sorted({c for cal in self.calibrations_.values() for c in cal.classes})
+        return sorted({c for cal in self._cals().values() for c in cal.classes})
 
     def runtime(self, model_dir: Path) -> Any:
-        if model_dir not in self._runtimes:
+        rts = self.__dict__.setdefault("_runtimes", {})
+        if model_dir not in rts:
             from aekit.export.runtime import Runtime
 
-            self._runtimes[model_dir] = Runtime(model_dir, device=self.device, threads=self.threads)
-        return self._runtimes[model_dir]
+            rts[model_dir] = Runtime(model_dir, device=self.device, threads=self.threads)
+        return rts[model_dir]
 
     @property
     def channels(self) -> int:
@@ -156,37 +230,79 @@ class Detector:
         return r[cls]
 
     def settings(self, model_dir: Path) -> tuple[str, str]:
-        """(score, latent mode) for a model: as calibrated, checked against explicit parameters."""
-        cal = self.calibrations_.get(model_dir)
-        score = self.score or (cal.score if cal else "mse")
+        """(score spec, latent mode) for a model: as calibrated, else the parameters, else the defaults."""
+        cal = self._cals().get(model_dir)
+        score = self.score or (cal.score if cal else DEFAULT_SCORE)
         latent = self.latent or (cal.preprocess.get("latent", "quantised") if cal else "quantised")
-        return check_score(score), _check_latent(latent)
+        components(score)
+        return score, _check_latent(latent)
+
+    def smooth_sigma(self, model_dir: Path) -> float:
+        cal = self._cals().get(model_dir)
+        return float(cal.preprocess.get("smooth", SMOOTH_SIGMA)) if cal else SMOOTH_SIGMA
 
     # ---- scoring -----------------------------------------------------------------------
     def score_maps(self, X: Any, classes: str | Sequence[str] | None = None,
                    maps: bool = True) -> tuple[np.ndarray, list[np.ndarray] | None]:
-        """Scores (B,) and per-pixel error maps [(H, W)] of images, each through its class's model."""
+        """Scores (B,) and anomaly maps [(H, W)] of images, each through its class's model and reference."""
         labels = self._labels(X, classes)
         images = as_images(X, self.channels)
         scores, out_maps = np.zeros(len(images)), [None] * len(images) if maps else None
         groups: dict[tuple, list[int]] = {}
         for i, (im, c) in enumerate(zip(images, labels)):
-            groups.setdefault((self.model_for(c), im.shape), []).append(i)
-        for (model_dir, shape), idx in groups.items():
+            groups.setdefault((self.model_for(c), c, im.shape), []).append(i)
+        for (model_dir, c, shape), idx in groups.items():
             step = max(1, min(self.batch_size, MAX_BATCH_PIXELS // (shape[0] * shape[1])))
             for j in range(0, len(idx), step):
                 part = idx[j : j + step]
-                m = self._maps(model_dir, np.stack([images[i] for i in part]))  # (b, H, W)
-                scores[part] = reduce_maps(m)
+                s, m = self._combined(model_dir, c, np.stack([images[i] for i in part]))
+                scores[part] = s
                 if maps:
                     for i, mi in zip(part, m):
                         out_maps[i] = mi
         return scores, out_maps
 
-    def _maps(self, model_dir: Path, batch: np.ndarray) -> np.ndarray:
-        """uint8 (B, H, W, C) -> error maps (B, H, W) of the model's score and latent mode."""
+    def anomaly_maps(self, X: Any, classes: str | Sequence[str] | None = None) -> list[np.ndarray]:
+        """Per-pixel anomaly maps [(H, W)] of the calibrated score (what screen --maps writes)."""
+        return self.score_maps(X, classes)[1]
+
+    def _parts(self, model_dir: Path, batch: np.ndarray, ref: Reference | None,
+               image_ids: np.ndarray | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Each part of the score spec -> (raw scores (B,), map (B, H, W)) for uint8 (B, H, W, C)."""
         score, latent = self.settings(model_dir)
-        return error_maps(batch, self.reconstruct(model_dir, batch, latent), score)
+        h, w = batch.shape[1:3]
+        rt = self.runtime(model_dir)
+        y = rt.encode(batch)  # (B, c_y, ceil(H/f), ceil(W/f))
+        y_hat = rt.dequantise(rt.quantise(y)) if latent == "quantised" else y
+        x_hat = None
+        out = {}
+        for part in components(score):
+            if part[0] == FEATURE:
+                if ref is None or ref.bank is None:
+                    raise CalibrationError(f"{model_dir}: score {score!r} needs a feature bank; calibrate first")
+                fm = ref.bank.score_maps(y_hat, image_ids)  # (B, h', w')
+                out[part_name(part)] = (fm.reshape(len(fm), -1).max(axis=1), upsample(fm, h, w))
+                continue
+            if x_hat is None:
+                x_hat = rt.decode(y_hat, h, w)  # (B, H, W, C) uint8
+            out[part_name(part)] = image_scores(error_maps(batch, x_hat, part[0]), part[1], self.smooth_sigma(model_dir))
+        return out
+
+    def _combined(self, model_dir: Path, cls: str, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(scores (B,), maps (B, H, W)); several parts: sum of (s - loc) / scale, maps / scale summed."""
+        ref = self._reference_for(cls)
+        parts = self._parts(model_dir, batch, ref)
+        if len(parts) == 1:
+            return next(iter(parts.values()))
+        return combine(parts, ref.norm)
+
+    def _reference_for(self, cls: str) -> Reference | None:
+        pending = self.__dict__.get("_reference", {})
+        if cls in pending:
+            return pending[cls]
+        cal = self._cals().get(self.model_for(cls))
+        cc = cal.classes.get(cls) if cal else None
+        return Reference(cc.bank, cc.norm, cc.n_fit) if cc else None
 
     def reconstruct(self, model_dir: Path, batch: np.ndarray, latent: str = "quantised") -> np.ndarray:
         rt = self.runtime(model_dir)
@@ -200,41 +316,103 @@ class Detector:
         return self.score_maps(X, classes, maps=False)[0]
 
     # ---- calibration -------------------------------------------------------------------
+    def needs_reference(self, model_dir: Path) -> bool:
+        """Whether the score fits something on normal images first (a feature bank or normalisers)."""
+        parts = components(self.settings(model_dir)[0])
+        return len(parts) > 1 or parts[0][0] == FEATURE
+
+    def split(self, n: int, cls: str) -> tuple[np.ndarray, np.ndarray]:
+        """(fit indices, calibration indices) of a class's n normal images (seeded by class name)."""
+        if not self.needs_reference(self.model_for(cls)):
+            return np.arange(0), np.arange(n)
+        order = np.random.default_rng([self.random_state, zlib.crc32(cls.encode())]).permutation(n)
+        k = int(round(n * self.fit_fraction))
+        return np.sort(order[:k]), np.sort(order[k:])
+
+    def fit_reference(self, X: Any, cls: str) -> Reference:
+        """Fit the feature bank and the normalisers of cls on normal images (not the calibration ones)."""
+        model_dir = self.model_for(cls)
+        images = as_images(X, self.channels)
+        if not images:
+            raise CalibrationError(f"class {cls!r}: score {self.settings(model_dir)[0]!r} needs normal images to fit "
+                                   "(fit_fraction is 0 or the class has too few images)")
+        ref = Reference(n_fit=len(images))
+        if any(p[0] == FEATURE for p in components(self.settings(model_dir)[0])):
+            rt, latent = self.runtime(model_dir), self.settings(model_dir)[1]
+            ys = [rt.encode(np.stack(images[i : i + self.batch_size])) for i in range(0, len(images), self.batch_size)]
+            if latent == "quantised":
+                ys = [rt.dequantise(rt.quantise(y)) for y in ys]
+            ref.bank = FeatureBank.fit(np.concatenate(ys), self.bank_size, self.random_state)
+        raw: dict[str, list[np.ndarray]] = {}
+        for i in range(0, len(images), self.batch_size):  # leave-one-image-out feature scores
+            ids = np.arange(i, min(i + self.batch_size, len(images)))
+            for k, (s, _) in self._parts(model_dir, np.stack(images[i : i + self.batch_size]), ref, ids).items():
+                raw.setdefault(k, []).append(s)
+        for k, v in raw.items():
+            v = np.concatenate(v)
+            ref.norm[k] = [float(np.median(v)), float(max(np.quantile(v, 0.95) - np.median(v), 1e-12))]
+        self.__dict__.setdefault("_reference", {})[cls] = ref
+        return ref
+
     def fit(self, X: Any, classes: str | Sequence[str] | None = None, y: Any = None) -> "Detector":
-        """Calibrate on normal images (the models are trained with `aekit train`); y is ignored."""
+        """Calibrate on normal images (the models are trained with `aekit train`); y is ignored.
+
+        Per class: a fit_fraction share fits the feature bank / normalisers when the score has
+        them, the rest gives the conformal scores. decision_scores_: scores of the calibration part."""
         labels = self._labels(X, classes, fitting=True)
-        scores, maps = self.score_maps(X, labels)
-        self.decision_scores_ = scores
+        images = list(X)
         per_class: dict[str, ClassScores] = {}
-        for i, c in enumerate(labels):
-            per_class.setdefault(c, ClassScores()).add(scores[i : i + 1], maps[i : i + 1])
+        self.decision_scores_ = np.full(len(images), np.nan)
+        for c in sorted(set(labels)):
+            idx = np.array([i for i, lab in enumerate(labels) if lab == c])
+            fit_i, cal_i = self.split(len(idx), c)
+            if len(fit_i):
+                self.fit_reference([images[i] for i in idx[fit_i]], c)
+            scores, maps = self.score_maps([images[i] for i in idx[cal_i]], c)
+            self.decision_scores_[idx[cal_i]] = scores
+            per_class.setdefault(c, ClassScores()).add(scores, maps)
         self.set_calibration(per_class)
         return self
 
     calibrate = fit
 
     def set_calibration(self, per_class: dict[str, "ClassScores"], source: str = "") -> None:
-        """Store calibration scores per class (replacing those classes); warns when n is too small."""
-        alpha = check_alpha(self.alpha if self.alpha is not None else 0.01)
+        """Store calibration scores per class (replacing those classes).
+
+        CalibrationError (one line, with the minimum count) when a class has too few images for
+        alpha; with alpha None, the smallest alpha of ALPHA_LADDER every class allows."""
+        if not per_class:
+            raise CalibrationError(f"{self.model}: no calibration images")
+        ccs = {c: cs.calibration(source) for c, cs in per_class.items()}
+        alpha = check_alpha(self.alpha) if self.alpha is not None else default_alpha(min(cc.n for cc in ccs.values()))
         by_model: dict[Path, dict[str, ClassCalibration]] = {}
-        for c, cs in per_class.items():
-            cc = cs.calibration(source)
+        for c, cc in ccs.items():
+            ref = self._reference_for(c) if self.needs_reference(self.model_for(c)) else None
+            if ref is not None:
+                cc.bank, cc.norm, cc.n_fit = ref.bank, ref.norm, ref.n_fit
             if math.isinf(cc.threshold(alpha)):
-                print(f"WARNING: {too_small_message(c, cc.n, alpha)}", file=sys.stderr)
+                raise CalibrationError(too_small_message(c, cc.n, alpha, cc.n_fit))
             by_model.setdefault(self.model_for(c), {})[c] = cc
+        cals = self._cals()
         for d, classes in by_model.items():
             score, latent = self.settings(d)
-            new = Calibration(score, alpha, self.runtime(d).model_id, {"latent": latent}, classes,
+            new = Calibration(score, alpha, self.runtime(d).model_id,
+                              {"latent": latent, "smooth": self.smooth_sigma(d)}, classes,
                               datetime.now(timezone.utc).isoformat(timespec="seconds"))
-            old = self.calibrations_.get(d)
-            self.calibrations_[d] = old.merged(new) if old else new
+            old = cals.get(d)
+            cals[d] = old.merged(new) if old else new
+        self.__dict__.pop("_reference", None)
 
     def save(self) -> list[Path]:
-        """Write each model's calibration into its manifest.json (atomically); returns the files."""
+        """Write each model's calibration into its manifest.json and feature banks into
+        calibration.npz (both atomically); returns the files."""
         written = []
-        for d, cal in self.calibrations_.items():
+        for d, cal in self._cals().items():
+            arrays = cal.arrays()
+            if arrays is not None:
+                written.append(atomic_write_bytes(d / ARRAYS_FILE, arrays))
             m = load_manifest(d)
-            m["calibration"] = cal.to_dict()
+            m["calibration"] = cal.to_dict(arrays)
             written.append(save_manifest(d, m))
         return written
 
@@ -243,7 +421,7 @@ class Detector:
     def alpha_(self) -> float:
         if self.alpha is not None:
             return check_alpha(self.alpha)
-        alphas = {cal.alpha for cal in self.calibrations_.values()}
+        alphas = {cal.alpha for cal in self._cals().values()}
         if not alphas:
             raise CalibrationError(f"{self.model}: not calibrated; run `aekit calibrate {self.model} NORMAL_DIR`")
         return min(alphas)
@@ -251,13 +429,12 @@ class Detector:
     @property
     def thresholds_(self) -> dict[str, float]:
         """class -> threshold at alpha_ (inf: too few calibration images to flag at this alpha)."""
-        self.routes
-        return {c: cc.threshold(self.alpha_) for cal in self.calibrations_.values() for c, cc in cal.classes.items()}
+        return {c: cc.threshold(self.alpha_) for cal in self._cals().values() for c, cc in cal.classes.items()}
 
     def class_calibration(self, cls: str) -> ClassCalibration:
         """The calibration of a class; DetectorError/CalibrationError naming what is missing."""
         d = self.model_for(cls)
-        cal = self.calibrations_.get(d)
+        cal = self._cals().get(d)
         if cal is None:
             raise CalibrationError(f"class {cls!r}: model {d} has no calibration; "
                                    f"run `aekit calibrate {self.model} NORMAL_DIR`")

@@ -25,8 +25,9 @@ from aekit.detector.model import Detector, DetectorError, save_detector_manifest
 @dataclass
 class PerClassConfig:
     cal_fraction: float = 0.1  # of each class held out (never trained on) to calibrate its threshold
-    alpha: float = 0.01  # default false-positive rate stored with the calibration
-    score: str = "mse"  # mse | ssim
+    alpha: float | None = None  # false-positive rate stored with the calibration (None: what the hold-out allows)
+    score: str | None = None  # score spec (None: aekit.detector.model.DEFAULT_SCORE)
+    noise: str = "defects:0.5"  # training input corruption: synthetic local defects, clean targets
     ratio: int = 9  # latent ratio 1/N: the narrower bottleneck separates anomalies better
     width: int = 32  # model width (small: one model per class)
     blocks: int = 1  # extra conv blocks at latent resolution
@@ -72,7 +73,7 @@ def train_class(cls: str, train_s: list[Sample], cal_s: list[Sample], out: Path,
     dcfg = DataConfig(resize="random-crop", size=cfg.size) if cfg.size else DataConfig(resize="none")
     mcfg = ModelConfig(channels=channels, ratio=cfg.ratio, width=cfg.width, blocks=cfg.blocks)
     tcfg = TrainConfig(data=str(data), out=str(runs / cls / "run"), epochs=cfg.epochs, batch_size=cfg.batch_size,
-                       lr=cfg.lr, loss=cfg.loss, seed=cfg.seed, data_cfg=dcfg)
+                       lr=cfg.lr, loss=cfg.loss, noise=cfg.noise, seed=cfg.seed, data_cfg=dcfg)
     summary = train(tcfg, mcfg)
     model = export_model(runs / cls / "run" / "best.pt", out / cls, force=True)
     det = Detector(model, score=cfg.score, alpha=cfg.alpha)

@@ -223,7 +223,10 @@ class Server:
     def screen(self, up: Upload) -> dict[str, Any]:
         snap = self.store.current
         image, _ = self.decode_image(up, snap)  # (H, W, model channels): gray is replicated for RGB models
-        return screen_one(snap, image, up.fields.get("class") or None)
+        rec = screen_one(snap, image, up.fields.get("class") or None)
+        if up.fields.get("maps", "").lower() in ("1", "true", "yes"):  # ?maps=1: the anomaly map too
+            rec["map"] = anomaly_map_record(snap, image, rec["class"])
+        return rec
 
     def analyze(self, up: Upload) -> dict[str, Any]:
         """Everything the page shows for one upload, in one JSON answer."""
@@ -240,6 +243,21 @@ class Server:
                 "reconstruction_png": base64.b64encode(encode_image_file(out, Path("x.png"))).decode(),
                 "latent": base64.b64encode(latent).decode(),
                 "screen": screening, "model_id": snap.model_id, "version": snap.version}
+
+
+def anomaly_map_record(snap: Snapshot, image: np.ndarray, cls: str) -> dict[str, Any]:
+    """The per-pixel anomaly map of the calibrated score: shape, colour scale, PNG overlay
+    ([image | map | colour scale]) and the raw float32 map as .npy bytes, both base64."""
+    from aekit.detector.heatmap import map_panel
+
+    det = snap.detector
+    m = det.anomaly_maps(image[None], cls)[0]  # (H, W)
+    scale = det.class_calibration(cls).map_scale
+    buf = io.BytesIO()
+    np.save(buf, m.astype(np.float32))
+    return {"height": int(m.shape[0]), "width": int(m.shape[1]), "scale": scale, "max": float(m.max()),
+            "png": base64.b64encode(encode_image_file(map_panel(image, m, scale), Path("x.png"))).decode(),
+            "npy": base64.b64encode(buf.getvalue()).decode()}
 
 
 def png_response(image_or_bytes: np.ndarray | bytes, headers: dict[str, str]) -> Response:
@@ -360,7 +378,8 @@ def create_app(cfg: ServeConfig) -> FastAPI:
         return png_response(out, {"X-Latent-Bytes": str(len(latent)), "X-Model-Id": snap.model_id,
                                   "X-Model-Version": str(snap.version), "X-PSNR": f"{psnr(image, out):.2f}"})
 
-    @app.post("/v1/screen", summary="image -> anomaly score, class threshold, conformal p-value, verdict",
+    @app.post("/v1/screen", summary="image -> anomaly score, class threshold, conformal p-value, verdict "
+              "(maps=1: and its anomaly map, PNG + float32 .npy in base64)",
               openapi_extra=image_body)
     async def screen(request: Request) -> dict[str, Any]:
         return await run(server.screen, await upload(request))

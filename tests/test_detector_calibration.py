@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from aekit.detector.calibration import (
-    Calibration, CalibrationError, ClassCalibration, conformal_rank, conformal_threshold,
+    CALIBRATION_VERSION, Calibration, CalibrationError, ClassCalibration, conformal_rank, conformal_threshold,
     min_calibration_size, p_values,
 )
 
@@ -84,7 +84,7 @@ def test_calibration_record_round_trip_through_json():
         "tiny": ClassCalibration(np.array([0.1, 0.3]), 0.1, None, ""),
     })
     d = json.loads(json.dumps(cal.to_dict()))  # what the manifest stores
-    assert d["version"] == 1 and d["classes"]["tiny"]["threshold"] is None  # infinite -> null
+    assert d["version"] == CALIBRATION_VERSION and d["classes"]["tiny"]["threshold"] is None  # infinite -> null
     assert d["classes"]["a"]["threshold"] == conformal_threshold(cal.classes["a"].scores, 0.05)
     back = Calibration.from_dict(d)
     assert back.score == "ssim" and back.alpha == 0.05 and back.preprocess == {"latent": "quantised"}
