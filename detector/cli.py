@@ -87,10 +87,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--score", type=_score_spec, help="None: " + _default_score())
     t.add_argument("--noise", default=_default_noise(), help="training input corruption (aekit train --noise); "
                    "'' for plain training")
-    t.add_argument("--ratio", type=int, choices=(4, 9), default=9)
+    t.add_argument("--ratio", type=int, choices=(4, 9), default=4)
     t.add_argument("--width", type=int, default=32)
     t.add_argument("--blocks", type=int, default=1)
-    t.add_argument("--epochs", type=int, default=10)
+    t.add_argument("--epochs", type=int, default=12)
     t.add_argument("--batch-size", type=int, default=64)
     t.add_argument("--lr", type=float, default=2e-3)
     t.add_argument("--loss", default="mse")
@@ -268,4 +268,6 @@ def cmd_bench_detect(args: argparse.Namespace) -> int:
 
     args.argv = [str(args.model), str(args.test_dir), "--cal", str(args.cal), "--score", *args.score,
                  "--alpha", str(args.alpha), "--class", args.cls, "--seed", str(args.seed), "--out", str(args.out)]
+    args.argv += (["--texture"] if args.texture else ["--object-level", str(args.object_level)])
+    args.argv += (["--limit", str(args.limit)] if args.limit else []) + ["--threads", str(args.threads)]
     return bench(args)

@@ -181,8 +181,8 @@ def main(args) -> int:
     res["command"] = "aekit bench-detect " + " ".join(args.argv)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(res, indent=1) + "\n")
+    Path(f"{out}.json").write_text(json.dumps(res, indent=1) + "\n")  # not with_suffix: OUT may contain dots
     md = table(res)
-    out.with_suffix(".md").write_text(f"`{res['command']}`\n\n{md}\n")
+    Path(f"{out}.md").write_text(f"`{res['command']}`\n\n{md}\n")
     print(md)
     return 0

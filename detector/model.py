@@ -32,7 +32,7 @@ DETECTOR_FORMAT, DETECTOR_VERSION = "aekit-detector", 1
 DEFAULT_CLASS = "default"  # class name of images from a flat folder screened without --class
 LATENT_MODES = ("quantised", "float")  # reconstruct through 8-bit symbols (as shipped) or the float latent
 MAX_BATCH_PIXELS = 2**24  # images x pixels per onnxruntime call (bounds memory on large images)
-DEFAULT_SCORE = "mse-max"  # best image score measured on local defects (detector/RESULTS.md)
+DEFAULT_SCORE = "mse-top1"  # best image score measured on local defects (detector/RESULTS.md)
 
 
 class DetectorError(Exception):

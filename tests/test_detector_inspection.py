@@ -235,9 +235,10 @@ def test_screen_crash_exits_2_naming_the_file(model, fmnist_dir, tmp_path, capsy
 def test_bench_detect_cli(model, fmnist_dir, tmp_path, capsys):
     rc, out, err = run(capsys, "bench-detect", model, fmnist_dir / "test" / "trouser", "--cal",
                        fmnist_dir / "train" / "trouser", "--score", "mse", "mse-max", "--limit", "20",
-                       "--out", tmp_path / "b")
+                       "--out", tmp_path / "b.v1")
     assert rc == 0, err
-    res = json.loads((tmp_path / "b.json").read_text())
+    res = json.loads((tmp_path / "b.v1.json").read_text())  # a dot in OUT is kept
+    assert "--limit 20" in res["command"] and (tmp_path / "b.v1.md").is_file()
     assert [r["score"] for r in res["results"]] == ["mse", "mse-max"] and "| mse-max |" in out
     for r in res["results"]:
         assert r["n_normal"] == r["n_defective"] == 20 and r["alpha"] == 0.05
