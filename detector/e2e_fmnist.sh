@@ -28,7 +28,7 @@ for m in "$BENCH"/*-s0/model; do c=$(basename "$(dirname "$m")"); models+=("${c%
 run() { echo "\$ $*"; "$@"; }
 {
   run aekit detector assemble "$WORK/det" "${models[@]}"
-  run aekit calibrate "$WORK/det" "$WORK/cal" --alpha 0.05
+  run aekit calibrate "$WORK/det" "$WORK/cal" --alpha 0.05 --score mse  # the recorded one-class protocol
   run aekit screen "$WORK/det" data/fmnist/test --out "$WORK/screen" --heatmaps "$WORK/heatmaps" || echo "exit code $?"
   run aekit detector evaluate "$WORK/det" data/fmnist/test --out detector/results/e2e_evaluate
 } 2>&1 | tee detector/results/e2e_fmnist.log
