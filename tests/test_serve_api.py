@@ -39,7 +39,7 @@ def images(fmnist_dir) -> dict[str, list[Path]]:
 
 @pytest.fixture(scope="module")
 def app_cfg(tiny_model, fmnist_dir, tmp_path_factory) -> ServeConfig:
-    return ServeConfig(model=str(tiny_model(1, 4)), calibration=str(fmnist_dir / "test"), calibration_limit=20,
+    return ServeConfig(model=str(tiny_model(1, 4, "fmnist")), calibration=str(fmnist_dir / "test"), calibration_limit=20,
                        alpha=0.1, max_upload_bytes=64 * 1024, max_pixels=200 * 200,
                        workdir=str(tmp_path_factory.mktemp("serve-work")))
 

@@ -29,7 +29,7 @@ def bags(fmnist_dir) -> list[Path]:
 
 @pytest.fixture()
 def cfg(tiny_model, fmnist_dir) -> ServeConfig:
-    return ServeConfig(model=str(tiny_model(1, 4)), calibration=str(fmnist_dir / "test"), calibration_limit=10,
+    return ServeConfig(model=str(tiny_model(1, 4, "fmnist")), calibration=str(fmnist_dir / "test"), calibration_limit=10,
                        alpha=0.1, learn=True, batch_size=4, swap_every_s=0.0, swap_min_steps=2, keep_versions=1)
 
 
