@@ -199,7 +199,10 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--progressive", default="", help="progressive resizing: SIZE:EPOCHS[,SIZE:EPOCHS] "
                    "trained before the full --size, e.g. 14:3")
     p.add_argument("--rate-weight", type=float, default=0.0,
-                   help="lambda: add lambda x estimated latent bits per pixel to the loss (smaller files)")
+                   help="lambda: add lambda x estimated latent bits per pixel to the loss (smaller files); "
+                        "required by --arch gdn/klt, whose rate is the coded size under their learned prior")
+    p.add_argument("--clip-grad", type=float, default=0.0,
+                   help="clip the gradient's global norm to this (0: off; 1.0 lets gdn train at lr 5e-4)")
     p.add_argument("--size", type=int, default=d.size,
                    help="training image side (0: the smallest image's short side, at most 256: small images "
                         "train at their own size; printed)")
@@ -232,6 +235,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     tcfg = TrainConfig(data=args.data, out=args.out, val_data=args.val_data, epochs=args.epochs,
                        time_budget=args.time_budget, batch_size=args.batch_size, lr=args.lr,
                        loss=args.loss, vgg_weights=args.vgg_weights, rate_weight=args.rate_weight,
+                       clip_grad=args.clip_grad,
                        perceptual=args.perceptual, noise=args.noise, progressive=args.progressive,
                        encoder_weights=args.encoder_weights,
                        **{k: getattr(args, k) for k in ("freeze_epochs", "lr_ratio", "kl_weight")

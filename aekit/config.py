@@ -13,10 +13,16 @@ from typing import Any
 # ratio -> down-sampling factor. 1/4 at H/4 and 1/9 at H/6 keep the same latent
 # channel count (4 for gray, 12 for RGB) so both ratios share one decoder design.
 FACTORS = {4: 4, 9: 6}
+# Learned-compression transforms go deeper for the same element count: 1/4 at H/16
+# (192 ch RGB, 64 gray: Ballé 2018's factorized-prior shape), 1/9 at H/12 (48 RGB, 16 gray).
+DEEP_FACTORS = {4: 16, 9: 12}
 # factor -> stride of each down-sampling stage, first (full resolution) to last.
-STRIDES = {4: (2, 2), 6: (2, 3)}
+STRIDES = {4: (2, 2), 6: (2, 3), 12: (2, 2, 3), 16: (2, 2, 2, 2)}
 # registered in aekit.models (kept here too so the CLI offers them without importing torch)
-ARCHITECTURE_NAMES = ("dcgan", "resnet", "pretrained", "vae")
+ARCHITECTURE_NAMES = ("dcgan", "resnet", "pretrained", "vae", "gdn", "klt")
+# Architectures with an integer quantiser and a learned factorized prior (rate-distortion
+# trained; the codec codes with tables exported from that prior): the rest use the tanh latent.
+RD_ARCHITECTURES = ("gdn", "klt")
 BACKBONES = ("resnet18", "resnet34")  # torchvision ResNets whose trunk to layer1 has 64 channels
 
 
@@ -49,7 +55,12 @@ class ModelConfig:
     @property
     def factor(self) -> int:
         """Down-sampling factor f: the latent is (c_y, ceil(H/f), ceil(W/f))."""
-        return FACTORS[self.ratio]
+        return DEEP_FACTORS[self.ratio] if self.arch == "gdn" else FACTORS[self.ratio]
+
+    @property
+    def rd(self) -> bool:
+        """Integer quantiser + learned factorized prior (see RD_ARCHITECTURES)."""
+        return self.arch in RD_ARCHITECTURES
 
     @property
     def strides(self) -> tuple[int, ...]:

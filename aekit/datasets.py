@@ -11,6 +11,8 @@ import logging
 import struct
 from pathlib import Path
 
+from collections.abc import Callable
+
 import numpy as np
 
 from aekit.images import atomic_write_bytes, save_image
@@ -105,3 +107,90 @@ def sample_photos(out: str | Path) -> list[Path]:
         written.append(path)
     log.info("%d photos in %s", len(written), out)
     return written
+
+
+# The real-photo set (`aekit data photos`): bundled colour photos plus Debian's mate-backgrounds
+# nature/ photographs. The held-out split is fixed by name, so every machine and every result
+# names the same test images; everything else is for training.
+MATE_NATURE_DIRS = ("/usr/share/backgrounds/mate/nature",)
+MATE_PACKAGE = "mate-backgrounds"
+PHOTO_COLOUR_SKIMAGE = ("astronaut", "chelsea", "coffee", "rocket", "retina", "hubble_deep_field",
+                        "immunohistochemistry")  # colour photographs only (colorwheel is synthetic)
+PHOTO_TEST = ("astronaut", "coffee", "LadyBird", "Storm", "GreenMeadow")  # held out from training
+PHOTO_MAX_SIDE = 1024  # JPEG sources are downscaled (antialiased) so their 8x8 block artefacts vanish
+
+
+def find_mate_nature(cache: str | Path | None = None) -> Path | None:
+    """mate-backgrounds' nature/ folder: installed, or unpacked with `apt-get download` + `dpkg -x`.
+
+    Returns None when neither works (no Debian tools or no package index); nothing is installed.
+    """
+    import shutil
+    import subprocess
+    import tempfile
+
+    for d in MATE_NATURE_DIRS:
+        if Path(d).is_dir():
+            return Path(d)
+    cache = Path(cache or Path.home() / ".cache" / "aekit" / MATE_PACKAGE)
+    unpacked = cache / "usr/share/backgrounds/mate/nature"
+    if unpacked.is_dir():
+        return unpacked
+    if not (shutil.which("apt-get") and shutil.which("dpkg")):
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        r = subprocess.run(["apt-get", "download", MATE_PACKAGE], cwd=tmp, capture_output=True, text=True)
+        debs = list(Path(tmp).glob(f"{MATE_PACKAGE}_*.deb"))
+        if r.returncode or not debs:
+            log.warning("apt-get download %s failed: %s", MATE_PACKAGE, r.stderr.strip()[-200:])
+            return None
+        cache.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["dpkg", "-x", str(debs[0]), str(cache)], check=True)
+    return unpacked if unpacked.is_dir() else None
+
+
+def photos(out: str | Path, mate: str | Path | None = None) -> dict[str, int]:
+    """Write the real-photo set as PNG: OUT/train/*.png and OUT/test/*.png (names in PHOTO_TEST).
+
+    Sources: scikit-image's colour photographs, scikit-learn's china/flower, and the 12
+    photographs of Debian's mate-backgrounds (1.3-14 Mpx JPEGs) downscaled so the long side
+    is at most PHOTO_MAX_SIDE. mate: its nature/ folder (default: found or unpacked by
+    find_mate_nature); without it the set has the bundled photos only, and a note says so.
+    Returns {"train": n, "test": n}. Existing files are kept (re-running is cheap).
+    """
+    import skimage.data
+    from PIL import Image
+    from sklearn.datasets import load_sample_images
+
+    out = Path(out)
+    sources: dict[str, Callable[[], np.ndarray]] = {n: (lambda n=n: getattr(skimage.data, n)()) for n in PHOTO_COLOUR_SKIMAGE}
+    for f in load_sample_images().filenames:
+        sources[Path(f).stem] = lambda f=f: np.asarray(Image.open(f).convert("RGB"))
+    nature = Path(mate) if mate else find_mate_nature()
+    if nature is None:
+        log.warning("mate-backgrounds not found (apt-get download mate-backgrounds failed): "
+                    "the photo set has the bundled photos only")
+    else:
+        for f in sorted(nature.glob("*.jpg")):
+            sources[f.stem] = lambda f=f: _downscaled(f)
+    counts = {"train": 0, "test": 0}
+    for name, load in sources.items():
+        split = "test" if name in PHOTO_TEST else "train"
+        path = out / split / f"{name}.png"
+        if not path.exists():
+            save_image(np.ascontiguousarray(load()[:, :, :3].astype(np.uint8)), path)
+        counts[split] += 1
+    log.info("%d training and %d held-out photos in %s", counts["train"], counts["test"], out)
+    return counts
+
+
+def _downscaled(path: Path) -> np.ndarray:
+    """A JPEG photograph as uint8 RGB, long side reduced to PHOTO_MAX_SIDE by an integer factor."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im = im.convert("RGB")
+        k = -(-max(im.size) // PHOTO_MAX_SIDE)  # integer factor: every output pixel averages k x k
+        if k > 1:
+            im = im.reduce(k)
+        return np.asarray(im)

@@ -29,6 +29,9 @@ from aekit.metrics import psnr_torch
 from aekit.models import Autoencoder, build_model
 
 
+PRIOR_LR_SCALE = 10.0  # RD models: the factorized prior's lr relative to the transforms' (CompressAI's aux lr 1e-3 vs 1e-4)
+
+
 @dataclass
 class TrainConfig:
     data: str  # training image folder (flat, or one subfolder per class)
@@ -49,6 +52,7 @@ class TrainConfig:
     freeze_epochs: int = 1  # arch "pretrained": phase 1 epochs training the decoder with the trunk frozen
     lr_ratio: float = 0.3  # arch "pretrained": each earlier encoder group gets this times the next one's lr
     rate_weight: float = 0.0  # lambda of the rate term: loss += lambda * estimated bits per pixel
+    clip_grad: float = 0.0  # max global gradient norm (0: no clipping; CompressAI's recipe uses 1.0)
     device: str = "auto"  # auto (cuda > mps > cpu), cuda, mps or cpu
     amp: bool = True  # mixed precision on CUDA (bf16 where supported, else fp16)
     seed: int = 0  # seeds weights, split, batch order and noise
@@ -111,10 +115,21 @@ class Trainer:
         self.amp_dtype = self._amp_dtype()
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.train_set, self.val_set, self.classes = self._load_data()
+        if mcfg.rd and tcfg.rate_weight <= 0:
+            raise ValueError(f"arch {mcfg.arch!r} is rate-distortion trained: give --rate-weight "
+                             "(the weight of the bits per pixel against the distortion, e.g. 0.005)")
+        if hasattr(self.model, "init_from_data") and not resume:
+            self._init_from_data()
         if resume:
             self._resume()
         # the step's forward: the model, or it inside DistributedDataParallel (aekit.distributed)
         self.net = distributed.wrap(self.model, self.device, tcfg.seed, find_unused=tcfg.rate_weight == 0)
+
+    def _init_from_data(self) -> None:
+        """Data-driven init (the klt baseline's PCA) from up to 64 seeded training images."""
+        rng = np.random.default_rng([self.tcfg.seed, 7])
+        batch = next(iter(self.train_set.batches(min(64, len(self.train_set)), rng)))
+        self.model.init_from_data(to_tensor(batch, self.device))
 
     def _pretrained_init(self) -> str | None:
         """Load ImageNet weights into a pretrained trunk (new runs only; resume loads all)."""
@@ -130,7 +145,10 @@ class Trainer:
         encoder group lr_ratio times the next one's (one group for most architectures)."""
         groups = [g for g in self.model.param_groups() if g]
         n = len(groups)
-        return [{"params": g, "lr": self.tcfg.lr * self.tcfg.lr_ratio ** (n - 1 - i)} for i, g in enumerate(groups)]
+        out = [{"params": g, "lr": self.tcfg.lr * self.tcfg.lr_ratio ** (n - 1 - i)} for i, g in enumerate(groups)]
+        if hasattr(self.model, "entropy_parameters"):  # RD models: the prior learns PRIOR_LR_SCALE x faster
+            out.append({"params": self.model.entropy_parameters(), "lr": self.tcfg.lr * PRIOR_LR_SCALE})
+        return out
 
     def _amp_dtype(self) -> torch.dtype | None:
         if not (self.tcfg.amp and self.device.type == "cuda"):
@@ -244,6 +262,9 @@ class Trainer:
                 loss = loss + self.tcfg.rate_weight * bpp
         self.opt.zero_grad(set_to_none=True)
         self.scaler.scale(loss * distributed.loss_weight(len(x))).backward()  # 1 unless slices differ
+        if self.tcfg.clip_grad > 0:  # RD recipes: bounds the early latent blow-up at higher lr
+            self.scaler.unscale_(self.opt)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.tcfg.clip_grad)
         self.scaler.step(self.opt)
         self.scaler.update()
         parts["_mse"] = float(torch.mean((out.x_hat.detach().float() - x) ** 2))
@@ -333,12 +354,55 @@ class Trainer:
             "device": str(self.device),
             "torch": str(torch.__version__),
         }
-        best["latent_hist"] = self.latent_histogram()
+        # tanh models: the empirical symbol histogram; RD models export tables from their prior,
+        # refitted first to the trained encoder's latents (the transform is fixed by then)
+        if self.mcfg.rd:
+            summary["prior_refit_bpp"] = self.refit_prior()
+            best["state_dict"] = self.model.state_dict()
+        best["latent_hist"] = [] if self.mcfg.rd else self.latent_histogram()
         best["summary"] = summary
         save_checkpoint(self.out / "best.pt", {k: v for k, v in best.items() if k not in ("format", "version")})
         print(f"best epoch {summary['best_epoch']}: val PSNR {summary['best_val_psnr']:.2f} dB "
               f"-> {self.out / 'best.pt'}", file=sys.stderr)
         return summary
+
+    def refit_prior(self, steps: int = 1500, lr: float = 1e-2) -> list[float]:
+        """Fit the factorized prior alone to the final encoder's latents of training images.
+
+        During training the prior chases a moving transform; once the transform is fixed, a
+        short fit of the prior (y + U(-½, ½) of up to hist_images training crops, Adam with a
+        cosine-decayed lr) makes the exported tables match the latents the codec will code.
+        Returns the estimated bits per latent element [before, after].
+        """
+        self.model.eval()
+        ys, seen = [], 0
+        rng = np.random.default_rng([self.tcfg.seed, 10**6])
+        with torch.no_grad():
+            for batch in self.train_set.batches(self.tcfg.batch_size, rng):
+                x = to_tensor(batch, self.device)
+                ys.append(self.model.encode(self.model.pad(x)).float())
+                seen += len(x)
+                if seen >= self.tcfg.hist_images:
+                    break
+        y = torch.cat(ys)  # (N, c_y, h, w)
+        prior = self.model.entropy
+        opt = torch.optim.Adam(prior.parameters(), lr=lr)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps, eta_min=lr * 0.01)
+        per_elem = []
+        for i in range(steps + 1):
+            bits = -torch.log2(prior.likelihood(y + torch.empty_like(y).uniform_(-0.5, 0.5))).mean()
+            if i in (0, steps):
+                with torch.no_grad():
+                    per_elem.append(round(float(-torch.log2(prior.likelihood(torch.round(y))).mean()), 4))
+            if i == steps:
+                break
+            opt.zero_grad(set_to_none=True)
+            bits.backward()
+            opt.step()
+            sched.step()
+        print(f"prior refit on {len(y)} training crops: {per_elem[0]:.3f} -> {per_elem[1]:.3f} bits per "
+              "latent element", file=sys.stderr)
+        return per_elem
 
     @torch.no_grad()
     def latent_histogram(self) -> list[list[int]]:

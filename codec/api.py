@@ -15,7 +15,6 @@ import numpy as np
 from aekit.images import atomic_write_bytes
 from aekit.codec.core import Codec, CodecConfig, CodecError, Decoder, wrap_errors
 from aekit.codec.jobs import encode_image_file
-from aekit.export.runtime import dequantise
 
 
 def _exists_guard(dst: Path, overwrite: bool) -> None:
@@ -52,7 +51,7 @@ def decompress_file(src: str | Path, dst: str | Path, models: list[str | Path] |
 
 def read_latents(path: str | Path, models: list[str | Path] | Decoder | None = None, *,
                  dequantised: bool = True) -> np.ndarray:
-    """The latent of a .ael file: float32 y_hat (c_y, h, w) in [-1, 1], or uint8 symbols.
+    """The latent of a .ael file: float32 y_hat (c_y, h, w) (in [-1, 1] for tanh models), or uint8 symbols.
 
     Needs only the model's manifest (its symbol histogram), not the ONNX networks.
     """
@@ -62,4 +61,4 @@ def read_latents(path: str | Path, models: list[str | Path] | Decoder | None = N
         header, q = decoder.symbols(path.read_bytes(), str(path))
     except Exception as e:
         raise wrap_errors(path, e) from None
-    return dequantise(q, header.levels) if dequantised else q
+    return decoder.entropy(header.model_id, header.levels, header.quality)[1].dequantise(q) if dequantised else q

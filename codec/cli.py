@@ -54,7 +54,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-m", "--model", required=True, help="exported model folder")
     p.add_argument("-o", "--out", required=True, help=f"output folder (mirrors SRC) or a single {SUFFIX} file")
     p.add_argument("--levels", type=int, default=c.levels,
-                   help="latent quantisation levels, 2..256 (0: the model's); fewer = smaller files, lower quality")
+                   help="tanh-latent models: latent quantisation levels, 2..256 (0: the model's); "
+                        "fewer = smaller files, lower quality")
+    p.add_argument("--quality", type=int, default=c.quality,
+                   help="rate-distortion models (gdn, klt): quality 1 (smallest files) .. N (best; "
+                        "`aekit info MODEL` lists them); 0: the model's default")
     common(p)
     add_engine_args(p)  # --engine ray: the same job as a Ray Data pipeline (aekit.codec.ray_jobs)
     p.set_defaults(func=cmd_compress)
@@ -95,7 +99,8 @@ def job_configs(args: argparse.Namespace):
 
     ccfg = CodecConfig(batch_size=args.batch_size, full_res_max_pixels=args.full_res_max_pixels,
                        tile_px=args.tile, device=args.device, threads=args.threads,
-                       max_pixels=args.max_pixels, levels=getattr(args, "levels", 0))
+                       max_pixels=args.max_pixels, levels=getattr(args, "levels", 0),
+                       quality=getattr(args, "quality", 0))
     jcfg = JobConfig(overwrite=args.overwrite, workers=args.workers, progress=args.progress,
                      out_format=getattr(args, "out_format", "png"))
     return ccfg, jcfg

@@ -17,10 +17,10 @@ from typing import Any
 import numpy as np
 
 from aekit.images import DEFAULT_MAX_PIXELS, ImageError, load_image
-from aekit.codec.format import FLAG_TILED, QUANT_TANH_UNIFORM, LatentFormatError, LatentHeader, pack, parse
+from aekit.codec.format import FLAG_TILED, QUANT_INTEGER, QUANT_TANH_UNIFORM, LatentFormatError, LatentHeader, pack, parse
 from aekit.export.entropy import EntropyError, EntropyModel
 from aekit.export.manifest import ModelError, find_model, load_manifest
-from aekit.export.runtime import Runtime, dequantise, quantise
+from aekit.export.runtime import Quantiser, Runtime
 
 MODELS_ENV = "AEKIT_MODELS"  # os.pathsep-separated model folders or folders of model folders
 
@@ -36,7 +36,8 @@ class CodecConfig:
     tile_px: int = 512  # tile side in pixels (rounded down to a multiple of f); 512: ~0.4 GB peak on 28 Mpx
     overlap: int = 6  # latent units of context on each side of a tile (6 * f pixels)
     max_pixels: int = DEFAULT_MAX_PIXELS  # refuse larger images (decompression bombs)
-    levels: int = 0  # quantisation levels of the stored latent (0: the model's, usually 256; fewer = smaller files)
+    levels: int = 0  # tanh models: quantisation levels of the stored latent (0: the model's, usually 256; fewer = smaller files)
+    quality: int = 0  # rate-distortion models: quality 1 (smallest) .. N (best); 0: the model's default
     device: str = "auto"  # onnxruntime device: auto | cuda | cpu
     threads: int = 0  # onnxruntime intra-op threads (0: its default)
 
@@ -95,10 +96,22 @@ class Codec:
     def __init__(self, model_dir: str | Path, cfg: CodecConfig | None = None):
         self.cfg = cfg or CodecConfig()
         self.rt = Runtime(model_dir, self.cfg.device, self.cfg.threads)
+        self.rd = self.rt.quantiser.kind == "integer"
+        if self.rd and self.cfg.levels:
+            raise CodecError(f"model {self.rt.model_id} is rate-distortion trained: choose --quality, not --levels")
+        if not self.rd and self.cfg.quality:
+            raise CodecError(f"model {self.rt.model_id} has no quality levels (a tanh-latent model): use --levels")
         self.levels = self.cfg.levels or self.rt.levels
         if not 2 <= self.levels <= 256:
             raise CodecError(f"levels {self.levels} outside 2..256")
-        self.em = EntropyModel.from_manifest(self.rt.manifest, self.levels)
+        quality = self.cfg.quality or None
+        try:
+            self.quantiser = Quantiser.of(self.rt.manifest, self.levels, quality)
+            self.em = EntropyModel.from_manifest(self.rt.manifest, self.levels, quality)
+        except EntropyError as e:
+            raise CodecError(str(e)) from None
+        ent = self.rt.manifest.get("entropy") or {}
+        self.quality = (quality or int(ent.get("default_quality", 0))) if self.rd else 0
         self.model_id, self.channels, self.factor = self.rt.model_id, self.rt.channels, self.rt.factor
 
     def load(self, path: str | Path) -> tuple[np.ndarray, str]:
@@ -112,7 +125,7 @@ class Codec:
         b, h, w, _ = images.shape
         if self.tiled(h, w):
             return np.stack([self._symbols_tiled(im) for im in images])
-        return quantise(self.rt.encode(images), self.levels)
+        return self.quantiser.quantise(self.rt.encode(images))
 
     def _symbols_tiled(self, image: np.ndarray) -> np.ndarray:
         """One large image (H, W, C) -> symbols (c_y, h, w), encoded tile by tile."""
@@ -123,7 +136,7 @@ class Codec:
         for r0, r1, cr0, cr1 in tile_spans(lh, tile, self.cfg.overlap):
             for c0, c1, cc0, cc1 in tile_spans(lw, tile, self.cfg.overlap):
                 crop = image[cr0 * f:min(h, cr1 * f), cc0 * f:min(w, cc1 * f)]  # (th, tw, C)
-                qt = quantise(self.rt.encode(crop[None]), self.levels)[0]  # (c_y, cr1-cr0, cc1-cc0)
+                qt = self.quantiser.quantise(self.rt.encode(crop[None]))[0]  # (c_y, cr1-cr0, cc1-cc0)
                 q[:, r0:r1, c0:c1] = qt[:, r0 - cr0:r1 - cr0, c0 - cc0:c1 - cc0]
         return q
 
@@ -131,7 +144,8 @@ class Codec:
         return LatentHeader(
             model_id=self.model_id, height=height, width=width, mode=mode, factor=self.factor,
             latent_shape=self.rt.latent_shape(height, width), levels=self.levels,
-            quantiser=QUANT_TANH_UNIFORM, coder=coder, flags=FLAG_TILED if self.tiled(height, width) else 0,
+            quantiser=QUANT_INTEGER if self.rd else QUANT_TANH_UNIFORM, coder=coder,
+            flags=FLAG_TILED if self.tiled(height, width) else 0, quality=self.quality,
         )
 
     def pack(self, q: np.ndarray, height: int, width: int, mode: str) -> bytes:
@@ -164,7 +178,7 @@ class Decoder:
         self.search = [Path(p) for p in search] if search else default_model_paths()
         self.cfg = cfg or CodecConfig()
         self._models: dict[str, dict[str, Any]] = {}
-        self._entropy: dict[tuple[str, int], EntropyModel] = {}
+        self._entropy: dict[tuple[str, int, int], tuple[EntropyModel, Quantiser]] = {}
         self._runtimes: dict[str, Runtime] = {}
 
     def model(self, model_id: str) -> dict[str, Any]:
@@ -173,10 +187,13 @@ class Decoder:
             self._models[model_id] = load_manifest(find_model(model_id, self.search))
         return self._models[model_id]
 
-    def entropy(self, model_id: str, levels: int) -> EntropyModel:
-        key = (model_id, levels)
+    def entropy(self, model_id: str, levels: int, quality: int = 0) -> tuple[EntropyModel, Quantiser]:
+        """The tables and quantiser of a file's (model, levels, quality); EntropyError if the model lacks them."""
+        key = (model_id, levels, quality)
         if key not in self._entropy:
-            self._entropy[key] = EntropyModel.from_manifest(self.model(model_id), levels)
+            m = self.model(model_id)
+            self._entropy[key] = (EntropyModel.from_manifest(m, levels, quality or None),
+                                  Quantiser.of(m, levels, quality or None))
         return self._entropy[key]
 
     def runtime(self, model_id: str) -> Runtime:
@@ -194,10 +211,13 @@ class Decoder:
         if (h.latent_shape[0], h.factor) != expect:
             raise CodecError(f"{name}: header (c_y, f) = {(h.latent_shape[0], h.factor)} "
                              f"disagrees with model {h.model_id} {expect}")
-        em = self.entropy(h.model_id, h.levels)
         if h.mode == "RGB" and m["channels"] == 1:
             raise CodecError(f"{name}: an RGB image cannot come from gray model {h.model_id}")
+        rd = m["latent"].get("quantiser") == "integer"
+        if rd != (h.quantiser == QUANT_INTEGER) or (rd and h.levels != m["latent"]["levels"]):
+            raise CodecError(f"{name}: quantiser {h.quantiser} with {h.levels} levels does not fit model {h.model_id}")
         try:
+            em, _ = self.entropy(h.model_id, h.levels, h.quality)
             return h, em.decode(h.coder, payload, h.latent_shape)
         except EntropyError as e:
             raise CodecError(f"{name}: {e}") from None
@@ -205,11 +225,12 @@ class Decoder:
     def reconstruct(self, header: LatentHeader, q: np.ndarray) -> np.ndarray:
         """Symbols (B, c_y, h, w) of images sharing header's model and size -> uint8 (B, H, W, C) in its mode."""
         rt = self.runtime(header.model_id)
+        _, quantiser = self.entropy(header.model_id, header.levels, header.quality)
         H, W = header.height, header.width
         if H * W > self.cfg.full_res_max_pixels:
-            out = np.stack([self._decode_tiled(rt, dequantise(qi, header.levels), H, W) for qi in q])
+            out = np.stack([self._decode_tiled(rt, quantiser.dequantise(qi), H, W) for qi in q])
         else:
-            out = rt.decode(dequantise(q, header.levels), H, W)
+            out = rt.decode(quantiser.dequantise(q), H, W)
         return np.stack([restore_mode(o, header.mode) for o in out]) if header.mode == "L" else out
 
     def _decode_tiled(self, rt: Runtime, y_hat: np.ndarray, height: int, width: int) -> np.ndarray:

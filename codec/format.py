@@ -1,4 +1,4 @@
-"""The latent file format (.ael), version 1: pack and parse, nothing else (no torch, no ONNX).
+"""The latent file format (.ael), version 2 (reads 1 too): pack and parse, nothing else (no torch, no ONNX).
 
 Byte layout, checks and the bit-exactness contract are documented in codec/FORMAT.md;
 `parse` is the only reader and refuses anything that is not a well-formed file with one
@@ -13,11 +13,14 @@ from dataclasses import dataclass
 from aekit.export.entropy import CODER_NAMES
 
 MAGIC = b"\x89AEL"  # high bit first: never valid text, like PNG's signature
-VERSION = 1
+VERSION = 2  # written; READ_VERSIONS are read
+READ_VERSIONS = (1, 2)  # 2 = 1 + a quality byte after the quantiser id
 SUFFIX = ".ael"
 MODES = {0: "L", 1: "RGB"}  # stored image mode -> PIL mode
 MODE_CODES = {v: k for k, v in MODES.items()}
 QUANT_TANH_UNIFORM = 1  # y in [-1, 1]; q = round((y + 1) * (L - 1) / 2); y_hat = q * 2 / (L - 1) - 1
+QUANT_INTEGER = 2  # RD models: q = clip(round(y / step), -h, h) + h, h = (L - 1) // 2; step from the quality
+QUANTISERS = (QUANT_TANH_UNIFORM, QUANT_INTEGER)
 KNOWN_FLAGS = 0x01  # bit 0: encoded in overlapping tiles (informational; the latent is one map)
 FLAG_TILED = 0x01
 MAX_DIM = 1 << 20  # pixels per side; far above any real image, far below overflow
@@ -41,6 +44,7 @@ class LatentHeader:
     quantiser: int = QUANT_TANH_UNIFORM
     coder: int = 0  # aekit.export.entropy.CODER_* id
     flags: int = 0
+    quality: int = 0  # QUANT_INTEGER: the model's quality (table set and step) used; 0 for tanh models
 
     @property
     def n_symbols(self) -> int:
@@ -64,7 +68,7 @@ def pack(h: LatentHeader, payload: bytes) -> bytes:
         MAGIC, bytes([VERSION]), bytes.fromhex(h.model_id),
         _varint(h.height), _varint(h.width),
         bytes([MODE_CODES[h.mode], h.factor, c]), _varint(lh), _varint(lw),
-        _varint(h.levels), bytes([h.quantiser, h.coder, h.flags]), _varint(len(payload)),
+        _varint(h.levels), bytes([h.quantiser, h.quality, h.coder, h.flags]), _varint(len(payload)),
     ])
     crc = zlib.crc32(payload, zlib.crc32(head))
     return head + crc.to_bytes(4, "little") + payload
@@ -106,14 +110,17 @@ def parse(data: bytes, name: str = "<bytes>") -> tuple[LatentHeader, bytes]:
     if magic != MAGIC:
         raise r.fail(f"not an aekit latent file (magic {magic!r}, expected {MAGIC!r})")
     version = r.u8("format version")
-    if version != VERSION:
-        raise r.fail(f"latent format version {version} is not supported (this aekit reads version {VERSION})")
+    if version not in READ_VERSIONS:
+        raise r.fail(f"latent format version {version} is not supported (this aekit reads versions "
+                     f"{', '.join(map(str, READ_VERSIONS))})")
     model_id = r.take(8, "model id").hex()
     height, width = r.varint("image height"), r.varint("image width")
     mode_code, factor, c = r.u8("image mode"), r.u8("factor"), r.u8("latent channels")
     lh, lw = r.varint("latent height"), r.varint("latent width")
     levels = r.varint("quantisation levels")
-    quantiser, coder, flags = r.u8("quantiser id"), r.u8("entropy coder id"), r.u8("flags")
+    quantiser = r.u8("quantiser id")
+    quality = r.u8("quality") if version >= 2 else 0
+    coder, flags = r.u8("entropy coder id"), r.u8("flags")
     n_payload = r.varint("payload length")
     crc_at = r.pos
     crc = int.from_bytes(r.take(4, "checksum"), "little")
@@ -126,8 +133,10 @@ def parse(data: bytes, name: str = "<bytes>") -> tuple[LatentHeader, bytes]:
     if zlib.crc32(payload, zlib.crc32(r.data[:crc_at])) != crc:
         raise r.fail("checksum mismatch (file corrupted)")
     _check_fields(r, height, width, mode_code, factor, c, lh, lw, levels, quantiser, coder, flags)
+    if (quantiser == QUANT_INTEGER) != (quality > 0):
+        raise r.fail(f"quality {quality} does not fit quantiser {quantiser} (integer quantiser needs quality >= 1)")
     header = LatentHeader(model_id, height, width, MODES[mode_code], factor, (c, lh, lw), levels,
-                          quantiser, coder, flags)
+                          quantiser, coder, flags, quality)
     return header, payload
 
 
@@ -144,7 +153,7 @@ def _check_fields(r: _Reader, height: int, width: int, mode_code: int, factor: i
         raise r.fail(f"latent size {lh}x{lw} does not match a {width}x{height} image at factor {factor}")
     if not 2 <= levels <= 256:
         raise r.fail(f"quantisation levels {levels} outside 2..256")
-    if quantiser != QUANT_TANH_UNIFORM:
+    if quantiser not in QUANTISERS:
         raise r.fail(f"unknown quantiser id {quantiser}")
     if coder not in CODER_NAMES:
         raise r.fail(f"unknown entropy coder id {coder}")

@@ -28,8 +28,60 @@ PRECISION = 24
 ZSTD_LEVEL = 10  # payloads are small (hundreds of bytes to megabytes); higher levels buy ~nothing
 
 
+QUANTISER_INTEGER = "integer"  # manifest latent.quantiser of rate-distortion models (else tanh-uniform)
+MAX_TABLE_COUNT = 1 << 40  # a table entry above this is not a count any exporter writes
+
+
 class EntropyError(Exception):
     """A payload that cannot be decoded (corrupt, truncated, or from another model)."""
+
+
+def quality_entry(manifest: dict[str, Any], quality: int | None = None) -> dict[str, Any]:
+    """The manifest["entropy"]["qualities"] entry of `quality` (None: default_quality).
+
+    Raises EntropyError naming the qualities the model has.
+    """
+    ent = manifest.get("entropy") or {}
+    entries = {q.get("quality"): q for q in ent.get("qualities", []) if isinstance(q, dict)}
+    q = ent.get("default_quality") if quality is None else quality
+    if q not in entries:
+        raise EntropyError(f"model {manifest.get('model_id')} has no quality {q} "
+                           f"(have: {', '.join(map(str, sorted(entries))) or 'none'})")
+    return entries[q]
+
+
+def rd_counts(manifest: dict[str, Any], quality: int | None = None) -> np.ndarray:
+    """Integer counts (c_y, L) of a rate-distortion model's quality, from its trimmed tables.
+
+    The manifest stores, per quality and latent channel, [lo, [n_lo, n_lo+1, ...]]: the
+    counts of symbols lo.. (all others 0), as written by aekit.export.onnx from the model's
+    learned factorized prior (aekit.entropy_models.FactorizedPrior.integer_pmf).
+    """
+    levels, cy = int(manifest["latent"]["levels"]), int(manifest["latent_channels"])
+    tables = quality_entry(manifest, quality).get("tables")
+    if not isinstance(tables, list) or len(tables) != cy:
+        raise EntropyError(f"model {manifest.get('model_id')}: entropy tables for {cy} channels expected")
+    counts = np.zeros((cy, levels), dtype=np.int64)
+    for c, entry in enumerate(tables):
+        try:
+            lo, vals = int(entry[0]), np.asarray(entry[1], dtype=np.int64)
+        except (TypeError, ValueError, IndexError, OverflowError):
+            raise EntropyError(f"model {manifest.get('model_id')}: malformed entropy table of channel {c}") from None
+        if vals.ndim != 1 or lo < 0 or lo + vals.size > levels or (vals < 0).any() or (vals > MAX_TABLE_COUNT).any():
+            raise EntropyError(f"model {manifest.get('model_id')}: entropy table of channel {c} "
+                               f"outside symbols 0..{levels - 1} or counts outside 0..2^40")
+        counts[c, lo:lo + vals.size] = vals
+    return counts
+
+
+def trim_counts(counts: np.ndarray) -> list[list[Any]]:
+    """(c_y, L) counts -> the manifest's [[lo, [counts lo..hi]], ...] (zeros outside dropped)."""
+    out = []
+    for row in np.asarray(counts, dtype=np.int64):
+        nz = np.flatnonzero(row)
+        lo, hi = (int(nz[0]), int(nz[-1])) if nz.size else (0, 0)
+        out.append([lo, [int(v) for v in row[lo:hi + 1]]])
+    return out
 
 
 def integer_table(counts: np.ndarray, precision: int = PRECISION) -> np.ndarray:
@@ -85,14 +137,21 @@ class EntropyModel:
     _cache: list[Any] | None = field(default=None, repr=False, compare=False)  # constriction models
 
     @classmethod
-    def from_manifest(cls, manifest: dict[str, Any], levels: int | None = None) -> "EntropyModel":
-        """Built from manifest["latent_hist"] (c_y x L0 counts); uniform tables if it is absent.
+    def from_manifest(cls, manifest: dict[str, Any], levels: int | None = None,
+                      quality: int | None = None) -> "EntropyModel":
+        """The tables a model's files are coded with.
 
-        levels: code symbols requantised to L < L0 levels (coarser, cheaper latents); the
-        histogram is rebinned by integer arithmetic (see rebin), so tables stay exact.
+        Tanh-latent models: from manifest["latent_hist"] (c_y x L0 counts; uniform if absent);
+        levels: code symbols requantised to L < L0 levels, the histogram rebinned by integer
+        arithmetic (see rebin), so tables stay exact.
+        Rate-distortion models (latent quantiser "integer"): the table set of `quality`
+        (default: the manifest's default_quality) from manifest["entropy"] (see rd_counts).
         """
-        base = int(manifest["latent"]["levels"])
         cy = int(manifest["latent_channels"])
+        if manifest["latent"].get("quantiser") == QUANTISER_INTEGER:
+            counts = rd_counts(manifest, quality)
+            return cls(np.stack([integer_table(c) for c in counts]), counts.shape[1])
+        base = int(manifest["latent"]["levels"])
         hist = manifest.get("latent_hist")
         counts = np.ones((cy, base), dtype=np.int64) if not hist else np.asarray(hist, dtype=np.int64)
         if counts.shape != (cy, base):

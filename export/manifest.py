@@ -24,12 +24,26 @@ class ModelError(Exception):
     """A model folder that is missing, incomplete, foreign or of an unknown version."""
 
 
-def model_id_of(encoder: Path, decoder: Path) -> str:
-    """First 16 hex digits of SHA-256 over encoder bytes then decoder bytes."""
+def model_id_of(encoder: Path, decoder: Path, extra: bytes = b"") -> str:
+    """First 16 hex digits of SHA-256 over encoder bytes, decoder bytes, then `extra`.
+
+    extra is entropy_bytes(manifest): empty for tanh-latent models (their ids are unchanged
+    since format 1), the canonical JSON of the quantiser and entropy tables for rate-distortion
+    models, so a file's model id pins the tables it was coded with too.
+    """
     h = hashlib.sha256()
     for p in (encoder, decoder):
         h.update(Path(p).read_bytes())
+    h.update(extra)
     return h.hexdigest()[:16]
+
+
+def entropy_bytes(m: dict[str, Any]) -> bytes:
+    """Canonical bytes of a rate-distortion model's latent + entropy fields (b"" for tanh models)."""
+    if not isinstance(m.get("latent"), dict) or m["latent"].get("quantiser") != "integer":
+        return b""
+    return json.dumps({"latent": m["latent"], "entropy": m.get("entropy")}, sort_keys=True,
+                      separators=(",", ":")).encode()
 
 
 def load_manifest(model_dir: str | Path) -> dict[str, Any]:

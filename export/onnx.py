@@ -23,7 +23,8 @@ from torch import nn
 from aekit.checkpoint import load_model
 from aekit.data import scale_crop
 from aekit.images import DIR_MODE, ImageError, load_image, pad_to_multiple, scan_folder, to_model_input
-from aekit.export.manifest import MANIFEST_FORMAT, MANIFEST_VERSION, model_id_of, save_manifest
+from aekit.export.entropy import QUANTISER_INTEGER, trim_counts
+from aekit.export.manifest import MANIFEST_FORMAT, MANIFEST_VERSION, entropy_bytes, model_id_of, save_manifest
 from aekit.export.runtime import make_session
 
 OPSET = 18  # pinned: every runtime we target (onnxruntime >= 1.18, TensorRT 10) supports it
@@ -137,7 +138,7 @@ def export_model(checkpoint: str | Path, out: str | Path, fp16: bool = False, fo
     model, ckpt = load_model(checkpoint)
     model = model.float().eval()
     cfg = model.cfg
-    if not ckpt.get("latent_hist"):
+    if not cfg.rd and not ckpt.get("latent_hist"):
         raise ExportError(
             f"{checkpoint}: no latent symbol histogram (written when a run finishes); "
             "export best.pt of a finished run, or finish this one with `aekit train ... --resume`"
@@ -185,10 +186,11 @@ def _export_fp16(model: nn.Module, tmp: Path, images: list[np.ndarray]) -> dict[
 
 def _manifest(model, ckpt, tmp, files, check, source, checkpoint, secs) -> dict[str, Any]:
     cfg = model.cfg
+    latent = _latent_fields(model, ckpt)
     return {
         "format": MANIFEST_FORMAT,
         "format_version": MANIFEST_VERSION,
-        "model_id": model_id_of(tmp / "encoder.onnx", tmp / "decoder.onnx"),
+        "model_id": model_id_of(tmp / "encoder.onnx", tmp / "decoder.onnx", entropy_bytes(latent)),
         "arch": cfg.arch,
         "channels": cfg.channels,
         "ratio": cfg.ratio,
@@ -196,10 +198,7 @@ def _manifest(model, ckpt, tmp, files, check, source, checkpoint, secs) -> dict[
         "latent_channels": cfg.latent_channels,
         "padding": {"mode": "edge", "multiple": cfg.factor, "where": "bottom-right", "crop_back": True},
         "normalisation": {"input": "x = pixel / 127.5 - 1", "output": "pixel = round((x_hat + 1) * 127.5)"},
-        "latent": {"range": [-1.0, 1.0], "levels": cfg.latent_levels, "dtype": "uint8",
-                   "quantise": "q = round((y + 1) * (levels - 1) / 2)",
-                   "dequantise": "y_hat = q * 2 / (levels - 1) - 1"},
-        "latent_hist": ckpt["latent_hist"],
+        **latent,
         "files": files,
         "io": {"encoder": {"input": "x", "output": "y"}, "decoder": {"input": "y_hat", "output": "x_hat"}},
         "opset": OPSET,
@@ -209,6 +208,45 @@ def _manifest(model, ckpt, tmp, files, check, source, checkpoint, secs) -> dict[
         "training": {**ckpt.get("summary", {}), "checkpoint": str(Path(checkpoint).resolve())},
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+# Qualities of a rate-distortion model: quantisation steps Δ of y around the trained Δ = 1,
+# one integer table set each (the learned prior integrated over bins of width Δ), so one
+# trained model covers several rates; the quality number grows with fidelity.
+# A step is offered only if the prior puts at most MAX_CLIPPED of the mass per symbol beyond
+# the 8-bit symbol range (those latents are clipped to the end bins); the default quality is
+# the trained step Δ = 1 (or the nearest coarser one offered).
+QUALITY_STEPS = (2.0, 1.6, 1.3, 1.0, 0.8, 0.65)
+MAX_CLIPPED = 1e-4
+RD_LEVELS = 255  # symbols 0..254 = integers -127..127 (uint8 latent files)
+
+
+def _latent_fields(model: nn.Module, ckpt: dict[str, Any]) -> dict[str, Any]:
+    """The manifest's latent description and entropy model (tanh histogram or RD table sets)."""
+    cfg = model.cfg
+    if not cfg.rd:
+        return {"latent": {"range": [-1.0, 1.0], "levels": cfg.latent_levels, "dtype": "uint8",
+                           "quantise": "q = round((y + 1) * (levels - 1) / 2)",
+                           "dequantise": "y_hat = q * 2 / (levels - 1) - 1"},
+                "latent_hist": ckpt["latent_hist"]}
+    half = (RD_LEVELS - 1) // 2
+    qualities = []
+    for step in QUALITY_STEPS:
+        counts = model.entropy.integer_pmf(step, half)  # (c_y, L); end bins hold the clipped tails
+        clipped = float(model.entropy.tail_mass(step, half).mean())
+        if clipped > MAX_CLIPPED:  # the 8-bit symbols cannot hold this step's latent: not offered
+            continue
+        qualities.append({"quality": len(qualities) + 1, "step": step, "clipped": clipped,
+                          "tables": trim_counts(counts)})
+    if not qualities:
+        raise ExportError(f"the latent does not fit {RD_LEVELS} symbols at any quality step {QUALITY_STEPS} "
+                          f"(prior tail mass beyond ±{half} steps over {MAX_CLIPPED:g}): retrain with a larger --rate-weight")
+    default = min((q for q in qualities if q["step"] >= 1.0), key=lambda q: q["step"], default=qualities[-1])
+    return {"latent": {"quantiser": QUANTISER_INTEGER, "levels": RD_LEVELS, "dtype": "uint8",
+                       "quantise": f"q = clip(round(y / step), -{half}, {half}) + {half}",
+                       "dequantise": f"y_hat = (q - {half}) * step"},
+            "entropy": {"model": "factorized prior (Balle et al. 2018), integer tables per quality",
+                        "default_quality": default["quality"], "qualities": qualities}}
 
 
 def checkpoint_info(path: str | Path) -> str:

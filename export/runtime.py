@@ -7,13 +7,15 @@ Uses the CUDA provider when onnxruntime has it and a GPU is visible, else the CP
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from aekit.images import from_model_output, pad_to_multiple, to_model_input
+from aekit.export.entropy import QUANTISER_INTEGER, quality_entry
 from aekit.export.manifest import load_manifest
+from aekit.images import from_model_output, pad_to_multiple, to_model_input
 
 
 def quantise(y: np.ndarray, levels: int) -> np.ndarray:
@@ -25,6 +27,45 @@ def quantise(y: np.ndarray, levels: int) -> np.ndarray:
 def dequantise(q: np.ndarray, levels: int) -> np.ndarray:
     """uint8 symbols -> y_hat float32 = q * 2 / (L - 1) - 1, exactly as the decoder sees them."""
     return q.astype(np.float32) * np.float32(2 / (levels - 1)) - np.float32(1)
+
+
+@dataclass(frozen=True)
+class Quantiser:
+    """y <-> uint8 symbols, as a model's manifest defines it (two kinds).
+
+    "tanh": y in [-1, 1], L uniform levels (see `quantise`). "integer" (rate-distortion
+    models): q = clip(round(y / step), -h, h) + h with h = (L - 1) // 2 and the quality's
+    step Δ; y_hat = (q - h)·Δ. The symbols are fixed once written, so the float division
+    at encode time never makes decoding machine-dependent.
+    """
+
+    kind: str  # "tanh" | "integer"
+    levels: int  # L: symbols 0..L-1
+    step: float = 1.0  # integer kind: the quality's quantisation step of y
+
+    @classmethod
+    def of(cls, manifest: dict[str, Any], levels: int | None = None, quality: int | None = None) -> "Quantiser":
+        lat = manifest["latent"]
+        if lat.get("quantiser") == QUANTISER_INTEGER:
+            return cls("integer", int(lat["levels"]), float(quality_entry(manifest, quality)["step"]))
+        return cls("tanh", int(levels or lat["levels"]))
+
+    @property
+    def half(self) -> int:
+        return (self.levels - 1) // 2
+
+    def quantise(self, y: np.ndarray) -> np.ndarray:
+        """float y (any shape) -> uint8 symbols of the same shape."""
+        if self.kind == "tanh":
+            return quantise(y, self.levels)
+        q = np.rint(y.astype(np.float32) / np.float32(self.step))
+        return (np.clip(q, -self.half, self.half) + self.half).astype(np.uint8)
+
+    def dequantise(self, q: np.ndarray) -> np.ndarray:
+        """uint8 symbols -> y_hat float32, exactly as the decoder network receives them."""
+        if self.kind == "tanh":
+            return dequantise(q, self.levels)
+        return (q.astype(np.float32) - np.float32(self.half)) * np.float32(self.step)
 
 
 def gpu_visible() -> bool:
@@ -71,6 +112,7 @@ class Runtime:
         self.ratio: int = m["ratio"]
         self.latent_channels: int = m["latent_channels"]
         self.levels: int = m["latent"]["levels"]
+        self.quantiser = Quantiser.of(m)  # the model's default (levels, quality)
         self.providers = select_providers(device)
         self.encoder = make_session(self.dir / m["files"]["encoder"], self.providers, threads)
         self.decoder = make_session(self.dir / m["files"]["decoder"], self.providers, threads)
@@ -84,19 +126,19 @@ class Runtime:
         return (self.latent_channels, -(-height // f), -(-width // f))
 
     def encode(self, images: np.ndarray) -> np.ndarray:
-        """uint8 (B, H, W, C) -> y float32 (B, c_y, ceil(H/f), ceil(W/f)) in [-1, 1]."""
+        """uint8 (B, H, W, C) -> y float32 (B, c_y, ceil(H/f), ceil(W/f)) (in [-1, 1] for tanh models)."""
         if images.ndim != 4 or images.shape[3] != self.channels:
             raise ValueError(f"expected (B, H, W, {self.channels}) images, got shape {images.shape}")
         x = pad_to_multiple(to_model_input(images), self.factor)
         return self.encoder.run(None, {"x": x})[0]
 
     def quantise(self, y: np.ndarray) -> np.ndarray:
-        """y in [-1, 1] -> uint8 symbols at the model's levels (see `quantise`)."""
-        return quantise(y, self.levels)
+        """y -> uint8 symbols with the model's default quantiser (see `Quantiser`)."""
+        return self.quantiser.quantise(y)
 
     def dequantise(self, q: np.ndarray) -> np.ndarray:
-        """uint8 symbols at the model's levels -> y_hat float32 (see `dequantise`)."""
-        return dequantise(q, self.levels)
+        """uint8 symbols of the default quantiser -> y_hat float32 (see `Quantiser`)."""
+        return self.quantiser.dequantise(q)
 
     def decode(self, y_hat: np.ndarray, height: int | None = None, width: int | None = None) -> np.ndarray:
         """y_hat (B, c_y, h, w) -> uint8 (B, H, W, C), cropped to height x width if given."""

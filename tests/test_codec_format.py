@@ -72,7 +72,9 @@ def refix_crc(data: bytes) -> bytes:
             pos += 1
             if not b & 0x80:
                 return
-    varint(); varint(); pos += 3; varint(); varint(); varint(); pos += 3; varint()
+    varint(); varint(); pos += 3; varint(); varint(); varint()
+    pos += 4 if len(data) > len(MAGIC) and data[len(MAGIC)] >= 2 else 3  # quantiser, (quality: v2), coder, flags
+    varint()
     if pos + 4 > len(data):
         return data
     crc = zlib.crc32(data[pos + 4:], zlib.crc32(data[:pos]))
@@ -95,7 +97,7 @@ def test_pack_parse_round_trip(models):
     (lambda d: d + b"\x00", "unexpected bytes after the payload"),
     (lambda d: b"GIF89a" + d[6:], "not an aekit latent file"),
     (lambda d: b"\x89PNG\r\n\x1a\n" + d[8:], "not an aekit latent file"),
-    (lambda d: d[:4] + b"\x02" + d[5:], "version 2 is not supported"),
+    (lambda d: d[:4] + b"\x03" + d[5:], "version 3 is not supported"),
     (lambda d: d[:-2] + bytes([d[-2] ^ 0x10]) + d[-1:], "checksum mismatch"),
     (lambda d: d[:6] + bytes([d[6] ^ 1]) + d[7:], "checksum mismatch"),
     (lambda d: b"", "truncated file"),
