@@ -18,6 +18,7 @@ import numpy as np
 
 from aekit.bench.backends import (ALL_BACKENDS, BackendError, BackendOptions, Runner, default_threads, is_oom,
                             make_runner, one_line)
+from aekit.bench.inputs import Cycle, fit, image_folder, load_images, parse_size, tile  # noqa: F401 (API)
 from aekit.bench.timing import Timing, TimingConfig, time_call
 from aekit.export.manifest import load_manifest
 from aekit.export.runtime import dequantise, quantise
@@ -134,85 +135,6 @@ def resolve_device(device: str) -> str:
     if device == "auto":
         return "cuda" if cuda_status() is None else "cpu"
     return device
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    """'256x256' or '256' -> (256, 256)."""
-    parts = text.lower().replace("*", "x").split("x")
-    try:
-        h, w = (int(parts[0]), int(parts[-1])) if len(parts) in (1, 2) else (0, 0)
-    except ValueError:
-        h = w = 0
-    if h <= 0 or w <= 0:
-        raise ValueError(f"size {text!r}: expected HxW with positive integers, e.g. 256x256")
-    return h, w
-
-
-# ---------------------------------------------------------------- images
-
-
-def image_folder(cfg: BenchConfig, manifest: dict[str, Any]) -> Path:
-    cands = [cfg.images] if cfg.images else [manifest.get("training", {}).get(k) for k in ("val_data", "data")]
-    for c in cands:
-        if c and Path(c).exists():
-            return Path(c)
-    if cfg.images:
-        raise FileNotFoundError(f"--images {cfg.images}: no such folder")
-    raise ValueError(f"{manifest['_dir']}: its training images are not on this machine; pass --images FOLDER")
-
-
-def load_images(folder: Path, channels: int, n: int) -> list[np.ndarray]:
-    """Up to n real images spread over the folder (every k-th file), uint8 (H, W, C)."""
-    from aekit.images import ImageError, load_image, scan_folder
-
-    samples, _, _ = scan_folder(folder)
-    step = max(1, len(samples) // n)
-    out = []
-    for s in samples[::step]:
-        try:
-            out.append(load_image(s.path, channels)[0])
-        except ImageError:
-            continue
-        if len(out) == n:
-            break
-    if not out:
-        raise ValueError(f"{folder}: no readable images")
-    return out
-
-
-def fit(img: np.ndarray, h: int, w: int) -> np.ndarray:
-    """Centre-crop to the aspect ratio of (h, w), then resize (bicubic) to exactly h x w."""
-    from PIL import Image
-
-    ih, iw = img.shape[:2]
-    if (ih, iw) == (h, w):
-        return img
-    scale = min(ih / h, iw / w)
-    ch, cw = max(1, round(h * scale)), max(1, round(w * scale))
-    top, left = (ih - ch) // 2, (iw - cw) // 2
-    crop = img[top:top + ch, left:left + cw]
-    pil = Image.fromarray(crop[:, :, 0] if crop.shape[2] == 1 else crop).resize((w, h), Image.BICUBIC)
-    arr = np.asarray(pil)
-    return arr[:, :, None] if arr.ndim == 2 else arr
-
-
-def tile(items: np.ndarray, batch: int) -> np.ndarray:
-    """A batch of `batch` items cycling through the distinct ones (B, ...)."""
-    idx = np.arange(batch) % len(items)
-    return np.ascontiguousarray(items[idx])
-
-
-class Cycle:
-    """Index batches that walk through the distinct items, wrapping around: content-dependent
-    stages (entropy coding, JPEG) then see every image whatever the batch size."""
-
-    def __init__(self, n: int, batch: int):
-        self.n, self.batch, self.k = n, batch, 0
-
-    def next(self) -> np.ndarray:
-        idx = (self.k * self.batch + np.arange(self.batch)) % self.n
-        self.k += 1
-        return idx
 
 
 # ---------------------------------------------------------------- timing

@@ -90,7 +90,7 @@ def test_missing_provider(tiny_model, capsys, monkeypatch):
 
 
 def test_oom_at_a_batch_size_is_reported_and_larger_batches_skipped(tiny_model, capsys, monkeypatch):
-    from aekit.bench.backends import OrtRunner
+    from aekit.bench.backends_ort import OrtRunner
 
     real = OrtRunner.encode
 
