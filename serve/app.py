@@ -1,8 +1,11 @@
 """The FastAPI application: upload page, /v1 API, limits, error mapping, online learning hooks.
 
     from aekit.serve.app import create_app; app = create_app(ServeConfig(model="models/fmnist-r4"))
-Every expected failure is a 4xx JSON body {"error": "...", "status": N} naming the upload; the
-only files a request touches are uuid-named temporaries inside the server's own folder.
+Every expected failure is a 4xx JSON body {"error": "...", "status": N} naming the upload, its
+status chosen by the error's type. Uploads stay in memory (multipart parts are never spooled to
+the system temp folder); only --keep-uploads and learned versions write, inside the server's own
+folders. Heavy requests (decode, encode, screen) run at most `max_concurrent` at a time; a
+request that finds `max_waiting` others queued answers 503 at once.
 """
 
 from __future__ import annotations
@@ -27,9 +30,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.formparsers import MultiPartParser
 
-from aekit.images import ImageError, atomic_write_bytes, psnr
-from aekit.codec.core import CodecError, load_for_model
+from aekit.images import ImageError, ImageLimitError, NamedBytes, atomic_write_bytes, load_for_channels, psnr
+from aekit.codec.core import CodecError
 from aekit.codec.format import LatentFormatError
 from aekit.codec.jobs import encode_image_file
 from aekit.detector.calibration import CalibrationError
@@ -37,7 +41,7 @@ from aekit.detector.model import DetectorError
 from aekit.export.entropy import EntropyError
 from aekit.export.manifest import ModelError
 from aekit.serve.config import ServeConfig
-from aekit.serve.models import ModelStore, Snapshot, screen_one
+from aekit.serve.models import ModelStore, Snapshot, UnknownClassError, screen_one
 
 SIGNATURES = {"image/png": b"\x89PNG\r\n\x1a\n", "image/jpeg": b"\xff\xd8\xff"}
 SUFFIX = {"image/png": ".png", "image/jpeg": ".jpg"}
@@ -69,17 +73,16 @@ def display_name(name: str | None) -> str:
 
 
 def status_of(e: Exception) -> int:
-    """HTTP status of a domain error: bad input 422, limits 413, model/calibration mismatch 409."""
-    msg = str(e)
-    if isinstance(e, ImageError) and ("exceeds the limit" in msg or "decompression bomb" in msg):
+    """HTTP status of a domain error, by its type: limits 413, model/calibration state 409, bad input 422."""
+    if isinstance(e, ApiError):
+        return e.status
+    if isinstance(e, ImageLimitError):
         return 413
-    if isinstance(e, CalibrationError) and "is unknown" in msg:
-        return 422  # a class the model was never trained or calibrated on: bad input, not a model state
+    if isinstance(e, UnknownClassError):
+        return 422  # a class the model was never calibrated on: bad input, not a model state
     if isinstance(e, (ModelError, CalibrationError)):
         return 409
-    if isinstance(e, CodecError) and "exceeds the limit" in msg:
-        return 413
-    return 422
+    return 422  # ImageError, CodecError, LatentFormatError, EntropyError, DetectorError, ValueError
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -106,11 +109,13 @@ async def read_upload(request: Request, limit: int) -> Upload:
             raise ApiError(413, f"upload exceeds the limit of {limit} bytes")
         return Upload(body, display_name(request.headers.get("x-filename")), ctype, fields)
 
-    async def receive() -> dict[str, Any]:
-        return {"type": "http.request", "body": body, "more_body": False}
+    async def chunks():
+        yield body
 
+    parser = MultiPartParser(request.headers, chunks(), max_files=1, max_fields=8)
+    parser.spool_max_size = len(body) + 1  # the part stays in memory, never in the system temp folder
     try:
-        form = await Request(request.scope, receive).form(max_files=1, max_fields=8)
+        form = await parser.parse()
     except Exception as e:  # malformed multipart: starlette raises its own HTTP/parse errors
         raise ApiError(400, f"malformed multipart body ({getattr(e, 'detail', e)})") from None
     part = form.get("file")
@@ -162,22 +167,24 @@ class Server:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
     def decode_image(self, up: Upload, snap: Snapshot) -> tuple[np.ndarray, str]:
-        """Upload -> (uint8 (H, W, C), mode) for the snapshot's model, via a uuid-named temp file."""
+        """Upload -> (uint8 (H, W, C), mode) for the snapshot's model, decoded from memory."""
         kind = sniff_image(up)
-        tmp = self.workdir / "tmp" / f"{uuid.uuid4().hex}{SUFFIX[kind]}"
-        tmp.write_bytes(up.data)
-        try:
-            image, mode = load_for_model(tmp, snap.codec.channels, self.cfg.max_pixels)
-        except ImageError as e:
-            raise ApiError(status_of(e), str(e).replace(str(tmp), up.name)) from None
-        finally:
-            tmp.unlink(missing_ok=True)
+        image, mode = load_for_channels(NamedBytes(up.data, up.name), snap.codec.channels, self.cfg.max_pixels)
         if self.keep:
             atomic_write_bytes(self.keep / f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}{SUFFIX[kind]}",
                                up.data)
-        if self.learner:
-            self.learner.offer(image)
         return image, mode
+
+    def learn(self, up: Upload) -> dict[str, Any]:
+        """An image the operator marks as normal -> the training queue (the only way images get there)."""
+        if not self.learner:
+            raise ApiError(409, "online learning is off; start the server with --learn")
+        image, _ = self.decode_image(up, self.store.current)
+        if self.store.in_calibration_set(image):
+            raise ApiError(409, f"{up.name}: this image is in the calibration set; images the model trains on "
+                                "must not calibrate it (the false-positive guarantee needs unseen normals)")
+        queued = self.learner.offer(image)
+        return {"name": up.name, "queued": queued, "learning": self.learner.snapshot()}
 
     def status(self) -> dict[str, Any]:
         snap = self.store.current
@@ -200,13 +207,17 @@ class Server:
         if up.content_type not in LATENT_TYPES:
             raise ApiError(415, f"{up.name}: content type {up.content_type} refused; send the .ael file "
                                 "as application/octet-stream")
+        from aekit.codec.format import read_header
+
         snap = self.store.current
+        h = read_header(up.data, up.name)  # the declared size, checked before any decoding work
+        if h.width * h.height > self.cfg.max_pixels:
+            raise ImageLimitError(f"{up.name}: declares a {h.width}x{h.height} image, above this server's limit "
+                                  f"of {self.cfg.max_pixels} pixels")
         try:
             image, header = snap.decoder.decompress(up.data, up.name)
         except ModelError:
-            from aekit.codec.format import read_header
-
-            mid = read_header(up.data, up.name).model_id
+            mid = h.model_id
             loaded = ", ".join(f"version {v} ({m})" for m, v in sorted(self.store.loaded().items(), key=lambda kv: kv[1]))
             was = self.store.versions.get(mid)
             made = f"model version {was} ({mid}), no longer loaded" if was is not None else f"model {mid}, not served here"
@@ -311,6 +322,9 @@ def create_app(cfg: ServeConfig) -> FastAPI:
                            allow_headers=["*"])
     add_error_handlers(app)
 
+    heavy = asyncio.Semaphore(max(1, cfg.max_concurrent))
+    waiting = [0]  # requests queued for a slot (one event loop: no lock needed)
+
     async def run(fn: Callable[..., Any], *args: Any) -> Any:
         try:
             return await asyncio.wait_for(run_in_threadpool(fn, *args), cfg.request_timeout_s)
@@ -318,8 +332,28 @@ def create_app(cfg: ServeConfig) -> FastAPI:
             raise ApiError(503, f"request took longer than {cfg.request_timeout_s:g} s; "
                                 "try a smaller image or retry later") from None
 
-    async def upload(request: Request) -> Upload:
-        return await read_upload(request, cfg.max_upload_bytes)
+    async def handle(request: Request, fn: Callable[[Upload], Any]) -> tuple[Upload, Any]:
+        """Read the upload and run fn on it inside one of the `max_concurrent` slots.
+
+        The slot is taken before the body is read, so queued requests hold no upload in memory;
+        the worker thread always finishes before its slot is given back (anyio does not abandon
+        threads), so at most max_concurrent images are ever decoded at once.
+        """
+        if waiting[0] >= cfg.max_waiting:
+            raise ApiError(503, f"server busy ({cfg.max_concurrent} requests running, {waiting[0]} waiting); "
+                                "retry later")
+        waiting[0] += 1
+        try:
+            await asyncio.wait_for(heavy.acquire(), cfg.request_timeout_s)
+        except asyncio.TimeoutError:
+            raise ApiError(503, f"no free slot within {cfg.request_timeout_s:g} s; retry later") from None
+        finally:
+            waiting[0] -= 1
+        try:
+            up = await read_upload(request, cfg.max_upload_bytes)
+            return up, await run(fn, up)
+        finally:
+            heavy.release()
 
     image_body = {"requestBody": {"required": True, "content": {
         "multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": {
@@ -356,8 +390,7 @@ def create_app(cfg: ServeConfig) -> FastAPI:
     @app.post("/v1/compress", summary="image (PNG/JPEG) -> latent file (.ael)", openapi_extra=image_body,
               response_class=Response, responses={200: {"content": {"application/octet-stream": {}}}})
     async def compress(request: Request) -> Response:
-        up = await upload(request)
-        data, snap = await run(server.compress, up)
+        up, (data, snap) = await handle(request, server.compress)
         name = up.name.rsplit(".", 1)[0] + ".ael"
         return Response(data, media_type="application/octet-stream", headers={
             "Content-Disposition": f'attachment; filename="{name}"', "X-Model-Id": snap.model_id,
@@ -366,15 +399,13 @@ def create_app(cfg: ServeConfig) -> FastAPI:
     @app.post("/v1/decompress", summary="latent file (.ael) -> PNG", openapi_extra=latent_body,
               response_class=Response, responses={200: {"content": {"image/png": {}}}})
     async def decompress(request: Request) -> Response:
-        up = await upload(request)
-        data, version = await run(server.decompress, up)
+        _, (data, version) = await handle(request, server.decompress)
         return png_response(data, {"X-Model-Version": str(version)})
 
     @app.post("/v1/reconstruct", summary="image -> its reconstruction through the 8-bit latent (PNG)",
               openapi_extra=image_body, response_class=Response, responses={200: {"content": {"image/png": {}}}})
     async def reconstruct(request: Request) -> Response:
-        up = await upload(request)
-        image, out, latent, snap = await run(server.reconstruct, up)
+        _, (image, out, latent, snap) = await handle(request, server.reconstruct)
         return png_response(out, {"X-Latent-Bytes": str(len(latent)), "X-Model-Id": snap.model_id,
                                   "X-Model-Version": str(snap.version), "X-PSNR": f"{psnr(image, out):.2f}"})
 
@@ -382,12 +413,19 @@ def create_app(cfg: ServeConfig) -> FastAPI:
               "(maps=1: and its anomaly map, PNG + float32 .npy in base64)",
               openapi_extra=image_body)
     async def screen(request: Request) -> dict[str, Any]:
-        return await run(server.screen, await upload(request))
+        return (await handle(request, server.screen))[1]
 
     @app.post("/v1/analyze", summary="the page's call: reconstruction, latent file, sizes and screening in one JSON",
               openapi_extra=image_body)
     async def analyze(request: Request) -> dict[str, Any]:
-        return await run(server.analyze, await upload(request))
+        return (await handle(request, server.analyze))[1]
+
+    @app.post("/v1/learn", summary="--learn: an image the operator marks as normal -> the training queue",
+              openapi_extra=image_body)
+    async def learn(request: Request) -> dict[str, Any]:
+        if cfg.learn_token and request.headers.get("x-learn-token") != cfg.learn_token:
+            raise ApiError(403, "/v1/learn needs the operator's token in the X-Learn-Token header")
+        return (await handle(request, server.learn))[1]
 
     return app
 

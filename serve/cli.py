@@ -21,7 +21,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("model", help="exported model folder (manifest.json + encoder/decoder ONNX)")
     p.add_argument("--host", default=d.host, help="address to listen on (loopback by default)")
     p.add_argument("--port", type=int, default=d.port)
-    p.add_argument("--learn", action="store_true", help="train on every accepted upload, swap in new versions")
+    p.add_argument("--learn", action="store_true",
+                   help="train on the images the operator posts to /v1/learn (marked normal; never on other "
+                        "uploads) and swap in new versions")
+    p.add_argument("--learn-token", help="require this token in the X-Learn-Token header of /v1/learn")
     p.add_argument("--checkpoint", help="PyTorch checkpoint for --learn (default: the one the manifest names)")
     p.add_argument("--keep-uploads", metavar="DIR", help="keep accepted uploads in DIR (default: none kept)")
     p.add_argument("--workdir", help="the server's own folder (default: a fresh temp folder, removed at exit)")
@@ -32,6 +35,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-upload-mb", type=float, default=d.max_upload_bytes / MB, help="largest request body")
     p.add_argument("--max-pixels", type=int, default=d.max_pixels, help="largest image (width x height)")
     p.add_argument("--timeout", type=float, default=d.request_timeout_s, help="seconds before a request answers 503")
+    p.add_argument("--max-concurrent", type=int, default=d.max_concurrent,
+                   help="heavy requests computing at once (memory grows with this)")
+    p.add_argument("--max-waiting", type=int, default=d.max_waiting, help="requests queued for a slot; more: 503")
     p.add_argument("--queue-size", type=int, default=d.queue_size, help="training queue (full: uploads dropped)")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="images per training step")
     p.add_argument("--lr", type=float, default=d.lr, help="learning rate of online updates")
@@ -50,7 +56,8 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
         max_upload_bytes=int(args.max_upload_mb * MB), max_pixels=args.max_pixels, request_timeout_s=args.timeout,
         device=args.device, threads=args.threads, alpha=args.alpha, calibration=args.calibration,
         calibration_limit=args.calibration_limit, cors_origins=args.cors_origin, keep_uploads=args.keep_uploads,
-        learn=args.learn, checkpoint=args.checkpoint, queue_size=args.queue_size, batch_size=args.batch_size,
+        learn=args.learn, learn_token=args.learn_token, max_concurrent=args.max_concurrent,
+        max_waiting=args.max_waiting, checkpoint=args.checkpoint, queue_size=args.queue_size, batch_size=args.batch_size,
         lr=args.lr, swap_every_s=args.swap_every, swap_min_steps=args.swap_min_steps,
         keep_versions=args.keep_versions,
     )

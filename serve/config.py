@@ -14,7 +14,11 @@ class ServeConfig:
     port: int = 8000  # TCP port
     workdir: str | None = None  # the server's own folder (temp uploads, learned versions); None: a fresh temp dir
     max_upload_bytes: int = 10 * MB  # larger request bodies get 413 before they are parsed
-    max_pixels: int = 1 << 22  # images above 4 Mpx get 413 before their pixels are decoded (bombs)
+    max_pixels: int = 1 << 22  # images (and latent files declaring images) above 4 Mpx get 413 before any
+    # decoding: uploads are untrusted, so far below the command line's 179 Mpx
+    tile_above_pixels: int = 1 << 18  # larger images are coded in 512 x 512 tiles (bounded memory per request)
+    max_concurrent: int = 2  # heavy requests (decode, encode, screen, learn) computing at once; others wait
+    max_waiting: int = 64  # requests waiting for a slot; one more answers 503 at once (bounded memory)
     request_timeout_s: float = 30.0  # a request still computing after this answers 503
     device: str = "auto"  # onnxruntime device: auto | cuda | cpu
     threads: int = 1  # onnxruntime intra-op threads per session (1: many requests in parallel)
@@ -24,7 +28,8 @@ class ServeConfig:
     cors_origins: list[str] = field(default_factory=list)  # CORS is off unless origins are named
     keep_uploads: str | None = None  # keep accepted uploads in this folder (off: uploads never stay on disk)
     # online learning (--learn)
-    learn: bool = False  # train a PyTorch copy on every accepted upload and swap in new versions
+    learn: bool = False  # train a PyTorch copy on the images the operator posts to /v1/learn, swap in versions
+    learn_token: str | None = None  # if set, /v1/learn needs this value in the X-Learn-Token header
     checkpoint: str | None = None  # the model's best.pt (default: the checkpoint named by its manifest)
     queue_size: int = 256  # training queue; uploads beyond it are dropped (counted), requests never wait
     batch_size: int = 16  # images per training step (fewer when fewer are waiting)

@@ -7,6 +7,7 @@ earlier version decode as long as that version is among the last `keep_versions`
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import threading
 from dataclasses import dataclass
@@ -15,12 +16,21 @@ from typing import Any
 
 import numpy as np
 
-from aekit.images import ImageError, scan_folder
-from aekit.codec.core import Codec, CodecConfig, Decoder, load_for_model
+from aekit.images import ImageError, load_for_channels, scan_folder
+from aekit.codec.core import Codec, CodecConfig, Decoder
 from aekit.detector.calibration import CalibrationError
 from aekit.detector.model import DEFAULT_CLASS, Detector, DetectorError
 from aekit.export.manifest import load_manifest
 from aekit.serve.config import ServeConfig
+
+
+class UnknownClassError(DetectorError):
+    """A screening request for a class the model was not calibrated on (bad input: HTTP 422)."""
+
+
+def pixel_digest(image: np.ndarray) -> str:
+    """Identity of decoded pixels (shape and bytes): the same picture in any file format."""
+    return hashlib.sha256(repr(image.shape).encode() + image.tobytes()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -58,7 +68,7 @@ def load_calibration_set(cfg: ServeConfig, manifest: dict[str, Any], channels: i
             if len(out.setdefault(label, [])) >= cfg.calibration_limit:
                 continue
             try:
-                out[label].append(load_for_model(s.path, channels, cfg.max_pixels)[0])
+                out[label].append(load_for_channels(s.path, channels, cfg.max_pixels)[0])
             except ImageError:
                 continue  # calibration folders are the operator's; unusable files are skipped
     if cfg.calibration and not any(out.values()):
@@ -71,17 +81,23 @@ class ModelStore:
 
     def __init__(self, cfg: ServeConfig, versions_dir: Path):
         self.cfg, self.versions_dir = cfg, versions_dir
-        self.codec_cfg = CodecConfig(max_pixels=cfg.max_pixels, device=cfg.device, threads=cfg.threads)
+        self.codec_cfg = CodecConfig(max_pixels=cfg.max_pixels, device=cfg.device, threads=cfg.threads,
+                                     full_res_max_pixels=cfg.tile_above_pixels)
         self._lock = threading.Lock()
         base = Path(cfg.model).resolve()
         manifest = load_manifest(base)
         self.calibration_set = load_calibration_set(cfg, manifest, manifest["channels"])
+        # what calibrates must never be trained on (--learn): the conformal guarantee needs unseen normals
+        self.calibration_digests = {pixel_digest(im) for ims in self.calibration_set.values() for im in ims}
         self.versions: dict[str, int] = {}  # model id -> version, for every version ever served
         self._current = self._snapshot(0, base, manifest, calibrate=bool(cfg.calibration))
 
     @property
     def current(self) -> Snapshot:
         return self._current
+
+    def in_calibration_set(self, image: np.ndarray) -> bool:
+        return pixel_digest(image) in self.calibration_digests
 
     def _snapshot(self, version: int, model_dir: Path, manifest: dict[str, Any], calibrate: bool) -> Snapshot:
         codec = Codec(model_dir, self.codec_cfg)
@@ -137,6 +153,9 @@ def screen_one(snap: Snapshot, image: np.ndarray, cls: str | None) -> dict[str, 
         raise DetectorError(f"model version {snap.version} is calibrated per class ({', '.join(det.classes_)}); "
                             "send the image's class as the form field or query parameter 'class'")
     label = cls or det.default_class()
+    if label not in det.classes_:
+        raise UnknownClassError(f"class {label!r} is unknown to model version {snap.version} "
+                                f"(calibrated: {', '.join(det.classes_)})")
     cc = det.class_calibration(label)
     score = float(det.decision_function(image[None], label)[0])
     threshold = cc.threshold(det.alpha_)

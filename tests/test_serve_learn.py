@@ -1,4 +1,5 @@
-"""Online learning in `aekit serve --learn`: bounded queue, training, atomic swaps, old latents, failures."""
+"""Online learning in `aekit serve --learn`: only images posted to /v1/learn train (never calibration images),
+bounded queue, training, atomic swaps, old latents, failures."""
 
 from __future__ import annotations
 
@@ -24,7 +25,8 @@ AEL = {"content-type": "application/octet-stream"}
 
 @pytest.fixture(scope="module")
 def bags(fmnist_dir) -> list[Path]:
-    return sorted((fmnist_dir / "test" / "bag").iterdir())[:12]
+    """Normal images to learn from: training images, disjoint from the calibration folder (test/)."""
+    return sorted((fmnist_dir / "train" / "bag").iterdir())[:12]
 
 
 @pytest.fixture()
@@ -36,7 +38,7 @@ def cfg(tiny_model, fmnist_dir) -> ServeConfig:
 def test_queue_is_bounded_and_requests_never_wait(cfg, bags):
     app = create_app(replace(cfg, queue_size=2))  # no lifespan: the worker does not run, the queue fills
     c = TestClient(app)
-    codes = [c.post("/v1/reconstruct", content=p.read_bytes(), headers=PNG).status_code for p in bags[:5]]
+    codes = [c.post("/v1/learn", content=p.read_bytes(), headers=PNG).status_code for p in bags[:5]]
     assert codes == [200] * 5
     s = c.get("/v1/status").json()["learning"]
     assert (s["accepted"], s["dropped"], s["queued"]) == (2, 3, 2)
@@ -48,7 +50,7 @@ def test_learns_swaps_and_old_latents_still_decode(cfg, bags):
         old = c.post("/v1/compress", content=bags[0].read_bytes(), headers=PNG)
         v0 = old.headers["x-model-id"]
         for p in bags:
-            assert c.post("/v1/reconstruct", content=p.read_bytes(), headers=PNG).status_code == 200
+            assert c.post("/v1/learn", content=p.read_bytes(), headers=PNG).status_code == 200
         deadline = time.monotonic() + 240
         while (s := c.get("/v1/status").json())["version"] < 1 and time.monotonic() < deadline:
             assert s["learning"]["failed_exports"] == 0, s["learning"]["last_error"]
@@ -68,7 +70,7 @@ def test_failed_update_keeps_last_good_model_and_pruned_versions_answer_409(cfg,
     learner, c = server.learner, TestClient(app)
     learner.load()
     for p in bags[:4]:
-        c.post("/v1/reconstruct", content=p.read_bytes(), headers=PNG)
+        c.post("/v1/learn", content=p.read_bytes(), headers=PNG)
     learner._step(learner._groups([learner.queue.get() for _ in range(4)])[0])
     assert learner.update() and server.store.current.version == 1
     v1_latent = c.post("/v1/compress", content=bags[0].read_bytes(), headers=PNG).content
@@ -83,6 +85,7 @@ def test_failed_update_keeps_last_good_model_and_pruned_versions_answer_409(cfg,
     s = c.get("/v1/status").json()
     assert s["version"] == 1 and s["learning"]["failed_exports"] == 1 and "simulated" in s["learning"]["last_error"]
     assert c.post("/v1/reconstruct", content=bags[1].read_bytes(), headers=PNG).status_code == 200
+    assert c.post("/v1/learn", content=bags[5].read_bytes(), headers=PNG).json()["queued"]
     monkeypatch.undo()
     learner._step(learner._groups([learner.queue.get()])[0])  # new weights, so version 2 gets a new id
     assert learner.update() and server.store.current.version == 2  # keep_versions=1: v1 is pruned
@@ -94,3 +97,33 @@ def test_failed_update_keeps_last_good_model_and_pruned_versions_answer_409(cfg,
 def test_learn_without_checkpoint_is_a_clear_error(cfg, tmp_path):
     with pytest.raises(FileNotFoundError, match="--checkpoint"):
         create_app(replace(cfg, checkpoint=str(tmp_path / "missing.pt")))
+
+
+def test_only_images_marked_normal_are_learned(cfg, bags, fmnist_dir):
+    """/v1/screen, /v1/compress, /v1/reconstruct never feed training; /v1/learn does, except calibration images."""
+    app = create_app(cfg)
+    c = TestClient(app)
+    anomaly = sorted((fmnist_dir / "test" / "trouser").iterdir())[-1].read_bytes()
+    for url in ("/v1/screen?class=bag", "/v1/compress", "/v1/reconstruct", "/v1/analyze"):
+        c.post(url, content=anomaly, headers=PNG)
+    assert c.get("/v1/status").json()["learning"]["accepted"] == 0
+    calibration_image = sorted((fmnist_dir / "test" / "bag").iterdir())[0].read_bytes()
+    r = c.post("/v1/learn", content=calibration_image, headers=PNG)
+    assert r.status_code == 409 and "calibration set" in r.json()["error"]
+    r = c.post("/v1/learn", content=bags[0].read_bytes(), headers=PNG)
+    assert r.status_code == 200 and r.json()["queued"] is True
+    assert c.get("/v1/status").json()["learning"]["accepted"] == 1
+    app.state.server.close()
+
+
+def test_learn_token_and_learning_off(cfg, bags, tmp_path):
+    app = create_app(replace(cfg, learn_token="s3cret"))
+    c = TestClient(app)
+    assert c.post("/v1/learn", content=bags[0].read_bytes(), headers=PNG).status_code == 403
+    ok = c.post("/v1/learn", content=bags[0].read_bytes(), headers={**PNG, "x-learn-token": "s3cret"})
+    assert ok.status_code == 200
+    app.state.server.close()
+    off = create_app(replace(cfg, learn=False))
+    r = TestClient(off).post("/v1/learn", content=bags[0].read_bytes(), headers=PNG)
+    assert r.status_code == 409 and "--learn" in r.json()["error"]
+    off.state.server.close()
