@@ -29,6 +29,7 @@ from aekit.metrics import psnr_torch
 from aekit.models import Autoencoder, build_model
 
 
+REFIT_VALUES = 8192  # latent values per channel the final prior refit uses (bounded time and memory)
 PRIOR_LR_SCALE = 10.0  # RD models: the factorized prior's lr relative to the transforms' (CompressAI's aux lr 1e-3 vs 1e-4)
 
 
@@ -366,12 +367,13 @@ class Trainer:
               f"-> {self.out / 'best.pt'}", file=sys.stderr)
         return summary
 
-    def refit_prior(self, steps: int = 1500, lr: float = 1e-2) -> list[float]:
+    def refit_prior(self, steps: int = 1000, lr: float = 1e-2) -> list[float]:
         """Fit the factorized prior alone to the final encoder's latents of training images.
 
         During training the prior chases a moving transform; once the transform is fixed, a
-        short fit of the prior (y + U(-½, ½) of up to hist_images training crops, Adam with a
-        cosine-decayed lr) makes the exported tables match the latents the codec will code.
+        short fit of the prior (y + U(-½, ½), REFIT_VALUES seeded values per channel from up to
+        hist_images training crops, full-batch Adam with a cosine-decayed lr) makes the exported
+        tables match the latents the codec will code.
         Returns the estimated bits per latent element [before, after].
         """
         self.model.eval()
@@ -384,7 +386,9 @@ class Trainer:
                 seen += len(x)
                 if seen >= self.tcfg.hist_images:
                     break
-        y = torch.cat(ys)  # (N, c_y, h, w)
+        y = torch.cat(ys).transpose(0, 1).reshape(len(ys[0][0]), -1)  # (c_y, N·h·w)
+        keep = torch.randperm(y.shape[1], generator=torch.Generator().manual_seed(self.tcfg.seed))[:REFIT_VALUES]
+        y = y[:, keep.to(y.device)].reshape(1, y.shape[0], -1, 1)  # (1, c_y, M, 1): M values per channel
         prior = self.model.entropy
         opt = torch.optim.Adam(prior.parameters(), lr=lr)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps, eta_min=lr * 0.01)
@@ -400,8 +404,8 @@ class Trainer:
             bits.backward()
             opt.step()
             sched.step()
-        print(f"prior refit on {len(y)} training crops: {per_elem[0]:.3f} -> {per_elem[1]:.3f} bits per "
-              "latent element", file=sys.stderr)
+        print(f"prior refit on {y.shape[2]} latents per channel from {seen} training crops: "
+              f"{per_elem[0]:.3f} -> {per_elem[1]:.3f} bits per latent element", file=sys.stderr)
         return per_elem
 
     @torch.no_grad()

@@ -2,7 +2,8 @@
 
     data = encode(image, "JPEG", 50); back = decode(data, image.shape[2])   # uint8 (H, W, C)
 One setting per format, Pillow only: JPEG baseline with optimised Huffman tables (Pillow's 4:2:0
-chroma for RGB), WebP lossy at method 6 (slowest, smallest files). Sizes are whole files, and are
+chroma for RGB), WebP lossy at method 6 (slowest, smallest files), AVIF (libavif, 4:2:0, speed 4)
+where Pillow has it. Sizes are whole files, and are
 compared with whole .ael files (header included), never with a bare payload.
 """
 
@@ -13,7 +14,14 @@ import io
 import numpy as np
 from PIL import Image
 
-FORMATS = ("JPEG", "WEBP")
+FORMATS = ("JPEG", "WEBP", "AVIF")
+
+
+def available() -> tuple[str, ...]:
+    """The baseline formats this Pillow can write (AVIF needs Pillow >= 11.3 built with libavif)."""
+    from PIL import features
+
+    return tuple(f for f in FORMATS if f != "AVIF" or features.check("avif"))
 
 
 def options(fmt: str, quality: int) -> dict[str, int | bool]:
@@ -22,6 +30,8 @@ def options(fmt: str, quality: int) -> dict[str, int | bool]:
         return {"quality": int(quality), "optimize": True}
     if fmt == "WEBP":
         return {"quality": int(quality), "method": 6}
+    if fmt == "AVIF":  # libavif via Pillow: 4:2:0, speed 4 (slower, smaller than the default 6)
+        return {"quality": int(quality), "speed": 4, "subsampling": "4:2:0"}
     raise ValueError(f"baseline format {fmt!r}: expected one of {FORMATS}")
 
 

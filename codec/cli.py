@@ -87,7 +87,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tile", type=int, default=0,
                    help="also code every image in tiles of this side and report the seam cost (0: off)")
     p.add_argument("--levels", type=int, nargs="+", default=[0],
-                   help="evaluate each model at these latent levels (0: the model's): an RD curve per model")
+                   help="tanh-latent models: evaluate at these latent levels (0: the model's): an RD curve per model")
+    p.add_argument("--quality", type=int, nargs="+", default=[], dest="model_qualities",
+                   help="rate-distortion models: evaluate these qualities (default: every quality the model offers)")
     p.add_argument("--name", default="", help="data set name for the table and plot")
     p.add_argument("--device", choices=("auto", "cuda", "cpu"), default=c.device)
     p.set_defaults(func=cmd_evaluate)
@@ -151,7 +153,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from aekit.codec.evaluate import EvalConfig, evaluate
 
     cfg = EvalConfig(src=args.src, models=args.model, out=args.out, limit=args.limit, tile_px=args.tile,
-                     levels=args.levels,
+                     levels=args.levels, model_qualities=args.model_qualities,
                      name=args.name or os.path.basename(os.path.normpath(args.src)), device=args.device)
     result = evaluate(cfg)
     print(result["markdown"])

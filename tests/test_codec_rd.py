@@ -170,3 +170,23 @@ def test_tables_out_of_range_are_refused(rd_model):
     m["entropy"]["qualities"][0]["tables"][0] = "nonsense"
     with pytest.raises(EntropyError, match="malformed entropy table of channel 0"):
         rd_counts(m, 1)
+
+
+def test_evaluate_sweeps_qualities_and_reports_bd_rate_colour_and_borders(rd_model, photos_dir, tmp_path):
+    from aekit.cli import main
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("coffee.png", "chelsea.png"):
+        (src / name).write_bytes((photos_dir / name).read_bytes())
+    assert main(["evaluate", str(src), "-m", str(rd_model), "-o", str(tmp_path / "ev")]) == 0
+    r = json.loads((tmp_path / "ev" / "results.json").read_text())
+    offered = json.loads((rd_model / "manifest.json").read_text())["entropy"]["qualities"]
+    assert [m["quality"] for m in r["models"]] == [q["quality"] for q in offered]
+    for m in r["models"]:
+        assert 0.5 < m["chroma_ratio"] < 1.5 and m["border_psnr"] > 10 and m["interior_psnr"] > 10
+    assert {"JPEG", "WEBP"} <= set(r["sweeps"])
+    bd = r["bd"][0]
+    assert bd["JPEG"]["bd_rate"] is not None or bd["JPEG"]["why"]
+    md = (tmp_path / "ev" / "results.md").read_text()
+    assert "BD-rate" in md and "vs JPEG" in md and (tmp_path / "ev" / "rd.png").stat().st_size > 1000
