@@ -28,7 +28,7 @@ import numpy as np
 
 from aekit.metrics import psnr
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 # name -> (what it is, extra `aekit train` arguments). Rows other than "dcgan" use the default
 # pixel-shuffle decoder, so "pixelshuffle" is the reference every technique changes one thing of.
@@ -253,7 +253,7 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
             rows.append(row)
             with open(rows_file, "a") as f:
                 f.write(json.dumps(row) + "\n")
-            log.info("%s r%d: PSNR %.2f dB, clf %.4f, probe %.4f, %s s", name, ratio, row["psnr_db"],
+            logger.info("%s r%d: PSNR %.2f dB, clf %.4f, probe %.4f, %s s", name, ratio, row["psnr_db"],
                      row["clf_acc_recon"], row["probe_acc"], row["train_time_s"])
     orig, _, labels = reconstruct_folder(_any_model(out), Path(cfg.data) / "test", cfg.test_images, seed=cfg.seed)
     clf_orig = classifier_accuracy(clf, orig, labels)
