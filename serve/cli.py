@@ -38,6 +38,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-concurrent", type=int, default=d.max_concurrent,
                    help="heavy requests computing at once (memory grows with this)")
     p.add_argument("--max-waiting", type=int, default=d.max_waiting, help="requests queued for a slot; more: 503")
+    p.add_argument("--tile-above", type=int, default=d.tile_above_pixels,
+                   help="images above this many pixels are coded in 512 x 512 tiles (bounded memory per request)")
     p.add_argument("--queue-size", type=int, default=d.queue_size, help="training queue (full: uploads dropped)")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="images per training step")
     p.add_argument("--lr", type=float, default=d.lr, help="learning rate of online updates")
@@ -57,7 +59,7 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
         device=args.device, threads=args.threads, alpha=args.alpha, calibration=args.calibration,
         calibration_limit=args.calibration_limit, cors_origins=args.cors_origin, keep_uploads=args.keep_uploads,
         learn=args.learn, learn_token=args.learn_token, max_concurrent=args.max_concurrent,
-        max_waiting=args.max_waiting, checkpoint=args.checkpoint, queue_size=args.queue_size, batch_size=args.batch_size,
+        max_waiting=args.max_waiting, tile_above_pixels=args.tile_above, checkpoint=args.checkpoint, queue_size=args.queue_size, batch_size=args.batch_size,
         lr=args.lr, swap_every_s=args.swap_every, swap_min_steps=args.swap_min_steps,
         keep_versions=args.keep_versions,
     )
