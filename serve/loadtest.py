@@ -1,4 +1,5 @@
-"""Load test of `aekit serve --learn` on loopback: N requests at concurrency C over /v1/reconstruct and /v1/screen.
+"""Load test of `aekit serve --learn` on loopback: N requests at concurrency C over /v1/reconstruct and /v1/screen,
+with every 4th request a /v1/learn of an image from --learn-images (held out from the calibration images).
 
     flock /tmp/aekit-heavy.lock python -m aekit.serve.loadtest --model models/fmnist-r4 --images data/fmnist/test
 Starts the server as a subprocess (learning on, calibrated on --images), sends real PNGs with
@@ -67,11 +68,13 @@ async def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 180) -> 
     raise RuntimeError(f"server not ready after {timeout} s")
 
 
-async def fire(url: str, images: list[tuple[str, bytes]], n: int, concurrency: int) -> dict:
-    """n requests, alternating reconstruct and screen, from `concurrency` workers; latencies per endpoint."""
+async def fire(url: str, images: list[tuple[str, bytes]], n: int, concurrency: int,
+               learn: list[tuple[str, bytes]] | None = None) -> dict:
+    """n requests, alternating reconstruct and screen (every 4th a learn, when learn images are given),
+    from `concurrency` workers; latencies per endpoint."""
     import httpx
 
-    lat: dict[str, list[float]] = {"reconstruct": [], "screen": []}
+    lat: dict[str, list[float]] = {"reconstruct": [], "screen": [], "learn": []}
     errors: dict[str, int] = {}
     counter = iter(range(n))
 
@@ -80,6 +83,8 @@ async def fire(url: str, images: list[tuple[str, bytes]], n: int, concurrency: i
             label, data = images[i % len(images)]
             kind = "reconstruct" if i % 2 == 0 else "screen"
             path = "/v1/reconstruct" if kind == "reconstruct" else f"/v1/screen?class={label}"
+            if learn and i % 4 == 3:  # only images marked normal are learned (never screened uploads)
+                kind, path, data = "learn", "/v1/learn", learn[(i // 4) % len(learn)][1]
             t = time.perf_counter()
             try:
                 r = await c.post(path, content=data, headers={"content-type": "image/png"})
@@ -95,7 +100,7 @@ async def fire(url: str, images: list[tuple[str, bytes]], n: int, concurrency: i
         t0 = time.perf_counter()
         await asyncio.gather(*(worker(c) for _ in range(concurrency)))
         wall = time.perf_counter() - t0
-    every = lat["reconstruct"] + lat["screen"]
+    every = lat["reconstruct"] + lat["screen"] + lat["learn"]
 
     def stats(xs: list[float]) -> dict:
         a = np.array(xs) * 1000
@@ -104,7 +109,7 @@ async def fire(url: str, images: list[tuple[str, bytes]], n: int, concurrency: i
 
     return {"requests": len(every), "wall_s": round(wall, 2), "throughput_rps": round(len(every) / wall, 1),
             "errors": sum(errors.values()), "errors_by_code": errors, "all": stats(every),
-            "reconstruct": stats(lat["reconstruct"]), "screen": stats(lat["screen"])}
+            **{k: stats(v) for k, v in lat.items() if v}}
 
 
 async def run(args: argparse.Namespace) -> dict:
@@ -112,13 +117,14 @@ async def run(args: argparse.Namespace) -> dict:
 
     url = f"http://127.0.0.1:{args.port}"
     images = load_images(args.images, args.distinct)
+    learn = load_images(args.learn_images, args.distinct) if args.learn_images else None
     with tempfile.TemporaryDirectory(prefix="aekit-loadtest-") as work:
         proc = start_server(args, work)
         try:
             await wait_ready(url, proc)
             async with httpx.AsyncClient(base_url=url) as c:
                 before = {"rss_mb": rss_mb(proc.pid), "status": (await c.get("/v1/status")).json()}
-            result = await fire(url, images, args.requests, args.concurrency)
+            result = await fire(url, images, args.requests, args.concurrency, learn)
             await asyncio.sleep(1)
             async with httpx.AsyncClient(base_url=url) as c:
                 after = {"rss_mb": rss_mb(proc.pid), "status": (await c.get("/v1/status")).json(),
@@ -144,9 +150,20 @@ def record(args: argparse.Namespace, result: dict) -> dict:
         | {"python": platform.python_version()},
         "settings": {"model": args.model, "images": args.images, "requests": args.requests,
                      "concurrency": args.concurrency, "learn": True, "swap_every_s": args.swap_every,
-                     "endpoints": ["/v1/reconstruct", "/v1/screen"]},
+                     "learn_images": args.learn_images,
+                     "endpoints": ["/v1/reconstruct", "/v1/screen"] + (["/v1/learn"] if args.learn_images else [])},
         "result": result,
     }
+
+
+def later_sections(md: str) -> str:
+    """Sections of the results file after the load test's own (e.g. the memory measurements), kept as they are."""
+    try:
+        text = Path(md).read_text()
+    except OSError:
+        return ""
+    i = text.find("\n# ", 1)
+    return "\n" + text[i:].lstrip("\n") if i >= 0 else ""
 
 
 def markdown(rec: dict) -> str:
@@ -171,7 +188,7 @@ def markdown(rec: dict) -> str:
         "| endpoint | requests | p50 ms | p99 ms | max ms |",
         "|---|---|---|---|---|",
         *(f"| {k} | {r[k]['requests']} | {r[k]['p50_ms']} | {r[k]['p99_ms']} | {r[k]['max_ms']} |"
-          for k in ("reconstruct", "screen", "all")),
+          for k in ("reconstruct", "screen", "learn", "all") if k in r),
         "",
         f"- **Throughput** {r['throughput_rps']} requests/s ({r['requests']} in {r['wall_s']} s).",
         f"- **Errors** {r['errors']} {r['errors_by_code'] or ''}; `/healthz` after the run: {r['healthz_after']}.",
@@ -191,6 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--requests", type=int, default=2000)
     p.add_argument("--concurrency", type=int, default=16)
     p.add_argument("--distinct", type=int, default=1000, help="distinct images sent")
+    p.add_argument("--learn-images", default="data/fmnist/train",
+                   help="images posted to /v1/learn (every 4th request; must not be calibration images; '' for none)")
     p.add_argument("--calibration-limit", type=int, default=100)
     p.add_argument("--swap-every", type=float, default=5.0, help="seconds between learned versions")
     p.add_argument("--port", type=int, default=8765)
@@ -199,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     rec = record(args, asyncio.run(run(args)))
     atomic_write_bytes(args.out, (json.dumps(rec, indent=1) + "\n").encode())
-    atomic_write_bytes(args.md, markdown(rec).encode())
+    atomic_write_bytes(args.md, (markdown(rec) + later_sections(args.md)).encode())
     print(markdown(rec))
     return 0 if rec["result"]["errors"] == 0 else 1
 
