@@ -19,7 +19,7 @@ import numpy as np
 from aekit.images import is_image_name
 from aekit.codec.core import Codec, Decoder
 from aekit.codec.jobs import (
-    Item, JobConfig, JobReport, _Pipeline, _progress, decoded_name, encode_image_file, plan, recipe, start_job,
+    Item, JobConfig, JobReport, Pipeline, decoded_name, encode_image_file, plan, progress, recipe, start_job,
 )
 
 log = logging.getLogger(__name__)
@@ -48,8 +48,8 @@ def reconstruct_tree(src: str | Path, dst: str | Path, model_dir: str | Path, co
             it.data = None
             p.write(it, lambda a=img, d=it.dst: encode_image_file(a, d), img.size)
 
-    with _progress(total, jcfg.progress, "img") as bar:
-        p = _Pipeline(report, jcfg, bar, ledger)
+    with progress(total, jcfg.progress, "img") as bar:
+        p = Pipeline(report, jcfg, bar, ledger)
         p.run(items, lambda it: codec.load(it.src), route, flush)
     report.seconds = time.monotonic() - t0
     return report

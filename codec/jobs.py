@@ -347,6 +347,11 @@ class _Pipeline:
             self.fail(item, e)
 
 
+# Public names of the folder-job machinery, for jobs built on it elsewhere (aekit.codec.denoise).
+Pipeline = _Pipeline
+progress = _progress
+
+
 def _pixels(item: Item) -> int:
     d = item.data
     arr = d[0] if isinstance(d, tuple) else None
