@@ -90,8 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
         "Diagnostics go to stderr (-q/-v set how many), results to stdout.",
     )
     parser.add_argument("--version", action="version", version=f"aekit {__version__}")
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more diagnostics (-v: debug)")
-    parser.add_argument("-q", "--quiet", action="count", default=0,
+    # own dests: a subcommand's option of the same name (bench --quiet) must not overwrite these
+    parser.add_argument("-v", "--verbose", action="count", default=0, dest="log_more",
+                        help="more diagnostics (-v: debug)")
+    parser.add_argument("-q", "--quiet", action="count", default=0, dest="log_less",
                         help="fewer diagnostics (-q: warnings and errors only, -qq: errors only)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     add_train_parser(sub)
@@ -127,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
 def _main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    setup_logging(args.verbose - args.quiet)
+    setup_logging(args.log_more - args.log_less)
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_ERROR

@@ -261,6 +261,9 @@ def record(train_dir: str, test_dir: str, cfg: ClassifierConfig, out: Path, thre
 
 
 def main(argv: list[str] | None = None) -> int:
+    from aekit.cli import setup_logging
+
+    setup_logging()  # run as python -m: progress lines on stderr, as under aekit
     import argparse
 
     d = ClassifierConfig()

@@ -8,6 +8,7 @@ Exit codes: 0 every setting ran (or ran out of memory, which is a result); 2 som
 from __future__ import annotations
 
 import argparse
+import logging
 
 
 def _csv(kind):
@@ -90,20 +91,22 @@ def cmd_bench(args: argparse.Namespace) -> int:
                       threads=args.threads, checkpoint=args.checkpoint, trt_cache=args.trt_cache,
                       compile_mode=args.compile_mode, cuda_graph=args.cuda_graph, nhwc=args.nhwc)
 
-    def log(msg: str) -> None:
+    logger = logging.getLogger(__name__)
+
+    def log(msg: str) -> None:  # progress lines; --quiet (or aekit -q) leaves only the table
         if not args.quiet:
-            print(msg, file=sys.stderr, flush=True)
+            logger.info(msg)
 
     report = run_bench(cfg, log)
     print(table(report))
     if args.json_out:
-        print(f"wrote {write_json(report, args.json_out)}", file=sys.stderr)
+        logger.info("wrote %s", write_json(report, args.json_out))
     png = args.plot or (str(Path(args.json_out).with_suffix(".png")) if args.json_out else None)
     if png:
         try:
             if out := plot(report, png):
-                print(f"wrote {out}", file=sys.stderr)
+                logger.info("wrote %s", out)
         except ImportError as e:
-            print(f"aekit bench: no plot ({e}; pip install matplotlib)", file=sys.stderr)
+            logger.warning("aekit bench: no plot (%s; pip install matplotlib)", e)
     ran = any(r.status == "ok" for r in report.results)
     return 2 if report.failed or not ran else 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import platform
 import re
@@ -59,6 +60,9 @@ def timed(cmd: list[str]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from aekit.cli import setup_logging
+
+    setup_logging()  # run as python -m: progress lines on stderr, as under aekit
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("src")
     ap.add_argument("-m", "--model", required=True)
@@ -77,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
                        "--no-progress", *args.extra])
             lat = sum(p.stat().st_size for p in (root / "lat").rglob("*.ael"))
             rows.append({"images": k, "latent_bytes": lat, "compress": c, "decompress": d})
-            print(json.dumps(rows[-1], indent=1), file=sys.stderr)
+            logging.getLogger(__name__).info("%s", json.dumps(rows[-1], indent=1))
     import onnxruntime
 
     result = {"format": "aekit-codec-throughput", "src": args.src, "model": args.model, "runs": rows,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -205,5 +206,5 @@ def cmd_probe(args: argparse.Namespace) -> int:
         atomic_write_bytes(args.json, (json.dumps(doc, indent=1) + "\n").encode())
     skipped = train.failed + test.failed
     if skipped:
-        print(f"{skipped} image file(s) skipped (named above)", file=sys.stderr)
+        logging.getLogger(__name__).warning("%d image file(s) skipped (named above)", skipped)
     return 2 if skipped else 0

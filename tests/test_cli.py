@@ -42,3 +42,8 @@ def test_quiet_hides_progress_lines(tmp_path, capsys, flags, shown):
 def test_verbose_names_the_logger(tmp_path, capsys):
     assert main(["-v", "data", "samples", str(tmp_path / "photos")]) == 0
     assert "aekit.datasets: " in capsys.readouterr().err
+
+
+def test_global_flags_survive_a_subcommand_option_of_the_same_name():
+    args = build_parser().parse_args(["-q", "-q", "bench", "models/x", "--quiet"])
+    assert args.log_less == 2 and args.quiet is True  # aekit's -q and bench's --quiet are separate
