@@ -44,6 +44,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     from aekit.codec.core import MODELS_ENV, CodecConfig
     from aekit.codec.jobs import JobConfig
     from aekit.export.engine_ray import add_engine_args
+    from aekit.export.manifest import model_arg
 
     c, j = CodecConfig(), JobConfig()
 
@@ -51,7 +52,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                        formatter_class=FMT, description="Compress an image file or folder tree into mirrored "
                        f".ael latent files (a/b.png -> OUT/a/b.png{SUFFIX}). {EXIT_DOC}")
     p.add_argument("src", help="image file or folder (searched recursively)")
-    p.add_argument("-m", "--model", required=True, help="exported model folder")
+    p.add_argument("-m", "--model", required=True, type=model_arg,
+                   help="exported model folder, or a shipped model's name (`aekit models`)")
     p.add_argument("-o", "--out", required=True, help=f"output folder (mirrors SRC) or a single {SUFFIX} file")
     p.add_argument("--levels", type=int, default=c.levels,
                    help="tanh-latent models: latent quantisation levels, 2..256 (0: the model's); "
@@ -68,8 +70,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                        f"is found by the id it stores, in -m if given, else in ${MODELS_ENV} and ./models. {EXIT_DOC}")
     p.add_argument("src", help=f"{SUFFIX} file or folder")
     p.add_argument("-o", "--out", required=True, help="output folder (mirrors SRC) or a single image file")
-    p.add_argument("-m", "--models", action="append",
-                   help=f"model folder or folder of model folders (repeatable; default: ${MODELS_ENV}, ./models)")
+    p.add_argument("-m", "--models", action="append", type=model_arg,
+                   help=f"model folder or folder of model folders (repeatable; default: ${MODELS_ENV}, ./models; "
+                        "the shipped models are always searched last)")
     p.add_argument("--format", dest="out_format", choices=("png", "same"), default=j.out_format,
                    help="png: lossless PNG; same: the original file's suffix (JPEG q95, lossless WebP)")
     common(p)
@@ -81,7 +84,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                        "latent levels) against JPEG and WebP swept over quality, interpolated at equal mean "
                        "bytes; writes results.json, results.md and rd.png.")
     p.add_argument("src", help="image folder")
-    p.add_argument("-m", "--model", action="append", required=True, help="model folder (repeatable)")
+    p.add_argument("-m", "--model", action="append", required=True, type=model_arg,
+                   help="model folder or shipped model's name (repeatable)")
     p.add_argument("-o", "--out", default="eval", help="output folder: results.json, results.md, rd.png")
     p.add_argument("--limit", type=int, default=0, help="first N images only (0: all)")
     p.add_argument("--tile", type=int, default=0,
@@ -112,6 +116,8 @@ def _finish(report) -> int:
     import sys
 
     print(report.summary(), file=sys.stderr)
+    for line in report.warnings():
+        print(f"warning: {line}", file=sys.stderr)
     return EXIT_ERROR if report.failed else EXIT_OK
 
 

@@ -151,7 +151,9 @@ class Codec:
     def pack(self, q: np.ndarray, height: int, width: int, mode: str) -> bytes:
         """Symbols (c_y, h, w) of one image -> .ael file bytes."""
         coder, payload = self.em.encode(q)
-        return pack(self.header(height, width, mode, coder), payload)
+        data = pack(self.header(height, width, mode, coder), payload)  # refuses what parse would refuse
+        parse(data, "<written file>")  # read the header back: writer and reader agree
+        return data
 
     def compress_batch(self, images: np.ndarray, modes: list[str]) -> list[bytes]:
         """uint8 (B, H, W, C) images of one size -> one .ael file content each."""

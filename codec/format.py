@@ -62,8 +62,19 @@ def _varint(n: int) -> bytes:
 
 
 def pack(h: LatentHeader, payload: bytes) -> bytes:
-    """Header + payload -> file bytes (CRC-32 over everything before it and the payload)."""
+    """Header + payload -> file bytes (CRC-32 over everything before it and the payload).
+
+    The writer checks the header with the reader's own rules first, so nothing is written
+    that `parse` would refuse (LatentFormatError naming "<header>" and the problem).
+    """
     c, lh, lw = h.latent_shape
+    r = _Reader(b"", "<header>")
+    if h.mode not in MODE_CODES or not (0 <= h.quality <= 255 and 0 <= h.factor <= 255 and 0 <= c <= 255):
+        raise r.fail(f"mode {h.mode!r}, quality {h.quality}, factor {h.factor} or channels {c} not storable")
+    _check_fields(r, h.height, h.width, MODE_CODES[h.mode], h.factor, c, lh, lw, h.levels, h.quantiser,
+                  h.coder, h.flags)
+    if (h.quantiser == QUANT_INTEGER) != (h.quality > 0):
+        raise r.fail(f"quality {h.quality} does not fit quantiser {h.quantiser}")
     head = b"".join([
         MAGIC, bytes([VERSION]), bytes.fromhex(h.model_id),
         _varint(h.height), _varint(h.width),

@@ -62,13 +62,26 @@ class JobReport:
 
     def summary(self) -> str:
         t = max(self.seconds, 1e-9)
-        ratio = (f", {self.pixel_bytes / self.bytes_out:.1f}x smaller than raw pixels"
-                 if self.verb == "compressed" and self.bytes_out else "")
+        ratio = ""
+        if self.verb == "compressed" and self.bytes_out:  # against the source files too, not raw pixels alone
+            vs_src = self.bytes_in / self.bytes_out
+            ratio = (f", {self.pixel_bytes / self.bytes_out:.1f}x smaller than raw pixels, "
+                     + (f"{vs_src:.2f}x smaller than the source files" if vs_src >= 1 else
+                        f"{1 / vs_src:.2f}x LARGER than the source files"))
         stale = f" (redid {self.stale} stale)" if self.stale else ""
         return (f"{self.verb} {self.ok} files{stale}, skipped {self.skipped} existing, {len(self.failed)} failed"
                 f"{f', ignored {self.ignored} other files' if self.ignored else ''}; "
                 f"{self.bytes_in / 1e6:.2f} MB in, {self.bytes_out / 1e6:.2f} MB out{ratio}; "
                 f"{self.seconds:.1f} s, {self.ok / t:.1f} images/s, {self.pixel_bytes / 1e6 / t:.2f} MB/s of pixels")
+
+
+    def warnings(self) -> list[str]:
+        """What a user must hear about the result beyond the counts (one line each)."""
+        if self.verb == "compressed" and self.ok and self.bytes_out > self.bytes_in:
+            return [f"the latent files ({self.bytes_out / 1e6:.2f} MB) are larger than the source files "
+                    f"({self.bytes_in / 1e6:.2f} MB): this model and quality save nothing over the sources' "
+                    "own coding; try a lower --quality or another model (see aekit evaluate)"]
+        return []
 
 
 @dataclass

@@ -25,6 +25,7 @@ CODER_NAMES = {CODER_RAW: "raw", CODER_ZSTD: "zstd", CODER_ANS: "ans-categorical
 
 # constriction's default categorical model works with 24-bit fixed-point probabilities.
 PRECISION = 24
+ZSTD_MAX_RATIO = 1 << 15  # a zstd frame never decodes to more than 32768 bytes per payload byte
 ZSTD_LEVEL = 10  # payloads are small (hundreds of bytes to megabytes); higher levels buy ~nothing
 
 
@@ -242,7 +243,7 @@ class EntropyModel:
 
     def _decode_ans(self, payload: bytes, n: int) -> np.ndarray:
         AnsCoder = _constriction().stream.stack.AnsCoder
-        if len(payload) % 4 or not payload:
+        if len(payload) % 4:  # (an empty payload is valid: near-certain symbols cost under a word)
             raise EntropyError(f"ANS payload of {len(payload)} bytes is not a whole number of 32-bit words")
         if len(payload) < self.min_bytes(n):  # a forged tiny file announcing a huge latent
             raise EntropyError(f"ANS payload of {len(payload)} bytes is too short to hold {n} symbols "
@@ -285,6 +286,9 @@ def _zstd_compress(raw: bytes) -> bytes:
 def _zstd_decompress(payload: bytes, n: int) -> bytes:
     import zstandard
 
+    if len(payload) * ZSTD_MAX_RATIO < n:  # no zstd frame expands more (4-byte RLE blocks of 128 KiB)
+        raise EntropyError(f"zstd payload of {len(payload)} bytes is too short to hold {n} symbols "
+                           f"(at least {-(-n // ZSTD_MAX_RATIO)} bytes)")
     try:
         # The frame must declare its size, and it must be n: a forged size never gets allocated.
         size = zstandard.get_frame_parameters(payload).content_size

@@ -12,11 +12,13 @@ import json
 from pathlib import Path
 from typing import Any
 
+from aekit import zoo
 from aekit.images import atomic_write_bytes
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = "aekit-model"
 MANIFEST_VERSION = 1
+MAX_MANIFEST_BYTES = 64 << 20  # larger manifest files are refused before they are read
 REQUIRED_KEYS = ("model_id", "channels", "ratio", "factor", "latent_channels", "latent", "files")
 
 
@@ -51,10 +53,14 @@ def load_manifest(model_dir: str | Path) -> dict[str, Any]:
     d = Path(model_dir)
     path = d if d.is_file() else d / MANIFEST_NAME
     if not path.is_file():
-        raise ModelError(f"{d}: not an aekit model folder (no {MANIFEST_NAME}); export one with `aekit export`")
+        raise ModelError(f"{d}: not an aekit model folder (no {MANIFEST_NAME}); export one with `aekit export`"
+                         f" or name a shipped model ({', '.join(zoo.names()) or 'none installed'}: `aekit models`)")
     try:
+        size = path.stat().st_size
+        if size > MAX_MANIFEST_BYTES:
+            raise ModelError(f"{path}: {size} bytes is not a plausible manifest (limit {MAX_MANIFEST_BYTES})")
         m = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, RecursionError) as e:
         raise ModelError(f"{path}: unreadable manifest ({e})") from None
     if not isinstance(m, dict) or m.get("format") != MANIFEST_FORMAT:
         raise ModelError(f"{path}: not an aekit model manifest")
@@ -63,11 +69,60 @@ def load_manifest(model_dir: str | Path) -> dict[str, Any]:
     missing = [k for k in REQUIRED_KEYS if k not in m]
     if missing:
         raise ModelError(f"{path}: manifest lacks {', '.join(missing)}")
+    _check_values(m, path)
     for key in ("encoder", "decoder"):
         if not (path.parent / m["files"][key]).is_file():
             raise ModelError(f"{path.parent}: {m['files'][key]} named by the manifest is missing")
+    computed = _verified_id(path.parent / m["files"]["encoder"], path.parent / m["files"]["decoder"], entropy_bytes(m))
+    if computed != m["model_id"]:
+        raise ModelError(f"{path}: model_id {m['model_id']} does not match its files (they hash to {computed}): "
+                         "the ONNX files or entropy tables were changed or swapped; re-export the model")
     m["_dir"] = str(path.parent.resolve())
     return m
+
+
+def _check_values(m: dict[str, Any], path: Path) -> None:
+    """Types and ranges of the fields every reader relies on; ModelError naming the field."""
+    def bad(what: str) -> ModelError:
+        return ModelError(f"{path}: {what}")
+
+    def integer(key: str, lo: int, hi: int, v: Any = None) -> int:
+        v = m.get(key) if v is None else v
+        if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+            raise bad(f"{key} = {v!r} is not an integer in {lo}..{hi}")
+        return v
+
+    if not isinstance(m["model_id"], str) or len(m["model_id"]) != 16 or any(c not in "0123456789abcdef" for c in m["model_id"]):
+        raise bad(f"model_id {m['model_id']!r} is not 16 hex digits")
+    if m.get("channels") not in (1, 3):
+        raise bad(f"channels = {m.get('channels')!r}, expected 1 or 3")
+    f, cy = integer("factor", 1, 64), integer("latent_channels", 1, 4096)
+    integer("ratio", 1, 64)
+    lat = m["latent"]
+    if not isinstance(lat, dict):
+        raise bad("latent is not an object")
+    levels = integer("latent.levels", 2, 256, lat.get("levels"))
+    files = m["files"]
+    if not isinstance(files, dict) or not all(isinstance(files.get(k), str) for k in ("encoder", "decoder")):
+        raise bad("files must name the encoder and decoder ONNX files")
+    for k, name in files.items():  # plain names inside the model folder: never a path elsewhere
+        if not isinstance(name, str) or not name or Path(name).name != name or name in (".", ".."):
+            raise bad(f"files.{k} = {name!r} is not a file name inside the model folder")
+    hist = m.get("latent_hist")
+    if hist and (not isinstance(hist, list) or len(hist) != cy or any(not isinstance(r, list) or len(r) != levels for r in hist)):
+        raise bad(f"latent_hist is not {cy} rows of {levels} counts")
+    if f * f * m["channels"] != m["ratio"] * cy:
+        raise bad(f"factor {f}, channels {m['channels']} and {cy} latent channels do not give ratio {m['ratio']}")
+
+
+_ID_CACHE: dict[tuple, str] = {}  # (files' path, size, mtime) + entropy bytes -> id: hash each model once
+
+
+def _verified_id(encoder: Path, decoder: Path, extra: bytes) -> str:
+    key = tuple((str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in (encoder, decoder)) + (hashlib.sha256(extra).digest(),)
+    if key not in _ID_CACHE:
+        _ID_CACHE[key] = model_id_of(encoder, decoder, extra)
+    return _ID_CACHE[key]
 
 
 def save_manifest(model_dir: str | Path, manifest: dict[str, Any]) -> Path:
@@ -76,9 +131,30 @@ def save_manifest(model_dir: str | Path, manifest: dict[str, Any]) -> Path:
     return atomic_write_bytes(Path(model_dir) / MANIFEST_NAME, (json.dumps(clean, indent=1) + "\n").encode())
 
 
+def resolve_model(name_or_path: str | Path) -> Path:
+    """A model argument -> its folder: an existing path as given, else a shipped (zoo) model's name.
+
+    Every CLI resolves -m/MODEL through this (`model_arg`), so `-m photos-r4` works wherever a
+    folder does; a path that exists wins over a zoo name. Unknown names come back unchanged, so
+    the caller's usual error (load_manifest's, which lists the shipped models) reports them.
+    """
+    p = Path(name_or_path)
+    return p if p.exists() else (zoo.path(str(name_or_path)) or p)
+
+
+def model_arg(value: str) -> str:
+    """argparse `type=` of every model argument: resolve_model, as a string."""
+    return str(resolve_model(value))
+
+
 def find_model(model_id: str, search: list[str | Path]) -> Path:
-    """The model folder with this id: each search path is a model folder or a folder of them."""
+    """The model folder with this id: each search path is a model folder or a folder of them.
+
+    The shipped models (aekit/zoo) are searched after `search`, so files written with a zoo model
+    decode anywhere without flags.
+    """
     seen = []
+    search = [*search, zoo.ZOO_DIR]
     for root in map(Path, search):
         candidates = [root] if (root / MANIFEST_NAME).is_file() else sorted(
             p.parent for p in root.glob(f"*/{MANIFEST_NAME}")
@@ -91,7 +167,7 @@ def find_model(model_id: str, search: list[str | Path]) -> Path:
             if mid == model_id:
                 return c
             seen.append(mid)
-    where = ", ".join(map(str, search)) or "(no search path)"
+    where = ", ".join(map(str, search[:-1])) + (", " if len(search) > 1 else "") + "the shipped models"
     have = ", ".join(seen) if seen else "none"
     raise ModelError(f"model {model_id} not found in {where} (have: {have})")
 

@@ -117,6 +117,9 @@ def verify(model: nn.Module, enc_path: Path, dec_path: Path, images: list[np.nda
             y_hat = model.quantise(y_t)
             x_t = model.decode(y_hat)
             x_o = dec.run(None, {"y_hat": y_hat.numpy().astype(_input_dtype(dec))})[0]
+            if not (np.isfinite(y_o).all() and np.isfinite(x_o).all()):
+                raise ExportError("the exported networks produce non-finite values on real images; "
+                                  "the model was not written")
             d_err = max(d_err, float(np.abs(x_o.astype(np.float32) - x_t.numpy()).max()))
     if e_err >= tol or d_err >= tol:
         raise ExportError(
@@ -138,6 +141,10 @@ def export_model(checkpoint: str | Path, out: str | Path, fp16: bool = False, fo
     model, ckpt = load_model(checkpoint)
     model = model.float().eval()
     cfg = model.cfg
+    bad = [n for n, t in (*model.named_parameters(), *model.named_buffers()) if t.is_floating_point() and not torch.isfinite(t).all()]
+    if bad:
+        raise ExportError(f"{checkpoint}: non-finite weights in {', '.join(bad[:3])}{' …' if len(bad) > 3 else ''} "
+                          "(a diverged run); the model was not written")
     if not cfg.rd and not ckpt.get("latent_hist"):
         raise ExportError(
             f"{checkpoint}: no latent symbol histogram (written when a run finishes); "

@@ -6,6 +6,7 @@ decoding need only the manifest, so these tests train nothing and run in seconds
 
 from __future__ import annotations
 
+import hashlib
 import json
 import zlib
 from pathlib import Path
@@ -20,7 +21,8 @@ from aekit.codec.format import MAGIC, LatentFormatError, LatentHeader, pack, par
 from aekit.export.entropy import CODER_ANS, EntropyModel
 from aekit.export.manifest import ModelError
 
-MODEL_ID = "0123456789abcdef"
+FAKE_ONNX = b"placeholder"  # the fake model's "networks": the parser never runs them
+MODEL_ID = hashlib.sha256(FAKE_ONNX + FAKE_ONNX).hexdigest()[:16]  # the id load_manifest recomputes
 CLEAN = (LatentFormatError, CodecError, ModelError)
 
 
@@ -34,8 +36,8 @@ def fake_model(root: Path, model_id: str = MODEL_ID, channels: int = 1, factor: 
          "factor": factor, "latent_channels": cy, "latent": {"levels": 256, "range": [-1, 1], "dtype": "uint8"},
          "files": {"encoder": "encoder.onnx", "decoder": "decoder.onnx"}, "latent_hist": hist}
     (d / "manifest.json").write_text(json.dumps(m))
-    (d / "encoder.onnx").write_bytes(b"placeholder")
-    (d / "decoder.onnx").write_bytes(b"placeholder")
+    (d / "encoder.onnx").write_bytes(FAKE_ONNX)
+    (d / "decoder.onnx").write_bytes(FAKE_ONNX)
     return d
 
 
