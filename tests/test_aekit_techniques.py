@@ -243,6 +243,7 @@ def test_denoise_cli_reconstructs_a_folder_and_resumes(tiny_model, gray_dir, tmp
     assert "skipped 12 existing" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # trains and exports two models through subprocesses
 def test_experiment_table_end_to_end(fmnist_dir, tmp_path):
     """Two techniques at one ratio, tiny budget: trained, exported, measured, tabled; rerun resumes."""
     from aekit.bench.experiment import ExperimentConfig, run_experiment, time_to_reach, train_args

@@ -10,7 +10,7 @@ import pytest
 
 from conftest import needs_fmnist
 
-pytestmark = [pytest.mark.fmnist, needs_fmnist]  # under AEKIT_REQUIRE_DATA=1 a missing dataset fails
+pytestmark = [pytest.mark.fmnist, pytest.mark.slow, needs_fmnist]  # AEKIT_REQUIRE_DATA=1: missing data fails
 TROUSER = 1  # label index in the original dataset
 
 

@@ -15,6 +15,7 @@ import pytest
 from aekit.cli import main
 
 ray = pytest.importorskip("ray", reason="Ray not installed: pip install -e '.[ray]' (extra aekit[ray])")
+pytestmark = pytest.mark.slow  # a local Ray cluster: seconds to start, actors per test
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,8 @@ from aekit.config import ModelConfig
 from aekit.data import DataConfig
 from aekit.train import TrainConfig, train
 
+pytestmark = pytest.mark.slow  # spawns training processes (gloo)
+
 
 @pytest.fixture(scope="module")
 def runs(gray_dir, tmp_path_factory):
