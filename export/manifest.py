@@ -177,6 +177,17 @@ def _num(x: Any) -> str:
     return "inf" if x is None else f"{x:.4g}"
 
 
+def _describe_latent(m: dict[str, Any]) -> str:
+    lat = m["latent"]
+    if lat.get("quantiser") != "integer":
+        return (f"latent       tanh in [{lat['range'][0]}, {lat['range'][1]}], {lat['levels']} levels "
+                f"-> {lat['dtype']} symbols; histogram: {'yes' if m.get('latent_hist') else 'no'}")
+    ent = m.get("entropy") or {}
+    qs = ", ".join(f"{q['quality']} (step {q['step']:g})" for q in ent.get("qualities", []))
+    return (f"latent       integer, {lat['quantise']}; factorized prior tables per quality\n"
+            f"qualities    {qs}; default {ent.get('default_quality')} (--quality; higher = better, larger)")
+
+
 def describe(m: dict[str, Any]) -> str:
     """A readable multi-line summary of a manifest (`aekit info`)."""
     lat, tr = m["latent"], m.get("training", {})
@@ -186,8 +197,7 @@ def describe(m: dict[str, Any]) -> str:
         f"ratio        1/{m['ratio']}: {m['latent_channels']} latent channels at H/{m['factor']} x W/{m['factor']}",
         f"padding      {m.get('padding', {}).get('mode', '?')} to multiples of {m['factor']} (bottom/right), cropped back",
         f"input        uint8 pixels -> x/127.5 - 1 (NCHW float32)",
-        f"latent       tanh in [{lat['range'][0]}, {lat['range'][1]}], {lat['levels']} levels "
-        f"-> {lat['dtype']} symbols; histogram: {'yes' if m.get('latent_hist') else 'no'}",
+        _describe_latent(m),
         f"onnx         opset {m.get('opset')}, {m.get('exporter')}; files: "
         + ", ".join(f"{k}={v}" for k, v in m["files"].items()),
     ]
