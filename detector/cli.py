@@ -19,6 +19,7 @@ H = argparse.ArgumentDefaultsHelpFormatter
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from aekit.export.manifest import model_arg
     c = sub.add_parser("calibrate", formatter_class=H, help="calibrate per-class anomaly thresholds on normal images",
                        description="Score held-out normal images and store conformal per-class thresholds in the "
                                    "model manifest. Classes are subfolders of NORMAL_DIR, or --class for all images.")
@@ -40,7 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("screen", formatter_class=H, help="flag anomalous images against calibrated thresholds",
                        description="Score every image under SRC; writes OUT.jsonl, OUT.csv, OUT.summary.json. "
                                    "Exit 0: nothing flagged, 1: anomalies flagged, 2: errors.")
-    s.add_argument("model", help="calibrated model folder or detector directory")
+    s.add_argument("model", type=model_arg, help="calibrated model folder, detector directory or shipped model's name")
     s.add_argument("src", help="image file or folder (class subfolders, or flat)")
     s.add_argument("--class", dest="cls", metavar="NAME",
                    help="class of every image in SRC; None: class subfolders, or the only calibrated class")
@@ -59,7 +60,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Calibrate each score on CAL (in memory; the model is not changed), then score "
                                    "every image of TEST_DIR clean and with one seeded synthetic defect (square, spot, "
                                    "scratch, noise, cutpaste; 2-8 px at 28 px). Writes OUT.json and OUT.md.")
-    b.add_argument("model", help="model folder")
+    b.add_argument("model", type=model_arg, help="model folder or shipped model's name")
     b.add_argument("test_dir", help="held-out normal images (one size), never trained or calibrated on")
     b.add_argument("--cal", required=True, help="normal images to calibrate on (not the test ones)")
     b.add_argument("--score", nargs="+", type=_score_spec, default=["mse", "mse-max", "ssim-max", "feat", "ssim-max+feat"],
@@ -90,7 +91,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--ratio", type=int, choices=(4, 9), default=4)
     t.add_argument("--width", type=int, default=32)
     t.add_argument("--blocks", type=int, default=1)
-    t.add_argument("--epochs", type=int, default=24)
+    t.add_argument("--epochs", type=int, default=40)
     t.add_argument("--batch-size", type=int, default=64)
     t.add_argument("--lr", type=float, default=2e-3)
     t.add_argument("--loss", default="mse")
@@ -112,7 +113,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         description="LABELLED_DIR holds class subfolders (each calibrated class is normal, the other "
                                     "subfolders its anomalies: one-vs-rest), or with --class NAME a 'good' (or 'normal') "
                                     "subfolder and anomaly subfolders. Writes OUT.json, OUT.md and OUT_roc.png.")
-    e.add_argument("model", help="calibrated model folder or detector directory")
+    e.add_argument("model", type=model_arg, help="calibrated model folder, detector directory or shipped model's name")
     e.add_argument("labelled_dir")
     e.add_argument("--class", dest="cls", metavar="NAME", help="evaluate one class: LABELLED_DIR/{good|normal} vs the other subfolders")
     e.add_argument("--alpha", type=float, help="false-positive rate; None: the calibrated one")
