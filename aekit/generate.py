@@ -28,6 +28,9 @@ def resolve_checkpoint(model: str | Path) -> Path:
 
 def training_size(ckpt: dict) -> int:
     """The side length the model was trained at (what sampling should generate)."""
+    sides = [h.get("size") for h in ckpt.get("history", []) if h.get("size")]
+    if sides:  # the side its epochs really trained on (size 0 = "the images' own size" is resolved there)
+        return int(sides[-1])
     return int(ckpt.get("train_config", {}).get("data_cfg", {}).get("size", 64) or 64)
 
 
