@@ -228,11 +228,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     from aekit.data import DataConfig
     from aekit.train import TrainConfig, train
 
-    channels, size = folder_defaults(args.data, args.channels, args.size if args.resize != "none" else -1)
+    channels, size = folder_defaults(args.data, args.channels, args.size)
     mcfg = ModelConfig(arch=args.arch, channels=channels, ratio=args.ratio, width=args.width,
                        blocks=args.blocks, upsample=args.upsample, latent_levels=args.latent_levels,
                        quant=args.quant, backbone=args.backbone)
-    dcfg = DataConfig(size=max(size, 0), resize=args.resize, val_fraction=args.val_fraction,
+    dcfg = DataConfig(size=size, resize=args.resize, val_fraction=args.val_fraction,
                       max_images=args.max_images, repeat=args.repeat)
     tcfg = TrainConfig(data=args.data, out=args.out, val_data=args.val_data, epochs=args.epochs,
                        time_budget=args.time_budget, batch_size=args.batch_size, lr=args.lr,

@@ -45,7 +45,9 @@ def src_tree(gray_dir, photos_dir, tmp_path_factory) -> Path:
 
 
 def tree(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+    """The outputs under root (the local engine's resume ledger, .aekit-outputs.jsonl, is not an output)."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file() and p.name != ".aekit-outputs.jsonl"}
 
 
 def failures(err: str) -> list[str]:
