@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from aekit.cli import main
@@ -193,3 +195,23 @@ def test_export_force_keeps_or_reports_the_calibration(train_tiny, tmp_path, cap
     assert "calibration" not in json.loads((out / "manifest.json").read_text())
     assert "the previous calibration (shirt) was dropped: it was made for model" in err
     assert "aekit calibrate" in err
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(garbage=st.binary(max_size=300))
+def test_fuzz_a_damaged_ledger_only_makes_outputs_stale(tmp_path, garbage):
+    """Whatever bytes the ledger holds (torn, foreign, binary), reading it never fails and trusts nothing false."""
+    from aekit.codec.jobs import Item, Ledger
+
+    src, dst = tmp_path / "a.png", tmp_path / "out" / "a.png.ael"
+    src.write_bytes(b"source")
+    dst.parent.mkdir(exist_ok=True)
+    dst.write_bytes(b"output")
+    (dst.parent / LEDGER).write_bytes(garbage)
+    ledger = Ledger(dst.parent, {"job": "compress", "model": "m"})
+    item = Item(src, dst)
+    assert ledger.fresh(item) is False  # no valid record for it in random bytes
+    ledger.add(item)
+    ledger.compact()
+    assert Ledger(dst.parent, {"job": "compress", "model": "m"}).fresh(Item(src, dst))
+    assert not Ledger(dst.parent, {"job": "compress", "model": "other"}).fresh(Item(src, dst))
