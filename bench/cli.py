@@ -38,6 +38,7 @@ def _size(text: str) -> tuple[int, int]:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from aekit.export.manifest import model_arg
     from aekit.bench import probe
 
     probe.register(sub)  # `aekit probe`: an evaluation of a model's latents
@@ -46,7 +47,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Time each stage (encode, quantise+entropy code, entropy decode, decode, "
                                    "in-memory compress/decompress, optional file-to-file folder run) for every "
                                    "backend x precision x size x batch, and JPEG on the same images.")
-    p.add_argument("model", help="exported model folder (manifest.json)")
+    p.add_argument("model", type=model_arg, help="exported model folder (manifest.json) or shipped model's name")
     p.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"),
                    help="auto: cuda when a GPU is visible, else cpu")
     p.add_argument("--backend", default="ort", type=_csv(str),

@@ -124,6 +124,7 @@ def probe_table(results: list[ProbeResult]) -> str:
 # ---- `aekit probe` ------------------------------------------------------------------------------
 def register(sub: argparse._SubParsersAction) -> None:
     """`aekit probe` (registered by aekit.bench.cli)."""
+    from aekit.export.manifest import model_arg
     from aekit.cli import DefaultsHelpFormatter as FMT
     from aekit.export.features_cli import add_extract_args as common
 
@@ -131,7 +132,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        formatter_class=FMT, description="Fit a logistic-regression probe (scikit-learn, "
                        "standardised features) on class-balanced subsets of N labels per class of --train and "
                        "report accuracy on all of --test, on the latents and on raw pixels of the same images.")
-    p.add_argument("model", help="exported model folder")
+    p.add_argument("model", type=model_arg, help="exported model folder or shipped model's name")
     p.add_argument("--train", required=True, help="labelled image folder, or a .npz from `aekit features`")
     p.add_argument("--test", required=True, help="labelled image folder, or a .npz from `aekit features`")
     p.add_argument("--labels", default="10,100,1000", help="labels per class, comma-separated")

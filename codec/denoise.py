@@ -56,6 +56,7 @@ def reconstruct_tree(src: str | Path, dst: str | Path, model_dir: str | Path, co
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from aekit.export.manifest import model_arg
     from aekit.codec.cli import common
 
     j = JobConfig()
@@ -65,7 +66,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                        "write the reconstructions to a mirrored tree. Exit codes: 0 all done (or skipped as "
                        "existing); 2 usage error or any file failed; 130 interrupted.")
     p.add_argument("src", help="image file or folder (searched recursively)")
-    p.add_argument("-m", "--model", required=True, help="exported model folder (ideally trained with --noise)")
+    p.add_argument("-m", "--model", required=True, type=model_arg,
+                   help="exported model folder or shipped model's name (ideally trained with --noise)")
     p.add_argument("-o", "--out", required=True, help="output folder (mirrors SRC) or a single image file")
     p.add_argument("--format", dest="out_format", choices=("png", "same"), default=j.out_format,
                    help="png: lossless PNG; same: the original file's suffix")

@@ -57,13 +57,15 @@ def _files(src: Path) -> list[Path]:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from aekit.export.manifest import model_arg
     p = sub.add_parser("dump", help="print the header, model, sizes and coder of .ael latent files",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                        description="Header fields, model id (and folder with -m), sizes, entropy coder and bits "
                                    "per pixel of a .ael file, or of every .ael file under a folder. Exit 2 when a "
                                    "file is not a valid latent file (one line each).")
     p.add_argument("src", help=f"{ael.SUFFIX} file or folder")
-    p.add_argument("-m", "--models", action="append", help="model folder or folder of models, to name the model")
+    p.add_argument("-m", "--models", action="append", type=model_arg,
+                   help="model folder or folder of models, to name the model (the shipped models are searched too)")
     p.add_argument("--json", action="store_true", help="one JSON object per line instead of field: value lines")
     p.set_defaults(func=cmd_dump)
 

@@ -17,6 +17,10 @@ CALIBRATION_ARRAYS = "calibration.npz"  # the detector's feature banks beside ma
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from aekit.export.manifest import model_arg
+    from aekit.export.zoo import register as register_zoo  # aekit models: the shipped models
+
+    register_zoo(sub)
     p = sub.add_parser("export", help="export a checkpoint to ONNX (encoder, decoder, manifest)",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("checkpoint", help="checkpoint file, e.g. runs/NAME/best.pt")
@@ -26,7 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "is kept if the model is the same, else dropped with a warning)")
     p.set_defaults(func=cmd_export)
     i = sub.add_parser("info", help="describe an exported model (or a checkpoint)")
-    i.add_argument("model", help="model folder, manifest.json, or a .pt checkpoint")
+    i.add_argument("model", type=model_arg, help="model folder, manifest.json, a .pt checkpoint, or a shipped model's name")
     i.add_argument("--json", action="store_true", help="print the raw manifest")
     i.set_defaults(func=cmd_info)
     from aekit.export.features_cli import register as register_features  # aekit features (aekit probe: aekit.bench.probe)

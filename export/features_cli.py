@@ -27,11 +27,12 @@ def add_extract_args(p: argparse.ArgumentParser) -> None:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from aekit.export.manifest import model_arg
     p = sub.add_parser("features", help="latent vectors (+ labels) of an image folder, as .npz for other models",
                        formatter_class=FMT, description="Encode every image of DATA (flat, or one subfolder per "
                        "class = label) with MODEL and save the dequantised latents y_hat as rows of x in an .npz "
                        "(x, labels, classes, paths, model_id). Exit 2 when some files were skipped.")
-    p.add_argument("model", help="exported model folder")
+    p.add_argument("model", type=model_arg, help="exported model folder or shipped model's name")
     p.add_argument("data", help="image folder")
     p.add_argument("-o", "--out", required=True, help="output .npz file")
     add_extract_args(p)

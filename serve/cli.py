@@ -14,11 +14,13 @@ from aekit.serve.config import MB, ServeConfig
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from aekit.export.manifest import model_arg
     d = ServeConfig()
     p = sub.add_parser("serve", help="serve an upload page and HTTP API (compress, reconstruct, screen, learn)",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                        description="Serve MODEL over HTTP: page at /, API under /v1, OpenAPI at /openapi.json.")
-    p.add_argument("model", help="exported model folder (manifest.json + encoder/decoder ONNX)")
+    p.add_argument("model", type=model_arg,
+                   help="exported model folder (manifest.json + encoder/decoder ONNX) or shipped model's name")
     p.add_argument("--host", default=d.host, help="address to listen on (loopback by default)")
     p.add_argument("--port", type=int, default=d.port)
     p.add_argument("--learn", action="store_true",

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Rebuild the reference models shipped in aekit/zoo/ (the model zoo) from data that installs here.
+#   bash bench/train_zoo.sh                    # every model: train (resuming), export, evaluate, card
+#   bash bench/train_zoo.sh fmnist-r4          # one of them: photos-r4 photos-r9 fmnist-r4 fmnist-r9 fmnist-detect
+#   CARDS=0 bash bench/train_zoo.sh ...        # train and export only (models/zoo/NAME), no install or card
+# An interrupted run continues from runs/zoo/NAME/last.pt (--resume); a finished one is not retrained.
+# One torch thread per training (THREADS), niced: the recorded models were trained on a shared 2-core CPU.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export OMP_NUM_THREADS=${THREADS:-1} OMP_WAIT_POLICY=PASSIVE
+T="--threads ${THREADS:-1} --seed 0"
+mkdir -p runs/zoo models/zoo
+
+train() {  # NAME, then the aekit train arguments; resumes an interrupted run, skips a finished one
+  local name=$1; shift
+  local out=runs/zoo/$name
+  [[ -f $out/done ]] && { echo "== $name: trained (rm $out/done to retrain)"; return; }
+  local resume=""; [[ -f $out/last.pt ]] && resume="--resume"
+  echo "== $name: aekit train $* $T --out $out $resume"
+  nice -n 19 aekit train "$@" $T --out "$out" $resume
+  touch "$out/done"
+}
+
+export_model() {  # NAME: runs/zoo/NAME/best.pt -> models/zoo/NAME (fp32 ONNX + manifest) -> aekit/zoo/NAME + card
+  nice -n 19 aekit export "runs/zoo/$1/best.pt" --out "models/zoo/$1" --force
+  [[ ${CARDS:-1} == 1 ]] && nice -n 19 python -m aekit.bench.zoo build "$1"  # held-out evaluate, card.json
+  return 0
+}
+
+want=${*:-photos-r4 photos-r9 fmnist-r4 fmnist-r9 fmnist-detect}
+need() { [[ " $want " == *" $1 "* ]]; }
+
+# Fashion-MNIST (Debian's dataset-fashion-mnist): a seeded 10,000-image subset of the train split,
+# 8 epochs (about 5 min of one core each), validated on a 10 % split of it; the test split stays held out for the cards.
+FM="data/fmnist/train --resize none --channels 1 --width 32 --batch-size 64 --max-images 10000 --epochs 8"
+if need fmnist-r4 || need fmnist-r9 || need fmnist-detect; then
+  [[ -d data/fmnist/test ]] || aekit data fashion-mnist data/fmnist
+fi
+need fmnist-r4 && { train fmnist-r4 $FM --ratio 4; export_model fmnist-r4; }
+need fmnist-r9 && { train fmnist-r9 $FM --ratio 9; export_model fmnist-r9; }
+# The detector: one shared ratio-1/4 model trained not to copy local defects (README: Detector).
+need fmnist-detect && { train fmnist-detect $FM --ratio 4 --noise defects:0.9; export_model fmnist-detect; }
+
+# Photos (aekit data photos: the bundled photos + Debian's mate backgrounds, fixed held-out split):
+# the rate-distortion gdn models, the lead's recipe (codec issue).
+PH="data/photos/train --arch gdn --width 128 --size 192 --resize random-crop --repeat 16 --batch-size 8 --epochs 30 --time-budget 60 --lr 5e-4 --clip-grad 1.0 --rate-weight 0.01"
+if need photos-r4 || need photos-r9; then
+  [[ -d data/photos/test ]] || aekit data photos data/photos
+fi
+need photos-r4 && { train photos-r4 $PH --ratio 4; export_model photos-r4; }
+need photos-r9 && { train photos-r9 $PH --ratio 9; export_model photos-r9; }
+echo "== installed in aekit/zoo/ with their cards; README table: python -m aekit.bench.zoo readme"
