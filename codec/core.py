@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from aekit.images import DEFAULT_MAX_PIXELS, ImageError, load_image
+from aekit.images import DEFAULT_MAX_PIXELS, ImageError, ImageLimitError, load_for_channels
 from aekit.codec.format import FLAG_TILED, QUANT_INTEGER, QUANT_TANH_UNIFORM, LatentFormatError, LatentHeader, pack, parse
 from aekit.export.entropy import EntropyError, EntropyModel
 from aekit.export.manifest import ModelError, find_model, load_manifest
@@ -27,6 +27,10 @@ MODELS_ENV = "AEKIT_MODELS"  # os.pathsep-separated model folders or folders of 
 
 class CodecError(Exception):
     """An image or latent file the codec cannot process; the message names the file."""
+
+
+class CodecLimitError(CodecError, ImageLimitError):
+    """A latent file declaring an image over the pixel limit: too big, not broken."""
 
 
 @dataclass
@@ -49,27 +53,10 @@ def default_model_paths() -> list[Path]:
 
 
 def load_for_model(path: str | Path, channels: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, str]:
-    """Image file -> (uint8 (H, W, channels), original mode "L" | "RGB").
-
-    A grayscale image through an RGB model is replicated to 3 channels (mode "L" is
-    restored on decode, nothing is lost); an RGB image through a gray model is refused,
-    since it would silently drop colour.
-    """
-    if channels == 1:
-        try:
-            return load_image(path, 1, strict=True, max_pixels=max_pixels)[0], "L"
-        except ImageError as e:
-            if "RGB image but" in str(e):
-                raise ImageError(f"{e}; refusing to drop colour (use an RGB model)") from None
-            raise
-    try:
-        return load_image(path, 3, strict=True, max_pixels=max_pixels)[0], "RGB"
-    except ImageError as first:
-        try:
-            gray = load_image(path, 1, strict=True, max_pixels=max_pixels)[0]
-        except ImageError:
-            raise first from None
-        return np.repeat(gray, 3, axis=2), "L"
+    """Image file -> (uint8 (H, W, channels), original mode "L" | "RGB"): aekit's one channel rule,
+    `aekit.images.load_for_channels` (gray through RGB models replicated and restored on decode;
+    colour through a gray model refused)."""
+    return load_for_channels(path, channels, max_pixels)
 
 
 def restore_mode(image: np.ndarray, mode: str) -> np.ndarray:
@@ -207,7 +194,7 @@ class Decoder:
         """File bytes -> (header, uint8 symbols (c_y, h, w)); no ONNX involved."""
         h, payload = parse(data, name)
         if h.height * h.width > self.cfg.max_pixels:
-            raise CodecError(f"{name}: {h.width}x{h.height} image exceeds the limit of {self.cfg.max_pixels} pixels")
+            raise CodecLimitError(f"{name}: {h.width}x{h.height} image exceeds the limit of {self.cfg.max_pixels} pixels")
         m = self.model(h.model_id)
         expect = (m["latent_channels"], m["factor"])
         if (h.latent_shape[0], h.factor) != expect:
