@@ -87,7 +87,7 @@ def rows() -> list[dict[str, Any]]:
         default = card.get("heldout", {}).get("default") or {}
         out.append({"name": name, "task": card.get("task", "?"), "arch": m.get("arch", "?"), "ratio": m["ratio"],
                     "channels": m["channels"], "size_mb": round(size_mb(d), 2),
-                    "data": card.get("training", {}).get("data", "?"), "heldout_set": card.get("heldout", {}).get("set", "?"),
+                    "data": card.get("trained_on") or card.get("training", {}).get("data", "?"), "heldout_set": card.get("heldout", {}).get("set", "?"),
                     "psnr": default.get("psnr"), "bpp": default.get("bpp"), "model_id": m["model_id"],
                     "detector": card.get("detector")})
     return out

@@ -47,3 +47,12 @@ def test_wheel_holds_every_subpackage(wheel):
     entry = next(n for n in wheel.namelist() if n.endswith(".dist-info/entry_points.txt"))
     targets = [line.split("=", 1)[1].strip() for line in wheel.read(entry).decode().splitlines() if "=" in line]
     assert targets and all(t.startswith("aekit.") for t in targets), targets
+
+
+def test_wheel_ships_the_model_zoo(wheel):
+    from aekit import zoo
+
+    names = set(wheel.namelist())
+    for name in zoo.names():  # every shipped model, with its card (aekit models)
+        for f in ("encoder.onnx", "decoder.onnx", "manifest.json", "card.json"):
+            assert f"aekit/zoo/{name}/{f}" in names, f"aekit/zoo/{name}/{f} missing from the wheel"

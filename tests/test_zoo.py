@@ -1,0 +1,160 @@
+"""The shipped models (aekit/zoo): they load, round trip at their card's floor, agree with their
+cards, resolve by name in every command, and fit the size budget."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from aekit import zoo
+from aekit.cli import build_parser, main
+from aekit.export.manifest import ModelError, load_manifest, model_arg, resolve_model
+from aekit.export import zoo as ezoo
+
+NAMES = zoo.names()
+EXPECTED = ("photos-r4", "photos-r9", "fmnist-r4", "fmnist-r9", "fmnist-detect")
+ZOO_BUDGET_MB = 50
+
+
+def test_zoo_ships_the_reference_models():
+    missing = [n for n in EXPECTED if n not in NAMES]
+    assert not missing, f"not shipped: {missing} (bench/train_zoo.sh builds them)"
+
+
+def test_zoo_fits_its_budget():
+    total = sum(ezoo.size_mb(zoo.path(n)) for n in NAMES)
+    assert total < ZOO_BUDGET_MB, f"zoo is {total:.1f} MB"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_card_agrees_with_model(name):
+    assert ezoo.check(name) == []
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_shipped_model_round_trips_at_its_floor(name):
+    pytest.importorskip("skimage")
+    from aekit.bench.zoo import roundtrip_psnr
+
+    card = ezoo.load_card(name)
+    got = roundtrip_psnr(zoo.path(name), card["roundtrip"]["image"])
+    assert got >= card["roundtrip"]["floor_db"], f"{name}: {got:.2f} dB < floor {card['roundtrip']['floor_db']}"
+
+
+@pytest.fixture
+def tmp_zoo(tmp_path, monkeypatch):
+    """A copy of one shipped model in a zoo of its own (for tampering)."""
+    name = NAMES[0] if NAMES else pytest.skip("no shipped model")
+    shutil.copytree(zoo.path(name), tmp_path / name)
+    monkeypatch.setattr(zoo, "ZOO_DIR", tmp_path)
+    return tmp_path / name
+
+
+def test_tampered_onnx_is_refused(tmp_zoo):
+    enc = tmp_zoo / "encoder.onnx"
+    data = bytearray(enc.read_bytes())
+    data[-1] ^= 1
+    enc.write_bytes(bytes(data))
+    with pytest.raises(ModelError, match="does not match|hash"):
+        load_manifest(tmp_zoo)
+
+
+def test_card_that_disagrees_fails_the_check(tmp_zoo):
+    card = json.loads((tmp_zoo / "card.json").read_text())
+    card["model_id"] = "0" * 16
+    del card["heldout"]["default"]
+    (tmp_zoo / "card.json").write_text(json.dumps(card))
+    bad = ezoo.check(tmp_zoo.name)
+    assert any("card says model" in b for b in bad) and any("lacks default" in b for b in bad)
+
+
+def test_resolve_model_prefers_existing_paths(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert resolve_model("no-such-model") == Path("no-such-model")  # unknown: the caller's error names it
+    if NAMES:
+        assert resolve_model(NAMES[0]) == zoo.path(NAMES[0])
+        (tmp_path / NAMES[0]).mkdir()
+        assert resolve_model(NAMES[0]) == Path(NAMES[0])  # a folder of that name here wins
+
+
+def test_unknown_model_error_lists_the_zoo():
+    with pytest.raises(ModelError, match="shipped model"):
+        load_manifest(model_arg("photos-r5"))
+
+
+CLI_MODEL_ARGS = [  # (argv with NAME for the model, attribute of the parsed args)
+    (["compress", "in", "-m", "NAME", "-o", "out"], "model"),
+    (["decompress", "in", "-o", "out", "-m", "NAME"], "models"),
+    (["evaluate", "in", "-m", "NAME"], "model"),
+    (["denoise", "in", "-m", "NAME", "-o", "out"], "model"),
+    (["dump", "x.ael", "-m", "NAME"], "models"),
+    (["info", "NAME"], "model"),
+    (["screen", "NAME", "in"], "model"),
+    (["bench-detect", "NAME", "in", "--cal", "cal"], "model"),
+    (["detector", "evaluate", "NAME", "in"], "model"),
+    (["bench", "NAME"], "model"),
+    (["serve", "NAME"], "model"),
+    (["features", "NAME", "in", "-o", "f.npz"], "model"),
+    (["probe", "NAME", "--train", "a", "--test", "b"], "model"),
+]
+
+
+@pytest.mark.parametrize("argv,attr", CLI_MODEL_ARGS, ids=lambda x: x[0] if isinstance(x, list) else None)
+def test_every_cli_resolves_model_names(argv, attr):
+    name = NAMES[0] if NAMES else pytest.skip("no shipped model")
+    try:
+        args = build_parser().parse_args([name if a == "NAME" else a for a in argv])
+    except SystemExit:
+        pytest.fail(f"aekit {' '.join(argv)} does not parse")
+    value = getattr(args, attr)
+    assert (value[0] if isinstance(value, list) else value) == str(zoo.path(name))
+
+
+def _gray_images(folder: Path, n: int = 3) -> Path:
+    rng = np.random.default_rng(0)
+    from aekit.images import save_image
+
+    for i in range(n):  # smooth blobs, like a garment on black
+        yy, xx = np.mgrid[:28, :28]
+        im = 200 * np.exp(-((yy - 14) ** 2 + (xx - 10 - 3 * i) ** 2) / 60) + rng.normal(0, 3, (28, 28))
+        save_image(np.clip(im, 0, 255).astype(np.uint8)[:, :, None], folder / f"g{i}.png")
+    return folder
+
+
+@pytest.mark.skipif("fmnist-r4" not in NAMES, reason="fmnist-r4 not shipped")
+def test_compress_by_name_and_decompress_without_flags(tmp_path, monkeypatch):
+    src = _gray_images(tmp_path / "src")
+    monkeypatch.chdir(tmp_path)  # no ./models here, no $AEKIT_MODELS: the file's id is found in the zoo
+    monkeypatch.delenv("AEKIT_MODELS", raising=False)
+    assert main(["compress", "src", "-m", "fmnist-r4", "-o", "lat"]) == 0
+    assert main(["decompress", "lat", "-o", "out"]) == 0
+    assert sorted(p.name for p in (tmp_path / "out").iterdir() if not p.name.startswith(".")) == ["g0.png", "g1.png", "g2.png"]
+
+
+@pytest.mark.skipif("fmnist-detect" not in NAMES, reason="fmnist-detect not shipped")
+def test_screen_by_name(tmp_path):
+    src = _gray_images(tmp_path / "src" / "trouser")
+    code = main(["screen", "fmnist-detect", str(tmp_path / "src"), "--out", str(tmp_path / "screen")])
+    assert code in (0, 1)
+    assert (tmp_path / "screen.jsonl").is_file()
+
+
+def test_models_lists_shows_and_checks(capsys):
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert all(n in out for n in NAMES)
+    assert main(["models", "check"]) == 0
+    if NAMES:
+        assert main(["models", "show", NAMES[0]]) == 0
+        out = capsys.readouterr().out
+        assert "## Training" in out and "## Known limits" in out
+    assert main(["models", "show", "nope"]) == 2
+
+
+def test_readme_table_is_current():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert ezoo.table(markdown=True) in readme, "README's model table is stale: python -m aekit.bench.zoo readme"
