@@ -178,8 +178,13 @@ def bd_metrics(anchor: list[tuple[float, float]], test: list[tuple[float, float]
     rt, dt = zip(*t)
     for key, fn in (("bd_rate", bd.bd_rate), ("bd_psnr", bd.bd_psnr)):
         try:
-            out[key] = float(fn(list(ra), list(da), list(rt), list(dt), method="akima",
-                                require_matching_points=False, min_overlap=0.0))
+            v = float(fn(list(ra), list(da), list(rt), list(dt), method="akima",
+                         require_matching_points=False, min_overlap=0.0))
         except (ValueError, AssertionError, ZeroDivisionError) as e:
             out["why"] = f"{key}: {e}"
+            continue
+        if np.isfinite(v):
+            out[key] = v
+        else:  # the package returns nan when the curves share no PSNR (rate) range
+            out["why"] = f"{key}: the curves do not overlap"
     return out

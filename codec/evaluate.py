@@ -320,7 +320,7 @@ def _markdown(r: dict[str, Any]) -> str:
                 if v is None:
                     cells.append("—")
                 elif v["bd_rate"] is None:
-                    cells.append(f"n/a ({v['why']})")
+                    cells.append(f"n/a (no PSNR overlap) / {_fmt(v['bd_psnr'], '+.2f')} dB")
                 else:
                     cells.append(f"{v['bd_rate']:+.1f} % / {_fmt(v['bd_psnr'], '+.2f')} dB")
             lines.append(f"| {Path(b['model']).name} ({b['points']} pts) | " + " | ".join(cells) + " |")

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Rate-distortion evidence of the photo codec models on the held-out photos (issue 13):
+# gdn models (every quality) against JPEG, WebP, AVIF and the klt envelope, per ratio.
+#   bash codec/record_photos_rd.sh            # RUNS=runs MODELS=models DATA=data/photos
+# Needs: aekit data photos $DATA; runs/photos-gdn-r{4,9} and runs/photos-klt-r{4,9}-w* (bench/train_zoo.sh
+# or the commands in README "Codec quality"); exports them to $MODELS, then evaluates.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RUNS=${RUNS:-runs}; M=${MODELS:-models}; DATA=${DATA:-data/photos}
+for run in "$RUNS"/photos-gdn-r4 "$RUNS"/photos-gdn-r9 "$RUNS"/photos-klt-r*-w*; do
+  [ -f "$run/best.pt" ] || continue
+  name=$(basename "$run"); name=${name/photos-gdn-/photos-}
+  [ -f "$M/$name/manifest.json" ] || aekit export "$run/best.pt" --out "$M/$name"
+done
+for r in 4 9; do
+  klt=(); for k in "$M"/photos-klt-r$r-w*; do [ -d "$k" ] && klt+=(-m "$k"); done
+  aekit evaluate "$DATA/test" -m "$M/photos-r$r" "${klt[@]}" --tile 256 \
+    -o codec/results/photos-rd-r$r --name "held-out photos (5: astronaut, coffee, LadyBird, Storm, GreenMeadow), ratio 1/$r"
+done
