@@ -196,6 +196,17 @@ def detector_figures(d: Path, m: dict[str, Any], out: Path) -> dict[str, Any]:
             "per_class": per, "results": str(out / "defects")}
 
 
+def evaluate_argv(name: str, m: dict[str, Any], out: Path | str, compare: list[str] | None = None) -> list[str]:
+    """The held-out `aekit evaluate` of a card: every quality (rate-distortion) or four latent levels (tanh)."""
+    spec = SPECS[name]
+    argv = ["evaluate", spec.heldout, "-m", name, "-o", str(out), "--name", spec.heldout_name, "--device", "cpu"]
+    if m["latent"].get("quantiser") != "integer":  # tanh models: a curve over latent levels
+        argv += ["--levels", "256", "64", "32", "16"]
+    for other in compare or []:  # e.g. the klt models: BD-rate against the linear transform
+        argv += ["-m", other]
+    return argv
+
+
 def build(name: str, src: Path, eval_json: Path | None, compare: list[str] | None = None) -> Path:
     spec, dest = SPECS[name], zoo.ZOO_DIR / name
     m = load_manifest(src)
@@ -216,11 +227,7 @@ def build(name: str, src: Path, eval_json: Path | None, compare: list[str] | Non
     if eval_json is None:
         if name.startswith("fmnist"):
             fmnist_heldout()
-        argv = ["evaluate", spec.heldout, "-m", name, "-o", str(out), "--name", spec.heldout_name, "--device", "cpu"]
-        if m["latent"].get("quantiser") != "integer":  # tanh models: a curve over latent levels
-            argv += ["--levels", "256", "64", "32", "16"]
-        for other in compare or []:  # e.g. the klt models: BD-rate against the linear transform
-            argv += ["-m", other]
+        argv = evaluate_argv(name, m, out, compare)
         aekit(*argv)
         eval_json = out / "results.json"
         results = json.loads(eval_json.read_text())  # in-process: record the evaluate command, not this one
@@ -275,7 +282,7 @@ def verify(name: str, tolerance_db: float = 0.2) -> list[str]:
     if name.startswith("fmnist"):
         fmnist_heldout()
     with tempfile.TemporaryDirectory() as tmp:
-        aekit("evaluate", spec.heldout, "-m", str(zoo.path(name)), "-o", tmp, "--device", "cpu")
+        aekit(*evaluate_argv(name, load_manifest(zoo.path(name)), tmp))
         fresh = heldout(json.loads((Path(tmp) / "results.json").read_text()), load_manifest(zoo.path(name)), tmp)
     new = {p["label"]: p["psnr"] for p in fresh["points"]}
     return [f"{name} {p['label']}: card {p['psnr']:.2f} dB, fresh {new.get(p['label'], float('nan')):.2f} dB"
