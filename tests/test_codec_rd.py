@@ -115,7 +115,7 @@ def test_quality_trades_bytes_for_psnr_and_rate_matches_the_trained_estimate(rd_
         psnrs.append(psnr(out, image))
     assert sizes == sorted(sizes) and sizes[0] < sizes[-1]
     assert psnrs[0] < psnrs[-1]
-    assert min(psnrs) > 24  # a linear transform at ~4x fewer elements keeps photos recognisable
+    assert min(psnrs) > 18 and psnrs[-1] > 30  # quality 1 is step 32: coarse, still a recognisable photo
 
 
 def test_ans_bits_equal_the_tables_ideal_code_length(rd_model, rgb_photos):
