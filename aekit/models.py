@@ -7,8 +7,9 @@ y (bounded latent), y_hat (quantised latent), x_hat (reconstruction).
 
 from __future__ import annotations
 
+import warnings
+
 import math
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -318,8 +319,8 @@ class ResNetTrunk(nn.Module):
                 state = enum.IMAGENET1K_V1.get_state_dict(progress=False)
                 source = f"torchvision {enum.__name__}.IMAGENET1K_V1"
             except Exception as e:
-                print(f"warning: no ImageNet weights for {self.backbone} ({type(e).__name__}: {e}); "
-                      "the encoder trunk starts from random init (pass --encoder-weights FILE)", file=sys.stderr)
+                warnings.warn(f"no ImageNet weights for {self.backbone} ({type(e).__name__}: {e}); "
+                              "the encoder trunk starts from random init (pass --encoder-weights FILE)", stacklevel=2)
                 return "random init"
         self._load_state(state, source)
         return source

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
 import sys
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +31,7 @@ from aekit.metrics import psnr_torch
 from aekit.models import Autoencoder, build_model
 
 
+log = logging.getLogger(__name__)
 REFIT_VALUES = 8192  # latent values per channel the final prior refit uses (bounded time and memory)
 PRIOR_LR_SCALE = 10.0  # RD models: the factorized prior's lr relative to the transforms' (CompressAI's aux lr 1e-3 vs 1e-4)
 
@@ -138,7 +141,7 @@ class Trainer:
         if trunk is None:
             return None
         source = trunk.load_pretrained(self.tcfg.encoder_weights)
-        print(f"encoder trunk: {self.mcfg.backbone} from {source}", file=sys.stderr)
+        log.info(f"encoder trunk: {self.mcfg.backbone} from {source}")
         return source
 
     def _param_groups(self) -> list[dict[str, Any]]:
@@ -171,8 +174,8 @@ class Trainer:
         train = ImageSet(train_samples, self.mcfg.channels, dc, f, train=True, source=f"{t.data} (training split)")
         val = ImageSet(val_samples, self.mcfg.channels, dc, f, train=False,
                        source=f"{t.val_data or t.data} (validation split)") if val_samples else None
-        print(f"data: {len(train)} training, {len(val) if val else 0} validation images"
-              + (f", {len(classes)} classes" if classes else ""), file=sys.stderr)
+        log.info(f"data: {len(train)} training, {len(val) if val else 0} validation images"
+                 + (f", {len(classes)} classes" if classes else ""))
         return train, val, classes
 
     def _resume(self) -> None:
@@ -190,7 +193,7 @@ class Trainer:
         self.start_epoch = ckpt["epoch"] + 1
         self.best_val, self.best_epoch = ckpt["best_val"], ckpt["best_epoch"]
         self.history = list(ckpt["history"])
-        print(f"resumed from {path} at epoch {self.start_epoch + 1}", file=sys.stderr)
+        log.info(f"resumed from {path} at epoch {self.start_epoch + 1}")
 
     def run(self) -> dict[str, Any]:
         self.out.mkdir(parents=True, exist_ok=True)
@@ -221,7 +224,7 @@ class Trainer:
                     save_checkpoint(self.out / "best.pt", self._payload(epoch))
                 save_checkpoint(self.out / "last.pt", self._payload(epoch))
             if distributed.agree(self.tcfg.time_budget and time.monotonic() - t0 > self.tcfg.time_budget * 60):
-                print(f"time budget of {self.tcfg.time_budget} min reached after epoch {epoch + 1}", file=sys.stderr)
+                log.info(f"time budget of {self.tcfg.time_budget} min reached after epoch {epoch + 1}")
                 break
         return self._finish(time.monotonic() - t0) if distributed.is_main() else {}
 
@@ -303,15 +306,14 @@ class Trainer:
             if new_csv:
                 w.writeheader()
             w.writerow(row)
-        print(f"epoch {row['epoch']:3d}  train loss {row['train_loss']:.5f} psnr {row['train_psnr']:.2f}"
-              f"  val loss {row['val_loss']:.5f} psnr {row['val_psnr']:.2f}"
-              + (f" bpp~{row['val_bpp_est']:.3f}" if self.tcfg.rate_weight > 0 else "")
-              + f"  {row['epoch_time_s']:.1f}s",
-              file=sys.stderr)
+        log.info(f"epoch {row['epoch']:3d}  train loss {row['train_loss']:.5f} psnr {row['train_psnr']:.2f}"
+                 f"  val loss {row['val_loss']:.5f} psnr {row['val_psnr']:.2f}"
+                 + (f" bpp~{row['val_bpp_est']:.3f}" if self.tcfg.rate_weight > 0 else "")
+                 + f"  {row['epoch_time_s']:.1f}s")
         if prev and row["val_loss"] > prev["val_loss"] and row["train_loss"] < prev["train_loss"]:
-            print(f"warning: validation loss rose ({prev['val_loss']:.5f} -> {row['val_loss']:.5f}) while "
-                  f"training loss fell: possible overfitting; best.pt keeps epoch {self.best_epoch + 1}",
-                  file=sys.stderr)
+            warnings.warn(f"validation loss rose ({prev['val_loss']:.5f} -> {row['val_loss']:.5f}) while "
+                          f"training loss fell: possible overfitting; best.pt keeps epoch {self.best_epoch + 1}",
+                          stacklevel=2)
 
     def config_dict(self) -> dict[str, Any]:
         return {"model": self.mcfg.to_dict(), "train": asdict(self.tcfg)}
@@ -363,8 +365,8 @@ class Trainer:
         best["latent_hist"] = [] if self.mcfg.rd else self.latent_histogram()
         best["summary"] = summary
         save_checkpoint(self.out / "best.pt", {k: v for k, v in best.items() if k not in ("format", "version")})
-        print(f"best epoch {summary['best_epoch']}: val PSNR {summary['best_val_psnr']:.2f} dB "
-              f"-> {self.out / 'best.pt'}", file=sys.stderr)
+        log.info(f"best epoch {summary['best_epoch']}: val PSNR {summary['best_val_psnr']:.2f} dB "
+              f"-> {self.out / 'best.pt'}")
         return summary
 
     def refit_prior(self, steps: int = 1000, lr: float = 1e-2) -> list[float]:
@@ -404,8 +406,8 @@ class Trainer:
             bits.backward()
             opt.step()
             sched.step()
-        print(f"prior refit on {y.shape[2]} latents per channel from {seen} training crops: "
-              f"{per_elem[0]:.3f} -> {per_elem[1]:.3f} bits per latent element", file=sys.stderr)
+        log.info(f"prior refit on {y.shape[2]} latents per channel from {seen} training crops: "
+              f"{per_elem[0]:.3f} -> {per_elem[1]:.3f} bits per latent element")
         return per_elem
 
     @torch.no_grad()

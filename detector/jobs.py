@@ -8,12 +8,13 @@ job goes on. Screening writes PREFIX.jsonl, PREFIX.csv and PREFIX.summary.json a
 
 from __future__ import annotations
 
+import logging
+
 import csv
 import io
 import json
 import math
 import os
-import sys
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -26,6 +27,8 @@ from aekit.images import FILE_MODE, ImageError, Sample, atomic_write_bytes, load
 from aekit.detector.calibration import CalibrationError, too_small_message
 from aekit.detector.heatmap import write_heatmap, write_map
 from aekit.detector.model import ClassScores, Detector, DetectorError
+
+log = logging.getLogger(__name__)
 
 RECORD_FIELDS = ("path", "class", "score", "threshold", "p_value", "is_anomaly", "error")
 
@@ -105,7 +108,7 @@ def calibrate_folder(model: str | Path, src: str | Path, cls: str | None = None,
                    batch_size=cfg.batch_size, threads=cfg.threads, fit_fraction=fit_fraction)
     samples, labels, skipped = labelled(src, cls)
     for p in skipped:
-        print(f"note: {p}: not an image file (skipped)", file=sys.stderr)
+        log.warning("note: %s: not an image file (skipped)", p)
     report = CalibrateReport()
     labels = [c or det.default_class(fitting=True) for c in labels]
     usable = _routable(det, samples, labels, report.failed)

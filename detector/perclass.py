@@ -8,9 +8,9 @@ each class to its model, so `aekit screen OUT mixed/` scores each subfolder with
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
-import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,8 @@ import numpy as np
 from aekit.images import ImageError, Sample, scan_folder
 from aekit.detector.jobs import load_for_model
 from aekit.detector.model import Detector, DetectorError, save_detector_manifest
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -84,7 +86,7 @@ def train_class(cls: str, train_s: list[Sample], cal_s: list[Sample], out: Path,
         except ImageError as e:
             bad.append(str(e))
     for msg in bad:
-        print(f"skipped {msg}", file=sys.stderr)
+        log.warning("skipped %s", msg)
     det.fit(images, cls)
     det.calibrations_[det.routes[None]].classes[cls].source = "held out of " + str(Path(cal_s[0].path).parent)
     det.save()
@@ -120,7 +122,7 @@ def train_per_class(data: str | Path, out: str | Path, cfg: PerClassConfig, runs
             failed.append(f"class {cls!r}: {len(mine)} image(s) in {Path(data) / cls}; need at least 3 (skipped)")
             continue
         train_s, cal_s = split_holdout(mine, cfg.cal_fraction, cfg.seed)
-        print(f"== class {cls}: {len(train_s)} training, {len(cal_s)} calibration images", file=sys.stderr)
+        log.info("== class %s: %d training, %d calibration images", cls, len(train_s), len(cal_s))
         try:
             entries[cls] = train_class(cls, train_s, cal_s, out, runs, cfg, channels)
         except (ImageError, ValueError) as e:

@@ -8,9 +8,9 @@ onnxruntime against PyTorch on real images, and only then renamed into place.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import shutil
-import sys
 import tempfile
 import time
 from datetime import datetime, timezone
@@ -29,6 +29,7 @@ from aekit.export.manifest import MANIFEST_FORMAT, MANIFEST_VERSION, entropy_byt
 from aekit.export.runtime import make_session
 
 OPSET = 18  # pinned: every runtime we target (onnxruntime >= 1.18, TensorRT 10) supports it
+log = logging.getLogger(__name__)
 EXPORTER = f"torch.onnx dynamo exporter (torch {torch.__version__.split('+')[0]})"
 PARITY_TOL = 1e-4  # fp32 max abs error allowed between onnxruntime and PyTorch
 PARITY_TOL_FP16 = 2e-2  # fp16 models: max abs error vs the fp32 PyTorch model (values in [-1, 1])
@@ -172,9 +173,9 @@ def export_model(checkpoint: str | Path, out: str | Path, fp16: bool = False, fo
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    print(f"exported model {manifest['model_id']} to {out} (max abs err encoder "
+    log.info(f"exported model {manifest['model_id']} to {out} (max abs err encoder "
           f"{check['encoder_max_abs_err']:.2e}, decoder {check['decoder_max_abs_err']:.2e} "
-          f"on {check['images']} images from {source})", file=sys.stderr)
+          f"on {check['images']} images from {source})")
     return out
 
 

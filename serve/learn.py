@@ -8,12 +8,11 @@ checked) into the server's folder and swaps it in; a failed update keeps the las
 
 from __future__ import annotations
 
+import logging
 import queue
 import shutil
-import sys
 import threading
 import time
-import traceback
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,8 @@ import numpy as np
 
 from aekit.serve.config import ServeConfig
 from aekit.serve.models import ModelStore
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -165,9 +166,8 @@ class Learner:
         except Exception as e:  # any failure: keep serving the last good model
             self.status.failed_exports += 1
             self.status.last_error = f"version {version}: {type(e).__name__}: {e}"
-            print(f"aekit serve: update failed, keeping version {self.store.current.version}: "
-                  f"{self.status.last_error}", file=sys.stderr)
-            traceback.print_exc(limit=3, file=sys.stderr)
+            log.error("aekit serve: update failed, keeping version %s: %s", self.store.current.version,
+                      self.status.last_error, exc_info=True)
             shutil.rmtree(out, ignore_errors=True)
             return False
         self.status.exports += 1
