@@ -466,13 +466,22 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def save_image(arr: np.ndarray, path: str | Path) -> Path:
-    """Write uint8 (H, W, C) atomically, in the format of the path's suffix (PNG if unknown)."""
+def encode_image(arr: np.ndarray, suffix: str) -> bytes:
+    """uint8 (H, W, 1|3) -> file bytes in the format of `suffix` (".png", ".jpg", ...; PNG if unknown).
+
+    The one image writer of aekit: PNG lossless, JPEG at quality 95, WebP lossless.
+    """
     im = Image.fromarray(arr[:, :, 0] if arr.shape[2] == 1 else arr)
-    fmt = Image.registered_extensions().get(Path(path).suffix.lower(), "PNG")
-    with atomic_output(path) as tmp:
-        im.save(tmp, format=fmt)
-    return Path(path)
+    fmt = Image.registered_extensions().get(suffix.lower(), "PNG")
+    opts = {"JPEG": {"quality": 95}, "WEBP": {"lossless": True}}.get(fmt, {})
+    buf = io.BytesIO()
+    im.save(buf, format=fmt, **opts)
+    return buf.getvalue()
+
+
+def save_image(arr: np.ndarray, path: str | Path) -> Path:
+    """Write uint8 (H, W, C) atomically, in the format of the path's suffix (see encode_image)."""
+    return atomic_write_bytes(path, encode_image(arr, Path(path).suffix))
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:

@@ -12,7 +12,6 @@ Two sources that map to one output name are reported on every run, not only the 
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import os
@@ -26,10 +25,9 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
-from PIL import Image
 
 from aekit.images import (
-    IMAGE_EXTENSIONS, atomic_write_bytes, display, is_image_name, iter_files, remove_stale_parts,
+    IMAGE_EXTENSIONS, atomic_write_bytes, display, encode_image, is_image_name, iter_files, remove_stale_parts,
 )
 from aekit.codec.core import Codec, Decoder, wrap_errors
 from aekit.codec.format import SUFFIX, LatentHeader
@@ -233,13 +231,8 @@ def decoded_name(rel: Path, out_format: str) -> Path:
 
 
 def encode_image_file(arr: np.ndarray, path: Path) -> bytes:
-    """uint8 (H, W, 1|3) -> file bytes in the format of path's suffix (JPEG q95, WebP lossless)."""
-    im = Image.fromarray(arr[:, :, 0] if arr.shape[2] == 1 else arr)
-    fmt = Image.registered_extensions().get(path.suffix.lower(), "PNG")
-    opts = {"JPEG": {"quality": 95}, "WEBP": {"lossless": True}}.get(fmt, {})
-    buf = io.BytesIO()
-    im.save(buf, format=fmt, **opts)
-    return buf.getvalue()
+    """uint8 (H, W, 1|3) -> file bytes in the format of path's suffix (aekit.images.encode_image)."""
+    return encode_image(arr, Path(path).suffix)
 
 
 class _Pipeline:

@@ -173,9 +173,9 @@ def _job_args(p: argparse.ArgumentParser) -> None:
 
 
 def _job_config(args: argparse.Namespace):
-    from aekit.detector.jobs import JobConfig
+    from aekit.detector.jobs import ScreenConfig
 
-    return JobConfig(device=args.device, batch_size=args.batch_size, threads=args.threads)
+    return ScreenConfig(device=args.device, batch_size=args.batch_size, threads=args.threads)
 
 
 def _fmt(t: float | None) -> str:

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from aekit.images import ImageError, atomic_write_bytes, scan_folder
-from aekit.detector.jobs import JobConfig, _factor, load_chunks
+from aekit.detector.jobs import ScreenConfig, _factor, load_chunks
 from aekit.detector.model import Detector, DetectorError
 
 NORMAL_NAMES = ("good", "normal")
@@ -46,7 +46,7 @@ def class_metrics(scores: np.ndarray, is_anomaly: np.ndarray, threshold: float, 
             "recall": float(flagged[is_anomaly].mean()) if is_anomaly.any() else None}
 
 
-def score_folder(det: Detector, samples: list, cls: str, cfg: JobConfig, failed: list[str]) -> tuple[np.ndarray, np.ndarray]:
+def score_folder(det: Detector, samples: list, cls: str, cfg: ScreenConfig, failed: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """Scores of all samples against class cls; (indices kept, scores)."""
     keep, scores = [], []
     for chunk in load_chunks(samples, det.channels, _factor(det), cfg):
@@ -59,8 +59,8 @@ def score_folder(det: Detector, samples: list, cls: str, cfg: JobConfig, failed:
 
 
 def evaluate_folder(model: str | Path, src: str | Path, out: str | Path, cls: str | None = None,
-                    alpha: float | None = None, cfg: JobConfig | None = None) -> EvalResult:
-    cfg = cfg or JobConfig()
+                    alpha: float | None = None, cfg: ScreenConfig | None = None) -> EvalResult:
+    cfg = cfg or ScreenConfig()
     det = Detector(model, alpha=alpha, device=cfg.device, batch_size=cfg.batch_size, threads=cfg.threads)
     samples, folders, _ = scan_folder(src)
     if not folders:

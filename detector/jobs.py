@@ -34,7 +34,7 @@ RECORD_FIELDS = ("path", "class", "score", "threshold", "p_value", "is_anomaly",
 
 
 @dataclass
-class JobConfig:
+class ScreenConfig:
     device: str = "auto"  # onnxruntime device: auto (CUDA when a GPU is visible) | cuda | cpu
     batch_size: int = 64  # images per onnxruntime call
     chunk: int = 512  # image files decoded per step (bounds memory on large folders)
@@ -69,7 +69,7 @@ def labelled(src: str | Path, cls: str | None) -> tuple[list[Sample], list[str |
     return samples, labels, skipped
 
 
-def load_chunks(samples: list[Sample], channels: int, factor: int, cfg: JobConfig
+def load_chunks(samples: list[Sample], channels: int, factor: int, cfg: ScreenConfig
                 ) -> Iterator[list[tuple[int, np.ndarray | None, str | None]]]:
     """Chunks of (index, image or None, error or None), decoded in threads, in sample order."""
 
@@ -96,14 +96,14 @@ class CalibrateReport:
 
 
 def calibrate_folder(model: str | Path, src: str | Path, cls: str | None = None, alpha: float | None = None,
-                     score: str | None = None, latent: str = "quantised", cfg: JobConfig | None = None,
+                     score: str | None = None, latent: str = "quantised", cfg: ScreenConfig | None = None,
                      fit_fraction: float = 0.3) -> CalibrateReport:
     """Score normal images per class, store conformal calibration in the model manifest(s).
 
     Scores with a feature bank or several parts first fit them on a seeded fit_fraction of each
     class (held in memory); the other images are streamed and give the conformal scores.
     CalibrationError when a class has too few images for alpha (nothing is stored then)."""
-    cfg = cfg or JobConfig()
+    cfg = cfg or ScreenConfig()
     det = Detector(model, score=score, alpha=alpha, latent=latent, device=cfg.device,
                    batch_size=cfg.batch_size, threads=cfg.threads, fit_fraction=fit_fraction)
     samples, labels, skipped = labelled(src, cls)
@@ -240,11 +240,11 @@ class RecordWriter:
 
 def screen_folder(model: str | Path, src: str | Path, out: str | Path, cls: str | None = None,
                   alpha: float | None = None, heatmaps: str | Path | None = None,
-                  cfg: JobConfig | None = None, maps: str | Path | None = None) -> ScreenReport:
+                  cfg: ScreenConfig | None = None, maps: str | Path | None = None) -> ScreenReport:
     """Score every image under src against its class threshold; write records and a summary.
 
     maps: folder for every image's anomaly map (REL.png overlay with colour scale, REL.npy raw)."""
-    cfg = cfg or JobConfig()
+    cfg = cfg or ScreenConfig()
     det = Detector(model, alpha=alpha, device=cfg.device, batch_size=cfg.batch_size, threads=cfg.threads)
     if not det.classes_:
         raise CalibrationError(f"{model}: not calibrated; run `aekit calibrate {model} NORMAL_DIR` first")

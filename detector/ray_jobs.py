@@ -20,7 +20,7 @@ import numpy as np
 from aekit.images import ImageError, NamedBytes, Sample, atomic_write_bytes, is_image_name
 from aekit.detector.calibration import CalibrationError
 from aekit.detector.heatmap import write_heatmap
-from aekit.detector.jobs import (ClassSummary, JobConfig, RecordWriter, ScreenReport, _calibrated, _factor, _note_shape,
+from aekit.detector.jobs import (ClassSummary, ScreenConfig, RecordWriter, ScreenReport, _calibrated, _factor, _note_shape,
                            labelled, load_for_model)
 from aekit.detector.model import Detector
 from aekit.export.engine_ray import Listing, RayConfig, filesystem, list_tree, run_files
@@ -32,7 +32,7 @@ class ScreenJob:
     no per-file outputs; records are written by the driver)."""
 
     model: str  # model folder or detector directory (an absolute path every worker can read)
-    cfg: JobConfig  # device, batch size, onnxruntime threads
+    cfg: ScreenConfig  # device, batch size, onnxruntime threads
     channels: int  # image channels the model takes
     factor: int  # down-sampling factor (smallest usable image)
 
@@ -70,9 +70,9 @@ def _labelled_url(src: str, cls: str | None) -> tuple[list[Sample], list[str | N
 
 def screen_folder_ray(model: str | Path, src: str, out: str | Path, cls: str | None = None,
                       alpha: float | None = None, heatmaps: str | Path | None = None,
-                      cfg: JobConfig | None = None, rcfg: RayConfig | None = None) -> ScreenReport:
+                      cfg: ScreenConfig | None = None, rcfg: RayConfig | None = None) -> ScreenReport:
     """screen_folder on Ray: SRC may be a local folder or an fsspec URL; records are written locally."""
-    cfg, rcfg = cfg or JobConfig(), rcfg or RayConfig()
+    cfg, rcfg = cfg or ScreenConfig(), rcfg or RayConfig()
     model = str(Path(model).resolve())
     det = Detector(model, alpha=alpha, device=cfg.device, batch_size=cfg.batch_size, threads=cfg.threads)
     if not det.classes_:
