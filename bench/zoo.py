@@ -92,7 +92,7 @@ SPECS: dict[str, Spec] = {
         ["One shared model for all classes, short training (10,000 images, 8 epochs): per-class models of "
          "`aekit detector train-per-class` (24 epochs) detect local defects better (detector/RESULTS.md).",
          "Thresholds hold for images exchangeable with the calibration images (Fashion-MNIST test split); "
-         "recalibrate on your own normals: `aekit calibrate` on a copy of the folder (README: Shipped models). "
+         "recalibrate on your own normals: `aekit calibrate` on a copy of the folder (it refuses the shipped one). "
          "The realised FPR is measured on 100 clean images per class: +-2 points of binomial noise per class.",
          "AUROC is for synthetic local defects (aekit bench-detect), not for real defects."],
         "Fashion-MNIST train, 10k subset, defects:0.9"),

@@ -183,8 +183,15 @@ def _fmt(t: float | None) -> str:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from aekit import zoo
+    from aekit.cli import CLIError
     from aekit.detector.jobs import calibrate_folder
 
+    if not Path(args.model).exists() and zoo.path(args.model):  # calibration writes into the model folder
+        raise CLIError(f"{args.model} is a shipped model (inside the installed package): calibrate a copy, "
+                       f"cp -r {zoo.path(args.model)} models/{args.model} && aekit calibrate models/{args.model} ...")
     rep = calibrate_folder(args.model, args.normal_dir, args.cls, args.alpha, args.score, args.latent,
                            _job_config(args), args.fit_fraction)
     for msg in rep.failed:

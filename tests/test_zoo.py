@@ -158,3 +158,23 @@ def test_models_lists_shows_and_checks(capsys):
 def test_readme_table_is_current():
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     assert ezoo.table(markdown=True) in readme, "README's model table is stale: python -m aekit.bench.zoo readme"
+
+
+@pytest.mark.skipif("photos-r9" not in NAMES, reason="photos-r9 not shipped")
+def test_demo_round_trips_bundled_photos_with_the_zoo(tmp_path, capsys):
+    pytest.importorskip("skimage")
+    pytest.importorskip("sklearn")
+    assert main(["demo", "--out", str(tmp_path), "--model", "photos-r9", "--limit", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "astronaut.png" in out and "held out" in out and "JPEG" in out  # astronaut is in PHOTO_TEST
+    assert (tmp_path / "latents" / "photos-r9" / "astronaut.png.ael").is_file()
+    assert (tmp_path / "restored" / "photos-r9" / "astronaut.png").is_file()
+
+
+@pytest.mark.skipif("fmnist-detect" not in NAMES, reason="fmnist-detect not shipped")
+def test_calibrate_refuses_to_write_into_the_package(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    before = (zoo.path("fmnist-detect") / "manifest.json").read_bytes()
+    assert main(["calibrate", "fmnist-detect", str(_gray_images(tmp_path / "normal" / "trouser"))]) == 2
+    assert "calibrate a copy" in capsys.readouterr().err
+    assert (zoo.path("fmnist-detect") / "manifest.json").read_bytes() == before
