@@ -63,7 +63,7 @@ SPECS: dict[str, Spec] = {
                  "factorized prior, GDN/IGDN) with integer entropy tables per quality (--quality).",
         PHOTO_TRAIN, "held out by name: astronaut, coffee, LadyBird, Storm, GreenMeadow (aekit.datasets.PHOTO_TEST); "
                      "training validated on 2 of the 16 training photos (the seeded 10 % split)",
-        PHOTO_CMD.format(r=r), f"runs/photos-gdn-r{r}", "/work/data/photos/test",
+        PHOTO_CMD.format(r=r), f"runs/photos-gdn-r{r}", "data/photos/test",
         "the 5 held-out photos of aekit data photos", "skimage:astronaut",
         ["Trained on 16 photos: figures on the 5 held-out photos are the honest ones; the bundled photos it trained "
          "on (marked by aekit demo) flatter it.",
