@@ -166,7 +166,7 @@ def heldout(results: dict[str, Any], m: dict[str, Any], source: str) -> dict[str
     return {"set": results.get("name") or results.get("data"), "images": results.get("images"), "results": source,
             "command": (results.get("config") or {}).get("command"), "points": points, "default": default,
             "bd": {k: {m: (x if x == x else None) for m, x in v.items()} for k, v in bd.items()  # NaN -> null
-                   if isinstance(v, dict) and v.get("bd_rate") is not None},
+                   if isinstance(v, dict) and (v.get("bd_rate") is not None or v.get("bd_psnr") is not None)},
             "machine": results.get("machine")}
 
 
