@@ -288,22 +288,21 @@ def _default_quality(model: nn.Module, ckpt: dict[str, Any], qualities: list[dic
 
 def _native_crops(ckpt: dict[str, Any], channels: int, n: int = 8, side: int = 256) -> list[np.ndarray]:
     """Up to n centre crops of `side` px at native resolution from the run's data (else bundled photos)."""
-    images, source = verification_images(ckpt, channels, n)
     tc, summary = ckpt.get("train_config", {}), ckpt.get("summary", {})
     folder = next((f for f in (summary.get("val_data"), summary.get("data"), tc.get("val_data"), tc.get("data"))
                    if f and Path(f).is_dir()), None)
-    if folder is None:
-        return images
     out = []
-    for smp in scan_folder(folder)[0][:: max(1, len(scan_folder(folder)[0]) // n)][:n]:
-        try:
-            im = load_image(smp.path, channels)[0]
-        except ImageError:
-            continue
-        h, w = im.shape[:2]
-        t, l = max(0, (h - side) // 2), max(0, (w - side) // 2)
-        out.append(np.ascontiguousarray(im[t:t + side, l:l + side]))
-    return out or images
+    if folder is not None:
+        samples = scan_folder(folder)[0]
+        for smp in samples[:: max(1, len(samples) // n)][:n]:
+            try:
+                im = load_image(smp.path, channels)[0]
+            except ImageError:
+                continue
+            h, w = im.shape[:2]
+            t, l = max(0, (h - side) // 2), max(0, (w - side) // 2)
+            out.append(np.ascontiguousarray(im[t:t + side, l:l + side]))
+    return out or verification_images(ckpt, channels, n)[0]
 
 
 def checkpoint_info(path: str | Path) -> str:
