@@ -93,3 +93,11 @@ def test_export_refuses_non_finite_weights(train_tiny, tmp_path):
     with pytest.raises(ExportError, match="non-finite weights"):
         export_model(tmp_path / "nan.pt", tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_fuzz_of_real_files_finds_no_crash_hang_or_silent_corruption(tmp_path):
+    from aekit.bench.fuzz_latents import main as fuzz
+
+    assert fuzz(["--mutants", "200", "--out", str(tmp_path / "f.json")]) == 0
+    counts = json.loads((tmp_path / "f.json").read_text())["counts"]
+    assert counts["tried"] == 200 and counts["clean_errors"] > 150
