@@ -23,7 +23,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from aekit.images import FILE_MODE, ImageError, Sample, atomic_write_bytes, load_image, scan_folder
+from aekit.images import FILE_MODE, ImageError, Sample, atomic_write_bytes, load_for_channels, scan_folder
 from aekit.detector.calibration import CalibrationError, too_small_message
 from aekit.detector.heatmap import write_heatmap, write_map
 from aekit.detector.model import ClassScores, Detector, DetectorError
@@ -48,14 +48,10 @@ def min_side(factor: int) -> int:
 
 
 def load_for_model(path: Path, channels: int, factor: int) -> np.ndarray:
-    """Decode an image for a model; wrong channel count or too small raise ImageError naming the file."""
-    arr, note = load_image(path, channels)
-    if "RGB converted to L" in note:  # accept colour files whose three channels are equal
-        rgb, _ = load_image(path, 3)
-        if not (np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 1], rgb[..., 2])):
-            raise ImageError(f"{path}: RGB image but the model takes 1-channel (grayscale) images")
-    elif "grayscale converted to RGB" in note:
-        raise ImageError(f"{path}: grayscale image but the model takes 3-channel (RGB) images")
+    """Decode an image for a model by aekit's one channel rule (aekit.images.load_for_channels: gray
+    through an RGB model is replicated, colour through a gray model refused); too small raises
+    ImageError naming the file."""
+    arr, _ = load_for_channels(path, channels)
     h, w = arr.shape[:2]
     if min(h, w) < min_side(factor):
         raise ImageError(f"{path}: {w}x{h} is too small (the model needs at least {min_side(factor)} pixels a side)")
