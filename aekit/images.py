@@ -187,9 +187,7 @@ def load_image(
             raise ImageError(f"{name}: {problem}")
     try:
         with Image.open(path) as im:
-            w, h = im.size
-            if w * h > max_pixels:
-                raise ImageLimitError(f"{name}: {w}x{h} = {w * h} pixels exceeds the limit of {max_pixels}")
+            _check_pixels(name, *im.size, max_pixels)
             frames = getattr(im, "n_frames", 1)
             if frames > 1 and im.format != "MPO":  # MPO: a JPEG photo plus previews/depth maps
                 raise ImageError(f"{name}: {im.format} file with {frames} frames (animated or multi-page); "
@@ -300,6 +298,12 @@ class ImageInfo:
 GRAY_MODES = ("1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F")
 
 
+def _check_pixels(name: str, w: int, h: int, max_pixels: int) -> None:
+    """ImageLimitError naming the file when a w x h image is over the pixel limit (before decoding)."""
+    if w * h > max_pixels:
+        raise ImageLimitError(f"{name}: {w}x{h} = {w * h} pixels exceeds the limit of {max_pixels}")
+
+
 def probe_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageInfo:
     """Size and gray/colour of an image file from its header (no pixels decoded); ImageError if unusable."""
     path = Path(path)
@@ -308,8 +312,7 @@ def probe_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image
     try:
         with Image.open(path) as im:
             w, h = im.size
-            if w * h > max_pixels:
-                raise ImageLimitError(f"{display(path)}: {w}x{h} = {w * h} pixels exceeds the limit of {max_pixels}")
+            _check_pixels(display(path), w, h, max_pixels)
             if im.mode in ("P", "PA"):
                 pal = np.asarray(im.getpalette() or [], dtype=np.uint8).reshape(-1, 3)
                 gray = bool((pal == pal[:, :1]).all())
