@@ -217,6 +217,9 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: one per core)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    p.add_argument("--init-from", metavar="CKPT",
+                   help="start from the weights of another run's checkpoint (same architecture) with a "
+                        "fresh optimiser and lr schedule: fine-tune on your domain, or train on")
     p.add_argument("--nproc", type=int, default=1,
                    help="data-parallel processes (DDP: gloo on CPU, NCCL on GPUs); --batch-size is the global "
                         "batch, split evenly (see also torchrun in the README)")
@@ -243,7 +246,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                        **{k: getattr(args, k) for k in ("freeze_epochs", "lr_ratio", "kl_weight")
                           if getattr(args, k) is not None},
                        device=args.device,
-                       amp=not args.no_amp, seed=args.seed, threads=args.threads, data_cfg=dcfg)
+                       amp=not args.no_amp, seed=args.seed, threads=args.threads, data_cfg=dcfg,
+                       init_from=args.init_from)
     if args.nproc > 1:
         from aekit.distributed import launch
 

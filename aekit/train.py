@@ -62,6 +62,7 @@ class TrainConfig:
     seed: int = 0  # seeds weights, split, batch order and noise
     threads: int = 0  # torch CPU threads (0: torch's default, one per core)
     hist_images: int = 2000  # training images encoded for the latent symbol histogram
+    init_from: str | None = None  # warm start: weights of this checkpoint, fresh optimiser and lr schedule
     data_cfg: DataConfig = field(default_factory=DataConfig)
 
     @classmethod
@@ -106,12 +107,16 @@ class Trainer:
         self.start_epoch, self.best_val, self.best_epoch = 0, math.inf, -1
         self.trained_side = 0  # side (px) of the last training batch, logged per epoch
         self.history: list[dict[str, Any]] = []
+        self.warm_start: dict[str, Any] | None = None  # --init-from: where the weights came from
         torch.manual_seed(tcfg.seed)
         self.model: Autoencoder = build_model(mcfg).to(self.device)
         self.loss_fn = ReconstructionLoss(tcfg.loss, tcfg.vgg_weights, tcfg.perceptual).to(self.device)
         self.noise = parse_noise(tcfg.noise)
         self.phases = parse_progressive(tcfg.progressive, tcfg.epochs)
-        self.encoder_source = self._pretrained_init() if not resume else None
+        if resume and tcfg.init_from:
+            raise ValueError("--init-from starts a new run from a checkpoint's weights; --resume continues "
+                             "this run's own last.pt: give one of them")
+        self.encoder_source = self._pretrained_init() if not (resume or tcfg.init_from) else None
         self.opt = torch.optim.Adam(self._param_groups(), lr=tcfg.lr, betas=tcfg.betas)
         self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(
             self.opt, T_max=max(1, tcfg.epochs), eta_min=tcfg.lr * 0.05
@@ -122,7 +127,9 @@ class Trainer:
         if mcfg.rd and tcfg.rate_weight <= 0:
             raise ValueError(f"arch {mcfg.arch!r} is rate-distortion trained: give --rate-weight "
                              "(the weight of the bits per pixel against the distortion, e.g. 0.005)")
-        if hasattr(self.model, "init_from_data") and not resume:
+        if tcfg.init_from and not resume:
+            self._warm_start(tcfg.init_from)
+        elif hasattr(self.model, "init_from_data") and not resume:
             self._init_from_data()
         if resume:
             self._resume()
@@ -134,6 +141,23 @@ class Trainer:
         rng = np.random.default_rng([self.tcfg.seed, 7])
         batch = next(iter(self.train_set.batches(min(64, len(self.train_set)), rng)))
         self.model.init_from_data(to_tensor(batch, self.device))
+
+    def _warm_start(self, path: str) -> None:
+        """Load every weight (transforms and entropy model) of another run's checkpoint; the optimiser,
+        the lr schedule, the epoch count and the history start fresh (fine-tuning, or training on past a
+        finished cosine schedule). Raises CheckpointError if its model config differs from this run's."""
+        ckpt = load_checkpoint(path)
+        if ckpt["model_config"] != self.mcfg.to_dict():
+            diff = sorted(k for k, v in self.mcfg.to_dict().items() if ckpt["model_config"].get(k) != v)
+            raise CheckpointError(f"{path}: model config differs from this run's in {', '.join(diff)}; "
+                                  "--init-from needs the same architecture")
+        self.model.load_state_dict(ckpt["state_dict"])
+        prior = ckpt.get("summary") or {}
+        self.encoder_source = prior.get("encoder_init")
+        self.warm_start = {"checkpoint": str(Path(path).resolve()), "epoch": ckpt["epoch"] + 1,
+                           "train_time_s": prior.get("train_time_s", sum(h.get("epoch_time_s", 0.0)
+                                                                        for h in ckpt.get("history", [])))}
+        log.info(f"weights from {path} (epoch {ckpt['epoch'] + 1} of that run); new optimiser and schedule")
 
     def _pretrained_init(self) -> str | None:
         """Load ImageNet weights into a pretrained trunk (new runs only; resume loads all)."""
@@ -193,6 +217,7 @@ class Trainer:
         self.start_epoch = ckpt["epoch"] + 1
         self.best_val, self.best_epoch = ckpt["best_val"], ckpt["best_epoch"]
         self.history = list(ckpt["history"])
+        self.warm_start = ckpt.get("warm_start")
         log.info(f"resumed from {path} at epoch {self.start_epoch + 1}")
 
     def run(self) -> dict[str, Any]:
@@ -330,6 +355,7 @@ class Trainer:
             "epoch": epoch,
             "best_val": self.best_val,
             "best_epoch": self.best_epoch,
+            "warm_start": self.warm_start,
             "history": self.history,
             "classes": self.classes,
         }
@@ -354,6 +380,7 @@ class Trainer:
             "progressive": self.tcfg.progressive,
             "encoder_init": self.encoder_source or (best.get("summary") or {}).get("encoder_init"),
             "train_time_s": round(train_time, 1),
+            "init_from": self.warm_start or (best.get("summary") or {}).get("init_from"),
             "device": str(self.device),
             "torch": str(torch.__version__),
         }

@@ -101,3 +101,23 @@ def test_images_over_the_cache_budget_are_reread_identically(gray_dir):
     a = list(cached.batches(16, np.random.default_rng(1)))
     b = list(uncached.batches(16, np.random.default_rng(1)))
     assert len(a) == 3 and all((x == y).all() for x, y in zip(a, b))
+
+
+def test_init_from_warm_starts_weights_with_a_fresh_schedule(gray_dir, tmp_path):
+    from aekit.train import Trainer
+
+    data = gray_dir / "test"
+    train(*tiny(data, tmp_path / "a", epochs=1))
+    tcfg, mcfg = tiny(data, tmp_path / "b", epochs=3, lr=2e-4, init_from=str(tmp_path / "a" / "last.pt"))
+    t = Trainer(tcfg, mcfg)
+    a = load_checkpoint(tmp_path / "a" / "last.pt")
+    assert all(torch.equal(v, a["state_dict"][k]) for k, v in t.model.state_dict().items())
+    assert t.start_epoch == 0 and t.opt.param_groups[0]["lr"] == 2e-4 and t.sched.T_max == 3
+    summary = t.run()
+    assert summary["epochs"] == 3 and summary["init_from"]["epoch"] == 1
+    # a different architecture, or both --resume and --init-from, is refused with a clear line
+    tcfg, _ = tiny(data, tmp_path / "c", init_from=str(tmp_path / "a" / "last.pt"))
+    with pytest.raises(CheckpointError, match="differs from this run's in ratio"):
+        Trainer(tcfg, ModelConfig(channels=1, ratio=9, width=8, blocks=0))
+    with pytest.raises(ValueError, match="give one of them"):
+        Trainer(*tiny(data, tmp_path / "a", init_from=str(tmp_path / "a" / "last.pt")), resume=True)
