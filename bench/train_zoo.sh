@@ -47,6 +47,15 @@ PH="data/photos/train --arch gdn --width 128 --size 192 --resize random-crop --r
 if need photos-r4 || need photos-r9; then
   [[ -d data/photos/test ]] || aekit data photos data/photos
 fi
-need photos-r4 && { train photos-r4 $PH --ratio 4; export_model photos-r4; }
-need photos-r9 && { train photos-r9 $PH --ratio 9; export_model photos-r9; }
+# Stage 2 trains on from stage 1's last weights with a fresh cosine schedule at a lower peak lr
+# (--init-from): stage 1 was still improving when its schedule ran out.
+PH2="data/photos/train --arch gdn --width 128 --size 192 --resize random-crop --repeat 16 --batch-size 8 --epochs 55 --time-budget 70 --lr 3e-4 --clip-grad 1.0 --rate-weight 0.01"
+for r in 4 9; do
+  need photos-r$r || continue
+  train photos-r$r $PH --ratio $r
+  [[ -f runs/zoo/photos-r$r-s2/last.pt ]] || init="--init-from runs/zoo/photos-r$r/last.pt"
+  train photos-r$r-s2 $PH2 --ratio $r ${init:-}; unset init
+  nice -n 19 aekit export runs/zoo/photos-r$r-s2/best.pt --out models/zoo/photos-r$r --force
+  [[ ${CARDS:-1} == 1 ]] && nice -n 19 python -m aekit.bench.zoo build photos-r$r
+done
 echo "== installed in aekit/zoo/ with their cards; README table: python -m aekit.bench.zoo readme"
