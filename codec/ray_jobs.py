@@ -3,11 +3,17 @@
     aekit compress SRC -m MODEL -o DST --engine ray [--address auto] [--actors N]
 The pipeline is aekit.export.engine_ray's; this module supplies the per-file steps, built on
 aekit.codec.core.Codec / Decoder, so the files are byte-identical to the local engine's (tested).
+Resume uses the local engine's ledger (aekit.codec.jobs.Ledger, one file in the output folder), so
+either engine redoes exactly the outputs the other would: changed sources, other model or settings.
 """
 
 from __future__ import annotations
 
+import datetime
+import json
 import logging
+import posixpath
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,11 +21,11 @@ from typing import Any
 
 import numpy as np
 
-from aekit.images import NamedBytes, is_image_name
+from aekit.images import NamedBytes, display, is_image_name, remove_stale_parts
 from aekit.codec.core import Codec, CodecConfig, Decoder, default_model_paths, load_for_model, wrap_errors
 from aekit.codec.format import SUFFIX
-from aekit.codec.jobs import JobReport, decoded_name, encode_image_file
-from aekit.export.engine_ray import RayConfig, list_tree, run_files
+from aekit.codec.jobs import LEDGER, Item, JobReport, Ledger, decoded_name, encode_image_file, recipe
+from aekit.export.engine_ray import RayConfig, list_tree, output_root, run_files, write_bytes
 from aekit.export.manifest import load_manifest
 
 log = logging.getLogger(__name__)
@@ -40,6 +46,130 @@ def groups(items: list[tuple[str, str, Any]], key, batch: int) -> list[list[int]
     for i, it in enumerate(items):
         by.setdefault(key(it), []).append(i)
     return [idx[j : j + batch] for idx in by.values() for j in range(0, len(idx), batch)]
+
+
+# Listing fields that identify a version of an object, most precise first (fsspec backends differ).
+VERSION_KEYS = ("mtime", "LastModified", "last_modified", "updated", "created", "ETag", "etag", "md5Hash",
+                "generation")
+
+
+def source_version(info: dict) -> int | str | None:
+    """A listing entry's modification time in ns (to the microsecond), else its ETag/hash; None if neither."""
+    for k in VERSION_KEYS:
+        v = info.get(k)
+        if v is None:
+            continue
+        if isinstance(v, datetime.datetime):
+            v = v.timestamp()
+        if isinstance(v, (int, float)):
+            return round(v * 1e6) * 1000
+        return str(v)
+    return None
+
+
+class RayLedger(Ledger):
+    """aekit.codec.jobs.Ledger for the Ray engine, whose sources and outputs may be fsspec URLs.
+
+    The same file (LEDGER in the output folder), records and fresh() test as the local engine, so
+    a folder either engine wrote resumes under the other with the same decisions. Local sources
+    are stamped by os.stat, as locally; others by their listing's size and modification time (or
+    ETag). Local outputs append a line as each lands; other filesystems cannot append, so there
+    the ledger is rewritten every FLUSH_EVERY outputs and at the end (a killed run redoes the rest).
+    """
+
+    FLUSH_EVERY = 256
+
+    def __init__(self, src: str, dst: str, recipe: dict):
+        from fsspec.implementations.local import LocalFileSystem
+
+        from aekit.export.engine_ray import filesystem
+
+        self.fs_in = filesystem(src)[0]
+        self.fs_out, root = output_root(src, dst)
+        self.local_in, self.local_out = (isinstance(fs, LocalFileSystem) for fs in (self.fs_in, self.fs_out))
+        self.listed: dict[str, dict] = {}  # source path -> its listing entry (until stamped)
+        self.pending: dict[str, Item] = {}  # output path -> its stamped item, until the output lands
+        self.unsaved = 0
+        if self.local_out:
+            _remove_parts(Path(root))
+            super().__init__(Path(root), recipe)
+            return
+        self.root, self.recipe, self.path = root, recipe, posixpath.join(root, LEDGER)
+        self.lock, self.records = threading.Lock(), {}
+        try:
+            text = self.fs_out.cat_file(self.path).decode("utf-8")
+        except FileNotFoundError:
+            text = ""
+        except (OSError, UnicodeDecodeError) as e:
+            log.warning("%s: unreadable (%s); every existing output is redone", self.path, e)
+            text = ""
+        for line in text.splitlines():
+            try:
+                rec = json.loads(line)
+                self.records[rec["out"]] = rec
+            except (ValueError, KeyError, TypeError):
+                continue  # a torn or foreign line: that output is redone
+
+    def is_fresh(self, src: str, out: str, info: dict) -> bool:
+        """engine_ray.list_tree's fresh(): is out made from this source with this recipe? Stamps src."""
+        item = Item(Path(src), Path(out))
+        self.listed[str(item.src)] = info
+        fresh = self.fresh(item)
+        self.pending[out] = item
+        return fresh
+
+    def done(self, out: str) -> None:
+        """out was written: record what made it."""
+        item = self.pending.pop(out, None)
+        if item is not None:
+            self.add(item)
+
+    def stamp(self, src: Path) -> dict:
+        info = self.listed.pop(str(src), {})
+        if self.local_in:
+            return Ledger.stamp(src)
+        return {"src": self.fs_in.unstrip_protocol(str(src)), "size": info.get("size"),
+                "mtime_ns": source_version(info)}
+
+    def key(self, dst: Path) -> str:
+        return super().key(dst) if self.local_out else posixpath.relpath(str(dst), self.root)
+
+    def add(self, item: Item) -> None:
+        if self.local_out:
+            return super().add(item)
+        if item.stamp is None:
+            return
+        with self.lock:
+            self.records[self.key(item.dst)] = {"out": self.key(item.dst), **item.stamp, "recipe": self.recipe}
+            self.unsaved += 1
+        if self.unsaved >= self.FLUSH_EVERY:
+            self._save()
+
+    def compact(self) -> None:
+        if self.local_out:
+            return super().compact()
+        self._save(keep=set(self.fs_out.find(self.root)) if self.fs_out.exists(self.root) else set())
+
+    def _save(self, keep: set[str] | None = None) -> None:
+        """Rewrite the whole ledger (keep: only records whose output is in this listing)."""
+        with self.lock:
+            recs = [r for k, r in sorted(self.records.items())
+                    if keep is None or posixpath.join(self.root, k) in keep]
+            self.unsaved = 0
+        if not recs and not self.fs_out.exists(self.path):
+            return
+        try:
+            write_bytes(self.fs_out, self.path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in recs).encode())
+        except OSError as e:
+            log.warning("%s: not saved (%s)", self.path, e)
+
+
+def _remove_parts(root: Path) -> None:
+    """Temp files a killed run left in a local output tree (as aekit.codec.jobs.start_job does)."""
+    if root.is_dir():
+        gone = remove_stale_parts(root)
+        if gone:
+            log.info("removed %d temp file(s) left by an interrupted run, e.g. %s", len(gone), display(gone[0]))
 
 
 @dataclass
@@ -120,21 +250,27 @@ def _local_abs(p: str | Path) -> str:
     return str(Path(p).resolve()) if "://" not in str(p) else str(p)
 
 
-def _report(verb: str, job: Any, listing, rcfg: RayConfig, progress: bool | None) -> JobReport:
+def _report(verb: str, job: Any, listing, rcfg: RayConfig, ledger: RayLedger | None = None) -> JobReport:
     report, t0 = JobReport(verb), time.monotonic()
-    report.skipped, report.ignored = listing.skipped, listing.ignored
+    report.skipped, report.stale, report.ignored = listing.skipped, listing.stale, listing.ignored
     for line in listing.failed:
         report.failed.append(line)
         log.error("failed: %s", line)
-    for row in run_files(job, listing, rcfg):
-        if row["error"]:
-            report.failed.append(row["error"])
-            log.error("failed: %s", row["error"])
-            continue
-        report.ok += 1
-        report.bytes_in += row["bytes_in"]
-        report.bytes_out += row["bytes_out"]
-        report.pixel_bytes += row["meta"].get("pixel_bytes", 0)
+    try:
+        for row in run_files(job, listing, rcfg):
+            if row["error"]:
+                report.failed.append(row["error"])
+                log.error("failed: %s", row["error"])
+                continue
+            report.ok += 1
+            report.bytes_in += row["bytes_in"]
+            report.bytes_out += row["bytes_out"]
+            report.pixel_bytes += row["meta"].get("pixel_bytes", 0)
+            if ledger is not None:
+                ledger.done(row["dst"])
+    finally:  # as locally: what landed is recorded, the ledger compacted even after an interrupt
+        if ledger is not None:
+            ledger.compact()
     report.seconds = time.monotonic() - t0
     return report
 
@@ -144,10 +280,11 @@ def compress_tree_ray(src: str, dst: str, model: str | Path, cfg: CodecConfig | 
     """compress_tree on Ray: SRC and DST may be local paths or fsspec URLs (s3://, gs://, ...)."""
     cfg, rcfg = cfg or CodecConfig(), rcfg or RayConfig()
     job = CompressJob(_local_abs(model), cfg)
-    Codec(job.model, cfg)  # a bad model or --levels fails here, once, before any file is read
+    codec = Codec(job.model, cfg)  # a bad model or --levels fails here, once, before any file is read
+    ledger = RayLedger(str(src), str(dst), recipe("compress", codec))
     listing = list_tree(str(src), str(dst), lambda rel: is_image_name(Path(rel)), lambda rel: rel + SUFFIX,
-                        rcfg.overwrite)
-    return _report("compressed", job, listing, rcfg, rcfg.progress)
+                        rcfg.overwrite, fresh=ledger.is_fresh)
+    return _report("compressed", job, listing, rcfg, ledger)
 
 
 def decompress_tree_ray(src: str, dst: str, models: list[str | Path] | None = None, cfg: CodecConfig | None = None,
@@ -155,7 +292,8 @@ def decompress_tree_ray(src: str, dst: str, models: list[str | Path] | None = No
     """decompress_tree on Ray: each file's model is found by its id in models (default: $AEKIT_MODELS, ./models)."""
     cfg, rcfg = cfg or CodecConfig(), rcfg or RayConfig()
     job = DecompressJob([_local_abs(m) for m in (models or default_model_paths())], cfg)
+    ledger = RayLedger(str(src), str(dst), recipe("decompress", out_format=out_format))
     listing = list_tree(str(src), str(dst), lambda rel: rel.endswith(SUFFIX),
                         lambda rel: str(decoded_name(Path(rel), out_format)), rcfg.overwrite,
-                        clash_hint="use --format same")
-    return _report("decompressed", job, listing, rcfg, rcfg.progress)
+                        clash_hint="use --format same", fresh=ledger.is_fresh)
+    return _report("decompressed", job, listing, rcfg, ledger)

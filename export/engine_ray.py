@@ -63,7 +63,8 @@ class Listing:
     fs_in: Any  # fsspec filesystem of the sources
     fs_out: Any  # fsspec filesystem of the outputs (None: the job writes no per-file outputs)
     todo: list[tuple[str, str, str]] = field(default_factory=list)  # (name in messages, source, output)
-    skipped: int = 0  # outputs that already existed (resume)
+    skipped: int = 0  # outputs that already existed and are up to date (resume)
+    stale: int = 0  # existing outputs to redo: the resume ledger says another source or recipe made them
     ignored: int = 0  # files of other kinds in the tree
     failed: list[str] = field(default_factory=list)  # problems found while listing, one line per file
 
@@ -139,24 +140,41 @@ def _hidden(rel: str) -> bool:
     return any(part.startswith(".") for part in rel.split("/"))
 
 
+def single_output(fs_in: Any, root: str, fs_out: Any, out_root: str) -> bool:
+    """Does a single source file map to the output file out_root (not into a folder of that name)?"""
+    return bool(fs_in.isfile(root) and posixpath.splitext(out_root)[1] and not fs_out.isdir(out_root))
+
+
+def output_root(src: str, dst: str) -> tuple[Any, str]:
+    """(fsspec filesystem, folder) that holds a job's outputs: dst, or a single output's folder."""
+    fs_in, root = filesystem(src)
+    fs_out, out_root = filesystem(dst)
+    return fs_out, posixpath.dirname(out_root) if single_output(fs_in, root, fs_out, out_root) else out_root
+
+
 def list_tree(src: str, dst: str | None, want: Callable[[str], bool], out_name: Callable[[str], str],
-              overwrite: bool = False, clash_hint: str = "") -> Listing:
+              overwrite: bool = False, clash_hint: str = "",
+              fresh: Callable[[str, str, dict], bool] | None = None) -> Listing:
     """Plan a job: wanted files under src (sorted, hidden ones ignored) and their outputs under dst.
 
     Mirrors the local engine: a single file maps to dst (a file name) or into dst (a folder);
-    existing outputs are skipped unless overwrite; two sources with one output fail the second.
+    two sources with one output fail the second; an existing output is skipped unless overwrite
+    or stale. fresh(source path, output path, the source's listing entry) decides staleness (the
+    resume ledger, aekit.codec.ray_jobs.RayLedger; it also stamps every source, as the local
+    engine does); without it every existing output counts as up to date.
     """
     fs_in, root = filesystem(src)
     fs_out, out_root = filesystem(dst) if dst is not None else (None, "")
     listing = Listing(fs_in, fs_out)
     if fs_in.isfile(root):
         name = posixpath.basename(root)
-        single = dst is not None and posixpath.splitext(out_root)[1] and not fs_out.isdir(out_root)
+        single = dst is not None and single_output(fs_in, root, fs_out, out_root)
         target = out_root if single else posixpath.join(out_root, out_name(name)) if dst is not None else ""
-        pairs = [(str(src), root, target)]
+        pairs = [(str(src), root, target, fs_in.info(root) if fresh else {})]
     elif fs_in.isdir(root):
         pairs = []
-        for path in sorted(fs_in.find(root)):
+        entries = fs_in.find(root, detail=True) if fresh else dict.fromkeys(fs_in.find(root), {})
+        for path in sorted(entries):
             rel = posixpath.relpath(path, root)
             if _hidden(rel):
                 continue  # hidden files, including temp files of an interrupted run
@@ -164,21 +182,24 @@ def list_tree(src: str, dst: str | None, want: Callable[[str], bool], out_name: 
                 listing.ignored += 1
                 continue
             out = posixpath.join(out_root, out_name(rel)) if dst is not None else ""
-            pairs.append((f"{str(src).rstrip('/')}/{rel}", path, out))
+            pairs.append((f"{str(src).rstrip('/')}/{rel}", path, out, entries[path]))
     else:
         raise FileNotFoundError(f"{src}: no such file or folder")
     existing = set(fs_out.find(out_root)) if dst is not None and fs_out.exists(out_root) else set()
     claimed: dict[str, str] = {}
-    for name, path, out in pairs:
+    for name, path, out, info in pairs:
         if out and out in claimed:
             listing.failed.append(f"{name}: its output {posixpath.basename(out)} is also written from "
                                   f"{claimed[out]} in this run{'; ' + clash_hint if clash_hint else ''}")
             continue
         claimed[out] = name
-        if out and not overwrite and out in existing:  # one listing of DST, not a request per file
-            listing.skipped += 1
-        else:
-            listing.todo.append((name, path, out))
+        up_to_date = fresh(path, out, info) if fresh and out else True  # after the clash check, as locally
+        if out and out in existing:  # one listing of DST, not a request per file
+            if up_to_date and not overwrite:
+                listing.skipped += 1
+                continue
+            listing.stale += not overwrite
+        listing.todo.append((name, path, out))
     return listing
 
 

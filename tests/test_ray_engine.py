@@ -1,18 +1,24 @@
 """`--engine ray` on a local Ray cluster (2 CPUs, one per test module): compress, decompress and
 screen give byte-identical files and identical scores to the local engine; failures are reported
-per file; reruns resume. Skipped when Ray is not installed (extra aekit[ray])."""
+per file; reruns resume with the local engine's ledger (stale outputs redone, the same decisions as
+the local engine). Skipped when Ray is not installed (extra aekit[ray])."""
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from aekit.cli import main
+from aekit.codec.jobs import LEDGER
 
 ray = pytest.importorskip("ray", reason="Ray not installed: pip install -e '.[ray]' (extra aekit[ray])")
 pytestmark = pytest.mark.slow  # a local Ray cluster: seconds to start, actors per test
@@ -88,9 +94,110 @@ def test_rerun_resumes_and_leaves_existing_outputs(ray_cluster, tiny_model, src_
     assert "compressed 5 files, skipped 36 existing, 2 failed" in err
     assert tree(out) == first
     assert all(p.stat().st_mtime_ns == t for p, t in kept.items())  # existing outputs not rewritten
-    assert not [p for p in out.rglob("*") if p.name.startswith(".")]  # no temp files left
+    assert not [p for p in out.rglob("*") if p.name.startswith(".") and p.name != LEDGER]  # no temp files left
     assert main(args + ["--overwrite"]) == 2
     assert "compressed 41 files, skipped 0 existing" in capsys.readouterr().err
+
+
+def summary(err: str) -> str:
+    return [ln for ln in err.splitlines() if " files" in ln and "skipped" in ln][-1]
+
+
+def mtimes(root: Path) -> dict[str, int]:
+    return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in root.rglob("*.ael")}
+
+
+def test_kill_and_resume_redoes_stale_outputs_as_the_local_engine(ray_cluster, tiny_model, src_tree, tmp_path,
+                                                                  capsys):
+    """What a killed run leaves (a temp file, an output whose record never landed, a torn ledger
+    line), a changed source and a deleted output: Ray redoes the stale and missing outputs, skips
+    (never rewrites) the rest, and the local engine on a copy of the folder decides the same."""
+    src, out, model = tmp_path / "src", tmp_path / "out", tiny_model(1, 4)
+    shutil.copytree(src_tree / "coins", src, ignore=shutil.ignore_patterns("camera.png"))  # 20 small images
+    args = ["compress", str(src), "-m", str(model), "-o", str(out)]
+    assert main(args + ["--engine", "ray"]) == 0
+    recs = (out / LEDGER).read_text().splitlines()
+    assert len(recs) == 20 and summary(capsys.readouterr().err).startswith("compressed 20 files, skipped 0")
+
+    names = sorted(mtimes(out))
+    changed = src / names[0].removesuffix(".ael")
+    Image.fromarray(np.zeros((28, 28), np.uint8)).save(changed)
+    os.utime(changed, ns=(time.time_ns(), time.time_ns() + 10**9))  # a new mtime even on coarse clocks
+    unrecorded = json.loads(recs[1])["out"]  # killed between writing it and recording it
+    (out / LEDGER).write_text("".join(r + "\n" for r in recs if json.loads(r)["out"] != unrecorded) + recs[1][:25])
+    (out / names[2]).unlink()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # a PID that no longer runs
+    part = out / f".{names[3]}.{dead.pid}-abc123.part"
+    part.write_bytes(b"half a file")
+    local = tmp_path / "local"
+    shutil.copytree(out, local)
+    before = mtimes(out)
+
+    assert main(args + ["--engine", "ray"]) == 0
+    ray_summary = summary(capsys.readouterr().err)
+    assert main(["compress", str(src), "-m", str(model), "-o", str(local)]) == 0
+    local_summary = summary(capsys.readouterr().err)
+    assert ray_summary.startswith("compressed 3 files (redid 2 stale), skipped 17 existing, 0 failed")
+    assert local_summary.startswith("compressed 3 files (redid 2 stale), skipped 17 existing, 0 failed")
+    assert tree(out) == tree(local)
+    after = mtimes(out)
+    assert sorted(n for n in after if after[n] != before.get(n)) == sorted([names[0], unrecorded, names[2]])
+    assert not part.exists() and not [p for p in out.rglob(".*") if p.name != LEDGER]
+    assert len((out / LEDGER).read_text().splitlines()) == 20  # compacted, one line per output
+
+    # other settings: every output is stale under either engine, and the ledger is shared both ways
+    assert main(args + ["--engine", "ray", "--levels", "16"]) == 0
+    assert summary(capsys.readouterr().err).startswith("compressed 20 files (redid 20 stale), skipped 0")
+    assert main(args + ["--levels", "16"]) == 0
+    assert summary(capsys.readouterr().err).startswith("compressed 0 files, skipped 20 existing")
+
+    # decompress: resumes by the same ledger, and a local run after a Ray run skips everything
+    dec = ["decompress", str(out), "-o", str(tmp_path / "dec"), "-m", str(model)]
+    assert main(dec + ["--engine", "ray"]) == 0
+    capsys.readouterr()
+    assert main(dec + ["--engine", "ray"]) == 0
+    assert summary(capsys.readouterr().err).startswith("decompressed 0 files, skipped 20 existing")
+    assert main(dec) == 0
+    assert summary(capsys.readouterr().err).startswith("decompressed 0 files, skipped 20 existing")
+
+
+def test_ledger_on_object_storage_urls():
+    """The Ray ledger on fsspec's memory filesystem (object-store semantics, in this process):
+    written at the end, read back, a changed object or another recipe makes its output stale."""
+    fsspec = pytest.importorskip("fsspec")
+    from aekit.codec.ray_jobs import RayLedger
+    from aekit.export.engine_ray import list_tree
+
+    fs = fsspec.filesystem("memory")
+    if fs.exists("/led"):
+        fs.rm("/led", recursive=True)
+    for name in ("a/x.png", "b/y.png"):
+        fs.pipe_file(f"/led/src/{name}", b"data")
+
+    def plan(recipe: dict):
+        ledger = RayLedger("memory://led/src", "memory://led/out", recipe)
+        listing = list_tree("memory://led/src", "memory://led/out", lambda r: r.endswith(".png"),
+                            lambda r: r + ".ael", fresh=ledger.is_fresh)
+        return ledger, listing
+
+    ledger, listing = plan({"job": "compress"})
+    assert (len(listing.todo), listing.skipped, listing.stale) == (2, 0, 0)
+    for _, _, out in listing.todo:
+        fs.pipe_file(out, b"latent")
+        ledger.done(out)
+    ledger.compact()
+    recs = [json.loads(r) for r in fs.cat_file(f"/led/out/{LEDGER}").decode().splitlines()]
+    assert [r["out"] for r in recs] == ["a/x.png.ael", "b/y.png.ael"]
+    assert recs[0]["src"] == "memory:///led/src/a/x.png" and recs[0]["size"] == 4
+    _, listing = plan({"job": "compress"})
+    assert (len(listing.todo), listing.skipped, listing.stale) == (0, 2, 0)
+    time.sleep(0.01)
+    fs.pipe_file("/led/src/a/x.png", b"other data")
+    _, listing = plan({"job": "compress"})
+    assert [t[0] for t in listing.todo] == ["memory://led/src/a/x.png"] and (listing.skipped, listing.stale) == (1, 1)
+    _, listing = plan({"job": "compress", "levels": 16})
+    assert (len(listing.todo), listing.skipped, listing.stale) == (2, 0, 2)
 
 
 def test_screen_matches_local_engine(ray_cluster, tiny_model, gray_dir, src_tree, tmp_path, capsys):
