@@ -3,7 +3,10 @@
     aekit calibrate models/bag data/bag_normal --alpha 0.01
     aekit screen models/bag incoming/ --out results/screen --heatmaps results/heatmaps
 Images are decoded in chunks (bounded memory); a bad file is reported and skipped, and the
-job goes on. Screening writes PREFIX.jsonl, PREFIX.csv and PREFIX.summary.json atomically.
+job goes on. Screening writes PREFIX.jsonl, PREFIX.csv and PREFIX.summary.json atomically
+(streamed to '.PREFIX.jsonl.PID-XXXX.part' temp files, fsynced and renamed). A rerun after a killed
+screen deletes the dead run's temp files and reuses its complete records that are still valid
+(same file size and mtime, model, threshold, maps present); only the rest is scored again.
 """
 
 from __future__ import annotations
@@ -15,7 +18,9 @@ import io
 import json
 import math
 import os
+import re
 import tempfile
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +28,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from aekit.images import FILE_MODE, ImageError, Sample, atomic_write_bytes, load_for_channels, scan_folder
+from aekit.images import (FILE_MODE, ImageError, Sample, _fsync_dir, _pid_alive, atomic_write_bytes,
+                          load_for_channels, scan_folder)
 from aekit.detector.calibration import CalibrationError, too_small_message
 from aekit.detector.heatmap import write_heatmap, write_map
 from aekit.detector.model import ClassScores, Detector, DetectorError
@@ -202,16 +208,75 @@ class ScreenReport:
                 "failed": self.failed, "warnings": self.warnings}
 
 
+STALE_PART_AGE_S = 3600.0  # a temp file without a PID (or of a reused PID) is stale when unchanged this long
+
+
+def stale_parts(target: Path) -> list[Path]:
+    """Temp files of `target` ('.NAME.PID-XXXX.part' beside it) whose writer is gone: its PID no
+    longer runs, or the file has not changed for STALE_PART_AGE_S. Newest first."""
+    pat = re.compile(rf"^\.{re.escape(target.name)}\.(?:(\d+)-)?[A-Za-z0-9_]+\.part$")
+    out = []
+    for p in target.parent.glob(f".{glob_escape(target.name)}.*.part"):
+        m = pat.match(p.name)
+        try:
+            st = p.lstat()
+        except OSError:
+            continue
+        if m and ((m.group(1) and not _pid_alive(int(m.group(1)))) or time.time() - st.st_mtime >= STALE_PART_AGE_S):
+            out.append((st.st_mtime, p))
+    return [p for _, p in sorted(out, reverse=True)]
+
+
+def glob_escape(name: str) -> str:
+    return re.sub(r"([*?\[])", r"[\1]", name)
+
+
+def complete_records(path: Path) -> list[dict[str, Any]]:
+    """The whole JSON lines of a (possibly truncated) JSONL file; reading stops at the first broken one."""
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return []
+    out = []
+    for line in data.split(b"\n")[:-1]:  # the text after the last newline is a torn record
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            break
+        if not isinstance(rec, dict):
+            break
+        out.append(rec)
+    return out
+
+
 class RecordWriter:
-    """JSONL + CSV records streamed to temp files beside the targets, renamed into place by commit()."""
+    """JSONL + CSV records streamed to temp files beside the targets, renamed into place by commit().
+
+    On creation it deletes the temp files a killed run left beside the targets; the complete
+    records of the newest one are kept in `leftover` (the caller decides which are still valid)."""
 
     def __init__(self, prefix: str | Path):
         self.targets = [Path(f"{prefix}.jsonl"), Path(f"{prefix}.csv")]
         self.temps: list[str] = []
         self.files = []
+        self.leftover: list[dict[str, Any]] = []
+        self.leftover_start = 0.0  # when the run that wrote leftover started (Unix s; 0: unknown)
+        self.removed: list[Path] = []
         for t in self.targets:
             t.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{t.name}.", suffix=".part", dir=t.parent)
+            stale = stale_parts(t)
+            if stale and t.suffix == ".jsonl":
+                self.leftover = complete_records(stale[0])
+                m = re.search(r"\.\d+-t([0-9a-f]+)_", stale[0].name)
+                self.leftover_start = int(m.group(1), 16) / 1000.0 if m else 0.0
+            for p in stale:
+                p.unlink(missing_ok=True)
+                self.removed.append(p)
+        if self.removed:
+            log.info("removed %d temp file(s) left by an interrupted screen, e.g. %s", len(self.removed), self.removed[0])
+        for t in self.targets:
+            start = f"t{int(time.time() * 1000):x}_"  # the start time (ms, hex): a resume trusts sources older than it
+            fd, tmp = tempfile.mkstemp(prefix=f".{t.name}.{os.getpid()}-{start}", suffix=".part", dir=t.parent)
             self.temps.append(tmp)
             self.files.append(io.open(fd, "w", newline=""))
         self.csv = csv.DictWriter(self.files[1], fieldnames=RECORD_FIELDS, extrasaction="ignore")
@@ -223,9 +288,12 @@ class RecordWriter:
 
     def commit(self) -> list[Path]:
         for f, tmp, t in zip(self.files, self.temps, self.targets):
+            f.flush()
+            os.fsync(f.fileno())
             f.close()
             os.chmod(tmp, FILE_MODE)
             os.replace(tmp, t)
+            _fsync_dir(t.parent)
         return self.targets
 
     def abort(self) -> None:
@@ -252,7 +320,10 @@ def screen_folder(model: str | Path, src: str | Path, out: str | Path, cls: str 
     writer = RecordWriter(out)
     try:
         usable = _calibrated(det, samples, labels, report, writer)
-        for chunk in load_chunks(samples, det.channels, _factor(det), cfg):
+        reused = _reuse(det, samples, labels, usable, report, writer, heatmaps, maps)
+        todo = [i for i in range(len(samples)) if i not in reused]
+        for chunk in load_chunks([samples[i] for i in todo], det.channels, _factor(det), cfg):
+            chunk = [(todo[j], im, err) for j, im, err in chunk]
             _screen_chunk(det, samples, labels, chunk, usable, report, writer, heatmaps, maps)
         report.outputs = writer.commit()
     except BaseException:
@@ -286,6 +357,45 @@ def _calibrated(det: Detector, samples: list[Sample], labels: list[str], report:
         if math.isinf(t):
             report.warnings.append(too_small_message(c, cc.n, det.alpha_))
     return {i for i, c in enumerate(labels) if c in ok}
+
+
+def _reuse(det: Detector, samples: list[Sample], labels: list[str], usable: set[int], report: ScreenReport,
+           writer: RecordWriter, heatmaps: str | Path | None, map_dir: str | Path | None) -> set[int]:
+    """Write the killed run's records that are still valid and count them; returns their indices.
+
+    Valid: a scored record (errors are retried) of a file in this job, same class, model id and
+    threshold (so the same calibration, score and alpha), the file not modified since that run
+    started, and its map / heatmap files present when asked for."""
+    by_path = {str(s.path): i for i, s in enumerate(samples)}
+    done: set[int] = set()
+    for rec in writer.leftover:
+        i = by_path.get(rec.get("path"))
+        if i is None or i in done or i not in usable or rec.get("error") is not None or rec.get("class") != labels[i]:
+            continue
+        c = labels[i]
+        cc, model_id = det.class_calibration(c), det.runtime(det.model_for(c)).model_id
+        t = cc.threshold(det.alpha_)
+        try:
+            fresh = samples[i].path.stat().st_mtime < writer.leftover_start
+        except OSError:
+            fresh = False
+        rel = samples[i].rel
+        wanted = ([Path(map_dir) / rel.with_suffix(".png"), Path(map_dir) / rel.with_suffix(".npy")] if map_dir else []) \
+            + ([Path(heatmaps) / rel.with_suffix(".png")] if heatmaps is not None and rec.get("is_anomaly") else [])
+        if not (fresh and rec.get("model_id") == model_id and rec.get("threshold") == (None if math.isinf(t) else t)
+                and isinstance(rec.get("score"), float) and all(f.is_file() for f in wanted)):
+            continue
+        _note_shape(report, c, cc.image_shape, (rec.get("height"), rec.get("width")))
+        s = report.per_class[c]
+        flag = bool(rec["score"] > t)
+        s.n, s.flagged, s.score_sum = s.n + 1, s.flagged + flag, s.score_sum + rec["score"]
+        s.min_p = min(s.min_p, float(cc.p_values(np.array([rec["score"]]))[0]))
+        writer.write(rec)
+        done.add(i)
+    if writer.leftover:
+        log.info("resumed an interrupted screen: %d of its %d record(s) reused, the rest screened again",
+                 len(done), len(writer.leftover))
+    return done
 
 
 def _fail(samples, labels, report, writer, i: int, err: str) -> None:

@@ -282,3 +282,55 @@ def test_train_per_class_builds_a_routed_calibrated_detector(fmnist_dir, tmp_pat
         assert r["model_id"] == ids[r["class"]]  # each class went through its own model
     rc, _, err = run(capsys, "detector", "train-per-class", data, "--out", out)
     assert rc == 2 and "already exists" in err
+
+
+def test_rerun_after_a_killed_screen_cleans_its_temp_files_and_resumes(model, normal, tmp_path, capsys, monkeypatch):
+    """Issue 14 §4: a killed screen leaves truncated '.OUT.jsonl.PID-….part' files; the rerun deletes
+    them, reuses the complete records that are still valid and scores only the rest."""
+    import os
+    import time
+
+    assert run(capsys, "calibrate", model, normal, "--alpha", "0.05", "--score", "mse-top1")[0] == 0
+    maps = tmp_path / "maps"
+    rc, _, err = run(capsys, "screen", model, normal, "--out", tmp_path / "fresh", "--maps", maps)
+    assert rc in (0, 1), err
+    lines = Path(f"{tmp_path / 'fresh'}.jsonl").read_text().splitlines(keepends=True)
+    half = len(lines) // 2
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # a PID that no longer runs
+    start = f"t{int(time.time() * 1000):x}_"
+    killed = tmp_path / f".k.jsonl.{dead.pid}-{start}abc123.part"
+    killed.write_text("".join(lines[:half]) + lines[half][:25])  # killed mid-record: a torn last line
+    (tmp_path / f".k.csv.{dead.pid}-{start}abc124.part").write_text("path,class\n/x,")
+    old = tmp_path / ".k.jsonl.zz9_old.part"  # an older version's name (no PID): removed once an hour old
+    old.write_text("{}\n")
+    os.utime(old, (time.time() - 7200, time.time() - 7200))
+    live = tmp_path / f".k.jsonl.{os.getpid()}-t0_live00.part"  # a running writer's file: kept
+    live.write_text("")
+    touched = Path(json.loads(lines[0])["path"])  # changed after the killed run started: scored again
+    os.utime(touched, (time.time() + 5, time.time() + 5))
+    scored = []
+    real = Detector.score_maps
+
+    def counting(self, X, classes=None, maps=True):
+        scored.extend(classes if isinstance(classes, list) else [classes] * len(X))
+        return real(self, X, classes, maps)
+
+    monkeypatch.setattr(Detector, "score_maps", counting)
+    rc2, _, err = run(capsys, "screen", model, normal, "--out", tmp_path / "k", "--maps", maps)
+    assert rc2 == rc, err
+    assert not killed.exists() and not old.exists() and live.exists()
+    assert not [p for p in tmp_path.glob(".k.*") if p != live]
+    assert len(scored) == len(lines) - half + 1  # the valid half reused, the torn record and the touched file redone
+    fresh, resumed = records(tmp_path / "fresh"), records(tmp_path / "k")
+    assert sorted(fresh, key=lambda r: r["path"]) == sorted(resumed, key=lambda r: r["path"])
+    assert json.loads(Path(f"{tmp_path / 'fresh'}.summary.json").read_text()) == \
+        json.loads(Path(f"{tmp_path / 'k'}.summary.json").read_text())
+    with open(f"{tmp_path / 'k'}.csv", newline="") as f:
+        assert len(list(csv.DictReader(f))) == len(lines)
+    # another calibration (other thresholds): nothing of a killed run is reused
+    killed.write_text("".join(lines[:half]))
+    assert run(capsys, "calibrate", model, normal, "--alpha", "0.1", "--score", "mse-top1")[0] == 0
+    scored.clear()
+    run(capsys, "screen", model, normal, "--out", tmp_path / "k", "--maps", maps)
+    assert len(scored) == len(lines) and not killed.exists()
