@@ -14,7 +14,9 @@ from typing import Any
 
 import numpy as np
 
-COUNTED_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
+from aekit.export.speed import (  # noqa: F401  (the counter lives in the export layer: manifests use it)
+    COUNTED_OPS, _have_all, _inferred_shapes, _node_macs, _runtime_shapes, count_macs,
+)
 
 # Dense (no sparsity) peak TFLOP/s from the vendors' datasheets, by precision:
 # fp16/bf16 on tensor cores with fp32 accumulate; tf32 tensor cores; fp32 CUDA cores.
@@ -94,104 +96,6 @@ def measured_ort_matmul_tflops(n: int = 2048, seconds: float = 0.5, threads: int
         if time.perf_counter() > t_end:
             break
     return 2 * n**3 / best / 1e12
-
-
-def count_macs(onnx_path: str | Path, input_shapes: dict[str, tuple[int, ...]]) -> dict[str, Any]:
-    """Multiply-adds of the counted ops at these input shapes: {'macs', 'by_op', 'method'}."""
-    import onnx
-
-    model = onnx.load(str(onnx_path))
-    shapes = _inferred_shapes(model, input_shapes)
-    method = "onnx shape inference"
-    if not _have_all(model, shapes):
-        shapes = _runtime_shapes(model, input_shapes)
-        method = "onnxruntime run"
-    weights = {t.name: tuple(t.dims) for t in model.graph.initializer}
-    by_op: dict[str, int] = {}
-    for node in model.graph.node:
-        if node.op_type in COUNTED_OPS:
-            macs = _node_macs(node, shapes, weights)
-            by_op[node.op_type] = by_op.get(node.op_type, 0) + macs
-    return {"macs": sum(by_op.values()), "by_op": by_op, "method": method}
-
-
-def _node_macs(node: Any, shapes: dict[str, tuple[int, ...]], weights: dict[str, tuple[int, ...]]) -> int:
-    w = weights.get(node.input[1]) or shapes[node.input[1]]
-    group = next((a.i for a in node.attribute if a.name == "group"), 1)
-    if node.op_type == "Conv":  # out (N, Co, *S) x (Ci/g * prod(k)) per output element
-        return int(np.prod(shapes[node.output[0]], dtype=np.int64)) * int(np.prod(w[1:], dtype=np.int64))
-    if node.op_type == "ConvTranspose":  # weight (Ci, Co/g, *k): every input element scatters Co/g * prod(k)
-        return int(np.prod(shapes[node.input[0]], dtype=np.int64)) * int(np.prod(w[1:], dtype=np.int64))
-    a = shapes[node.input[0]]
-    k = a[-1] if not (node.op_type == "Gemm" and _attr(node, "transA")) else a[0]
-    return int(np.prod(shapes[node.output[0]], dtype=np.int64)) * int(k)
-
-
-def _attr(node: Any, name: str) -> int:
-    return next((a.i for a in node.attribute if a.name == name), 0)
-
-
-def _concrete(model: Any, input_shapes: dict[str, tuple[int, ...]]) -> Any:
-    import onnx
-
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    for inp in m.graph.input:
-        if inp.name in input_shapes:
-            dims = inp.type.tensor_type.shape.dim
-            for d, v in zip(dims, input_shapes[inp.name]):
-                d.Clear()
-                d.dim_value = int(v)
-    return m
-
-
-def _inferred_shapes(model: Any, input_shapes: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
-    import onnx
-
-    try:
-        m = onnx.shape_inference.infer_shapes(_concrete(model, input_shapes), data_prop=True)
-    except Exception:  # inference is best effort; the runtime fallback is exact
-        return {}
-    shapes: dict[str, tuple[int, ...]] = {}
-    for vi in list(m.graph.input) + list(m.graph.value_info) + list(m.graph.output):
-        dims = vi.type.tensor_type.shape.dim
-        if dims and all(d.HasField("dim_value") for d in dims):
-            shapes[vi.name] = tuple(d.dim_value for d in dims)
-    return shapes
-
-
-def _have_all(model: Any, shapes: dict[str, tuple[int, ...]]) -> bool:
-    weights = {t.name for t in model.graph.initializer}
-    for node in model.graph.node:
-        if node.op_type in COUNTED_OPS:
-            needed = [node.input[0], node.output[0]] + ([] if node.input[1] in weights else [node.input[1]])
-            if any(n not in shapes for n in needed):
-                return False
-    return True
-
-
-def _runtime_shapes(model: Any, input_shapes: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
-    """Shapes of every counted op's tensors by running the graph once with them exposed as outputs."""
-    import onnx
-    import onnxruntime as ort
-
-    m = _concrete(model, input_shapes)
-    weights = {t.name for t in m.graph.initializer}
-    have = {o.name for o in m.graph.output}
-    names = []
-    for node in m.graph.node:
-        if node.op_type in COUNTED_OPS:
-            for n in (node.input[0], node.input[1], node.output[0]):
-                if n not in weights and n not in have and n not in names and n not in input_shapes:
-                    names.append(n)
-    m.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names)
-    sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
-    feeds = {i.name: np.zeros(input_shapes[i.name], dtype=np.float16 if "float16" in i.type else np.float32)
-             for i in sess.get_inputs()}
-    outs = sess.run(None, feeds)
-    shapes = {n: tuple(v) for n, v in input_shapes.items()}
-    shapes.update({o.name: tuple(v.shape) for o, v in zip(sess.get_outputs(), outs)})
-    return shapes
 
 
 def peak_activation_bytes(onnx_path: str | Path, input_shapes: dict[str, tuple[int, ...]]) -> int:

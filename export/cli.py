@@ -28,6 +28,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fp16", action="store_true", help="also write fp16 ONNX models (GPU inference)")
     p.add_argument("--force", action="store_true", help="replace an existing model folder (its calibration "
                    "is kept if the model is the same, else dropped with a warning)")
+    p.add_argument("--no-lean", dest="lean", action="store_false", help="keep the exporter's graph as it is "
+                   "(no BatchNorm folding, activation moves or sub-pixel ConvTranspose; README: Lean graphs and int8)")
+    p.add_argument("--int8", action="store_true", help="ship an int8 (QDQ) decoder, refused if it loses more than "
+                   "--int8-max-loss dB PSNR against the fp32 one; a model of its own id")
+    p.add_argument("--int8-encoder", action="store_true", help="with --int8: quantise the encoder too (faster "
+                   "compress, but latent symbols may then differ between machines; flagged in the manifest)")
+    p.add_argument("--calib-data", help="with --int8: image folder to calibrate on (default: the run's training data)")
+    p.add_argument("--int8-check-data", help="with --int8: image folder for the PSNR check (default: images of the "
+                   "calibration folder not calibrated on)")
+    p.add_argument("--int8-max-loss", type=float, default=None, help="with --int8: largest mean PSNR loss in dB "
+                   "vs fp32 on the check images (default 0.3)")
+    p.add_argument("--no-speed", dest="speed", action="store_false", help="do not time the model (the manifest "
+                   "still gets GFLOP per megapixel)")
     p.set_defaults(func=cmd_export)
     i = sub.add_parser("info", help="describe an exported model (or a checkpoint)")
     i.add_argument("model", type=model_arg, help="model folder, manifest.json, a .pt checkpoint, or a shipped model's name")
@@ -40,9 +53,18 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from aekit.export.onnx import export_model
+    from aekit.export.quantize import INT8_MAX_LOSS_DB, Int8Config
 
+    int8_only = [o for o, v in (("--int8-encoder", args.int8_encoder), ("--calib-data", args.calib_data),
+                                ("--int8-check-data", args.int8_check_data),
+                                ("--int8-max-loss", args.int8_max_loss is not None)) if v]
+    if int8_only and not args.int8:
+        raise ValueError(f"{', '.join(int8_only)} only apply with --int8")
+    int8 = Int8Config(encoder=args.int8_encoder, calib_data=args.calib_data, check_data=args.int8_check_data,
+                      max_loss_db=INT8_MAX_LOSS_DB if args.int8_max_loss is None else args.int8_max_loss) if args.int8 else None
     previous = read_calibration(Path(args.out)) if args.force else None
-    out = export_model(args.checkpoint, args.out, fp16=args.fp16, force=args.force)
+    out = export_model(args.checkpoint, args.out, fp16=args.fp16, force=args.force, lean=args.lean, int8=int8,
+                       speed=args.speed)
     if previous:
         carry_calibration(out, *previous)
     print(out)

@@ -188,6 +188,34 @@ def _describe_latent(m: dict[str, Any]) -> str:
             f"qualities    {qs}; default {ent.get('default_quality')} (--quality; higher = better, larger)")
 
 
+def _describe_speed(m: dict[str, Any]) -> list[str]:
+    """`aekit info` lines for the optional "graph", "speed" and "int8" sections (a shipped model's
+    card.json beside the manifest supplies "speed" when the manifest predates it)."""
+    lines, sp = [], m.get("speed")
+    if not isinstance(sp, dict) and m.get("_dir"):
+        try:
+            sp = json.loads((Path(m["_dir"]) / "card.json").read_text()).get("speed")
+        except (OSError, ValueError, AttributeError):
+            sp = None
+    if isinstance(sp, dict) and isinstance(sp.get("gflop_per_mp"), dict):
+        g, r = sp["gflop_per_mp"], sp.get("mp_per_s") or {}
+        on = sp.get("measured_on") or {}
+        lines.append(f"compute      encoder {g.get('encoder')} GFLOP/MP, decoder {g.get('decoder')} GFLOP/MP"
+                     + (f"; measured {r.get('encoder')} / {r.get('decoder')} MP/s (encode / decode, "
+                        f"{on.get('threads', 1)} thread, {sp.get('side')} px, {on.get('cpu', '?')})" if r else ""))
+    lean = (m.get("graph") or {}).get("lean") if isinstance(m.get("graph"), dict) else None
+    if isinstance(lean, dict):
+        done = sorted({p for v in lean.values() if isinstance(v, dict) for p in v})
+        lines.append(f"graph        lean: {', '.join(done) or 'nothing to rewrite'}")
+    q = m.get("int8")
+    if isinstance(q, dict):
+        lines.append(f"int8         {' + '.join(q.get('parts', []))}: {q.get('psnr_loss_db')} dB PSNR lost vs fp32 on "
+                     f"{q.get('check_images')} held-out images (limit {q.get('max_loss_db')}), speed-up "
+                     + ", ".join(f"{k} {v}x" for k, v in (q.get("speedup") or {}).items())
+                     + ("; encoder int8: symbols may differ between machines" if "encoder" in q.get("parts", []) else ""))
+    return lines
+
+
 def describe(m: dict[str, Any]) -> str:
     """A readable multi-line summary of a manifest (`aekit info`)."""
     lat, tr = m["latent"], m.get("training", {})
@@ -205,6 +233,7 @@ def describe(m: dict[str, Any]) -> str:
         v = m["verification"]
         lines.append(f"verified     onnxruntime vs torch on {v.get('images')} real images: max abs err "
                      f"encoder {v.get('encoder_max_abs_err'):.2e}, decoder {v.get('decoder_max_abs_err'):.2e}")
+    lines += _describe_speed(m)
     if tr:
         lines.append(f"trained      on {tr.get('data')} ({tr.get('n_train')} train / {tr.get('n_val')} val images), "
                      f"{tr.get('epochs')} epochs, loss {tr.get('loss')}, best val PSNR "

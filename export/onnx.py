@@ -1,8 +1,9 @@
 """Export a checkpoint to encoder.onnx + decoder.onnx + manifest.json, verified.
 
-    aekit export runs/NAME/best.pt --out models/NAME [--fp16]
-The export is written to a temp folder, checked with onnx.checker, run with
-onnxruntime against PyTorch on real images, and only then renamed into place.
+    aekit export runs/NAME/best.pt --out models/NAME [--fp16] [--int8] [--no-lean]
+The export is written to a temp folder, made lean (export/lean.py), checked with onnx.checker,
+run with onnxruntime against PyTorch on real images, and only then renamed into place;
+--int8 adds a quantised decoder checked for PSNR against the fp32 one (export/quantize.py).
 """
 
 from __future__ import annotations
@@ -26,7 +27,10 @@ from aekit.data import scale_crop
 from aekit.images import DIR_MODE, ImageError, load_image, pad_to_multiple, scan_folder, to_model_input
 from aekit.export.entropy import QUANTISER_INTEGER, trim_counts
 from aekit.export.manifest import MANIFEST_FORMAT, MANIFEST_VERSION, entropy_bytes, model_id_of, save_manifest
+from aekit.export.lean import lean_file
+from aekit.export.quantize import Int8Config, Int8Error, int8_export, split_images
 from aekit.export.runtime import make_session
+from aekit.export.speed import model_speed, side_for, speedup
 
 OPSET = 18  # pinned: every runtime we target (onnxruntime >= 1.18, TensorRT 10) supports it
 log = logging.getLogger(__name__)
@@ -135,8 +139,17 @@ def _input_dtype(session: Any) -> type:
     return np.float16 if session.get_inputs()[0].type == "tensor(float16)" else np.float32
 
 
-def export_model(checkpoint: str | Path, out: str | Path, fp16: bool = False, force: bool = False) -> Path:
-    """Export, verify and write the model folder; returns its path. Refuses on failure."""
+def export_model(checkpoint: str | Path, out: str | Path, fp16: bool = False, force: bool = False,
+                 lean: bool = True, int8: Int8Config | None = None, speed: bool = True) -> Path:
+    """Export, verify and write the model folder; returns its path.
+
+    lean: apply export/lean.py's exact graph rewrites (BatchNorm folding, activations before
+    DepthToSpace, sub-pixel ConvTranspose) before the parity check. int8: also write a QDQ int8
+    decoder (and encoder with int8.encoder) that the manifest's "files" then name; refused
+    (Int8Error) when it loses more than int8.max_loss_db PSNR. speed: measure MP/s (1 thread) into
+    the manifest's "speed" section (GFLOP/MP are always counted). Raises ExportError / Int8Error
+    (nothing written) on any failed check.
+    """
     out = Path(out)
     if out.exists() and not force:
         raise ExportError(f"{out}: already exists; pass --force to replace it")
@@ -160,11 +173,20 @@ def export_model(checkpoint: str | Path, out: str | Path, fp16: bool = False, fo
         f = cfg.factor
         _to_onnx(_Encode(model).eval(), torch.zeros(2, cfg.channels, 4 * f, 4 * f).uniform_(-1, 1), "x", "y", tmp / "encoder.onnx")
         _to_onnx(_Decode(model).eval(), torch.zeros(2, cfg.latent_channels, 4, 4).uniform_(-1, 1), "y_hat", "x_hat", tmp / "decoder.onnx")
+        graph = {"lean": {k: lean_file(tmp / f"{k}.onnx") for k in ("encoder", "decoder")} if lean else False}
         check = verify(model, tmp / "encoder.onnx", tmp / "decoder.onnx", images, PARITY_TOL)
         files = {"encoder": "encoder.onnx", "decoder": "decoder.onnx"}
+        latent = _latent_fields(model, ckpt)
+        extra: dict[str, Any] = {"graph": graph}
+        if int8 is not None:
+            extra["int8"] = _export_int8(tmp, ckpt, cfg, latent, int8)
+            files = {"encoder": "encoder_int8.onnx" if int8.encoder else "encoder.onnx", "decoder": "decoder_int8.onnx",
+                     **({"encoder_fp32": "encoder.onnx"} if int8.encoder else {}), "decoder_fp32": "decoder.onnx"}
         if fp16:
             files.update(_export_fp16(model, tmp, images))
-        manifest = _manifest(model, ckpt, tmp, files, check, source, checkpoint, time.monotonic() - t0)
+        extra["speed"] = model_speed(tmp / files["encoder"], tmp / files["decoder"], cfg.channels,
+                                     cfg.latent_channels, cfg.factor, seconds=0.5, measure=speed)
+        manifest = _manifest(model, ckpt, tmp, files, check, source, checkpoint, time.monotonic() - t0, latent, extra)
         save_manifest(tmp, manifest)
         tmp.chmod(DIR_MODE)  # mkdtemp made it private
         if out.exists():
@@ -193,13 +215,35 @@ def _export_fp16(model: nn.Module, tmp: Path, images: list[np.ndarray]) -> dict[
     return {"encoder_fp16": "encoder_fp16.onnx", "decoder_fp16": "decoder_fp16.onnx"}
 
 
-def _manifest(model, ckpt, tmp, files, check, source, checkpoint, secs) -> dict[str, Any]:
+def _export_int8(tmp: Path, ckpt: dict[str, Any], cfg: Any, latent: dict[str, Any], int8: Int8Config) -> dict[str, Any]:
+    """The int8 files in tmp and the manifest's "int8" section (calibration on the run's training images)."""
+    from aekit.export.runtime import Quantiser
+
+    tc, summary = ckpt.get("train_config", {}), ckpt.get("summary", {})
+    folder = int8.calib_data or next((f for f in (summary.get("data"), tc.get("data")) if f and Path(f).is_dir()), None)
+    if folder is None or not Path(folder).is_dir():
+        raise Int8Error(f"int8 calibration needs training images: {folder or 'the run names no data folder here'} "
+                        "is not a folder; pass --calib-data DIR")
+    calib, check = split_images(folder, cfg.channels, int8, int8.check_data)
+    f = cfg.factor
+
+    def speed(e32: Path, d32: Path, e8: Path, d8: Path) -> dict[str, float]:
+        s = side_for(f)
+        rng = np.random.default_rng(0)
+        x = {"x": rng.uniform(-1, 1, (1, cfg.channels, s, s)).astype(np.float32)}
+        y = {"y_hat": rng.uniform(-1, 1, (1, cfg.latent_channels, s // f, s // f)).astype(np.float32)}
+        return speedup({"encoder": (e32, e8, x), "decoder": (d32, d8, y)}, seconds=1.0)
+
+    out = int8_export(tmp, calib, check, f, Quantiser.of(latent), int8, speed)
+    return {**out, "calib_data": str(folder), "check_data": str(int8.check_data or folder)}
+
+
+def _manifest(model, ckpt, tmp, files, check, source, checkpoint, secs, latent, extra) -> dict[str, Any]:
     cfg = model.cfg
-    latent = _latent_fields(model, ckpt)
     return {
         "format": MANIFEST_FORMAT,
         "format_version": MANIFEST_VERSION,
-        "model_id": model_id_of(tmp / "encoder.onnx", tmp / "decoder.onnx", entropy_bytes(latent)),
+        "model_id": model_id_of(tmp / files["encoder"], tmp / files["decoder"], entropy_bytes(latent)),
         "arch": cfg.arch,
         "channels": cfg.channels,
         "ratio": cfg.ratio,
@@ -216,6 +260,7 @@ def _manifest(model, ckpt, tmp, files, check, source, checkpoint, secs) -> dict[
         "model_config": cfg.to_dict(),
         "training": {**ckpt.get("summary", {}), "checkpoint": str(Path(checkpoint).resolve())},
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **extra,  # graph (lean passes applied), speed (GFLOP/MP, MP/s), int8 (when --int8)
     }
 
 

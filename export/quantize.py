@@ -1,0 +1,161 @@
+"""int8 export: onnxruntime static QDQ quantisation with a PSNR check against the fp32 export.
+
+    aekit export runs/NAME/best.pt --out models/NAME-int8 --int8 [--int8-encoder] [--calib-data DIR]
+Weights are quantised per output channel (int8, symmetric), activations per tensor (uint8) with
+ranges calibrated (min/max) on training images; the model is refused if its mean PSNR on images
+not used for calibration falls more than `max_loss_db` below the fp32 export's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from aekit.images import ImageError, from_model_output, load_image, pad_to_multiple, scan_folder, to_model_input
+
+INT8_MAX_LOSS_DB = 0.3  # default --int8-max-loss: mean PSNR the int8 model may lose vs fp32, dB
+
+
+class Int8Error(Exception):
+    """The int8 model failed its quality check (or could not be calibrated); nothing was written."""
+
+
+@dataclass
+class Int8Config:
+    """What `aekit export --int8` quantises and how it is checked."""
+
+    encoder: bool = False  # also quantise the encoder (symbols then depend on the machine's int8 kernels)
+    calib_data: str | None = None  # image folder for calibration and the check (default: the run's data)
+    check_data: str | None = None  # separate image folder for the check (default: images of calib_data not calibrated on)
+    max_loss_db: float = INT8_MAX_LOSS_DB  # refuse above this mean PSNR loss vs fp32 on the check images
+    calib_images: int = 32  # images used to calibrate activation ranges
+    check_images: int = 16  # other images for the PSNR check
+    side: int = 256  # centre crops of at most side x side px at native resolution
+
+
+def split_images(folder: str | Path, channels: int, cfg: Int8Config,
+                 check_folder: str | Path | None = None) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Calibration and check images, uint8 (H, W, C) centre crops of at most cfg.side px: from
+    check_folder when given, else every few files of an evenly spaced pick of folder (disjoint sets)."""
+    if check_folder is not None:
+        calib = _crops(folder, channels, cfg.calib_images, cfg.side)
+        check = _crops(check_folder, channels, cfg.check_images, cfg.side)
+        if not calib or not check:
+            raise Int8Error(f"{folder if not calib else check_folder}: no usable image for int8 "
+                            f"{'calibration' if not calib else 'check'}")
+        return calib, check
+    n = cfg.calib_images + cfg.check_images
+    images = _crops(folder, channels, n, cfg.side)
+    if len(images) < 2:
+        raise Int8Error(f"{folder}: {len(images)} usable image(s); int8 needs at least 2 (calibration and check): "
+                        "name a folder of training images with --calib-data")
+    k = max(1, len(images) * cfg.check_images // n)  # every (n/check)-th image is held out for the check
+    step = max(2, len(images) // k)
+    check = images[step - 1::step][:k]
+    calib = [im for i, im in enumerate(images) if (i + 1) % step or i // step >= k]
+    return calib, check
+
+
+def _crops(folder: str | Path, channels: int, n: int, side: int) -> list[np.ndarray]:
+    """Up to n evenly spaced images of folder, centre-cropped to at most side x side."""
+    samples = scan_folder(folder)[0]
+    images = []
+    for smp in samples[:: max(1, len(samples) // n)][:n]:
+        try:
+            im = load_image(smp.path, channels)[0]
+        except ImageError:
+            continue
+        h, w = im.shape[:2]
+        t, l = max(0, (h - side) // 2), max(0, (w - side) // 2)
+        images.append(np.ascontiguousarray(im[t:t + side, l:l + side]))
+    return images
+
+
+class _Reader:
+    """onnxruntime CalibrationDataReader over a list of feeds."""
+
+    def __init__(self, feeds: list[dict[str, np.ndarray]]):
+        self.feeds = iter(feeds)
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self.feeds, None)
+
+    def rewind(self) -> None:  # not needed: one pass of min/max calibration
+        pass
+
+
+def quantize_int8(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]]) -> Path:
+    """Static QDQ quantisation of src to dst: per-channel int8 weights, uint8 activations (min/max
+    calibrated on feeds: the inputs the network really receives). Returns dst."""
+    import logging
+
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    root, quiet = logging.getLogger(), logging.NullHandler()  # its pre-processing advice goes through
+    was = root.disabled                                          # logging.warning (root, basicConfig)
+    root.disabled = True
+    root.addHandler(quiet)
+    try:
+        quantize_static(str(src), str(dst), _Reader(feeds), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        calibrate_method=CalibrationMethod.MinMax,
+                        extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
+    finally:
+        root.disabled = was
+        root.removeHandler(quiet)
+    return dst
+
+
+def _run(sess: Any, name: str, x: np.ndarray) -> np.ndarray:
+    return sess.run(None, {name: x})[0]
+
+
+def int8_export(tmp: Path, images_calib: list[np.ndarray], images_check: list[np.ndarray], factor: int,
+                quantiser: Any, cfg: Int8Config, speed: Callable[[Path, Path, Path, Path], dict[str, float]]) -> dict[str, Any]:
+    """Write decoder_int8.onnx (and encoder_int8.onnx with cfg.encoder) into tmp beside the fp32
+    files, check quality and return the manifest's "int8" section; Int8Error if the loss is too large.
+
+    quantiser: the model's default `Quantiser` (y -> uint8 symbols -> y_hat), so the decoder is
+    calibrated on the latents it will really decode. speed(enc32, dec32, enc8, dec8) -> speed-ups.
+    """
+    from aekit.export.speed import one_thread_session
+    from aekit.metrics import psnr
+
+    enc32 = one_thread_session(tmp / "encoder.onnx")
+    xs = [pad_to_multiple(to_model_input(im[None]), factor) for im in images_calib]
+    ys = [quantiser.dequantise(quantiser.quantise(_run(enc32, "x", x))) for x in xs]
+    quantize_int8(tmp / "decoder.onnx", tmp / "decoder_int8.onnx", [{"y_hat": y} for y in ys])
+    if cfg.encoder:
+        quantize_int8(tmp / "encoder.onnx", tmp / "encoder_int8.onnx", [{"x": x} for x in xs])
+    dec32, dec8 = one_thread_session(tmp / "decoder.onnx"), one_thread_session(tmp / "decoder_int8.onnx")
+    enc8 = one_thread_session(tmp / "encoder_int8.onnx") if cfg.encoder else enc32
+    p32, p8, p_vs, changed = [], [], [], 0
+    for im in images_check:
+        h, w = im.shape[:2]
+        x = pad_to_multiple(to_model_input(im[None]), factor)
+        q32, q8 = quantiser.quantise(_run(enc32, "x", x)), quantiser.quantise(_run(enc8, "x", x))
+        changed += int((q32 != q8).sum())
+        r32 = from_model_output(_run(dec32, "y_hat", quantiser.dequantise(q32)))[0, :h, :w]
+        r8 = from_model_output(_run(dec8, "y_hat", quantiser.dequantise(q8)))[0, :h, :w]
+        p32.append(psnr(im, r32))
+        p8.append(psnr(im, r8))
+        p_vs.append(psnr(r32, r8))
+    loss = float(np.mean(p32) - np.mean(p8))
+    parts = "encoder and decoder" if cfg.encoder else "decoder"
+    if not loss <= cfg.max_loss_db:
+        raise Int8Error(f"int8 {parts} loses {loss:.2f} dB PSNR on {len(images_check)} held-out images (fp32 "
+                        f"{np.mean(p32):.2f} dB, int8 {np.mean(p8):.2f} dB), over --int8-max-loss {cfg.max_loss_db:g} dB; "
+                        "the model was not written (export without --int8, or allow a larger loss)")
+    return {"parts": ["encoder", "decoder"] if cfg.encoder else ["decoder"],
+            "scheme": "onnxruntime static QDQ: int8 weights per output channel (symmetric), uint8 activations "
+                      "per tensor, min/max calibration",
+            "calibration_images": len(images_calib), "check_images": len(images_check),
+            "psnr_fp32_db": round(float(np.mean(p32)), 3), "psnr_int8_db": round(float(np.mean(p8)), 3),
+            "psnr_loss_db": round(loss, 3), "max_loss_db": cfg.max_loss_db,
+            "psnr_int8_vs_fp32_db": round(float(np.mean(p_vs)), 2),
+            "symbols_changed": changed,  # latent symbols that differ from the fp32 encoder's (0 when fp32)
+            "speedup": speed(tmp / "encoder.onnx", tmp / "decoder.onnx",
+                             tmp / ("encoder_int8.onnx" if cfg.encoder else "encoder.onnx"), tmp / "decoder_int8.onnx")}
