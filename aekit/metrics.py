@@ -82,14 +82,48 @@ def _filter(x: np.ndarray) -> np.ndarray:
     return correlate1d(x, g, axis=-1, mode="constant")[..., r:-r]
 
 
+def _ssim_maps(x: np.ndarray, y: np.ndarray, filt=None) -> tuple[np.ndarray, np.ndarray]:
+    """Local (ssim, cs) maps of float64 arrays on the 8-bit scale, filtered over the last two axes
+    by filt (default: the 'valid' Gaussian window). The one SSIM formula (Wang et al. 2004)."""
+    filt = filt or _filter
+    c1, c2 = (K1 * 255) ** 2, (K2 * 255) ** 2
+    mx, my = filt(x), filt(y)
+    sxx, syy, sxy = filt(x * x) - mx * mx, filt(y * y) - my * my, filt(x * y) - mx * my
+    cs = (2 * sxy + c2) / (sxx + syy + c2)
+    return ((2 * mx * my + c1) / (mx * mx + my * my + c1)) * cs, cs
+
+
 def _ssim(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(N, C, H, W) float64 -> (ssim, cs), each (N, C), averaged over the valid window."""
-    c1, c2 = (K1 * 255) ** 2, (K2 * 255) ** 2
-    mx, my = _filter(x), _filter(y)
-    sxx, syy, sxy = _filter(x * x) - mx * mx, _filter(y * y) - my * my, _filter(x * y) - mx * my
-    cs = (2 * sxy + c2) / (sxx + syy + c2)
-    ssim = ((2 * mx * my + c1) / (mx * mx + my * my + c1)) * cs
+    ssim, cs = _ssim_maps(x, y)
     return ssim.mean((-2, -1)), cs.mean((-2, -1))
+
+
+def _filter_same(x: np.ndarray) -> np.ndarray:
+    """Separable Gaussian filter over the last two axes, same size, edges mirrored ('d c b a | a b c d',
+    scipy.ndimage's 'reflect', as scikit-image's SSIM filters)."""
+    g, r = _window(), WIN // 2
+    try:
+        from scipy.ndimage import correlate1d
+    except ImportError:  # numpy only: shifted sums over a mirrored pad
+        pad = [(0, 0)] * (x.ndim - 2) + [(r, r), (r, r)]
+        p = np.pad(x, pad, mode="symmetric")
+        h, w = x.shape[-2:]
+        p = sum(g[k] * p[..., k:k + h, :] for k in range(WIN))
+        return sum(g[k] * p[..., k:k + w] for k in range(WIN))
+    return correlate1d(correlate1d(x, g, axis=-2, mode="reflect"), g, axis=-1, mode="reflect")
+
+
+def ssim_map(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Local SSIM of uint8 (N, H, W, C) pairs: float64 (N, H, W, C) in [-1, 1], 1 = identical.
+
+    The same window and constants as msssim_batch, filtered at full size with mirrored edges,
+    so it equals scikit-image's `structural_similarity(..., gaussian_weights=True, sigma=1.5,
+    use_sample_covariance=False, data_range=255, full=True)` map channel by channel (tested).
+    The detector's SSIM anomaly maps are 1 - this."""
+    x = np.asarray(a, dtype=np.float64).transpose(0, 3, 1, 2)  # (N, C, H, W)
+    y = np.asarray(b, dtype=np.float64).transpose(0, 3, 1, 2)
+    return _ssim_maps(x, y, _filter_same)[0].transpose(0, 2, 3, 1)
 
 
 def _pool(x: np.ndarray) -> np.ndarray:

@@ -12,15 +12,15 @@ from __future__ import annotations
 
 import numpy as np
 
+from aekit import metrics
+
 MAPS = ("mse", "ssim", "msssim")  # per-pixel maps: squared error, 1 - SSIM, 1 - SSIM averaged over 3 scales
 REDUCERS = ("mean", "max", "top")  # image score: mean of the raw map, max / top-k % mean of the smoothed map
 FEATURE = "feat"  # the encoder-feature score
 SCORES = ("mse", "ssim", "mse-max", "ssim-max", "msssim-max", "mse-top1", "ssim-top1", "feat",
           "ssim-max+feat")  # examples offered in help; any valid spec is accepted
 SMOOTH_SIGMA = 1.0  # Gaussian smoothing (px) of maps reduced by max / top-k: one noisy pixel is not a defect
-# SSIM as Wang et al. 2004: 11x11 Gaussian window, sigma 1.5, K1 0.01, K2 0.03, 8-bit range.
-SSIM_SIGMA, SSIM_RADIUS = 1.5, 5
-SSIM_C1, SSIM_C2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+# SSIM is aekit.metrics' (Wang et al. 2004: 11x11 Gaussian window, sigma 1.5, K1 0.01, K2 0.03, 8-bit range).
 
 
 def components(spec: str) -> list[tuple[str, str]]:
@@ -62,7 +62,8 @@ def mse_map(x: np.ndarray, x_hat: np.ndarray) -> np.ndarray:
     return np.mean(d * d, axis=3)
 
 
-def gaussian_kernel(sigma: float = SSIM_SIGMA, radius: int = SSIM_RADIUS) -> np.ndarray:
+def gaussian_kernel(sigma: float, radius: int) -> np.ndarray:
+    """Normalised 1-D Gaussian taps (2 radius + 1,) float64."""
     t = np.arange(-radius, radius + 1, dtype=np.float64)
     k = np.exp(-0.5 * (t / sigma) ** 2)
     return k / k.sum()
@@ -78,16 +79,8 @@ def _blur(a: np.ndarray, k: np.ndarray) -> np.ndarray:
 
 
 def ssim_index_map(x: np.ndarray, x_hat: np.ndarray) -> np.ndarray:
-    """Local SSIM of uint8 (B, H, W, C) pairs, (B, H, W, C) in [-1, 1]; 1 = identical."""
-    k = gaussian_kernel()
-    a, b = x.astype(np.float64), x_hat.astype(np.float64)
-    mu_a, mu_b = _blur(a, k), _blur(b, k)
-    var_a = _blur(a * a, k) - mu_a**2
-    var_b = _blur(b * b, k) - mu_b**2
-    cov = _blur(a * b, k) - mu_a * mu_b
-    num = (2 * mu_a * mu_b + SSIM_C1) * (2 * cov + SSIM_C2)
-    den = (mu_a**2 + mu_b**2 + SSIM_C1) * (var_a + var_b + SSIM_C2)
-    return num / den
+    """Local SSIM of uint8 (B, H, W, C) pairs, (B, H, W, C) in [-1, 1]; 1 = identical (aekit.metrics.ssim_map)."""
+    return metrics.ssim_map(x, x_hat)
 
 
 def ssim_map(x: np.ndarray, x_hat: np.ndarray) -> np.ndarray:

@@ -27,6 +27,23 @@ def test_ssim_map_equals_scikit_image(pair):
         np.testing.assert_allclose(ours[:, :, c], full, atol=1e-10)
 
 
+def test_ssim_map_is_the_metrics_one_with_or_without_scipy(pair, monkeypatch):
+    """One SSIM implementation (aekit.metrics): the numpy-only fallback gives the same map."""
+    import sys
+
+    from aekit import metrics
+
+    x, y = pair
+    with_scipy = metrics.ssim_map(x, y)
+    np.testing.assert_array_equal(ssim_index_map(x, y), with_scipy)
+    monkeypatch.setitem(sys.modules, "scipy.ndimage", None)  # import fails: the shifted-sum path
+    np.testing.assert_allclose(metrics.ssim_map(x, y), with_scipy, atol=1e-12)
+    # away from the edges it is the map whose mean MS-SSIM's single-scale term is ('valid' filtering)
+    r = metrics.WIN // 2
+    valid = metrics._ssim(x.astype(float).transpose(0, 3, 1, 2), y.astype(float).transpose(0, 3, 1, 2))[0]
+    np.testing.assert_allclose(with_scipy[:, r:-r, r:-r].mean(axis=(1, 2)), valid, rtol=1e-9)
+
+
 def test_maps_and_scores(pair):
     x, y = pair
     m = error_maps(x, y, "mse")
