@@ -19,7 +19,7 @@ FMT = argparse.ArgumentDefaultsHelpFormatter
 
 
 def common(p: argparse.ArgumentParser) -> None:
-    """Options of every folder job (compress, decompress, denoise): resume, batching, threads, limits."""
+    """Options of every folder job (compress, decompress, denoise): resume, batching, workers, memory, limits."""
     from aekit.codec.core import CodecConfig
     from aekit.codec.jobs import JobConfig
 
@@ -27,11 +27,25 @@ def common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     p.add_argument("--skip-existing", action="store_true", default=True,
                    help="skip outputs that exist, so an interrupted run resumes (always on unless --overwrite)")
-    p.add_argument("--batch-size", type=int, default=c.batch_size, help="images of equal size per ONNX call")
-    p.add_argument("--workers", type=int, default=j.workers, help="threads reading and writing files")
+    p.add_argument("--batch-size", type=int, default=c.batch_size,
+                   help="images of equal size per ONNX call at most (fewer when --memory-mb says so)")
+    p.add_argument("--workers", type=int, default=j.workers,
+                   help="model calls at once over images and tiles, one onnxruntime thread each "
+                        "(0: the usable cores); outputs are the same for any number")
+    p.add_argument("--memory-mb", type=int, default=c.memory_mb,
+                   help="MiB of estimated model activations at once (CPU): batches and tiles are sized so one "
+                        "call takes at most half, and calls wait for room")
+    p.add_argument("--held-mb", type=int, default=j.held_mb,
+                   help="MiB of decoded files read ahead or waiting for a batch")
+    p.add_argument("--smallest", action="store_true",
+                   help="spend time for smaller files: zstd trial at level 19 (compress), PNG zlib level 9 "
+                        "(decompress; default 1, same pixels)")
     p.add_argument("--device", choices=("auto", "cuda", "cpu"), default=c.device)
-    p.add_argument("--threads", type=int, default=c.threads, help="onnxruntime threads (0: default)")
-    p.add_argument("--tile", type=int, default=c.tile_px, help="tile side in pixels for large images")
+    p.add_argument("--threads", type=int, default=None,
+                   help=f"onnxruntime intra-op threads per call, spinning off (0: every core; default {c.threads}, "
+                        "with --engine ray the actor's CPUs); more workers beat more threads on shared cores")
+    p.add_argument("--tile", type=int, default=c.tile_px,
+                   help="largest tile side in pixels for large images (smaller when --memory-mb needs)")
     p.add_argument("--full-res-max-pixels", type=int, default=c.full_res_max_pixels,
                    help="images above this many pixels are coded in overlapping tiles")
     p.add_argument("--max-pixels", type=int, default=c.max_pixels,
@@ -104,11 +118,13 @@ def job_configs(args: argparse.Namespace):
     from aekit.codec.jobs import JobConfig
 
     ccfg = CodecConfig(batch_size=args.batch_size, full_res_max_pixels=args.full_res_max_pixels,
-                       tile_px=args.tile, device=args.device, threads=args.threads,
+                       tile_px=args.tile, device=args.device,
+                       threads=CodecConfig.threads if args.threads is None else args.threads,
                        max_pixels=args.max_pixels, levels=getattr(args, "levels", 0),
-                       quality=getattr(args, "quality", 0))
+                       quality=getattr(args, "quality", 0), workers=args.workers, memory_mb=args.memory_mb,
+                       smallest=args.smallest)
     jcfg = JobConfig(overwrite=args.overwrite, workers=args.workers, progress=args.progress,
-                     out_format=getattr(args, "out_format", "png"))
+                     out_format=getattr(args, "out_format", "png"), held_mb=args.held_mb, smallest=args.smallest)
     return ccfg, jcfg
 
 
@@ -150,8 +166,10 @@ def _ray_config(args: argparse.Namespace, ccfg):
     """Ray options; each actor's onnxruntime uses its reserved CPUs unless --threads says otherwise."""
     from aekit.export.engine_ray import ray_config
 
-    if not ccfg.threads:
+    if args.threads is None:
         ccfg.threads = max(1, round(args.actor_cpus))
+    if not args.workers:  # actors are the parallelism: one model call at a time in each
+        ccfg.workers = 1
     return ray_config(args, ccfg.batch_size, args.overwrite)
 
 

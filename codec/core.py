@@ -3,13 +3,18 @@
     codec = Codec("models/photos-r4")
     data = codec.compress(image, "RGB")                   # uint8 (H, W, 3) -> .ael bytes
     image, header = Decoder().decompress(data, "x.ael")  # model found by the id in the file
-Large images (above CodecConfig.full_res_max_pixels) are coded in tiles with an overlap of
-context in latent space, so memory stays bounded; the latent is still one map per image.
+Large images (above CodecConfig.full_res_max_pixels, or whose model call would not fit the
+memory budget) are coded in tiles with an overlap of context in latent space, tiles in parallel
+on `workers` threads; the latent is still one map per image and the bytes do not depend on the
+tiling's parallelism. Batches and tiles are sized so the estimated bytes of the model calls
+running at once stay within CodecConfig.memory_mb (see aekit.export.runtime.ActivationEstimate).
 """
 
 from __future__ import annotations
 
 import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,10 +23,11 @@ import numpy as np
 
 from aekit.images import DEFAULT_MAX_PIXELS, ImageError, ImageLimitError, load_for_channels
 from aekit.codec.format import FLAG_TILED, QUANT_INTEGER, QUANT_TANH_UNIFORM, LatentFormatError, LatentHeader, pack, parse
-from aekit.export.entropy import EntropyError, EntropyModel
+from aekit.export.entropy import ZSTD_LEVEL, ZSTD_LEVEL_SMALLEST, EntropyError, EntropyModel
 from aekit.export.manifest import ModelError, find_model, load_manifest
-from aekit.export.runtime import Quantiser, Runtime
+from aekit.export.runtime import ActivationEstimate, MemoryGate, Quantiser, Runtime, usable_cores
 
+CALLS_AT_ONCE = 2  # a model call is sized to 1/2 of CodecConfig.memory_mb
 MODELS_ENV = "AEKIT_MODELS"  # os.pathsep-separated model folders or folders of model folders
 
 
@@ -35,15 +41,55 @@ class CodecLimitError(CodecError, ImageLimitError):
 
 @dataclass
 class CodecConfig:
-    batch_size: int = 64  # images of equal size per ONNX call
+    batch_size: int = 64  # images of equal size per ONNX call at most (fewer when memory_mb says so)
     full_res_max_pixels: int = 1 << 22  # larger images are coded in tiles (bounded memory)
-    tile_px: int = 512  # tile side in pixels (rounded down to a multiple of f); 512: ~0.4 GB peak on 28 Mpx
+    tile_px: int = 512  # largest tile side in pixels (rounded down to a multiple of f; smaller if memory_mb needs)
     overlap: int = 6  # latent units of context on each side of a tile (6 * f pixels)
     max_pixels: int = DEFAULT_MAX_PIXELS  # refuse larger images (decompression bombs)
     levels: int = 0  # tanh models: quantisation levels of the stored latent (0: the model's, usually 256; fewer = smaller files)
     quality: int = 0  # rate-distortion models: quality 1 (smallest) .. N (best); 0: the model's default
     device: str = "auto"  # onnxruntime device: auto | cuda | cpu
-    threads: int = 0  # onnxruntime intra-op threads (0: its default)
+    threads: int = 1  # onnxruntime intra-op threads per call (0: every core); parallelism comes from workers
+    workers: int = 0  # model calls at once (tiles of one image, images of a folder); 0: the usable cores
+    memory_mb: int = 768  # MiB of estimated activations of all model calls running at once (CPU); one call gets half
+    smallest: bool = False  # spend time for smaller files: zstd trial at level 19 instead of 3
+
+    @property
+    def n_workers(self) -> int:
+        return self.workers if self.workers > 0 else usable_cores()
+
+    @property
+    def budget(self) -> int:
+        """Bytes all model calls running at once may use (the MemoryGate's capacity)."""
+        return max(1, self.memory_mb) << 20
+
+    @property
+    def call_budget(self) -> int:
+        """Bytes one model call may use: batches and tiles are sized to it. Half the budget, so two
+        calls run at once; it does not depend on `workers`, so neither do the tiles, nor the bytes."""
+        return self.budget // CALLS_AT_ONCE
+
+
+def plan_batch(est: ActivationEstimate | None, pixels: int, budget: int, max_batch: int) -> int:
+    """Images of `pixels` each per model call so that est.bytes(n * pixels) <= budget: 1..max_batch.
+
+    At least 1 (a single image that does not fit is the tiler's business); max_batch without an
+    estimate (GPU). Pure arithmetic: the byte bound the folder jobs rely on (tested).
+    """
+    if est is None:
+        return max(1, max_batch)
+    room = budget - est.fixed
+    n = int(room // (est.per_pixel * max(pixels, 1))) if room > 0 and est.per_pixel > 0 else 1
+    return max(1, min(max_batch, n))
+
+
+def plan_tile(est: ActivationEstimate | None, factor: int, overlap: int, tile_px: int, budget: int) -> int:
+    """Tile core side in latent units: the largest <= tile_px / f whose call, context included
+    ((core + 2 * overlap) * f pixels a side), fits budget; at least 1."""
+    t = max(1, tile_px // factor)
+    while est is not None and t > 1 and est.bytes(((t + 2 * overlap) * factor) ** 2) > budget:
+        t -= 1
+    return t
 
 
 def default_model_paths() -> list[Path]:
@@ -77,12 +123,31 @@ def tile_spans(n_latent: int, tile: int, overlap: int) -> list[tuple[int, int, i
     return spans
 
 
+class TilePool:
+    """Threads that run the tiles of one image at once (created on first use, shared by callers)."""
+
+    def __init__(self, workers: int):
+        self.workers, self._pool, self._lock = max(1, workers), None, threading.Lock()
+
+    def map(self, fn, jobs: list) -> list:
+        """[fn(j) for j in jobs], on up to `workers` threads; the first exception is raised."""
+        if self.workers == 1 or len(jobs) < 2:
+            return [fn(j) for j in jobs]
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="aekit-tile")
+        return list(self._pool.map(fn, jobs))
+
+
 class Codec:
-    """Compress images with one exported model."""
+    """Compress images with one exported model (thread-safe: folder jobs call it from several workers)."""
 
     def __init__(self, model_dir: str | Path, cfg: CodecConfig | None = None):
         self.cfg = cfg or CodecConfig()
-        self.rt = Runtime(model_dir, self.cfg.device, self.cfg.threads)
+        self.gate = MemoryGate(self.cfg.budget)
+        self.rt = Runtime(model_dir, self.cfg.device, self.cfg.threads, self.gate)
+        self.tiles = TilePool(self.cfg.n_workers)
+        self.zstd_level = ZSTD_LEVEL_SMALLEST if self.cfg.smallest else ZSTD_LEVEL
         self.rd = self.rt.quantiser.kind == "integer"
         if self.rd and self.cfg.levels:
             raise CodecError(f"model {self.rt.model_id} is rate-distortion trained: choose --quality, not --levels")
@@ -105,26 +170,44 @@ class Codec:
         return load_for_model(path, self.channels, self.cfg.max_pixels)
 
     def tiled(self, height: int, width: int) -> bool:
-        return height * width > self.cfg.full_res_max_pixels
+        """Coded in tiles: above full_res_max_pixels, or one call would not fit the call budget."""
+        if height * width > self.cfg.full_res_max_pixels:
+            return True
+        est = self.rt.estimate("encoder")
+        return est is not None and est.bytes(height * width) > self.cfg.call_budget
+
+    def batch_limit(self, height: int, width: int) -> int:
+        """Images of this size per encoder call: cfg.batch_size, fewer if the call budget says so."""
+        return plan_batch(self.rt.estimate("encoder"), height * width, self.cfg.call_budget, self.cfg.batch_size)
+
+    def tile_latent(self) -> int:
+        """Tile core side in latent units (see plan_tile): tile_px, smaller if a tile's call would not fit."""
+        return plan_tile(self.rt.estimate("encoder"), self.factor, self.cfg.overlap, self.cfg.tile_px,
+                         self.cfg.call_budget)
 
     def symbols(self, images: np.ndarray) -> np.ndarray:
-        """uint8 (B, H, W, C) -> uint8 symbols (B, c_y, ceil(H/f), ceil(W/f))."""
+        """uint8 (B, H, W, C) -> uint8 symbols (B, c_y, ceil(H/f), ceil(W/f)); batches split to the budget."""
         b, h, w, _ = images.shape
         if self.tiled(h, w):
             return np.stack([self._symbols_tiled(im) for im in images])
-        return self.quantiser.quantise(self.rt.encode(images))
+        n = self.batch_limit(h, w)
+        return np.concatenate([self.quantiser.quantise(self.rt.encode(images[i:i + n])) for i in range(0, b, n)])
 
     def _symbols_tiled(self, image: np.ndarray) -> np.ndarray:
-        """One large image (H, W, C) -> symbols (c_y, h, w), encoded tile by tile."""
+        """One large image (H, W, C) -> symbols (c_y, h, w), encoded tile by tile (tiles in parallel)."""
         f, h, w = self.factor, image.shape[0], image.shape[1]
         c, lh, lw = self.rt.latent_shape(h, w)
-        tile = max(1, self.cfg.tile_px // f)
+        tile = self.tile_latent()
         q = np.empty((c, lh, lw), dtype=np.uint8)
-        for r0, r1, cr0, cr1 in tile_spans(lh, tile, self.cfg.overlap):
-            for c0, c1, cc0, cc1 in tile_spans(lw, tile, self.cfg.overlap):
-                crop = image[cr0 * f:min(h, cr1 * f), cc0 * f:min(w, cc1 * f)]  # (th, tw, C)
-                qt = self.quantiser.quantise(self.rt.encode(crop[None]))[0]  # (c_y, cr1-cr0, cc1-cc0)
-                q[:, r0:r1, c0:c1] = qt[:, r0 - cr0:r1 - cr0, c0 - cc0:c1 - cc0]
+
+        def one(span: tuple) -> None:
+            (r0, r1, cr0, cr1), (c0, c1, cc0, cc1) = span
+            crop = image[cr0 * f:min(h, cr1 * f), cc0 * f:min(w, cc1 * f)]  # (th, tw, C)
+            qt = self.quantiser.quantise(self.rt.encode(crop[None]))[0]  # (c_y, cr1-cr0, cc1-cc0)
+            q[:, r0:r1, c0:c1] = qt[:, r0 - cr0:r1 - cr0, c0 - cc0:c1 - cc0]  # disjoint cores: no lock
+
+        self.tiles.map(one, [(r, cc) for r in tile_spans(lh, tile, self.cfg.overlap)
+                             for cc in tile_spans(lw, tile, self.cfg.overlap)])
         return q
 
     def header(self, height: int, width: int, mode: str, coder: int) -> LatentHeader:
@@ -137,7 +220,7 @@ class Codec:
 
     def pack(self, q: np.ndarray, height: int, width: int, mode: str) -> bytes:
         """Symbols (c_y, h, w) of one image -> .ael file bytes."""
-        coder, payload = self.em.encode(q)
+        coder, payload = self.em.encode(q, self.zstd_level)
         data = pack(self.header(height, width, mode, coder), payload)  # refuses what parse would refuse
         parse(data, "<written file>")  # read the header back: writer and reader agree
         return data
@@ -166,29 +249,48 @@ class Decoder:
     def __init__(self, search: list[str | Path] | None = None, cfg: CodecConfig | None = None):
         self.search = [Path(p) for p in search] if search else default_model_paths()
         self.cfg = cfg or CodecConfig()
+        self.gate = MemoryGate(self.cfg.budget)  # shared by every model's calls
+        self.tiles = TilePool(self.cfg.n_workers)
+        self._lock = threading.RLock()  # the caches below are filled from several worker threads
         self._models: dict[str, dict[str, Any]] = {}
         self._entropy: dict[tuple[str, int, int], tuple[EntropyModel, Quantiser]] = {}
         self._runtimes: dict[str, Runtime] = {}
 
     def model(self, model_id: str) -> dict[str, Any]:
         """The manifest of a model id; ModelError if no search path has it."""
-        if model_id not in self._models:
-            self._models[model_id] = load_manifest(find_model(model_id, self.search))
-        return self._models[model_id]
+        with self._lock:
+            if model_id not in self._models:
+                self._models[model_id] = load_manifest(find_model(model_id, self.search))
+            return self._models[model_id]
 
     def entropy(self, model_id: str, levels: int, quality: int = 0) -> tuple[EntropyModel, Quantiser]:
         """The tables and quantiser of a file's (model, levels, quality); EntropyError if the model lacks them."""
         key = (model_id, levels, quality)
-        if key not in self._entropy:
-            m = self.model(model_id)
-            self._entropy[key] = (EntropyModel.from_manifest(m, levels, quality or None),
-                                  Quantiser.of(m, levels, quality or None))
-        return self._entropy[key]
+        with self._lock:
+            if key not in self._entropy:
+                m = self.model(model_id)
+                self._entropy[key] = (EntropyModel.from_manifest(m, levels, quality or None),
+                                      Quantiser.of(m, levels, quality or None))
+            return self._entropy[key]
 
     def runtime(self, model_id: str) -> Runtime:
-        if model_id not in self._runtimes:
-            self._runtimes[model_id] = Runtime(self.model(model_id)["_dir"], self.cfg.device, self.cfg.threads)
-        return self._runtimes[model_id]
+        with self._lock:
+            if model_id not in self._runtimes:
+                self._runtimes[model_id] = Runtime(self.model(model_id)["_dir"], self.cfg.device, self.cfg.threads,
+                                                   self.gate)
+            return self._runtimes[model_id]
+
+    def tiled(self, header: LatentHeader) -> bool:
+        """Decoded in tiles: above full_res_max_pixels, or one call would not fit the call budget."""
+        if header.height * header.width > self.cfg.full_res_max_pixels:
+            return True
+        est = self.runtime(header.model_id).estimate("decoder")
+        return est is not None and est.bytes(_padded_pixels(header)) > self.cfg.call_budget
+
+    def batch_limit(self, header: LatentHeader) -> int:
+        """Files like this one (model, size) per decoder call: cfg.batch_size, fewer if the budget says so."""
+        return plan_batch(self.runtime(header.model_id).estimate("decoder"), _padded_pixels(header),
+                          self.cfg.call_budget, self.cfg.batch_size)
 
     def symbols(self, data: bytes, name: str = "<bytes>") -> tuple[LatentHeader, np.ndarray]:
         """File bytes -> (header, uint8 symbols (c_y, h, w)); no ONNX involved."""
@@ -212,33 +314,46 @@ class Decoder:
             raise CodecError(f"{name}: {e}") from None
 
     def reconstruct(self, header: LatentHeader, q: np.ndarray) -> np.ndarray:
-        """Symbols (B, c_y, h, w) of images sharing header's model and size -> uint8 (B, H, W, C) in its mode."""
+        """Symbols (B, c_y, h, w) of images sharing header's model and size -> uint8 (B, H, W, C) in its mode.
+
+        Batches are split to the call budget; tiled images are decoded tile by tile, tiles in parallel.
+        """
         rt = self.runtime(header.model_id)
         _, quantiser = self.entropy(header.model_id, header.levels, header.quality)
         H, W = header.height, header.width
-        if H * W > self.cfg.full_res_max_pixels:
+        if self.tiled(header):
             out = np.stack([self._decode_tiled(rt, quantiser.dequantise(qi), H, W) for qi in q])
         else:
-            out = rt.decode(quantiser.dequantise(q), H, W)
+            n = self.batch_limit(header)
+            out = np.concatenate([rt.decode(quantiser.dequantise(q[i:i + n]), H, W) for i in range(0, len(q), n)])
         return np.stack([restore_mode(o, header.mode) for o in out]) if header.mode == "L" else out
 
     def _decode_tiled(self, rt: Runtime, y_hat: np.ndarray, height: int, width: int) -> np.ndarray:
-        """y_hat (c_y, h, w) of one large image -> uint8 (H, W, C), decoded tile by tile."""
+        """y_hat (c_y, h, w) of one large image -> uint8 (H, W, C), decoded tile by tile (tiles in parallel)."""
         f = rt.factor
-        tile = max(1, self.cfg.tile_px // f)
+        tile = plan_tile(rt.estimate("decoder"), f, self.cfg.overlap, self.cfg.tile_px, self.cfg.call_budget)
         out = np.empty((height, width, rt.channels), dtype=np.uint8)
-        for r0, r1, cr0, cr1 in tile_spans(y_hat.shape[1], tile, self.cfg.overlap):
-            for c0, c1, cc0, cc1 in tile_spans(y_hat.shape[2], tile, self.cfg.overlap):
-                xt = rt.decode(y_hat[None, :, cr0:cr1, cc0:cc1])[0]  # ((cr1-cr0)f, (cc1-cc0)f, C)
-                core = xt[(r0 - cr0) * f:(r1 - cr0) * f, (c0 - cc0) * f:(c1 - cc0) * f]
-                out[r0 * f:min(height, r1 * f), c0 * f:min(width, c1 * f)] = core[:min(height, r1 * f) - r0 * f,
-                                                                                   :min(width, c1 * f) - c0 * f]
+
+        def one(span: tuple) -> None:
+            (r0, r1, cr0, cr1), (c0, c1, cc0, cc1) = span
+            xt = rt.decode(y_hat[None, :, cr0:cr1, cc0:cc1])[0]  # ((cr1-cr0)f, (cc1-cc0)f, C)
+            core = xt[(r0 - cr0) * f:(r1 - cr0) * f, (c0 - cc0) * f:(c1 - cc0) * f]
+            out[r0 * f:min(height, r1 * f), c0 * f:min(width, c1 * f)] = core[:min(height, r1 * f) - r0 * f,
+                                                                               :min(width, c1 * f) - c0 * f]
+
+        self.tiles.map(one, [(r, c) for r in tile_spans(y_hat.shape[1], tile, self.cfg.overlap)
+                             for c in tile_spans(y_hat.shape[2], tile, self.cfg.overlap)])
         return out
 
     def decompress(self, data: bytes, name: str = "<bytes>") -> tuple[np.ndarray, LatentHeader]:
         """File bytes -> (uint8 (H, W, 1 | 3) in the original mode, header)."""
         h, q = self.symbols(data, name)
         return self.reconstruct(h, q[None])[0], h
+
+
+def _padded_pixels(header: LatentHeader) -> int:
+    """Pixels the decoder computes for a file: its latent's h x w times f squared."""
+    return header.latent_shape[1] * header.latent_shape[2] * header.factor ** 2
 
 
 def wrap_errors(name: str | Path, exc: Exception) -> Exception:

@@ -12,6 +12,7 @@ Two sources that map to one output name are reported on every run, not only the 
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -25,7 +26,9 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
+from PIL import Image
 
+from aekit.export.runtime import usable_cores
 from aekit.images import (
     IMAGE_EXTENSIONS, atomic_write_bytes, display, encode_image, is_image_name, iter_files, remove_stale_parts,
 )
@@ -35,14 +38,27 @@ from aekit.codec.format import SUFFIX, LatentHeader
 log = logging.getLogger(__name__)
 
 
+IO_THREADS_MIN = 4  # threads reading/decoding and encoding/writing files (at least; more with more workers)
+PNG_LEVEL_FAST, PNG_LEVEL_SMALLEST = 1, 9  # zlib levels of decoded PNGs: default, and --smallest
+
+
 @dataclass
 class JobConfig:
     overwrite: bool = False  # replace existing outputs (default: skip them, so a rerun resumes)
-    workers: int = 4  # threads reading/decoding and writing files
-    window: int = 256  # files in flight at most (bounds memory with the batch size)
-    max_held_pixels: int = 1 << 26  # decoded pixels waiting for a batch before the largest is flushed
+    workers: int = 0  # model calls at once, one onnxruntime thread each (0: the usable cores, os.sched_getaffinity)
+    window: int = 256  # files in flight at most (read ahead, or written behind)
+    held_mb: int = 256  # MiB of decoded files read ahead or waiting for a batch before the largest batch is flushed
     progress: bool | None = None  # progress bar (None: only when stderr is a terminal)
     out_format: str = "png"  # decompress: "png" (lossless) or "same" (the original file's suffix)
+    smallest: bool = False  # decompress: PNG at zlib level 9 (smallest, slow) instead of 1 (fast)
+
+    @property
+    def n_workers(self) -> int:
+        return self.workers if self.workers > 0 else usable_cores()
+
+    @property
+    def held_bytes(self) -> int:
+        return max(1, self.held_mb) << 20
 
 
 @dataclass
@@ -89,6 +105,9 @@ class Item:
     data: object = None  # what the loader produced
     note: str = ""
     stamp: dict | None = None  # the source's identity when it was read (see Ledger)
+    seq: int = 0  # position in the walk: failures are listed in this order
+    loaded: int = 0  # bytes of `data` counted as read-ahead (until routed)
+    held: int = 0  # bytes counted while waiting in a batch bucket
 
 
 LEDGER = ".aekit-outputs.jsonl"  # hidden: walkers skip it, like our temp files
@@ -230,21 +249,42 @@ def decoded_name(rel: Path, out_format: str) -> Path:
     return stem.with_suffix(".png") if has_ext else stem.with_name(stem.name + ".png")
 
 
-def encode_image_file(arr: np.ndarray, path: Path) -> bytes:
-    """uint8 (H, W, 1|3) -> file bytes in the format of path's suffix (aekit.images.encode_image)."""
-    return encode_image(arr, Path(path).suffix)
+def encode_image_file(arr: np.ndarray, path: Path, png_level: int = PNG_LEVEL_FAST) -> bytes:
+    """uint8 (H, W, 1|3) -> file bytes in the format of path's suffix (aekit.images.encode_image).
+
+    PNG is written at zlib level png_level (default 1: encoding was 8.5-10 % of decompress at
+    Pillow's 6, issue 17; 9 for the smallest files); the pixels are the same at every level.
+    """
+    if Image.registered_extensions().get(Path(path).suffix.lower(), "PNG") != "PNG":
+        return encode_image(arr, Path(path).suffix)
+    buf = io.BytesIO()
+    Image.fromarray(arr[:, :, 0] if arr.shape[2] == 1 else arr).save(buf, format="PNG", compress_level=png_level)
+    return buf.getvalue()
 
 
 class _Pipeline:
-    """Shared machinery: bounded load window, shape buckets, write futures, failure lines."""
+    """Shared machinery: bounded load window, shape buckets, parallel model calls, write futures, failure lines.
+
+    The main thread walks the sources, routes loaded files into buckets of equal size and hands full
+    batches to `workers` compute threads (one onnxruntime thread each); what a batch writes is
+    replayed in submission order, so outputs, ledger lines and the failure list do not depend on
+    the number of workers or on timing (failures are listed in source order).
+    """
 
     def __init__(self, report: JobReport, jcfg: JobConfig, bar, ledger: Ledger | None = None):
         self.report, self.jcfg, self.bar, self.ledger = report, jcfg, bar, ledger
         self.claimed: dict[Path, Path] = {}  # outputs of the current folder -> their source
-        self.pool = ThreadPoolExecutor(max(1, jcfg.workers))
-        self.writes: deque[tuple[Item, Future]] = deque()
+        self.workers = jcfg.n_workers
+        self.pool = ThreadPoolExecutor(max(IO_THREADS_MIN, self.workers), thread_name_prefix="aekit-io")
+        self.compute = ThreadPoolExecutor(self.workers, thread_name_prefix="aekit-model") if self.workers > 1 else None
+        self.computes: deque[tuple[list[Item], Future]] = deque()  # batches in the compute threads, oldest first
+        self.writes: deque[tuple[Item, Future, int]] = deque()
         self.buckets: dict[tuple, list[Item]] = {}
-        self.held = 0
+        self.held = 0  # bytes of decoded files waiting in buckets
+        self.loaded = 0  # bytes of loaded files not yet routed (read-ahead)
+        self._loaded_lock = threading.Lock()
+        self._collect = threading.local()  # a compute thread's writes, replayed by the main thread
+        self._failed_seq: list[int] = []  # source order of report.failed lines
 
     def fail(self, item: Item, exc: Exception) -> None:
         """Record one failed file as one line naming it (unexpected error types are named too)."""
@@ -254,10 +294,21 @@ class _Pipeline:
         if type(err).__name__ not in ("CodecError", "ImageError", "LatentFormatError", "ValueError"):
             line += f" ({type(err).__name__})"
         self.report.failed.append(line)
+        self._failed_seq.append(item.seq)
         log.error("failed: %s", line)
         self.bar.update(1)
 
     def write(self, item: Item, make_bytes: Callable[[], bytes], pixel_bytes: int) -> None:
+        collected = getattr(self._collect, "writes", None)
+        if collected is not None:  # in a compute thread: the main thread submits it, in order
+            collected.append((item, make_bytes, pixel_bytes))
+            return
+
+        self.writes.append((item, self.pool.submit(self._write_job(item, make_bytes)), pixel_bytes))
+        while len(self.writes) > self.jcfg.window:
+            self.finish_write()
+
+    def _write_job(self, item: Item, make_bytes: Callable[[], bytes]) -> Callable[[], int]:
         def job() -> int:
             data = make_bytes()
             atomic_write_bytes(item.dst, data)
@@ -265,9 +316,7 @@ class _Pipeline:
                 self.ledger.add(item)
             return len(data)
 
-        self.writes.append((item, self.pool.submit(job), pixel_bytes))
-        while len(self.writes) > self.jcfg.window:
-            self.finish_write()
+        return job
 
     def finish_write(self) -> None:
         item, fut, pixel_bytes = self.writes.popleft()
@@ -282,28 +331,77 @@ class _Pipeline:
         self.report.bytes_in += item.src.stat().st_size
         self.bar.update(1)
 
-    def add(self, key: tuple, item: Item, pixels: int, batch: int, flush: Callable[[list[Item]], None]) -> None:
+    def add(self, key: tuple, item: Item, nbytes: int, batch: int, flush: Callable[[list[Item]], None]) -> None:
+        """Put a loaded file in its bucket (nbytes: what it holds until written); full buckets are flushed."""
+        item.held = nbytes
         self.buckets.setdefault(key, []).append(item)
-        self.held += pixels
+        self.held += nbytes
         if len(self.buckets[key]) >= batch:
             self.flush(key, flush)
-        while self.held > self.jcfg.max_held_pixels and self.buckets:
+        while self.held > self.jcfg.held_bytes and self.buckets:
             self.flush(max(self.buckets, key=lambda k: len(self.buckets[k])), flush)
 
     def flush(self, key: tuple, flush: Callable[[list[Item]], None]) -> None:
         items = self.buckets.pop(key)
-        self.held -= sum(_pixels(i) for i in items)
-        try:
-            flush(items)
-        except Exception as e:  # a failing batch fails its files, the job goes on
+        self.held -= sum(i.held for i in items)
+        self.submit(items, flush)
+
+    def submit(self, items: list[Item], flush: Callable[[list[Item]], None]) -> None:
+        """Run flush(items) (a model call and its writes): here with one worker, else in a compute thread."""
+        if self.compute is None:
+            try:
+                flush(items)
+            except Exception as e:  # a failing batch fails its files, the job goes on
+                for it in items:
+                    self.fail(it, e)
+            return
+
+        def job() -> list:
+            self._collect.writes = []
+            try:
+                flush(items)
+            except BaseException as e:  # (an interrupt too: re-raised in the main thread)
+                return [*self._collect.writes, e]  # what it wrote before failing, then the error
+            finally:
+                writes, self._collect.writes = self._collect.writes, None
+            return writes
+
+        self.computes.append((items, self.compute.submit(job)))
+        while len(self.computes) > self.workers:
+            self.finish_compute()
+
+    def finish_compute(self) -> None:
+        """Replay the oldest batch's writes in order; fail its unwritten files if it raised."""
+        items, fut = self.computes.popleft()
+        done = fut.result()
+        err = done.pop() if done and isinstance(done[-1], BaseException) else None
+        for it, make_bytes, pixel_bytes in done:
+            self.write(it, make_bytes, pixel_bytes)
+        if err is not None and not isinstance(err, Exception):
+            raise err  # an interrupt: the job stops here
+        if err is not None:
+            written = {id(w[0]) for w in done}
             for it in items:
-                self.fail(it, e)
+                if id(it) not in written:
+                    self.fail(it, err)
+
+    def _land_finished_computes(self) -> None:
+        """On an interrupt: the writes of batches that finished anyway still land (atomically)."""
+        self.compute.shutdown(wait=True, cancel_futures=True)
+        for _, fut in self.computes:
+            if fut.cancelled() or fut.exception() is not None:
+                continue
+            for it, make_bytes, pixel_bytes in fut.result():
+                if not isinstance(it, BaseException):
+                    self.writes.append((it, self.pool.submit(self._write_job(it, make_bytes)), pixel_bytes))
+        self.computes.clear()
 
     def run(self, items: Iterator[Item], load: Callable[[Item], object], route: Callable[[Item], None],
             flush: Callable[[list[Item]], None]) -> None:
         loads: deque[tuple[Item, Future]] = deque()
         try:
-            for item in items:
+            for seq, item in enumerate(items):
+                item.seq = seq
                 if not self._claim(item):
                     continue
                 fresh = self.ledger.fresh(item) if self.ledger else True  # also stamps the source
@@ -313,22 +411,40 @@ class _Pipeline:
                         self.bar.update(1)
                         continue
                     self.report.stale += not self.jcfg.overwrite
-                loads.append((item, self.pool.submit(load, item)))
-                while len(loads) > self.jcfg.window:
+                loads.append((item, self._load(load, item)))
+                # read-ahead bounded by files and by the bytes of what has been loaded
+                while len(loads) > self.jcfg.window or (loads and self.loaded > self.jcfg.held_bytes):
                     self._route(*loads.popleft(), route)
             while loads:
                 self._route(*loads.popleft(), route)
             for key in list(self.buckets):
                 self.flush(key, flush)
+            while self.computes:
+                self.finish_compute()
             while self.writes:
                 self.finish_write()
         finally:  # on interrupt: drop pending reads, but let computed outputs land (atomically)
             for _, fut in loads:
                 fut.cancel()
+            if self.compute is not None:
+                self._land_finished_computes()
             wait([fut for _, fut, _ in self.writes])
             self.pool.shutdown(wait=True, cancel_futures=True)
+            order = sorted(range(len(self.report.failed)), key=lambda i: self._failed_seq[i])
+            self.report.failed[:] = [self.report.failed[i] for i in order]
             if self.ledger:
                 self.ledger.compact()
+
+    def _load(self, load: Callable[[Item], object], item: Item) -> Future:
+        """Submit load(item); its result's bytes count as read-ahead until routed."""
+        def job() -> object:
+            data = load(item)
+            item.loaded = _nbytes(data)
+            with self._loaded_lock:
+                self.loaded += item.loaded
+            return data
+
+        return self.pool.submit(job)
 
     def _claim(self, item: Item) -> bool:
         """False (and one failure line) when an earlier source of this run maps to the same output.
@@ -351,6 +467,10 @@ class _Pipeline:
             route(item)
         except Exception as e:
             self.fail(item, e)
+        finally:
+            with self._loaded_lock:
+                self.loaded -= item.loaded
+                item.loaded = 0
 
 
 # Public names of the folder-job machinery, for jobs built on it elsewhere (aekit.codec.denoise).
@@ -358,14 +478,10 @@ Pipeline = _Pipeline
 progress = _progress
 
 
-def _pixels(item: Item) -> int:
-    d = item.data
-    arr = d[0] if isinstance(d, tuple) else None
-    if isinstance(arr, np.ndarray):
-        return arr.size
-    if isinstance(arr, LatentHeader):
-        return arr.height * arr.width * 3
-    return 0
+def _nbytes(data: object) -> int:
+    """Bytes a loaded file holds: its pixels (compress) or its symbols (decompress)."""
+    parts = data if isinstance(data, tuple) else (data,)
+    return sum(int(x.nbytes) for x in parts if isinstance(x, np.ndarray))
 
 
 def compress_tree(src: str | Path, dst: str | Path, codec: Codec, jcfg: JobConfig | None = None) -> JobReport:
@@ -377,9 +493,9 @@ def compress_tree(src: str | Path, dst: str | Path, codec: Codec, jcfg: JobConfi
     def route(item: Item) -> None:
         arr, mode = item.data  # (H, W, C) uint8, original mode
         if codec.tiled(*arr.shape[:2]):
-            flush([item])  # a large image is its own batch (tiled, bounded memory)
+            p.submit([item], flush)  # a large image is its own batch (tiled, bounded memory)
         else:
-            p.add(("img",) + arr.shape, item, arr.size, codec.cfg.batch_size, flush)
+            p.add(("img",) + arr.shape, item, arr.nbytes, codec.batch_limit(*arr.shape[:2]), flush)
 
     def flush(items: list[Item]) -> None:
         images = np.stack([it.data[0] for it in items])  # (B, H, W, C)
@@ -411,6 +527,7 @@ def decompress_tree(src: str | Path, dst: str | Path, decoder: Decoder, jcfg: Jo
     jcfg, report, t0 = jcfg or JobConfig(), JobReport("decompressed"), time.monotonic()
     total, items = plan(Path(src), Path(dst), is_latent_name, lambda rel: decoded_name(rel, jcfg.out_format), report)
     ledger = start_job(Path(src), Path(dst), recipe("decompress", out_format=jcfg.out_format))
+    png_level = PNG_LEVEL_SMALLEST if jcfg.smallest else PNG_LEVEL_FAST
 
     def load(item: Item) -> tuple[LatentHeader, np.ndarray]:
         return decoder.symbols(item.src.read_bytes(), str(item.src))
@@ -418,17 +535,17 @@ def decompress_tree(src: str | Path, dst: str | Path, decoder: Decoder, jcfg: Jo
     def route(item: Item) -> None:
         h, _ = item.data
         key = (h.model_id, h.height, h.width, h.mode)
-        if h.height * h.width > decoder.cfg.full_res_max_pixels:
-            flush([item])
-        else:
-            p.add(key, item, h.height * h.width * 3, decoder.cfg.batch_size, flush)
+        if decoder.tiled(h):
+            p.submit([item], flush)  # decoded tile by tile, alone
+        else:  # held until written: the decoded pixels
+            p.add(key, item, h.height * h.width * 3, decoder.batch_limit(h), flush)
 
     def flush(items: list[Item]) -> None:
         h = items[0].data[0]
         out = decoder.reconstruct(h, np.stack([it.data[1] for it in items]))  # (B, H, W, C)
         for it, img in zip(items, out):
             it.data = None
-            p.write(it, lambda a=img, d=it.dst: encode_image_file(a, d), img.size)
+            p.write(it, lambda a=img, d=it.dst: encode_image_file(a, d, png_level), img.size)
 
     with _progress(total, jcfg.progress, "file") as bar:
         p = _Pipeline(report, jcfg, bar, ledger)

@@ -1,15 +1,24 @@
 """Run an exported model with onnxruntime alone: pixels -> latents -> symbols -> pixels.
 
     rt = Runtime("models/photos"); q = rt.quantise(rt.encode(images)); out = rt.decode(rt.dequantise(q), h, w)
-Uses the CUDA provider when onnxruntime has it and a GPU is visible, else the CPU.
+Uses the CUDA provider when onnxruntime has it and a GPU is visible, else the CPU. On CPU each
+session runs one intra-op thread with spinning off (parallelism comes from workers over images and
+tiles), sessions are cached per process, and `Runtime.estimate` gives the host bytes of a call so
+callers can size batches and tiles to a memory budget (`MemoryGate`).
 """
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
+import tempfile
+import threading
+from collections import OrderedDict
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -89,20 +98,224 @@ def select_providers(device: str = "auto") -> list[str]:
     return ["CPUExecutionProvider"]
 
 
-def make_session(path: str | Path, providers: list[str], threads: int = 0) -> Any:
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask: taskset, cgroups' cpusets), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # no affinity API (macOS, Windows)
+        return max(1, os.cpu_count() or 1)
+
+
+def session_options(threads: int = 1, profile_prefix: str | None = None) -> Any:
+    """onnxruntime SessionOptions as aekit runs them on CPU: `threads` intra-op threads (0: every
+    usable core), one inter-op thread, spinning off, no memory-pattern pre-allocation.
+
+    Why: on shared cores a spinning thread pool steals the other workers' time (2 threads ran the
+    photo decoder slower than 1, issue 17), so parallelism comes from workers over images and tiles
+    instead; the memory pattern pre-allocates every activation of a call at once (about 1.8x the
+    arena peak without it, same speed), which would break the byte budget of `ActivationPlanner`.
+    """
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3  # errors only: the CPU fallback warning is expected
-    if threads:
-        opts.intra_op_num_threads = threads
-    return ort.InferenceSession(str(path), sess_options=opts, providers=providers)
+    opts.intra_op_num_threads = threads if threads > 0 else usable_cores()
+    opts.inter_op_num_threads = 1
+    opts.enable_mem_pattern = False
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    if profile_prefix:
+        opts.enable_profiling = True
+        opts.profile_file_prefix = profile_prefix
+    return opts
+
+
+def make_session(path: str | Path, providers: list[str], threads: int = 1) -> Any:
+    """A new onnxruntime session of an ONNX file with `session_options(threads)` (not cached)."""
+    import onnxruntime as ort
+
+    return ort.InferenceSession(str(path), sess_options=session_options(threads), providers=providers)
+
+
+SESSION_CACHE_SIZE = 8  # sessions kept per process (a model is two: encoder and decoder)
+_sessions: "OrderedDict[tuple, Any]" = OrderedDict()
+_sessions_lock = threading.Lock()
+
+
+def cached_session(path: str | Path, providers: list[str], threads: int = 1) -> Any:
+    """The session of an ONNX file, loaded once per process (LRU of SESSION_CACHE_SIZE).
+
+    Keyed by the resolved path, the file's mtime and size, the providers and the thread count,
+    so a re-exported model is loaded again. onnxruntime sessions are safe to run from several
+    threads at once. Raises what onnxruntime raises for a missing or invalid file.
+    """
+    p = Path(path).resolve()
+    st = p.stat()
+    key = (str(p), st.st_mtime_ns, st.st_size, tuple(providers), threads)
+    with _sessions_lock:
+        if key in _sessions:
+            _sessions.move_to_end(key)
+            return _sessions[key]
+    sess = make_session(p, providers, threads)  # outside the lock: loading takes a while
+    with _sessions_lock:
+        sess = _sessions.setdefault(key, sess)
+        _sessions.move_to_end(key)
+        while len(_sessions) > SESSION_CACHE_SIZE:
+            _sessions.popitem(last=False)
+    return sess
+
+
+def clear_session_cache() -> None:
+    """Forget every cached session (tests; a long-lived process that wants the memory back)."""
+    with _sessions_lock:
+        _sessions.clear()
+
+
+ARENA_GROWTH = 2.0  # onnxruntime's CPU arena grows by doubling: peak RSS ~ 2x the live bytes it reports
+HOST_BYTES_PER_PIXEL = 32  # numpy around a call: float32 input and output (4 B x C each) and uint8 copies
+PROBE_SIDES = (8, 16)  # latent sides of the two profiled probe calls (f x 8 and f x 16 pixels)
+
+
+@dataclass(frozen=True)
+class ActivationEstimate:
+    """Bytes one model call needs on the host, as a function of the pixels it covers.
+
+    bytes(pixels) = fixed + per_pixel * pixels. Found from onnxruntime's own memory profile of two
+    small probe calls (live tensor bytes at the widest point of the graph, their slope and intercept),
+    times ARENA_GROWTH, plus HOST_BYTES_PER_PIXEL for the arrays around the call. Measured on the
+    photos-r9 decoder: 1.06 KB per output pixel estimated, 1.05 KB measured as peak RSS (516² and 1032²).
+    """
+
+    fixed: int  # bytes, independent of the call's size
+    per_pixel: float  # bytes per image pixel (input pixels for the encoder, output pixels for the decoder)
+
+    def bytes(self, pixels: int) -> int:
+        return int(self.fixed + self.per_pixel * pixels)
+
+
+_estimates: dict[tuple, ActivationEstimate] = {}
+_estimates_lock = threading.Lock()
+
+
+def _profiled_peak(path: Path, feed: dict[str, np.ndarray]) -> int:
+    """Peak live bytes onnxruntime reports while running feed through the file's graph once."""
+    import onnxruntime as ort
+
+    tmp = tempfile.mkdtemp(prefix="aekit-profile-")
+    try:
+        sess = ort.InferenceSession(str(path), sess_options=session_options(1, os.path.join(tmp, "p")),
+                                    providers=["CPUExecutionProvider"])
+        sess.run(None, feed)
+        with open(sess.end_profiling(), encoding="utf-8") as fh:
+            events = json.load(fh)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    peak = 0
+    for e in events:
+        a = e.get("args") or {}
+        if e.get("cat") == "Node":  # live bytes when known, else 4 outputs' worth (in, out, workspace)
+            live = a.get("mem_bytes_requested_in_use")
+            peak = max(peak, int(live) if live is not None else 4 * int(a.get("output_size", 0)))
+    return peak
+
+
+def estimate_activation(path: str | Path, input_name: str, shape_of: Any, pixels_of: Any) -> ActivationEstimate:
+    """ActivationEstimate of one ONNX graph (cached per resolved path, mtime and size).
+
+    shape_of(n) gives the probe input's shape for latent side n, pixels_of(n) the image pixels it covers.
+    """
+    p = Path(path).resolve()
+    st = p.stat()
+    key = (str(p), st.st_mtime_ns, st.st_size)
+    with _estimates_lock:
+        if key in _estimates:
+            return _estimates[key]
+        if (hit := _disk_estimates().get(_disk_key(key))) is not None:
+            _estimates[key] = ActivationEstimate(int(hit[0]), float(hit[1]))
+            return _estimates[key]
+    (n1, n2) = PROBE_SIDES
+    b1 = _profiled_peak(p, {input_name: np.zeros(shape_of(n1), dtype=np.float32)})
+    b2 = _profiled_peak(p, {input_name: np.zeros(shape_of(n2), dtype=np.float32)})
+    px1, px2 = pixels_of(n1), pixels_of(n2)
+    slope = max((b2 - b1) / (px2 - px1), 0.0, b2 / px2 * 0.5)
+    est = ActivationEstimate(int(ARENA_GROWTH * max(b1 - slope * px1, 0)),
+                             ARENA_GROWTH * slope + HOST_BYTES_PER_PIXEL)
+    with _estimates_lock:
+        _estimates[key] = est
+        _save_disk_estimate(_disk_key(key), est)
+    return est
+
+
+def estimates_file() -> Path:
+    """Where probed estimates persist between runs: $XDG_CACHE_HOME/aekit (else ~/.cache/aekit)."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "aekit" / "activation-estimates.json"
+
+
+def _disk_key(key: tuple) -> str:
+    import onnxruntime as ort
+
+    return "|".join(map(str, (*key, ort.__version__, ARENA_GROWTH, HOST_BYTES_PER_PIXEL, PROBE_SIDES)))
+
+
+def _disk_estimates() -> dict[str, list]:
+    try:
+        data = json.loads(estimates_file().read_text(encoding="utf-8"))
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _save_disk_estimate(key: str, est: ActivationEstimate) -> None:
+    """Best effort (a read-only home only costs the probe again next time); keeps the newest 64."""
+    data = _disk_estimates()
+    data[key] = [est.fixed, est.per_pixel]
+    path = estimates_file()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
+        tmp.write_text(json.dumps(dict(list(data.items())[-64:])), encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError:
+        pass
+
+
+class MemoryGate:
+    """Lets model calls run together only while their estimated bytes fit a budget.
+
+    `with gate.hold(n):` waits until n more bytes fit (a call larger than the whole budget waits
+    until it runs alone). Thread-safe; the budget is in bytes.
+    """
+
+    def __init__(self, budget: int):
+        if budget <= 0:
+            raise ValueError(f"memory budget must be positive, got {budget} bytes")
+        self.budget, self.used, self._cv = budget, 0, threading.Condition()
+
+    @contextmanager
+    def hold(self, nbytes: int) -> Iterator[None]:
+        n = min(max(int(nbytes), 0), self.budget)
+        with self._cv:
+            self._cv.wait_for(lambda: self.used + n <= self.budget)
+            self.used += n
+        try:
+            yield
+        finally:
+            with self._cv:
+                self.used -= n
+                self._cv.notify_all()
 
 
 class Runtime:
-    """An exported autoencoder: encode/decode numpy batches exactly as at export time."""
+    """An exported autoencoder: encode/decode numpy batches exactly as at export time.
 
-    def __init__(self, model_dir: str | Path, device: str = "auto", threads: int = 0):
+    threads: onnxruntime intra-op threads per call (default 1; 0: every usable core), spinning off.
+    Sessions come from the per-process cache (`cached_session`), so a second Runtime of the same
+    model folder costs only its manifest. gate: a MemoryGate every encode/decode call holds its
+    estimated bytes in (None: calls are not gated).
+    """
+
+    def __init__(self, model_dir: str | Path, device: str = "auto", threads: int = 1,
+                 gate: MemoryGate | None = None):
         self.manifest = load_manifest(model_dir)
         m = self.manifest
         self.dir = Path(m["_dir"])
@@ -114,8 +327,9 @@ class Runtime:
         self.levels: int = m["latent"]["levels"]
         self.quantiser = Quantiser.of(m)  # the model's default (levels, quality)
         self.providers = select_providers(device)
-        self.encoder = make_session(self.dir / m["files"]["encoder"], self.providers, threads)
-        self.decoder = make_session(self.dir / m["files"]["decoder"], self.providers, threads)
+        self.gate = gate
+        self.encoder = cached_session(self.dir / m["files"]["encoder"], self.providers, threads)
+        self.decoder = cached_session(self.dir / m["files"]["decoder"], self.providers, threads)
 
     @property
     def device(self) -> str:
@@ -125,12 +339,30 @@ class Runtime:
         f = self.factor
         return (self.latent_channels, -(-height // f), -(-width // f))
 
+    def estimate(self, part: str) -> ActivationEstimate | None:
+        """Host bytes of one call of the "encoder" or "decoder" per image pixel it covers (see
+        ActivationEstimate); None on a GPU, where activations do not live in host memory."""
+        if self.device != "cpu":
+            return None
+        m, f = self.manifest, self.factor
+        if part == "encoder":
+            return estimate_activation(self.dir / m["files"]["encoder"], self.encoder.get_inputs()[0].name,
+                                       lambda n: (1, self.channels, n * f, n * f), lambda n: (n * f) ** 2)
+        return estimate_activation(self.dir / m["files"]["decoder"], self.decoder.get_inputs()[0].name,
+                                   lambda n: (1, self.latent_channels, n, n), lambda n: (n * f) ** 2)
+
+    def _held(self, part: str, pixels: int):
+        """Context holding a call's estimated bytes in the gate (nothing without one)."""
+        est = self.estimate(part) if self.gate is not None else None
+        return self.gate.hold(est.bytes(pixels)) if est is not None else nullcontext()
+
     def encode(self, images: np.ndarray) -> np.ndarray:
         """uint8 (B, H, W, C) -> y float32 (B, c_y, ceil(H/f), ceil(W/f)) (in [-1, 1] for tanh models)."""
         if images.ndim != 4 or images.shape[3] != self.channels:
             raise ValueError(f"expected (B, H, W, {self.channels}) images, got shape {images.shape}")
-        x = pad_to_multiple(to_model_input(images), self.factor)
-        return self.encoder.run(None, {"x": x})[0]
+        with self._held("encoder", images.shape[0] * images.shape[1] * images.shape[2]):
+            x = pad_to_multiple(to_model_input(images), self.factor)
+            return self.encoder.run(None, {"x": x})[0]
 
     def quantise(self, y: np.ndarray) -> np.ndarray:
         """y -> uint8 symbols with the model's default quantiser (see `Quantiser`)."""
@@ -142,8 +374,10 @@ class Runtime:
 
     def decode(self, y_hat: np.ndarray, height: int | None = None, width: int | None = None) -> np.ndarray:
         """y_hat (B, c_y, h, w) -> uint8 (B, H, W, C), cropped to height x width if given."""
-        x_hat = self.decoder.run(None, {"y_hat": np.ascontiguousarray(y_hat, dtype=np.float32)})[0]
-        out = from_model_output(x_hat)
+        b, _, h, w = y_hat.shape
+        with self._held("decoder", b * h * w * self.factor ** 2):
+            x_hat = self.decoder.run(None, {"y_hat": np.ascontiguousarray(y_hat, dtype=np.float32)})[0]
+            out = from_model_output(x_hat)
         return out[:, :height, :width] if height or width else out
 
     def reconstruct(self, images: np.ndarray) -> np.ndarray:
