@@ -83,7 +83,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from aekit.bench.report import plot, table, write_json
-    from aekit.bench.run import BenchConfig, run_bench
+    from aekit.bench.run import BenchConfig, run_bench, speed_quality_lines
 
     cfg = BenchConfig(model=args.model, device=args.device, backends=args.backend, batches=args.batch,
                       sizes=args.size or (), precisions=args.precision, seconds=args.seconds, warmup=args.warmup,
@@ -100,6 +100,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     report = run_bench(cfg, log)
     print(table(report))
+    for line in speed_quality_lines(report):  # speed next to the quality it buys
+        print(line)
     if args.json_out:
         logger.info("wrote %s", write_json(report, args.json_out))
     png = args.plot or (str(Path(args.json_out).with_suffix(".png")) if args.json_out else None)

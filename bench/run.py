@@ -87,6 +87,7 @@ class BenchReport:
     quality: list[dict[str, Any]] = field(default_factory=list)
     folders: list[dict[str, Any]] = field(default_factory=list)
     ratios: list[dict[str, Any]] = field(default_factory=list)
+    speed_quality: list[dict[str, Any]] = field(default_factory=list)  # decode MP/s next to the PSNR it buys
     messages: list[str] = field(default_factory=list)
     command: list[str] = field(default_factory=list)
     created: str = ""
@@ -264,6 +265,7 @@ class Sweep:
             if isinstance(r, Runner):
                 r.close()
         self.report.ratios = compute_ratios(self.report.results)
+        self.report.speed_quality = speed_vs_quality(self.report)
         self.report.seconds = round(time.perf_counter() - self.t0, 1)
         return self.report
 
@@ -570,6 +572,35 @@ def compute_ratios(results: list[StageResult]) -> list[dict[str, Any]]:
                             "jpeg_batch": j.batch, "jpeg_images_per_s": j.images_per_s,
                             "ratio": r.images_per_s / j.images_per_s})
     return out
+
+
+def speed_vs_quality(report: BenchReport) -> list[dict[str, Any]]:
+    """Per image size: the best decode and decompress MP/s of any model backend, next to the mean PSNR
+    and bits per pixel of whole .ael files at the model's default quality (the `_quality` row)."""
+    out = []
+    for q in report.quality:
+        def best(stage: str) -> tuple[float | None, str]:
+            rows = [r for r in report.results if r.status == "ok" and r.size == q["size"] and r.stage == stage
+                    and r.megapixels_per_s and not r.backend.startswith(("jpeg", "entropy"))]
+            top = max(rows, key=lambda r: r.megapixels_per_s, default=None)
+            return (top.megapixels_per_s, f"{top.backend} {top.precision} batch {top.batch}") if top else (None, "")
+        (dec, dec_at), (dez, _) = best("decode"), best("decompress")
+        h, w = map(int, q["size"].split("x"))
+        out.append({"size": q["size"], "decode_mp_per_s": dec, "decode_setting": dec_at, "decompress_mp_per_s": dez,
+                    "psnr_db": q["ours_psnr_db"], "bpp": 8 * q["ours_bytes"] / (h * w),
+                    "jpeg_psnr_db": q.get("jpeg_psnr_db")})
+    return out
+
+
+def speed_quality_lines(report: BenchReport) -> list[str]:
+    """One line per size: decode MP/s and the quality it buys (`aekit bench` prints them after the table)."""
+    def num(v: float | None, fmt: str) -> str:
+        return "n/a" if v is None else format(v, fmt)
+
+    return [f"{r['size']}: decode {num(r['decode_mp_per_s'], '.2f')} MP/s ({r['decode_setting'] or 'not timed'}), "
+            f"decompress {num(r['decompress_mp_per_s'], '.2f')} MP/s, for {r['psnr_db']:.2f} dB PSNR at "
+            f"{r['bpp']:.3f} bpp (default quality; JPEG at equal bytes {num(r['jpeg_psnr_db'], '.2f')} dB)"
+            for r in report.speed_quality]
 
 
 def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> BenchReport:

@@ -4,6 +4,7 @@
     python -m aekit.bench.zoo build photos-r4 --from /work/models/photos-r4 --eval codec/results/photos-rd/results.json
     python -m aekit.bench.zoo readme                                 # the README's model table
     python -m aekit.bench.zoo verify [NAME...]                       # fresh evaluate within 0.2 dB of the cards
+    python -m aekit.bench.zoo speed [NAME...]                        # (re)measure only the cards' speed sections
 bench/train_zoo.sh trains and exports; this copies the ONNX files and manifest (fp32 only), runs
 `aekit evaluate` on the held-out set (unless --eval names an existing results.json), the local-defect
 benchmark for the detector, a round trip for the test floor, and writes card.json.
@@ -271,7 +272,29 @@ def make_card(name: str, spec: Spec, m: dict[str, Any], dest: Path, results: dic
                       "latent_channels": m["latent_channels"], "width": (m.get("model_config") or {}).get("width")},
             "training": training(name, spec, m), "heldout": heldout(results, m, source),
             "roundtrip": {"image": spec.roundtrip, "psnr_db": round(rt, 2), "floor_db": float(np.floor(rt * 10) / 10 - 0.5)},
-            "limits": spec.limits}
+            "limits": spec.limits, "speed": speed_section(dest, m, heldout(results, m, source)["default"])}
+
+
+def speed_section(d: Path, m: dict[str, Any], default: dict[str, Any]) -> dict[str, Any]:
+    """The card's speed: GFLOP/MP (graph count) and 1-thread MP/s measured on this machine
+    (aekit.export.speed.model_speed), next to the held-out PSNR/bpp at the default quality it buys."""
+    from aekit.export.speed import model_speed
+
+    sp = model_speed(d / m["files"]["encoder"], d / m["files"]["decoder"], m["channels"], m["latent_channels"],
+                     m["factor"], seconds=3.0)
+    sp["measured_on"]["machine_load"] = "2 shared cores; run under flock /work/runs/bench.lock when quiet"
+    return {**sp, "at_default_quality": {k: default.get(k) for k in ("label", "psnr", "bpp")}}
+
+
+def update_speed(name: str) -> dict[str, Any]:
+    """Re-measure only the speed section of a shipped model's card (other fields untouched)."""
+    d = zoo.path(name)
+    if d is None:
+        raise SystemExit(f"{name}: not a shipped model (have: {', '.join(zoo.names())})")
+    card, m = load_card(name), load_manifest(d)
+    card["speed"] = speed_section(d, m, card["heldout"]["default"])
+    (d / zoo.CARD).write_text(json.dumps(card, indent=1) + "\n")
+    return card["speed"]
 
 
 def verify(name: str, tolerance_db: float = 0.2) -> list[str]:
@@ -311,7 +334,13 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--write", action="store_true", help="replace the table in README.md (between its zoo-table markers)")
     v = sub.add_parser("verify", help="re-run the held-out evaluation: card figures within 0.2 dB (exit 1 if not)")
     v.add_argument("name", nargs="*", default=[], help="shipped models (default: all with a spec)")
+    sp = sub.add_parser("speed", help="re-measure the cards' speed sections only (GFLOP/MP, 1-thread MP/s)")
+    sp.add_argument("name", nargs="*", default=[], help="shipped models (default: all with a spec)")
     args = ap.parse_args(argv)
+    if args.cmd == "speed":
+        for n in args.name or [n for n in zoo.names() if n in SPECS]:
+            print(n, json.dumps(update_speed(n)))
+        return 0
     if args.cmd == "readme":
         print(write_readme() if args.write else table(markdown=True))
         return 0
