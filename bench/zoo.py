@@ -33,7 +33,10 @@ PHOTO_TRAIN = ("aekit data photos: chelsea, rocket, retina, hubble_deep_field, i
                "china, flower (scikit-learn) and 9 mate-backgrounds nature photos (long side <= 1024)")
 PHOTO_CMD = ("aekit train data/photos/train --arch gdn --ratio {r} --width 128 --out runs/photos-gdn-r{r} --size 192 "
              "--resize random-crop --repeat 16 --batch-size 8 --epochs 30 --time-budget 60 --lr 5e-4 --clip-grad 1.0 "
-             "--rate-weight 0.01 --threads 1 --seed 0")
+             "--rate-weight 0.01 --threads 1 --seed 0 && "
+             "aekit train data/photos/train --arch gdn --ratio {r} --width 128 --out runs/photos-gdn-r{r}-s2 --size 192 "
+             "--resize random-crop --repeat 16 --batch-size 8 --epochs 55 --time-budget 70 --lr 3e-4 --clip-grad 1.0 "
+             "--rate-weight 0.01 --threads 1 --seed 0 --init-from runs/photos-gdn-r{r}/last.pt")
 FM_CMD = ("aekit train data/fmnist/train --resize none --channels 1 --width 32 --batch-size 64 --max-images 10000 "
           "--epochs 8 --ratio {r} --threads 1 --seed 0 --out runs/zoo/{name}")
 FM_LIMITS = ["Trained on a seeded 10,000-image subset for 8 epochs (about 9 min wall on one shared core): a quick "
@@ -64,7 +67,7 @@ SPECS: dict[str, Spec] = {
                  "factorized prior, GDN/IGDN) with integer entropy tables per quality (--quality).",
         PHOTO_TRAIN, "held out by name: astronaut, coffee, LadyBird, Storm, GreenMeadow (aekit.datasets.PHOTO_TEST); "
                      "training validated on 2 of the 16 training photos (the seeded 10 % split)",
-        PHOTO_CMD.format(r=r), f"runs/photos-gdn-r{r}", "data/photos/test",
+        PHOTO_CMD.format(r=r), f"runs/photos-gdn-r{r}-s2", "data/photos/test",
         "the 5 held-out photos of aekit data photos", "skimage:astronaut",
         ["Trained on 16 photos: figures on the 5 held-out photos are the honest ones; the bundled photos it trained "
          "on (marked by aekit demo) flatter it.",
@@ -254,6 +257,9 @@ def training(name: str, spec: Spec, m: dict[str, Any]) -> dict[str, Any]:
         epochs, seconds = len(lines), round(sum(float(x.split(",")[-1]) for x in lines), 1)
     config = json.loads((run / "config.json").read_text())["train"] if (run / "config.json").is_file() else {}
     threads = config.get("threads", 1)
+    stage1 = tr.get("init_from") or {}  # --init-from: the warm start's epochs and time count too
+    if stage1 and epochs is not None and seconds is not None:
+        epochs, seconds = epochs + int(stage1.get("epoch", 0)), round(seconds + float(stage1.get("train_time_s", 0.0)), 1)
     return {"data": spec.data, "split": spec.split, "command": spec.command,
             "export_command": f"aekit export {spec.run}/best.pt --out models/zoo/{name}",
             "seed": config.get("seed", 0), "epochs": epochs, "time_s": seconds,
