@@ -82,7 +82,28 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
     logging.getLogger("aekit").warning("warning: %s", message)
 
 
-def build_parser() -> argparse.ArgumentParser:
+CORE_COMMANDS = ("train", "data", "sample", "interpolate")
+# Start-up shortcut: the entry point that registers a command, so `aekit decompress ...` loads only
+# that package's CLI (not torch-free-but-heavy detector, bench and serve modules). A hint only:
+# a command not found there falls back to loading every entry point, so nothing is lost.
+COMMAND_HOME = {"compress": "codec", "decompress": "codec", "evaluate": "codec", "dump": "dump",
+                "denoise": "denoise", "demo": "demo", "export": "export", "models": "export", "info": "export",
+                "screen": "detector", "bench": "bench", "serve": "serve", "experiment": "experiment"}
+
+
+def requested_command(argv: list[str]) -> str | None:
+    """The subcommand named in argv (the first word that is not a root option), or None."""
+    for a in argv:
+        if a in ("-h", "--help", "--version"):
+            return None
+        if not a.startswith("-"):
+            return a
+    return None
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The root parser; given argv naming a command, only the parsers that command needs are built
+    (the command's own help and errors are unchanged), else every command's."""
     from aekit import __version__
 
     parser = Parser(
@@ -96,17 +117,33 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-q", "--quiet", action="count", default=0, dest="log_less",
                         help="fewer diagnostics (-q: warnings and errors only, -qq: errors only)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    want = requested_command(argv) if argv is not None else None
+    eps = sorted(entry_points(group="aekit.commands"), key=lambda e: e.name)
+    home = [ep for ep in eps if ep.name == COMMAND_HOME.get(want or "")]
+    if want in CORE_COMMANDS or home:
+        if want in CORE_COMMANDS:
+            {"train": add_train_parser, "data": add_data_parser}.get(want, add_generate_parsers)(sub)
+        else:
+            _register(home, sub)
+        if want in sub.choices:
+            return parser
+        parser = build_parser()  # the hint was wrong: build everything
+        return parser
     add_train_parser(sub)
     add_data_parser(sub)
     add_generate_parsers(sub)
-    for ep in sorted(entry_points(group="aekit.commands"), key=lambda e: e.name):
+    _register(eps, sub)
+    return parser
+
+
+def _register(eps: list, sub: argparse._SubParsersAction) -> None:
+    for ep in eps:
         try:
             register: Callable[[argparse._SubParsersAction], None] = ep.load()
         except ImportError as e:
             logging.getLogger(__name__).warning("aekit: subcommands of %s unavailable (%s)", ep.name, e)
             continue
         register(sub)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -127,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    parser = build_parser(sys.argv[1:] if argv is None else list(argv))
     args = parser.parse_args(argv)
     setup_logging(args.log_more - args.log_less)
     if not getattr(args, "func", None):
