@@ -10,6 +10,7 @@ import csv
 import json
 import logging
 import math
+import os
 import sys
 import time
 import warnings
@@ -60,7 +61,7 @@ class TrainConfig:
     device: str = "auto"  # auto (cuda > mps > cpu), cuda, mps or cpu
     amp: bool = True  # mixed precision on CUDA (bf16 where supported, else fp16)
     seed: int = 0  # seeds weights, split, batch order and noise
-    threads: int = 0  # torch CPU threads (0: torch's default, one per core)
+    threads: int = 0  # torch CPU threads (0: the usable cores / processes); the CLI sets OMP_WAIT_POLICY=PASSIVE first
     hist_images: int = 2000  # training images encoded for the latent symbol histogram
     init_from: str | None = None  # warm start: weights of this checkpoint, fresh optimiser and lr schedule
     data_cfg: DataConfig = field(default_factory=DataConfig)
@@ -71,6 +72,15 @@ class TrainConfig:
         d["data_cfg"] = DataConfig(**d.get("data_cfg", {}))
         d["betas"] = tuple(d.get("betas", (0.9, 0.999)))
         return cls(**d)
+
+
+def cpu_threads() -> int:
+    """Threads for torch on CPU: the usable cores (affinity mask) shared among this host's processes."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return max(1, cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
 
 
 def pick_device(name: str) -> torch.device:
@@ -102,8 +112,10 @@ class Trainer:
     def __init__(self, tcfg: TrainConfig, mcfg: ModelConfig, resume: bool = False):
         self.tcfg, self.mcfg, self.out = tcfg, mcfg, Path(tcfg.out)
         self.device = distributed.setup(pick_device(tcfg.device))  # joins the process group under --nproc
-        if tcfg.threads > 0:
-            torch.set_num_threads(tcfg.threads)
+        if self.device.type == "cpu":  # deliberate, not torch's default (which counts every core of the host)
+            torch.set_num_threads(tcfg.threads if tcfg.threads > 0 else cpu_threads())
+            logging.getLogger(__name__).info("torch: %d CPU threads, OMP_WAIT_POLICY=%s", torch.get_num_threads(),
+                                             os.environ.get("OMP_WAIT_POLICY", "unset (spinning)"))
         self.start_epoch, self.best_val, self.best_epoch = 0, math.inf, -1
         self.trained_side = 0  # side (px) of the last training batch, logged per epoch
         self.history: list[dict[str, Any]] = []
