@@ -2,14 +2,14 @@
 # Rate-distortion evidence of the photo codec models on the held-out photos (issue 13):
 # gdn models (every quality) against JPEG, WebP, AVIF and the klt envelope, per ratio.
 #   bash codec/record_photos_rd.sh            # RUNS=runs MODELS=models DATA=data/photos
-# Needs: aekit data photos $DATA; runs/photos-gdn-r{4,9} and runs/photos-klt-r{4,9}-w* (bench/train_zoo.sh
-# or the commands in README "Codec quality"); exports them to $MODELS, then evaluates.
+# Needs: aekit data photos $DATA; runs/photos-gdn-r{4,9}-s2 (stage 2, --init-from stage 1) and
+# runs/photos-klt-r{4,9}-w* (bench/train_zoo.sh or README "Codec quality"); exports them to $MODELS, then evaluates.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${RUNS:-runs}; M=${MODELS:-models}; DATA=${DATA:-data/photos}
-for run in "$RUNS"/photos-gdn-r4 "$RUNS"/photos-gdn-r9 "$RUNS"/photos-klt-r*-w*; do
+for run in "$RUNS"/photos-gdn-r4-s2 "$RUNS"/photos-gdn-r9-s2 "$RUNS"/photos-klt-r*-w*; do
   [ -f "$run/best.pt" ] || continue
-  name=$(basename "$run"); name=${name/photos-gdn-/photos-}
+  name=$(basename "$run"); name=${name/photos-gdn-/photos-}; name=${name%-s2}
   [ -f "$M/$name/manifest.json" ] || aekit export "$run/best.pt" --out "$M/$name"
 done
 for r in 4 9; do
