@@ -3,7 +3,8 @@
     aekit screen models/det s3://bucket/incoming --out results/screen --engine ray --address auto
 The pipeline is aekit.export.engine_ray's: images are decoded in CPU tasks and scored by
 aekit.detector.model.Detector in the model actors; the driver turns scores into the same records,
-summary and exit code as aekit.detector.jobs.screen_folder (identical scores, tested).
+summary and exit code as aekit.detector.jobs.screen_folder (identical scores, tested). A rerun after
+a killed screen reuses the still-valid records of its temp file exactly as the local engine does.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from aekit.images import ImageError, NamedBytes, Sample, atomic_write_bytes, is_
 from aekit.detector.calibration import CalibrationError
 from aekit.detector.heatmap import write_heatmap
 from aekit.detector.jobs import (ClassSummary, ScreenConfig, RecordWriter, ScreenReport, _calibrated, _factor, _note_shape,
-                           labelled, load_for_model)
+                           _reuse, labelled, load_for_model)
 from aekit.detector.model import Detector
 from aekit.export.engine_ray import Listing, RayConfig, filesystem, list_tree, run_files
 
@@ -85,7 +86,9 @@ def screen_folder_ray(model: str | Path, src: str, out: str | Path, cls: str | N
     report = ScreenReport(alpha=det.alpha_, warnings=[f"{p}: not an image file (skipped)" for p in skipped])
     writer = RecordWriter(out)
     try:
-        usable = sorted(_calibrated(det, samples, labels, report, writer))
+        usable = _calibrated(det, samples, labels, report, writer)
+        reused = _reuse(det, samples, labels, usable, report, writer, heatmaps, None)  # a killed run's valid records
+        usable = sorted(usable - reused)
         fs_in, _ = filesystem(str(src))
         paths = [str(samples[i].path) for i in usable]
         listing = Listing(fs_in, None, [(p, filesystem(p)[1] if url else p, labels[i]) for p, i in zip(paths, usable)])

@@ -220,6 +220,49 @@ def test_screen_matches_local_engine(ray_cluster, tiny_model, gray_dir, src_tree
     assert "broken.png" in capsys.readouterr().err
 
 
+def test_screen_resumes_a_killed_screen_as_the_local_engine(ray_cluster, tiny_model, gray_dir, src_tree, tmp_path,
+                                                            capsys, monkeypatch):
+    """A killed screen's temp file (complete records, a torn last one) and a source touched since:
+    the Ray rerun reuses the valid records, scores only the rest and ends with the local records."""
+    import aekit.detector.ray_jobs as rj
+
+    det, src = tmp_path / "det", tmp_path / "src"
+    shutil.copytree(tiny_model(1, 4), det)
+    shutil.copytree(src_tree, src)
+    cal = tmp_path / "cal"
+    for cls in ("coins", "moon"):
+        shutil.copytree(gray_dir / "train" / cls, cal / cls)
+    assert main(["calibrate", str(det), str(cal), "--alpha", "0.1", "--device", "cpu"]) == 0
+    base = ["screen", str(det), str(src), "--device", "cpu"]
+    assert main(base + ["--out", str(tmp_path / "fresh")]) == 2
+    lines = Path(f"{tmp_path / 'fresh'}.jsonl").read_text().splitlines(keepends=True)
+    half = len(lines) // 2
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # a PID that no longer runs
+    start = f"t{int(time.time() * 1000):x}_"
+    killed = tmp_path / f".k.jsonl.{dead.pid}-{start}abc123.part"
+    killed.write_text("".join(lines[:half]) + lines[half][:25])
+    touched = Path(json.loads(lines[0])["path"])
+    os.utime(touched, (time.time() + 5, time.time() + 5))  # changed after the killed run started
+    reusable = sum(json.loads(x)["error"] is None for x in lines[1:half])
+    todo = []
+    real = rj.run_files
+
+    def counting(job, listing, rcfg):
+        todo.append(len(listing.todo))
+        return real(job, listing, rcfg)
+
+    monkeypatch.setattr(rj, "run_files", counting)
+    assert main(base + ["--out", str(tmp_path / "k"), "--engine", "ray"]) == 2
+    assert not killed.exists() and todo == [len(lines) - reusable]  # errors are retried, never reused
+    recs = [{r["path"]: r for r in map(json.loads, Path(f"{tmp_path / k}.jsonl").read_text().splitlines())}
+            for k in ("fresh", "k")]
+    assert recs[0] == recs[1]
+    assert json.loads(Path(f"{tmp_path / 'fresh'}.summary.json").read_text()) == \
+        json.loads(Path(f"{tmp_path / 'k'}.summary.json").read_text())
+    capsys.readouterr()
+
+
 def test_listing_and_writing_through_fsspec_urls():
     """Object-store semantics without a cloud: fsspec's memory filesystem (in this process)."""
     fsspec = pytest.importorskip("fsspec")
