@@ -5,7 +5,8 @@ alpha is the k-th smallest score, k = ceil((n + 1)(1 - alpha)); a new normal ima
 with the calibration images) scores above it with probability at most alpha. Its conformal
 p-value is (1 + #{calibration scores >= s}) / (n + 1). Stored in the model manifest under
 "calibration" (format below, versioned), so thresholds travel with the model files; feature
-memory banks go to `calibration.npz` beside it (its sha256 is in the manifest).
+memory banks and PaDiM / PatchCore statistics go to `calibration.npz` beside it (its sha256 is in
+the manifest).
 """
 
 from __future__ import annotations
@@ -85,6 +86,7 @@ class ClassCalibration:
     norm: dict[str, list[float]] = field(default_factory=dict)  # part -> [loc, scale] of combined scores
     n_fit: int = 0  # images used for the bank and normalisers (held apart from the n conformal scores)
     bank: FeatureBank | None = None  # encoder-feature memory bank (score 'feat')
+    backbone: dict[str, np.ndarray] = field(default_factory=dict)  # PaDiM / PatchCore statistics ('padim_mean', …)
 
     @property
     def n(self) -> int:
@@ -116,6 +118,7 @@ class Calibration:
         for c, cc in sorted(self.classes.items()):
             if cc.bank is not None:
                 a.update(cc.bank.to_arrays(f"{c}/"))
+            a.update({f"{c}/{k}": v for k, v in cc.backbone.items()})
         if not a:
             return None
         buf = io.BytesIO()
@@ -180,6 +183,8 @@ def _attach_banks(classes: dict[str, ClassCalibration], meta: dict | None, array
     for c, cc in classes.items():
         if f"{c}/bank" in a:
             cc.bank = FeatureBank.from_arrays(a, f"{c}/")
+        cc.backbone = {k[len(c) + 1:]: v for k, v in a.items()
+                       if k.startswith(f"{c}/padim_") or k.startswith(f"{c}/patchcore_")}
 
 
 def too_small_message(name: str, n: int, alpha: float, n_fit: int = 0) -> str:

@@ -35,6 +35,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "and the normalisers of a combined score (only for those scores; the rest calibrates)")
     c.add_argument("--latent", choices=("quantised", "float"), default="quantised",
                    help="reconstruct through 8-bit latent symbols (as shipped) or the float latent")
+    c.add_argument("--backbone-weights", metavar="FILE", help="local torchvision ResNet/WideResNet state_dict for the "
+                   "padim / patchcore scores: exported once (needs torch) to backbone.onnx in each model folder; "
+                   "nothing is downloaded")
+    c.add_argument("--backbone", default="resnet18", choices=("resnet18", "resnet34", "resnet50", "wide_resnet50_2"),
+                   help="architecture of --backbone-weights")
+    c.add_argument("--backbone-side", type=int, default=224, help="images are resized to SIDE x SIDE for the backbone")
     _job_args(c)
     c.set_defaults(func=_guarded(cmd_calibrate))
 
@@ -192,6 +198,12 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     if not Path(args.model).exists() and zoo.path(args.model):  # calibration writes into the model folder
         raise CLIError(f"{args.model} is a shipped model (inside the installed package): calibrate a copy, "
                        f"cp -r {zoo.path(args.model)} models/{args.model} && aekit calibrate models/{args.model} ...")
+    if args.backbone_weights:
+        from aekit.detector.backbone import BackboneConfig, export_backbone
+        from aekit.detector.model import load_routes
+
+        for d in sorted(set(load_routes(args.model).values())):
+            print(f"exported {export_backbone(args.backbone_weights, d, BackboneConfig(args.backbone, args.backbone_side))}")
     rep = calibrate_folder(args.model, args.normal_dir, args.cls, args.alpha, args.score, args.latent,
                            _job_config(args), args.fit_fraction)
     for msg in rep.failed:

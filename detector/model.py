@@ -24,7 +24,8 @@ from aekit.images import ImageError, atomic_write_bytes
 from aekit.detector.calibration import (ARRAYS_FILE, Calibration, CalibrationError, ClassCalibration, check_alpha,
                                         default_alpha, too_small_message)
 from aekit.detector.features import FeatureBank
-from aekit.detector.scores import FEATURE, SMOOTH_SIGMA, components, error_maps, image_scores, upsample
+from aekit.detector.scores import (BACKBONE_PARTS, FEATURE, SMOOTH_SIGMA, components, error_maps, image_scores,
+                                   upsample)
 from aekit.export.manifest import MANIFEST_NAME, ModelError, load_manifest, save_manifest
 
 DETECTOR_FILE = "detector.json"
@@ -111,10 +112,11 @@ class Reference:
     bank: FeatureBank | None = None  # memory bank of the 'feat' part
     norm: dict[str, list[float]] = field(default_factory=dict)  # part -> [loc, scale] (combined scores)
     n_fit: int = 0
+    backbone: dict[str, np.ndarray] = field(default_factory=dict)  # 'padim_*' / 'patchcore_*' arrays
 
 
 def part_name(part: tuple[str, str]) -> str:
-    return part[0] if part[0] == FEATURE else f"{part[0]}-{part[1]}"
+    return part[0] if not part[1] else f"{part[0]}-{part[1]}"
 
 
 def combine(parts: dict[str, tuple[np.ndarray, np.ndarray]], norm: dict[str, list[float]]
@@ -173,7 +175,7 @@ class Detector:
         if bad:
             raise ValueError(f"invalid parameter(s) {', '.join(bad)} for Detector (valid: {', '.join(self._param_names())})")
         if "model" in params or "device" in params or "threads" in params:
-            for k in ("_routes", "_runtimes", "calibrations_", "_reference"):
+            for k in ("_routes", "_runtimes", "_backbones", "calibrations_", "_reference"):
                 self.__dict__.pop(k, None)
         for k, v in params.items():
             setattr(self, k, v)
@@ -283,10 +285,32 @@ class Detector:
                 fm = ref.bank.score_maps(y_hat, image_ids)  # (B, h', w')
                 out[part_name(part)] = (fm.reshape(len(fm), -1).max(axis=1), upsample(fm, h, w))
                 continue
+            if part[0] in BACKBONE_PARTS:  # PaDiM / PatchCore: image score = the map's max (as anomalib)
+                fm = self._backbone_maps(model_dir, batch, part[0], ref)  # (B, side/8, side/8)
+                out[part_name(part)] = (fm.reshape(len(fm), -1).max(axis=1), upsample(fm, h, w))
+                continue
             if x_hat is None:
                 x_hat = rt.decode(y_hat, h, w)  # (B, H, W, C) uint8
             out[part_name(part)] = image_scores(error_maps(batch, x_hat, part[0]), part[1], self.smooth_sigma(model_dir))
         return out
+
+    def backbone(self, model_dir: Path):
+        """The model folder's exported pretrained trunk (aekit.detector.backbone), loaded once."""
+        from aekit.detector.backbone import BackboneRuntime
+
+        rts = self.__dict__.setdefault("_backbones", {})
+        if model_dir not in rts:
+            rts[model_dir] = BackboneRuntime(model_dir, threads=self.threads)
+        return rts[model_dir]
+
+    def _backbone_maps(self, model_dir: Path, batch: np.ndarray, kind: str, ref: Reference | None) -> np.ndarray:
+        from aekit.detector.backbone import padim_maps, patchcore_maps
+
+        if ref is None or not any(k.startswith(kind + "_") for k in ref.backbone):
+            raise CalibrationError(f"{model_dir}: score part {kind!r} needs its fitted statistics; calibrate first")
+        a = {k[len(kind) + 1:]: v for k, v in ref.backbone.items() if k.startswith(kind + "_")}
+        f = self.backbone(model_dir).features(batch)  # (B, D, side/8, side/8)
+        return padim_maps(f, a) if kind == "padim" else patchcore_maps(f, a)
 
     def _combined(self, model_dir: Path, cls: str, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(scores (B,), maps (B, H, W)); several parts: sum of (s - loc) / scale, maps / scale summed."""
@@ -302,7 +326,7 @@ class Detector:
             return pending[cls]
         cal = self._cals().get(self.model_for(cls))
         cc = cal.classes.get(cls) if cal else None
-        return Reference(cc.bank, cc.norm, cc.n_fit) if cc else None
+        return Reference(cc.bank, cc.norm, cc.n_fit, cc.backbone) if cc else None
 
     def reconstruct(self, model_dir: Path, batch: np.ndarray, latent: str = "quantised") -> np.ndarray:
         rt = self.runtime(model_dir)
@@ -319,7 +343,7 @@ class Detector:
     def needs_reference(self, model_dir: Path) -> bool:
         """Whether the score fits something on normal images first (a feature bank or normalisers)."""
         parts = components(self.settings(model_dir)[0])
-        return len(parts) > 1 or parts[0][0] == FEATURE
+        return len(parts) > 1 or parts[0][0] == FEATURE or parts[0][0] in BACKBONE_PARTS
 
     def split(self, n: int, cls: str) -> tuple[np.ndarray, np.ndarray]:
         """(fit indices, calibration indices) of a class's n normal images (seeded by class name)."""
@@ -343,6 +367,17 @@ class Detector:
             if latent == "quantised":
                 ys = [rt.dequantise(rt.quantise(y)) for y in ys]
             ref.bank = FeatureBank.fit(np.concatenate(ys), self.bank_size, self.random_state)
+        kinds = [p[0] for p in components(self.settings(model_dir)[0]) if p[0] in BACKBONE_PARTS]
+        if kinds:
+            from aekit.detector.backbone import padim_fit, patchcore_fit
+
+            bb = self.backbone(model_dir)
+            f = np.concatenate([bb.features(np.stack(images[i : i + self.batch_size]))
+                                for i in range(0, len(images), self.batch_size)])  # (N, D, side/8, side/8)
+            for kind in kinds:
+                a = padim_fit(f, bb.cfg.dims, self.random_state) if kind == "padim" else \
+                    patchcore_fit(f, self.bank_size, self.random_state)
+                ref.backbone.update({f"{kind}_{k}": v for k, v in a.items()})
         raw: dict[str, list[np.ndarray]] = {}
         for i in range(0, len(images), self.batch_size):  # leave-one-image-out feature scores
             ids = np.arange(i, min(i + self.batch_size, len(images)))
@@ -389,15 +424,17 @@ class Detector:
         for c, cc in ccs.items():
             ref = self._reference_for(c) if self.needs_reference(self.model_for(c)) else None
             if ref is not None:
-                cc.bank, cc.norm, cc.n_fit = ref.bank, ref.norm, ref.n_fit
+                cc.bank, cc.norm, cc.n_fit, cc.backbone = ref.bank, ref.norm, ref.n_fit, ref.backbone
             if math.isinf(cc.threshold(alpha)):
                 raise CalibrationError(too_small_message(c, cc.n, alpha, cc.n_fit))
             by_model.setdefault(self.model_for(c), {})[c] = cc
         cals = self._cals()
         for d, classes in by_model.items():
             score, latent = self.settings(d)
-            new = Calibration(score, alpha, self.runtime(d).model_id,
-                              {"latent": latent, "smooth": self.smooth_sigma(d)}, classes,
+            pre = {"latent": latent, "smooth": self.smooth_sigma(d)}
+            if any(p[0] in BACKBONE_PARTS for p in components(score)):
+                pre["backbone"] = self.backbone(d).id  # sha256 of backbone.onnx: a swapped trunk is refused
+            new = Calibration(score, alpha, self.runtime(d).model_id, pre, classes,
                               datetime.now(timezone.utc).isoformat(timespec="seconds"))
             old = cals.get(d)
             cals[d] = old.merged(new) if old else new
@@ -451,6 +488,9 @@ class Detector:
         if score != cal.score or latent != cal.preprocess.get("latent", "quantised"):
             raise CalibrationError(f"{d}: calibrated with score {cal.score} ({cal.preprocess.get('latent')} latent), "
                                    f"asked for {score} ({latent}); recalibrate or drop the option")
+        if cal.preprocess.get("backbone") and cal.preprocess["backbone"] != self.backbone(d).id:
+            raise CalibrationError(f"{d}: calibrated with another {d / 'backbone.onnx'} "
+                                   f"({cal.preprocess['backbone'][:12]}…); recalibrate")
         rt_id = load_manifest(d)["model_id"]
         if cal.model_id != rt_id:
             raise CalibrationError(f"{d}: calibration belongs to model {cal.model_id}, not {rt_id}; recalibrate")

@@ -3,7 +3,8 @@
 A score spec names a map and a reduction, components joined by '+': `mse` (mean squared error,
 the mean of the raw map), `ssim-max` (max of the smoothed 1 - SSIM map), `msssim-top1` (mean of
 the top 1 % of the smoothed multi-scale SSIM map), `feat` (encoder-feature memory bank, see
-aekit.detector.features), `mse-max+feat` (normalised sum, calibrated as one score). Calibration
+aekit.detector.features), `padim` / `patchcore` (pretrained-backbone features, aekit.detector.backbone),
+`mse-max+feat` (normalised sum, calibrated as one score). Calibration
 and screening compute maps with the same functions, so a score means the same at both times.
 Maps are (B, H, W) float64, channels averaged. Higher = more anomalous.
 """
@@ -17,6 +18,7 @@ from aekit import metrics
 MAPS = ("mse", "ssim", "msssim")  # per-pixel maps: squared error, 1 - SSIM, 1 - SSIM averaged over 3 scales
 REDUCERS = ("mean", "max", "top")  # image score: mean of the raw map, max / top-k % mean of the smoothed map
 FEATURE = "feat"  # the encoder-feature score
+BACKBONE_PARTS = ("padim", "patchcore")  # pretrained-backbone feature scores (aekit.detector.backbone)
 SCORES = ("mse", "ssim", "mse-max", "ssim-max", "msssim-max", "mse-top1", "ssim-top1", "feat",
           "ssim-max+feat")  # examples offered in help; any valid spec is accepted
 SMOOTH_SIGMA = 1.0  # Gaussian smoothing (px) of maps reduced by max / top-k: one noisy pixel is not a defect
@@ -28,13 +30,13 @@ def components(spec: str) -> list[tuple[str, str]]:
     out = []
     for part in spec.split("+"):
         name, _, red = part.strip().partition("-")
-        if name == FEATURE and not red:
-            out.append((FEATURE, ""))
+        if (name == FEATURE or name in BACKBONE_PARTS) and not red:
+            out.append((name, ""))
             continue
         red = red or "mean"
         top_ok = red.startswith("top") and _top_fraction(red) is not None
         if name not in MAPS or not (red in ("mean", "max") or top_ok):
-            raise ValueError(f"unknown score {spec!r}: each '+'-joined part is feat or MAP[-REDUCER] with MAP one of "
+            raise ValueError(f"unknown score {spec!r}: each '+'-joined part is feat, padim, patchcore or MAP[-REDUCER] with MAP one of "
                              f"{', '.join(MAPS)} and REDUCER mean, max or topP (mean of the top P % of pixels), "
                              f"e.g. {', '.join(SCORES[:6])}")
         out.append((name, red))
@@ -119,7 +121,7 @@ def error_maps(x: np.ndarray, x_hat: np.ndarray, score: str) -> np.ndarray:
     """The per-pixel map of a map kind (or of a score spec's first map) for uint8 (B, H, W, C): (B, H, W)."""
     if x.shape != x_hat.shape:
         raise ValueError(f"image and reconstruction shapes differ: {x.shape} vs {x_hat.shape}")
-    kind = score if score in MAPS else next((m for m, _ in components(score) if m != FEATURE), "mse")
+    kind = score if score in MAPS else next((m for m, _ in components(score) if m in MAPS), "mse")
     return {"mse": mse_map, "ssim": ssim_map, "msssim": msssim_map}[kind](x, x_hat)
 
 
