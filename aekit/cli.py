@@ -118,6 +118,8 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
                         help="fewer diagnostics (-q: warnings and errors only, -qq: errors only)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     want = requested_command(argv) if argv is not None else None
+    if argv is not None and want is None and "--version" in argv and not {"-h", "--help"} & set(argv):
+        return parser  # prints the version and exits: no subcommand needed
     eps = sorted(entry_points(group="aekit.commands"), key=lambda e: e.name)
     home = [ep for ep in eps if ep.name == COMMAND_HOME.get(want or "")]
     if want in CORE_COMMANDS or home:

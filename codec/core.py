@@ -115,11 +115,20 @@ def restore_mode(image: np.ndarray, mode: str) -> np.ndarray:
 
 
 def tile_spans(n_latent: int, tile: int, overlap: int) -> list[tuple[int, int, int, int]]:
-    """Latent rows 0..n split into cores of `tile`: (core_start, core_end, ctx_start, ctx_end)."""
+    """Latent rows 0..n split into cores of `tile`: (core_start, core_end, ctx_start, ctx_end).
+
+    Every context window has the same length, min(n, tile + 2 * overlap): at the borders it
+    reaches further inward instead of being cut short (each core still has at least `overlap`
+    units of context wherever the image has them). One tile shape per image lets onnxruntime's
+    arena reuse one set of buffers: with a shape per border tile it grew to about twice the
+    estimate (measured 785 MB instead of 450 MB decoding 1800² with photos-r9).
+    """
+    size = min(n_latent, tile + 2 * overlap)
     spans = []
     for a in range(0, n_latent, tile):
         b = min(a + tile, n_latent)
-        spans.append((a, b, max(0, a - overlap), min(n_latent, b + overlap)))
+        s = min(max(0, a - overlap), n_latent - size)
+        spans.append((a, b, s, s + size))
     return spans
 
 
@@ -189,7 +198,7 @@ class Codec:
         """uint8 (B, H, W, C) -> uint8 symbols (B, c_y, ceil(H/f), ceil(W/f)); batches split to the budget."""
         b, h, w, _ = images.shape
         if self.tiled(h, w):
-            return np.stack([self._symbols_tiled(im) for im in images])
+            return _stack([self._symbols_tiled(im) for im in images])
         n = self.batch_limit(h, w)
         return np.concatenate([self.quantiser.quantise(self.rt.encode(images[i:i + n])) for i in range(0, b, n)])
 
@@ -322,33 +331,39 @@ class Decoder:
         _, quantiser = self.entropy(header.model_id, header.levels, header.quality)
         H, W = header.height, header.width
         if self.tiled(header):
-            out = np.stack([self._decode_tiled(rt, quantiser.dequantise(qi), H, W) for qi in q])
+            out = _stack([self._decode_tiled(rt, quantiser, qi, H, W) for qi in q])
         else:
             n = self.batch_limit(header)
             out = np.concatenate([rt.decode(quantiser.dequantise(q[i:i + n]), H, W) for i in range(0, len(q), n)])
         return np.stack([restore_mode(o, header.mode) for o in out]) if header.mode == "L" else out
 
-    def _decode_tiled(self, rt: Runtime, y_hat: np.ndarray, height: int, width: int) -> np.ndarray:
-        """y_hat (c_y, h, w) of one large image -> uint8 (H, W, C), decoded tile by tile (tiles in parallel)."""
+    def _decode_tiled(self, rt: Runtime, quantiser: Quantiser, q: np.ndarray, height: int, width: int) -> np.ndarray:
+        """Symbols (c_y, h, w) of one large image -> uint8 (H, W, C), decoded tile by tile (tiles in
+        parallel), each tile's symbols dequantised on their own (no float copy of the whole latent)."""
         f = rt.factor
         tile = plan_tile(rt.estimate("decoder"), f, self.cfg.overlap, self.cfg.tile_px, self.cfg.call_budget)
         out = np.empty((height, width, rt.channels), dtype=np.uint8)
 
         def one(span: tuple) -> None:
             (r0, r1, cr0, cr1), (c0, c1, cc0, cc1) = span
-            xt = rt.decode(y_hat[None, :, cr0:cr1, cc0:cc1])[0]  # ((cr1-cr0)f, (cc1-cc0)f, C)
+            xt = rt.decode(quantiser.dequantise(q[None, :, cr0:cr1, cc0:cc1]))[0]  # ((cr1-cr0)f, (cc1-cc0)f, C)
             core = xt[(r0 - cr0) * f:(r1 - cr0) * f, (c0 - cc0) * f:(c1 - cc0) * f]
             out[r0 * f:min(height, r1 * f), c0 * f:min(width, c1 * f)] = core[:min(height, r1 * f) - r0 * f,
                                                                                :min(width, c1 * f) - c0 * f]
 
-        self.tiles.map(one, [(r, c) for r in tile_spans(y_hat.shape[1], tile, self.cfg.overlap)
-                             for c in tile_spans(y_hat.shape[2], tile, self.cfg.overlap)])
+        self.tiles.map(one, [(r, c) for r in tile_spans(q.shape[1], tile, self.cfg.overlap)
+                             for c in tile_spans(q.shape[2], tile, self.cfg.overlap)])
         return out
 
     def decompress(self, data: bytes, name: str = "<bytes>") -> tuple[np.ndarray, LatentHeader]:
         """File bytes -> (uint8 (H, W, 1 | 3) in the original mode, header)."""
         h, q = self.symbols(data, name)
         return self.reconstruct(h, q[None])[0], h
+
+
+def _stack(arrays: list[np.ndarray]) -> np.ndarray:
+    """np.stack without a copy for one array (a 50 Mpx image is 150 MB)."""
+    return arrays[0][None] if len(arrays) == 1 else np.stack(arrays)
 
 
 def _padded_pixels(header: LatentHeader) -> int:

@@ -498,8 +498,9 @@ def compress_tree(src: str | Path, dst: str | Path, codec: Codec, jcfg: JobConfi
             p.add(("img",) + arr.shape, item, arr.nbytes, codec.batch_limit(*arr.shape[:2]), flush)
 
     def flush(items: list[Item]) -> None:
-        images = np.stack([it.data[0] for it in items])  # (B, H, W, C)
+        images = np.stack([it.data[0] for it in items]) if len(items) > 1 else items[0].data[0][None]  # (B, H, W, C)
         files = codec.compress_batch(images, [it.data[1] for it in items])
+        del images
         for it, data in zip(items, files):
             raw = it.data[0].shape[0] * it.data[0].shape[1] * (1 if it.data[1] == "L" else 3)
             it.data = None  # release pixels

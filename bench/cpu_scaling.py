@@ -1,0 +1,302 @@
+"""CPU performance of the codec runtime (issue 17): MP/s per core against Pillow JPEG, 1 vs 2 cores,
+start-up, peak RSS by image size and folder size, and training on 1 vs 2 processes.
+
+    flock /work/runs/bench.lock python -m aekit.bench.cpu_scaling --parts speed,folder,startup,train \
+        --out bench/results/cpu_scaling.json        # timed: run on a quiet machine
+    python -m aekit.bench.cpu_scaling --parts memory --out bench/results/cpu_memory.json   # RSS only
+Writes the JSON and a markdown table next to it (.md), with the command and the machine (bench/sysinfo.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import re
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from aekit.bench.sysinfo import environment
+from aekit.images import atomic_write_bytes
+
+PHOTOS = Path("/work/data/photos")  # `aekit data photos OUT` writes train/ and test/
+MODELS = ("photos-r9", "photos-r4")
+
+
+@dataclass
+class Result:
+    command: str
+    machine: dict[str, Any]
+    speed: list[dict[str, Any]] = field(default_factory=list)  # per model: MP/s per core, ours vs JPEG
+    folder: list[dict[str, Any]] = field(default_factory=list)  # 1 vs 2 workers (taskset 1 vs 2 cores)
+    startup: list[dict[str, Any]] = field(default_factory=list)
+    memory: list[dict[str, Any]] = field(default_factory=list)  # peak RSS of whole aekit processes
+    train: list[dict[str, Any]] = field(default_factory=list)  # epoch time, nproc x threads
+
+
+def crops(folders: list[Path], side: int, n: int) -> list[np.ndarray]:
+    """Centre crops side x side (RGB uint8) of the first n photos at least that large, sorted by name."""
+    out = []
+    for folder in folders:
+        for p in sorted(folder.iterdir()):
+            im = Image.open(p).convert("RGB")
+            w, h = im.size
+            if min(w, h) >= side:
+                l, t = (w - side) // 2, (h - side) // 2
+                out.append(np.asarray(im.crop((l, t, l + side, t + side))))
+            if len(out) == n:
+                return out
+    return out
+
+
+def jpeg_quality_for(image: np.ndarray, nbytes: int) -> int:
+    """The baseline JPEG quality whose file is closest in size to nbytes."""
+    from aekit.codec.baseline import encode
+
+    sizes = {q: len(encode(image, "JPEG", q)) for q in range(5, 101, 5)}
+    return min(sizes, key=lambda q: abs(sizes[q] - nbytes))
+
+
+def speed(model: str, images: list[np.ndarray], rounds: int) -> dict[str, Any]:
+    """Compress and decompress in memory, one thread, interleaved with JPEG at matched bytes."""
+    from aekit.codec.baseline import decode as jdecode, encode as jencode
+    from aekit.codec.core import Codec, CodecConfig, Decoder
+    from aekit.export.manifest import resolve_model
+
+    folder = resolve_model(model)
+    cfg = CodecConfig(device="cpu", threads=1, workers=1)
+    codec, dec = Codec(folder, cfg), Decoder([folder], cfg)
+    files = [codec.compress(im) for im in images]  # warm-up too
+    quals = [jpeg_quality_for(im, len(f)) for im, f in zip(images, files)]
+    jpegs = [jencode(im, "JPEG", q) for im, q in zip(images, quals)]
+    for f in files:
+        dec.decompress(f)
+    t = {k: [[] for _ in images] for k in ("c", "d", "jc", "jd")}
+    for _ in range(rounds):
+        for i, (im, f, q, j) in enumerate(zip(images, files, quals, jpegs)):
+            for key, fn in (("c", lambda: codec.compress(im)), ("jc", lambda: jencode(im, "JPEG", q)),
+                            ("d", lambda: dec.decompress(f)), ("jd", lambda: jdecode(j, 3))):
+                t0 = time.perf_counter()
+                fn()
+                t[key][i].append(time.perf_counter() - t0)
+    med = {k: sum(statistics.median(x) for x in v) for k, v in t.items()}  # seconds for the whole set
+    mp = sum(im.shape[0] * im.shape[1] for im in images) / 1e6
+    from aekit.metrics import psnr
+
+    ours = [dec.decompress(f)[0] for f in files]
+    return {"model": model, "images": len(images), "side": images[0].shape[0], "rounds": rounds,
+            "megapixels": mp, "ael_bytes_mean": float(np.mean([len(f) for f in files])),
+            "jpeg_bytes_mean": float(np.mean([len(j) for j in jpegs])), "jpeg_qualities": quals,
+            "psnr_ours": float(np.mean([psnr(a, b) for a, b in zip(images, ours)])),
+            "psnr_jpeg": float(np.mean([psnr(a, jdecode(j, 3)) for a, j in zip(images, jpegs)])),
+            "compress_mp_s_per_core": mp / med["c"], "decompress_mp_s_per_core": mp / med["d"],
+            "jpeg_encode_mp_s": mp / med["jc"], "jpeg_decode_mp_s": mp / med["jd"],
+            "compress_over_jpeg": med["jc"] / med["c"], "decompress_over_jpeg": med["jd"] / med["d"]}
+
+
+def timed(cmd: list[str], cores: str | None = None) -> dict[str, Any]:
+    """Run an aekit command (optionally pinned with taskset) under GNU time: wall s, CPU s, peak RSS."""
+    full = (["taskset", "-c", cores] if cores else []) + ["/usr/bin/time", "-v", *cmd]
+    t0 = time.perf_counter()
+    r = subprocess.run(full, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    err = r.stderr
+    grab = lambda pat: float(m.group(1)) if (m := re.search(pat, err)) else None  # noqa: E731
+    summary = next((ln for ln in err.splitlines() if ln.startswith(("compressed", "decompressed"))), "")
+    return {"command": shlex.join(full), "rc": r.returncode, "wall_s": wall,
+            "cpu_s": (grab(r"User time \(seconds\): ([\d.]+)") or 0) + (grab(r"System time \(seconds\): ([\d.]+)") or 0),
+            "peak_rss_mb": (grab(r"Maximum resident set size \(kbytes\): (\d+)") or 0) / 1024, "summary": summary,
+            "stderr_tail": err.strip().splitlines()[-3:] if r.returncode else []}
+
+
+def aekit(*args: str) -> list[str]:
+    return [sys.executable, "-m", "aekit.cli", *args]
+
+
+def tree_hash(root: Path) -> str:
+    h = hashlib.sha256()
+    for p in sorted(root.rglob("*")):
+        if p.is_file() and not p.name.startswith("."):
+            h.update(str(p.relative_to(root)).encode() + p.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def write_images(images: list[np.ndarray], folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, im in enumerate(images):
+        Image.fromarray(im).save(folder / f"{i:03d}.png", compress_level=1)
+    return folder
+
+
+def folder_scaling(model: str, images: list[np.ndarray], tmp: Path) -> list[dict[str, Any]]:
+    """`aekit compress` / `decompress` of a folder: 1 worker on 1 core vs 2 workers on 2 cores."""
+    src = write_images(images, tmp / "folder-src")
+    rows = []
+    for workers, cores in ((1, "0"), (2, "0,1")):
+        lat, out = tmp / f"lat{workers}", tmp / f"dec{workers}"
+        c = timed(aekit("compress", str(src), "-m", model, "-o", str(lat), "--workers", str(workers),
+                        "--no-progress"), cores)
+        d = timed(aekit("decompress", str(lat), "-o", str(out), "--workers", str(workers), "--no-progress"), cores)
+        rows.append({"model": model, "images": len(images), "side": images[0].shape[0], "workers": workers,
+                     "cores": cores, "compress": c, "decompress": d,
+                     "latents_sha": tree_hash(lat), "decoded_sha": tree_hash(out)})
+    one, two = rows
+    for k in ("compress", "decompress"):
+        two[f"{k}_speedup"] = one[k]["wall_s"] / two[k]["wall_s"]
+    two["identical_outputs"] = one["latents_sha"] == two["latents_sha"] and one["decoded_sha"] == two["decoded_sha"]
+    return rows
+
+
+def startup(tmp: Path, runs: int = 7) -> list[dict[str, Any]]:
+    """Median wall and CPU seconds of start-up commands (a tiny decompress end to end too)."""
+    from aekit.export.manifest import resolve_model
+
+    im = np.asarray(Image.open(sorted((PHOTOS / "test").iterdir())[0]).convert("L"))[:28, :28]
+    Image.fromarray(im).save(tmp / "tiny.png")
+    subprocess.run(aekit("compress", str(tmp / "tiny.png"), "-m", str(resolve_model("fmnist-r4")),
+                         "-o", str(tmp / "tiny.png.ael"), "--overwrite"), check=True, capture_output=True)
+    cmds = {"python -c pass": [sys.executable, "-c", "pass"], "aekit --help": aekit("--help"),
+            "aekit decompress --help": aekit("decompress", "--help"),
+            "aekit decompress one 28x28 file": aekit("decompress", str(tmp / "tiny.png.ael"), "-o",
+                                                     str(tmp / "tiny.out.png"), "--overwrite", "--no-progress")}
+    rows = []
+    for name, cmd in cmds.items():
+        got = [timed(cmd) for _ in range(runs)]
+        rows.append({"what": name, "wall_s": statistics.median(g["wall_s"] for g in got),
+                     "cpu_s": statistics.median(g["cpu_s"] for g in got), "runs": runs})
+    return rows
+
+
+def memory(model: str, tmp: Path, mpx: float, photo: Path) -> list[dict[str, Any]]:
+    """Peak RSS of compress + decompress of one image of about `mpx` megapixels (a real photo upscaled),
+    and of a folder of 1 vs 16 photos (512² crops)."""
+    rows = []
+    im = Image.open(photo).convert("RGB")
+    k = (mpx * 1e6 / (im.size[0] * im.size[1])) ** 0.5
+    big = im.resize((round(im.size[0] * k), round(im.size[1] * k)), Image.Resampling.BICUBIC)
+    big.save(tmp / "big.png", compress_level=1)
+    del big, im
+    c = timed(aekit("compress", str(tmp / "big.png"), "-m", model, "-o", str(tmp / "big.png.ael"), "--no-progress"))
+    d = timed(aekit("decompress", str(tmp / "big.png.ael"), "-o", str(tmp / "big.out.png"), "--no-progress"))
+    w, h = Image.open(tmp / "big.png").size
+    rows.append({"what": f"one {w}x{h} image ({w * h / 1e6:.1f} Mpx), {photo.name} upscaled", "model": model,
+                 "compress": c, "decompress": d})
+    images = crops([PHOTOS / "test", PHOTOS / "train"], 512, 16)
+    for n in (1, 16):
+        src = write_images(images[:n], tmp / f"mem{n}")
+        c = timed(aekit("compress", str(src), "-m", model, "-o", str(tmp / f"mlat{n}"), "--no-progress"))
+        d = timed(aekit("decompress", str(tmp / f"mlat{n}"), "-o", str(tmp / f"mdec{n}"), "--no-progress"))
+        rows.append({"what": f"folder of {n} 512x512 photos", "model": model, "compress": c, "decompress": d})
+    return rows
+
+
+def train_scaling(tmp: Path, epochs: int = 2) -> list[dict[str, Any]]:
+    """Seconds of the last epoch of a small gdn training: nproc x threads (OMP_WAIT_POLICY passive)."""
+    rows = []
+    for nproc, threads, cores in ((1, 1, "0"), (2, 1, "0,1"), (1, 2, "0,1")):
+        out = tmp / f"train-{nproc}x{threads}"
+        r = timed(aekit("train", str(PHOTOS / "train"), "--out", str(out), "--arch", "gdn", "--rate-weight", "0.01",
+                        "--size", "96", "--resize", "random-crop", "--batch-size", "16", "--repeat", "16",
+                        "--epochs", str(epochs), "--nproc", str(nproc), "--threads", str(threads),
+                        "--val-fraction", "0.125", "--seed", "0"), cores)
+        times = []
+        if (out / "log.csv").exists():
+            lines = (out / "log.csv").read_text().splitlines()
+            col = lines[0].split(",").index("epoch_time_s")
+            times = [float(ln.split(",")[col]) for ln in lines[1:]]
+        rows.append({"nproc": nproc, "threads": threads, "cores": cores, "epoch_times_s": times,
+                     "last_epoch_s": times[-1] if times else None, "run": r})
+    base = rows[0]["last_epoch_s"]
+    for r in rows[1:]:
+        r["speedup_vs_1x1"] = base / r["last_epoch_s"] if base and r["last_epoch_s"] else None
+    return rows
+
+
+def markdown(res: Result) -> str:
+    lines = [f"# CPU scaling (issue 17)\n\n`{res.command}`\n\n{res.machine.get('cpu', {})}\n"]
+    if res.speed:
+        lines += ["| model | side | compress MP/s/core | decompress MP/s/core | JPEG enc / dec MP/s | "
+                  "compress ÷ JPEG | decompress ÷ JPEG | bytes ours / JPEG | PSNR ours / JPEG |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for s in res.speed:
+            lines.append(f"| {s['model']} | {s['side']}² | {s['compress_mp_s_per_core']:.2f} | "
+                         f"{s['decompress_mp_s_per_core']:.2f} | {s['jpeg_encode_mp_s']:.1f} / {s['jpeg_decode_mp_s']:.1f} | "
+                         f"{s['compress_over_jpeg']:.3f} | {s['decompress_over_jpeg']:.3f} | "
+                         f"{s['ael_bytes_mean']:.0f} / {s['jpeg_bytes_mean']:.0f} | "
+                         f"{s['psnr_ours']:.2f} / {s['psnr_jpeg']:.2f} dB |")
+    if res.folder:
+        lines += ["", "| folder job | workers (cores) | compress s | decompress s | speed-up | peak RSS MB c / d |",
+                  "|---|---|---|---|---|---|"]
+        for f in res.folder:
+            sp = (f"{f['compress_speedup']:.2f}x / {f['decompress_speedup']:.2f}x"
+                  + (", identical" if f.get("identical_outputs") else ", DIFFERENT")) if "compress_speedup" in f else ""
+            lines.append(f"| {f['images']} x {f['side']}² {f['model']} | {f['workers']} ({f['cores']}) | "
+                         f"{f['compress']['wall_s']:.1f} | {f['decompress']['wall_s']:.1f} | {sp} | "
+                         f"{f['compress']['peak_rss_mb']:.0f} / {f['decompress']['peak_rss_mb']:.0f} |")
+    if res.startup:
+        lines += ["", "| start-up | wall s (median) | CPU s |", "|---|---|---|"]
+        lines += [f"| {s['what']} | {s['wall_s']:.3f} | {s['cpu_s']:.2f} |" for s in res.startup]
+    if res.memory:
+        lines += ["", "| peak RSS | compress MB | decompress MB |", "|---|---|---|"]
+        lines += [f"| {m['what']} ({m['model']}) | {m['compress']['peak_rss_mb']:.0f} | "
+                  f"{m['decompress']['peak_rss_mb']:.0f} |" for m in res.memory]
+    if res.train:
+        lines += ["", "| training | cores | epoch s (last) | speed-up vs 1 process x 1 thread |", "|---|---|---|---|"]
+        for t in res.train:
+            sp = f"{t['speedup_vs_1x1']:.2f}x" if t.get("speedup_vs_1x1") else "—"
+            last = f"{t['last_epoch_s']:.1f}" if t["last_epoch_s"] else "failed"
+            lines.append(f"| --nproc {t['nproc']} --threads {t['threads']} | {t['cores']} | {last} | {sp} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--parts", default="speed,folder,startup,memory,train")
+    ap.add_argument("--out", default="bench/results/cpu_scaling.json")
+    ap.add_argument("--rounds", type=int, default=3, help="timed rounds per image (median)")
+    ap.add_argument("--folder-images", type=int, default=16)
+    ap.add_argument("--mpx", type=float, default=50.0, help="megapixels of the memory test's single image")
+    args = ap.parse_args(argv)
+    parts = set(args.parts.split(","))
+    res = Result(command=shlex.join(["python", "-m", "aekit.bench.cpu_scaling", *(argv or sys.argv[1:])]),
+                 machine=environment("cpu"))
+    res.machine.update(affinity=len(os.sched_getaffinity(0)), loadavg_1_5_15=os.getloadavg(),
+                       env={k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY")})
+    tmp = Path(tempfile.mkdtemp(prefix="aekit-cpu-"))
+    try:
+        if "speed" in parts:
+            images = crops([PHOTOS / "test"], 512, 4)
+            res.speed = [speed(m, images, args.rounds) for m in MODELS]
+        if "folder" in parts:
+            res.folder = folder_scaling("photos-r9", crops([PHOTOS / "test", PHOTOS / "train"], 512,
+                                                           args.folder_images), tmp)
+        if "startup" in parts:
+            res.startup = startup(tmp)
+        if "memory" in parts:
+            res.memory = memory("photos-r9", tmp, args.mpx, PHOTOS / "test" / "Storm.png")
+        if "train" in parts:
+            res.train = train_scaling(tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out, (json.dumps(asdict(res), indent=1, default=str) + "\n").encode())
+    atomic_write_bytes(out.with_suffix(".md"), markdown(res).encode())
+    print(markdown(res))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
