@@ -72,14 +72,26 @@ def map_panel(image: np.ndarray, anomaly_map: np.ndarray, scale: float) -> np.nd
     return np.concatenate([strip, colour_bar(strip.shape[0], scale)], axis=1)
 
 
-def write_map(stem: str | Path, image: np.ndarray, anomaly_map: np.ndarray, scale: float) -> list[Path]:
-    """STEM.png (overlay with colour scale) and STEM.npy (the raw float32 map, (H, W)), written atomically."""
+def map_files(image: np.ndarray, anomaly_map: np.ndarray, scale: float) -> dict[str, bytes]:
+    """{'.png': the map_panel as PNG bytes, '.npy': the raw float32 (H, W) map as .npy bytes}: what
+    write_map writes, as bytes (a Ray actor renders them; the driver writes them)."""
     import io
 
-    from aekit.images import atomic_write_bytes
+    from aekit.images import encode_image
 
-    stem = Path(stem)
-    png = save_image(map_panel(image, anomaly_map, scale), stem.with_suffix(".png"))
     buf = io.BytesIO()
     np.save(buf, anomaly_map.astype(np.float32))
-    return [png, atomic_write_bytes(stem.with_suffix(".npy"), buf.getvalue())]
+    return {".png": encode_image(map_panel(image, anomaly_map, scale), ".png"), ".npy": buf.getvalue()}
+
+
+def write_map(stem: str | Path, image: np.ndarray, anomaly_map: np.ndarray, scale: float) -> list[Path]:
+    """STEM.png (overlay with colour scale) and STEM.npy (the raw float32 map, (H, W)), written atomically."""
+    return write_map_files(stem, map_files(image, anomaly_map, scale))
+
+
+def write_map_files(stem: str | Path, files: dict[str, bytes]) -> list[Path]:
+    """Write map_files() output as STEM.png and STEM.npy (atomically); returns the paths."""
+    from aekit.images import atomic_write_bytes
+
+    return [atomic_write_bytes(Path(stem).with_suffix(suffix), data) for suffix, data in sorted(files.items(),
+                                                                                                 key=lambda kv: kv[0] != ".png")]
