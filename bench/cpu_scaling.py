@@ -181,7 +181,7 @@ def startup(tmp: Path, runs: int = 7) -> list[dict[str, Any]]:
 
 def memory(model: str, tmp: Path, mpx: float, photo: Path) -> list[dict[str, Any]]:
     """Peak RSS of compress + decompress of one image of about `mpx` megapixels (a real photo upscaled),
-    and of a folder of 1 vs 16 photos (512² crops)."""
+    and of a folder of 1, 16 and 64 photos (512² crops, the last 48 mirrored copies)."""
     rows = []
     im = Image.open(photo).convert("RGB")
     k = (mpx * 1e6 / (im.size[0] * im.size[1])) ** 0.5
@@ -194,7 +194,9 @@ def memory(model: str, tmp: Path, mpx: float, photo: Path) -> list[dict[str, Any
     rows.append({"what": f"one {w}x{h} image ({w * h / 1e6:.1f} Mpx), {photo.name} upscaled", "model": model,
                  "compress": c, "decompress": d})
     images = crops([PHOTOS / "test", PHOTOS / "train"], 512, 16)
-    for n in (1, 16):
+    images += [np.ascontiguousarray(im[::-1]) for im in images]  # 32 distinct files, then 64 (mirrored)
+    images += [np.ascontiguousarray(im[:, ::-1]) for im in images]
+    for n in (1, 16, 64):
         src = write_images(images[:n], tmp / f"mem{n}")
         c = timed(aekit("compress", str(src), "-m", model, "-o", str(tmp / f"mlat{n}"), "--no-progress"))
         d = timed(aekit("decompress", str(tmp / f"mlat{n}"), "-o", str(tmp / f"mdec{n}"), "--no-progress"))

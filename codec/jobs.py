@@ -488,7 +488,7 @@ def compress_tree(src: str | Path, dst: str | Path, codec: Codec, jcfg: JobConfi
     """Compress an image file or folder tree into mirrored .ael files (dst/rel + '.ael')."""
     jcfg, report, t0 = jcfg or JobConfig(), JobReport("compressed"), time.monotonic()
     total, items = plan(Path(src), Path(dst), is_image_name, lambda rel: rel.with_name(rel.name + SUFFIX), report)
-    ledger = start_job(Path(src), Path(dst), recipe("compress", codec))
+    ledger = start_job(Path(src), Path(dst), recipe("compress", codec, **({"smallest": True} if codec.cfg.smallest else {})))
 
     def route(item: Item) -> None:
         arr, mode = item.data  # (H, W, C) uint8, original mode
@@ -527,7 +527,8 @@ def decompress_tree(src: str | Path, dst: str | Path, decoder: Decoder, jcfg: Jo
     """Decompress a .ael file or folder tree into mirrored images (PNG unless out_format='same')."""
     jcfg, report, t0 = jcfg or JobConfig(), JobReport("decompressed"), time.monotonic()
     total, items = plan(Path(src), Path(dst), is_latent_name, lambda rel: decoded_name(rel, jcfg.out_format), report)
-    ledger = start_job(Path(src), Path(dst), recipe("decompress", out_format=jcfg.out_format))
+    ledger = start_job(Path(src), Path(dst), recipe("decompress", out_format=jcfg.out_format,
+                                                    **({"smallest": True} if jcfg.smallest else {})))
     png_level = PNG_LEVEL_SMALLEST if jcfg.smallest else PNG_LEVEL_FAST
 
     def load(item: Item) -> tuple[LatentHeader, np.ndarray]:
