@@ -223,15 +223,13 @@ def cmd_screen(args: argparse.Namespace) -> int:
     from aekit.detector.jobs import screen_folder
 
     if args.engine == "ray":
-        if args.maps:
-            raise ValueError("--maps is not available with --engine ray (use the local engine)")
         from aekit.detector.ray_jobs import screen_folder_ray
         from aekit.export.engine_ray import ray_config
 
         cfg = _job_config(args)
         cfg.threads = cfg.threads or max(1, round(args.actor_cpus))
         rep = screen_folder_ray(args.model, args.src, args.out, args.cls, args.alpha, args.heatmaps, cfg,
-                                ray_config(args, args.batch_size))
+                                ray_config(args, args.batch_size), args.maps)
     else:
         rep = screen_folder(args.model, args.src, args.out, args.cls, args.alpha, args.heatmaps, _job_config(args),
                             args.maps)

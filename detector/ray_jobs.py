@@ -20,7 +20,7 @@ import numpy as np
 
 from aekit.images import ImageError, NamedBytes, Sample, atomic_write_bytes, is_image_name
 from aekit.detector.calibration import CalibrationError
-from aekit.detector.heatmap import write_heatmap
+from aekit.detector.heatmap import map_files, write_heatmap, write_map_files
 from aekit.detector.jobs import (ClassSummary, ScreenConfig, RecordWriter, ScreenReport, _calibrated, _factor, _note_shape,
                            _reuse, labelled, load_for_model)
 from aekit.detector.model import Detector
@@ -36,6 +36,7 @@ class ScreenJob:
     cfg: ScreenConfig  # device, batch size, onnxruntime threads
     channels: int  # image channels the model takes
     factor: int  # down-sampling factor (smallest usable image)
+    maps: bool = False  # also render each image's anomaly map (meta "map_files": PNG panel and .npy bytes)
 
     def setup(self) -> None:
         self._det = Detector(self.model, device=self.cfg.device, batch_size=self.cfg.batch_size,
@@ -47,10 +48,15 @@ class ScreenJob:
 
     def run(self, items: list[tuple[str, str, Any]]) -> list[tuple[bytes, dict, str]]:
         images, classes = [it[2] for it in items], [it[1] for it in items]
-        scores, _ = self._det.score_maps(images, classes, maps=False)
-        return [(b"", {"score": float(s), "height": im.shape[0], "width": im.shape[1],
-                       "model_id": self._det.runtime(self._det.model_for(c)).model_id}, "")
-                for s, im, c in zip(scores, images, classes)]
+        scores, maps = self._det.score_maps(images, classes, maps=self.maps)
+        out = []
+        for k, (s, im, c) in enumerate(zip(scores, images, classes)):
+            meta = {"score": float(s), "height": im.shape[0], "width": im.shape[1],
+                    "model_id": self._det.runtime(self._det.model_for(c)).model_id}
+            if self.maps:  # rendered here, written by the driver (the output folder is the driver's)
+                meta["map_files"] = map_files(im, maps[k], self._det.class_calibration(c).map_scale)
+            out.append((b"", meta, ""))
+        return out
 
     def error(self, name: str, exc: BaseException) -> str:
         return str(exc) if name in str(exc) else f"{name}: {exc}"
@@ -71,8 +77,10 @@ def _labelled_url(src: str, cls: str | None) -> tuple[list[Sample], list[str | N
 
 def screen_folder_ray(model: str | Path, src: str, out: str | Path, cls: str | None = None,
                       alpha: float | None = None, heatmaps: str | Path | None = None,
-                      cfg: ScreenConfig | None = None, rcfg: RayConfig | None = None) -> ScreenReport:
-    """screen_folder on Ray: SRC may be a local folder or an fsspec URL; records are written locally."""
+                      cfg: ScreenConfig | None = None, rcfg: RayConfig | None = None,
+                      maps: str | Path | None = None) -> ScreenReport:
+    """screen_folder on Ray: SRC may be a local folder or an fsspec URL; records (and --maps files, rendered
+    in the actors) are written locally."""
     cfg, rcfg = cfg or ScreenConfig(), rcfg or RayConfig()
     model = str(Path(model).resolve())
     det = Detector(model, alpha=alpha, device=cfg.device, batch_size=cfg.batch_size, threads=cfg.threads)
@@ -87,16 +95,18 @@ def screen_folder_ray(model: str | Path, src: str, out: str | Path, cls: str | N
     writer = RecordWriter(out)
     try:
         usable = _calibrated(det, samples, labels, report, writer)
-        reused = _reuse(det, samples, labels, usable, report, writer, heatmaps, None)  # a killed run's valid records
+        reused = _reuse(det, samples, labels, usable, report, writer, heatmaps, maps)  # a killed run's valid records
         usable = sorted(usable - reused)
         fs_in, _ = filesystem(str(src))
         paths = [str(samples[i].path) for i in usable]
         listing = Listing(fs_in, None, [(p, filesystem(p)[1] if url else p, labels[i]) for p, i in zip(paths, usable)])
-        job = ScreenJob(model, cfg, det.channels, _factor(det))
+        job = ScreenJob(model, cfg, det.channels, _factor(det), maps is not None)
         index = {p: i for p, i in zip(paths, usable)}
         flagged = []
         for row in run_files(job, listing, rcfg):
             i = index[row["name"]]
+            if maps is not None and not row["error"]:
+                write_map_files(Path(maps) / samples[i].rel.with_suffix(""), row["meta"]["map_files"])
             if _record(det, samples[i], labels[i], row, report, writer):
                 flagged.append(i)
         report.outputs = writer.commit()
