@@ -8,6 +8,8 @@
     aekit                            core: configs, models, training, images, metrics, CLI root
 A layer imports only layers below it; the CLI root finds the packages' subcommands through
 entry points, so the core never imports them. One wheel, one import name (test_packaging.py).
+Inside the core, models stack as in CompressAI: layers and entropy models, then aekit.models
+(base -> blocks -> the architectures); inside the server, uploads and errors, then server, then app.
 """
 
 from __future__ import annotations
@@ -57,6 +59,30 @@ def test_imports_flow_one_way():
             for dep in imported_packages(path) - ALLOWED[pkg] - {pkg}:
                 bad.append(f"{path.relative_to(ROOT)} imports {dep}")
     assert not bad, "layering violated:\n" + "\n".join(bad)
+
+
+# Modules of one layer that stack (module -> the modules of its package it may import).
+STACKS = {
+    "aekit/layers.py": set(), "aekit/entropy_models.py": set(),
+    "aekit/models/base.py": set(), "aekit/models/blocks.py": set(),
+    "aekit/models/convae.py": {"aekit.models.base", "aekit.models.blocks"},
+    "aekit/models/rd.py": {"aekit.models.base"},
+    "serve/errors.py": {"aekit.serve.models"}, "serve/uploads.py": {"aekit.serve.errors"},
+    "serve/server.py": {"aekit.serve.config", "aekit.serve.errors", "aekit.serve.models", "aekit.serve.uploads",
+                        "aekit.serve.learn"},
+}
+
+
+def test_models_and_server_modules_stack():
+    bad = []
+    for rel, allowed in STACKS.items():
+        tree = ast.parse((ROOT / rel).read_text())
+        package = "aekit.models" if rel.startswith("aekit/") else "aekit.serve"
+        for node in ast.walk(tree):
+            mods = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module] if isinstance(node, ast.ImportFrom) and node.module else []
+            bad += [f"{rel} imports {m}" for m in mods if m.startswith(package) and m not in allowed]
+    assert not bad, "module stack violated:\n" + "\n".join(bad)
 
 
 def test_runtime_modules_do_not_import_torch():
