@@ -97,7 +97,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--ratio", type=int, choices=(4, 9), default=4)
     t.add_argument("--width", type=int, default=32)
     t.add_argument("--blocks", type=int, default=1)
-    t.add_argument("--epochs", type=int, default=40)
+    t.add_argument("--epochs", type=int, default=80)
     t.add_argument("--batch-size", type=int, default=64)
     t.add_argument("--lr", type=float, default=2e-3)
     t.add_argument("--loss", default="mse")
