@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from aekit import zoo
-from aekit.export.lean import DEFAULT_PASSES, lean_file
+from aekit.export.lean import DEFAULT_PASSES, PASSES, lean_file
 from aekit.export.manifest import load_manifest
 from aekit.export.speed import count_macs, one_thread_session, side_for, time_calls
 
@@ -63,30 +63,50 @@ def final_conv_share(path: Path, feeds: dict[str, np.ndarray], runs: int = 5) ->
             "by_op": {k: round(v, 3) for k, v in sorted(by_op.items(), key=lambda kv: -kv[1])}}
 
 
-def model_figures(name: str, side: int, seconds: float) -> dict[str, Any]:
+def exporter_graphs(checkpoint: Path, out: Path) -> dict[str, Path]:
+    """encoder.onnx / decoder.onnx of a checkpoint exactly as torch's exporter writes them (no lean passes)."""
+    import torch
+
+    from aekit.checkpoint import load_model
+    from aekit.export.onnx import _Decode, _Encode, _to_onnx
+
+    model = load_model(checkpoint)[0].float().eval()
+    f, cfg = model.cfg.factor, model.cfg
+    _to_onnx(_Encode(model).eval(), torch.zeros(2, cfg.channels, 4 * f, 4 * f).uniform_(-1, 1), "x", "y", out / "encoder.onnx")
+    _to_onnx(_Decode(model).eval(), torch.zeros(2, cfg.latent_channels, 4, 4).uniform_(-1, 1), "y_hat", "x_hat", out / "decoder.onnx")
+    return {"encoder": out / "encoder.onnx", "decoder": out / "decoder.onnx"}
+
+
+def model_figures(name: str, side: int, seconds: float, checkpoint: Path | None = None) -> dict[str, Any]:
+    """Shipped graph (or, with checkpoint, the exporter's graph of that checkpoint: "before") vs lean,
+    with a second copy of the first as a control: its ratio shows the timing noise of the run."""
     d = zoo.path(name)
     m = load_manifest(d)
     feeds = _feeds(m, side)
     s = side_for(m["factor"], side)
-    out: dict[str, Any] = {"name": name, "arch": m.get("arch"), "side": s}
+    out: dict[str, Any] = {"name": name, "arch": m.get("arch"), "side": s, "before": str(checkpoint or "shipped graph")}
     with tempfile.TemporaryDirectory() as tmp:
+        before = exporter_graphs(checkpoint, Path(tmp)) if checkpoint else {p: d / m["files"][p] for p in ("encoder", "decoder")}
         for part in ("encoder", "decoder"):
-            variants = {"shipped": d / m["files"][part]}
+            variants = {"shipped": before[part]}
             variants["lean"] = Path(tmp) / f"{part}-lean.onnx"
             shutil.copy(variants["shipped"], variants["lean"])
-            counts = lean_file(variants["lean"])
+            counts = lean_file(variants["lean"], PASSES)  # every pass (the recorded "lean" column)
             if counts.get("convtranspose_to_subpixel"):
                 variants["lean_no_subpixel"] = Path(tmp) / f"{part}-lean-nosub.onnx"
                 shutil.copy(variants["shipped"], variants["lean_no_subpixel"])
-                lean_file(variants["lean_no_subpixel"], tuple(p for p in DEFAULT_PASSES if p != "convtranspose_to_subpixel"))
+                lean_file(variants["lean_no_subpixel"], DEFAULT_PASSES)  # the export default
+            variants["control"] = variants["shipped"]  # the same graph again: the noise floor of the ratios
+            got = [one_thread_session(p).run(None, feeds[part])[0] for p in variants.values()]
+            out[part + "_max_abs_diff"] = float(max(np.abs(g - got[0]).max() for g in got))
             best = time_calls([(one_thread_session(p), feeds[part]) for p in variants.values()], seconds)
             mp = s * s / 1e6
             out[part] = {"lean_passes": counts,
                          **{k: {"ms": round(t * 1e3, 2), "mp_per_s": round(mp / t, 3),
                                 "gflop_per_mp": round(2 * count_macs(p, {k2: v.shape for k2, v in feeds[part].items()})["macs"] / 1e9 / mp, 3)}
                             for (k, p), t in zip(variants.items(), best)},
-                         "speedup_lean": round(best[0] / best[1], 3)}
-            if len(best) > 2:
+                         "speedup_lean": round(best[0] / best[1], 3), "control_ratio": round(best[0] / best[-1], 3)}
+            if len(best) > 3:
                 out[part]["speedup_lean_no_subpixel"] = round(best[0] / best[2], 3)
             if part == "decoder":
                 out[part]["profile_shipped"] = final_conv_share(variants["shipped"], feeds[part])
@@ -114,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--models", nargs="*", default=None, help="shipped models (default: all)")
     ap.add_argument("--side", type=int, nargs="+", default=[256], help="image sides to time at (px)")
     ap.add_argument("--seconds", type=float, default=3.0, help="timed seconds per part and side (interleaved)")
+    ap.add_argument("--checkpoint", action="append", default=[], help="NAME=PATH: time NAME's graph as torch "
+                    "exports PATH (its training checkpoint) as the 'before', e.g. when the shipped one is already lean")
     ap.add_argument("--int8", nargs="*", default=[], type=Path, help="model folders exported with --int8")
     args = ap.parse_args(argv)
     import onnxruntime as ort
@@ -122,9 +144,10 @@ def main(argv: list[str] | None = None) -> int:
 
     res: dict[str, Any] = {"command": "python -m aekit.bench.lean " + " ".join(argv or sys.argv[1:]),
                            "machine": {"cpu": cpu_name(), "onnxruntime": ort.__version__, "threads": 1}, "models": [], "int8": []}
+    ckpts = dict(c.split("=", 1) for c in args.checkpoint)
     for name in args.models or zoo.names():
         for side in args.side:
-            r = model_figures(name, side, args.seconds)
+            r = model_figures(name, side, args.seconds, Path(ckpts[name]) if name in ckpts else None)
             res["models"].append(r)
             print(name, side, json.dumps({p: {k: v for k, v in r[p].items() if not k.startswith("profile")} for p in ("encoder", "decoder")}), flush=True)
     for d in args.int8:

@@ -5,7 +5,8 @@ Each pass keeps the function (up to float rounding, checked < 1e-4 against PyTor
 export) and removes work onnxruntime's own optimiser leaves in the graph: BatchNorm after a
 pixel shuffle folded into the conv before it, activations moved before DepthToSpace (so the
 CPU provider fuses them into the conv), scalar pre-scales folded into weights, and strided
-ConvTranspose rewritten as a sub-pixel Conv + DepthToSpace (Shi et al. 2016's equivalence).
+ConvTranspose rewritten as a sub-pixel Conv + DepthToSpace (Shi et al. 2016's equivalence;
+opt-in, see DEFAULT_PASSES).
 """
 
 from __future__ import annotations
@@ -19,7 +20,10 @@ import numpy as np
 ELEMENTWISE_ACTS = ("LeakyRelu", "Relu", "Tanh", "Sigmoid", "Elu", "HardSigmoid", "Clip")
 PASSES = ("fold_constants", "fold_scalar_scale", "fold_bn", "fold_bn_through_d2s", "act_before_d2s",
           "convtranspose_to_subpixel")
-DEFAULT_PASSES = PASSES  # all of them (measured in bench/RESULTS.md, "Lean graphs and int8")
+# The sub-pixel rewrite is opt-in (lean_file(path, PASSES)): measured on the gdn photo decoders it
+# is level with onnxruntime's ConvTranspose (0.97-1.11x, within the run's noise) for 1.43x the
+# multiply-adds and extra DepthToSpace/reorder glue (bench/RESULTS.md, "Lean graphs and int8").
+DEFAULT_PASSES = tuple(p for p in PASSES if p != "convtranspose_to_subpixel")
 
 
 class _Graph:

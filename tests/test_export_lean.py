@@ -11,7 +11,7 @@ onnx = pytest.importorskip("onnx")
 torch = pytest.importorskip("torch")
 
 from aekit.cli import main  # noqa: E402
-from aekit.export.lean import lean_file  # noqa: E402
+from aekit.export.lean import PASSES, lean_file  # noqa: E402
 from aekit.export.manifest import load_manifest  # noqa: E402
 from aekit.export.runtime import Runtime  # noqa: E402
 
@@ -32,7 +32,8 @@ def _ops(path) -> set[str]:
 
 @pytest.mark.parametrize("over,gone", ARCHS, ids=lambda v: "-".join(map(str, v.values())) if isinstance(v, dict) else "")
 def test_lean_graph_matches_pytorch(tmp_path, over, gone):
-    """Random weights and BatchNorm statistics (so folding is not the identity), odd latent sizes."""
+    """Every pass, the opt-in sub-pixel rewrite included: random weights and BatchNorm statistics
+    (so folding is not the identity), odd latent sizes."""
     from aekit.config import ModelConfig
     from aekit.export.onnx import _Decode, _Encode, _to_onnx
     from aekit.export.runtime import make_session
@@ -52,7 +53,7 @@ def test_lean_graph_matches_pytorch(tmp_path, over, gone):
     for net, name_in, name_out, inp, ref in ((_Encode(model), "x", "y", x, model.encode), (_Decode(model), "y_hat", "x_hat", y, model.decode)):
         path = tmp_path / f"{name_out}.onnx"
         _to_onnx(net.eval(), inp, name_in, name_out, path)
-        counts = lean_file(path)
+        counts = lean_file(path, PASSES)
         with torch.no_grad():
             want = ref(inp).numpy()
         got = make_session(path, ["CPUExecutionProvider"]).run(None, {name_in: inp.numpy()})[0]
