@@ -61,6 +61,14 @@ def crops(folders: list[Path], side: int, n: int) -> list[np.ndarray]:
     return out
 
 
+def photo_set(n: int) -> list[np.ndarray]:
+    """n 512² photos: centre crops of the test and train photos, then mirrored copies of them."""
+    images = crops([PHOTOS / "test", PHOTOS / "train"], 512, 16)
+    images += [np.ascontiguousarray(im[::-1]) for im in images]
+    images += [np.ascontiguousarray(im[:, ::-1]) for im in images]
+    return images[:n]
+
+
 def jpeg_quality_for(image: np.ndarray, nbytes: int) -> int:
     """The baseline JPEG quality whose file is closest in size to nbytes."""
     from aekit.codec.baseline import encode
@@ -193,9 +201,7 @@ def memory(model: str, tmp: Path, mpx: float, photo: Path) -> list[dict[str, Any
     w, h = Image.open(tmp / "big.png").size
     rows.append({"what": f"one {w}x{h} image ({w * h / 1e6:.1f} Mpx), {photo.name} upscaled", "model": model,
                  "compress": c, "decompress": d})
-    images = crops([PHOTOS / "test", PHOTOS / "train"], 512, 16)
-    images += [np.ascontiguousarray(im[::-1]) for im in images]  # 32 distinct files, then 64 (mirrored)
-    images += [np.ascontiguousarray(im[:, ::-1]) for im in images]
+    images = photo_set(64)
     for n in (1, 16, 64):
         src = write_images(images[:n], tmp / f"mem{n}")
         c = timed(aekit("compress", str(src), "-m", model, "-o", str(tmp / f"mlat{n}"), "--no-progress"))
@@ -268,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--parts", default="speed,folder,startup,memory,train")
     ap.add_argument("--out", default="bench/results/cpu_scaling.json")
     ap.add_argument("--rounds", type=int, default=3, help="timed rounds per image (median)")
-    ap.add_argument("--folder-images", type=int, default=16)
+    ap.add_argument("--folder-images", type=int, default=16, help="512² photos of the 1 vs 2 cores folder job (<= 64)")
     ap.add_argument("--mpx", type=float, default=50.0, help="megapixels of the memory test's single image")
     args = ap.parse_args(argv)
     parts = set(args.parts.split(","))
@@ -282,8 +288,7 @@ def main(argv: list[str] | None = None) -> int:
             images = crops([PHOTOS / "test"], 512, 4)
             res.speed = [speed(m, images, args.rounds) for m in MODELS]
         if "folder" in parts:
-            res.folder = folder_scaling("photos-r9", crops([PHOTOS / "test", PHOTOS / "train"], 512,
-                                                           args.folder_images), tmp)
+            res.folder = folder_scaling("photos-r9", photo_set(args.folder_images), tmp)
         if "startup" in parts:
             res.startup = startup(tmp)
         if "memory" in parts:
