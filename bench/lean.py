@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     res: dict[str, Any] = {"command": "python -m aekit.bench.lean " + " ".join(argv or sys.argv[1:]),
                            "machine": {"cpu": cpu_name(), "onnxruntime": ort.__version__, "threads": 1}, "models": [], "int8": []}
     ckpts = dict(c.split("=", 1) for c in args.checkpoint)
-    for name in args.models or zoo.names():
+    for name in zoo.names() if args.models is None else args.models:  # --models with no names: int8 only
         for side in args.side:
             r = model_figures(name, side, args.seconds, Path(ckpts[name]) if name in ckpts else None)
             res["models"].append(r)

@@ -23,6 +23,7 @@ PASSES = ("fold_constants", "fold_scalar_scale", "fold_bn", "fold_bn_through_d2s
 # The sub-pixel rewrite is opt-in (lean_file(path, PASSES)): measured on the gdn photo decoders it
 # is level with onnxruntime's ConvTranspose (0.97-1.11x, within the run's noise) for 1.43x the
 # multiply-adds and extra DepthToSpace/reorder glue (bench/RESULTS.md, "Lean graphs and int8").
+# int8 exports use it (export/onnx.py): quantised, only the Conv form runs on int8 kernels.
 DEFAULT_PASSES = tuple(p for p in PASSES if p != "convtranspose_to_subpixel")
 
 
