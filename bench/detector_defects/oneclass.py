@@ -8,13 +8,15 @@ from aekit.detector.defect_bench import auroc
 from aekit.detector.calibration import conformal_threshold
 
 recipe, cls, scores = sys.argv[1], sys.argv[2], sys.argv[3].split(",")
+fit = float(sys.argv[4]) if len(sys.argv) > 4 else 0.3  # share of the hold-out fitting banks / normalisers
+res_dir = Path(sys.argv[5]) if len(sys.argv) > 5 else Path("/tmp/det16/res")
 work = Path("/tmp/det16/work") / recipe / f"{cls}-s0"
 cal = np.stack([load_image(p, 1)[0] for p in json.loads((work / "split.json").read_text())["cal"]])
 samples, _, _ = scan_folder("/tmp/det16/fmnist/test")
 X = np.stack([load_image(s.path, 1)[0] for s in samples]); y = np.array([s.label for s in samples]) != cls
 out = {}
 for sc in scores:
-    det = Detector(work / "model", score=sc, alpha=0.05, threads=1)
+    det = Detector(work / "model", score=sc, alpha=0.05, threads=1, fit_fraction=fit)
     det.__dict__["calibrations_"] = {}; det.__dict__["_routes"] = {None: (work / "model").resolve()}
     det.fit(cal, cls)
     s = det.decision_function(X, cls)
@@ -25,4 +27,5 @@ for sc in scores:
     out[sc] = {"oneclass_auroc": auroc(y, s), "fpr_train_holdout_cal": float(np.mean(sn > t)),
                "fpr_test_half_cal": float(np.mean(b > t2)), "recall_other_classes": float(np.mean(s[y] > t))}
     print(recipe, cls, sc, {k: round(v, 4) for k, v in out[sc].items()}, flush=True)
-Path(f"/tmp/det16/res/oneclass-{recipe}-{cls}.json").write_text(json.dumps({"recipe": recipe, "class": cls, "alpha": 0.05, "results": out}, indent=1))
+res_dir.mkdir(parents=True, exist_ok=True)
+(res_dir / f"oneclass-{recipe}-{cls}.json").write_text(json.dumps({"recipe": recipe, "class": cls, "alpha": 0.05, "fit_fraction": fit, "results": out}, indent=1))
