@@ -76,10 +76,14 @@ class Learner:
         self.load()  # load the checkpoint in the caller: a bad one stops the server at start
         self._thread.start()
 
-    def stop(self, timeout: float = 10.0) -> None:
+    def stop(self, timeout: float = 300.0) -> None:
+        """Stop after the current step or export: an export cut short would leave torch.onnx mid-export
+        for the next one in this process (seen as a flaky failure under load). Waits up to `timeout` s."""
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(timeout)
+            if self._thread.is_alive():
+                log.warning(f"learner still busy after {timeout:.0f} s; leaving it to finish in the background")
 
     # ---- worker ------------------------------------------------------------------------
     def load(self) -> None:
