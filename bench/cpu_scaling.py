@@ -44,6 +44,7 @@ class Result:
     startup: list[dict[str, Any]] = field(default_factory=list)
     memory: list[dict[str, Any]] = field(default_factory=list)  # peak RSS of whole aekit processes
     train: list[dict[str, Any]] = field(default_factory=list)  # epoch time, nproc x threads
+    contention: list[dict[str, Any]] = field(default_factory=list)  # threads vs processes on 2 cores
 
 
 def crops(folders: list[Path], side: int, n: int) -> list[np.ndarray]:
@@ -167,6 +168,37 @@ def folder_scaling(model: str, images: list[np.ndarray], tmp: Path) -> list[dict
     return rows
 
 
+def threads_vs_processes(model: str, images: list[np.ndarray], tmp: Path, rounds: int = 2) -> list[dict[str, Any]]:
+    """Is a 2-worker folder job limited by the GIL or by the machine? Interleaved, whole processes:
+    1 worker on core 0 (all files); 2 workers on cores 0,1 (all files); two 1-worker processes, one
+    per core, on half the files each. Threads as fast as processes: the GIL is not the limit."""
+    half = len(images) // 2
+    src = tmp / "tvp-src"
+    write_images(images[:half], src / "a")
+    write_images(images[half:], src / "b")
+    subprocess.run(aekit("compress", str(src), "-m", model, "-o", str(tmp / "tvp-lat"), "--no-progress"),
+                   check=True, capture_output=True)
+    rows = []
+    for job in ("compress", "decompress"):
+        def cmd(inp: Path, out: Path, workers: int) -> list[str]:
+            extra = ["-m", model] if job == "compress" else []
+            return aekit(job, str(inp), "-o", str(out), "--workers", str(workers), "--no-progress", *extra)
+
+        base = src if job == "compress" else tmp / "tvp-lat"
+        for r in range(rounds):
+            cases = {"1 worker, core 0": [["taskset", "-c", "0", *cmd(base, tmp / f"t1-{job}{r}", 1)]],
+                     "2 workers, cores 0,1": [["taskset", "-c", "0,1", *cmd(base, tmp / f"t2-{job}{r}", 2)]],
+                     "2 processes x 1 worker, a core each": [
+                         ["taskset", "-c", str(i), *cmd(base / d, tmp / f"p-{job}{r}{d}", 1)] for i, d in enumerate("ab")]}
+            for name, cmds in cases.items():
+                t0 = time.perf_counter()
+                procs = [subprocess.Popen(c, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for c in cmds]
+                rcs = [p.wait() for p in procs]
+                rows.append({"job": job, "round": r, "case": name, "wall_s": time.perf_counter() - t0, "rc": rcs,
+                             "loadavg_1": os.getloadavg()[0]})
+    return rows
+
+
 def startup(tmp: Path, runs: int = 7) -> list[dict[str, Any]]:
     """Median wall and CPU seconds of start-up commands (a tiny decompress end to end too)."""
     from aekit.export.manifest import resolve_model
@@ -260,6 +292,10 @@ def markdown(res: Result) -> str:
         lines += ["", "| peak RSS | compress MB | decompress MB |", "|---|---|---|"]
         lines += [f"| {m['what']} ({m['model']}) | {m['compress']['peak_rss_mb']:.0f} | "
                   f"{m['decompress']['peak_rss_mb']:.0f} |" for m in res.memory]
+    if res.contention:
+        lines += ["", "| job | round | case | wall s | load |", "|---|---|---|---|---|"]
+        lines += [f"| {c['job']} | {c['round']} | {c['case']} | {c['wall_s']:.2f} | {c['loadavg_1']:.1f} |"
+                  for c in res.contention]
     if res.train:
         lines += ["", "| training | cores | epoch s (last) | speed-up vs 1 process x 1 thread |", "|---|---|---|---|"]
         for t in res.train:
@@ -271,7 +307,8 @@ def markdown(res: Result) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--parts", default="speed,folder,startup,memory,train")
+    ap.add_argument("--parts", default="speed,folder,startup,memory,train",
+                    help="comma-separated: speed, folder, startup, memory, train, contention (threads vs processes)")
     ap.add_argument("--out", default="bench/results/cpu_scaling.json")
     ap.add_argument("--rounds", type=int, default=3, help="timed rounds per image (median)")
     ap.add_argument("--folder-images", type=int, default=16, help="512² photos of the 1 vs 2 cores folder job (<= 64)")
@@ -295,6 +332,8 @@ def main(argv: list[str] | None = None) -> int:
             res.memory = memory("photos-r9", tmp, args.mpx, PHOTOS / "test" / "Storm.png")
         if "train" in parts:
             res.train = train_scaling(tmp)
+        if "contention" in parts:
+            res.contention = threads_vs_processes("photos-r9", photo_set(args.folder_images), tmp)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     out = Path(args.out)
