@@ -22,6 +22,7 @@ def common(p: argparse.ArgumentParser) -> None:
     """Options of every folder job (compress, decompress, denoise): resume, batching, workers, memory, limits."""
     from aekit.codec.core import CodecConfig
     from aekit.codec.jobs import JobConfig
+    from aekit.export.entropy import ZSTD_LEVEL, ZSTD_LEVEL_SMALLEST
 
     c, j = CodecConfig(), JobConfig()
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
@@ -38,8 +39,8 @@ def common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--held-mb", type=int, default=j.held_mb,
                    help="MiB of decoded files read ahead or waiting for a batch")
     p.add_argument("--smallest", action="store_true",
-                   help="spend time for smaller files: zstd trial at level 19 (compress), PNG zlib level 9 "
-                        "(decompress; default 1, same pixels)")
+                   help=f"spend time for smaller files: zstd trial at level {ZSTD_LEVEL_SMALLEST} instead of "
+                        f"{ZSTD_LEVEL} (compress), PNG zlib level 9 instead of 1 (decompress; same pixels)")
     p.add_argument("--device", choices=("auto", "cuda", "cpu"), default=c.device)
     p.add_argument("--threads", type=int, default=None,
                    help=f"onnxruntime intra-op threads per call, spinning off (0: every core; default {c.threads}, "

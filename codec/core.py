@@ -52,7 +52,7 @@ class CodecConfig:
     threads: int = 1  # onnxruntime intra-op threads per call (0: every core); parallelism comes from workers
     workers: int = 0  # model calls at once (tiles of one image, images of a folder); 0: the usable cores
     memory_mb: int = 768  # MiB of estimated activations of all model calls running at once (CPU); one call gets half
-    smallest: bool = False  # spend time for smaller files: zstd trial at level 19 instead of 3
+    smallest: bool = False  # spend time for smaller files: zstd trial at ZSTD_LEVEL_SMALLEST instead of ZSTD_LEVEL
 
     @property
     def n_workers(self) -> int:
