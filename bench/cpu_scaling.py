@@ -45,6 +45,7 @@ class Result:
     memory: list[dict[str, Any]] = field(default_factory=list)  # peak RSS of whole aekit processes
     train: list[dict[str, Any]] = field(default_factory=list)  # epoch time, nproc x threads
     contention: list[dict[str, Any]] = field(default_factory=list)  # threads vs processes on 2 cores
+    overheads: list[dict[str, Any]] = field(default_factory=list)  # per-call costs: API caches, PNG levels
 
 
 def crops(folders: list[Path], side: int, n: int) -> list[np.ndarray]:
@@ -199,6 +200,43 @@ def threads_vs_processes(model: str, images: list[np.ndarray], tmp: Path, rounds
     return rows
 
 
+def overheads(tmp: Path, n: int = 30) -> list[dict[str, Any]]:
+    """Per-call costs: the Python API with its caches vs rebuilding sessions every call (28² fmnist-r4),
+    and PNG writing of a decoded 512² photo at zlib levels 1, 6 (Pillow's default) and 9."""
+    from aekit.codec import api
+    from aekit.codec.jobs import encode_image_file
+    from aekit.export import runtime
+    from aekit.export.manifest import resolve_model
+
+    im = crops([PHOTOS / "test"], 512, 1)[0]
+    Image.fromarray(im[:28, :28, 0]).save(tmp / "g.png")
+    model = str(resolve_model("fmnist-r4"))
+
+    def round_trip(cold: bool) -> float:
+        ts = []
+        for _ in range(n):
+            if cold:
+                api._codecs.clear(), api._decoders.clear(), runtime.clear_session_cache()
+            t0 = time.perf_counter()
+            api.compress_file(tmp / "g.png", tmp / "g.ael", model, overwrite=True)
+            api.decompress_file(tmp / "g.ael", tmp / "g.out.png", [model], overwrite=True)
+            ts.append(time.perf_counter() - t0)
+        return statistics.median(ts)
+
+    round_trip(False)
+    rows = [{"what": "compress_file + decompress_file, 28² fmnist-r4, cached", "ms": 1e3 * round_trip(False)},
+            {"what": "compress_file + decompress_file, 28² fmnist-r4, sessions rebuilt every call",
+             "ms": 1e3 * round_trip(True)}]
+    for level in (1, 6, 9):
+        ts, size = [], 0
+        for _ in range(7):
+            t0 = time.perf_counter()
+            size = len(encode_image_file(im, Path("x.png"), png_level=level))
+            ts.append(time.perf_counter() - t0)
+        rows.append({"what": f"PNG of a 512² photo, zlib level {level}", "ms": 1e3 * statistics.median(ts), "bytes": size})
+    return rows
+
+
 def startup(tmp: Path, runs: int = 7) -> list[dict[str, Any]]:
     """Median wall and CPU seconds of start-up commands (a tiny decompress end to end too)."""
     from aekit.export.manifest import resolve_model
@@ -292,6 +330,9 @@ def markdown(res: Result) -> str:
         lines += ["", "| peak RSS | compress MB | decompress MB |", "|---|---|---|"]
         lines += [f"| {m['what']} ({m['model']}) | {m['compress']['peak_rss_mb']:.0f} | "
                   f"{m['decompress']['peak_rss_mb']:.0f} |" for m in res.memory]
+    if res.overheads:
+        lines += ["", "| per call | ms | bytes |", "|---|---|---|"]
+        lines += [f"| {o['what']} | {o['ms']:.1f} | {o.get('bytes', '')} |" for o in res.overheads]
     if res.contention:
         lines += ["", "| job | round | case | wall s | load |", "|---|---|---|---|---|"]
         lines += [f"| {c['job']} | {c['round']} | {c['case']} | {c['wall_s']:.2f} | {c['loadavg_1']:.1f} |"
@@ -308,7 +349,8 @@ def markdown(res: Result) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--parts", default="speed,folder,startup,memory,train",
-                    help="comma-separated: speed, folder, startup, memory, train, contention (threads vs processes)")
+                    help="comma-separated: speed, folder, startup, memory, train, contention (threads vs processes), "
+                         "overheads (API caches, PNG levels)")
     ap.add_argument("--out", default="bench/results/cpu_scaling.json")
     ap.add_argument("--rounds", type=int, default=3, help="timed rounds per image (median)")
     ap.add_argument("--folder-images", type=int, default=16, help="512² photos of the 1 vs 2 cores folder job (<= 64)")
@@ -332,6 +374,8 @@ def main(argv: list[str] | None = None) -> int:
             res.memory = memory("photos-r9", tmp, args.mpx, PHOTOS / "test" / "Storm.png")
         if "train" in parts:
             res.train = train_scaling(tmp)
+        if "overheads" in parts:
+            res.overheads = overheads(tmp)
         if "contention" in parts:
             res.contention = threads_vs_processes("photos-r9", photo_set(args.folder_images), tmp)
     finally:
