@@ -215,9 +215,11 @@ class ActivationEstimate:
     """Bytes one model call needs on the host, as a function of the pixels it covers.
 
     bytes(pixels) = fixed + per_pixel * pixels. Found from onnxruntime's own memory profile of two
-    small probe calls (live tensor bytes at the widest point of the graph, their slope and intercept),
-    times ARENA_GROWTH, plus HOST_BYTES_PER_PIXEL for the arrays around the call. Measured on the
-    photos-r9 decoder: 1.06 KB per output pixel estimated, 1.05 KB measured as peak RSS (516² and 1032²).
+    small probe calls (per node, the larger of the arena's peak bytes in use and ARENA_GROWTH times the
+    live tensor bytes; the slope and intercept of the graph's maximum between the two sizes), plus
+    HOST_BYTES_PER_PIXEL for the arrays around the call. Live bytes alone missed a ConvTranspose
+    decoder's workspace (photos-r9 re-exported: 800 B/px estimated, 1.1 KB/px measured); this rule gives
+    1.26 KB/px for it, and 1.06 / 0.8 KB/px for the pixel-shuffle decoder / encoder measured at 1.05 / 0.62.
     """
 
     fixed: int  # bytes, independent of the call's size
@@ -247,9 +249,10 @@ def _profiled_peak(path: Path, feed: dict[str, np.ndarray]) -> int:
     peak = 0
     for e in events:
         a = e.get("args") or {}
-        if e.get("cat") == "Node":  # live bytes when known, else 4 outputs' worth (in, out, workspace)
+        if e.get("cat") == "Node":  # the arena's peak in use, or twice the live tensors (arena doubling)
             live = a.get("mem_bytes_requested_in_use")
-            peak = max(peak, int(live) if live is not None else 4 * int(a.get("output_size", 0)))
+            live = ARENA_GROWTH * int(live) if live is not None else 4 * int(a.get("output_size", 0))
+            peak = max(peak, int(a.get("mem_in_use_peak", 0)), int(live))
     return peak
 
 
@@ -272,8 +275,7 @@ def estimate_activation(path: str | Path, input_name: str, shape_of: Any, pixels
     b2 = _profiled_peak(p, {input_name: np.zeros(shape_of(n2), dtype=np.float32)})
     px1, px2 = pixels_of(n1), pixels_of(n2)
     slope = max((b2 - b1) / (px2 - px1), 0.0, b2 / px2 * 0.5)
-    est = ActivationEstimate(int(ARENA_GROWTH * max(b1 - slope * px1, 0)),
-                             ARENA_GROWTH * slope + HOST_BYTES_PER_PIXEL)
+    est = ActivationEstimate(int(max(b1 - slope * px1, 0)), slope + HOST_BYTES_PER_PIXEL)
     with _estimates_lock:
         _estimates[key] = est
         _save_disk_estimate(_disk_key(key), est)
@@ -288,7 +290,7 @@ def estimates_file() -> Path:
 def _disk_key(key: tuple) -> str:
     import onnxruntime as ort
 
-    return "|".join(map(str, (*key, ort.__version__, ARENA_GROWTH, HOST_BYTES_PER_PIXEL, PROBE_SIDES)))
+    return "|".join(map(str, (*key, ort.__version__, ARENA_GROWTH, HOST_BYTES_PER_PIXEL, PROBE_SIDES, "peak")))
 
 
 def _disk_estimates() -> dict[str, list]:
