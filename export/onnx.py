@@ -28,7 +28,7 @@ from aekit.images import DIR_MODE, ImageError, load_image, pad_to_multiple, scan
 from aekit.export.entropy import QUANTISER_INTEGER, trim_counts
 from aekit.export.manifest import MANIFEST_FORMAT, MANIFEST_VERSION, entropy_bytes, model_id_of, save_manifest
 from aekit.export.lean import DEFAULT_PASSES, PASSES, lean_file
-from aekit.export.quantize import Int8Config, Int8Error, int8_export, split_images
+from aekit.export.quantize import Int8Config, Int8Error, centre_crops, int8_export, split_images
 from aekit.export.runtime import make_session
 from aekit.export.speed import model_speed, side_for, speedup
 
@@ -339,17 +339,7 @@ def _native_crops(ckpt: dict[str, Any], channels: int, n: int = 8, side: int = 2
     tc, summary = ckpt.get("train_config", {}), ckpt.get("summary", {})
     folder = next((f for f in (summary.get("val_data"), summary.get("data"), tc.get("val_data"), tc.get("data"))
                    if f and Path(f).is_dir()), None)
-    out = []
-    if folder is not None:
-        samples = scan_folder(folder)[0]
-        for smp in samples[:: max(1, len(samples) // n)][:n]:
-            try:
-                im = load_image(smp.path, channels)[0]
-            except ImageError:
-                continue
-            h, w = im.shape[:2]
-            t, l = max(0, (h - side) // 2), max(0, (w - side) // 2)
-            out.append(np.ascontiguousarray(im[t:t + side, l:l + side]))
+    out = centre_crops(folder, channels, n, side) if folder is not None else []
     return out or verification_images(ckpt, channels, n)[0]
 
 

@@ -41,14 +41,14 @@ def split_images(folder: str | Path, channels: int, cfg: Int8Config,
     """Calibration and check images, uint8 (H, W, C) centre crops of at most cfg.side px: from
     check_folder when given, else every few files of an evenly spaced pick of folder (disjoint sets)."""
     if check_folder is not None:
-        calib = _crops(folder, channels, cfg.calib_images, cfg.side)
-        check = _crops(check_folder, channels, cfg.check_images, cfg.side)
+        calib = centre_crops(folder, channels, cfg.calib_images, cfg.side)
+        check = centre_crops(check_folder, channels, cfg.check_images, cfg.side)
         if not calib or not check:
             raise Int8Error(f"{folder if not calib else check_folder}: no usable image for int8 "
                             f"{'calibration' if not calib else 'check'}")
         return calib, check
     n = cfg.calib_images + cfg.check_images
-    images = _crops(folder, channels, n, cfg.side)
+    images = centre_crops(folder, channels, n, cfg.side)
     if len(images) < 2:
         raise Int8Error(f"{folder}: {len(images)} usable image(s); int8 needs at least 2 (calibration and check): "
                         "name a folder of training images with --calib-data")
@@ -59,8 +59,9 @@ def split_images(folder: str | Path, channels: int, cfg: Int8Config,
     return calib, check
 
 
-def _crops(folder: str | Path, channels: int, n: int, side: int) -> list[np.ndarray]:
-    """Up to n evenly spaced images of folder, centre-cropped to at most side x side."""
+def centre_crops(folder: str | Path, channels: int, n: int, side: int) -> list[np.ndarray]:
+    """Up to n evenly spaced images of folder (unreadable ones skipped), centre-cropped to at most
+    side x side: uint8 (h, w, channels) arrays at native resolution."""
     samples = scan_folder(folder)[0]
     images = []
     for smp in samples[:: max(1, len(samples) // n)][:n]:
