@@ -188,6 +188,8 @@ def _rank_main(rank: int, nproc: int, port: int, tcfg: Any, mcfg: Any, resume: b
 
     try:
         train(tcfg, mcfg, resume=resume)
+        if dist.is_initialized():  # rank 0 finishes alone (prior refit, best.pt): tear down together, after it;
+            dist.barrier()  # a rank leaving first aborted now and then ("terminate called ..." from gloo)
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
