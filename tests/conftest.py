@@ -181,3 +181,16 @@ def tiny_model(train_tiny, tmp_path_factory):
         return cache[(channels, ratio, data)]
 
     return make
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """One local Ray cluster per test module (Ray's start-up costs seconds, not each test's); stopped
+    after the module so later tests run without Ray's processes. Skips where Ray is not installed."""
+    ray = pytest.importorskip("ray", reason="Ray not installed: pip install -e '.[ray]' (extra aekit[ray])")
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    if started:
+        ray.shutdown()

@@ -14,15 +14,6 @@ pytestmark = pytest.mark.slow  # a local Ray cluster
 from aekit.cli import main  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def ray_cluster():
-    started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray
-    if started:
-        ray.shutdown()
-
 
 def test_ray_maps_equal_the_local_engine(ray_cluster, tiny_model, gray_dir, tmp_path):
     det = tmp_path / "det"

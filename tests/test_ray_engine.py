@@ -24,16 +24,6 @@ ray = pytest.importorskip("ray", reason="Ray not installed: pip install -e '.[ra
 pytestmark = pytest.mark.slow  # a local Ray cluster: seconds to start, actors per test
 
 
-@pytest.fixture(scope="module")
-def ray_cluster():
-    """One local Ray cluster for the module: Ray's start-up costs seconds, not each test's."""
-    started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray
-    if started:
-        ray.shutdown()
-
 
 @pytest.fixture(scope="module")
 def src_tree(gray_dir, photos_dir, tmp_path_factory) -> Path:
