@@ -145,6 +145,14 @@ def render(card: dict[str, Any]) -> str:
             keys = list(next(iter(per.values())))
             lines += ["", "| class | " + " | ".join(keys) + " |", "|---|" + "---:|" * len(keys)]
             lines += [f"| {c} | " + " | ".join(_f(v.get(k), ".3f") for k in keys) + " |" for c, v in per.items()]
+    if card.get("speed"):  # cards built since issue 17: compute and measured speed, a property of the model
+        sp = card["speed"]
+        g, mps, on = sp.get("gflop_per_mp") or {}, sp.get("mp_per_s") or {}, sp.get("measured_on") or {}
+        lines += ["", "## Speed", "", f"- GFLOP per megapixel: encoder {_f(g.get('encoder'), '.1f')}, decoder "
+                  f"{_f(g.get('decoder'), '.1f')}",
+                  f"- measured MP/s at {sp.get('side')} px: encode {_f(mps.get('encoder'), '.2f')}, decode "
+                  f"{_f(mps.get('decoder'), '.2f')} ({on.get('threads', 1)} thread, {on.get('cpu', '?')}, "
+                  f"onnxruntime {on.get('onnxruntime', '?')})"]
     r = card["roundtrip"]
     lines += ["", "## Round trip (tested)", "", f"{r['image']}: {r['psnr_db']:.2f} dB (test floor {r['floor_db']:.1f} dB)",
               "", "## Known limits", ""] + [f"- {x}" for x in card["limits"]]

@@ -152,6 +152,10 @@ def test_models_lists_shows_and_checks(capsys):
         assert main(["models", "show", NAMES[0]]) == 0
         out = capsys.readouterr().out
         assert "## Training" in out and "## Known limits" in out
+    for name in NAMES:  # speed is a property of every shipped model (issue 17): GFLOP/MP and measured MP/s
+        assert main(["models", "show", name]) == 0
+        out = capsys.readouterr().out
+        assert "## Speed" in out and "GFLOP per megapixel: encoder" in out and "measured MP/s" in out
     assert main(["models", "show", "nope"]) == 2
 
 
