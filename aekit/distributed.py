@@ -19,6 +19,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from aekit.machine import usable_cores
+
 
 class DistributedError(Exception):
     """A distributed launch that cannot work (batch size not divisible, backend missing)."""
@@ -207,6 +209,6 @@ def launch(nproc: int, tcfg: Any, mcfg: Any, resume: bool = False) -> dict[str, 
 
     check(nproc, tcfg.batch_size)
     if tcfg.threads <= 0:  # share the cores instead of oversubscribing them
-        tcfg = dataclasses.replace(tcfg, threads=max(1, (os.cpu_count() or 1) // nproc))
+        tcfg = dataclasses.replace(tcfg, threads=max(1, usable_cores() // nproc))
     mp.spawn(_rank_main, args=(nproc, free_port(), tcfg, mcfg, resume), nprocs=nproc, join=True)
     return load_checkpoint(Path(tcfg.out) / "best.pt")["summary"]

@@ -30,6 +30,7 @@ from aekit.config import ModelConfig
 from aekit.data import DataConfig, ImageSet, report_skipped, split_samples, subsample
 from aekit.images import ImageError, scan_folder
 from aekit.losses import ReconstructionLoss
+from aekit.machine import usable_cores
 from aekit.metrics import psnr_torch
 from aekit.models import Autoencoder, build_model
 
@@ -78,11 +79,7 @@ class TrainConfig:
 
 def cpu_threads() -> int:
     """Threads for torch on CPU: the usable cores (affinity mask) shared among this host's processes."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        cores = os.cpu_count() or 1
-    return max(1, cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
+    return max(1, usable_cores() // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
 
 
 def pick_device(name: str) -> torch.device:

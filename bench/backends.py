@@ -12,12 +12,12 @@ A runner that cannot start raises BackendError with one line saying why.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-
-import os
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from aekit.machine import usable_cores
 
 ORT_BACKENDS = ("ort-cpu", "ort-cuda", "ort-trt")
 TORCH_BACKENDS = ("torch-eager", "torch-compile")
@@ -143,4 +143,4 @@ def is_oom(e: BaseException) -> bool:
 
 
 def default_threads() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return usable_cores()

@@ -25,7 +25,8 @@ from aekit.images import DEFAULT_MAX_PIXELS, ImageError, ImageLimitError, load_f
 from aekit.codec.format import FLAG_TILED, QUANT_INTEGER, QUANT_TANH_UNIFORM, LatentFormatError, LatentHeader, pack, parse
 from aekit.export.entropy import ZSTD_LEVEL, ZSTD_LEVEL_SMALLEST, EntropyError, EntropyModel
 from aekit.export.manifest import ModelError, find_model, load_manifest
-from aekit.export.runtime import ActivationEstimate, MemoryGate, Quantiser, Runtime, usable_cores
+from aekit.export.runtime import ActivationEstimate, MemoryGate, Quantiser, Runtime
+from aekit.machine import usable_cores
 
 CALLS_AT_ONCE = 2  # a model call is sized to 1/2 of CodecConfig.memory_mb
 MODELS_ENV = "AEKIT_MODELS"  # os.pathsep-separated model folders or folders of model folders

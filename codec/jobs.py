@@ -28,7 +28,7 @@ from typing import Callable, Iterator
 import numpy as np
 from PIL import Image
 
-from aekit.export.runtime import usable_cores
+from aekit.machine import usable_cores
 from aekit.images import (
     IMAGE_EXTENSIONS, atomic_write_bytes, display, encode_image, is_image_name, iter_files, remove_stale_parts,
 )

@@ -25,6 +25,7 @@ import numpy as np
 from aekit.export.entropy import QUANTISER_INTEGER, quality_entry
 from aekit.export.manifest import load_manifest
 from aekit.images import from_model_output, pad_to_multiple, to_model_input
+from aekit.machine import usable_cores
 
 
 def quantise(y: np.ndarray, levels: int) -> np.ndarray:
@@ -96,14 +97,6 @@ def select_providers(device: str = "auto") -> list[str]:
     if device in ("auto", "cuda") and cuda_ok:
         return ["CUDAExecutionProvider", "CPUExecutionProvider"]
     return ["CPUExecutionProvider"]
-
-
-def usable_cores() -> int:
-    """CPU cores this process may run on (its affinity mask: taskset, cgroups' cpusets), at least 1."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):  # no affinity API (macOS, Windows)
-        return max(1, os.cpu_count() or 1)
 
 
 def session_options(threads: int = 1, profile_prefix: str | None = None) -> Any:
