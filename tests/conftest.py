@@ -10,6 +10,9 @@ under AEKIT_REQUIRE_DATA=1 (CI), where a missing dataset fails them instead.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -194,3 +197,18 @@ def ray_cluster():
     yield ray
     if started:
         ray.shutdown()
+
+
+def killed_screen(folder: Path, fresh_jsonl: Path, name: str = "k") -> tuple[Path, list[str], int, str]:
+    """What a screen killed mid-record leaves in `folder`: the temp file '.NAME.jsonl.PID-START….part' of a
+    process that no longer runs, holding the first half of a finished screen's records and a torn one.
+
+    Returns (that file, the finished screen's record lines, the dead PID, the run's start stamp)."""
+    lines = fresh_jsonl.read_text().splitlines(keepends=True)
+    half = len(lines) // 2
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # a PID that no longer runs
+    start = f"t{int(time.time() * 1000):x}_"
+    killed = folder / f".{name}.jsonl.{dead.pid}-{start}abc123.part"
+    killed.write_text("".join(lines[:half]) + lines[half][:25])  # killed mid-record: a torn last line
+    return killed, lines, dead.pid, start

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from aekit.cli import main
-from conftest import needs_fmnist
+from conftest import killed_screen, needs_fmnist
 from aekit.images import load_image, save_image
 from aekit.detector.calibration import CALIBRATION_VERSION, conformal_threshold
 from aekit.detector.model import Detector
@@ -294,14 +294,9 @@ def test_rerun_after_a_killed_screen_cleans_its_temp_files_and_resumes(model, no
     maps = tmp_path / "maps"
     rc, _, err = run(capsys, "screen", model, normal, "--out", tmp_path / "fresh", "--maps", maps)
     assert rc in (0, 1), err
-    lines = Path(f"{tmp_path / 'fresh'}.jsonl").read_text().splitlines(keepends=True)
+    killed, lines, pid, start = killed_screen(tmp_path, Path(f"{tmp_path / 'fresh'}.jsonl"))
     half = len(lines) // 2
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()  # a PID that no longer runs
-    start = f"t{int(time.time() * 1000):x}_"
-    killed = tmp_path / f".k.jsonl.{dead.pid}-{start}abc123.part"
-    killed.write_text("".join(lines[:half]) + lines[half][:25])  # killed mid-record: a torn last line
-    (tmp_path / f".k.csv.{dead.pid}-{start}abc124.part").write_text("path,class\n/x,")
+    (tmp_path / f".k.csv.{pid}-{start}abc124.part").write_text("path,class\n/x,")
     old = tmp_path / ".k.jsonl.zz9_old.part"  # an older version's name (no PID): removed once an hour old
     old.write_text("{}\n")
     os.utime(old, (time.time() - 7200, time.time() - 7200))

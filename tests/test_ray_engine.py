@@ -19,10 +19,10 @@ from PIL import Image
 
 from aekit.cli import main
 from aekit.codec.jobs import LEDGER
+from conftest import killed_screen
 
 ray = pytest.importorskip("ray", reason="Ray not installed: pip install -e '.[ray]' (extra aekit[ray])")
 pytestmark = pytest.mark.slow  # a local Ray cluster: seconds to start, actors per test
-
 
 
 @pytest.fixture(scope="module")
@@ -225,13 +225,8 @@ def test_screen_resumes_a_killed_screen_as_the_local_engine(ray_cluster, tiny_mo
     assert main(["calibrate", str(det), str(cal), "--alpha", "0.1", "--device", "cpu"]) == 0
     base = ["screen", str(det), str(src), "--device", "cpu"]
     assert main(base + ["--out", str(tmp_path / "fresh")]) == 2
-    lines = Path(f"{tmp_path / 'fresh'}.jsonl").read_text().splitlines(keepends=True)
+    killed, lines, _, _ = killed_screen(tmp_path, Path(f"{tmp_path / 'fresh'}.jsonl"))
     half = len(lines) // 2
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()  # a PID that no longer runs
-    start = f"t{int(time.time() * 1000):x}_"
-    killed = tmp_path / f".k.jsonl.{dead.pid}-{start}abc123.part"
-    killed.write_text("".join(lines[:half]) + lines[half][:25])
     touched = Path(json.loads(lines[0])["path"])
     os.utime(touched, (time.time() + 5, time.time() + 5))  # changed after the killed run started
     reusable = sum(json.loads(x)["error"] is None for x in lines[1:half])
