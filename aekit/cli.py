@@ -217,7 +217,8 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
                    "(default: torchvision's ImageNet weights if cached, else random init)")
     # defaults of these live in TrainConfig (importing it here would import torch for every command)
     p.add_argument("--freeze-epochs", type=int, help="--arch pretrained: first epochs train the decoder "
-                   "with the trunk frozen [1]")
+                   "with the trunk frozen; --arch gdn-hp with --init-from: first epochs train the hyperprior "
+                   "with the transforms frozen [1]")
     p.add_argument("--lr-ratio", type=float, help="--arch pretrained: lr of each earlier encoder group "
                    "relative to the next one's [0.3]")
     p.add_argument("--kl-weight", type=float, help="--arch vae: weight of the KL term [0.01]")

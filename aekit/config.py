@@ -19,10 +19,13 @@ DEEP_FACTORS = {4: 16, 9: 12}
 # factor -> stride of each down-sampling stage, first (full resolution) to last.
 STRIDES = {4: (2, 2), 6: (2, 3), 12: (2, 2, 3), 16: (2, 2, 2, 2)}
 # registered in aekit.models (kept here too so the CLI offers them without importing torch)
-ARCHITECTURE_NAMES = ("dcgan", "resnet", "pretrained", "vae", "gdn", "klt")
+ARCHITECTURE_NAMES = ("dcgan", "resnet", "pretrained", "vae", "gdn", "gdn-hp", "klt")
 # Architectures with an integer quantiser and a learned factorized prior (rate-distortion
 # trained; the codec codes with tables exported from that prior): the rest use the tanh latent.
-RD_ARCHITECTURES = ("gdn", "klt")
+# "gdn-hp" adds Ballé et al. 2018's scale hyperprior: y is coded under a Gaussian whose scale
+# comes from a side latent z, itself coded with the factorized prior.
+RD_ARCHITECTURES = ("gdn", "gdn-hp", "klt")
+DEEP_ARCHITECTURES = ("gdn", "gdn-hp")  # the learned-compression shapes (DEEP_FACTORS)
 BACKBONES = ("resnet18", "resnet34")  # torchvision ResNets whose trunk to layer1 has 64 channels
 
 
@@ -55,12 +58,17 @@ class ModelConfig:
     @property
     def factor(self) -> int:
         """Down-sampling factor f: the latent is (c_y, ceil(H/f), ceil(W/f))."""
-        return DEEP_FACTORS[self.ratio] if self.arch == "gdn" else FACTORS[self.ratio]
+        return DEEP_FACTORS[self.ratio] if self.arch in DEEP_ARCHITECTURES else FACTORS[self.ratio]
 
     @property
     def rd(self) -> bool:
         """Integer quantiser + learned factorized prior (see RD_ARCHITECTURES)."""
         return self.arch in RD_ARCHITECTURES
+
+    @property
+    def hyperprior(self) -> bool:
+        """y coded under a scale hyperprior (a side latent z at 1/4 of y's resolution)."""
+        return self.arch == "gdn-hp"
 
     @property
     def strides(self) -> tuple[int, ...]:

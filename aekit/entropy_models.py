@@ -92,3 +92,60 @@ class FactorizedPrior(nn.Module):
 def bits(likelihoods: torch.Tensor) -> torch.Tensor:
     """Total code length in bits of a batch of bin probabilities: −Σ log2 p."""
     return -torch.log2(likelihoods).sum()
+
+
+# -- the scale hyperprior's conditional Gaussian (Ballé et al. 2018, §3) ----------------------
+
+SCALE_MIN, SCALE_MAX, SCALE_LEVELS = 0.11, 256.0, 64  # the coder's scale table (CompressAI's defaults)
+
+
+def scale_table() -> np.ndarray:
+    """The SCALE_LEVELS scales (float64, ascending, log-spaced SCALE_MIN..SCALE_MAX, in quantisation
+    steps) the codec has one integer table for; a position's σ is coded with the smallest table
+    scale ≥ σ (aekit.export.entropy.scale_indexes)."""
+    return np.exp(np.linspace(math.log(SCALE_MIN), math.log(SCALE_MAX), SCALE_LEVELS))
+
+
+class _LowerBound(torch.autograd.Function):
+    """max(x, bound) whose gradient still flows where it pushes x up (as in Ballé's code)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, bound: float) -> torch.Tensor:  # type: ignore[override]
+        ctx.save_for_backward(x)
+        ctx.bound = bound
+        return x.clamp_min(bound)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        (x,) = ctx.saved_tensors
+        return grad * ((x >= ctx.bound) | (grad < 0)).to(grad.dtype), None
+
+
+def gaussian_likelihood(y: torch.Tensor, log_scale: torch.Tensor, step: float = 1.0) -> torch.Tensor:
+    """Probability of y's bin of width `step` under N(0, σ²), σ = max(exp(log_scale), SCALE_MIN·step).
+
+    y, log_scale: (B, c_y, h, w) (noisy or rounded y; the hyper decoder's log σ, in y units).
+    Returns the same shape, floored at LIKELIHOOD_BOUND. Evaluated on the lower tail
+    (Φ((½Δ − |y|)/σ) − Φ((−½Δ − |y|)/σ)) so it does not saturate, as in Ballé et al.'s code.
+    """
+    sigma = _LowerBound.apply(torch.exp(log_scale.float()), SCALE_MIN * step)
+    v = torch.abs(y.float())
+    upper = 0.5 * torch.erfc(-((step / 2 - v) / sigma) / math.sqrt(2))
+    lower = 0.5 * torch.erfc(-((-step / 2 - v) / sigma) / math.sqrt(2))
+    return (upper - lower).clamp_min(LIKELIHOOD_BOUND)
+
+
+def gaussian_pmf(half: int) -> np.ndarray:
+    """Integer counts (SCALE_LEVELS, 2·half + 1) of symbols s = clip(k, −half, half) + half for
+    k = round(y / Δ), y ~ N(0, (σ_j Δ)²), σ_j = scale_table()[j]: the codec's y tables.
+
+    float64 (math.erfc) at export time, then pmf · 2^30 floored (as FactorizedPrior.integer_pmf);
+    the two end bins take the tails. From then on only the integers are used.
+    """
+    k = np.arange(-half, half + 2, dtype=np.float64) - 0.5  # bin edges
+    out = np.zeros((SCALE_LEVELS, 2 * half + 1), dtype=np.int64)
+    for j, s in enumerate(scale_table()):
+        cdf = np.array([0.5 * math.erfc(-e / s / math.sqrt(2)) for e in k])
+        cdf[0], cdf[-1] = 0.0, 1.0
+        out[j] = np.floor(np.clip(np.diff(cdf), 0, None) * TABLE_SCALE).astype(np.int64)
+    return out

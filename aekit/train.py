@@ -38,6 +38,7 @@ from aekit.models import Autoencoder, build_model
 log = logging.getLogger(__name__)
 REFIT_VALUES = 8192  # latent values per channel the final prior refit uses (bounded time and memory)
 PRIOR_LR_SCALE = 10.0  # RD models: the factorized prior's lr relative to the transforms' (CompressAI's aux lr 1e-3 vs 1e-4)
+HYPER_LR_SCALE = 5.0  # gdn-hp: the hyperprior's lr relative to the transforms' (it starts from scratch on warm transforms)
 
 
 @dataclass
@@ -144,6 +145,8 @@ class Trainer:
             self._init_from_data()
         if resume:
             self._resume()
+        if mcfg.hyperprior and tcfg.init_from:  # the first --freeze-epochs train the hyperprior alone
+            self.model.warm_transforms = True
         # the step's forward: the model, or it inside DistributedDataParallel (aekit.distributed)
         self.net = distributed.wrap(self.model, self.device, tcfg.seed, find_unused=tcfg.rate_weight == 0)
 
@@ -158,17 +161,29 @@ class Trainer:
         the lr schedule, the epoch count and the history start fresh (fine-tuning, or training on past a
         finished cosine schedule). Raises CheckpointError if its model config differs from this run's."""
         ckpt = load_checkpoint(path)
-        if ckpt["model_config"] != self.mcfg.to_dict():
-            diff = sorted(k for k, v in self.mcfg.to_dict().items() if ckpt["model_config"].get(k) != v)
+        diff = sorted(k for k, v in self.mcfg.to_dict().items() if ckpt["model_config"].get(k) != v)
+        if diff == ["arch"] and {ckpt["model_config"]["arch"], self.mcfg.arch} == {"gdn", "gdn-hp"}:
+            self._load_matching(path, ckpt["state_dict"])  # gdn <-> gdn-hp: the transforms carry over
+        elif diff:
             raise CheckpointError(f"{path}: model config differs from this run's in {', '.join(diff)}; "
-                                  "--init-from needs the same architecture")
-        self.model.load_state_dict(ckpt["state_dict"])
+                                  "--init-from needs the same architecture (or gdn for gdn-hp)")
+        else:
+            self.model.load_state_dict(ckpt["state_dict"])
         prior = ckpt.get("summary") or {}
         self.encoder_source = prior.get("encoder_init")
         self.warm_start = {"checkpoint": str(Path(path).resolve()), "epoch": ckpt["epoch"] + 1,
                            "train_time_s": prior.get("train_time_s", sum(h.get("epoch_time_s", 0.0)
                                                                         for h in ckpt.get("history", [])))}
         log.info(f"weights from {path} (epoch {ckpt['epoch'] + 1} of that run); new optimiser and schedule")
+
+    def _load_matching(self, path: str, state: dict[str, torch.Tensor]) -> None:
+        """Load every tensor of `state` whose name and shape this model has (a gdn run's g_a, g_s
+        and gain into gdn-hp); the rest (the hyperprior, the other prior) keep their init."""
+        own = self.model.state_dict()
+        take = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape and not k.startswith("entropy.")}
+        self.model.load_state_dict(take, strict=False)
+        fresh = sorted({k.split(".")[0] for k in own if k not in take})
+        log.info(f"weights from {path}: {len(take)} tensors of the transforms; new: {', '.join(fresh)}")
 
     def _pretrained_init(self) -> str | None:
         """Load ImageNet weights into a pretrained trunk (new runs only; resume loads all)."""
@@ -187,6 +202,8 @@ class Trainer:
         out = [{"params": g, "lr": self.tcfg.lr * self.tcfg.lr_ratio ** (n - 1 - i)} for i, g in enumerate(groups)]
         if hasattr(self.model, "entropy_parameters"):  # RD models: the prior learns PRIOR_LR_SCALE x faster
             out.append({"params": self.model.entropy_parameters(), "lr": self.tcfg.lr * PRIOR_LR_SCALE})
+        if hasattr(self.model, "hyper_parameters"):  # gdn-hp: h_a, h_s learn HYPER_LR_SCALE x faster
+            out.append({"params": self.model.hyper_parameters(), "lr": self.tcfg.lr * HYPER_LR_SCALE})
         return out
 
     def _amp_dtype(self) -> torch.dtype | None:
@@ -408,7 +425,8 @@ class Trainer:
         return summary
 
     def refit_prior(self, steps: int = 1000, lr: float = 1e-2) -> list[float]:
-        """Fit the factorized prior alone to the final encoder's latents of training images.
+        """Fit the factorized prior alone to the final encoder's latents of training images
+        (gdn-hp: to ẑ's source z = h_a(ŷ), as the codec computes it).
 
         During training the prior chases a moving transform; once the transform is fixed, a
         short fit of the prior (y + U(-½, ½), REFIT_VALUES seeded values per channel from up to
@@ -422,7 +440,7 @@ class Trainer:
         with torch.no_grad():
             for batch in self.train_set.batches(self.tcfg.batch_size, rng):
                 x = to_tensor(batch, self.device)
-                ys.append(self.model.encode(self.model.pad(x)).float())
+                ys.append(self.model.prior_inputs(x).float())
                 seen += len(x)
                 if seen >= self.tcfg.hist_images:
                     break

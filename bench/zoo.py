@@ -223,10 +223,11 @@ def build(name: str, src: Path, eval_json: Path | None, compare: list[str] | Non
     dest.mkdir(exist_ok=True)
     for f in dest.iterdir():
         f.unlink()
-    for f in [m["files"]["encoder"], m["files"]["decoder"], "manifest.json"] + (["calibration.npz"] if (src / "calibration.npz").is_file() else []):
+    shipped = {k: v for k, v in m["files"].items() if k in ("encoder", "decoder", "hyper_encoder", "hyper_decoder")}
+    for f in [*shipped.values(), "manifest.json"] + (["calibration.npz"] if (src / "calibration.npz").is_file() else []):
         shutil.copy(src / f, dest / f)
     clean = dict(m)
-    clean["files"] = {"encoder": m["files"]["encoder"], "decoder": m["files"]["decoder"]}  # fp16 files are not shipped
+    clean["files"] = shipped  # fp16 / int8 files are not shipped
     (dest / "manifest.json").write_text(json.dumps({k: v for k, v in clean.items() if not k.startswith("_")}, indent=1) + "\n")
     m = load_manifest(dest)  # checks the id against the copied files
     out = Path("codec/results/zoo") / name

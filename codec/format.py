@@ -1,4 +1,4 @@
-"""The latent file format (.ael), version 2 (reads 1 too): pack and parse, nothing else (no torch, no ONNX).
+"""The latent file format (.ael), version 3 (reads 1 and 2 too): pack and parse, nothing else (no torch, no ONNX).
 
 Byte layout, checks and the bit-exactness contract are documented in codec/FORMAT.md;
 `parse` is the only reader and refuses anything that is not a well-formed file with one
@@ -10,11 +10,11 @@ from __future__ import annotations
 import zlib
 from dataclasses import dataclass
 
-from aekit.export.entropy import CODER_NAMES
+from aekit.export.entropy import CODER_HYPER, CODER_NAMES
 
 MAGIC = b"\x89AEL"  # high bit first: never valid text, like PNG's signature
-VERSION = 2  # written; READ_VERSIONS are read
-READ_VERSIONS = (1, 2)  # 2 = 1 + a quality byte after the quantiser id
+VERSION = 3  # the newest version, written for coder 3; files any version-2 reader can read are written as 2
+READ_VERSIONS = (1, 2, 3)  # 2 = 1 + a quality byte after the quantiser id; 3 = 2 + coder 3 (hyperprior)
 SUFFIX = ".ael"
 MODES = {0: "L", 1: "RGB"}  # stored image mode -> PIL mode
 MODE_CODES = {v: k for k, v in MODES.items()}
@@ -61,6 +61,12 @@ def _varint(n: int) -> bytes:
             return bytes(out)
 
 
+def version_for(coder: int) -> int:
+    """The version a file with this coder is written as: 3 for the hyperprior coder, else 2 (so
+    readers of version 2 keep reading every file of the models they know)."""
+    return 3 if coder == CODER_HYPER else 2
+
+
 def pack(h: LatentHeader, payload: bytes) -> bytes:
     """Header + payload -> file bytes (CRC-32 over everything before it and the payload).
 
@@ -76,7 +82,7 @@ def pack(h: LatentHeader, payload: bytes) -> bytes:
     if (h.quantiser == QUANT_INTEGER) != (h.quality > 0):
         raise r.fail(f"quality {h.quality} does not fit quantiser {h.quantiser}")
     head = b"".join([
-        MAGIC, bytes([VERSION]), bytes.fromhex(h.model_id),
+        MAGIC, bytes([version_for(h.coder)]), bytes.fromhex(h.model_id),
         _varint(h.height), _varint(h.width),
         bytes([MODE_CODES[h.mode], h.factor, c]), _varint(lh), _varint(lw),
         _varint(h.levels), bytes([h.quantiser, h.quality, h.coder, h.flags]), _varint(len(payload)),
@@ -144,6 +150,8 @@ def parse(data: bytes, name: str = "<bytes>") -> tuple[LatentHeader, bytes]:
     if zlib.crc32(payload, zlib.crc32(r.data[:crc_at])) != crc:
         raise r.fail("checksum mismatch (file corrupted)")
     _check_fields(r, height, width, mode_code, factor, c, lh, lw, levels, quantiser, coder, flags)
+    if coder == CODER_HYPER and (version < 3 or quantiser != QUANT_INTEGER):
+        raise r.fail(f"entropy coder {coder} needs format version 3 and the integer quantiser")
     if (quantiser == QUANT_INTEGER) != (quality > 0):
         raise r.fail(f"quality {quality} does not fit quantiser {quantiser} (integer quantiser needs quality >= 1)")
     header = LatentHeader(model_id, height, width, MODES[mode_code], factor, (c, lh, lw), levels,

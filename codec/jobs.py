@@ -515,9 +515,9 @@ def compress_tree(src: str | Path, dst: str | Path, codec: Codec, jcfg: JobConfi
 
 def recipe(job: str, codec: Codec | None = None, **settings) -> dict:
     """What, besides the source, decides an output's bytes: a changed recipe makes it stale."""
-    from aekit.codec.format import VERSION
-
-    r: dict = {"job": job, "format": VERSION, **settings}
+    # format 2: version 3 only adds a coder that models with a new id use, so a version-2 output
+    # stays current (the model id below decides)
+    r: dict = {"job": job, "format": 2, **settings}
     if codec is not None:
         r.update(model=codec.model_id, levels=codec.levels)
     return r

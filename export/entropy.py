@@ -13,7 +13,10 @@ are the fallbacks; the coder id says which one a payload uses.
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,7 +24,8 @@ import numpy as np
 CODER_RAW = 0  # payload = the uint8 symbols, C order (c_y, h, w)
 CODER_ZSTD = 1  # payload = zstandard frame of the raw symbols
 CODER_ANS = 2  # payload = constriction ANS words (uint32 little-endian), one categorical per channel
-CODER_NAMES = {CODER_RAW: "raw", CODER_ZSTD: "zstd", CODER_ANS: "ans-categorical"}
+CODER_HYPER = 3  # payload = one ANS stream: ẑ under the factorized prior, then ŷ under the hyperprior's scales
+CODER_NAMES = {CODER_RAW: "raw", CODER_ZSTD: "zstd", CODER_ANS: "ans-categorical", CODER_HYPER: "ans-hyperprior"}
 
 # constriction's default categorical model works with 24-bit fixed-point probabilities.
 PRECISION = 24
@@ -155,6 +159,8 @@ class EntropyModel:
         (default: the manifest's default_quality) from manifest["entropy"] (see rd_counts).
         """
         cy = int(manifest["latent_channels"])
+        if (manifest.get("entropy") or {}).get("hyper"):
+            return HyperpriorEntropyModel.from_manifest(manifest, quality)  # type: ignore[return-value]
         if manifest["latent"].get("quantiser") == QUANTISER_INTEGER:
             counts = rd_counts(manifest, quality)
             return cls(np.stack([integer_table(c) for c in counts]), counts.shape[1])
@@ -272,6 +278,258 @@ class EntropyModel:
         if q.size and q.max() >= self.levels:
             raise ValueError(f"symbol {int(q.max())} outside 0..{self.levels - 1}")
         return q
+
+
+# -- the scale hyperprior (Ballé et al. 2018): integer hyper decoder and its coder -------------------
+
+HYPER_FRAC_BITS = 10  # F_a: hyper decoder activations are integers in units of 2^-10
+HYPER_ACT_BITS = 24  # activations are clamped to 0 .. 2^24 - 1 after each ReLU
+EXACT_BITS = 53  # float64 holds every integer below 2^53 exactly
+
+
+class IntegerHyperDecoder:
+    """The hyper decoder h_s in exact integer arithmetic: ẑ symbols -> scale indexes, bit-exact everywhere.
+
+    Layers (manifest entropy.hyper.layers, weights in hyper_decoder.npz): conv or transposed conv with
+    integer weights W_q = round(W · 2^s) and biases b_q = round(b · 2^(s + F_a)); activations a are
+    integers in units of 2^-F_a (the input is ẑ · 2^F_a). Each layer computes acc = conv(a, W_q) + b_q,
+    an integer in units of 2^-(s + F_a); hidden layers then take a' = min(floor(max(acc, 0) / 2^s),
+    2^24 − 1). The last layer's acc is log σ in units of 2^-(s + F_a), and the scale index of a position
+    is the number of the quality's thresholds T_k (integers) below it: the table scale chosen is the
+    smallest of aekit.entropy_models.scale_table() that is ≥ σ.
+
+    The sums run as float64 matrix products (BLAS), which is exact here: every operand and every
+    partial sum is an integer of magnitude < 2^53 (the exporter checks K · max|W_q| · 2^24 + max|b_q|
+    < 2^53 per layer, K = kernel size × input channels), so the result does not depend on summation
+    order, FMA, thread count or CPU. Raises EntropyError on malformed weights.
+    """
+
+    def __init__(self, layers: list[dict[str, Any]], arrays: dict[str, np.ndarray]):
+        self.layers = []
+        for i, spec in enumerate(layers):
+            try:
+                w, b = np.asarray(arrays[f"w{i}"], dtype=np.int64), np.asarray(arrays[f"b{i}"], dtype=np.int64)
+                kind, shift = spec["kind"], int(spec["shift"])
+                stride, pad, out_pad = int(spec.get("stride", 1)), int(spec["padding"]), int(spec.get("output_padding", 0))
+            except (KeyError, TypeError, ValueError) as e:
+                raise EntropyError(f"hyper decoder layer {i}: malformed ({e})") from None
+            if kind == "conv_transpose":  # as a stride-1 conv over the zero-upsampled input
+                w = np.flip(w, (2, 3)).transpose(1, 0, 2, 3)
+                pads = (w.shape[2] - 1 - pad, w.shape[2] - 1 - pad + out_pad)
+            elif kind == "conv" and stride == 1:
+                pads = (pad, pad)
+            else:
+                raise EntropyError(f"hyper decoder layer {i}: unsupported kind {kind!r} / stride {stride}")
+            k = w.shape[1] * w.shape[2] * w.shape[3]
+            if w.ndim != 4 or b.shape != (w.shape[0],) or not 0 <= shift <= 30 or \
+                    k * int(np.abs(w).max(initial=0)) * (1 << HYPER_ACT_BITS) + int(np.abs(b).max(initial=0)) >= 1 << EXACT_BITS:
+                raise EntropyError(f"hyper decoder layer {i}: weights outside the exact-arithmetic bound")
+            self.layers.append((kind, stride, pads, shift, w.reshape(w.shape[0], -1).T.astype(np.float64),
+                                b.astype(np.float64), w.shape[2]))
+
+    def log_scales(self, z_sym: np.ndarray, h: int, w: int, rows: int = 64) -> Iterator[tuple[int, np.ndarray]]:
+        """uint8 ẑ symbols (c_z, h', w') -> (row, acc) blocks of the last layer's integer accumulator
+        (float64 holding integers, (c_y, r, w)) for y rows row..row+r of a (c_y, h, w) latent."""
+        a = (z_sym.astype(np.int64) - 127) << HYPER_FRAC_BITS
+        cap = (1 << HYPER_ACT_BITS) - 1
+        for i, (kind, stride, pads, shift, wmat, bias, k) in enumerate(self.layers):
+            last = i == len(self.layers) - 1
+            if kind == "conv_transpose":
+                up = np.zeros((a.shape[0], (a.shape[1] - 1) * stride + 1, (a.shape[2] - 1) * stride + 1), dtype=a.dtype)
+                up[:, ::stride, ::stride] = a
+                a = up
+            a = np.pad(a, ((0, 0), pads, pads))
+            out_h, out_w = a.shape[1] - k + 1, a.shape[2] - k + 1
+            if last:
+                out_h, out_w = min(out_h, h), min(out_w, w)
+            nxt = None if last else np.empty((wmat.shape[1], out_h, out_w), dtype=np.int64)
+            for r0 in range(0, out_h, rows):
+                r1 = min(out_h, r0 + rows)
+                win = np.lib.stride_tricks.sliding_window_view(a[:, r0:r1 + k - 1, : out_w + k - 1], (k, k), axis=(1, 2))
+                cols = win.transpose(1, 2, 0, 3, 4).reshape((r1 - r0) * out_w, -1).astype(np.float64)
+                acc = (cols @ wmat + bias).T.reshape(-1, r1 - r0, out_w)  # exact: integers < 2^53
+                if last:
+                    yield r0, acc
+                else:
+                    nxt[:, r0:r1] = np.minimum(np.floor(np.maximum(acc, 0) / float(1 << shift)), cap).astype(np.int64)
+            if not last:
+                a = nxt
+
+    def indexes(self, z_sym: np.ndarray, h: int, w: int, thresholds: np.ndarray) -> np.ndarray:
+        """uint8 ẑ (c_z, ceil(h/4), ceil(w/4)) -> uint8 scale indexes (c_y, h, w): #{k: acc > T_k}."""
+        t = np.asarray(thresholds, dtype=np.float64)  # integers < 2^53: exact in float64
+        out = None
+        for r0, acc in self.log_scales(z_sym, h, w):
+            if out is None:
+                out = np.empty((acc.shape[0], h, w), dtype=np.uint8)
+            out[:, r0:r0 + acc.shape[1]] = np.searchsorted(t, acc, side="left")
+        assert out is not None
+        return out
+
+
+@dataclass
+class HyperpriorEntropyModel:
+    """Codes a scale-hyperprior model's symbols (coder 3; see codec/FORMAT.md, "hyperprior").
+
+    ŷ symbols (c_y, h, w) -> ẑ = clip(round(h_a(|ŷ|)), ±127) (the model's hyper_encoder.onnx, run
+    by the encoder only: ẑ is in the file) -> scale indexes by IntegerHyperDecoder -> one ANS
+    stream: ẑ per channel under the factorized prior's tables (popped first), then the ŷ symbols
+    grouped by scale index (0..63, C order within a group) under the Gaussian tables of those scales.
+    """
+
+    step: float  # the quality's Δ (ŷ = (q − 127)·Δ feeds h_a)
+    levels: int  # 255
+    scale_tables: np.ndarray  # int64 (64, L), rows sum to 2^24
+    z_tables: np.ndarray  # int64 (c_z, L)
+    thresholds: np.ndarray  # int64 (63,): the quality's T_k
+    decoder: IntegerHyperDecoder
+    encoder_path: Path
+    channels: int  # c_y
+    _cache: dict[str, list[Any]] = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def from_manifest(cls, manifest: dict[str, Any], quality: int | None = None) -> "HyperpriorEntropyModel":
+        ent, mid = manifest["entropy"], manifest.get("model_id")
+        hyper, folder = ent["hyper"], Path(manifest.get("_dir", "."))
+        entry = quality_entry(manifest, quality)
+        levels = int(manifest["latent"]["levels"])
+        try:
+            scale = _untrim(ent["scale_tables"], levels)
+            z = _untrim(hyper["tables"], levels)
+            thresholds = np.asarray(entry["thresholds"], dtype=np.int64)
+            for key in ("encoder", "decoder"):  # the model id pins these hashes (they are in the entropy JSON)
+                name = Path(hyper[key]).name
+                if hashlib.sha256((folder / name).read_bytes()).hexdigest() != hyper[f"{key}_sha256"]:
+                    raise EntropyError(f"model {mid}: {name} does not match the hash in its manifest "
+                                       "(changed or swapped); re-export the model")
+            with np.load(folder / Path(hyper["decoder"]).name, allow_pickle=False) as npz:
+                arrays = {k: npz[k] for k in npz.files}
+        except (KeyError, TypeError, ValueError, OSError) as e:
+            raise EntropyError(f"model {mid}: malformed hyperprior ({e})") from None
+        if thresholds.shape != (scale.shape[0] - 1,) or (np.diff(thresholds) < 0).any() or \
+                (np.abs(thresholds) >= 1 << EXACT_BITS).any():
+            raise EntropyError(f"model {mid}: quality thresholds must be {scale.shape[0] - 1} ascending integers")
+        return cls(float(entry["step"]), levels, np.stack([integer_table(c) for c in scale]),
+                   np.stack([integer_table(c) for c in z]), thresholds,
+                   IntegerHyperDecoder(hyper["layers"], arrays), folder / Path(hyper["encoder"]).name,
+                   int(manifest["latent_channels"]))
+
+    def z_shape(self, h: int, w: int) -> tuple[int, int, int]:
+        return (self.z_tables.shape[0], -(-h // 4), -(-w // 4))
+
+    def hyper_symbols(self, q: np.ndarray) -> np.ndarray:
+        """uint8 ŷ symbols (c_y, h, w) -> uint8 ẑ symbols (c_z, ceil(h/4), ceil(w/4)) (onnxruntime)."""
+        from aekit.export.runtime import cached_session, select_providers
+
+        half = (self.levels - 1) // 2
+        c, h, w = q.shape
+        y_hat = np.zeros((1, c, -(-h // 4) * 4, -(-w // 4) * 4), dtype=np.float32)  # zero-padded, as in training
+        y_hat[0, :, :h, :w] = (q.astype(np.float32) - half) * np.float32(self.step)
+        sess = cached_session(self.encoder_path, select_providers("cpu"))
+        z = sess.run(None, {sess.get_inputs()[0].name: y_hat})[0][0]
+        return (np.clip(np.rint(z), -half, half) + half).astype(np.uint8)
+
+    def bits(self, symbols: np.ndarray) -> float:
+        """Ideal code length in bits of ŷ symbols (c_y, h, w) and their ẑ under the tables."""
+        z = self.hyper_symbols(symbols)
+        idx = self.decoder.indexes(z, *symbols.shape[1:], self.thresholds)
+        ly, lz = np.log2(self.scale_tables) - PRECISION, np.log2(self.z_tables) - PRECISION
+        return float(-ly[idx.ravel(), symbols.ravel()].sum()
+                     - np.take_along_axis(lz, z.reshape(z.shape[0], -1).astype(np.int64), axis=1).sum())
+
+    def encode(self, symbols: np.ndarray, zstd_level: int = ZSTD_LEVEL) -> tuple[int, bytes]:
+        """uint8 (c_y, h, w) -> (coder_id, payload): the smallest of the hyperprior's ANS, zstd and raw."""
+        q = np.ascontiguousarray(symbols)
+        if q.dtype != np.uint8 or q.ndim != 3 or q.shape[0] != self.channels or (q.size and q.max() >= self.levels):
+            raise ValueError(f"expected uint8 symbols ({self.channels}, h, w) below {self.levels}, got {q.dtype} {q.shape}")
+        raw = q.tobytes()
+        best = (CODER_RAW, raw)
+        for coder_id in (CODER_HYPER, CODER_ZSTD):
+            payload = self._encode_hyper(q) if coder_id == CODER_HYPER else _zstd_compress(raw, zstd_level)
+            if len(payload) < len(best[1]):
+                best = (coder_id, payload)
+        return best
+
+    def decode(self, coder_id: int, payload: bytes, shape: tuple[int, int, int]) -> np.ndarray:
+        """(coder_id, payload) -> uint8 ŷ symbols (c_y, h, w); EntropyError if corrupt."""
+        cy, h, w = (int(s) for s in shape)
+        if cy != self.channels or h < 1 or w < 1:
+            raise EntropyError(f"latent shape {shape} does not fit this model ({self.channels} channels)")
+        n = cy * h * w
+        if coder_id == CODER_RAW:
+            if len(payload) != n:
+                raise EntropyError(f"raw payload has {len(payload)} bytes, expected {n}")
+            q = np.frombuffer(payload, dtype=np.uint8)
+        elif coder_id == CODER_ZSTD:
+            q = np.frombuffer(_zstd_decompress(payload, n), dtype=np.uint8)
+        elif coder_id == CODER_HYPER:
+            return self._decode_hyper(payload, (cy, h, w))
+        else:
+            raise EntropyError(f"unknown entropy coder id {coder_id} for a hyperprior model "
+                               f"(known: {CODER_RAW} raw, {CODER_ZSTD} zstd, {CODER_HYPER} ans-hyperprior)")
+        q = q.reshape(cy, h, w)
+        if q.max(initial=0) >= self.levels:
+            raise EntropyError(f"decoded symbol {int(q.max())} outside 0..{self.levels - 1}")
+        return q
+
+    def _models(self, which: str) -> list[Any]:
+        if which not in self._cache:
+            Categorical = _constriction().stream.model.Categorical
+            tables = self.scale_tables if which == "y" else self.z_tables
+            self._cache[which] = [Categorical((t - 1).astype(np.float64), perfect=False) for t in tables]
+        return self._cache[which]
+
+    def _encode_hyper(self, q: np.ndarray) -> bytes:
+        z = self.hyper_symbols(q)
+        idx = self.decoder.indexes(z, q.shape[1], q.shape[2], self.thresholds).ravel()
+        flat = q.ravel().astype(np.int32)
+        coder = _constriction().stream.stack.AnsCoder()
+        ym, zm = self._models("y"), self._models("z")
+        order = np.argsort(idx, kind="stable")  # grouped by scale index, C order within a group
+        bounds = np.searchsorted(idx[order], np.arange(len(ym) + 1))
+        for k in reversed(range(len(ym))):  # a stack: the last group pushed first
+            if bounds[k + 1] > bounds[k]:
+                coder.encode_reverse(flat[order[bounds[k]:bounds[k + 1]]], ym[k])
+        zf = z.reshape(z.shape[0], -1).astype(np.int32)
+        for c in reversed(range(z.shape[0])):  # ẑ last, so the decoder pops it first
+            coder.encode_reverse(zf[c], zm[c])
+        return coder.get_compressed().astype("<u4").tobytes()
+
+    def _decode_hyper(self, payload: bytes, shape: tuple[int, int, int]) -> np.ndarray:
+        cy, h, w = shape
+        zc, zh, zw = self.z_shape(h, w)
+        if len(payload) % 4:
+            raise EntropyError(f"ANS payload of {len(payload)} bytes is not a whole number of 32-bit words")
+        words = np.frombuffer(payload, dtype="<u4").astype(np.uint32)
+        ym, zm = self._models("y"), self._models("z")
+        try:
+            coder = _constriction().stream.stack.AnsCoder(words)
+            z = np.stack([coder.decode(zm[c], zh * zw) for c in range(zc)]).reshape(zc, zh, zw).astype(np.uint8)
+            idx = self.decoder.indexes(z, h, w, self.thresholds).ravel()
+            order = np.argsort(idx, kind="stable")
+            bounds = np.searchsorted(idx[order], np.arange(len(ym) + 1))
+            flat = np.empty(cy * h * w, dtype=np.int32)
+            for k in range(len(ym)):
+                if bounds[k + 1] > bounds[k]:
+                    flat[order[bounds[k]:bounds[k + 1]]] = coder.decode(ym[k], int(bounds[k + 1] - bounds[k]))
+        except (ValueError, RuntimeError, OverflowError) as e:
+            raise EntropyError(f"corrupt ANS payload ({e})") from None
+        if not coder.is_empty():
+            raise EntropyError("corrupt ANS payload (data left over after the last symbol)")
+        if flat.max(initial=0) >= self.levels:
+            raise EntropyError(f"decoded symbol {int(flat.max())} outside 0..{self.levels - 1}")
+        return flat.astype(np.uint8).reshape(cy, h, w)
+
+
+def _untrim(trimmed: list[Any], levels: int) -> np.ndarray:
+    """The manifest's [[lo, [counts lo..hi]], ...] -> int64 counts (n, levels); ValueError if malformed."""
+    out = np.zeros((len(trimmed), levels), dtype=np.int64)
+    for i, (lo, vals) in enumerate(trimmed):
+        vals = np.asarray(vals, dtype=np.int64)
+        if vals.ndim != 1 or int(lo) < 0 or int(lo) + vals.size > levels or (vals < 0).any() or (vals > MAX_TABLE_COUNT).any():
+            raise ValueError(f"table {i} outside symbols 0..{levels - 1}")
+        out[i, int(lo):int(lo) + vals.size] = vals
+    return out
 
 
 def _constriction() -> Any:

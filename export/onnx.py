@@ -25,7 +25,9 @@ from torch import nn
 from aekit.checkpoint import load_model
 from aekit.data import scale_crop
 from aekit.images import DIR_MODE, ImageError, load_image, pad_to_multiple, scan_folder, to_model_input
-from aekit.export.entropy import QUANTISER_INTEGER, trim_counts
+from aekit.entropy_models import gaussian_pmf, scale_table
+from aekit.export.entropy import (EXACT_BITS, HYPER_ACT_BITS, HYPER_FRAC_BITS, QUANTISER_INTEGER, IntegerHyperDecoder,
+                                  trim_counts)
 from aekit.export.manifest import MANIFEST_FORMAT, MANIFEST_VERSION, entropy_bytes, model_id_of, save_manifest
 from aekit.export.lean import DEFAULT_PASSES, PASSES, lean_file
 from aekit.export.quantize import Int8Config, Int8Error, centre_crops, int8_export, split_images
@@ -180,6 +182,8 @@ def export_model(checkpoint: str | Path, out: str | Path, fp16: bool = False, fo
         check = verify(model, tmp / "encoder.onnx", tmp / "decoder.onnx", images, PARITY_TOL)
         files = {"encoder": "encoder.onnx", "decoder": "decoder.onnx"}
         latent = _latent_fields(model, ckpt)
+        if cfg.hyperprior:  # h_a as ONNX (encoder side), h_s as exact integers (hyper_decoder.npz)
+            files.update(_export_hyper(model, tmp, latent, ckpt))
         extra: dict[str, Any] = {"graph": graph}
         if int8 is not None:
             extra["int8"] = _export_int8(tmp, ckpt, cfg, latent, int8)
@@ -280,9 +284,94 @@ MAX_CLIPPED = 1e-4
 RD_LEVELS = 255  # symbols 0..254 = integers -127..127 (uint8 latent files)
 
 
+class _HyperEncode(nn.Module):
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, y_hat: torch.Tensor) -> torch.Tensor:  # (B, c_y, 4h', 4w') zero-padded -> (B, N, h', w')
+        return self.model.hyper_encoder(torch.abs(y_hat))
+
+
+def _integer_hyper_decoder(model: nn.Module) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
+    """model.hyper_decoder -> (layer specs, int arrays) of aekit.export.entropy.IntegerHyperDecoder.
+
+    Each layer's weight shift s is the largest (≤ 20) keeping K · max|W_q| · 2^24 + max|b_q| < 2^52
+    (one bit of margin under float64's 2^53), so the integer evaluation stays exact.
+    """
+    specs, arrays = [], {}
+    convs = [m for m in model.hyper_decoder if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
+    for i, conv in enumerate(convs):
+        w = conv.weight.detach().double().numpy()
+        b = conv.bias.detach().double().numpy()
+        transpose = isinstance(conv, nn.ConvTranspose2d)
+        k = (w.shape[0] if transpose else w.shape[1]) * w.shape[2] * w.shape[3]
+        for shift in range(20, -1, -1):
+            wq = np.rint(w * 2.0 ** shift).astype(np.int64)
+            bq = np.rint(b * 2.0 ** (shift + HYPER_FRAC_BITS)).astype(np.int64)
+            if k * int(np.abs(wq).max()) * (1 << HYPER_ACT_BITS) + int(np.abs(bq).max()) < 1 << (EXACT_BITS - 1):
+                break
+        else:
+            raise ExportError("hyper decoder weights too large for exact integer evaluation")
+        spec = {"kind": "conv_transpose" if transpose else "conv", "stride": conv.stride[0],
+                "padding": conv.padding[0], "shift": shift, "relu": i < len(convs) - 1}
+        if transpose:
+            spec["output_padding"] = conv.output_padding[0]
+        specs.append(spec)
+        arrays[f"w{i}"], arrays[f"b{i}"] = wq.astype(np.int32 if np.abs(wq).max() < 2**31 else np.int64), bq
+    return specs, arrays
+
+
+def _export_hyper(model: nn.Module, tmp: Path, latent: dict[str, Any], ckpt: dict[str, Any]) -> dict[str, str]:
+    """Write hyper_encoder.onnx and hyper_decoder.npz, and put the hyperprior (z tables, integer layer
+    specs, file hashes, per-quality scale thresholds) into latent["entropy"]. The thresholds of quality
+    Δ are T_k = floor((ln s_k + ln Δ) · 2^(s + F_a)) for the table scales s_k, k < 63 (s: the last
+    layer's shift). Checked: the integer h_s picks the float h_s's scale index at ≥ 99 % of positions."""
+    import hashlib
+
+    cy = model.cfg.latent_channels
+    _to_onnx(_HyperEncode(model).eval(), torch.zeros(2, cy, 8, 8).uniform_(-4, 4), "y_hat", "z", tmp / "hyper_encoder.onnx")
+    specs, arrays = _integer_hyper_decoder(model)
+    np.savez_compressed(tmp / "hyper_decoder.npz", **arrays)
+    half = (RD_LEVELS - 1) // 2
+    frac = specs[-1]["shift"] + HYPER_FRAC_BITS
+    log_s = np.log(scale_table())[:-1]
+    ent = latent["entropy"]
+    for q in ent["qualities"]:
+        q["thresholds"] = [int(v) for v in np.floor((log_s + math.log(q["step"])) * 2.0 ** frac)]
+    sha = {k: hashlib.sha256((tmp / f).read_bytes()).hexdigest() for k, f in
+           (("encoder", "hyper_encoder.onnx"), ("decoder", "hyper_decoder.npz"))}
+    ent["scale_tables"] = trim_counts(gaussian_pmf(half))
+    ent["hyper"] = {"channels": model.side_channels(cy), "factor": model.HYPER_FACTOR,
+                    "tables": trim_counts(model.entropy.integer_pmf(1.0, half)),
+                    "encoder": "hyper_encoder.onnx", "encoder_sha256": sha["encoder"],
+                    "decoder": "hyper_decoder.npz", "decoder_sha256": sha["decoder"],
+                    "frac_bits": HYPER_FRAC_BITS, "act_bits": HYPER_ACT_BITS, "layers": specs}
+    # the integer h_s against the float one, on real images at the default quality
+    dec = IntegerHyperDecoder(specs, arrays)
+    agree = total = 0
+    with torch.no_grad():
+        for im in _native_crops(ckpt, model.cfg.channels, n=4):
+            x = torch.from_numpy(pad_to_multiple(to_model_input(im[None]), model.factor))
+            y = model.encode(x)
+            z_hat = torch.clamp(torch.round(model.hyper_analysis(y)), -half, half)
+            ref = model.log_scales(z_hat, *y.shape[-2:])[0].double().numpy()
+            ref_idx = np.searchsorted(log_s, ref, side="left")
+            got = dec.indexes((z_hat[0].numpy() + half).astype(np.uint8), y.shape[2], y.shape[3],
+                              np.floor(log_s * 2.0 ** frac))
+            agree, total = agree + int((ref_idx == got).sum()), total + got.size
+    ent["hyper"]["index_agreement"] = round(agree / max(total, 1), 5)
+    if agree < 0.99 * total:
+        raise ExportError(f"integer hyper decoder picks the float model's scale at only {agree / total:.1%} of positions")
+    ent["model"] = "scale hyperprior (Balle et al. 2018): Gaussian tables per scale, factorized prior for z"
+    return {"hyper_encoder": "hyper_encoder.onnx", "hyper_decoder": "hyper_decoder.npz"}
+
+
 def _latent_fields(model: nn.Module, ckpt: dict[str, Any]) -> dict[str, Any]:
     """The manifest's latent description and entropy model (tanh histogram or RD table sets)."""
     cfg = model.cfg
+    if cfg.hyperprior:
+        return _hyper_latent_fields(model, ckpt)
     if not cfg.rd:
         return {"latent": {"range": [-1.0, 1.0], "levels": cfg.latent_levels, "dtype": "uint8",
                            "quantise": "q = round((y + 1) * (levels - 1) / 2)",
@@ -309,6 +398,27 @@ def _latent_fields(model: nn.Module, ckpt: dict[str, Any]) -> dict[str, Any]:
 
 
 @torch.no_grad()
+def _hyper_latent_fields(model: nn.Module, ckpt: dict[str, Any]) -> dict[str, Any]:
+    """Latent and quality steps of a hyperprior model; a step is offered if no more than MAX_CLIPPED
+    of y's elements on the check images fall beyond the 8-bit symbols. Tables: _export_hyper."""
+    half = (RD_LEVELS - 1) // 2
+    ys = [model.encode(torch.from_numpy(pad_to_multiple(to_model_input(im[None]), model.factor)))
+          for im in _native_crops(ckpt, model.cfg.channels)]
+    qualities = []
+    for step in QUALITY_STEPS:
+        clipped = float(np.mean([float((torch.abs(torch.round(y / step)) > half).float().mean()) for y in ys]))
+        if clipped <= MAX_CLIPPED:
+            qualities.append({"quality": len(qualities) + 1, "step": step, "clipped": clipped})
+    if not qualities:
+        raise ExportError(f"the latent does not fit {RD_LEVELS} symbols at any quality step {QUALITY_STEPS}")
+    default = _default_quality(model, ckpt, qualities)
+    return {"latent": {"quantiser": QUANTISER_INTEGER, "levels": RD_LEVELS, "dtype": "uint8",
+                       "quantise": f"q = clip(round(y / step), -{half}, {half}) + {half}",
+                       "dequantise": f"y_hat = (q - {half}) * step"},
+            "entropy": {"model": "scale hyperprior", "default_quality": default["quality"], "qualities": qualities}}
+
+
+@torch.no_grad()
 def _default_quality(model: nn.Module, ckpt: dict[str, Any], qualities: list[dict[str, Any]]) -> dict[str, Any]:
     """The quality minimising D + λ·R (the run's MSE on [-1, 1] and bits per pixel under the
     prior, λ = its --rate-weight) on up to 8 real 256-px crops at native resolution; each
@@ -320,12 +430,10 @@ def _default_quality(model: nn.Module, ckpt: dict[str, Any], qualities: list[dic
         mse = bits = pixels = 0.0
         for im in images:
             x = torch.from_numpy(pad_to_multiple(to_model_input(im[None]), model.factor))
-            y = model.encode(x)
-            half = (RD_LEVELS - 1) // 2
-            y_hat = torch.clamp(torch.round(y / q["step"]), -half, half) * q["step"]
+            y_hat, b = model.step_bits(model.encode(x), q["step"], (RD_LEVELS - 1) // 2)
             x_hat = model.decode(y_hat)[..., : im.shape[0], : im.shape[1]].clamp(-1, 1)
             mse += float(((x_hat - x[..., : im.shape[0], : im.shape[1]]) ** 2).mean())
-            bits += float(-torch.log2(model.entropy.likelihood(y_hat, step=q["step"])).sum())
+            bits += b
             pixels += im.shape[0] * im.shape[1]
         mse, bpp = mse / len(images), bits / pixels
         q["check"] = {"psnr": round(10 * math.log10(4 / max(mse, 1e-12)), 3), "bpp": round(bpp, 4), "images": len(images)}

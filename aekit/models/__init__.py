@@ -12,10 +12,10 @@ y_hat (quantised latent), x_hat (reconstruction).
 from aekit.models.base import ARCHITECTURES, AEOutput, Autoencoder, LatentPrior, build_model, register_arch
 from aekit.models.blocks import ResBlock, ResNetTrunk, conv_block, dcgan_decoder, down_conv, up_conv
 from aekit.models.convae import ConvVAE, DCGANAutoencoder, PretrainedEncoderAutoencoder, ResNetAutoencoder
-from aekit.models.rd import GDNAutoencoder, KLTAutoencoder, RDAutoencoder
+from aekit.models.rd import GDNAutoencoder, HyperpriorAutoencoder, KLTAutoencoder, RDAutoencoder
 
 __all__ = [
     "ARCHITECTURES", "AEOutput", "Autoencoder", "ConvVAE", "DCGANAutoencoder", "GDNAutoencoder", "KLTAutoencoder",
-    "LatentPrior", "PretrainedEncoderAutoencoder", "RDAutoencoder", "ResBlock", "ResNetAutoencoder", "ResNetTrunk",
+    "HyperpriorAutoencoder", "LatentPrior", "PretrainedEncoderAutoencoder", "RDAutoencoder", "ResBlock", "ResNetAutoencoder", "ResNetTrunk",
     "build_model", "conv_block", "dcgan_decoder", "down_conv", "register_arch", "up_conv",
 ]

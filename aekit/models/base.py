@@ -42,6 +42,7 @@ class AEOutput:
     y_hat: torch.Tensor  # (B, c_y, H/f, W/f) quantised (or noisy, in training) latent
     kl: torch.Tensor | None = None  # VAE only: KL(q(z|x) || prior) in nats per image element
     likelihoods: torch.Tensor | None = None  # RD models: (B, c_y, h, w) bin probabilities of y_hat
+    side_likelihoods: torch.Tensor | None = None  # hyperprior models: (B, c_z, h/4, w/4) bin probabilities of z_hat
 
 
 class LatentPrior(nn.Module):

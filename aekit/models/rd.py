@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from aekit.config import ModelConfig
-from aekit.entropy_models import FactorizedPrior
+from aekit.entropy_models import FactorizedPrior, gaussian_likelihood
 from aekit.entropy_models import bits as entropy_bits
 from aekit.layers import GDN, down, up
 from aekit.models.base import AEOutput, Autoencoder, register_arch
@@ -55,8 +55,18 @@ class RDAutoencoder(Autoencoder):
         return AEOutput(x_hat=x_hat, y=y, y_hat=y_hat, likelihoods=self.entropy.likelihood(y_hat))
 
     def rate_bpp(self, out: AEOutput, pixels: int) -> torch.Tensor:
-        """−Σ log2 p(ŷ) of the batch under the factorized prior, per image pixel."""
-        return entropy_bits(out.likelihoods) / pixels
+        """−Σ log2 p(ŷ) (and −Σ log2 p(ẑ) with a hyperprior) of the batch, per image pixel."""
+        side = entropy_bits(out.side_likelihoods) if out.side_likelihoods is not None else 0.0
+        return (entropy_bits(out.likelihoods) + side) / pixels
+
+    def step_bits(self, y: torch.Tensor, step: float, half: int) -> tuple[torch.Tensor, float]:
+        """The codec at quality step Δ: y (B, c_y, h, w) -> (ŷ = clip(round(y/Δ), ±half)·Δ, bits of ŷ)."""
+        y_hat = torch.clamp(torch.round(y / step), -half, half) * step
+        return y_hat, float(-torch.log2(self.entropy.likelihood(y_hat, step=step)).sum())
+
+    def prior_inputs(self, x: torch.Tensor) -> torch.Tensor:
+        """x (B, C, H, W) -> what the factorized prior codes: y (B, c_y, h, w)."""
+        return self.encode(self.pad(x))
 
     def param_groups(self) -> list[list[nn.Parameter]]:
         """The transforms' parameters; the prior's come from `entropy_parameters` (own lr)."""
@@ -148,3 +158,89 @@ class KLTAutoencoder(RDAutoencoder):
         self.encoder.bias.copy_(-(basis @ mean_c.repeat_interleave(f * f)) * gain)
         self.decoder.weight.copy_((basis / gain).view_as(self.decoder.weight))
         self.decoder.bias.copy_(mean_c)
+
+
+@register_arch("gdn-hp")
+class HyperpriorAutoencoder(GDNAutoencoder):
+    """Ballé et al. 2018's scale hyperprior on the gdn transforms ("Variational image compression
+    with a scale hyperprior", ICLR 2018, fig. 4; mean-free Gaussian as in the paper).
+
+    z = h_a(|y|) (3×3 conv, ReLU, two stride-2 5×5 convs, width N = cfg.width: c_z = 2 c_y / 3
+    channels at y's resolution / 4); ẑ is coded with the factorized prior (`self.entropy`);
+    log σ = h_s(ẑ) (two stride-2 5×5 transposed convs with ReLU, then a 3×3 conv to c_y) gives
+    each element of y its own scale, and ŷ is coded under N(0, σ²). The codec runs h_s in exact
+    integer arithmetic (aekit.export.entropy.IntegerHyperDecoder) so encoder and decoder choose
+    the same scale table everywhere; h_s predicts log σ so that choice is a comparison of
+    integers. y keeps the exact element count of the ratio; z is side information (1/24
+    of y's element count) and its bits are in every file size and in the training rate.
+    """
+
+    HYPER_FACTOR = 4  # z is at y's resolution / 4 (y is zero-padded up to a multiple of 4)
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__(cfg)
+        n, cy = cfg.width, cfg.latent_channels
+        cz = self.side_channels(cy)
+        self.entropy = FactorizedPrior(cz)  # the prior of z (y's is the conditional Gaussian)
+        self.hyper_encoder = nn.Sequential(  # |y| (B, c_y, h, w) -> z (B, c_z, h/4, w/4)
+            nn.Conv2d(cy, n, 3, 1, 1), nn.ReLU(), nn.Conv2d(n, n, 5, 2, 2), nn.ReLU(), nn.Conv2d(n, cz, 5, 2, 2))
+        self.hyper_decoder = nn.Sequential(  # ẑ (B, c_z, h/4, w/4) -> log σ (B, c_y, h, w)
+            nn.ConvTranspose2d(cz, n, 5, 2, 2, 1), nn.ReLU(), nn.ConvTranspose2d(n, n, 5, 2, 2, 1), nn.ReLU(),
+            nn.Conv2d(n, cy, 3, 1, 1))
+        with torch.no_grad():  # start at σ ≈ 0.6 steps: most of a trained y rounds to 0
+            self.hyper_decoder[-1].weight.mul_(0.1)
+            self.hyper_decoder[-1].bias.fill_(-0.5)
+        self.warm_transforms = False  # set by the trainer when g_a, g_s come from another run
+
+    def set_trunk_frozen(self, frozen: bool) -> None:
+        """Warm-started transforms (`warm_transforms`) stay fixed while frozen, so the new hyperprior
+        learns y's scales before the rate term moves y (unfrozen at once, they were disrupted:
+        −4.5 dB in the first epoch on the photo models)."""
+        for p in (*self.encoder.parameters(), *self.decoder.parameters()):
+            p.requires_grad_(not (frozen and self.warm_transforms))
+
+    @staticmethod
+    def side_channels(cy: int) -> int:
+        """c_z = 2/3 of c_y (Ballé et al.'s 128 for 192): z holds c_z / (16 c_y) = 4 % of y's elements."""
+        return max(8, 2 * cy // 3)
+
+    def param_groups(self) -> list[list[nn.Parameter]]:
+        """g_a and g_s; the hyperprior's come from `hyper_parameters` (own lr), the prior's from
+        `entropy_parameters`."""
+        other = {id(p) for p in (*self.entropy.parameters(), *self.hyper_parameters())}
+        return [[p for p in self.parameters() if id(p) not in other]]
+
+    def hyper_parameters(self) -> list[nn.Parameter]:
+        return [*self.hyper_encoder.parameters(), *self.hyper_decoder.parameters()]
+
+    def prior_inputs(self, x: torch.Tensor) -> torch.Tensor:
+        """x (B, C, H, W) -> what the factorized prior codes: z = h_a(ŷ) (B, c_z, h/4, w/4), ŷ = round(y)."""
+        return self.hyper_analysis(torch.round(self.encode(self.pad(x))))
+
+    def hyper_analysis(self, y: torch.Tensor) -> torch.Tensor:
+        """y or ŷ (B, c_y, h, w) -> z (B, N, ceil(h/4), ceil(w/4)); y zero-padded bottom/right."""
+        k = self.HYPER_FACTOR
+        h, w = y.shape[-2:]
+        return self.hyper_encoder(F.pad(torch.abs(y), (0, -w % k, 0, -h % k)))
+
+    def log_scales(self, z_hat: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        """ẑ (B, N, h', w') -> log σ (B, c_y, h, w), cropped to y's size."""
+        return self.hyper_decoder(z_hat)[..., :h, :w]
+
+    def forward(self, x: torch.Tensor) -> AEOutput:
+        h, w = x.shape[-2:]
+        y = self.encode(self.pad(x))
+        y_hat = self.quantise(y)
+        z_hat = self.quantise(self.hyper_analysis(y))
+        log_scale = self.log_scales(z_hat, *y.shape[-2:])
+        x_hat = self.decode(y_hat)[..., :h, :w]
+        return AEOutput(x_hat=x_hat, y=y, y_hat=y_hat, likelihoods=gaussian_likelihood(y_hat, log_scale),
+                        side_likelihoods=self.entropy.likelihood(z_hat))
+
+    def step_bits(self, y: torch.Tensor, step: float, half: int) -> tuple[torch.Tensor, float]:
+        """As the codec: z from ŷ, ẑ = clip(round(z), ±half), y's bits under σ(ẑ) at step Δ, plus ẑ's."""
+        y_hat = torch.clamp(torch.round(y / step), -half, half) * step
+        z_hat = torch.clamp(torch.round(self.hyper_analysis(y_hat)), -half, half)
+        log_scale = self.log_scales(z_hat, *y.shape[-2:])
+        bits = entropy_bits(gaussian_likelihood(y_hat, log_scale, step)) + entropy_bits(self.entropy.likelihood(z_hat))
+        return y_hat, float(bits)

@@ -1,0 +1,233 @@
+"""The scale hyperprior (gdn-hp): model, Gaussian tables, the integer hyper decoder, coder 3, format v3."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from aekit.config import ModelConfig
+from aekit.entropy_models import SCALE_LEVELS, gaussian_likelihood, gaussian_pmf, scale_table
+from aekit.models import build_model
+
+
+@pytest.mark.parametrize("channels,ratio", [(3, 4), (3, 9), (1, 4)])
+def test_y_keeps_the_ratio_and_z_is_a_small_side_latent(channels, ratio):
+    cfg = ModelConfig(arch="gdn-hp", channels=channels, ratio=ratio, width=8)
+    f = cfg.factor
+    x = torch.rand(2, channels, 4 * f + 3, 2 * f) * 2 - 1  # y is 5 x 2: padded to 8 x 4 for h_a
+    m = build_model(cfg).eval()
+    out = m(x)
+    assert out.x_hat.shape == x.shape
+    c_y, h, w = out.y.shape[1:]
+    assert c_y * ratio == channels * f * f and (h, w) == (5, 2)
+    assert out.side_likelihoods.shape == (2, m.side_channels(c_y), 2, 1)
+    bits = -torch.log2(out.likelihoods).sum() - torch.log2(out.side_likelihoods).sum()
+    torch.testing.assert_close(m.rate_bpp(out, 2 * x.shape[2] * x.shape[3]), bits / (2 * x.shape[2] * x.shape[3]))
+
+
+def test_gaussian_bins_and_tables_follow_the_normal_cdf():
+    """p(bin k) = Φ((k+½)Δ/σ) − Φ((k−½)Δ/σ) (Ballé et al. 2018); the integer tables are the same pmf."""
+    phi = lambda v: 0.5 * math.erfc(-v / math.sqrt(2))  # noqa: E731
+    y = torch.tensor([0.0, 1.0, -3.0, 7.0]).view(1, 4, 1, 1)
+    sigma = 2.5
+    p = gaussian_likelihood(y, torch.full_like(y, math.log(sigma))).flatten()
+    ref = [phi((abs(v) + 0.5) / sigma) - phi((abs(v) - 0.5) / sigma) for v in (0.0, 1.0, -3.0, 7.0)]
+    np.testing.assert_allclose(p.numpy(), ref, rtol=1e-5)
+    s = scale_table()
+    assert s.shape == (SCALE_LEVELS,) and np.all(np.diff(s) > 0) and s[0] == pytest.approx(0.11)
+    counts = gaussian_pmf(127)
+    assert counts.shape == (SCALE_LEVELS, 255) and counts.dtype == np.int64
+    j = 30
+    pmf = counts[j] / counts[j].sum()
+    ref = np.array([phi((k + 0.5) / s[j]) - phi((k - 0.5) / s[j]) for k in range(-127, 128)])
+    np.testing.assert_allclose(pmf[1:-1], ref[1:-1], atol=1e-8)
+
+
+def test_integer_hyper_decoder_is_exact_integer_convolution():
+    """With shift 0 and integer weights the integer h_s is torch's conv / conv_transpose, exactly."""
+    from aekit.export.entropy import HYPER_FRAC_BITS, IntegerHyperDecoder
+
+    rng = np.random.default_rng(0)
+    w0 = rng.integers(-3, 4, (4, 5, 5, 5))  # ConvTranspose2d weight: (in, out, k, k)
+    w1 = rng.integers(-3, 4, (6, 5, 3, 3))  # Conv2d weight: (out, in, k, k)
+    b0, b1 = rng.integers(-50, 50, 5), rng.integers(-50, 50, 6)
+    specs = [{"kind": "conv_transpose", "stride": 2, "padding": 2, "output_padding": 1, "shift": 0, "relu": True},
+             {"kind": "conv", "stride": 1, "padding": 1, "shift": 0, "relu": False}]
+    dec = IntegerHyperDecoder(specs, {"w0": w0, "b0": b0, "w1": w1, "b1": b1})
+    z = rng.integers(0, 255, (4, 3, 5)).astype(np.uint8)
+    acc = np.concatenate([a for _, a in dec.log_scales(z, 6, 10, rows=2)], axis=1)
+    a = torch.from_numpy((z.astype(np.int64) - 127) << HYPER_FRAC_BITS).double()[None]
+    # the stored biases are already in the accumulator's units (b_q = round(b · 2^(s + F_a)))
+    h = F.relu(F.conv_transpose2d(a, torch.from_numpy(w0).double(), torch.from_numpy(b0).double(), 2, 2, 1))
+    ref = F.conv2d(h, torch.from_numpy(w1).double(), torch.from_numpy(b1).double(), 1, 1)
+    assert np.array_equal(acc, ref[0].numpy())
+    t = np.array([-1e6, 0.0, 1e6])
+    idx = dec.indexes(z, 6, 10, t)
+    assert np.array_equal(idx, np.searchsorted(t, ref[0].numpy(), side="left"))
+
+
+def test_integer_hyper_decoder_refuses_weights_beyond_the_exact_bound():
+    from aekit.export.entropy import EntropyError, IntegerHyperDecoder
+
+    spec = [{"kind": "conv", "stride": 1, "padding": 1, "shift": 0, "relu": False}]
+    with pytest.raises(EntropyError, match="exact-arithmetic bound"):
+        IntegerHyperDecoder(spec, {"w0": np.full((2, 64, 3, 3), 1 << 22), "b0": np.zeros(2, dtype=np.int64)})
+    with pytest.raises(EntropyError, match="unsupported kind"):
+        IntegerHyperDecoder([{**spec[0], "stride": 2}], {"w0": np.ones((2, 2, 3, 3)), "b0": np.zeros(2)})
+
+
+def test_warm_start_from_gdn_loads_the_transforms(tmp_path, photos_dir):
+    from aekit.checkpoint import load_checkpoint
+    from aekit.data import DataConfig
+    from aekit.train import TrainConfig, Trainer, train
+
+    dc = DataConfig(resize="random-crop", size=64, repeat=1, workers=1, max_images=4)
+    train(TrainConfig(data=str(photos_dir), out=str(tmp_path / "gdn"), epochs=1, batch_size=4, seed=0,
+                      rate_weight=0.01, data_cfg=dc), ModelConfig(arch="gdn", ratio=9, width=8))
+    tc = TrainConfig(data=str(photos_dir), out=str(tmp_path / "hp"), epochs=1, batch_size=4, seed=0, rate_weight=0.01,
+                     init_from=str(tmp_path / "gdn" / "last.pt"), data_cfg=dc)
+    t = Trainer(tc, ModelConfig(arch="gdn-hp", ratio=9, width=8))
+    src = load_checkpoint(tmp_path / "gdn" / "last.pt")["state_dict"]
+    own = t.model.state_dict()
+    assert all(torch.equal(own[k], v) for k, v in src.items() if k.startswith(("encoder.", "decoder.", "y_gain")))
+    assert t.model.warm_transforms
+    t.model.set_trunk_frozen(True)  # the first --freeze-epochs: only the hyperprior and priors learn
+    assert not any(p.requires_grad for p in t.model.encoder.parameters())
+    assert all(p.requires_grad for p in t.model.hyper_decoder.parameters())
+
+
+@pytest.fixture(scope="module")
+def hp_model(tmp_path_factory, photos_dir):
+    """A small gdn-hp model at 1/9, RD-trained for seconds on the bundled photos, exported."""
+    from aekit.data import DataConfig
+    from aekit.export.onnx import export_model
+    from aekit.train import TrainConfig, train
+
+    run = tmp_path_factory.mktemp("hp-run")
+    tcfg = TrainConfig(data=str(photos_dir), out=str(run), epochs=3, batch_size=8, lr=1e-3, seed=0, rate_weight=0.01,
+                       data_cfg=DataConfig(resize="random-crop", size=96, repeat=2, workers=2))
+    train(tcfg, ModelConfig(arch="gdn-hp", channels=3, ratio=9, width=16))
+    return export_model(run / "best.pt", tmp_path_factory.mktemp("hp-model") / "hp-r9", speed=False)
+
+
+def test_export_writes_the_hyperprior_and_pins_it_in_the_model_id(hp_model):
+    from aekit.export.manifest import load_manifest
+
+    m = load_manifest(hp_model)
+    ent = m["entropy"]
+    assert {"hyper_encoder", "hyper_decoder"} <= set(m["files"])
+    assert len(ent["scale_tables"]) == SCALE_LEVELS and len(ent["hyper"]["tables"]) == ent["hyper"]["channels"]
+    assert all(len(q["thresholds"]) == SCALE_LEVELS - 1 for q in ent["qualities"])
+    assert ent["hyper"]["index_agreement"] >= 0.99
+    for q in ent["qualities"]:  # T_k = floor((ln s_k + ln Δ) 2^F)
+        frac = ent["hyper"]["layers"][-1]["shift"] + ent["hyper"]["frac_bits"]
+        assert q["thresholds"][5] == math.floor((math.log(scale_table()[5]) + math.log(q["step"])) * 2**frac)
+
+
+def test_hyperprior_coder_round_trips_at_its_ideal_length(hp_model, rgb_photos):
+    import aekit.codec.core as core
+    from aekit.export.entropy import CODER_HYPER
+
+    codec = core.Codec(hp_model)
+    image = rgb_photos[0][:200, :150]  # y 17 x 13: not a multiple of 4 (z pads)
+    q = codec.symbols(image[None])[0]
+    em = codec.em
+    payload = em._encode_hyper(q)
+    assert np.array_equal(em.decode(CODER_HYPER, payload, q.shape), q)
+    assert len(payload) * 8 == pytest.approx(em.bits(q), abs=64 + 0.01 * em.bits(q))
+    coder, best = em.encode(q)
+    assert len(best) <= len(payload) and coder in (0, 1, 3)
+
+
+def _file_with_coder_3(codec, image):
+    from aekit.codec.format import pack
+    from aekit.export.entropy import CODER_HYPER
+
+    q = codec.symbols(image[None])[0]
+    return pack(codec.header(image.shape[0], image.shape[1], "RGB", CODER_HYPER), codec.em._encode_hyper(q)), q
+
+
+def test_coder_3_files_are_version_3_and_decode(hp_model, rgb_photos):
+    import aekit.codec.core as core
+    from aekit.codec.format import LatentFormatError, parse
+
+    codec = core.Codec(hp_model)
+    data, q = _file_with_coder_3(codec, rgb_photos[1][:120, :200])
+    assert data[4] == 3
+    h, payload = parse(data)
+    assert h.coder == 3
+    dec = core.Decoder([hp_model])
+    assert np.array_equal(dec.symbols(data)[1], q)
+    x, _ = dec.decompress(data)
+    assert x.shape == (120, 200, 3)
+    forged = bytearray(data)
+    forged[4] = 2  # a version-2 file may not use coder 3 (CRC recomputed: the semantic check must catch it)
+    import zlib
+    crc_at = len(data) - len(payload) - 4
+    forged[crc_at:crc_at + 4] = zlib.crc32(bytes(forged[crc_at + 4:]), zlib.crc32(bytes(forged[:crc_at]))).to_bytes(4, "little")
+    with pytest.raises(LatentFormatError, match="coder 3 needs format version 3"):
+        parse(bytes(forged))
+
+
+def test_compress_decodes_what_the_trained_model_decodes(hp_model, rgb_photos):
+    """Through the whole codec (ONNX, symbols, coder, file) at the finest quality, the image is the
+    PyTorch model's own reconstruction of the rounded latent (a seconds-old model: no quality floor)."""
+    import aekit.codec.core as core
+    from aekit.checkpoint import load_model
+    from aekit.export.manifest import load_manifest
+
+    m = load_manifest(hp_model)
+    best = max(q["quality"] for q in m["entropy"]["qualities"])
+    step = next(q["step"] for q in m["entropy"]["qualities"] if q["quality"] == best)
+    image = rgb_photos[2][:240, :360]
+    data = core.Codec(hp_model, core.CodecConfig(quality=best)).compress(image)
+    x, h = core.Decoder([hp_model]).decompress(data)
+    assert x.shape == image.shape and h.quality == best
+    model, _ = load_model(m["training"]["checkpoint"])
+    with torch.no_grad():
+        t = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float() / 127.5 - 1
+        y_hat = torch.clamp(torch.round(model.eval().encode(t) / step), -127, 127) * step
+        ref = ((model.decode(y_hat).clamp(-1, 1) + 1) * 127.5).round()[0].permute(1, 2, 0).numpy()
+    assert np.abs(x.astype(float) - ref).max() <= 2
+
+
+def test_hyperprior_symbols_decode_bit_exactly_in_another_process_with_other_threads(hp_model, rgb_photos, tmp_path):
+    """Scale indexes come from integer arithmetic: another process with other BLAS/ORT threads decodes
+    the same symbols (and the same ẑ -> index map)."""
+    import aekit.codec.core as core
+
+    data, q = _file_with_coder_3(core.Codec(hp_model), rgb_photos[0][:256, :256])
+    (tmp_path / "x.ael").write_bytes(data)
+    code = (
+        "import numpy as np; import aekit.codec.core as c\n"
+        f"d = c.Decoder([{str(hp_model)!r}], c.CodecConfig(threads=2))\n"
+        f"np.save({str(tmp_path / 'q.npy')!r}, d.symbols(open({str(tmp_path / 'x.ael')!r}, 'rb').read())[1])\n"
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "2", "OPENBLAS_NUM_THREADS": "2", "MKL_NUM_THREADS": "2"}
+    subprocess.run([sys.executable, "-c", code], check=True, env=env)
+    assert np.array_equal(np.load(tmp_path / "q.npy"), q)
+
+
+def test_a_changed_hyper_decoder_is_refused(hp_model, tmp_path):
+    import shutil
+
+    import aekit.codec.core as core
+
+    bad = tmp_path / "m"
+    shutil.copytree(hp_model, bad)
+    with np.load(bad / "hyper_decoder.npz") as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    arrays["b2"] = arrays["b2"] + 1
+    np.savez_compressed(bad / "hyper_decoder.npz", **arrays)
+    with pytest.raises(core.CodecError, match="hyper_decoder.npz does not match the hash"):
+        core.Codec(bad)
+    manifest = json.loads((bad / "manifest.json").read_text())
+    assert manifest["entropy"]["hyper"]["decoder_sha256"]  # the hash is in the id-pinned entropy JSON
