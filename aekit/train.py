@@ -171,9 +171,11 @@ class Trainer:
             self.model.load_state_dict(ckpt["state_dict"])
         prior = ckpt.get("summary") or {}
         self.encoder_source = prior.get("encoder_init")
-        self.warm_start = {"checkpoint": str(Path(path).resolve()), "epoch": ckpt["epoch"] + 1,
-                           "train_time_s": prior.get("train_time_s", sum(h.get("epoch_time_s", 0.0)
-                                                                        for h in ckpt.get("history", [])))}
+        own_time = prior.get("train_time_s", sum(h.get("epoch_time_s", 0.0) for h in ckpt.get("history", [])))
+        earlier = ckpt.get("warm_start") or prior.get("init_from") or {}  # that run's own warm start, if any
+        # epochs and time of every earlier stage together (a stage 3 counts stages 1 and 2)
+        self.warm_start = {"checkpoint": str(Path(path).resolve()), "epoch": ckpt["epoch"] + 1 + int(earlier.get("epoch", 0)),
+                           "train_time_s": round(own_time + float(earlier.get("train_time_s", 0.0)), 1)}
         log.info(f"weights from {path} (epoch {ckpt['epoch'] + 1} of that run); new optimiser and schedule")
 
     def _load_matching(self, path: str, state: dict[str, torch.Tensor]) -> None:

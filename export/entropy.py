@@ -282,8 +282,8 @@ class EntropyModel:
 
 # -- the scale hyperprior (Ballé et al. 2018): integer hyper decoder and its coder -------------------
 
-HYPER_FRAC_BITS = 10  # F_a: hyper decoder activations are integers in units of 2^-10
-HYPER_ACT_BITS = 24  # activations are clamped to 0 .. 2^24 - 1 after each ReLU
+HYPER_FRAC_BITS = 16  # F_a: hyper decoder activations are integers in units of 2^-16
+HYPER_ACT_BITS = 26  # activations are clamped to 0 .. 2^26 - 1 (1024 in real units) after each ReLU
 EXACT_BITS = 53  # float64 holds every integer below 2^53 exactly
 
 
@@ -293,13 +293,13 @@ class IntegerHyperDecoder:
     Layers (manifest entropy.hyper.layers, weights in hyper_decoder.npz): conv or transposed conv with
     integer weights W_q = round(W · 2^s) and biases b_q = round(b · 2^(s + F_a)); activations a are
     integers in units of 2^-F_a (the input is ẑ · 2^F_a). Each layer computes acc = conv(a, W_q) + b_q,
-    an integer in units of 2^-(s + F_a); hidden layers then take a' = min(floor(max(acc, 0) / 2^s),
-    2^24 − 1). The last layer's acc is log σ in units of 2^-(s + F_a), and the scale index of a position
+    an integer in units of 2^-(s + F_a); hidden layers then take a' = min(floor((max(acc, 0) + 2^(s−1)) / 2^s),
+    2^26 − 1) (rounded half up: a floor's bias moved 5 % of the scale indexes at F_a = 10). The last layer's acc is log σ in units of 2^-(s + F_a), and the scale index of a position
     is the number of the quality's thresholds T_k (integers) below it: the table scale chosen is the
     smallest of aekit.entropy_models.scale_table() that is ≥ σ.
 
     The sums run as float64 matrix products (BLAS), which is exact here: every operand and every
-    partial sum is an integer of magnitude < 2^53 (the exporter checks K · max|W_q| · 2^24 + max|b_q|
+    partial sum is an integer of magnitude < 2^53 (the exporter checks K · max|W_q| · 2^26 + max|b_q|
     < 2^53 per layer, K = kernel size × input channels), so the result does not depend on summation
     order, FMA, thread count or CPU. Raises EntropyError on malformed weights.
     """
@@ -351,7 +351,8 @@ class IntegerHyperDecoder:
                 if last:
                     yield r0, acc
                 else:
-                    nxt[:, r0:r1] = np.minimum(np.floor(np.maximum(acc, 0) / float(1 << shift)), cap).astype(np.int64)
+                    half = float(1 << shift >> 1)  # round half up: floor((acc + 2^(s-1)) / 2^s)
+                    nxt[:, r0:r1] = np.minimum(np.floor((np.maximum(acc, 0) + half) / float(1 << shift)), cap).astype(np.int64)
             if not last:
                 a = nxt
 

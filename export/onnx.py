@@ -296,7 +296,7 @@ class _HyperEncode(nn.Module):
 def _integer_hyper_decoder(model: nn.Module) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
     """model.hyper_decoder -> (layer specs, int arrays) of aekit.export.entropy.IntegerHyperDecoder.
 
-    Each layer's weight shift s is the largest (≤ 20) keeping K · max|W_q| · 2^24 + max|b_q| < 2^52
+    Each layer's weight shift s is the largest (≤ 20) keeping K · max|W_q| · 2^26 + max|b_q| < 2^52
     (one bit of margin under float64's 2^53), so the integer evaluation stays exact.
     """
     specs, arrays = [], {}

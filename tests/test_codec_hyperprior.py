@@ -53,7 +53,7 @@ def test_gaussian_bins_and_tables_follow_the_normal_cdf():
 
 def test_integer_hyper_decoder_is_exact_integer_convolution():
     """With shift 0 and integer weights the integer h_s is torch's conv / conv_transpose, exactly."""
-    from aekit.export.entropy import HYPER_FRAC_BITS, IntegerHyperDecoder
+    from aekit.export.entropy import HYPER_ACT_BITS, HYPER_FRAC_BITS, IntegerHyperDecoder
 
     rng = np.random.default_rng(0)
     w0 = rng.integers(-3, 4, (4, 5, 5, 5))  # ConvTranspose2d weight: (in, out, k, k)
@@ -66,12 +66,31 @@ def test_integer_hyper_decoder_is_exact_integer_convolution():
     acc = np.concatenate([a for _, a in dec.log_scales(z, 6, 10, rows=2)], axis=1)
     a = torch.from_numpy((z.astype(np.int64) - 127) << HYPER_FRAC_BITS).double()[None]
     # the stored biases are already in the accumulator's units (b_q = round(b · 2^(s + F_a)))
-    h = F.relu(F.conv_transpose2d(a, torch.from_numpy(w0).double(), torch.from_numpy(b0).double(), 2, 2, 1))
+    h = F.conv_transpose2d(a, torch.from_numpy(w0).double(), torch.from_numpy(b0).double(), 2, 2, 1)
+    h = h.clamp(0, 2**HYPER_ACT_BITS - 1)  # ReLU, and the contract's activation cap
+    assert (h == 2**HYPER_ACT_BITS - 1).any()  # (this input reaches the cap)
     ref = F.conv2d(h, torch.from_numpy(w1).double(), torch.from_numpy(b1).double(), 1, 1)
     assert np.array_equal(acc, ref[0].numpy())
     t = np.array([-1e6, 0.0, 1e6])
     idx = dec.indexes(z, 6, 10, t)
     assert np.array_equal(idx, np.searchsorted(t, ref[0].numpy(), side="left"))
+
+
+def test_hidden_layers_rescale_by_their_shift_rounding_half_up():
+    from aekit.export.entropy import HYPER_FRAC_BITS, IntegerHyperDecoder
+
+    rng = np.random.default_rng(1)
+    w0, w1 = rng.integers(-40, 41, (3, 4, 3, 3)), rng.integers(-5, 6, (2, 3, 3, 3))
+    b0, b1 = rng.integers(-999, 999, 3), rng.integers(-99, 99, 2)
+    specs = [{"kind": "conv", "padding": 1, "shift": 3, "relu": True}, {"kind": "conv", "padding": 1, "shift": 0, "relu": False}]
+    dec = IntegerHyperDecoder(specs, {"w0": w0, "b0": b0, "w1": w1, "b1": b1})
+    z = rng.integers(120, 135, (4, 5, 6)).astype(np.uint8)
+    acc = np.concatenate([a for _, a in dec.log_scales(z, 5, 6)], axis=1)
+    a = torch.from_numpy((z.astype(np.int64) - 127) << HYPER_FRAC_BITS).double()[None]
+    h = F.conv2d(a, torch.from_numpy(w0).double(), torch.from_numpy(b0).double(), 1, 1)
+    h = torch.floor((h.clamp_min(0) + 4) / 8)  # round half up of acc / 2^3
+    ref = F.conv2d(h, torch.from_numpy(w1).double(), torch.from_numpy(b1).double(), 1, 1)
+    assert np.array_equal(acc, ref[0].numpy())
 
 
 def test_integer_hyper_decoder_refuses_weights_beyond_the_exact_bound():
