@@ -184,7 +184,11 @@ def _describe_latent(m: dict[str, Any]) -> str:
                 f"-> {lat['dtype']} symbols; histogram: {'yes' if m.get('latent_hist') else 'no'}")
     ent = m.get("entropy") or {}
     qs = ", ".join(f"{q['quality']} (step {q['step']:g})" for q in ent.get("qualities", []))
-    return (f"latent       integer, {lat['quantise']}; factorized prior tables per quality\n"
+    hyper = ent.get("hyper")
+    coder = (f"scale hyperprior: 64 Gaussian tables, z ({hyper.get('channels')} ch at 1/{hyper.get('factor')} of y) "
+             f"under the factorized prior, integer h_s (index agreement {hyper.get('index_agreement')})"
+             if isinstance(hyper, dict) else "factorized prior tables per quality")
+    return (f"latent       integer, {lat['quantise']}; {coder}\n"
             f"qualities    {qs}; default {ent.get('default_quality')} (--quality; higher = better, larger)")
 
 
