@@ -121,31 +121,37 @@ class _LowerBound(torch.autograd.Function):
         return grad * ((x >= ctx.bound) | (grad < 0)).to(grad.dtype), None
 
 
-def gaussian_likelihood(y: torch.Tensor, log_scale: torch.Tensor, step: float = 1.0) -> torch.Tensor:
-    """Probability of y's bin of width `step` under N(0, σ²), σ = max(exp(log_scale), SCALE_MIN·step).
+def gaussian_likelihood(y: torch.Tensor, log_scale: torch.Tensor, step: float = 1.0,
+                        mean: torch.Tensor | None = None) -> torch.Tensor:
+    """Probability of y's bin of width `step` under N(μ, σ²), σ = max(exp(log_scale), SCALE_MIN·step).
 
-    y, log_scale: (B, c_y, h, w) (noisy or rounded y; the hyper decoder's log σ, in y units).
-    Returns the same shape, floored at LIKELIHOOD_BOUND. Evaluated on the lower tail
-    (Φ((½Δ − |y|)/σ) − Φ((−½Δ − |y|)/σ)) so it does not saturate, as in Ballé et al.'s code.
+    y, log_scale, mean: (B, c_y, h, w) (noisy or rounded y; the hyper decoder's μ and ln σ, in y
+    units; mean None: μ = 0). Returns the same shape, floored at LIKELIHOOD_BOUND. Evaluated on the
+    lower tail (Φ((½Δ − |y − μ|)/σ) − Φ((−½Δ − |y − μ|)/σ)) so it does not saturate, as in Ballé et al.'s code.
     """
     sigma = _LowerBound.apply(torch.exp(log_scale.float()), SCALE_MIN * step)
-    v = torch.abs(y.float())
+    v = torch.abs(y.float() - (0 if mean is None else mean.float()))
     upper = 0.5 * torch.erfc(-((step / 2 - v) / sigma) / math.sqrt(2))
     lower = 0.5 * torch.erfc(-((-step / 2 - v) / sigma) / math.sqrt(2))
     return (upper - lower).clamp_min(LIKELIHOOD_BOUND)
 
 
+MEAN_PHASES = 4  # the coder's means are on a grid of 1/4 quantisation step: 4 tables per scale
+
+
 def gaussian_pmf(half: int) -> np.ndarray:
-    """Integer counts (SCALE_LEVELS, 2·half + 1) of symbols s = clip(k, −half, half) + half for
-    k = round(y / Δ), y ~ N(0, (σ_j Δ)²), σ_j = scale_table()[j]: the codec's y tables.
+    """Integer counts (SCALE_LEVELS · MEAN_PHASES, 2·half + 1) of the symbol d = clip(k − b, −half, half) + half
+    for k = round(y / Δ), y ~ N((b + φ/4)·Δ, (σ_j Δ)²): row 4j + φ is scale σ_j = scale_table()[j] with the
+    mean φ/4 of a step above the integer b. The codec's y tables.
 
     float64 (math.erfc) at export time, then pmf · 2^30 floored (as FactorizedPrior.integer_pmf);
     the two end bins take the tails. From then on only the integers are used.
     """
     k = np.arange(-half, half + 2, dtype=np.float64) - 0.5  # bin edges
-    out = np.zeros((SCALE_LEVELS, 2 * half + 1), dtype=np.int64)
+    out = np.zeros((SCALE_LEVELS * MEAN_PHASES, 2 * half + 1), dtype=np.int64)
     for j, s in enumerate(scale_table()):
-        cdf = np.array([0.5 * math.erfc(-e / s / math.sqrt(2)) for e in k])
-        cdf[0], cdf[-1] = 0.0, 1.0
-        out[j] = np.floor(np.clip(np.diff(cdf), 0, None) * TABLE_SCALE).astype(np.int64)
+        for phase in range(MEAN_PHASES):
+            cdf = np.array([0.5 * math.erfc(-(e - phase / MEAN_PHASES) / s / math.sqrt(2)) for e in k])
+            cdf[0], cdf[-1] = 0.0, 1.0
+            out[j * MEAN_PHASES + phase] = np.floor(np.clip(np.diff(cdf), 0, None) * TABLE_SCALE).astype(np.int64)
     return out

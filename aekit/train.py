@@ -167,6 +167,8 @@ class Trainer:
         elif diff:
             raise CheckpointError(f"{path}: model config differs from this run's in {', '.join(diff)}; "
                                   "--init-from needs the same architecture (or gdn for gdn-hp)")
+        elif self.mcfg.hyperprior:
+            self._load_matching(path, ckpt["state_dict"], keep_prior=True)  # also a mean-free gdn-hp's
         else:
             self.model.load_state_dict(ckpt["state_dict"])
         prior = ckpt.get("summary") or {}
@@ -178,11 +180,18 @@ class Trainer:
                            "train_time_s": round(own_time + float(earlier.get("train_time_s", 0.0)), 1)}
         log.info(f"weights from {path} (epoch {ckpt['epoch'] + 1} of that run); new optimiser and schedule")
 
-    def _load_matching(self, path: str, state: dict[str, torch.Tensor]) -> None:
+    def _load_matching(self, path: str, state: dict[str, torch.Tensor], keep_prior: bool = False) -> None:
         """Load every tensor of `state` whose name and shape this model has (a gdn run's g_a, g_s
-        and gain into gdn-hp); the rest (the hyperprior, the other prior) keep their init."""
+        and gain into gdn-hp; keep_prior: the z prior too); the rest keep their init. A hyper
+        decoder whose last layer predicted ln σ only (gdn-hp before the mean) loads into the ln σ half
+        of this one's, with the μ half zero: the model starts as the mean-free one."""
         own = self.model.state_dict()
-        take = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape and not k.startswith("entropy.")}
+        take = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape
+                and (keep_prior or not k.startswith("entropy."))}
+        for k, v in state.items():
+            if k.startswith("hyper_decoder.") and k in own and own[k].shape[0] == 2 * v.shape[0] \
+                    and own[k].shape[1:] == v.shape[1:]:
+                take[k] = torch.cat([torch.zeros_like(v), v])
         self.model.load_state_dict(take, strict=False)
         fresh = sorted({k.split(".")[0] for k in own if k not in take})
         log.info(f"weights from {path}: {len(take)} tensors of the transforms; new: {', '.join(fresh)}")

@@ -288,15 +288,15 @@ EXACT_BITS = 53  # float64 holds every integer below 2^53 exactly
 
 
 class IntegerHyperDecoder:
-    """The hyper decoder h_s in exact integer arithmetic: ẑ symbols -> scale indexes, bit-exact everywhere.
+    """The hyper decoder h_s in exact integer arithmetic: ẑ symbols -> y's tables, bit-exact everywhere.
 
     Layers (manifest entropy.hyper.layers, weights in hyper_decoder.npz): conv or transposed conv with
     integer weights W_q = round(W · 2^s) and biases b_q = round(b · 2^(s + F_a)); activations a are
     integers in units of 2^-F_a (the input is ẑ · 2^F_a). Each layer computes acc = conv(a, W_q) + b_q,
     an integer in units of 2^-(s + F_a); hidden layers then take a' = min(floor((max(acc, 0) + 2^(s−1)) / 2^s),
-    2^26 − 1) (rounded half up: a floor's bias moved 5 % of the scale indexes at F_a = 10). The last layer's acc is log σ in units of 2^-(s + F_a), and the scale index of a position
-    is the number of the quality's thresholds T_k (integers) below it: the table scale chosen is the
-    smallest of aekit.entropy_models.scale_table() that is ≥ σ.
+    2^26 − 1) (rounded half up: a floor's bias moved 5 % of the scale indexes at F_a = 10). The last
+    layer's acc holds μ (first c_y channels) and ln σ (last c_y) in units of 2^-(s + F_a); `tables`
+    turns them into a table number and an integer base per element with integer operations only.
 
     The sums run as float64 matrix products (BLAS), which is exact here: every operand and every
     partial sum is an integer of magnitude < 2^53 (the exporter checks K · max|W_q| · 2^26 + max|b_q|
@@ -327,9 +327,9 @@ class IntegerHyperDecoder:
             self.layers.append((kind, stride, pads, shift, w.reshape(w.shape[0], -1).T.astype(np.float64),
                                 b.astype(np.float64), w.shape[2]))
 
-    def log_scales(self, z_sym: np.ndarray, h: int, w: int, rows: int = 64) -> Iterator[tuple[int, np.ndarray]]:
+    def outputs(self, z_sym: np.ndarray, h: int, w: int, rows: int = 64) -> Iterator[tuple[int, np.ndarray]]:
         """uint8 ẑ symbols (c_z, h', w') -> (row, acc) blocks of the last layer's integer accumulator
-        (float64 holding integers, (c_y, r, w)) for y rows row..row+r of a (c_y, h, w) latent."""
+        (float64 holding integers, (2·c_y, r, w): μ then ln σ) for y rows row..row+r of a (c_y, h, w) latent."""
         a = (z_sym.astype(np.int64) - 127) << HYPER_FRAC_BITS
         cap = (1 << HYPER_ACT_BITS) - 1
         for i, (kind, stride, pads, shift, wmat, bias, k) in enumerate(self.layers):
@@ -356,16 +356,33 @@ class IntegerHyperDecoder:
             if not last:
                 a = nxt
 
-    def indexes(self, z_sym: np.ndarray, h: int, w: int, thresholds: np.ndarray) -> np.ndarray:
-        """uint8 ẑ (c_z, ceil(h/4), ceil(w/4)) -> uint8 scale indexes (c_y, h, w): #{k: acc > T_k}."""
+    @property
+    def frac_bits(self) -> int:
+        """F = s + F_a of the last layer: its accumulator is μ and ln σ in units of 2^-F."""
+        return self.layers[-1][3] + HYPER_FRAC_BITS
+
+    def tables(self, z_sym: np.ndarray, h: int, w: int, thresholds: np.ndarray,
+               step4: int) -> tuple[np.ndarray, np.ndarray]:
+        """uint8 ẑ (c_z, ceil(h/4), ceil(w/4)) -> (table, base), each (c_y, h, w).
+
+        Scale index j = #{k: acc_σ > T_k} (the smallest table scale ≥ σ); the mean in quarter steps
+        m = floor((16·acc_μ + D·2^(F−1)) / (D·2^F)) = round(4μ/Δ) (D = 4Δ, an integer; int64 floor
+        division); base = clip(floor(m / 4), −127, 127) and table = 4j + (m mod 4) (uint8, 0..255).
+        """
         t = np.asarray(thresholds, dtype=np.float64)  # integers < 2^53: exact in float64
-        out = None
-        for r0, acc in self.log_scales(z_sym, h, w):
-            if out is None:
-                out = np.empty((acc.shape[0], h, w), dtype=np.uint8)
-            out[:, r0:r0 + acc.shape[1]] = np.searchsorted(t, acc, side="left")
-        assert out is not None
-        return out
+        table = base = None
+        f = self.frac_bits
+        for r0, acc in self.outputs(z_sym, h, w):
+            cy = acc.shape[0] // 2
+            if table is None:
+                table, base = np.empty((cy, h, w), dtype=np.uint8), np.empty((cy, h, w), dtype=np.int16)
+            j = np.searchsorted(t, acc[cy:], side="left")
+            m4 = (16 * acc[:cy].astype(np.int64) + (step4 << (f - 1))) // (step4 << f)
+            r1 = r0 + acc.shape[1]
+            table[:, r0:r1] = 4 * j + (m4 & 3)
+            base[:, r0:r1] = np.clip(m4 >> 2, -127, 127)
+        assert table is not None and base is not None
+        return table, base
 
 
 @dataclass
@@ -373,16 +390,18 @@ class HyperpriorEntropyModel:
     """Codes a scale-hyperprior model's symbols (coder 3; see codec/FORMAT.md, "hyperprior").
 
     ŷ symbols (c_y, h, w) -> ẑ = clip(round(h_a(|ŷ|)), ±127) (the model's hyper_encoder.onnx, run
-    by the encoder only: ẑ is in the file) -> scale indexes by IntegerHyperDecoder -> one ANS
-    stream: ẑ per channel under the factorized prior's tables (popped first), then the ŷ symbols
-    grouped by scale index (0..63, C order within a group) under the Gaussian tables of those scales.
+    by the encoder only: ẑ is in the file) -> per element a table (scale × quarter-step mean phase)
+    and an integer base by IntegerHyperDecoder -> one ANS stream: ẑ per channel under the factorized
+    prior's tables (popped first), then d = k − base + 254 (k = q − 127) grouped by table (0..255,
+    C order within a group) under the Gaussian tables.
     """
 
     step: float  # the quality's Δ (ŷ = (q − 127)·Δ feeds h_a)
-    levels: int  # 255
-    scale_tables: np.ndarray  # int64 (64, L), rows sum to 2^24
+    levels: int  # 255 (the symbols q)
+    scale_tables: np.ndarray  # int64 (256, 2·L − 1): d = k − base + 254, rows sum to 2^24
     z_tables: np.ndarray  # int64 (c_z, L)
     thresholds: np.ndarray  # int64 (63,): the quality's T_k
+    step4: int  # D = 4Δ (an integer)
     decoder: IntegerHyperDecoder
     encoder_path: Path
     channels: int  # c_y
@@ -395,9 +414,10 @@ class HyperpriorEntropyModel:
         entry = quality_entry(manifest, quality)
         levels = int(manifest["latent"]["levels"])
         try:
-            scale = _untrim(ent["scale_tables"], levels)
+            scale = _untrim(ent["scale_tables"], 2 * levels - 1)
             z = _untrim(hyper["tables"], levels)
             thresholds = np.asarray(entry["thresholds"], dtype=np.int64)
+            step4 = int(entry["step4"])
             for key in ("encoder", "decoder"):  # the model id pins these hashes (they are in the entropy JSON)
                 name = Path(hyper[key]).name
                 if hashlib.sha256((folder / name).read_bytes()).hexdigest() != hyper[f"{key}_sha256"]:
@@ -407,11 +427,14 @@ class HyperpriorEntropyModel:
                 arrays = {k: npz[k] for k in npz.files}
         except (KeyError, TypeError, ValueError, OSError) as e:
             raise EntropyError(f"model {mid}: malformed hyperprior ({e})") from None
-        if thresholds.shape != (scale.shape[0] - 1,) or (np.diff(thresholds) < 0).any() or \
+        n_scales = scale.shape[0] // 4
+        if scale.shape[0] != 256 or thresholds.shape != (n_scales - 1,) or (np.diff(thresholds) < 0).any() or \
                 (np.abs(thresholds) >= 1 << EXACT_BITS).any():
-            raise EntropyError(f"model {mid}: quality thresholds must be {scale.shape[0] - 1} ascending integers")
+            raise EntropyError(f"model {mid}: 256 y tables and {n_scales - 1} ascending integer thresholds expected")
+        if not (step4 == 4 * float(entry["step"]) and 1 <= step4 <= 1024):
+            raise EntropyError(f"model {mid}: step4 {step4} is not 4 x the quality's step {entry['step']}")
         return cls(float(entry["step"]), levels, np.stack([integer_table(c) for c in scale]),
-                   np.stack([integer_table(c) for c in z]), thresholds,
+                   np.stack([integer_table(c) for c in z]), thresholds, step4,
                    IntegerHyperDecoder(hyper["layers"], arrays), folder / Path(hyper["encoder"]).name,
                    int(manifest["latent_channels"]))
 
@@ -433,9 +456,9 @@ class HyperpriorEntropyModel:
     def bits(self, symbols: np.ndarray) -> float:
         """Ideal code length in bits of ŷ symbols (c_y, h, w) and their ẑ under the tables."""
         z = self.hyper_symbols(symbols)
-        idx = self.decoder.indexes(z, *symbols.shape[1:], self.thresholds)
+        table, d = self._coded(symbols, z)
         ly, lz = np.log2(self.scale_tables) - PRECISION, np.log2(self.z_tables) - PRECISION
-        return float(-ly[idx.ravel(), symbols.ravel()].sum()
+        return float(-ly[table, d].sum()
                      - np.take_along_axis(lz, z.reshape(z.shape[0], -1).astype(np.int64), axis=1).sum())
 
     def encode(self, symbols: np.ndarray, zstd_level: int = ZSTD_LEVEL) -> tuple[int, bytes]:
@@ -480,10 +503,15 @@ class HyperpriorEntropyModel:
             self._cache[which] = [Categorical((t - 1).astype(np.float64), perfect=False) for t in tables]
         return self._cache[which]
 
+    def _coded(self, q: np.ndarray, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """ŷ symbols (c_y, h, w) and their ẑ -> flat (table, d) with d = (q − 127) − base + 254 (0..508)."""
+        table, base = self.decoder.tables(z, q.shape[1], q.shape[2], self.thresholds, self.step4)
+        half = (self.levels - 1) // 2
+        return table.ravel(), (q.ravel().astype(np.int32) - half - base.ravel() + 2 * half)
+
     def _encode_hyper(self, q: np.ndarray) -> bytes:
         z = self.hyper_symbols(q)
-        idx = self.decoder.indexes(z, q.shape[1], q.shape[2], self.thresholds).ravel()
-        flat = q.ravel().astype(np.int32)
+        idx, flat = self._coded(q, z)
         coder = _constriction().stream.stack.AnsCoder()
         ym, zm = self._models("y"), self._models("z")
         order = np.argsort(idx, kind="stable")  # grouped by scale index, C order within a group
@@ -506,7 +534,8 @@ class HyperpriorEntropyModel:
         try:
             coder = _constriction().stream.stack.AnsCoder(words)
             z = np.stack([coder.decode(zm[c], zh * zw) for c in range(zc)]).reshape(zc, zh, zw).astype(np.uint8)
-            idx = self.decoder.indexes(z, h, w, self.thresholds).ravel()
+            table, base = self.decoder.tables(z, h, w, self.thresholds, self.step4)
+            idx = table.ravel()
             order = np.argsort(idx, kind="stable")
             bounds = np.searchsorted(idx[order], np.arange(len(ym) + 1))
             flat = np.empty(cy * h * w, dtype=np.int32)
@@ -517,9 +546,11 @@ class HyperpriorEntropyModel:
             raise EntropyError(f"corrupt ANS payload ({e})") from None
         if not coder.is_empty():
             raise EntropyError("corrupt ANS payload (data left over after the last symbol)")
-        if flat.max(initial=0) >= self.levels:
-            raise EntropyError(f"decoded symbol {int(flat.max())} outside 0..{self.levels - 1}")
-        return flat.astype(np.uint8).reshape(cy, h, w)
+        half = (self.levels - 1) // 2
+        q = flat - 2 * half + base.ravel() + half  # k = d − 254 + base, q = k + 127
+        if q.min(initial=0) < 0 or q.max(initial=0) >= self.levels:
+            raise EntropyError(f"decoded symbol outside 0..{self.levels - 1} (corrupt payload)")
+        return q.astype(np.uint8).reshape(cy, h, w)
 
 
 def _untrim(trimmed: list[Any], levels: int) -> np.ndarray:

@@ -326,7 +326,8 @@ def _export_hyper(model: nn.Module, tmp: Path, latent: dict[str, Any], ckpt: dic
     """Write hyper_encoder.onnx and hyper_decoder.npz, and put the hyperprior (z tables, integer layer
     specs, file hashes, per-quality scale thresholds) into latent["entropy"]. The thresholds of quality
     Δ are T_k = floor((ln s_k + ln Δ) · 2^(s + F_a)) for the table scales s_k, k < 63 (s: the last
-    layer's shift). Checked: the integer h_s picks the float h_s's scale index at ≥ 99 % of positions."""
+    layer's shift), and step4 = 4Δ for the quarter-step mean. Checked: the integer h_s picks the float
+    h_s's table and base at ≥ 99 % of positions."""
     import hashlib
 
     cy = model.cfg.latent_channels
@@ -339,15 +340,18 @@ def _export_hyper(model: nn.Module, tmp: Path, latent: dict[str, Any], ckpt: dic
     ent = latent["entropy"]
     for q in ent["qualities"]:
         q["thresholds"] = [int(v) for v in np.floor((log_s + math.log(q["step"])) * 2.0 ** frac)]
+        q["step4"] = int(4 * q["step"])
+        if q["step4"] != 4 * q["step"]:
+            raise ExportError(f"quality step {q['step']} is not a multiple of 1/4 (the mean grid needs 4Δ integer)")
     sha = {k: hashlib.sha256((tmp / f).read_bytes()).hexdigest() for k, f in
            (("encoder", "hyper_encoder.onnx"), ("decoder", "hyper_decoder.npz"))}
-    ent["scale_tables"] = trim_counts(gaussian_pmf(half))
+    ent["scale_tables"] = trim_counts(gaussian_pmf(2 * half))  # d = k − base + 254: 509 symbols
     ent["hyper"] = {"channels": model.side_channels(cy), "factor": model.HYPER_FACTOR,
                     "tables": trim_counts(model.entropy.integer_pmf(1.0, half)),
                     "encoder": "hyper_encoder.onnx", "encoder_sha256": sha["encoder"],
                     "decoder": "hyper_decoder.npz", "decoder_sha256": sha["decoder"],
                     "frac_bits": HYPER_FRAC_BITS, "act_bits": HYPER_ACT_BITS, "layers": specs}
-    # the integer h_s against the float one, on real images at the default quality
+    # the integer h_s against the float one, on real images, at Δ = 1: the same table and base?
     dec = IntegerHyperDecoder(specs, arrays)
     agree = total = 0
     with torch.no_grad():
@@ -355,15 +359,17 @@ def _export_hyper(model: nn.Module, tmp: Path, latent: dict[str, Any], ckpt: dic
             x = torch.from_numpy(pad_to_multiple(to_model_input(im[None]), model.factor))
             y = model.encode(x)
             z_hat = torch.clamp(torch.round(model.hyper_analysis(y)), -half, half)
-            ref = model.log_scales(z_hat, *y.shape[-2:])[0].double().numpy()
-            ref_idx = np.searchsorted(log_s, ref, side="left")
-            got = dec.indexes((z_hat[0].numpy() + half).astype(np.uint8), y.shape[2], y.shape[3],
-                              np.floor(log_s * 2.0 ** frac))
-            agree, total = agree + int((ref_idx == got).sum()), total + got.size
+            mean, log_scale = (t[0].double().numpy() for t in model.gaussian_params(z_hat, *y.shape[-2:]))
+            m4 = np.floor(4 * mean + 0.5).astype(np.int64)
+            ref = (4 * np.searchsorted(log_s, log_scale, side="left") + (m4 & 3), np.clip(m4 >> 2, -half, half))
+            got = dec.tables((z_hat[0].numpy() + half).astype(np.uint8), y.shape[2], y.shape[3],
+                             np.floor(log_s * 2.0 ** frac), 4)
+            agree, total = agree + int(((ref[0] == got[0]) & (ref[1] == got[1])).sum()), total + got[0].size
     ent["hyper"]["index_agreement"] = round(agree / max(total, 1), 5)
     if agree < 0.99 * total:
-        raise ExportError(f"integer hyper decoder picks the float model's scale at only {agree / total:.1%} of positions")
-    ent["model"] = "scale hyperprior (Balle et al. 2018): Gaussian tables per scale, factorized prior for z"
+        raise ExportError(f"integer hyper decoder picks the float model's table at only {agree / total:.1%} of positions")
+    ent["model"] = ("mean-scale hyperprior (Balle et al. 2018, Minnen et al. 2018): Gaussian tables per scale and "
+                    "quarter-step mean, factorized prior for z")
     return {"hyper_encoder": "hyper_encoder.onnx", "hyper_decoder": "hyper_decoder.npz"}
 
 

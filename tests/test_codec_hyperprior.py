@@ -44,11 +44,14 @@ def test_gaussian_bins_and_tables_follow_the_normal_cdf():
     s = scale_table()
     assert s.shape == (SCALE_LEVELS,) and np.all(np.diff(s) > 0) and s[0] == pytest.approx(0.11)
     counts = gaussian_pmf(127)
-    assert counts.shape == (SCALE_LEVELS, 255) and counts.dtype == np.int64
-    j = 30
-    pmf = counts[j] / counts[j].sum()
-    ref = np.array([phi((k + 0.5) / s[j]) - phi((k - 0.5) / s[j]) for k in range(-127, 128)])
+    assert counts.shape == (4 * SCALE_LEVELS, 255) and counts.dtype == np.int64
+    j, phase = 30, 3  # row 4j + φ: scale s_j, mean φ/4 of a step
+    pmf = counts[4 * j + phase] / counts[4 * j + phase].sum()
+    ref = np.array([phi((k + 0.5 - 0.75) / s[j]) - phi((k - 0.5 - 0.75) / s[j]) for k in range(-127, 128)])
     np.testing.assert_allclose(pmf[1:-1], ref[1:-1], atol=1e-8)
+    mu = torch.tensor(2.3)  # the trained density with a mean: the same bins, shifted
+    p = gaussian_likelihood(torch.tensor([3.0]).view(1, 1, 1, 1), torch.full((1, 1, 1, 1), math.log(sigma)), mean=mu)
+    assert float(p) == pytest.approx(phi((0.7 + 0.5) / sigma) - phi((0.7 - 0.5) / sigma), rel=1e-5)
 
 
 def test_integer_hyper_decoder_is_exact_integer_convolution():
@@ -57,13 +60,13 @@ def test_integer_hyper_decoder_is_exact_integer_convolution():
 
     rng = np.random.default_rng(0)
     w0 = rng.integers(-3, 4, (4, 5, 5, 5))  # ConvTranspose2d weight: (in, out, k, k)
-    w1 = rng.integers(-3, 4, (6, 5, 3, 3))  # Conv2d weight: (out, in, k, k)
+    w1 = rng.integers(-3, 4, (6, 5, 3, 3))  # Conv2d weight: (out, in, k, k): μ (3 channels), then ln σ (3)
     b0, b1 = rng.integers(-50, 50, 5), rng.integers(-50, 50, 6)
     specs = [{"kind": "conv_transpose", "stride": 2, "padding": 2, "output_padding": 1, "shift": 0, "relu": True},
              {"kind": "conv", "stride": 1, "padding": 1, "shift": 0, "relu": False}]
     dec = IntegerHyperDecoder(specs, {"w0": w0, "b0": b0, "w1": w1, "b1": b1})
     z = rng.integers(0, 255, (4, 3, 5)).astype(np.uint8)
-    acc = np.concatenate([a for _, a in dec.log_scales(z, 6, 10, rows=2)], axis=1)
+    acc = np.concatenate([a for _, a in dec.outputs(z, 6, 10, rows=2)], axis=1)
     a = torch.from_numpy((z.astype(np.int64) - 127) << HYPER_FRAC_BITS).double()[None]
     # the stored biases are already in the accumulator's units (b_q = round(b · 2^(s + F_a)))
     h = F.conv_transpose2d(a, torch.from_numpy(w0).double(), torch.from_numpy(b0).double(), 2, 2, 1)
@@ -72,8 +75,13 @@ def test_integer_hyper_decoder_is_exact_integer_convolution():
     ref = F.conv2d(h, torch.from_numpy(w1).double(), torch.from_numpy(b1).double(), 1, 1)
     assert np.array_equal(acc, ref[0].numpy())
     t = np.array([-1e6, 0.0, 1e6])
-    idx = dec.indexes(z, 6, 10, t)
-    assert np.array_equal(idx, np.searchsorted(t, ref[0].numpy(), side="left"))
+    table, base = dec.tables(z, 6, 10, t, step4=6)  # Δ = 1.5
+    acc = ref[0].numpy().astype(np.int64)
+    f = HYPER_FRAC_BITS  # the last layer's shift is 0
+    m4 = np.array([(16 * int(v) + 6 * 2 ** (f - 1)) // (6 * 2**f) for v in acc[:3].ravel()]).reshape(3, 6, 10)
+    np.testing.assert_allclose(m4, np.floor(4 * (acc[:3] / 2**f) / 1.5 + 0.5))  # = round(4μ/Δ)
+    assert np.array_equal(table, 4 * np.searchsorted(t, acc[3:], side="left") + m4 % 4)
+    assert np.array_equal(base, np.clip(m4 // 4, -127, 127))
 
 
 def test_hidden_layers_rescale_by_their_shift_rounding_half_up():
@@ -85,7 +93,7 @@ def test_hidden_layers_rescale_by_their_shift_rounding_half_up():
     specs = [{"kind": "conv", "padding": 1, "shift": 3, "relu": True}, {"kind": "conv", "padding": 1, "shift": 0, "relu": False}]
     dec = IntegerHyperDecoder(specs, {"w0": w0, "b0": b0, "w1": w1, "b1": b1})
     z = rng.integers(120, 135, (4, 5, 6)).astype(np.uint8)
-    acc = np.concatenate([a for _, a in dec.log_scales(z, 5, 6)], axis=1)
+    acc = np.concatenate([a for _, a in dec.outputs(z, 5, 6)], axis=1)
     a = torch.from_numpy((z.astype(np.int64) - 127) << HYPER_FRAC_BITS).double()[None]
     h = F.conv2d(a, torch.from_numpy(w0).double(), torch.from_numpy(b0).double(), 1, 1)
     h = torch.floor((h.clamp_min(0) + 4) / 8)  # round half up of acc / 2^3
@@ -143,7 +151,8 @@ def test_export_writes_the_hyperprior_and_pins_it_in_the_model_id(hp_model):
     m = load_manifest(hp_model)
     ent = m["entropy"]
     assert {"hyper_encoder", "hyper_decoder"} <= set(m["files"])
-    assert len(ent["scale_tables"]) == SCALE_LEVELS and len(ent["hyper"]["tables"]) == ent["hyper"]["channels"]
+    assert len(ent["scale_tables"]) == 4 * SCALE_LEVELS and len(ent["hyper"]["tables"]) == ent["hyper"]["channels"]
+    assert all(q["step4"] == 4 * q["step"] for q in ent["qualities"])
     assert all(len(q["thresholds"]) == SCALE_LEVELS - 1 for q in ent["qualities"])
     assert ent["hyper"]["index_agreement"] >= 0.99
     for q in ent["qualities"]:  # T_k = floor((ln s_k + ln Δ) 2^F)
@@ -219,8 +228,8 @@ def test_compress_decodes_what_the_trained_model_decodes(hp_model, rgb_photos):
 
 
 def test_hyperprior_symbols_decode_bit_exactly_in_another_process_with_other_threads(hp_model, rgb_photos, tmp_path):
-    """Scale indexes come from integer arithmetic: another process with other BLAS/ORT threads decodes
-    the same symbols (and the same ẑ -> index map)."""
+    """Tables come from integer arithmetic: another process with other BLAS/ORT threads decodes
+    the same symbols (and the same ẑ -> table map)."""
     import aekit.codec.core as core
 
     data, q = _file_with_coder_3(core.Codec(hp_model), rgb_photos[0][:256, :256])

@@ -167,11 +167,13 @@ class HyperpriorAutoencoder(GDNAutoencoder):
 
     z = h_a(|y|) (3×3 conv, ReLU, two stride-2 5×5 convs, width N = cfg.width: c_z = 2 c_y / 3
     channels at y's resolution / 4); ẑ is coded with the factorized prior (`self.entropy`);
-    log σ = h_s(ẑ) (two stride-2 5×5 transposed convs with ReLU, then a 3×3 conv to c_y) gives
-    each element of y its own scale, and ŷ is coded under N(0, σ²). The codec runs h_s in exact
-    integer arithmetic (aekit.export.entropy.IntegerHyperDecoder) so encoder and decoder choose
-    the same scale table everywhere; h_s predicts log σ so that choice is a comparison of
-    integers. y keeps the exact element count of the ratio; z is side information (1/24
+    (μ, ln σ) = h_s(ẑ) (two stride-2 5×5 transposed convs with ReLU, then a 3×3 conv to 2·c_y)
+    give each element of y its own mean and scale, and ŷ is coded under N(μ, σ²). A mean-free
+    Gaussian cost photos with flat regions up to 3× zstd's bytes: channels whose flat-region latent
+    sits at a constant non-zero value. The codec runs h_s in exact integer arithmetic
+    (aekit.export.entropy.IntegerHyperDecoder) so encoder and decoder choose the same table
+    everywhere; h_s predicts ln σ so that choice is a comparison of integers, and μ is rounded to a
+    quarter step by integer division. y keeps the exact element count of the ratio; z is side information (1/24
     of y's element count) and its bits are in every file size and in the training rate.
     """
 
@@ -184,12 +186,13 @@ class HyperpriorAutoencoder(GDNAutoencoder):
         self.entropy = FactorizedPrior(cz)  # the prior of z (y's is the conditional Gaussian)
         self.hyper_encoder = nn.Sequential(  # |y| (B, c_y, h, w) -> z (B, c_z, h/4, w/4)
             nn.Conv2d(cy, n, 3, 1, 1), nn.ReLU(), nn.Conv2d(n, n, 5, 2, 2), nn.ReLU(), nn.Conv2d(n, cz, 5, 2, 2))
-        self.hyper_decoder = nn.Sequential(  # ẑ (B, c_z, h/4, w/4) -> log σ (B, c_y, h, w)
+        self.hyper_decoder = nn.Sequential(  # ẑ (B, c_z, h/4, w/4) -> μ, ln σ (B, 2·c_y, h, w)
             nn.ConvTranspose2d(cz, n, 5, 2, 2, 1), nn.ReLU(), nn.ConvTranspose2d(n, n, 5, 2, 2, 1), nn.ReLU(),
-            nn.Conv2d(n, cy, 3, 1, 1))
-        with torch.no_grad():  # start at σ ≈ 0.6 steps: most of a trained y rounds to 0
+            nn.Conv2d(n, 2 * cy, 3, 1, 1))
+        with torch.no_grad():  # start at μ = 0, σ ≈ 0.6 steps: most of a trained y rounds to 0
             self.hyper_decoder[-1].weight.mul_(0.1)
-            self.hyper_decoder[-1].bias.fill_(-0.5)
+            self.hyper_decoder[-1].bias[:cy].fill_(0.0)
+            self.hyper_decoder[-1].bias[cy:].fill_(-0.5)
         self.warm_transforms = False  # set by the trainer when g_a, g_s come from another run
 
     def set_trunk_frozen(self, frozen: bool) -> None:
@@ -223,24 +226,25 @@ class HyperpriorAutoencoder(GDNAutoencoder):
         h, w = y.shape[-2:]
         return self.hyper_encoder(F.pad(torch.abs(y), (0, -w % k, 0, -h % k)))
 
-    def log_scales(self, z_hat: torch.Tensor, h: int, w: int) -> torch.Tensor:
-        """ẑ (B, N, h', w') -> log σ (B, c_y, h, w), cropped to y's size."""
-        return self.hyper_decoder(z_hat)[..., :h, :w]
+    def gaussian_params(self, z_hat: torch.Tensor, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """ẑ (B, c_z, h', w') -> (μ, ln σ), each (B, c_y, h, w) cropped to y's size, in y units."""
+        out = self.hyper_decoder(z_hat)[..., :h, :w]
+        return out[:, : self.latent_channels], out[:, self.latent_channels:]
 
     def forward(self, x: torch.Tensor) -> AEOutput:
         h, w = x.shape[-2:]
         y = self.encode(self.pad(x))
         y_hat = self.quantise(y)
         z_hat = self.quantise(self.hyper_analysis(y))
-        log_scale = self.log_scales(z_hat, *y.shape[-2:])
+        mean, log_scale = self.gaussian_params(z_hat, *y.shape[-2:])
         x_hat = self.decode(y_hat)[..., :h, :w]
-        return AEOutput(x_hat=x_hat, y=y, y_hat=y_hat, likelihoods=gaussian_likelihood(y_hat, log_scale),
+        return AEOutput(x_hat=x_hat, y=y, y_hat=y_hat, likelihoods=gaussian_likelihood(y_hat, log_scale, mean=mean),
                         side_likelihoods=self.entropy.likelihood(z_hat))
 
     def step_bits(self, y: torch.Tensor, step: float, half: int) -> tuple[torch.Tensor, float]:
         """As the codec: z from ŷ, ẑ = clip(round(z), ±half), y's bits under σ(ẑ) at step Δ, plus ẑ's."""
         y_hat = torch.clamp(torch.round(y / step), -half, half) * step
         z_hat = torch.clamp(torch.round(self.hyper_analysis(y_hat)), -half, half)
-        log_scale = self.log_scales(z_hat, *y.shape[-2:])
-        bits = entropy_bits(gaussian_likelihood(y_hat, log_scale, step)) + entropy_bits(self.entropy.likelihood(z_hat))
+        mean, log_scale = self.gaussian_params(z_hat, *y.shape[-2:])
+        bits = entropy_bits(gaussian_likelihood(y_hat, log_scale, step, mean)) + entropy_bits(self.entropy.likelihood(z_hat))
         return y_hat, float(bits)
