@@ -39,7 +39,10 @@ PHOTO_CMD = ("aekit train data/photos/train --arch gdn --ratio {r} --width 128 -
              "--rate-weight 0.01 --threads 1 --seed 0 --init-from runs/photos-gdn-r{r}/last.pt && "
              "aekit train data/photos/train --arch gdn-hp --ratio {r} --width 128 --out runs/photos-hp-r{r} --size 192 "
              "--resize random-crop --repeat 16 --batch-size 8 --epochs 40 --time-budget 45 --lr 2e-4 --freeze-epochs 10 "
-             "--clip-grad 1.0 --rate-weight 0.01 --threads 1 --seed 0 --init-from runs/photos-gdn-r{r}-s2/last.pt")
+             "--clip-grad 1.0 --rate-weight 0.01 --threads 1 --seed 0 --init-from runs/photos-gdn-r{r}-s2/last.pt && "
+             "aekit train data/photos/train --arch gdn-hp --ratio {r} --width 128 --out runs/photos-hp-r{r}-s4 --size 192 "
+             "--resize random-crop --repeat 16 --batch-size 8 --epochs 30 --time-budget 30 --lr 1e-4 --freeze-epochs 0 "
+             "--clip-grad 1.0 --rate-weight 0.01 --threads 1 --seed 0 --init-from runs/photos-hp-r{r}/last.pt")
 FM_CMD = ("aekit train data/fmnist/train --resize none --channels 1 --width 32 --batch-size 64 --max-images 10000 "
           "--epochs 8 --ratio {r} --threads 1 --seed 0 --out runs/zoo/{name}")
 FM_LIMITS = ["Trained on a seeded 10,000-image subset for 8 epochs (about 9 min wall on one shared core): a quick "
@@ -71,7 +74,7 @@ SPECS: dict[str, Spec] = {
                  "one step and threshold set per quality (--quality).",
         PHOTO_TRAIN, "held out by name: astronaut, coffee, LadyBird, Storm, GreenMeadow (aekit.datasets.PHOTO_TEST); "
                      "training validated on 2 of the 16 training photos (the seeded 10 % split)",
-        PHOTO_CMD.format(r=r), f"runs/photos-hp-r{r}", "data/photos/test",
+        PHOTO_CMD.format(r=r), f"runs/photos-hp-r{r}-s4", "data/photos/test",
         "the 5 held-out photos of aekit data photos", "skimage:astronaut",
         ["Trained on 16 photos: figures on the 5 held-out photos are the honest ones; the bundled photos it trained "
          "on (marked by aekit demo) flatter it.",

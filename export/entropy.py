@@ -389,7 +389,7 @@ class IntegerHyperDecoder:
 class HyperpriorEntropyModel:
     """Codes a scale-hyperprior model's symbols (coder 3; see codec/FORMAT.md, "hyperprior").
 
-    ŷ symbols (c_y, h, w) -> ẑ = clip(round(h_a(|ŷ|)), ±127) (the model's hyper_encoder.onnx, run
+    ŷ symbols (c_y, h, w) -> ẑ = clip(round(h_a(ŷ)), ±127) (the model's hyper_encoder.onnx, run
     by the encoder only: ẑ is in the file) -> per element a table (scale × quarter-step mean phase)
     and an integer base by IntegerHyperDecoder -> one ANS stream: ẑ per channel under the factorized
     prior's tables (popped first), then d = k − base + 254 (k = q − 127) grouped by table (0..255,

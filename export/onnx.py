@@ -289,8 +289,8 @@ class _HyperEncode(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, y_hat: torch.Tensor) -> torch.Tensor:  # (B, c_y, 4h', 4w') zero-padded -> (B, N, h', w')
-        return self.model.hyper_encoder(torch.abs(y_hat))
+    def forward(self, y_hat: torch.Tensor) -> torch.Tensor:  # (B, c_y, 4h', 4w') zero-padded -> (B, c_z, h', w')
+        return self.model.hyper_encoder(y_hat)
 
 
 def _integer_hyper_decoder(model: nn.Module) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:

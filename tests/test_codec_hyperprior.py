@@ -259,3 +259,21 @@ def test_a_changed_hyper_decoder_is_refused(hp_model, tmp_path):
         core.Codec(bad)
     manifest = json.loads((bad / "manifest.json").read_text())
     assert manifest["entropy"]["hyper"]["decoder_sha256"]  # the hash is in the id-pinned entropy JSON
+
+
+def test_a_mean_free_hyper_decoder_loads_as_mu_zero():
+    """Checkpoints of gdn-hp before the mean (last layer: ln σ only) load into the ln σ half, μ = 0."""
+    from types import SimpleNamespace
+
+    from aekit.train import Trainer
+
+    cfg = ModelConfig(arch="gdn-hp", ratio=9, width=8)
+    model = build_model(cfg)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    cy = cfg.latent_channels
+    state["hyper_decoder.4.weight"] = torch.randn(cy, 8, 3, 3)
+    state["hyper_decoder.4.bias"] = torch.randn(cy)
+    Trainer._load_matching(SimpleNamespace(model=model), "old.pt", state, keep_prior=True)
+    last = model.hyper_decoder[4]
+    assert torch.equal(last.weight[cy:], state["hyper_decoder.4.weight"]) and not last.weight[:cy].any()
+    assert torch.equal(last.bias[cy:], state["hyper_decoder.4.bias"]) and not last.bias[:cy].any()

@@ -165,7 +165,7 @@ class HyperpriorAutoencoder(GDNAutoencoder):
     """Ballé et al. 2018's scale hyperprior on the gdn transforms ("Variational image compression
     with a scale hyperprior", ICLR 2018, fig. 4; mean-free Gaussian as in the paper).
 
-    z = h_a(|y|) (3×3 conv, ReLU, two stride-2 5×5 convs, width N = cfg.width: c_z = 2 c_y / 3
+    z = h_a(y) (3×3 conv, ReLU, two stride-2 5×5 convs, width N = cfg.width: c_z = 2 c_y / 3
     channels at y's resolution / 4); ẑ is coded with the factorized prior (`self.entropy`);
     (μ, ln σ) = h_s(ẑ) (two stride-2 5×5 transposed convs with ReLU, then a 3×3 conv to 2·c_y)
     give each element of y its own mean and scale, and ŷ is coded under N(μ, σ²). A mean-free
@@ -184,7 +184,7 @@ class HyperpriorAutoencoder(GDNAutoencoder):
         n, cy = cfg.width, cfg.latent_channels
         cz = self.side_channels(cy)
         self.entropy = FactorizedPrior(cz)  # the prior of z (y's is the conditional Gaussian)
-        self.hyper_encoder = nn.Sequential(  # |y| (B, c_y, h, w) -> z (B, c_z, h/4, w/4)
+        self.hyper_encoder = nn.Sequential(  # y (B, c_y, h, w) -> z (B, c_z, h/4, w/4)
             nn.Conv2d(cy, n, 3, 1, 1), nn.ReLU(), nn.Conv2d(n, n, 5, 2, 2), nn.ReLU(), nn.Conv2d(n, cz, 5, 2, 2))
         self.hyper_decoder = nn.Sequential(  # ẑ (B, c_z, h/4, w/4) -> μ, ln σ (B, 2·c_y, h, w)
             nn.ConvTranspose2d(cz, n, 5, 2, 2, 1), nn.ReLU(), nn.ConvTranspose2d(n, n, 5, 2, 2, 1), nn.ReLU(),
@@ -221,10 +221,14 @@ class HyperpriorAutoencoder(GDNAutoencoder):
         return self.hyper_analysis(torch.round(self.encode(self.pad(x))))
 
     def hyper_analysis(self, y: torch.Tensor) -> torch.Tensor:
-        """y or ŷ (B, c_y, h, w) -> z (B, N, ceil(h/4), ceil(w/4)); y zero-padded bottom/right."""
+        """y or ŷ (B, c_y, h, w) -> z (B, c_z, ceil(h/4), ceil(w/4)); y zero-padded bottom/right.
+
+        h_a sees the signed y (Minnen et al. 2018), not |y| (Ballé et al.'s scale-only input): from
+        |y| the mean cannot be predicted, and a flat sky whose latent sits at +10 in one channel cost
+        Storm 2.8× zstd's bytes."""
         k = self.HYPER_FACTOR
         h, w = y.shape[-2:]
-        return self.hyper_encoder(F.pad(torch.abs(y), (0, -w % k, 0, -h % k)))
+        return self.hyper_encoder(F.pad(y, (0, -w % k, 0, -h % k)))
 
     def gaussian_params(self, z_hat: torch.Tensor, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
         """ẑ (B, c_z, h', w') -> (μ, ln σ), each (B, c_y, h, w) cropped to y's size, in y units."""
