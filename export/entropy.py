@@ -13,6 +13,7 @@ are the fallbacks; the coder id says which one a payload uses.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -363,6 +364,20 @@ class IntegerHyperDecoder:
 
     def tables(self, z_sym: np.ndarray, h: int, w: int, thresholds: np.ndarray,
                step4: int) -> tuple[np.ndarray, np.ndarray]:
+        """See _tables; BLAS limited to one thread (codec workers run one thread each, issue 17; the result
+        is exact at any thread count, so a concurrent call restoring the count early changes only speed)."""
+        libs = [lib for lib in _blas_controller().lib_controllers if lib.user_api == "blas"]
+        before = [lib.num_threads for lib in libs]
+        for lib in libs:
+            lib.set_num_threads(1)
+        try:
+            return self._tables(z_sym, h, w, thresholds, step4)
+        finally:
+            for lib, n in zip(libs, before):
+                lib.set_num_threads(n)
+
+    def _tables(self, z_sym: np.ndarray, h: int, w: int, thresholds: np.ndarray,
+                step4: int) -> tuple[np.ndarray, np.ndarray]:
         """uint8 ẑ (c_z, ceil(h/4), ceil(w/4)) -> (table, base), each (c_y, h, w).
 
         Scale index j = #{k: acc_σ > T_k} (the smallest table scale ≥ σ); the mean in quarter steps
@@ -551,6 +566,14 @@ class HyperpriorEntropyModel:
         if q.min(initial=0) < 0 or q.max(initial=0) >= self.levels:
             raise EntropyError(f"decoded symbol outside 0..{self.levels - 1} (corrupt payload)")
         return q.astype(np.uint8).reshape(cy, h, w)
+
+
+@functools.lru_cache(maxsize=1)
+def _blas_controller() -> Any:
+    """threadpoolctl's view of the loaded BLAS libraries, built once (a scan, or its `limit`, costs ~18 ms a call)."""
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController()
 
 
 def _untrim(trimmed: list[Any], levels: int) -> np.ndarray:

@@ -198,7 +198,7 @@ class HyperpriorAutoencoder(GDNAutoencoder):
     def set_trunk_frozen(self, frozen: bool) -> None:
         """Warm-started transforms (`warm_transforms`) stay fixed while frozen, so the new hyperprior
         learns y's scales before the rate term moves y (unfrozen at once, they were disrupted:
-        −4.5 dB in the first epoch on the photo models)."""
+        −5.6 dB in the first epoch on the photo models)."""
         for p in (*self.encoder.parameters(), *self.decoder.parameters()):
             p.requires_grad_(not (frozen and self.warm_transforms))
 
