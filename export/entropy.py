@@ -286,6 +286,7 @@ class EntropyModel:
 HYPER_FRAC_BITS = 16  # F_a: hyper decoder activations are integers in units of 2^-16
 HYPER_ACT_BITS = 26  # activations are clamped to 0 .. 2^26 - 1 (1024 in real units) after each ReLU
 EXACT_BITS = 53  # float64 holds every integer below 2^53 exactly
+CHUNK_BYTES = 32 << 20  # the integer hyper decoder's im2col block per matrix product (bounds its memory)
 
 
 class IntegerHyperDecoder:
@@ -328,10 +329,13 @@ class IntegerHyperDecoder:
             self.layers.append((kind, stride, pads, shift, w.reshape(w.shape[0], -1).T.astype(np.float64),
                                 b.astype(np.float64), w.shape[2]))
 
-    def outputs(self, z_sym: np.ndarray, h: int, w: int, rows: int = 64) -> Iterator[tuple[int, np.ndarray]]:
+    def outputs(self, z_sym: np.ndarray, h: int, w: int, rows: int = 0) -> Iterator[tuple[int, np.ndarray]]:
         """uint8 ẑ symbols (c_z, h', w') -> (row, acc) blocks of the last layer's integer accumulator
-        (float64 holding integers, (2·c_y, r, w): μ then ln σ) for y rows row..row+r of a (c_y, h, w) latent."""
-        a = (z_sym.astype(np.int64) - 127) << HYPER_FRAC_BITS
+        (float64 holding integers, (2·c_y, r, w): μ then ln σ) for y rows row..row+r of a (c_y, h, w) latent.
+
+        rows: output rows per matrix product (0: as many as keep its im2col block near CHUNK_BYTES);
+        activations between layers are held as int32 (they are below 2^26)."""
+        a = (z_sym.astype(np.int32) - 127) << HYPER_FRAC_BITS
         cap = (1 << HYPER_ACT_BITS) - 1
         for i, (kind, stride, pads, shift, wmat, bias, k) in enumerate(self.layers):
             last = i == len(self.layers) - 1
@@ -343,9 +347,10 @@ class IntegerHyperDecoder:
             out_h, out_w = a.shape[1] - k + 1, a.shape[2] - k + 1
             if last:
                 out_h, out_w = min(out_h, h), min(out_w, w)
-            nxt = None if last else np.empty((wmat.shape[1], out_h, out_w), dtype=np.int64)
-            for r0 in range(0, out_h, rows):
-                r1 = min(out_h, r0 + rows)
+            nxt = None if last else np.empty((wmat.shape[1], out_h, out_w), dtype=np.int32)
+            step = rows or max(1, CHUNK_BYTES // (8 * out_w * wmat.shape[0]))
+            for r0 in range(0, out_h, step):
+                r1 = min(out_h, r0 + step)
                 win = np.lib.stride_tricks.sliding_window_view(a[:, r0:r1 + k - 1, : out_w + k - 1], (k, k), axis=(1, 2))
                 cols = win.transpose(1, 2, 0, 3, 4).reshape((r1 - r0) * out_w, -1).astype(np.float64)
                 acc = (cols @ wmat + bias).T.reshape(-1, r1 - r0, out_w)  # exact: integers < 2^53
@@ -353,7 +358,7 @@ class IntegerHyperDecoder:
                     yield r0, acc
                 else:
                     half = float(1 << shift >> 1)  # round half up: floor((acc + 2^(s-1)) / 2^s)
-                    nxt[:, r0:r1] = np.minimum(np.floor((np.maximum(acc, 0) + half) / float(1 << shift)), cap).astype(np.int64)
+                    nxt[:, r0:r1] = np.minimum(np.floor((np.maximum(acc, 0) + half) / float(1 << shift)), cap).astype(np.int32)
             if not last:
                 a = nxt
 
