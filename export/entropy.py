@@ -212,27 +212,7 @@ class EntropyModel:
 
     def decode(self, coder_id: int, payload: bytes, shape: tuple[int, int, int]) -> np.ndarray:
         """(coder_id, payload) -> uint8 symbols of shape (c_y, h, w); EntropyError if corrupt."""
-        cy, h, w = (int(s) for s in shape)
-        if cy != self.channels or h < 1 or w < 1:
-            raise EntropyError(f"latent shape {shape} does not fit this model ({self.channels} channels)")
-        n = cy * h * w
-        if coder_id == CODER_RAW:
-            if len(payload) != n:
-                raise EntropyError(f"raw payload has {len(payload)} bytes, expected {n}")
-            q = np.frombuffer(payload, dtype=np.uint8)
-        elif coder_id == CODER_ZSTD:
-            q = np.frombuffer(_zstd_decompress(payload, n), dtype=np.uint8)
-        elif coder_id == CODER_ANS:
-            try:
-                q = self._decode_ans(payload, n)
-            except ImportError as e:
-                raise EntropyError(str(e)) from None
-        else:
-            raise EntropyError(f"unknown entropy coder id {coder_id} (known: {CODER_NAMES})")
-        q = q.reshape(cy, h, w)
-        if q.max(initial=0) >= self.levels:
-            raise EntropyError(f"decoded symbol {int(q.max())} outside 0..{self.levels - 1}")
-        return q
+        return _decode_symbols({CODER_ANS: self._decode_ans}, coder_id, payload, shape, self.channels, self.levels)
 
     # -- ANS (constriction) ------------------------------------------------------------
 
@@ -496,25 +476,8 @@ class HyperpriorEntropyModel:
 
     def decode(self, coder_id: int, payload: bytes, shape: tuple[int, int, int]) -> np.ndarray:
         """(coder_id, payload) -> uint8 ŷ symbols (c_y, h, w); EntropyError if corrupt."""
-        cy, h, w = (int(s) for s in shape)
-        if cy != self.channels or h < 1 or w < 1:
-            raise EntropyError(f"latent shape {shape} does not fit this model ({self.channels} channels)")
-        n = cy * h * w
-        if coder_id == CODER_RAW:
-            if len(payload) != n:
-                raise EntropyError(f"raw payload has {len(payload)} bytes, expected {n}")
-            q = np.frombuffer(payload, dtype=np.uint8)
-        elif coder_id == CODER_ZSTD:
-            q = np.frombuffer(_zstd_decompress(payload, n), dtype=np.uint8)
-        elif coder_id == CODER_HYPER:
-            return self._decode_hyper(payload, (cy, h, w))
-        else:
-            raise EntropyError(f"unknown entropy coder id {coder_id} for a hyperprior model "
-                               f"(known: {CODER_RAW} raw, {CODER_ZSTD} zstd, {CODER_HYPER} ans-hyperprior)")
-        q = q.reshape(cy, h, w)
-        if q.max(initial=0) >= self.levels:
-            raise EntropyError(f"decoded symbol {int(q.max())} outside 0..{self.levels - 1}")
-        return q
+        own = {CODER_HYPER: lambda data, n: self._decode_hyper(data, tuple(int(v) for v in shape)).ravel()}
+        return _decode_symbols(own, coder_id, payload, shape, self.channels, self.levels)
 
     def _models(self, which: str) -> list[Any]:
         if which not in self._cache:
@@ -590,6 +553,34 @@ def _untrim(trimmed: list[Any], levels: int) -> np.ndarray:
             raise ValueError(f"table {i} outside symbols 0..{levels - 1}")
         out[i, int(lo):int(lo) + vals.size] = vals
     return out
+
+
+def _decode_symbols(own: dict[int, Any], coder_id: int, payload: bytes, shape: tuple[int, int, int],
+                    channels: int, levels: int) -> np.ndarray:
+    """Raw and zstd payloads, or the model's own coders (`own`: coder id -> fn(payload, n) -> flat symbols),
+    -> uint8 symbols (c_y, h, w) below `levels`; EntropyError for a wrong shape, unknown coder or corrupt data."""
+    cy, h, w = (int(s) for s in shape)
+    if cy != channels or h < 1 or w < 1:
+        raise EntropyError(f"latent shape {shape} does not fit this model ({channels} channels)")
+    n = cy * h * w
+    if coder_id == CODER_RAW:
+        if len(payload) != n:
+            raise EntropyError(f"raw payload has {len(payload)} bytes, expected {n}")
+        q = np.frombuffer(payload, dtype=np.uint8)
+    elif coder_id == CODER_ZSTD:
+        q = np.frombuffer(_zstd_decompress(payload, n), dtype=np.uint8)
+    elif coder_id in own:
+        try:
+            q = own[coder_id](payload, n)
+        except ImportError as e:
+            raise EntropyError(str(e)) from None
+    else:
+        known = {k: CODER_NAMES[k] for k in (CODER_RAW, CODER_ZSTD, *own)}
+        raise EntropyError(f"unknown entropy coder id {coder_id} for this model (known: {known})")
+    q = q.reshape(cy, h, w)
+    if q.max(initial=0) >= levels:
+        raise EntropyError(f"decoded symbol {int(q.max())} outside 0..{levels - 1}")
+    return q
 
 
 def _constriction() -> Any:
