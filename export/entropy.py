@@ -287,7 +287,7 @@ class IntegerHyperDecoder:
     """
 
     def __init__(self, layers: list[dict[str, Any]], arrays: dict[str, np.ndarray]):
-        self.layers = []
+        self.layers = []  # (kind, shift, bias, parts): parts = [(phase_y, phase_x, wmat, (kh, kw), (lo_y, lo_x))]
         for i, spec in enumerate(layers):
             try:
                 w, b = np.asarray(arrays[f"w{i}"], dtype=np.int64), np.asarray(arrays[f"b{i}"], dtype=np.int64)
@@ -295,57 +295,64 @@ class IntegerHyperDecoder:
                 stride, pad, out_pad = int(spec.get("stride", 1)), int(spec["padding"]), int(spec.get("output_padding", 0))
             except (KeyError, TypeError, ValueError) as e:
                 raise EntropyError(f"hyper decoder layer {i}: malformed ({e})") from None
-            if kind == "conv_transpose":  # as a stride-1 conv over the zero-upsampled input
-                w = np.flip(w, (2, 3)).transpose(1, 0, 2, 3)
-                pads = (w.shape[2] - 1 - pad, w.shape[2] - 1 - pad + out_pad)
-            elif kind == "conv" and stride == 1:
-                pads = (pad, pad)
-            else:
+            if not ((kind == "conv" and stride == 1) or (kind == "conv_transpose" and i < len(layers) - 1)):
                 raise EntropyError(f"hyper decoder layer {i}: unsupported kind {kind!r} / stride {stride}")
-            k = w.shape[1] * w.shape[2] * w.shape[3]
-            if w.ndim != 4 or b.shape != (w.shape[0],) or not 0 <= shift <= 30 or \
-                    k * int(np.abs(w).max(initial=0)) * (1 << HYPER_ACT_BITS) + int(np.abs(b).max(initial=0)) >= 1 << EXACT_BITS:
+            k_in = (w.shape[0] if kind == "conv_transpose" else w.shape[1]) * w.shape[2] * w.shape[3] if w.ndim == 4 else 0
+            if w.ndim != 4 or w.shape[2] != w.shape[3] or b.shape != ((w.shape[1] if kind == "conv_transpose" else w.shape[0]),) \
+                    or not 0 <= shift <= 30 or not 0 <= pad < w.shape[2] or \
+                    k_in * int(np.abs(w).max(initial=0)) * (1 << HYPER_ACT_BITS) + int(np.abs(b).max(initial=0)) >= 1 << EXACT_BITS:
                 raise EntropyError(f"hyper decoder layer {i}: weights outside the exact-arithmetic bound")
-            self.layers.append((kind, stride, pads, shift, w.reshape(w.shape[0], -1).T.astype(np.float64),
-                                b.astype(np.float64), w.shape[2]))
+            k = w.shape[2]
+            if kind == "conv":
+                parts = [(0, 0, _wmat(w), (k, k), (-pad, -pad))]
+            else:  # transposed conv as stride² polyphase convs on the input (no zero-upsampling: 1/stride² the work)
+                parts = []
+                for ty in range(stride):
+                    for tx in range(stride):
+                        taps, lo = [], []
+                        for t in (ty, tx):
+                            r = (t + pad) % stride
+                            n = -(-(k - r) // stride)  # taps r, r + s, ... < k
+                            taps.append([r + stride * (n - 1 - j) for j in range(n)])  # flipped: a correlation
+                            lo.append((t + pad - r) // stride - (n - 1))  # input row of the window's first tap
+                        sub = w[:, :, taps[0]][:, :, :, taps[1]].transpose(1, 0, 2, 3)  # (out, in, ny, nx)
+                        parts.append((ty, tx, _wmat(sub), (len(taps[0]), len(taps[1])), (lo[0], lo[1])))
+            self.layers.append((kind, stride, pad, out_pad, shift, b.astype(np.float64), parts, k))
 
     def outputs(self, z_sym: np.ndarray, h: int, w: int, rows: int = 0) -> Iterator[tuple[int, np.ndarray]]:
         """uint8 ẑ symbols (c_z, h', w') -> (row, acc) blocks of the last layer's integer accumulator
         (float64 holding integers, (2·c_y, r, w): μ then ln σ) for y rows row..row+r of a (c_y, h, w) latent.
 
         rows: output rows per matrix product (0: as many as keep its im2col block near CHUNK_BYTES);
-        activations between layers are held as int32 (they are below 2^26)."""
+        activations between layers are held as int32 (they are below 2^26). A transposed conv of
+        stride s runs as s² stride-1 convs, one per output phase, on the input itself."""
         a = (z_sym.astype(np.int32) - 127) << HYPER_FRAC_BITS
         cap = (1 << HYPER_ACT_BITS) - 1
-        for i, (kind, stride, pads, shift, wmat, bias, k) in enumerate(self.layers):
+        for i, (kind, stride, pad, out_pad, shift, bias, parts, k) in enumerate(self.layers):
             last = i == len(self.layers) - 1
-            if kind == "conv_transpose":
-                up = np.zeros((a.shape[0], (a.shape[1] - 1) * stride + 1, (a.shape[2] - 1) * stride + 1), dtype=a.dtype)
-                up[:, ::stride, ::stride] = a
-                a = up
-            a = np.pad(a, ((0, 0), pads, pads))
-            out_h, out_w = a.shape[1] - k + 1, a.shape[2] - k + 1
-            if last:
+            if kind == "conv":
+                out_h, out_w = a.shape[1] + 2 * pad - k + 1, a.shape[2] + 2 * pad - k + 1
+            else:
+                out_h, out_w = [(n - 1) * stride - 2 * pad + k + out_pad for n in a.shape[1:]]
+            if last:  # a conv (checked): stream its row blocks
                 out_h, out_w = min(out_h, h), min(out_w, w)
-            nxt = None if last else np.empty((wmat.shape[1], out_h, out_w), dtype=np.int32)
-            step = rows or max(1, CHUNK_BYTES // (8 * out_w * wmat.shape[0]))
-            for r0 in range(0, out_h, step):
-                r1 = min(out_h, r0 + step)
-                win = np.lib.stride_tricks.sliding_window_view(a[:, r0:r1 + k - 1, : out_w + k - 1], (k, k), axis=(1, 2))
-                cols = win.transpose(1, 2, 0, 3, 4).reshape((r1 - r0) * out_w, -1).astype(np.float64)
-                acc = (cols @ wmat + bias).T.reshape(-1, r1 - r0, out_w)  # exact: integers < 2^53
-                if last:
-                    yield r0, acc
-                else:
-                    half = float(1 << shift >> 1)  # round half up: floor((acc + 2^(s-1)) / 2^s)
-                    nxt[:, r0:r1] = np.minimum(np.floor((np.maximum(acc, 0) + half) / float(1 << shift)), cap).astype(np.int32)
-            if not last:
-                a = nxt
+                yield from _conv_blocks(a, parts[0], bias, out_h, out_w, rows)
+                return
+            nxt = np.empty((bias.size, out_h, out_w), dtype=np.int32)
+            half = float(1 << shift >> 1)  # round half up: floor((acc + 2^(s-1)) / 2^s)
+            for part in parts:
+                ty, tx = part[0], part[1]
+                ph, pw = len(range(ty, out_h, stride)), len(range(tx, out_w, stride))
+                dst = nxt[:, ty::stride, tx::stride] if kind == "conv_transpose" else nxt
+                for r0, acc in _conv_blocks(a, part, bias, ph, pw, rows):
+                    dst[:, r0:r0 + acc.shape[1]] = np.minimum(np.floor((np.maximum(acc, 0) + half) / float(1 << shift)),
+                                                               cap).astype(np.int32)
+            a = nxt
 
     @property
     def frac_bits(self) -> int:
         """F = s + F_a of the last layer: its accumulator is μ and ln σ in units of 2^-F."""
-        return self.layers[-1][3] + HYPER_FRAC_BITS
+        return self.layers[-1][4] + HYPER_FRAC_BITS
 
     def tables(self, z_sym: np.ndarray, h: int, w: int, thresholds: np.ndarray,
                step4: int) -> tuple[np.ndarray, np.ndarray]:
@@ -534,6 +541,31 @@ class HyperpriorEntropyModel:
         if q.min(initial=0) < 0 or q.max(initial=0) >= self.levels:
             raise EntropyError(f"decoded symbol outside 0..{self.levels - 1} (corrupt payload)")
         return q.astype(np.uint8).reshape(cy, h, w)
+
+
+def _wmat(w: np.ndarray) -> np.ndarray:
+    """int weights (out, in, kh, kw) -> float64 (in·kh·kw, out), the im2col product's right side."""
+    return w.reshape(w.shape[0], -1).T.astype(np.float64)
+
+
+def _conv_blocks(a: np.ndarray, part: tuple, bias: np.ndarray, out_h: int, out_w: int,
+                 rows: int) -> Iterator[tuple[int, np.ndarray]]:
+    """Stride-1 correlation of a (C, H, W) int array with part's kernel, the window of output (m, n) starting
+    at input (m + lo_y, n + lo_x) (zeros outside a): (row, acc) blocks of float64 integers (out, r, out_w)."""
+    _, _, wmat, (kh, kw), (lo_y, lo_x) = part
+    c, hh, ww = a.shape
+    need_h, need_w = out_h + kh - 1, out_w + kw - 1  # the input window [lo, lo + need)
+    src = np.zeros((c, need_h, need_w), dtype=a.dtype)
+    ys, xs = max(0, lo_y), max(0, lo_x)
+    ye, xe = min(hh, lo_y + need_h), min(ww, lo_x + need_w)
+    if ye > ys and xe > xs:
+        src[:, ys - lo_y:ye - lo_y, xs - lo_x:xe - lo_x] = a[:, ys:ye, xs:xe]
+    step = rows or max(1, CHUNK_BYTES // (8 * out_w * wmat.shape[0]))
+    for r0 in range(0, out_h, step):
+        r1 = min(out_h, r0 + step)
+        win = np.lib.stride_tricks.sliding_window_view(src[:, r0:r1 + kh - 1], (kh, kw), axis=(1, 2))
+        cols = win.transpose(1, 2, 0, 3, 4).reshape((r1 - r0) * out_w, -1).astype(np.float64)
+        yield r0, (cols @ wmat + bias).T.reshape(-1, r1 - r0, out_w)  # exact: integers < 2^53
 
 
 @functools.lru_cache(maxsize=1)
