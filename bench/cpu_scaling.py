@@ -353,6 +353,7 @@ def main(argv: list[str] | None = None) -> int:
                          "overheads (API caches, PNG levels)")
     ap.add_argument("--out", default="bench/results/cpu_scaling.json")
     ap.add_argument("--rounds", type=int, default=3, help="timed rounds per image (median)")
+    ap.add_argument("--models", nargs="+", default=list(MODELS), help="models of the speed part (names or folders)")
     ap.add_argument("--folder-images", type=int, default=16, help="512² photos of the 1 vs 2 cores folder job (<= 64)")
     ap.add_argument("--mpx", type=float, default=50.0, help="megapixels of the memory test's single image")
     args = ap.parse_args(argv)
@@ -365,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if "speed" in parts:
             images = crops([PHOTOS / "test"], 512, 4)
-            res.speed = [speed(m, images, args.rounds) for m in MODELS]
+            res.speed = [speed(m, images, args.rounds) for m in args.models]
         if "folder" in parts:
             res.folder = folder_scaling("photos-r9", photo_set(args.folder_images), tmp)
         if "startup" in parts:

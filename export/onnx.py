@@ -182,13 +182,14 @@ def export_model(checkpoint: str | Path, out: str | Path, fp16: bool = False, fo
         check = verify(model, tmp / "encoder.onnx", tmp / "decoder.onnx", images, PARITY_TOL)
         files = {"encoder": "encoder.onnx", "decoder": "decoder.onnx"}
         latent = _latent_fields(model, ckpt)
-        if cfg.hyperprior:  # h_a as ONNX (encoder side), h_s as exact integers (hyper_decoder.npz)
-            files.update(_export_hyper(model, tmp, latent, ckpt))
+        hyper_files = _export_hyper(model, tmp, latent, ckpt) if cfg.hyperprior else {}  # h_a ONNX, h_s integers
+        files.update(hyper_files)
         extra: dict[str, Any] = {"graph": graph}
         if int8 is not None:
             extra["int8"] = _export_int8(tmp, ckpt, cfg, latent, int8)
             files = {"encoder": "encoder_int8.onnx" if int8.encoder else "encoder.onnx", "decoder": "decoder_int8.onnx",
-                     **({"encoder_fp32": "encoder.onnx"} if int8.encoder else {}), "decoder_fp32": "decoder.onnx"}
+                     **({"encoder_fp32": "encoder.onnx"} if int8.encoder else {}), "decoder_fp32": "decoder.onnx",
+                     **hyper_files}
         if fp16:
             files.update(_export_fp16(model, tmp, images))
         extra["speed"] = model_speed(tmp / files["encoder"], tmp / files["decoder"], cfg.channels,

@@ -277,3 +277,19 @@ def test_a_mean_free_hyper_decoder_loads_as_mu_zero():
     last = model.hyper_decoder[4]
     assert torch.equal(last.weight[cy:], state["hyper_decoder.4.weight"]) and not last.weight[:cy].any()
     assert torch.equal(last.bias[cy:], state["hyper_decoder.4.bias"]) and not last.bias[:cy].any()
+
+
+def test_int8_export_keeps_the_hyperprior_files(hp_model, rgb_photos, tmp_path, photos_dir):
+    """`aekit export --int8` of a gdn-hp model names the hyper files too, and its files decode."""
+    import aekit.codec.core as core
+    from aekit.export.manifest import load_manifest
+    from aekit.export.onnx import export_model
+    from aekit.export.quantize import Int8Config
+
+    ckpt = load_manifest(hp_model)["training"]["checkpoint"]
+    out = export_model(ckpt, tmp_path / "int8", speed=False,
+                       int8=Int8Config(calib_data=str(photos_dir), max_loss_db=99, calib_images=4, check_images=2, side=96))
+    m = load_manifest(out)
+    assert m["files"]["decoder"] == "decoder_int8.onnx" and {"hyper_encoder", "hyper_decoder"} <= set(m["files"])
+    x, _ = core.Decoder([out]).decompress(core.Codec(out).compress(rgb_photos[0][:96, :96]))
+    assert x.shape == (96, 96, 3)
