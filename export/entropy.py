@@ -198,17 +198,8 @@ class EntropyModel:
 
     def encode(self, symbols: np.ndarray, zstd_level: int = ZSTD_LEVEL) -> tuple[int, bytes]:
         """uint8 (c_y, h, w) -> (coder_id, payload): the smallest of ANS, zstd (at zstd_level) and raw."""
-        q = self._check(symbols)
-        raw = q.tobytes()
-        best = (CODER_RAW, raw)
-        for coder_id, fn in ((CODER_ANS, self._encode_ans), (CODER_ZSTD, _zstd_compress)):
-            try:
-                payload = fn(q) if coder_id == CODER_ANS else fn(raw, zstd_level)
-            except ImportError:
-                continue  # optional coder not installed: the others still work
-            if len(payload) < len(best[1]):
-                best = (coder_id, payload)
-        return best
+        q = _check_symbols(symbols, self.channels, self.levels)
+        return _smallest(q, {CODER_ANS: self._encode_ans}, zstd_level)
 
     def decode(self, coder_id: int, payload: bytes, shape: tuple[int, int, int]) -> np.ndarray:
         """(coder_id, payload) -> uint8 symbols of shape (c_y, h, w); EntropyError if corrupt."""
@@ -251,14 +242,6 @@ class EntropyModel:
         if not coder.is_empty():  # a clean stream ends exactly where encoding started
             raise EntropyError("corrupt ANS payload (data left over after the last symbol)")
         return out.astype(np.uint8)
-
-    def _check(self, symbols: np.ndarray) -> np.ndarray:
-        q = np.ascontiguousarray(symbols)
-        if q.dtype != np.uint8 or q.ndim != 3 or q.shape[0] != self.channels:
-            raise ValueError(f"expected uint8 symbols ({self.channels}, h, w), got {q.dtype} {q.shape}")
-        if q.size and q.max() >= self.levels:
-            raise ValueError(f"symbol {int(q.max())} outside 0..{self.levels - 1}")
-        return q
 
 
 # -- the scale hyperprior (Ballé et al. 2018): integer hyper decoder and its coder -------------------
@@ -470,16 +453,8 @@ class HyperpriorEntropyModel:
 
     def encode(self, symbols: np.ndarray, zstd_level: int = ZSTD_LEVEL) -> tuple[int, bytes]:
         """uint8 (c_y, h, w) -> (coder_id, payload): the smallest of the hyperprior's ANS, zstd and raw."""
-        q = np.ascontiguousarray(symbols)
-        if q.dtype != np.uint8 or q.ndim != 3 or q.shape[0] != self.channels or (q.size and q.max() >= self.levels):
-            raise ValueError(f"expected uint8 symbols ({self.channels}, h, w) below {self.levels}, got {q.dtype} {q.shape}")
-        raw = q.tobytes()
-        best = (CODER_RAW, raw)
-        for coder_id in (CODER_HYPER, CODER_ZSTD):
-            payload = self._encode_hyper(q) if coder_id == CODER_HYPER else _zstd_compress(raw, zstd_level)
-            if len(payload) < len(best[1]):
-                best = (coder_id, payload)
-        return best
+        q = _check_symbols(symbols, self.channels, self.levels)
+        return _smallest(q, {CODER_HYPER: self._encode_hyper}, zstd_level)
 
     def decode(self, coder_id: int, payload: bytes, shape: tuple[int, int, int]) -> np.ndarray:
         """(coder_id, payload) -> uint8 ŷ symbols (c_y, h, w); EntropyError if corrupt."""
@@ -585,6 +560,31 @@ def _untrim(trimmed: list[Any], levels: int) -> np.ndarray:
             raise ValueError(f"table {i} outside symbols 0..{levels - 1}")
         out[i, int(lo):int(lo) + vals.size] = vals
     return out
+
+
+def _check_symbols(symbols: np.ndarray, channels: int, levels: int) -> np.ndarray:
+    """uint8 symbols (channels, h, w) below `levels`, C-contiguous; ValueError otherwise."""
+    q = np.ascontiguousarray(symbols)
+    if q.dtype != np.uint8 or q.ndim != 3 or q.shape[0] != channels:
+        raise ValueError(f"expected uint8 symbols ({channels}, h, w), got {q.dtype} {q.shape}")
+    if q.size and q.max() >= levels:
+        raise ValueError(f"symbol {int(q.max())} outside 0..{levels - 1}")
+    return q
+
+
+def _smallest(q: np.ndarray, own: dict[int, Any], zstd_level: int) -> tuple[int, bytes]:
+    """(coder_id, payload): the smallest of the model's own coders (`own`: id -> fn(q) -> bytes), zstd at
+    zstd_level and the raw symbols; a coder whose package is not installed is skipped."""
+    raw = q.tobytes()
+    best = (CODER_RAW, raw)
+    for coder_id, fn in (*own.items(), (CODER_ZSTD, lambda _: _zstd_compress(raw, zstd_level))):
+        try:
+            payload = fn(q)
+        except ImportError:
+            continue  # optional coder not installed: the others still work
+        if len(payload) < len(best[1]):
+            best = (coder_id, payload)
+    return best
 
 
 def _decode_symbols(own: dict[int, Any], coder_id: int, payload: bytes, shape: tuple[int, int, int],
