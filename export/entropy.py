@@ -250,6 +250,12 @@ HYPER_FRAC_BITS = 16  # F_a: hyper decoder activations are integers in units of 
 HYPER_ACT_BITS = 26  # activations are clamped to 0 .. 2^26 - 1 (1024 in real units) after each ReLU
 EXACT_BITS = 53  # float64 holds every integer below 2^53 exactly
 CHUNK_BYTES = 32 << 20  # the integer hyper decoder's im2col block per matrix product (bounds its memory)
+Z_FACTOR = 4  # z = h_a(y) is at y / 4 (two stride-2 layers); h_s upsamples by 4
+# Large latents run h_a and h_s in bands of z rows with a halo (memory bounded per image, issue 17):
+# about 3 KB (h_a: float im2col and activations) and 1 KB (h_s: int32 activations) per y position.
+HYPER_A_BAND_POSITIONS = 1 << 15  # y positions (rows x columns) per h_a band
+HYPER_S_BAND_POSITIONS = 1 << 16  # y positions per h_s band
+HYPER_A_HALO_Z = 3  # z rows of context on each side of an h_a band: 3x3 s1, 5x5 s2, 5x5 s2 see 7 y rows (1.75 z rows)
 
 
 class IntegerHyperDecoder:
@@ -351,27 +357,48 @@ class IntegerHyperDecoder:
             for lib, n in zip(libs, before):
                 lib.set_num_threads(n)
 
+    @functools.cached_property
+    def halo(self) -> int:
+        """z rows of context a band of outputs needs on each side: every layer's reach in its input rows
+        (conv: max(pad, k − 1 − pad); transposed conv of stride s: that over s), in z rows, rounded up, + 1.
+        Exact integers make a band's core rows equal the whole computation's (tested with 1-row bands)."""
+        reach, rows_per_z = 0.0, 1
+        for kind, stride, pad, _, _, _, _, k in self.layers:
+            r = max(pad, k - 1 - pad)
+            reach += (-(-r // stride) if kind == "conv_transpose" else r) / rows_per_z
+            rows_per_z *= stride if kind == "conv_transpose" else 1
+        return int(np.ceil(reach)) + 1
+
     def _tables(self, z_sym: np.ndarray, h: int, w: int, thresholds: np.ndarray,
-                step4: int) -> tuple[np.ndarray, np.ndarray]:
+                step4: int, band: int = 0) -> tuple[np.ndarray, np.ndarray]:
         """uint8 ẑ (c_z, ceil(h/4), ceil(w/4)) -> (table, base), each (c_y, h, w).
 
         Scale index j = #{k: acc_σ > T_k} (the smallest table scale ≥ σ); the mean in quarter steps
         m = floor((16·acc_μ + D·2^(F−1)) / (D·2^F)) = round(4μ/Δ) (D = 4Δ, an integer; int64 floor
         division); base = clip(floor(m / 4), −127, 127) and table = 4j + (m mod 4) (uint8, 0..255).
+        Computed in bands of `band` z rows (0: HYPER_S_BAND_POSITIONS y positions) with `halo` rows of
+        context each side: the same integers as one pass, with memory bounded by the band.
         """
         t = np.asarray(thresholds, dtype=np.float64)  # integers < 2^53: exact in float64
-        table = base = None
         f = self.frac_bits
-        for r0, acc in self.outputs(z_sym, h, w):
-            cy = acc.shape[0] // 2
-            if table is None:
-                table, base = np.empty((cy, h, w), dtype=np.uint8), np.empty((cy, h, w), dtype=np.int16)
-            j = np.searchsorted(t, acc[cy:], side="left")
-            m4 = (16 * acc[:cy].astype(np.int64) + (step4 << (f - 1))) // (step4 << f)
-            r1 = r0 + acc.shape[1]
-            table[:, r0:r1] = 4 * j + (m4 & 3)
-            base[:, r0:r1] = np.clip(m4 >> 2, -127, 127)
-        assert table is not None and base is not None
+        cy = self.layers[-1][5].size // 2
+        table, base = np.empty((cy, h, w), dtype=np.uint8), np.empty((cy, h, w), dtype=np.int16)
+        zh = z_sym.shape[1]
+        band = band or max(1, HYPER_S_BAND_POSITIONS // (Z_FACTOR * w))
+        for z0 in range(0, zh, band):
+            z1 = min(zh, z0 + band)
+            s0, s1 = max(0, z0 - self.halo), min(zh, z1 + self.halo)
+            y0, y1 = Z_FACTOR * z0, min(h, Z_FACTOR * z1)  # this band's rows of y
+            off = Z_FACTOR * s0
+            for r0, acc in self.outputs(z_sym[:, s0:s1], min(h, Z_FACTOR * s1) - off, w):
+                a0, a1 = max(off + r0, y0), min(off + r0 + acc.shape[1], y1)
+                if a1 <= a0:
+                    continue
+                acc = acc[:, a0 - off - r0:a1 - off - r0]
+                j = np.searchsorted(t, acc[cy:], side="left")
+                m4 = (16 * acc[:cy].astype(np.int64) + (step4 << (f - 1))) // (step4 << f)
+                table[:, a0:a1] = 4 * j + (m4 & 3)
+                base[:, a0:a1] = np.clip(m4 >> 2, -127, 127)
         return table, base
 
 
@@ -429,19 +456,31 @@ class HyperpriorEntropyModel:
                    int(manifest["latent_channels"]))
 
     def z_shape(self, h: int, w: int) -> tuple[int, int, int]:
-        return (self.z_tables.shape[0], -(-h // 4), -(-w // 4))
+        return (self.z_tables.shape[0], -(-h // Z_FACTOR), -(-w // Z_FACTOR))
 
-    def hyper_symbols(self, q: np.ndarray) -> np.ndarray:
-        """uint8 ŷ symbols (c_y, h, w) -> uint8 ẑ symbols (c_z, ceil(h/4), ceil(w/4)) (onnxruntime)."""
+    def hyper_symbols(self, q: np.ndarray, band: int = 0) -> np.ndarray:
+        """uint8 ŷ symbols (c_y, h, w) -> uint8 ẑ symbols (c_z, ceil(h/4), ceil(w/4)) (onnxruntime).
+
+        ŷ is zero-padded to a multiple of 4, as in training. Large latents run in bands of `band` z rows
+        (0: HYPER_A_BAND_POSITIONS y positions) with HYPER_A_HALO_Z rows of context each side, so memory
+        stays bounded; ẑ is stored in the file, so a band's float rounding can never break decoding."""
         from aekit.export.runtime import cached_session, select_providers
 
         half = (self.levels - 1) // 2
         c, h, w = q.shape
-        y_hat = np.zeros((1, c, -(-h // 4) * 4, -(-w // 4) * 4), dtype=np.float32)  # zero-padded, as in training
-        y_hat[0, :, :h, :w] = (q.astype(np.float32) - half) * np.float32(self.step)
+        zc, zh, zw = self.z_shape(h, w)
         sess = cached_session(self.encoder_path, select_providers("cpu"))
-        z = sess.run(None, {sess.get_inputs()[0].name: y_hat})[0][0]
-        return (np.clip(np.rint(z), -half, half) + half).astype(np.uint8)
+        band = band or max(1, HYPER_A_BAND_POSITIONS // (Z_FACTOR * Z_FACTOR * zw))
+        out = np.empty((zc, zh, zw), dtype=np.uint8)
+        for z0 in range(0, zh, band):
+            z1 = min(zh, z0 + band)
+            s0, s1 = max(0, z0 - HYPER_A_HALO_Z), min(zh, z1 + HYPER_A_HALO_Z)
+            y_hat = np.zeros((1, c, Z_FACTOR * (s1 - s0), Z_FACTOR * zw), dtype=np.float32)
+            rows = q[:, Z_FACTOR * s0:min(h, Z_FACTOR * s1)]
+            y_hat[0, :, :rows.shape[1], :w] = (rows.astype(np.float32) - half) * np.float32(self.step)
+            z = sess.run(None, {sess.get_inputs()[0].name: y_hat})[0][0]
+            out[:, z0:z1] = (np.clip(np.rint(z[:, z0 - s0:z1 - s0]), -half, half) + half).astype(np.uint8)
+        return out
 
     def bits(self, symbols: np.ndarray) -> float:
         """Ideal code length in bits of ŷ symbols (c_y, h, w) and their ẑ under the tables."""
