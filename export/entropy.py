@@ -515,14 +515,18 @@ class HyperpriorEntropyModel:
 
     def _encode_hyper(self, q: np.ndarray) -> bytes:
         z = self.hyper_symbols(q)
-        idx, flat = self._coded(q, z)
+        table, base = self.decoder.tables(z, q.shape[1], q.shape[2], self.thresholds, self.step4)
+        idx, qf, bf = table.ravel(), q.ravel(), base.ravel()
+        half = (self.levels - 1) // 2
+        start = _group_starts(idx, 256)
+        grouped = np.empty(idx.size, dtype=np.int16)  # d = (q − 127) − base + 254 (0..508), grouped by table
+        for a, o, dest in _group_chunks(idx, start):
+            grouped[dest] = (qf[a:a + o.size].astype(np.int16) - base_off(bf[a:a + o.size], half))[o]
         coder = _constriction().stream.stack.AnsCoder()
         ym, zm = self._models("y"), self._models("z")
-        order = np.argsort(idx, kind="stable")  # grouped by scale index, C order within a group
-        bounds = np.searchsorted(idx[order], np.arange(len(ym) + 1))
         for k in reversed(range(len(ym))):  # a stack: the last group pushed first
-            if bounds[k + 1] > bounds[k]:
-                coder.encode_reverse(flat[order[bounds[k]:bounds[k + 1]]], ym[k])
+            if start[k + 1] > start[k]:
+                coder.encode_reverse(grouped[start[k]:start[k + 1]].astype(np.int32), ym[k])
         zf = z.reshape(z.shape[0], -1).astype(np.int32)
         for c in reversed(range(z.shape[0])):  # ẑ last, so the decoder pops it first
             coder.encode_reverse(zf[c], zm[c])
@@ -539,22 +543,58 @@ class HyperpriorEntropyModel:
             coder = _constriction().stream.stack.AnsCoder(words)
             z = np.stack([coder.decode(zm[c], zh * zw) for c in range(zc)]).reshape(zc, zh, zw).astype(np.uint8)
             table, base = self.decoder.tables(z, h, w, self.thresholds, self.step4)
-            idx = table.ravel()
-            order = np.argsort(idx, kind="stable")
-            bounds = np.searchsorted(idx[order], np.arange(len(ym) + 1))
-            flat = np.empty(cy * h * w, dtype=np.int32)
+            idx, bf = table.ravel(), base.ravel()
+            start = _group_starts(idx, len(ym))
+            grouped = np.empty(idx.size, dtype=np.int16)
             for k in range(len(ym)):
-                if bounds[k + 1] > bounds[k]:
-                    flat[order[bounds[k]:bounds[k + 1]]] = coder.decode(ym[k], int(bounds[k + 1] - bounds[k]))
+                if start[k + 1] > start[k]:
+                    grouped[start[k]:start[k + 1]] = coder.decode(ym[k], int(start[k + 1] - start[k]))
         except (ValueError, RuntimeError, OverflowError) as e:
             raise EntropyError(f"corrupt ANS payload ({e})") from None
         if not coder.is_empty():
             raise EntropyError("corrupt ANS payload (data left over after the last symbol)")
         half = (self.levels - 1) // 2
-        q = flat - 2 * half + base.ravel() + half  # k = d − 254 + base, q = k + 127
-        if q.min(initial=0) < 0 or q.max(initial=0) >= self.levels:
-            raise EntropyError(f"decoded symbol outside 0..{self.levels - 1} (corrupt payload)")
-        return q.astype(np.uint8).reshape(cy, h, w)
+        q = np.empty(idx.size, dtype=np.uint8)
+        for a, o, dest in _group_chunks(idx, start):
+            d = np.empty(o.size, dtype=np.int16)
+            d[o] = grouped[dest]
+            k = d + base_off(bf[a:a + o.size], half)  # q = d − 254 + base + 127
+            if k.min(initial=0) < 0 or k.max(initial=0) >= self.levels:
+                raise EntropyError(f"decoded symbol outside 0..{self.levels - 1} (corrupt payload)")
+            q[a:a + o.size] = k
+        return q.reshape(cy, h, w)
+
+
+def base_off(base: np.ndarray, half: int) -> np.ndarray:
+    """int16 base -> q − d offset: q = d − 2·half + base + half = d + (base − half)."""
+    return base.astype(np.int16) - np.int16(half)
+
+
+GROUP_CHUNK = 1 << 20  # elements per step of the grouping by table (bounds its int64 temporaries: 8 MiB)
+
+
+def _group_starts(idx: np.ndarray, n: int) -> np.ndarray:
+    """uint8 table index per element (flat) -> int64 (n + 1,) start of each table's group in grouped order."""
+    counts = np.zeros(n, dtype=np.int64)
+    for a in range(0, idx.size, GROUP_CHUNK):
+        counts += np.bincount(idx[a:a + GROUP_CHUNK], minlength=n)[:n]
+    return np.concatenate([[0], np.cumsum(counts)])
+
+
+def _group_chunks(idx: np.ndarray, start: np.ndarray) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """The stable sort of idx by table (elements grouped by table, C order within a group: the coder-3
+    order of codec/FORMAT.md) as a counting sort in chunks of GROUP_CHUNK: yields (a, o, dest) — the
+    chunk's element a + o[i] goes to grouped position dest[i]. Memory: a few arrays of one chunk."""
+    nxt = start[:-1].copy()
+    n = nxt.size
+    for a in range(0, idx.size, GROUP_CHUNK):
+        part = idx[a:a + GROUP_CHUNK]
+        o = np.argsort(part, kind="stable")
+        sp = part[o].astype(np.int64)
+        c = np.bincount(part, minlength=n)[:n]
+        first = np.concatenate([[0], np.cumsum(c)[:-1]])  # each group's first place within the sorted chunk
+        yield a, o, nxt[sp] + (np.arange(part.size) - first[sp])
+        nxt += c
 
 
 def _wmat(w: np.ndarray) -> np.ndarray:

@@ -194,6 +194,29 @@ def test_hyperprior_runs_in_bands_with_the_same_tables(hp_model, rgb_photos):
             assert np.array_equal(parts[0], whole[0]) and np.array_equal(parts[1], whole[1])
 
 
+def test_grouping_by_table_in_chunks_is_the_stable_sort(hp_model, rgb_photos, monkeypatch):
+    """Coder 3 groups d by table, C order within a group (FORMAT.md); done as a counting sort in chunks
+    (bounded memory), it is exactly np.argsort(kind="stable"), and files do not depend on the chunk."""
+    import aekit.codec.core as core
+    import aekit.export.entropy as entropy
+
+    rng = np.random.default_rng(4)
+    idx = rng.integers(0, 7, 1000).astype(np.uint8)
+    monkeypatch.setattr(entropy, "GROUP_CHUNK", 97)
+    start = entropy._group_starts(idx, 256)
+    got = np.empty(idx.size, dtype=np.int64)
+    for a, o, dest in entropy._group_chunks(idx, start):
+        got[dest] = a + o
+    assert np.array_equal(got, np.argsort(idx, kind="stable"))
+    codec = core.Codec(hp_model)
+    q = codec.symbols(rgb_photos[1][:200, :150][None])[0]
+    small = codec.em._encode_hyper(q)
+    monkeypatch.setattr(entropy, "GROUP_CHUNK", 1 << 20)
+    assert codec.em._encode_hyper(q) == small
+    monkeypatch.setattr(entropy, "GROUP_CHUNK", 97)
+    assert np.array_equal(codec.em._decode_hyper(small, q.shape), q)
+
+
 def _file_with_coder_3(codec, image):
     from aekit.codec.format import pack
     from aekit.export.entropy import CODER_HYPER
