@@ -1,8 +1,9 @@
 """Model runners the bench times: onnxruntime (CPU, CUDA, TensorRT) and PyTorch (eager, compiled).
-This module holds what they share (options, the Runner interface, errors, make_runner); the
-runners are in backends_ort.py and backends_torch.py.
+This module holds what they share (names, options, the Runner interface, BackendError,
+make_runner); the runners are in backends_ort.py and backends_torch.py, what the machine offers
+in devices.py, failure helpers (one_line, is_oom) in failures.py.
 
-    r = make_runner("ort-cuda", "fp16", model_dir, manifest, BackendOptions()); r.load(images)
+    r = make_runner("ort-cuda", "fp16", manifest, BackendOptions(), device="cuda"); r.load(images, y_hat)
     r.encode(); r.decode(); r.sync()      # device-resident stages, nothing crosses the bus
 Every runner takes uint8 pixels (B, H, W, C) to float32 latents and back; inputs are
 staged on the device once by load(), outputs stay there until fetch_*() copies them.
@@ -16,8 +17,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-
-from aekit.machine import usable_cores
 
 ORT_BACKENDS = ("ort-cpu", "ort-cuda", "ort-trt")
 TORCH_BACKENDS = ("torch-eager", "torch-compile")
@@ -111,36 +110,3 @@ def make_runner(name: str, precision: str, manifest: dict[str, Any], opts: Backe
     from aekit.bench.backends_torch import TorchRunner
 
     return TorchRunner(name, precision, manifest, opts, device)
-
-
-def cuda_status() -> str | None:
-    """None if a CUDA GPU is usable, else one line saying why not."""
-    from aekit.export.runtime import gpu_visible
-
-    if not gpu_visible():
-        return "no CUDA GPU visible on this machine (no /dev/nvidia*, or CUDA_VISIBLE_DEVICES hides it)"
-    return None
-
-
-# ---------------------------------------------------------------- onnxruntime
-
-
-def one_line(e: BaseException) -> str:
-    """An exception as one short line (onnxruntime messages span several)."""
-    text = " ".join(str(e).split())
-    return (text[:300] + " ...") if len(text) > 300 else text or type(e).__name__
-
-
-OOM_MARKERS = ("out of memory", "failed to allocate memory", "cudnn_status_alloc_failed", "bad_alloc",
-               "cuda_error_out_of_memory", "cudaerrormemoryallocation")
-
-
-def is_oom(e: BaseException) -> bool:
-    """Out of memory on host or device, whatever library raised it."""
-    if isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError":
-        return True
-    return any(m in str(e).lower() for m in OOM_MARKERS)
-
-
-def default_threads() -> int:
-    return usable_cores()

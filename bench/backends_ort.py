@@ -8,7 +8,9 @@ from typing import Any
 
 import numpy as np
 
-from aekit.bench.backends import BackendError, BackendOptions, Runner, cuda_status, one_line
+from aekit.bench.backends import BackendError, BackendOptions, Runner
+from aekit.bench.devices import cuda_status
+from aekit.bench.failures import one_line
 
 
 def _ort_providers(name: str, precision: str, opts: BackendOptions, shapes: dict[str, str]) -> list[Any]:

@@ -7,7 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from aekit.bench.backends import BackendError, BackendOptions, Runner, cuda_status
+from aekit.bench.backends import BackendError, BackendOptions, Runner
+from aekit.bench.devices import cuda_status
 
 
 class TorchRunner(Runner):

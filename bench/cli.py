@@ -32,7 +32,7 @@ def _batch(text: str) -> int:
 
 
 def _size(text: str) -> tuple[int, int]:
-    from aekit.bench.run import parse_size
+    from aekit.bench.inputs import parse_size
 
     return parse_size(text.strip())
 
@@ -83,7 +83,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from aekit.bench.report import plot, table, write_json
-    from aekit.bench.run import BenchConfig, run_bench, speed_quality_lines
+    from aekit.bench.run import run_bench
+    from aekit.bench.schema import BenchConfig
+    from aekit.bench.summary import speed_quality_lines
 
     cfg = BenchConfig(model=args.model, device=args.device, backends=args.backend, batches=args.batch,
                       sizes=args.size or (), precisions=args.precision, seconds=args.seconds, warmup=args.warmup,

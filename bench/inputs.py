@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
-    from aekit.bench.run import BenchConfig
+    from aekit.bench.schema import BenchConfig
 
 
 def parse_size(text: str) -> tuple[int, int]:

@@ -87,7 +87,8 @@ class NvJpeg:
     device = "cuda"
 
     def __init__(self, quality: int):
-        from aekit.bench.backends import BackendError, cuda_status
+        from aekit.bench.backends import BackendError
+        from aekit.bench.devices import cuda_status
 
         try:
             import torch

@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 from aekit.images import atomic_write_bytes
-from aekit.bench.run import BenchReport, StageResult
+from aekit.bench.schema import BenchReport, StageResult
 
 
 def _mib(n: int | None) -> str:

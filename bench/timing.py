@@ -106,6 +106,24 @@ def time_call(
     return Timing(times=times, warmup=cfg.warmup)
 
 
+def timed(fn: Callable[[], Any], sync: Callable[[], None], seconds: float, warmup: int) -> Timing:
+    """A bench stage's timing: warm-up and repeats scaled to the call. A call slower than seconds/4
+    (after its first, which pays for allocation, algorithm search and compilation) gets no more
+    warm-up and 3 repeats; faster calls get `warmup` untimed calls and at least 5 timed ones."""
+    probes = []
+    for _ in range(max(1, min(2, warmup))):
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        probes.append(time.perf_counter() - t0)
+    slow = probes[-1] > seconds / 4
+    tc = TimingConfig(warmup=0 if slow else max(0, warmup - len(probes)), min_repeats=3 if slow else 5,
+                      seconds=seconds)
+    t = time_call(fn, tc, sync=sync)
+    t.warmup += len(probes)
+    return t
+
+
 def timing_config_for(seconds: float, warmup: int = 2) -> TimingConfig:
     """The config a bench --seconds N uses for one timed stage."""
     return TimingConfig(warmup=warmup, min_repeats=5 if seconds >= 0.5 else 3, seconds=seconds)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from aekit.bench.backends import BackendError, BackendOptions, is_oom, make_runner
-from aekit.bench.run import fit
+from aekit.bench.backends import BackendError, BackendOptions, make_runner
+from aekit.bench.failures import is_oom
+from aekit.bench.inputs import fit
 from aekit.export.manifest import load_manifest
 from aekit.export.runtime import Runtime
 

@@ -113,8 +113,9 @@ def test_host_memory_guard_refuses_a_batch_that_cannot_fit(tiny_model, capsys):
     rc, stdout, err = bench(capsys, tiny_model(1, 4), "--batch", "1,2", "--no-jpeg", "--no-entropy", *FAST)
     assert rc == 0
     import aekit.bench.run as br
+    from aekit.bench.schema import BenchConfig
 
-    cfg = br.BenchConfig(model=str(tiny_model(1, 4)), device="cpu", batches=(1, 1_000_000), seconds=0.02, warmup=1,
+    cfg = BenchConfig(model=str(tiny_model(1, 4)), device="cpu", batches=(1, 1_000_000), seconds=0.02, warmup=1,
                          max_images=2, jpeg=False, entropy=False)
     rep = br.run_bench(cfg, log=lambda m: None)
     big = [r for r in rep.results if r.batch == 1_000_000]
@@ -163,7 +164,8 @@ def test_folder_stage_runs_the_codec_as_subprocesses(tiny_model, gray_dir):
 
 def test_bench_imports_stay_lazy():
     """Importing the bench loads neither torch nor the codec: the heavy parts load when a stage runs."""
-    code = ("import sys, aekit.bench.cli, aekit.bench.run, aekit.bench.report, aekit.bench.folder, aekit.bench.jpeg, aekit.bench.backends; "
+    code = ("import sys, aekit.bench.cli, aekit.bench.run, aekit.bench.report, aekit.bench.folder, aekit.bench.jpeg, aekit.bench.backends, "
+            "aekit.bench.stages, aekit.bench.quality, aekit.bench.devices, aekit.bench.failures, aekit.bench.summary; "
             "bad = [m for m in sys.modules if m == 'torch' or m.startswith('aekit.codec.core')]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)

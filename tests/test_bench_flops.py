@@ -81,7 +81,7 @@ def test_pixel_graphs_match_the_runtime(tiny_model, rgb_photos):
     import onnxruntime as ort
 
     from aekit.bench.graphs import pixel_decoder, pixel_encoder
-    from aekit.bench.run import fit
+    from aekit.bench.inputs import fit
     from aekit.export.runtime import Runtime
 
     d = tiny_model(3, 4)

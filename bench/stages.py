@@ -1,0 +1,147 @@
+"""The timed stages of one setting (backend x precision x size x batch): rows of StageResult.
+
+    st = Stages(cfg, manifest, HostPeakMemory(), entropy_model, peak); st.set_images(images, y, coded)
+    rows = st.entropy("28x28", 8, 28, 28) + st.model(runner, "ort-cpu", "fp32", imgs, y_hat, "28x28", 8, 28, 28, flops)
+Stages time and measure; they neither log nor decide what runs next (the sweep, run.py, does).
+Content-dependent stages (entropy coding, JPEG, end to end) walk through the distinct images.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from aekit.bench.backends import Runner
+from aekit.bench.inputs import Cycle
+from aekit.bench.schema import BenchConfig, StageResult, fill
+from aekit.bench.timing import timed
+from aekit.export.runtime import dequantise, quantise
+
+
+class Stages:
+    """What the stages of a run share: settings, model, memory meter, entropy model, device peak,
+    and the distinct images of the current size with their latents and coded payloads."""
+
+    def __init__(self, cfg: BenchConfig, manifest: dict[str, Any], mem: Any, entropy: Any,
+                 peak: dict[str, float | None]):
+        self.cfg, self.manifest, self.mem, self.em, self.peak = cfg, manifest, mem, entropy, peak
+        self.images, self.y, self.coded = np.zeros(0), np.zeros(0), []
+
+    def set_images(self, images: np.ndarray, y: np.ndarray, coded: list[tuple[int, bytes]]) -> None:
+        """images uint8 (N, H, W, C); y float32 (N, c_y, h, w); coded: N (coder_id, payload)."""
+        self.images, self.y, self.coded = images, y, coded
+
+    def quantise(self, y: np.ndarray) -> np.ndarray:
+        return quantise(y, self.manifest["latent"]["levels"])
+
+    def dequantise(self, q: np.ndarray) -> np.ndarray:
+        return dequantise(q, self.manifest["latent"]["levels"])
+
+    def _timed(self, fn: Any, sync: Any) -> Any:
+        return timed(fn, sync, self.cfg.seconds, self.cfg.warmup)
+
+    def coded_bytes(self) -> float:
+        return float(np.mean([len(p) for _, p in self.coded]))
+
+    def entropy(self, size: str, b: int, h: int, w: int) -> list[StageResult]:
+        """Quantise + entropy code, and entropy decode + dequantise, b images per call (CPU)."""
+        em, y, coded = self.em, self.y, self.coded
+        shape = y.shape[1:]
+        nbytes = self.coded_bytes()
+        enc_cycle, dec_cycle = Cycle(len(y), b), Cycle(len(y), b)
+
+        def encode() -> None:
+            for i in enc_cycle.next():
+                em.encode(self.quantise(y[i]))
+
+        def decode() -> None:
+            self.dequantise(np.stack([em.decode(*coded[i], shape) for i in dec_cycle.next()]))
+
+        rows = []
+        for stage, fn in (("entropy-encode", encode), ("entropy-decode", decode)):
+            self.mem.reset()
+            r = fill(StageResult("entropy", "-", size, b, stage), self._timed(fn, lambda: None), b, h, w)
+            r.bytes_per_image, r.peak_host_bytes = nbytes, self.mem.peak_bytes()
+            rows.append(r)
+        return rows
+
+    def model(self, r: Runner, name: str, prec: str, imgs: np.ndarray, y_hat: np.ndarray, size: str, b: int,
+              h: int, w: int, flops: dict[str, int]) -> list[StageResult]:
+        """Network encode and decode on device-resident tensors, then (with an entropy model) the
+        in-memory compress and decompress end to end; raises what the runner raises."""
+        if getattr(r, "shape", None) not in (None, imgs.shape):
+            r.close()  # free the previous shape's sessions before measuring this one's memory
+        self.mem.reset()
+        r.load(imgs, y_hat)
+        r.reset_peak_memory()
+        rows = []
+        for stage, fn, fl in (("encode", r.encode, flops["encoder"]), ("decode", r.decode, flops["decoder"])):
+            row = fill(StageResult(name, prec, size, b, stage), self._timed(fn, r.sync), b, h, w)
+            if fl:
+                row.gflop_per_image = fl / 1e9
+                row.achieved_tflops = fl * row.images_per_s / 1e12
+                peak = self.peak.get(prec)
+                row.peak_fraction = row.achieved_tflops / peak if peak else None
+            rows.append(row)
+        dev_peak = r.peak_memory()
+        if self.em is not None:
+            rows += self.end_to_end(r, name, prec, size, b, h, w)
+        host_peak = self.mem.peak_bytes()
+        for row in rows:
+            row.peak_host_bytes, row.peak_device_bytes = host_peak, dev_peak
+        return rows
+
+    def end_to_end(self, r: Runner, name: str, prec: str, size: str, b: int, h: int, w: int) -> list[StageResult]:
+        """In-memory pixels -> bytes and bytes -> pixels, host to host, entropy coder included;
+        each call takes the next b distinct images (the gather is part of the work timed)."""
+        em, images, coded = self.em, self.images, self.coded
+        shape = self.y.shape[1:]
+        enc_cycle, dec_cycle = Cycle(len(images), b), Cycle(len(images), b)
+
+        def compress() -> None:
+            for s in self.quantise(r.compress(images[enc_cycle.next()])):
+                em.encode(s)
+
+        def decompress() -> None:
+            r.decompress(self.dequantise(np.stack([em.decode(*coded[i], shape) for i in dec_cycle.next()])))
+
+        out = []
+        nbytes = self.coded_bytes()
+        for stage, fn in (("compress", compress), ("decompress", decompress)):
+            row = fill(StageResult(name, prec, size, b, stage), self._timed(fn, r.sync), b, h, w)
+            row.bytes_per_image = nbytes
+            out.append(row)
+        return out
+
+    def jpeg_pillow(self, size: str, b: int, h: int, w: int, quality: int, threads: int) -> list[StageResult]:
+        """Pillow JPEG encode and decode of b distinct images per call, on `threads` threads."""
+        from aekit.bench.jpeg import PillowJpeg
+
+        images, ch = self.images, self.images.shape[3]
+        pil = PillowJpeg(quality, threads=threads)
+        blobs = pil.encode(list(images))
+        nbytes = float(np.mean([len(x) for x in blobs]))
+        enc_cycle, dec_cycle = Cycle(len(images), b), Cycle(len(images), b)
+        rows = []
+        for stage, fn in (("jpeg-encode", lambda: pil.encode([images[i] for i in enc_cycle.next()])),
+                          ("jpeg-decode", lambda: pil.decode([blobs[i] for i in dec_cycle.next()], ch))):
+            self.mem.reset()
+            row = fill(StageResult("jpeg-pillow", f"q{quality}", size, b, stage), self._timed(fn, pil.sync), b, h, w)
+            row.bytes_per_image, row.peak_host_bytes = nbytes, self.mem.peak_bytes()
+            rows.append(row)
+        pil.close()
+        return rows
+
+    def jpeg_nvjpeg(self, nv: Any, imgs: np.ndarray, size: str, b: int, h: int, w: int,
+                    quality: int) -> list[StageResult]:
+        """nvJPEG (an aekit.bench.jpeg.NvJpeg) encode and decode of the batch staged on the GPU;
+        raises what nvJPEG raises."""
+        nv.load(imgs)
+        nbytes = float(np.mean(nv.encoded_sizes()))
+        rows = []
+        for stage, fn in (("jpeg-encode", nv.encode_staged), ("jpeg-decode", nv.decode_staged)):
+            row = fill(StageResult("jpeg-nvjpeg", f"q{quality}", size, b, stage), self._timed(fn, nv.sync), b, h, w)
+            row.bytes_per_image = nbytes
+            rows.append(row)
+        return rows
