@@ -96,6 +96,9 @@ def bits(likelihoods: torch.Tensor) -> torch.Tensor:
 
 # -- the scale hyperprior's conditional Gaussian (Ballé et al. 2018, §3) ----------------------
 
+# The codec's quality steps Δ of y (coarsest first; quality n is the n-th that fits the symbols):
+# aekit.export.onnx exports one table set per step, aekit.hyperfit trains the hyperprior at them.
+QUALITY_STEPS = (32.0, 24.0, 16.0, 12.0, 8.0, 6.0, 4.0, 3.0, 2.0, 1.5, 1.0, 0.75)
 SCALE_MIN, SCALE_MAX, SCALE_LEVELS = 0.11, 256.0, 64  # the coder's scale table (CompressAI's defaults)
 
 

@@ -25,7 +25,7 @@ from torch import nn
 from aekit.checkpoint import load_model
 from aekit.data import scale_crop
 from aekit.images import DIR_MODE, ImageError, load_image, pad_to_multiple, scan_folder, to_model_input
-from aekit.entropy_models import gaussian_pmf, scale_table
+from aekit.entropy_models import QUALITY_STEPS, gaussian_pmf, scale_table
 from aekit.export.entropy import (EXACT_BITS, HYPER_ACT_BITS, HYPER_FRAC_BITS, QUANTISER_INTEGER, IntegerHyperDecoder,
                                   trim_counts)
 from aekit.export.manifest import MANIFEST_FORMAT, MANIFEST_VERSION, entropy_bytes, model_id_of, save_manifest
@@ -280,7 +280,7 @@ def _manifest(model, ckpt, tmp, files, check, source, checkpoint, secs, latent, 
 # the one that minimises the model's own training objective D + λ·R on real images
 # (`_default_quality`): the trained Δ = 1 for a converged model, a coarser step where the
 # decoder gains nothing from the finer one (a short training), so the default wastes no bytes.
-QUALITY_STEPS = (32.0, 24.0, 16.0, 12.0, 8.0, 6.0, 4.0, 3.0, 2.0, 1.5, 1.0, 0.75)
+# The steps themselves are aekit.entropy_models.QUALITY_STEPS (the hyperprior refit trains at them).
 MAX_CLIPPED = 1e-4
 RD_LEVELS = 255  # symbols 0..254 = integers -127..127 (uint8 latent files)
 
