@@ -50,7 +50,8 @@ class Sweep:
         self.oom_at: dict[tuple[str, str, str], int] = {}  # smallest batch that ran out of memory
         peak, source = device_peak(self.device, env, cfg.threads)
         self.report.peak = {"tflops": peak, "source": source}
-        self.stages = Stages(cfg, self.manifest, HostPeakMemory(), self._entropy_model(), peak)
+        self.codec, self.decoder = self._open_codec()
+        self.stages = Stages(cfg, HostPeakMemory(), self.codec if cfg.entropy else None, self.decoder, peak)
 
     def _model_info(self) -> dict[str, Any]:
         m = self.manifest
@@ -61,15 +62,15 @@ class Sweep:
         self.report.messages.append(msg)
         self.log(msg)
 
-    def _entropy_model(self) -> Any:
-        if not self.cfg.entropy:
-            return None
+    def _open_codec(self) -> tuple[Any, Any]:
+        """The model's Codec and Decoder (aekit.bench.quality.open_codec), or (None, None) with a note."""
+        from aekit.bench.quality import open_codec
+
         try:
-            from aekit.export.entropy import EntropyModel
+            return open_codec(self.manifest["_dir"], self.threads)
         except ImportError as e:
-            self.note(f"entropy stages skipped: aekit.export.entropy is not available ({e})")
-            return None
-        return EntropyModel.from_manifest(self.manifest)
+            self.note(f"entropy stages, file sizes and quality skipped: the codec cannot run ({e})")
+            return None, None
 
     # -- sizes -----------------------------------------------------------------
 
@@ -117,14 +118,15 @@ class Sweep:
         self.log(f"== {size}: {len(images)} distinct images, batches {', '.join(map(str, self.cfg.batches))}")
         rt = Runtime(self.manifest["_dir"], device="cpu", threads=self.cfg.threads)
         y = np.concatenate([rt.encode(images[i:i + 4]) for i in range(0, len(images), 4)])  # (N, c_y, h/f, w/f)
-        q = rt.quantise(y)
+        quantiser = rt.quantiser  # the model's default, which the codec codes with
+        q = quantiser.quantise(y)
         flops = self._flops(size, h, w, q.shape[1:])
         quality = self._quality(images, size)
         del rt  # its sessions' memory must not count against the settings below
-        st.set_images(images, y, [st.em.encode(s) for s in q] if st.em is not None else [])
+        st.set_images(images, y)
         for b in self.cfg.batches:
-            imgs, y_hat = tile(images, b), st.dequantise(tile(q, b))
-            if st.em is not None:
+            imgs, y_hat = tile(images, b), quantiser.dequantise(tile(q, b))
+            if st.codec is not None:
                 self.run_entropy(size, b, h, w)
             for name in self.backends:
                 for prec in self.cfg.precisions:
@@ -148,13 +150,15 @@ class Sweep:
 
     def _quality(self, images: np.ndarray, size: str) -> dict[str, Any]:
         """The size's row of whole .ael files vs whole JPEG files (aekit.bench.quality); {} when the codec cannot run."""
-        from aekit.bench.quality import open_codec, quality_row
+        from aekit.bench.quality import quality_row
 
+        if self.codec is None:
+            return {}
         try:
-            codec, decoder = open_codec(self.manifest["_dir"], self.threads)
-            row = quality_row(codec, decoder, images, size)
-        except ImportError as e:  # a runtime dependency missing (the entropy coder): timing stages still run
-            self.note(f"{size}: file sizes and quality not measured: the codec cannot run ({e})")
+            row = quality_row(self.codec, self.decoder, images, size)
+        except ImportError as e:  # a runtime dependency missing (the entropy coder): network stages still run
+            self.note(f"{size}: file sizes and quality not measured, entropy stages skipped: the codec cannot run ({e})")
+            self.codec = self.stages.codec = None
             return {}
         if "note" in row:
             self.note(f"{size}: {row['note']}")

@@ -1,14 +1,20 @@
 """The timed stages of one setting (backend x precision x size x batch): rows of StageResult.
 
-    st = Stages(cfg, manifest, HostPeakMemory(), entropy_model, peak); st.set_images(images, y, coded)
+    codec, decoder = open_codec(model_dir, threads)             # aekit.bench.quality
+    st = Stages(cfg, HostPeakMemory(), codec, decoder, peak); st.set_images(images, y)
     rows = st.entropy("28x28", 8, 28, 28) + st.model(runner, "ort-cpu", "fp32", imgs, y_hat, "28x28", 8, 28, 28, flops)
 Stages time and measure; they neither log nor decide what runs next (the sweep, run.py, does).
-Content-dependent stages (entropy coding, JPEG, end to end) walk through the distinct images.
+Whatever turns latents into bytes and back is the codec's own API (aekit.codec.core): the
+model's quantiser, `Codec.pack` (entropy code + header: the .ael file `aekit compress` writes)
+and `Decoder.symbols` (parse + entropy decode), so bytes per image are whole files and the
+symbols are those the codec codes. Without a codec (--no-entropy, or no entropy coder
+installed) only the network and JPEG stages run. Content-dependent stages (entropy coding,
+JPEG, end to end) walk through the distinct images.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -16,47 +22,57 @@ from aekit.bench.backends import Runner
 from aekit.bench.inputs import Cycle
 from aekit.bench.schema import BenchConfig, StageResult, fill
 from aekit.bench.timing import timed
-from aekit.export.runtime import dequantise, quantise
+
+if TYPE_CHECKING:
+    from aekit.codec.core import Codec, Decoder
 
 
 class Stages:
-    """What the stages of a run share: settings, model, memory meter, entropy model, device peak,
-    and the distinct images of the current size with their latents and coded payloads."""
+    """What the stages of a run share: settings, memory meter, the model's codec and decoder (None:
+    no entropy stages), device peak, and the distinct images of the current size with their
+    latents and .ael files."""
 
-    def __init__(self, cfg: BenchConfig, manifest: dict[str, Any], mem: Any, entropy: Any,
+    def __init__(self, cfg: BenchConfig, mem: Any, codec: Codec | None, decoder: Decoder | None,
                  peak: dict[str, float | None]):
-        self.cfg, self.manifest, self.mem, self.em, self.peak = cfg, manifest, mem, entropy, peak
-        self.images, self.y, self.coded = np.zeros(0), np.zeros(0), []
+        self.cfg, self.mem, self.codec, self.decoder, self.peak = cfg, mem, codec, decoder, peak
+        self.images, self.y, self.files = np.zeros(0), np.zeros(0), []
+        self.mode = ""
 
-    def set_images(self, images: np.ndarray, y: np.ndarray, coded: list[tuple[int, bytes]]) -> None:
-        """images uint8 (N, H, W, C); y float32 (N, c_y, h, w); coded: N (coder_id, payload)."""
-        self.images, self.y, self.coded = images, y, coded
+    def set_images(self, images: np.ndarray, y: np.ndarray) -> None:
+        """images uint8 (N, H, W, C); y float32 (N, c_y, h, w), the encoder's latents of them."""
+        self.images, self.y = images, y
+        if self.codec is not None:
+            self.mode = "L" if images.shape[3] == 1 else "RGB"
+            self.files = [self.pack(q) for q in self.codec.quantiser.quantise(y)]
 
-    def quantise(self, y: np.ndarray) -> np.ndarray:
-        return quantise(y, self.manifest["latent"]["levels"])
+    def pack(self, q: np.ndarray) -> bytes:
+        """Symbols (c_y, h, w) of one image of the current size -> its .ael file (Codec.pack)."""
+        h, w = self.images.shape[1:3]
+        return self.codec.pack(q, h, w, self.mode)
 
-    def dequantise(self, q: np.ndarray) -> np.ndarray:
-        return dequantise(q, self.manifest["latent"]["levels"])
+    def symbols(self, indexes: np.ndarray) -> np.ndarray:
+        """The files at indexes -> their symbols (B, c_y, h, w), as `aekit decompress` reads them."""
+        return np.stack([self.decoder.symbols(self.files[i])[1] for i in indexes])
 
     def _timed(self, fn: Any, sync: Any) -> Any:
         return timed(fn, sync, self.cfg.seconds, self.cfg.warmup)
 
     def coded_bytes(self) -> float:
-        return float(np.mean([len(p) for _, p in self.coded]))
+        """Mean size of the current images' whole .ael files."""
+        return float(np.mean([len(f) for f in self.files]))
 
     def entropy(self, size: str, b: int, h: int, w: int) -> list[StageResult]:
-        """Quantise + entropy code, and entropy decode + dequantise, b images per call (CPU)."""
-        em, y, coded = self.em, self.y, self.coded
-        shape = y.shape[1:]
+        """Quantise + entropy code into files, and files -> symbols -> dequantise, b images per call (CPU)."""
+        quantiser, y = self.codec.quantiser, self.y
         nbytes = self.coded_bytes()
         enc_cycle, dec_cycle = Cycle(len(y), b), Cycle(len(y), b)
 
         def encode() -> None:
             for i in enc_cycle.next():
-                em.encode(self.quantise(y[i]))
+                self.pack(quantiser.quantise(y[i]))
 
         def decode() -> None:
-            self.dequantise(np.stack([em.decode(*coded[i], shape) for i in dec_cycle.next()]))
+            quantiser.dequantise(self.symbols(dec_cycle.next()))
 
         rows = []
         for stage, fn in (("entropy-encode", encode), ("entropy-decode", decode)):
@@ -85,7 +101,7 @@ class Stages:
                 row.peak_fraction = row.achieved_tflops / peak if peak else None
             rows.append(row)
         dev_peak = r.peak_memory()
-        if self.em is not None:
+        if self.codec is not None:
             rows += self.end_to_end(r, name, prec, size, b, h, w)
         host_peak = self.mem.peak_bytes()
         for row in rows:
@@ -94,17 +110,17 @@ class Stages:
 
     def end_to_end(self, r: Runner, name: str, prec: str, size: str, b: int, h: int, w: int) -> list[StageResult]:
         """In-memory pixels -> bytes and bytes -> pixels, host to host, entropy coder included;
-        each call takes the next b distinct images (the gather is part of the work timed)."""
-        em, images, coded = self.em, self.images, self.coded
-        shape = self.y.shape[1:]
+        each call takes the next b distinct images (the gather is part of the work timed). The
+        network is the runner's; quantising and coding are the codec's."""
+        quantiser, images = self.codec.quantiser, self.images
         enc_cycle, dec_cycle = Cycle(len(images), b), Cycle(len(images), b)
 
         def compress() -> None:
-            for s in self.quantise(r.compress(images[enc_cycle.next()])):
-                em.encode(s)
+            for q in quantiser.quantise(r.compress(images[enc_cycle.next()])):
+                self.pack(q)
 
         def decompress() -> None:
-            r.decompress(self.dequantise(np.stack([em.decode(*coded[i], shape) for i in dec_cycle.next()])))
+            r.decompress(quantiser.dequantise(self.symbols(dec_cycle.next())))
 
         out = []
         nbytes = self.coded_bytes()

@@ -49,11 +49,12 @@ def test_end_to_end_json_table_and_plot(tiny_model, tmp_path, capsys):
             assert r["achieved_tflops"] > 0 and r["peak_fraction"] > 0 and r["peak_host_bytes"] > 0
     q = rep["quality"][0]
     assert q["ours_bytes"] > 0 and 1 <= q["jpeg_quality"] <= 100 and q["ours_psnr_db"] > 10
-    # every stage that codes latents codes the same symbols of a batch: the same bytes per image
+    # every stage that codes latents writes the codec's whole .ael files: the quality row's bytes per image
     for b in (1, 3):
         coded = {r["bytes_per_image"] for r in ok if r["batch"] == b and r["stage"] in
                  ("entropy-encode", "entropy-decode", "compress", "decompress")}
-        assert len(coded) == 1 and 20 < coded.pop() <= 4 * 7 * 7  # entropy-coded, at most the raw symbols
+        assert len(coded) == 1 and coded.pop() == pytest.approx(q["ours_bytes"], rel=0.02)
+    assert 20 < q["ours_bytes"] <= 4 * 7 * 7 + 64  # entropy-coded, at most the raw symbols and a header
     assert rep["ratios"] and all(x["ratio"] > 0 for x in rep["ratios"])
     assert "| ort-cpu | fp32 | 28x28 | 3 | encode |" in stdout and "ours/JPEG" in stdout
     assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
