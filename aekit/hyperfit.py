@@ -131,8 +131,10 @@ def refit_hyperprior(cfg: RefitConfig) -> Path:
     channels = int(ckpt["model_config"].get("channels", 3))
     t0 = time.perf_counter()
     ys = latent_cache(model, _images(cfg.data, channels), cfg.scales)
-    val = latent_cache(model, _images(cfg.val_data, channels), (1.0,), mirror=False) if cfg.val_data else []
-    val_px = sum(y.shape[1] * y.shape[2] for y in val) * model.factor ** 2
+    val_images = _images(cfg.val_data, channels) if cfg.val_data else []
+    val = latent_cache(model, val_images, (1.0,), mirror=False)
+    val_px = sum(a.shape[0] * a.shape[1] for a in val_images)  # bpp per image pixel, as the codec reports
+    del val_images
     log.info("latents of %d training crops cached in %.1f s", len(ys), time.perf_counter() - t0)
 
     def val_bpp() -> dict[str, float]:
