@@ -492,10 +492,3 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     with atomic_output(path) as tmp:
         tmp.write_bytes(data)
     return Path(path)
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    """Kept for callers of aekit.images.psnr: the one definition is aekit.metrics.psnr."""
-    from aekit.metrics import psnr as _psnr
-
-    return _psnr(a, b)

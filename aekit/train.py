@@ -101,11 +101,6 @@ def to_tensor(batch: np.ndarray, device: torch.device) -> torch.Tensor:
     return x / 127.5 - 1
 
 
-def psnr_from_mse(mse: float) -> float:
-    """PSNR for images in [-1, 1] (peak-to-peak 2)."""
-    return float("inf") if mse <= 0 else 10 * math.log10(4.0 / mse)
-
-
 class Trainer:
     """One training run; `run()` trains to the end (or budget) and returns the summary."""
 
@@ -267,16 +262,16 @@ class Trainer:
         for epoch in range(self.start_epoch, self.tcfg.epochs):
             t_epoch = time.monotonic()
             self.model.set_trunk_frozen(epoch < self.tcfg.freeze_epochs)  # two-phase (pretrained trunk)
-            train_loss, train_mse = self._train_epoch(epoch)
-            val = self.evaluate(self.val_set) if self.val_set and distributed.is_main() else {"loss": train_loss, "mse": train_mse, "bpp": float("nan")}
+            train_loss, train_psnr = self._train_epoch(epoch)
+            val = self.evaluate(self.val_set) if self.val_set and distributed.is_main() else {"loss": train_loss, "psnr": train_psnr, "bpp": float("nan")}
             self.sched.step()
             row = {
                 "epoch": epoch + 1,
                 "size": self.trained_side,  # side of the images this epoch trained on
                 "train_loss": train_loss,
-                "train_psnr": psnr_from_mse(train_mse),
+                "train_psnr": train_psnr,  # aekit.metrics' PSNR (per image on uint8, mean), of training-mode outputs
                 "val_loss": val["loss"],
-                "val_psnr": val.get("psnr", psnr_from_mse(val["mse"])),
+                "val_psnr": val["psnr"],
                 "val_bpp_est": val["bpp"],
                 "lr": self.opt.param_groups[0]["lr"],
                 "epoch_time_s": time.monotonic() - t_epoch,
@@ -293,12 +288,13 @@ class Trainer:
         return self._finish(time.monotonic() - t0) if distributed.is_main() else {}
 
     def _train_epoch(self, epoch: int) -> tuple[float, float]:
+        """One pass over the training set: (mean loss, mean per-image PSNR) over every rank's images."""
         from tqdm import tqdm
 
         self.model.train()
         rng = np.random.default_rng([self.tcfg.seed, epoch])
         n_batches = math.ceil(len(self.train_set) * max(1, self.tcfg.data_cfg.repeat) / self.tcfg.batch_size)
-        total, total_mse, n = 0.0, 0.0, 0
+        total, total_psnr, n = 0.0, 0.0, 0
         bar = tqdm(distributed.shard(self.train_set.batches(self.tcfg.batch_size, rng)), total=n_batches,
                    desc=f"epoch {epoch + 1}/{self.tcfg.epochs}", leave=False, file=sys.stderr,
                    disable=None)
@@ -310,11 +306,11 @@ class Trainer:
             self.trained_side = x.shape[-1]
             loss, parts = self._step(x)
             total += loss * len(x)
-            total_mse += parts["_mse"] * len(x)
+            total_psnr += parts["_psnr_sum"]
             n += len(x)
             bar.set_postfix(loss=f"{loss:.4f}")
-        total, total_mse, n = distributed.all_sum(total, total_mse, n)  # over all ranks' slices
-        return total / n, total_mse / n
+        total, total_psnr, n = distributed.all_sum(total, total_psnr, n)  # over all ranks' slices
+        return total / n, total_psnr / n
 
     def _step(self, x: torch.Tensor) -> tuple[float, dict[str, float]]:
         with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
@@ -335,7 +331,7 @@ class Trainer:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.tcfg.clip_grad)
         self.scaler.step(self.opt)
         self.scaler.update()
-        parts["_mse"] = float(torch.mean((out.x_hat.detach().float() - x) ** 2))
+        parts["_psnr_sum"] = float(psnr_torch(out.x_hat.detach().float(), x).sum())  # the codec's PSNR, summed
         return float(loss.detach()), parts
 
     @torch.no_grad()

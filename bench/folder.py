@@ -1,7 +1,7 @@
 """File-to-file stage: `aekit compress` then `aekit decompress` on a folder, as subprocesses.
 
     row = folder_stage("models/fmnist-r4", "data/fmnist/test", limit=1000, log=print)
-Run as separate processes (bench never imports the codec); each child's wall time and own
+Run as separate processes, as a user runs them (start-up included); each child's wall time and own
 peak RSS are recorded, so 1,000 vs 10,000 files shows whether memory stays flat.
 """
 

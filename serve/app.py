@@ -22,7 +22,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from aekit.images import psnr
+from aekit.metrics import psnr
 from aekit.codec.jobs import encode_image_file
 from aekit.serve.config import ServeConfig
 from aekit.serve.errors import ApiError, add_error_handlers, status_of

@@ -16,7 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from aekit.images import ImageLimitError, NamedBytes, atomic_write_bytes, load_for_channels, psnr
+from aekit.images import ImageLimitError, NamedBytes, atomic_write_bytes, load_for_channels
+from aekit.metrics import psnr
 from aekit.codec.jobs import encode_image_file
 from aekit.detector.calibration import CalibrationError
 from aekit.detector.model import DetectorError

@@ -7,8 +7,9 @@ import pytest
 from PIL import Image
 
 from aekit.images import (
-    ImageError, from_model_output, load_image, pad_to_multiple, psnr, scan_folder, to_model_input,
+    ImageError, from_model_output, load_image, pad_to_multiple, scan_folder, to_model_input,
 )
+from aekit.metrics import psnr
 
 
 def write(path, arr, mode=None, **kw):

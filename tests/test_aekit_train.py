@@ -27,6 +27,7 @@ def test_train_writes_logs_and_loadable_checkpoints(train_tiny):
     run = train_tiny(1, 4)
     rows = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2, 3] and rows[-1]["val_psnr"] > 12
+    assert all(8 < r["train_psnr"] < 60 for r in rows)  # aekit.metrics' per-image PSNR, as val_psnr
     assert (run / "log.csv").read_text().startswith("epoch,size,train_loss,train_psnr,val_loss,val_psnr")
     ckpt = load_checkpoint(run / "best.pt")  # torch.load(weights_only=True) inside
     hist = np.array(ckpt["latent_hist"])
