@@ -29,3 +29,15 @@ def test_stage_files_are_the_codec_files(model, photos_dir, gray_dir):
     rows = st.entropy(f"{side}x{side}", 2, side, side)
     assert [r.stage for r in rows] == ["entropy-encode", "entropy-decode"]
     assert all(r.status == "ok" and r.bytes_per_image == st.coded_bytes() for r in rows)
+
+
+def test_quality_main_records_whole_file_rows(gray_dir, tmp_path, capsys):
+    from aekit.bench.quality import main
+
+    out = tmp_path / "q.json"
+    assert main(["fmnist-r4", "--images", str(gray_dir / "test"), "--max-images", "4", "--json", str(out)]) == 0
+    rec = __import__("json").loads(out.read_text())
+    row = rec["rows"][0]
+    assert rec["model"] == "fmnist-r4" and rec["command"][3] == "fmnist-r4" and row["size"] == "28x28"
+    assert row["ours_bytes_are"].startswith("whole .ael files") and row["ours_bytes"] > 30 and row["ours_psnr_db"] > 10
+    assert "28x28: ours" in capsys.readouterr().out
