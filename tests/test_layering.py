@@ -9,7 +9,8 @@
 A layer imports only layers below it; the CLI root finds the packages' subcommands through
 entry points, so the core never imports them. One wheel, one import name (test_packaging.py).
 Inside the core, models stack as in CompressAI: layers and entropy models, then aekit.models
-(base -> blocks -> the architectures); inside the server, uploads and errors, then server, then app.
+(base -> blocks -> the architectures); inside the server, uploads and errors, then server, then app;
+inside the bench, the record (schema) and helpers, then stages and quality, then the sweep (run).
 """
 
 from __future__ import annotations
@@ -70,14 +71,21 @@ STACKS = {
     "serve/errors.py": {"aekit.serve.models"}, "serve/uploads.py": {"aekit.serve.errors"},
     "serve/server.py": {"aekit.serve.config", "aekit.serve.errors", "aekit.serve.models", "aekit.serve.uploads",
                         "aekit.serve.learn"},
+    # the bench: the record and the helpers, then the stages and the quality row, then the sweep (run.py)
+    "bench/schema.py": {"aekit.bench.timing"}, "bench/summary.py": {"aekit.bench.schema"},
+    "bench/failures.py": {"aekit.bench.flops"}, "bench/devices.py": {"aekit.bench.backends", "aekit.bench.flops"},
+    "bench/stages.py": {"aekit.bench.backends", "aekit.bench.inputs", "aekit.bench.schema", "aekit.bench.timing",
+                        "aekit.bench.jpeg"},
+    "bench/quality.py": {"aekit.bench.jpeg", "aekit.bench.inputs", "aekit.bench.sysinfo"},
 }
+PACKAGE_OF = {"aekit": "aekit.models", "serve": "aekit.serve", "bench": "aekit.bench"}  # folder -> import name
 
 
-def test_models_and_server_modules_stack():
+def test_modules_inside_a_package_stack():
     bad = []
     for rel, allowed in STACKS.items():
         tree = ast.parse((ROOT / rel).read_text())
-        package = "aekit.models" if rel.startswith("aekit/") else "aekit.serve"
+        package = PACKAGE_OF[rel.split("/")[0]]
         for node in ast.walk(tree):
             mods = [a.name for a in node.names] if isinstance(node, ast.Import) else \
                 [node.module] if isinstance(node, ast.ImportFrom) and node.module else []
