@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import signal
 
 from aekit.serve.config import MB, ServeConfig
@@ -77,11 +78,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     server_cls = _server_class()
     app = create_app(cfg)
-    print(f"aekit serve: model {app.state.server.store.current.model_id} at http://{cfg.host}:{cfg.port}/ "
-          f"(learning {'on' if cfg.learn else 'off'})", flush=True)
+    log = logging.getLogger(__name__)  # diagnostics on stderr (aekit -q hides them); stdout carries no results here
+    log.info("aekit serve: model %s at http://%s:%s/ (learning %s)", app.state.server.store.current.model_id,
+             cfg.host, cfg.port, "on" if cfg.learn else "off")
     server = server_cls(uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level="warning", timeout_keep_alive=5))
     server.run()
-    print("aekit serve: stopped", flush=True)
+    log.info("aekit serve: stopped")
     return 0
 
 
