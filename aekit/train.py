@@ -28,7 +28,7 @@ from aekit.augment import (  # noqa: F401 - DEFECT_KINDS, paste_defects: still i
 from aekit.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from aekit.config import ModelConfig
 from aekit.data import DataConfig, ImageSet, report_skipped, split_samples, subsample
-from aekit.images import ImageError, scan_folder
+from aekit.images import scan_folder
 from aekit.losses import ReconstructionLoss
 from aekit.machine import usable_cores
 from aekit.metrics import psnr_torch
