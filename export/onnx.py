@@ -26,6 +26,7 @@ from aekit.checkpoint import load_model
 from aekit.data import scale_crop
 from aekit.images import DIR_MODE, ImageError, load_image, pad_to_multiple, scan_folder, to_model_input
 from aekit.entropy_models import QUALITY_STEPS, gaussian_pmf, scale_table
+from aekit.metrics import psnr_torch
 from aekit.export.entropy import (EXACT_BITS, HYPER_ACT_BITS, HYPER_FRAC_BITS, QUANTISER_INTEGER, IntegerHyperDecoder,
                                   trim_counts)
 from aekit.export.manifest import MANIFEST_FORMAT, MANIFEST_VERSION, entropy_bytes, model_id_of, save_manifest
@@ -435,15 +436,18 @@ def _default_quality(model: nn.Module, ckpt: dict[str, Any], qualities: list[dic
     best, best_cost = qualities[-1], float("inf")
     for q in qualities:
         mse = bits = pixels = 0.0
+        psnrs = []
         for im in images:
             x = torch.from_numpy(pad_to_multiple(to_model_input(im[None]), model.factor))
             y_hat, b = model.step_bits(model.encode(x), q["step"], (RD_LEVELS - 1) // 2)
             x_hat = model.decode(y_hat)[..., : im.shape[0], : im.shape[1]].clamp(-1, 1)
-            mse += float(((x_hat - x[..., : im.shape[0], : im.shape[1]]) ** 2).mean())
+            x_in = x[..., : im.shape[0], : im.shape[1]]
+            mse += float(((x_hat - x_in) ** 2).mean())  # the training objective's D
+            psnrs.append(float(psnr_torch(x_hat, x_in)[0]))  # the one PSNR (per image, uint8), as the codec reports
             bits += b
             pixels += im.shape[0] * im.shape[1]
         mse, bpp = mse / len(images), bits / pixels
-        q["check"] = {"psnr": round(10 * math.log10(4 / max(mse, 1e-12)), 3), "bpp": round(bpp, 4), "images": len(images)}
+        q["check"] = {"psnr": round(sum(psnrs) / len(psnrs), 3), "bpp": round(bpp, 4), "images": len(images)}
         if mse + lam * bpp < best_cost:
             best, best_cost = q, mse + lam * bpp
     return best
