@@ -197,4 +197,4 @@ def patchcore_maps(feats: np.ndarray, a: dict[str, np.ndarray]) -> np.ndarray:
     """Distance of each aggregated patch to its nearest bank vector: (B, D, h, w) -> (B, h, w)."""
     b, d, h, w = feats.shape
     q = _aggregate(feats).transpose(0, 2, 3, 1).reshape(-1, d).astype(np.float32)
-    return _nn_distances(q, a["bank"]).reshape(b, h, w)
+    return _nn_distances(q, a["bank"])[0][:, 0].reshape(b, h, w)

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from aekit.detector.features import FeatureBank
+from aekit.detector.features import FeatureBank, ImageBank
 
 CALIBRATION_VERSION = 2  # 2 added score specs, "norm", "n_fit" and the feature banks; 1 is still read
 ARRAYS_FILE = "calibration.npz"  # feature banks, beside manifest.json
@@ -86,6 +86,7 @@ class ClassCalibration:
     norm: dict[str, list[float]] = field(default_factory=dict)  # part -> [loc, scale] of combined scores
     n_fit: int = 0  # images used for the bank and normalisers (held apart from the n conformal scores)
     bank: FeatureBank | None = None  # encoder-feature memory bank (score 'feat')
+    image_bank: ImageBank | None = None  # whole-latent memory bank (score 'knn')
     backbone: dict[str, np.ndarray] = field(default_factory=dict)  # PaDiM / PatchCore statistics ('padim_mean', …)
 
     @property
@@ -118,6 +119,8 @@ class Calibration:
         for c, cc in sorted(self.classes.items()):
             if cc.bank is not None:
                 a.update(cc.bank.to_arrays(f"{c}/"))
+            if cc.image_bank is not None:
+                a.update(cc.image_bank.to_arrays(f"{c}/"))
             a.update({f"{c}/{k}": v for k, v in cc.backbone.items()})
         if not a:
             return None
@@ -183,6 +186,8 @@ def _attach_banks(classes: dict[str, ClassCalibration], meta: dict | None, array
     for c, cc in classes.items():
         if f"{c}/bank" in a:
             cc.bank = FeatureBank.from_arrays(a, f"{c}/")
+        if f"{c}/knn_bank" in a:
+            cc.image_bank = ImageBank.from_arrays(a, f"{c}/")
         cc.backbone = {k[len(c) + 1:]: v for k, v in a.items()
                        if k.startswith(f"{c}/padim_") or k.startswith(f"{c}/patchcore_")}
 

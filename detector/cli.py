@@ -29,10 +29,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "of 0.01, 0.05, 0.1, 0.2 the folder has enough images for")
     c.add_argument("--class", dest="cls", metavar="NAME", help="class of every image in NORMAL_DIR")
     c.add_argument("--score", type=_score_spec, help="score: MAP[-REDUCER] (MAP mse|ssim|msssim, REDUCER "
-                   "mean|max|topP), feat (encoder-feature memory bank), or parts joined by '+' (normalised sum, "
-                   "calibrated as one score); None: " + _default_score())
+                   "mean|max|topP), feat (encoder-feature patch memory bank), knn (nearest normal images' latents: "
+                   "other products), or parts joined by '+' (normalised sum, calibrated as one score); None: "
+                   + _default_score())
     c.add_argument("--fit-fraction", type=float, default=0.3, help="share of each class fitting the feature bank "
                    "and the normalisers of a combined score (only for those scores; the rest calibrates)")
+    c.add_argument("--fit-dir", metavar="DIR", help="normal images (same class layout) that fit the banks and "
+                   "normalisers instead, e.g. the training images; then all of NORMAL_DIR calibrates")
     c.add_argument("--latent", choices=("quantised", "float"), default="quantised",
                    help="reconstruct through 8-bit latent symbols (as shipped) or the float latent")
     c.add_argument("--backbone-weights", metavar="FILE", help="local torchvision ResNet/WideResNet state_dict for the "
@@ -205,7 +208,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         for d in sorted(set(load_routes(args.model).values())):
             print(f"exported {export_backbone(args.backbone_weights, d, BackboneConfig(args.backbone, args.backbone_side))}")
     rep = calibrate_folder(args.model, args.normal_dir, args.cls, args.alpha, args.score, args.latent,
-                           _job_config(args), args.fit_fraction)
+                           _job_config(args), args.fit_fraction, args.fit_dir)
     for msg in rep.failed:
         print(f"error: {msg}", file=sys.stderr)
     print(f"calibrated {len(rep.classes)} class(es), score {rep.score}, alpha {rep.alpha:g}"

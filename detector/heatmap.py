@@ -7,6 +7,8 @@ on normal images = full red), so colours compare across images of one class.
 
 from __future__ import annotations
 
+import functools
+import io
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +21,7 @@ _STOPS = np.array([[0, 0, 128], [0, 160, 255], [0, 200, 80], [255, 220, 0], [220
 LUT = np.stack([np.interp(np.linspace(0, 1, 256), np.linspace(0, 1, len(_STOPS)), _STOPS[:, c]) for c in range(3)],
                axis=1).round().astype(np.uint8)  # (256, 3)
 MIN_PANEL_SIDE = 224  # small images (e.g. 28x28) are enlarged (nearest) to be readable
+PNG_LEVEL = 1  # zlib level of the --maps panels: flat colour blocks compress well at the fastest level
 
 
 def to_rgb(im: np.ndarray) -> np.ndarray:
@@ -48,8 +51,11 @@ def write_heatmap(path: str | Path, image: np.ndarray, recon: np.ndarray, error_
     return save_image(panel(image, recon, error_map, scale), path)
 
 
+@functools.lru_cache(maxsize=256)
 def colour_bar(height: int, scale: float, width: int = 64) -> np.ndarray:
-    """A vertical colour scale (top = `scale`, the class's full red; bottom = 0) with its values: (height, width, 3)."""
+    """A vertical colour scale (top = `scale`, the class's full red; bottom = 0) with its values: (height, width, 3).
+
+    Drawn once per (height, scale), i.e. once per class and image size (read-only)."""
     from PIL import ImageDraw
 
     bar = np.full((height, width, 3), 255, np.uint8)
@@ -60,7 +66,9 @@ def colour_bar(height: int, scale: float, width: int = 64) -> np.ndarray:
     draw.text((21, 0), f"{scale:.3g}", fill=(0, 0, 0))
     draw.text((21, height // 2 - 5), f"{scale / 2:.3g}", fill=(0, 0, 0))
     draw.text((21, height - 11), "0", fill=(0, 0, 0))
-    return np.asarray(im)
+    out = np.asarray(im)
+    out.flags.writeable = False
+    return out
 
 
 def map_panel(image: np.ndarray, anomaly_map: np.ndarray, scale: float) -> np.ndarray:
@@ -69,19 +77,33 @@ def map_panel(image: np.ndarray, anomaly_map: np.ndarray, scale: float) -> np.nd
     k = max(1, -(-MIN_PANEL_SIDE // min(image.shape[:2])))
     if k > 1:
         strip = np.asarray(Image.fromarray(strip).resize((strip.shape[1] * k, strip.shape[0] * k), Image.NEAREST))
-    return np.concatenate([strip, colour_bar(strip.shape[0], scale)], axis=1)
+    return np.concatenate([strip, colour_bar(strip.shape[0], float(scale))], axis=1)
+
+
+def png_bytes(rgb: np.ndarray, level: int = PNG_LEVEL) -> bytes:
+    """uint8 (H, W, 3) -> PNG bytes at zlib level `level` (lossless at every level)."""
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="PNG", compress_level=level)
+    return buf.getvalue()
+
+
+@functools.lru_cache(maxsize=64)
+def _npy_header(shape: tuple[int, ...]) -> bytes:
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": "<f4", "fortran_order": False, "shape": shape})
+    return buf.getvalue()  # magic, version 1.0, padded dict
+
+
+def npy_bytes(a: np.ndarray) -> bytes:
+    """float32 little-endian .npy bytes of a map (what np.save writes; header built once per shape)."""
+    a = np.ascontiguousarray(a, dtype="<f4")
+    return _npy_header(a.shape) + a.tobytes()
 
 
 def map_files(image: np.ndarray, anomaly_map: np.ndarray, scale: float) -> dict[str, bytes]:
     """{'.png': the map_panel as PNG bytes, '.npy': the raw float32 (H, W) map as .npy bytes}: what
     write_map writes, as bytes (a Ray actor renders them; the driver writes them)."""
-    import io
-
-    from aekit.images import encode_image
-
-    buf = io.BytesIO()
-    np.save(buf, anomaly_map.astype(np.float32))
-    return {".png": encode_image(map_panel(image, anomaly_map, scale), ".png"), ".npy": buf.getvalue()}
+    return {".png": png_bytes(map_panel(image, anomaly_map, scale)), ".npy": npy_bytes(anomaly_map)}
 
 
 def write_map(stem: str | Path, image: np.ndarray, anomaly_map: np.ndarray, scale: float) -> list[Path]:

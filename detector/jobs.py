@@ -21,7 +21,8 @@ import os
 import re
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -99,12 +100,13 @@ class CalibrateReport:
 
 def calibrate_folder(model: str | Path, src: str | Path, cls: str | None = None, alpha: float | None = None,
                      score: str | None = None, latent: str = "quantised", cfg: ScreenConfig | None = None,
-                     fit_fraction: float = 0.3) -> CalibrateReport:
+                     fit_fraction: float = 0.3, fit_dir: str | Path | None = None) -> CalibrateReport:
     """Score normal images per class, store conformal calibration in the model manifest(s).
 
     Scores with a feature bank or several parts first fit them on a seeded fit_fraction of each
-    class (held in memory); the other images are streamed and give the conformal scores.
-    CalibrationError when a class has too few images for alpha (nothing is stored then)."""
+    class (held in memory), or on all of fit_dir's images of the class (e.g. the training images:
+    then every image of src calibrates); the other images are streamed and give the conformal
+    scores. CalibrationError when a class has too few images for alpha (nothing is stored then)."""
     cfg = cfg or ScreenConfig()
     det = Detector(model, score=score, alpha=alpha, latent=latent, device=cfg.device,
                    batch_size=cfg.batch_size, threads=cfg.threads, fit_fraction=fit_fraction)
@@ -115,13 +117,20 @@ def calibrate_folder(model: str | Path, src: str | Path, cls: str | None = None,
     labels = [c or det.default_class(fitting=True) for c in labels]
     usable = _routable(det, samples, labels, report.failed)
     fit_idx: set[int] = set()
+    fit_from = _fit_samples(det, fit_dir, cls) if fit_dir is not None else {}
     for c in sorted({labels[i] for i in usable}):
+        if not det.needs_reference(det.model_for(c)):
+            continue
         idx = [i for i in sorted(usable) if labels[i] == c]
-        part = [idx[k] for k in det.split(len(idx), c)[0]]
-        if part:
-            fit_idx.update(part)
+        part = [] if fit_dir is not None else [idx[k] for k in det.split(len(idx), c)[0]]
+        fit_idx.update(part)
+        fit_s = fit_from.get(c, []) if fit_dir is not None else [samples[i] for i in part]
+        if fit_dir is not None and not fit_s:
+            raise CalibrationError(f"class {c!r}: no images in --fit-dir {fit_dir} (expected {Path(fit_dir) / c}"
+                                   " or --class)")
+        if fit_s:
             images = []
-            for chunk in load_chunks([samples[i] for i in part], det.channels, _factor(det), cfg):
+            for chunk in load_chunks(fit_s, det.channels, _factor(det), cfg):
                 images += [im for _, im, err in chunk if err is None]
                 report.failed += [err for _, _, err in chunk if err]
             det.fit_reference(images, c)
@@ -145,6 +154,15 @@ def calibrate_folder(model: str | Path, src: str | Path, cls: str | None = None,
         report.classes[c] = {"n": cc.n, "n_fit": cc.n_fit, "threshold": cc.threshold(det.alpha_),
                              "model": str(det.model_for(c))}
     return report
+
+
+def _fit_samples(det: Detector, fit_dir: str | Path, cls: str | None) -> dict[str, list[Sample]]:
+    """class -> samples of fit_dir (class subfolders, or all of it for --class / a single class)."""
+    samples, labels, _ = labelled(fit_dir, cls)
+    out: dict[str, list[Sample]] = {}
+    for s, c in zip(samples, labels):
+        out.setdefault(c or det.default_class(fitting=True), []).append(s)
+    return out
 
 
 def _factor(det: Detector) -> int:
@@ -318,15 +336,18 @@ def screen_folder(model: str | Path, src: str | Path, out: str | Path, cls: str 
     labels = [c or det.default_class() for c in labels]
     report = ScreenReport(alpha=det.alpha_, warnings=[f"{p}: not an image file (skipped)" for p in skipped])
     writer = RecordWriter(out)
+    files = MapWriter(cfg.workers)
     try:
         usable = _calibrated(det, samples, labels, report, writer)
         reused = _reuse(det, samples, labels, usable, report, writer, heatmaps, maps)
         todo = [i for i in range(len(samples)) if i not in reused]
         for chunk in load_chunks([samples[i] for i in todo], det.channels, _factor(det), cfg):
             chunk = [(todo[j], im, err) for j, im, err in chunk]
-            _screen_chunk(det, samples, labels, chunk, usable, report, writer, heatmaps, maps)
+            _screen_chunk(det, samples, labels, chunk, usable, report, writer, heatmaps, maps, files)
+        files.close()  # every map and heatmap on disk (or its error raised) before the records are committed
         report.outputs = writer.commit()
     except BaseException:
+        files.close(cancel=True)
         writer.abort()
         raise
     summary = Path(f"{out}.summary.json")
@@ -427,7 +448,35 @@ def _score_or_isolate(det, samples, labels, ok, want_maps, report, writer):
     return kept, np.array(scores), maps if want_maps else None
 
 
-def _screen_chunk(det, samples, labels, chunk, usable, report, writer, heatmaps, map_dir) -> None:
+class MapWriter:
+    """Renders and writes map / heatmap files in I/O threads while the next images are scored.
+
+    At most `limit` files are in flight (bounded memory); a failed write is raised by the next
+    submit() or by close(), so screen fails as it did when it wrote them itself."""
+
+    def __init__(self, workers: int, limit: int = 1024):
+        self.pool = ThreadPoolExecutor(max(1, workers), thread_name_prefix="aekit-maps")
+        self.pending: deque[Future] = deque()
+        self.limit = limit
+
+    def submit(self, fn, *args) -> None:
+        self.pending.append(self.pool.submit(fn, *args))
+        while self.pending and (self.pending[0].done() or len(self.pending) > self.limit):
+            self.pending.popleft().result()
+
+    def close(self, cancel: bool = False) -> None:
+        if cancel:
+            for f in self.pending:
+                f.cancel()
+        try:
+            while self.pending and not cancel:
+                self.pending.popleft().result()
+        finally:
+            self.pool.shutdown(wait=True)
+
+
+def _screen_chunk(det, samples, labels, chunk, usable, report, writer, heatmaps, map_dir,
+                  files: MapWriter | None = None) -> None:
     ok = [(i, im) for i, im, err in chunk if err is None and i in usable]
     for i, _, err in chunk:
         if err is not None and i in usable:
@@ -448,12 +497,12 @@ def _screen_chunk(det, samples, labels, chunk, usable, report, writer, heatmaps,
                       "threshold": None if math.isinf(t) else t, "p_value": p, "is_anomaly": flag, "error": None,
                       "rel": str(samples[i].rel), "height": im.shape[0], "width": im.shape[1],
                       "model_id": det.runtime(det.model_for(c)).model_id})
+        run = files.submit if files is not None else (lambda fn, *a: fn(*a))
         if flag and heatmaps is not None:
             recon = det.reconstruct(det.model_for(c), im[None], det.settings(det.model_for(c))[1])[0]
-            dest = Path(heatmaps) / samples[i].rel.with_suffix(".png")
-            write_heatmap(dest, im, recon, maps[k], cc.map_scale)
+            run(write_heatmap, Path(heatmaps) / samples[i].rel.with_suffix(".png"), im, recon, maps[k], cc.map_scale)
         if map_dir is not None:
-            write_map(Path(map_dir) / samples[i].rel.with_suffix(""), im, maps[k], cc.map_scale)
+            run(write_map, Path(map_dir) / samples[i].rel.with_suffix(""), im, maps[k], cc.map_scale)
 
 
 def _note_shape(report: ScreenReport, cls: str, cal_shape: list[int] | None, shape: tuple[int, int]) -> None:

@@ -23,8 +23,8 @@ import numpy as np
 from aekit.images import ImageError, atomic_write_bytes
 from aekit.detector.calibration import (ARRAYS_FILE, Calibration, CalibrationError, ClassCalibration, check_alpha,
                                         default_alpha, too_small_message)
-from aekit.detector.features import FeatureBank
-from aekit.detector.scores import (BACKBONE_PARTS, FEATURE, SMOOTH_SIGMA, components, error_maps, image_scores,
+from aekit.detector.features import FeatureBank, ImageBank
+from aekit.detector.scores import (BACKBONE_PARTS, FEATURE, KNN, SMOOTH_SIGMA, components, error_maps, image_scores,
                                    upsample)
 from aekit.export.manifest import MANIFEST_NAME, ModelError, load_manifest, save_manifest
 
@@ -110,6 +110,7 @@ class Reference:
     """What a combined or feature score fits on normal images before conformal calibration."""
 
     bank: FeatureBank | None = None  # memory bank of the 'feat' part
+    image_bank: ImageBank | None = None  # memory bank of the 'knn' part
     norm: dict[str, list[float]] = field(default_factory=dict)  # part -> [loc, scale] (combined scores)
     n_fit: int = 0
     backbone: dict[str, np.ndarray] = field(default_factory=dict)  # 'padim_*' / 'patchcore_*' arrays
@@ -141,7 +142,8 @@ class Detector:
     DEFAULT_SCORE); alpha (None: the calibrated one; at fit, the smallest of ALPHA_LADDER the data
     allow); latent: 'quantised' | 'float'; fit_fraction: share of each class's normal images that
     fits the feature bank and the normalisers of a combined score (only for such scores; the rest
-    calibrates); bank_size: memory-bank vectors per class; random_state: seeds split and subsampling.
+    calibrates); bank_size: memory-bank vectors per class; n_neighbors: nearest normal images the 'knn'
+    score averages over; random_state: seeds split and subsampling.
     Fitted attributes (set by fit, or loaded with a calibrated model): `calibrations_` (model folder
     -> Calibration), `thresholds_`, `alpha_`, `classes_`, `decision_scores_` (set by fit only).
     Labels follow pyod: predict() returns 1 for anomalies, 0 for normal images.
@@ -149,7 +151,7 @@ class Detector:
 
     def __init__(self, model: str | Path, score: str | None = None, alpha: float | None = None,
                  latent: str | None = None, device: str = "auto", batch_size: int = 64, threads: int = 0,
-                 fit_fraction: float = 0.3, bank_size: int = 8192, random_state: int = 0):
+                 fit_fraction: float = 0.3, bank_size: int = 8192, n_neighbors: int = 3, random_state: int = 0):
         self.model = model
         self.score = score
         self.alpha = alpha
@@ -159,6 +161,7 @@ class Detector:
         self.threads = threads
         self.fit_fraction = fit_fraction
         self.bank_size = bank_size
+        self.n_neighbors = n_neighbors
         self.random_state = random_state
 
     # ---- scikit-learn parameter protocol --------------------------------------------------
@@ -285,6 +288,12 @@ class Detector:
                 fm = ref.bank.score_maps(y_hat, image_ids)  # (B, h', w')
                 out[part_name(part)] = (fm.reshape(len(fm), -1).max(axis=1), upsample(fm, h, w))
                 continue
+            if part[0] == KNN:
+                if ref is None or ref.image_bank is None:
+                    raise CalibrationError(f"{model_dir}: score {score!r} needs an image bank; calibrate first")
+                sc, fm = ref.image_bank.scores(y_hat, image_ids)  # (B,), (B, h', w')
+                out[KNN] = (sc, upsample(fm, h, w))
+                continue
             if part[0] in BACKBONE_PARTS:  # PaDiM / PatchCore: image score = the map's max (as anomalib)
                 fm = self._backbone_maps(model_dir, batch, part[0], ref)  # (B, side/8, side/8)
                 out[part_name(part)] = (fm.reshape(len(fm), -1).max(axis=1), upsample(fm, h, w))
@@ -326,7 +335,7 @@ class Detector:
             return pending[cls]
         cal = self._cals().get(self.model_for(cls))
         cc = cal.classes.get(cls) if cal else None
-        return Reference(cc.bank, cc.norm, cc.n_fit, cc.backbone) if cc else None
+        return Reference(cc.bank, cc.image_bank, cc.norm, cc.n_fit, cc.backbone) if cc else None
 
     def reconstruct(self, model_dir: Path, batch: np.ndarray, latent: str = "quantised") -> np.ndarray:
         rt = self.runtime(model_dir)
@@ -343,7 +352,7 @@ class Detector:
     def needs_reference(self, model_dir: Path) -> bool:
         """Whether the score fits something on normal images first (a feature bank or normalisers)."""
         parts = components(self.settings(model_dir)[0])
-        return len(parts) > 1 or parts[0][0] == FEATURE or parts[0][0] in BACKBONE_PARTS
+        return len(parts) > 1 or parts[0][0] in (FEATURE, KNN) or parts[0][0] in BACKBONE_PARTS
 
     def split(self, n: int, cls: str) -> tuple[np.ndarray, np.ndarray]:
         """(fit indices, calibration indices) of a class's n normal images (seeded by class name)."""
@@ -361,12 +370,13 @@ class Detector:
             raise CalibrationError(f"class {cls!r}: score {self.settings(model_dir)[0]!r} needs normal images to fit "
                                    "(fit_fraction is 0 or the class has too few images)")
         ref = Reference(n_fit=len(images))
-        if any(p[0] == FEATURE for p in components(self.settings(model_dir)[0])):
-            rt, latent = self.runtime(model_dir), self.settings(model_dir)[1]
-            ys = [rt.encode(np.stack(images[i : i + self.batch_size])) for i in range(0, len(images), self.batch_size)]
-            if latent == "quantised":
-                ys = [rt.dequantise(rt.quantise(y)) for y in ys]
-            ref.bank = FeatureBank.fit(np.concatenate(ys), self.bank_size, self.random_state)
+        names = [p[0] for p in components(self.settings(model_dir)[0])]
+        if FEATURE in names or KNN in names:
+            y = self._latents(model_dir, images)  # (N, c_y, h, w)
+            if FEATURE in names:
+                ref.bank = FeatureBank.fit(y, self.bank_size, self.random_state)
+            if KNN in names:
+                ref.image_bank = ImageBank.fit(y, self.bank_size, self.random_state, self.n_neighbors)
         kinds = [p[0] for p in components(self.settings(model_dir)[0]) if p[0] in BACKBONE_PARTS]
         if kinds:
             from aekit.detector.backbone import padim_fit, patchcore_fit
@@ -389,18 +399,28 @@ class Detector:
         self.__dict__.setdefault("_reference", {})[cls] = ref
         return ref
 
+    def _latents(self, model_dir: Path, images: list[np.ndarray]) -> np.ndarray:
+        """Latents (N, c_y, h, w) of same-size images, through 8-bit symbols unless the latent is 'float'."""
+        rt, latent = self.runtime(model_dir), self.settings(model_dir)[1]
+        ys = [rt.encode(np.stack(images[i : i + self.batch_size])) for i in range(0, len(images), self.batch_size)]
+        if latent == "quantised":
+            ys = [rt.dequantise(rt.quantise(y)) for y in ys]
+        return np.concatenate(ys)
+
     def fit(self, X: Any, classes: str | Sequence[str] | None = None, y: Any = None) -> "Detector":
         """Calibrate on normal images (the models are trained with `aekit train`); y is ignored.
 
         Per class: a fit_fraction share fits the feature bank / normalisers when the score has
-        them, the rest gives the conformal scores. decision_scores_: scores of the calibration part."""
+        them, the rest gives the conformal scores; after fit_reference(other_images, cls) (e.g. the
+        training images) all of X calibrates. decision_scores_: scores of the calibration part."""
         labels = self._labels(X, classes, fitting=True)
         images = list(X)
         per_class: dict[str, ClassScores] = {}
         self.decision_scores_ = np.full(len(images), np.nan)
         for c in sorted(set(labels)):
             idx = np.array([i for i, lab in enumerate(labels) if lab == c])
-            fit_i, cal_i = self.split(len(idx), c)
+            fitted = c in self.__dict__.get("_reference", {})
+            fit_i, cal_i = (np.arange(0), np.arange(len(idx))) if fitted else self.split(len(idx), c)
             if len(fit_i):
                 self.fit_reference([images[i] for i in idx[fit_i]], c)
             scores, maps = self.score_maps([images[i] for i in idx[cal_i]], c)
@@ -424,7 +444,8 @@ class Detector:
         for c, cc in ccs.items():
             ref = self._reference_for(c) if self.needs_reference(self.model_for(c)) else None
             if ref is not None:
-                cc.bank, cc.norm, cc.n_fit, cc.backbone = ref.bank, ref.norm, ref.n_fit, ref.backbone
+                cc.bank, cc.image_bank, cc.norm, cc.n_fit, cc.backbone = (ref.bank, ref.image_bank, ref.norm,
+                                                                         ref.n_fit, ref.backbone)
             if math.isinf(cc.threshold(alpha)):
                 raise CalibrationError(too_small_message(c, cc.n, alpha, cc.n_fit))
             by_model.setdefault(self.model_for(c), {})[c] = cc

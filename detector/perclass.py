@@ -79,20 +79,26 @@ def train_class(cls: str, train_s: list[Sample], cal_s: list[Sample], out: Path,
     summary = train(tcfg, mcfg)
     model = export_model(runs / cls / "run" / "best.pt", out / cls, force=True)
     det = Detector(model, score=cfg.score, alpha=cfg.alpha)
-    images, bad = [], []
-    for s in cal_s:
-        try:
-            images.append(load_for_model(s.path, channels, mcfg.factor))
-        except ImageError as e:
-            bad.append(str(e))
-    for msg in bad:
-        log.warning("skipped %s", msg)
+    if det.needs_reference(det.routes[None]):  # banks / normalisers fit on the training images: all of the hold-out calibrates
+        det.fit_reference(_load_images(train_s, channels, mcfg.factor), cls)
+    images = _load_images(cal_s, channels, mcfg.factor)
     det.fit(images, cls)
     det.calibrations_[det.routes[None]].classes[cls].source = "held out of " + str(Path(cal_s[0].path).parent)
     det.save()
     return {"model": cls, "model_id": det.runtime(det.routes[None]).model_id, "n_train": summary["n_train"],
             "n_val": summary["n_val"], "n_calibration": len(images), "best_val_psnr": summary["best_val_psnr"],
             "threshold": _finite(det.thresholds_[cls])}
+
+
+def _load_images(samples: list[Sample], channels: int, factor: int) -> list[np.ndarray]:
+    """The decodable images of samples (each unusable file logged and skipped)."""
+    images = []
+    for s in samples:
+        try:
+            images.append(load_for_model(s.path, channels, factor))
+        except ImageError as e:
+            log.warning("skipped %s", e)
+    return images
 
 
 def _finite(x: float) -> float | None:

@@ -2,8 +2,8 @@
 
 A score spec names a map and a reduction, components joined by '+': `mse` (mean squared error,
 the mean of the raw map), `ssim-max` (max of the smoothed 1 - SSIM map), `msssim-top1` (mean of
-the top 1 % of the smoothed multi-scale SSIM map), `feat` (encoder-feature memory bank, see
-aekit.detector.features), `padim` / `patchcore` (pretrained-backbone features, aekit.detector.backbone),
+the top 1 % of the smoothed multi-scale SSIM map), `feat` (encoder-feature patch memory bank) and
+`knn` (whole-latent nearest normal images; both aekit.detector.features), `padim` / `patchcore` (pretrained-backbone features, aekit.detector.backbone),
 `mse-max+feat` (normalised sum, calibrated as one score). Calibration
 and screening compute maps with the same functions, so a score means the same at both times.
 Maps are (B, H, W) float64, channels averaged. Higher = more anomalous.
@@ -17,10 +17,11 @@ from aekit import metrics
 
 MAPS = ("mse", "ssim", "msssim")  # per-pixel maps: squared error, 1 - SSIM, 1 - SSIM averaged over 3 scales
 REDUCERS = ("mean", "max", "top")  # image score: mean of the raw map, max / top-k % mean of the smoothed map
-FEATURE = "feat"  # the encoder-feature score
+FEATURE = "feat"  # the encoder-feature patch score
+KNN = "knn"  # the whole-latent nearest-neighbour score (wrong product, other class)
 BACKBONE_PARTS = ("padim", "patchcore")  # pretrained-backbone feature scores (aekit.detector.backbone)
-SCORES = ("mse", "ssim", "mse-max", "ssim-max", "msssim-max", "mse-top1", "ssim-top1", "feat",
-          "ssim-max+feat")  # examples offered in help; any valid spec is accepted
+SCORES = ("mse", "ssim", "mse-max", "ssim-max", "msssim-max", "mse-top1", "ssim-top1", "feat", "knn",
+          "mse+knn")  # examples offered in help; any valid spec is accepted
 SMOOTH_SIGMA = 1.0  # Gaussian smoothing (px) of maps reduced by max / top-k: one noisy pixel is not a defect
 # SSIM is aekit.metrics' (Wang et al. 2004: 11x11 Gaussian window, sigma 1.5, K1 0.01, K2 0.03, 8-bit range).
 
@@ -30,13 +31,13 @@ def components(spec: str) -> list[tuple[str, str]]:
     out = []
     for part in spec.split("+"):
         name, _, red = part.strip().partition("-")
-        if (name == FEATURE or name in BACKBONE_PARTS) and not red:
+        if (name in (FEATURE, KNN) or name in BACKBONE_PARTS) and not red:
             out.append((name, ""))
             continue
         red = red or "mean"
         top_ok = red.startswith("top") and _top_fraction(red) is not None
         if name not in MAPS or not (red in ("mean", "max") or top_ok):
-            raise ValueError(f"unknown score {spec!r}: each '+'-joined part is feat, padim, patchcore or MAP[-REDUCER] with MAP one of "
+            raise ValueError(f"unknown score {spec!r}: each '+'-joined part is feat, knn, padim, patchcore or MAP[-REDUCER] with MAP one of "
                              f"{', '.join(MAPS)} and REDUCER mean, max or topP (mean of the top P % of pixels), "
                              f"e.g. {', '.join(SCORES[:6])}")
         out.append((name, red))
