@@ -118,13 +118,14 @@ def refit_hyperprior(cfg: RefitConfig) -> Path:
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.steps)
     rng = random.Random(cfg.seed)
     torch.manual_seed(cfg.seed)
-    start = 0
+    start, before_s = 0, 0.0  # before_s: seconds spent before a --resume (time_s counts the whole refit)
     if cfg.resume and (out / "last.pt").is_file():
         last = torch.load(out / "last.pt", map_location="cpu", weights_only=True)
         model.load_state_dict(last["state_dict"])
         opt.load_state_dict(last["refit"]["optimizer"])
         sched.load_state_dict(last["refit"]["scheduler"])
         start = int(last["refit"]["step"])
+        before_s = float(last["refit"].get("time_s", 0.0))
         rng.setstate(_rng_state(last["refit"]["rng"]))
         torch.set_rng_state(last["refit"]["rng_torch"])
         log.info("resumed %s at step %d", out / "last.pt", start)
@@ -172,14 +173,15 @@ def refit_hyperprior(cfg: RefitConfig) -> Path:
         run_loss, n = run_loss + float(loss.detach()), n + 1
         if (it + 1) % cfg.log_every == 0 or it + 1 == cfg.steps:
             row = {"step": it + 1, "train_bits_per_element": round(run_loss / n, 5), "lr": sched.get_last_lr()[0],
-                   "val_bpp": val_bpp(), "time_s": round(time.perf_counter() - t0, 1)}
+                   "val_bpp": val_bpp(), "time_s": round(before_s + time.perf_counter() - t0, 1)}
             log.info("step %d  train %.4f bits/element  val bpp %s", it + 1, row["train_bits_per_element"], row["val_bpp"])
             with open(out / "log.jsonl", "a") as f:
                 import json
                 f.write(json.dumps(row) + "\n")
             run_loss, n = 0.0, 0
             _save(out / "last.pt", ckpt, model, cfg, {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                                                      "step": it + 1, "rng": _rng_list(rng.getstate()),
+                                                      "step": it + 1, "time_s": row["time_s"],
+                                                      "rng": _rng_list(rng.getstate()),
                                                       "rng_torch": torch.get_rng_state()})
     model.eval()
     _save(out / "best.pt", ckpt, model, cfg, None)
