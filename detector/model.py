@@ -178,7 +178,7 @@ class Detector:
         if bad:
             raise ValueError(f"invalid parameter(s) {', '.join(bad)} for Detector (valid: {', '.join(self._param_names())})")
         if "model" in params or "device" in params or "threads" in params:
-            for k in ("_routes", "_runtimes", "_backbones", "calibrations_", "_reference"):
+            for k in ("_routes", "_runtimes", "_backbones", "calibrations_", "_reference", "_checked"):
                 self.__dict__.pop(k, None)
         for k, v in params.items():
             setattr(self, k, v)
@@ -460,6 +460,7 @@ class Detector:
             old = cals.get(d)
             cals[d] = old.merged(new) if old else new
         self.__dict__.pop("_reference", None)
+        self.__dict__.pop("_checked", None)
 
     def save(self) -> list[Path]:
         """Write each model's calibration into its manifest.json and feature banks into
@@ -505,7 +506,13 @@ class Detector:
         return cal.classes[cls]
 
     def _check_settings(self, d: Path, cal: Calibration) -> None:
+        """CalibrationError when the calibration does not belong to this model and these settings;
+        checked once per model, calibration and settings (screening asks for every image)."""
         score, latent = self.settings(d)
+        key = (d, id(cal), score, latent)
+        checked = self.__dict__.setdefault("_checked", set())
+        if key in checked:
+            return
         if score != cal.score or latent != cal.preprocess.get("latent", "quantised"):
             raise CalibrationError(f"{d}: calibrated with score {cal.score} ({cal.preprocess.get('latent')} latent), "
                                    f"asked for {score} ({latent}); recalibrate or drop the option")
@@ -515,6 +522,7 @@ class Detector:
         rt_id = load_manifest(d)["model_id"]
         if cal.model_id != rt_id:
             raise CalibrationError(f"{d}: calibration belongs to model {cal.model_id}, not {rt_id}; recalibrate")
+        checked.add(key)
 
     def p_values(self, scores: np.ndarray, classes: Sequence[str]) -> np.ndarray:
         return np.array([self.class_calibration(c).p_values(np.array([s]))[0] for s, c in zip(scores, classes)])

@@ -15,7 +15,7 @@ from aekit.cli import main
 from conftest import needs_fmnist
 from aekit.images import load_image
 from aekit.detector.features import ImageBank, _nn_distances
-from aekit.detector.heatmap import colour_bar, map_files, map_panel, npy_bytes
+from aekit.detector.heatmap import _bar_rows, colour_bar, map_files, map_panel, npy_bytes
 from aekit.detector.model import Detector
 from aekit.detector.scores import components
 
@@ -68,10 +68,11 @@ def test_knn_score_spec():
         components("knn-max")
 
 
-def test_map_files_are_the_panel_and_the_raw_map():
+@pytest.mark.parametrize("shape", [(28, 28, 1), (40, 31, 3), (300, 257, 1)])
+def test_map_files_are_the_panel_and_the_raw_map(shape):
     rng = np.random.default_rng(2)
-    im = rng.integers(0, 255, (28, 28, 1), dtype=np.uint8)
-    m = rng.random((28, 28))
+    im = rng.integers(0, 255, shape, dtype=np.uint8)
+    m = rng.random(shape[:2])
     files = map_files(im, m, 0.5)
     np.testing.assert_array_equal(np.load(io.BytesIO(files[".npy"])), m.astype(np.float32))
     buf = io.BytesIO()
@@ -81,6 +82,7 @@ def test_map_files_are_the_panel_and_the_raw_map():
 
     np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(files[".png"]))), map_panel(im, m, 0.5))
     colour_bar.cache_clear()
+    _bar_rows.cache_clear()
     for _ in range(3):
         map_files(im, m, 0.5)
     assert colour_bar.cache_info().misses == 1  # drawn once per class scale, not per image
