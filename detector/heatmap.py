@@ -24,7 +24,8 @@ from aekit.images import FILE_MODE, save_image
 _STOPS = np.array([[0, 0, 128], [0, 160, 255], [0, 200, 80], [255, 220, 0], [220, 0, 0]], dtype=np.float64)
 LUT = np.stack([np.interp(np.linspace(0, 1, 256), np.linspace(0, 1, len(_STOPS)), _STOPS[:, c]) for c in range(3)],
                axis=1).round().astype(np.uint8)  # (256, 3)
-MIN_PANEL_SIDE = 224  # small images (e.g. 28x28) are enlarged (nearest) to be readable
+MIN_PANEL_SIDE = 224  # --heatmaps panels: small images (e.g. 28x28) are enlarged (nearest) to be readable
+MAP_PANEL_SIDE = 112  # --maps panels (every image): 4x enlargement of 28-px images; 224 cost 4x the PNG time
 PNG_LEVEL = 1  # zlib level of the --maps panels: flat colour blocks compress well at the fastest level
 
 
@@ -87,7 +88,7 @@ def map_panel(image: np.ndarray, anomaly_map: np.ndarray, scale: float) -> np.nd
 
 
 def _enlargement(image: np.ndarray) -> int:
-    return max(1, -(-MIN_PANEL_SIDE // min(image.shape[:2])))
+    return max(1, -(-MAP_PANEL_SIDE // min(image.shape[:2])))
 
 
 @functools.lru_cache(maxsize=256)
