@@ -16,7 +16,7 @@ from aekit.export.manifest import ModelError, load_manifest, model_arg, resolve_
 from aekit.export import zoo as ezoo
 
 NAMES = zoo.names()
-EXPECTED = ("photos-r4", "photos-r9", "fmnist-r4", "fmnist-r9", "fmnist-detect")
+EXPECTED = ("photos-r4", "photos-r9", "photos-r9-hq", "fmnist-r4", "fmnist-r9", "fmnist-detect")
 ZOO_BUDGET_MB = 50
 
 
