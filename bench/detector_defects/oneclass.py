@@ -1,5 +1,6 @@
 """One-class AUROC (class vs the other nine, full 10k test set) and FPR drift check, per score, on the trained models.
     python bench/detector_defects/oneclass.py RECIPE CLASS SCORES [FIT_FRACTION [OUT_DIR [train]]]
+SEED=N in the environment reads the models of seed N (train_models.py ... SEED; default 0).
 'train': banks and normalisers fit on the model's own training images (the class's training split less
 the 600-image hold-out), and all 600 hold-out images calibrate (FIT_FRACTION is then unused)."""
 import json, os, sys
@@ -14,7 +15,8 @@ recipe, cls, scores = sys.argv[1], sys.argv[2], sys.argv[3].split(",")
 fit = float(sys.argv[4]) if len(sys.argv) > 4 else 0.3  # share of the hold-out fitting banks / normalisers
 res_dir = Path(sys.argv[5]) if len(sys.argv) > 5 else Path("/tmp/det16/res")
 fit_on_train = len(sys.argv) > 6 and sys.argv[6] == "train"
-work = Path("/tmp/det16/work") / recipe / f"{cls}-s0"
+seed = int(os.environ.get("SEED", 0))
+work = Path("/tmp/det16/work") / recipe / f"{cls}-s{seed}"
 cal_paths = json.loads((work / "split.json").read_text())["cal"]
 cal = np.stack([load_image(p, 1)[0] for p in cal_paths])
 if fit_on_train:
@@ -40,5 +42,5 @@ for sc in scores:
                "fpr_test_half_cal": float(np.mean(b > t2)), "recall_other_classes": float(np.mean(s[y] > t))}
     print(recipe, cls, sc, {k: round(v, 4) for k, v in out[sc].items()}, flush=True)
 res_dir.mkdir(parents=True, exist_ok=True)
-(res_dir / f"oneclass-{recipe}-{cls}.json").write_text(json.dumps({"recipe": recipe, "class": cls, "alpha": 0.05, "fit_fraction": fit,
+(res_dir / f"oneclass-{recipe}-{cls}.json").write_text(json.dumps({"recipe": recipe, "class": cls, "seed": seed, "alpha": 0.05, "fit_fraction": fit,
     "fit_on": "training images" if fit_on_train else "hold-out share", "results": out}, indent=1))
