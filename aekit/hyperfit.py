@@ -94,7 +94,8 @@ def codec_bits(model: Any, ys: list[Any], step: float, half: int = 127) -> float
 def refit_hyperprior(cfg: RefitConfig) -> Path:
     """Train h_a, h_s and z's prior of cfg.checkpoint on cached latents; returns out/best.pt.
 
-    Raises ValueError for a checkpoint that is not gdn-hp or a folder without images, and
+    Raises ValueError for a checkpoint that is not gdn-hp, an --out that is the checkpoint's own folder
+    or a folder without images, and
     aekit.checkpoint.CheckpointError for an unreadable checkpoint."""
     import torch
 
@@ -104,6 +105,8 @@ def refit_hyperprior(cfg: RefitConfig) -> Path:
 
     torch.set_num_threads(max(1, cfg.threads))
     out = Path(cfg.out)
+    if Path(cfg.checkpoint).resolve().parent == out.resolve():
+        raise ValueError(f"{cfg.out}: the checkpoint's own run folder; give a new --out (the source run is never overwritten)")
     out.mkdir(parents=True, exist_ok=True)
     model, ckpt = load_model(cfg.checkpoint)
     arch = ckpt["model_config"].get("arch")

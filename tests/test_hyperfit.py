@@ -89,6 +89,16 @@ def test_refit_resumes_to_the_same_weights(hp_run, tmp_path):
         assert torch.equal(p, resumed["state_dict"][name]), name
 
 
+def test_refit_never_writes_into_the_source_run(hp_run):
+    from aekit.hyperfit import refit_hyperprior
+
+    ckpt, data = hp_run
+    before = ckpt.read_bytes()
+    with pytest.raises(ValueError, match="own run folder"):
+        refit_hyperprior(_cfg(ckpt, data, ckpt.parent, steps=1))
+    assert ckpt.read_bytes() == before
+
+
 def test_refit_refuses_a_model_without_hyperprior(photos_dir, tmp_path):
     from aekit.hyperfit import RefitConfig, refit_hyperprior
     from aekit.models import build_model
