@@ -20,6 +20,7 @@ the optimiser and step for `--resume`.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import math
 import random
@@ -179,7 +180,6 @@ def refit_hyperprior(cfg: RefitConfig) -> Path:
                    "val_bpp": val_bpp(), "time_s": round(before_s + time.perf_counter() - t0, 1)}
             log.info("step %d  train %.4f bits/element  val bpp %s", it + 1, row["train_bits_per_element"], row["val_bpp"])
             with open(out / "log.jsonl", "a") as f:
-                import json
                 f.write(json.dumps(row) + "\n")
             run_loss, n = 0.0, 0
             _save(out / "last.pt", ckpt, model, cfg, {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(),

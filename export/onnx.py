@@ -27,8 +27,8 @@ from aekit.data import scale_crop
 from aekit.images import DIR_MODE, ImageError, load_image, pad_to_multiple, scan_folder, to_model_input
 from aekit.entropy_models import QUALITY_STEPS, gaussian_pmf, scale_table
 from aekit.metrics import psnr_torch
-from aekit.export.entropy import (EXACT_BITS, HYPER_ACT_BITS, HYPER_FRAC_BITS, QUANTISER_INTEGER, IntegerHyperDecoder,
-                                  trim_counts)
+from aekit.export.entropy import QUANTISER_INTEGER, trim_counts
+from aekit.export.hyperprior import EXACT_BITS, HYPER_ACT_BITS, HYPER_FRAC_BITS, IntegerHyperDecoder
 from aekit.export.manifest import MANIFEST_FORMAT, MANIFEST_VERSION, entropy_bytes, model_id_of, save_manifest
 from aekit.export.lean import DEFAULT_PASSES, PASSES, lean_file
 from aekit.export.quantize import Int8Config, Int8Error, centre_crops, int8_export, split_images
@@ -296,7 +296,7 @@ class _HyperEncode(nn.Module):
 
 
 def _integer_hyper_decoder(model: nn.Module) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
-    """model.hyper_decoder -> (layer specs, int arrays) of aekit.export.entropy.IntegerHyperDecoder.
+    """model.hyper_decoder -> (layer specs, int arrays) of aekit.export.hyperprior.IntegerHyperDecoder.
 
     Each layer's weight shift s is the largest (≤ 20) keeping K · max|W_q| · 2^26 + max|b_q| < 2^52
     (one bit of margin under float64's 2^53), so the integer evaluation stays exact.

@@ -56,7 +56,7 @@ def test_gaussian_bins_and_tables_follow_the_normal_cdf():
 
 def test_integer_hyper_decoder_is_exact_integer_convolution():
     """With shift 0 and integer weights the integer h_s is torch's conv / conv_transpose, exactly."""
-    from aekit.export.entropy import HYPER_ACT_BITS, HYPER_FRAC_BITS, IntegerHyperDecoder
+    from aekit.export.hyperprior import HYPER_ACT_BITS, HYPER_FRAC_BITS, IntegerHyperDecoder
 
     rng = np.random.default_rng(0)
     w0 = rng.integers(-3, 4, (4, 5, 5, 5))  # ConvTranspose2d weight: (in, out, k, k)
@@ -85,7 +85,7 @@ def test_integer_hyper_decoder_is_exact_integer_convolution():
 
 
 def test_hidden_layers_rescale_by_their_shift_rounding_half_up():
-    from aekit.export.entropy import HYPER_FRAC_BITS, IntegerHyperDecoder
+    from aekit.export.hyperprior import HYPER_FRAC_BITS, IntegerHyperDecoder
 
     rng = np.random.default_rng(1)
     w0, w1 = rng.integers(-40, 41, (3, 4, 3, 3)), rng.integers(-5, 6, (2, 3, 3, 3))
@@ -102,7 +102,8 @@ def test_hidden_layers_rescale_by_their_shift_rounding_half_up():
 
 
 def test_integer_hyper_decoder_refuses_weights_beyond_the_exact_bound():
-    from aekit.export.entropy import EntropyError, IntegerHyperDecoder
+    from aekit.export.entropy import EntropyError
+    from aekit.export.hyperprior import IntegerHyperDecoder
 
     spec = [{"kind": "conv", "stride": 1, "padding": 1, "shift": 0, "relu": False}]
     with pytest.raises(EntropyError, match="exact-arithmetic bound"):
@@ -198,22 +199,22 @@ def test_grouping_by_table_in_chunks_is_the_stable_sort(hp_model, rgb_photos, mo
     """Coder 3 groups d by table, C order within a group (FORMAT.md); done as a counting sort in chunks
     (bounded memory), it is exactly np.argsort(kind="stable"), and files do not depend on the chunk."""
     import aekit.codec.core as core
-    import aekit.export.entropy as entropy
+    import aekit.export.hyperprior as hyperprior
 
     rng = np.random.default_rng(4)
     idx = rng.integers(0, 7, 1000).astype(np.uint8)
-    monkeypatch.setattr(entropy, "GROUP_CHUNK", 97)
-    start = entropy._group_starts(idx, 256)
+    monkeypatch.setattr(hyperprior, "GROUP_CHUNK", 97)
+    start = hyperprior._group_starts(idx, 256)
     got = np.empty(idx.size, dtype=np.int64)
-    for a, o, dest in entropy._group_chunks(idx, start):
+    for a, o, dest in hyperprior._group_chunks(idx, start):
         got[dest] = a + o
     assert np.array_equal(got, np.argsort(idx, kind="stable"))
     codec = core.Codec(hp_model)
     q = codec.symbols(rgb_photos[1][:200, :150][None])[0]
     small = codec.em._encode_hyper(q)
-    monkeypatch.setattr(entropy, "GROUP_CHUNK", 1 << 20)
+    monkeypatch.setattr(hyperprior, "GROUP_CHUNK", 1 << 20)
     assert codec.em._encode_hyper(q) == small
-    monkeypatch.setattr(entropy, "GROUP_CHUNK", 97)
+    monkeypatch.setattr(hyperprior, "GROUP_CHUNK", 97)
     assert np.array_equal(codec.em._decode_hyper(small, q.shape), q)
 
 

@@ -171,7 +171,7 @@ class HyperpriorAutoencoder(GDNAutoencoder):
     give each element of y its own mean and scale, and ŷ is coded under N(μ, σ²). A mean-free
     Gaussian cost photos with flat regions up to 3× zstd's bytes: channels whose flat-region latent
     sits at a constant non-zero value. The codec runs h_s in exact integer arithmetic
-    (aekit.export.entropy.IntegerHyperDecoder) so encoder and decoder choose the same table
+    (aekit.export.hyperprior.IntegerHyperDecoder) so encoder and decoder choose the same table
     everywhere; h_s predicts ln σ so that choice is a comparison of integers, and μ is rounded to a
     quarter step by integer division. y keeps the exact element count of the ratio; z is side information (1/24
     of y's element count) and its bits are in every file size and in the training rate.

@@ -1,0 +1,406 @@
+"""The mean-scale hyperprior's runtime (coder 3; no torch): the integer hyper decoder and its coder.
+
+    em = HyperpriorEntropyModel.from_manifest(load_manifest("models/photos-r9"))  # via EntropyModel.from_manifest
+    coder_id, payload = em.encode(q)            # q: uint8 ŷ symbols (c_y, h, w)
+
+Ballé et al. 2018's scale hyperprior with Minnen et al. 2018's mean. h_s runs in exact integer
+arithmetic (IntegerHyperDecoder) so encoder and decoder choose the same Gaussian table for every
+element on every machine; the contract is codec/FORMAT.md, "Hyperprior models". The factorized
+coder, the tables' arithmetic and the zstd / raw fallbacks are aekit.export.entropy's.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from aekit.export.entropy import (CODER_HYPER, PRECISION, ZSTD_LEVEL, EntropyError, _check_symbols, _constriction,
+                                  _decode_symbols, _smallest, _untrim, integer_table, quality_entry)
+
+HYPER_FRAC_BITS = 16  # F_a: hyper decoder activations are integers in units of 2^-16
+HYPER_ACT_BITS = 26  # activations are clamped to 0 .. 2^26 - 1 (1024 in real units) after each ReLU
+EXACT_BITS = 53  # float64 holds every integer below 2^53 exactly
+CHUNK_BYTES = 32 << 20  # the integer hyper decoder's im2col block per matrix product (bounds its memory)
+Z_FACTOR = 4  # z = h_a(y) is at y / 4 (two stride-2 layers); h_s upsamples by 4
+# Large latents run h_a and h_s in bands of z rows with a halo (memory bounded per image, issue 17):
+# about 3 KB (h_a: float im2col and activations) and 1 KB (h_s: int32 activations) per y position.
+HYPER_A_BAND_POSITIONS = 1 << 15  # y positions (rows x columns) per h_a band
+HYPER_S_BAND_POSITIONS = 1 << 16  # y positions per h_s band
+HYPER_A_HALO_Z = 3  # z rows of context on each side of an h_a band: 3x3 s1, 5x5 s2, 5x5 s2 see 7 y rows (1.75 z rows)
+
+
+class IntegerHyperDecoder:
+    """The hyper decoder h_s in exact integer arithmetic: ẑ symbols -> y's tables, bit-exact everywhere.
+
+    Layers (manifest entropy.hyper.layers, weights in hyper_decoder.npz): conv or transposed conv with
+    integer weights W_q = round(W · 2^s) and biases b_q = round(b · 2^(s + F_a)); activations a are
+    integers in units of 2^-F_a (the input is ẑ · 2^F_a). Each layer computes acc = conv(a, W_q) + b_q,
+    an integer in units of 2^-(s + F_a); hidden layers then take a' = min(floor((max(acc, 0) + 2^(s−1)) / 2^s),
+    2^26 − 1) (rounded half up: a floor's bias moved 5 % of the scale indexes at F_a = 10). The last
+    layer's acc holds μ (first c_y channels) and ln σ (last c_y) in units of 2^-(s + F_a); `tables`
+    turns them into a table number and an integer base per element with integer operations only.
+
+    The sums run as float64 matrix products (BLAS), which is exact here: every operand and every
+    partial sum is an integer of magnitude < 2^53 (the exporter checks K · max|W_q| · 2^26 + max|b_q|
+    < 2^53 per layer, K = kernel size × input channels), so the result does not depend on summation
+    order, FMA, thread count or CPU. Raises EntropyError on malformed weights.
+    """
+
+    def __init__(self, layers: list[dict[str, Any]], arrays: dict[str, np.ndarray]):
+        self.layers = []  # (kind, shift, bias, parts): parts = [(phase_y, phase_x, wmat, (kh, kw), (lo_y, lo_x))]
+        for i, spec in enumerate(layers):
+            try:
+                w, b = np.asarray(arrays[f"w{i}"], dtype=np.int64), np.asarray(arrays[f"b{i}"], dtype=np.int64)
+                kind, shift = spec["kind"], int(spec["shift"])
+                stride, pad, out_pad = int(spec.get("stride", 1)), int(spec["padding"]), int(spec.get("output_padding", 0))
+            except (KeyError, TypeError, ValueError) as e:
+                raise EntropyError(f"hyper decoder layer {i}: malformed ({e})") from None
+            if not ((kind == "conv" and stride == 1) or (kind == "conv_transpose" and i < len(layers) - 1)):
+                raise EntropyError(f"hyper decoder layer {i}: unsupported kind {kind!r} / stride {stride}")
+            k_in = (w.shape[0] if kind == "conv_transpose" else w.shape[1]) * w.shape[2] * w.shape[3] if w.ndim == 4 else 0
+            if w.ndim != 4 or w.shape[2] != w.shape[3] or b.shape != ((w.shape[1] if kind == "conv_transpose" else w.shape[0]),) \
+                    or not 0 <= shift <= 30 or not 0 <= pad < w.shape[2] or \
+                    k_in * int(np.abs(w).max(initial=0)) * (1 << HYPER_ACT_BITS) + int(np.abs(b).max(initial=0)) >= 1 << EXACT_BITS:
+                raise EntropyError(f"hyper decoder layer {i}: weights outside the exact-arithmetic bound")
+            k = w.shape[2]
+            if kind == "conv":
+                parts = [(0, 0, _wmat(w), (k, k), (-pad, -pad))]
+            else:  # transposed conv as stride² polyphase convs on the input (no zero-upsampling: 1/stride² the work)
+                parts = []
+                for ty in range(stride):
+                    for tx in range(stride):
+                        taps, lo = [], []
+                        for t in (ty, tx):
+                            r = (t + pad) % stride
+                            n = -(-(k - r) // stride)  # taps r, r + s, ... < k
+                            taps.append([r + stride * (n - 1 - j) for j in range(n)])  # flipped: a correlation
+                            lo.append((t + pad - r) // stride - (n - 1))  # input row of the window's first tap
+                        sub = w[:, :, taps[0]][:, :, :, taps[1]].transpose(1, 0, 2, 3)  # (out, in, ny, nx)
+                        parts.append((ty, tx, _wmat(sub), (len(taps[0]), len(taps[1])), (lo[0], lo[1])))
+            self.layers.append((kind, stride, pad, out_pad, shift, b.astype(np.float64), parts, k))
+
+    def outputs(self, z_sym: np.ndarray, h: int, w: int, rows: int = 0) -> Iterator[tuple[int, np.ndarray]]:
+        """uint8 ẑ symbols (c_z, h', w') -> (row, acc) blocks of the last layer's integer accumulator
+        (float64 holding integers, (2·c_y, r, w): μ then ln σ) for y rows row..row+r of a (c_y, h, w) latent.
+
+        rows: output rows per matrix product (0: as many as keep its im2col block near CHUNK_BYTES);
+        activations between layers are held as int32 (they are below 2^26). A transposed conv of
+        stride s runs as s² stride-1 convs, one per output phase, on the input itself."""
+        a = (z_sym.astype(np.int32) - 127) << HYPER_FRAC_BITS
+        cap = (1 << HYPER_ACT_BITS) - 1
+        for i, (kind, stride, pad, out_pad, shift, bias, parts, k) in enumerate(self.layers):
+            last = i == len(self.layers) - 1
+            if kind == "conv":
+                out_h, out_w = a.shape[1] + 2 * pad - k + 1, a.shape[2] + 2 * pad - k + 1
+            else:
+                out_h, out_w = [(n - 1) * stride - 2 * pad + k + out_pad for n in a.shape[1:]]
+            if last:  # a conv (checked): stream its row blocks
+                out_h, out_w = min(out_h, h), min(out_w, w)
+                yield from _conv_blocks(a, parts[0], bias, out_h, out_w, rows)
+                return
+            nxt = np.empty((bias.size, out_h, out_w), dtype=np.int32)
+            half = float(1 << shift >> 1)  # round half up: floor((acc + 2^(s-1)) / 2^s)
+            for part in parts:
+                ty, tx = part[0], part[1]
+                ph, pw = len(range(ty, out_h, stride)), len(range(tx, out_w, stride))
+                dst = nxt[:, ty::stride, tx::stride] if kind == "conv_transpose" else nxt
+                for r0, acc in _conv_blocks(a, part, bias, ph, pw, rows):
+                    dst[:, r0:r0 + acc.shape[1]] = np.minimum(np.floor((np.maximum(acc, 0) + half) / float(1 << shift)),
+                                                               cap).astype(np.int32)
+            a = nxt
+
+    @property
+    def frac_bits(self) -> int:
+        """F = s + F_a of the last layer: its accumulator is μ and ln σ in units of 2^-F."""
+        return self.layers[-1][4] + HYPER_FRAC_BITS
+
+    def tables(self, z_sym: np.ndarray, h: int, w: int, thresholds: np.ndarray,
+               step4: int) -> tuple[np.ndarray, np.ndarray]:
+        """See _tables; BLAS limited to one thread (codec workers run one thread each, issue 17; the result
+        is exact at any thread count, so a concurrent call restoring the count early changes only speed)."""
+        libs = [lib for lib in _blas_controller().lib_controllers if lib.user_api == "blas"]
+        before = [lib.num_threads for lib in libs]
+        for lib in libs:
+            lib.set_num_threads(1)
+        try:
+            return self._tables(z_sym, h, w, thresholds, step4)
+        finally:
+            for lib, n in zip(libs, before):
+                lib.set_num_threads(n)
+
+    @functools.cached_property
+    def halo(self) -> int:
+        """z rows of context a band of outputs needs on each side: every layer's reach in its input rows
+        (conv: max(pad, k − 1 − pad); transposed conv of stride s: that over s), in z rows, rounded up, + 1.
+        Exact integers make a band's core rows equal the whole computation's (tested with 1-row bands)."""
+        reach, rows_per_z = 0.0, 1
+        for kind, stride, pad, _, _, _, _, k in self.layers:
+            r = max(pad, k - 1 - pad)
+            reach += (-(-r // stride) if kind == "conv_transpose" else r) / rows_per_z
+            rows_per_z *= stride if kind == "conv_transpose" else 1
+        return int(np.ceil(reach)) + 1
+
+    def _tables(self, z_sym: np.ndarray, h: int, w: int, thresholds: np.ndarray,
+                step4: int, band: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """uint8 ẑ (c_z, ceil(h/4), ceil(w/4)) -> (table, base), each (c_y, h, w).
+
+        Scale index j = #{k: acc_σ > T_k} (the smallest table scale ≥ σ); the mean in quarter steps
+        m = floor((16·acc_μ + D·2^(F−1)) / (D·2^F)) = round(4μ/Δ) (D = 4Δ, an integer; int64 floor
+        division); base = clip(floor(m / 4), −127, 127) and table = 4j + (m mod 4) (uint8, 0..255).
+        Computed in bands of `band` z rows (0: HYPER_S_BAND_POSITIONS y positions) with `halo` rows of
+        context each side: the same integers as one pass, with memory bounded by the band.
+        """
+        t = np.asarray(thresholds, dtype=np.float64)  # integers < 2^53: exact in float64
+        f = self.frac_bits
+        cy = self.layers[-1][5].size // 2
+        table, base = np.empty((cy, h, w), dtype=np.uint8), np.empty((cy, h, w), dtype=np.int16)
+        zh = z_sym.shape[1]
+        band = band or max(1, HYPER_S_BAND_POSITIONS // (Z_FACTOR * w))
+        for z0 in range(0, zh, band):
+            z1 = min(zh, z0 + band)
+            s0, s1 = max(0, z0 - self.halo), min(zh, z1 + self.halo)
+            y0, y1 = Z_FACTOR * z0, min(h, Z_FACTOR * z1)  # this band's rows of y
+            off = Z_FACTOR * s0
+            for r0, acc in self.outputs(z_sym[:, s0:s1], min(h, Z_FACTOR * s1) - off, w):
+                a0, a1 = max(off + r0, y0), min(off + r0 + acc.shape[1], y1)
+                if a1 <= a0:
+                    continue
+                acc = acc[:, a0 - off - r0:a1 - off - r0]
+                j = np.searchsorted(t, acc[cy:], side="left")
+                m4 = (16 * acc[:cy].astype(np.int64) + (step4 << (f - 1))) // (step4 << f)
+                table[:, a0:a1] = 4 * j + (m4 & 3)
+                base[:, a0:a1] = np.clip(m4 >> 2, -127, 127)
+        return table, base
+
+
+@dataclass
+class HyperpriorEntropyModel:
+    """Codes a scale-hyperprior model's symbols (coder 3; see codec/FORMAT.md, "hyperprior").
+
+    ŷ symbols (c_y, h, w) -> ẑ = clip(round(h_a(ŷ)), ±127) (the model's hyper_encoder.onnx, run
+    by the encoder only: ẑ is in the file) -> per element a table (scale × quarter-step mean phase)
+    and an integer base by IntegerHyperDecoder -> one ANS stream: ẑ per channel under the factorized
+    prior's tables (popped first), then d = k − base + 254 (k = q − 127) grouped by table (0..255,
+    C order within a group) under the Gaussian tables.
+    """
+
+    step: float  # the quality's Δ (ŷ = (q − 127)·Δ feeds h_a)
+    levels: int  # 255 (the symbols q)
+    scale_tables: np.ndarray  # int64 (256, 2·L − 1): d = k − base + 254, rows sum to 2^24
+    z_tables: np.ndarray  # int64 (c_z, L)
+    thresholds: np.ndarray  # int64 (63,): the quality's T_k
+    step4: int  # D = 4Δ (an integer)
+    decoder: IntegerHyperDecoder
+    encoder_path: Path
+    channels: int  # c_y
+    _cache: dict[str, list[Any]] = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def from_manifest(cls, manifest: dict[str, Any], quality: int | None = None) -> "HyperpriorEntropyModel":
+        ent, mid = manifest["entropy"], manifest.get("model_id")
+        hyper, folder = ent["hyper"], Path(manifest.get("_dir", "."))
+        entry = quality_entry(manifest, quality)
+        levels = int(manifest["latent"]["levels"])
+        try:
+            scale = _untrim(ent["scale_tables"], 2 * levels - 1)
+            z = _untrim(hyper["tables"], levels)
+            thresholds = np.asarray(entry["thresholds"], dtype=np.int64)
+            step4 = int(entry["step4"])
+            for key in ("encoder", "decoder"):  # the model id pins these hashes (they are in the entropy JSON)
+                name = Path(hyper[key]).name
+                if hashlib.sha256((folder / name).read_bytes()).hexdigest() != hyper[f"{key}_sha256"]:
+                    raise EntropyError(f"model {mid}: {name} does not match the hash in its manifest "
+                                       "(changed or swapped); re-export the model")
+            with np.load(folder / Path(hyper["decoder"]).name, allow_pickle=False) as npz:
+                arrays = {k: npz[k] for k in npz.files}
+        except (KeyError, TypeError, ValueError, OSError) as e:
+            raise EntropyError(f"model {mid}: malformed hyperprior ({e})") from None
+        n_scales = scale.shape[0] // 4
+        if scale.shape[0] != 256 or thresholds.shape != (n_scales - 1,) or (np.diff(thresholds) < 0).any() or \
+                (np.abs(thresholds) >= 1 << EXACT_BITS).any():
+            raise EntropyError(f"model {mid}: 256 y tables and {n_scales - 1} ascending integer thresholds expected")
+        if not (step4 == 4 * float(entry["step"]) and 1 <= step4 <= 1024):
+            raise EntropyError(f"model {mid}: step4 {step4} is not 4 x the quality's step {entry['step']}")
+        return cls(float(entry["step"]), levels, np.stack([integer_table(c) for c in scale]),
+                   np.stack([integer_table(c) for c in z]), thresholds, step4,
+                   IntegerHyperDecoder(hyper["layers"], arrays), folder / Path(hyper["encoder"]).name,
+                   int(manifest["latent_channels"]))
+
+    def z_shape(self, h: int, w: int) -> tuple[int, int, int]:
+        return (self.z_tables.shape[0], -(-h // Z_FACTOR), -(-w // Z_FACTOR))
+
+    def hyper_symbols(self, q: np.ndarray, band: int = 0) -> np.ndarray:
+        """uint8 ŷ symbols (c_y, h, w) -> uint8 ẑ symbols (c_z, ceil(h/4), ceil(w/4)) (onnxruntime).
+
+        ŷ is zero-padded to a multiple of 4, as in training. Large latents run in bands of `band` z rows
+        (0: HYPER_A_BAND_POSITIONS y positions) with HYPER_A_HALO_Z rows of context each side, so memory
+        stays bounded; ẑ is stored in the file, so a band's float rounding can never break decoding."""
+        from aekit.export.runtime import cached_session, select_providers
+
+        half = (self.levels - 1) // 2
+        c, h, w = q.shape
+        zc, zh, zw = self.z_shape(h, w)
+        sess = cached_session(self.encoder_path, select_providers("cpu"))
+        band = band or max(1, HYPER_A_BAND_POSITIONS // (Z_FACTOR * Z_FACTOR * zw))
+        out = np.empty((zc, zh, zw), dtype=np.uint8)
+        for z0 in range(0, zh, band):
+            z1 = min(zh, z0 + band)
+            s0, s1 = max(0, z0 - HYPER_A_HALO_Z), min(zh, z1 + HYPER_A_HALO_Z)
+            y_hat = np.zeros((1, c, Z_FACTOR * (s1 - s0), Z_FACTOR * zw), dtype=np.float32)
+            rows = q[:, Z_FACTOR * s0:min(h, Z_FACTOR * s1)]
+            y_hat[0, :, :rows.shape[1], :w] = (rows.astype(np.float32) - half) * np.float32(self.step)
+            z = sess.run(None, {sess.get_inputs()[0].name: y_hat})[0][0]
+            out[:, z0:z1] = (np.clip(np.rint(z[:, z0 - s0:z1 - s0]), -half, half) + half).astype(np.uint8)
+        return out
+
+    def bits(self, symbols: np.ndarray) -> float:
+        """Ideal code length in bits of ŷ symbols (c_y, h, w) and their ẑ under the tables."""
+        z = self.hyper_symbols(symbols)
+        table, d = self._coded(symbols, z)
+        ly, lz = np.log2(self.scale_tables) - PRECISION, np.log2(self.z_tables) - PRECISION
+        return float(-ly[table, d].sum()
+                     - np.take_along_axis(lz, z.reshape(z.shape[0], -1).astype(np.int64), axis=1).sum())
+
+    def encode(self, symbols: np.ndarray, zstd_level: int = ZSTD_LEVEL) -> tuple[int, bytes]:
+        """uint8 (c_y, h, w) -> (coder_id, payload): the smallest of the hyperprior's ANS, zstd and raw."""
+        q = _check_symbols(symbols, self.channels, self.levels)
+        return _smallest(q, {CODER_HYPER: self._encode_hyper}, zstd_level)
+
+    def decode(self, coder_id: int, payload: bytes, shape: tuple[int, int, int]) -> np.ndarray:
+        """(coder_id, payload) -> uint8 ŷ symbols (c_y, h, w); EntropyError if corrupt."""
+        own = {CODER_HYPER: lambda data, n: self._decode_hyper(data, tuple(int(v) for v in shape)).ravel()}
+        return _decode_symbols(own, coder_id, payload, shape, self.channels, self.levels)
+
+    def _models(self, which: str) -> list[Any]:
+        if which not in self._cache:
+            Categorical = _constriction().stream.model.Categorical
+            tables = self.scale_tables if which == "y" else self.z_tables
+            self._cache[which] = [Categorical((t - 1).astype(np.float64), perfect=False) for t in tables]
+        return self._cache[which]
+
+    def _coded(self, q: np.ndarray, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """ŷ symbols (c_y, h, w) and their ẑ -> flat (table, d) with d = (q − 127) − base + 254 (0..508)."""
+        table, base = self.decoder.tables(z, q.shape[1], q.shape[2], self.thresholds, self.step4)
+        return table.ravel(), q.ravel().astype(np.int16) - _base_off(base.ravel(), (self.levels - 1) // 2)
+
+    def _encode_hyper(self, q: np.ndarray) -> bytes:
+        z = self.hyper_symbols(q)
+        table, base = self.decoder.tables(z, q.shape[1], q.shape[2], self.thresholds, self.step4)
+        idx, qf, bf = table.ravel(), q.ravel(), base.ravel()
+        half = (self.levels - 1) // 2
+        start = _group_starts(idx, 256)
+        grouped = np.empty(idx.size, dtype=np.int16)  # d = (q − 127) − base + 254 (0..508), grouped by table
+        for a, o, dest in _group_chunks(idx, start):
+            grouped[dest] = (qf[a:a + o.size].astype(np.int16) - _base_off(bf[a:a + o.size], half))[o]
+        coder = _constriction().stream.stack.AnsCoder()
+        ym, zm = self._models("y"), self._models("z")
+        for k in reversed(range(len(ym))):  # a stack: the last group pushed first
+            if start[k + 1] > start[k]:
+                coder.encode_reverse(grouped[start[k]:start[k + 1]].astype(np.int32), ym[k])
+        zf = z.reshape(z.shape[0], -1).astype(np.int32)
+        for c in reversed(range(z.shape[0])):  # ẑ last, so the decoder pops it first
+            coder.encode_reverse(zf[c], zm[c])
+        return coder.get_compressed().astype("<u4").tobytes()
+
+    def _decode_hyper(self, payload: bytes, shape: tuple[int, int, int]) -> np.ndarray:
+        cy, h, w = shape
+        zc, zh, zw = self.z_shape(h, w)
+        if len(payload) % 4:
+            raise EntropyError(f"ANS payload of {len(payload)} bytes is not a whole number of 32-bit words")
+        words = np.frombuffer(payload, dtype="<u4").astype(np.uint32)
+        ym, zm = self._models("y"), self._models("z")
+        try:
+            coder = _constriction().stream.stack.AnsCoder(words)
+            z = np.stack([coder.decode(zm[c], zh * zw) for c in range(zc)]).reshape(zc, zh, zw).astype(np.uint8)
+            table, base = self.decoder.tables(z, h, w, self.thresholds, self.step4)
+            idx, bf = table.ravel(), base.ravel()
+            start = _group_starts(idx, len(ym))
+            grouped = np.empty(idx.size, dtype=np.int16)
+            for k in range(len(ym)):
+                if start[k + 1] > start[k]:
+                    grouped[start[k]:start[k + 1]] = coder.decode(ym[k], int(start[k + 1] - start[k]))
+        except (ValueError, RuntimeError, OverflowError) as e:
+            raise EntropyError(f"corrupt ANS payload ({e})") from None
+        if not coder.is_empty():
+            raise EntropyError("corrupt ANS payload (data left over after the last symbol)")
+        half = (self.levels - 1) // 2
+        q = np.empty(idx.size, dtype=np.uint8)
+        for a, o, dest in _group_chunks(idx, start):
+            d = np.empty(o.size, dtype=np.int16)
+            d[o] = grouped[dest]
+            k = d + _base_off(bf[a:a + o.size], half)  # q = d − 254 + base + 127
+            if k.min(initial=0) < 0 or k.max(initial=0) >= self.levels:
+                raise EntropyError(f"decoded symbol outside 0..{self.levels - 1} (corrupt payload)")
+            q[a:a + o.size] = k
+        return q.reshape(cy, h, w)
+
+
+def _base_off(base: np.ndarray, half: int) -> np.ndarray:
+    """int16 base -> q − d offset: q = d − 2·half + base + half = d + (base − half)."""
+    return base.astype(np.int16) - np.int16(half)
+
+
+GROUP_CHUNK = 1 << 20  # elements per step of the grouping by table (bounds its int64 temporaries: 8 MiB)
+
+
+def _group_starts(idx: np.ndarray, n: int) -> np.ndarray:
+    """uint8 table index per element (flat) -> int64 (n + 1,) start of each table's group in grouped order."""
+    counts = np.zeros(n, dtype=np.int64)
+    for a in range(0, idx.size, GROUP_CHUNK):
+        counts += np.bincount(idx[a:a + GROUP_CHUNK], minlength=n)[:n]
+    return np.concatenate([[0], np.cumsum(counts)])
+
+
+def _group_chunks(idx: np.ndarray, start: np.ndarray) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """The stable sort of idx by table (elements grouped by table, C order within a group: the coder-3
+    order of codec/FORMAT.md) as a counting sort in chunks of GROUP_CHUNK: yields (a, o, dest) — the
+    chunk's element a + o[i] goes to grouped position dest[i]. Memory: a few arrays of one chunk."""
+    nxt = start[:-1].copy()
+    n = nxt.size
+    for a in range(0, idx.size, GROUP_CHUNK):
+        part = idx[a:a + GROUP_CHUNK]
+        o = np.argsort(part, kind="stable")
+        sp = part[o].astype(np.int64)
+        c = np.bincount(part, minlength=n)[:n]
+        first = np.concatenate([[0], np.cumsum(c)[:-1]])  # each group's first place within the sorted chunk
+        yield a, o, nxt[sp] + (np.arange(part.size) - first[sp])
+        nxt += c
+
+
+def _wmat(w: np.ndarray) -> np.ndarray:
+    """int weights (out, in, kh, kw) -> float64 (in·kh·kw, out), the im2col product's right side."""
+    return w.reshape(w.shape[0], -1).T.astype(np.float64)
+
+
+def _conv_blocks(a: np.ndarray, part: tuple, bias: np.ndarray, out_h: int, out_w: int,
+                 rows: int) -> Iterator[tuple[int, np.ndarray]]:
+    """Stride-1 correlation of a (C, H, W) int array with part's kernel, the window of output (m, n) starting
+    at input (m + lo_y, n + lo_x) (zeros outside a): (row, acc) blocks of float64 integers (out, r, out_w)."""
+    _, _, wmat, (kh, kw), (lo_y, lo_x) = part
+    c, hh, ww = a.shape
+    need_h, need_w = out_h + kh - 1, out_w + kw - 1  # the input window [lo, lo + need)
+    src = np.zeros((c, need_h, need_w), dtype=a.dtype)
+    ys, xs = max(0, lo_y), max(0, lo_x)
+    ye, xe = min(hh, lo_y + need_h), min(ww, lo_x + need_w)
+    if ye > ys and xe > xs:
+        src[:, ys - lo_y:ye - lo_y, xs - lo_x:xe - lo_x] = a[:, ys:ye, xs:xe]
+    step = rows or max(1, CHUNK_BYTES // (8 * out_w * wmat.shape[0]))
+    for r0 in range(0, out_h, step):
+        r1 = min(out_h, r0 + step)
+        win = np.lib.stride_tricks.sliding_window_view(src[:, r0:r1 + kh - 1], (kh, kw), axis=(1, 2))
+        cols = win.transpose(1, 2, 0, 3, 4).reshape((r1 - r0) * out_w, -1).astype(np.float64)
+        yield r0, (cols @ wmat + bias).T.reshape(-1, r1 - r0, out_w)  # exact: integers < 2^53
+
+
+@functools.lru_cache(maxsize=1)
+def _blas_controller() -> Any:
+    """threadpoolctl's view of the loaded BLAS libraries, built once (a scan, or its `limit`, costs ~18 ms a call)."""
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController()
