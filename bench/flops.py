@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from aekit.export.storage import weight_names
 from aekit.export.speed import (  # noqa: F401  (the counter lives in the export layer: manifests use it)
     COUNTED_OPS, _have_all, _inferred_shapes, _node_macs, _runtime_shapes, count_macs,
 )
@@ -110,7 +111,7 @@ def peak_activation_bytes(onnx_path: str | Path, input_shapes: dict[str, tuple[i
     shapes = _inferred_shapes(model, input_shapes)
     if not shapes:
         shapes = _runtime_shapes(model, input_shapes)
-    weights = {t.name for t in model.graph.initializer}
+    weights = weight_names(model)
     elem = 2 if "fp16" in Path(onnx_path).name else 4
     worst = 0
     for node in model.graph.node:

@@ -217,6 +217,10 @@ def _describe_speed(m: dict[str, Any]) -> list[str]:
                      f"{q.get('check_images')} held-out images (limit {q.get('max_loss_db')}), speed-up "
                      + ", ".join(f"{k} {v}x" for k, v in (q.get("speedup") or {}).items())
                      + ("; encoder int8: symbols may differ between machines" if "encoder" in q.get("parts", []) else ""))
+    st = m.get("storage")
+    if isinstance(st, dict):
+        lines.append(f"weights      stored as {st.get('weights')} (computed in fp32); images coded with them: "
+                     f"{st.get('decoded_psnr_vs_fp32_db')} dB PSNR against the fp32 networks (limit {st.get('min_psnr_db')})")
     return lines
 
 

@@ -40,6 +40,9 @@ log = logging.getLogger(__name__)
 EXPORTER = f"torch.onnx dynamo exporter (torch {torch.__version__.split('+')[0]})"
 PARITY_TOL = 1e-4  # fp32 max abs error allowed between onnxruntime and PyTorch
 PARITY_TOL_FP16 = 2e-2  # fp16 models: max abs error vs the fp32 PyTorch model (values in [-1, 1])
+# --weights fp16: images encoded and decoded by the fp16-stored networks against the fp32 ones, worst
+# image; 50 dB is 100x below the error of the finest photo quality (about 35 dB), invisible
+STORE_MIN_PSNR_DB = 50.0
 
 
 class ExportError(Exception):
@@ -143,16 +146,23 @@ def _input_dtype(session: Any) -> type:
 
 
 def export_model(checkpoint: str | Path, out: str | Path, fp16: bool = False, force: bool = False,
-                 lean: bool = True, int8: Int8Config | None = None, speed: bool = True) -> Path:
+                 lean: bool = True, int8: Int8Config | None = None, speed: bool = True,
+                 weights: str = "fp32") -> Path:
     """Export, verify and write the model folder; returns its path.
 
     lean: apply export/lean.py's exact graph rewrites (BatchNorm folding, activations before
     DepthToSpace, sub-pixel ConvTranspose) before the parity check. int8: also write a QDQ int8
     decoder (and encoder with int8.encoder) that the manifest's "files" then name; refused
     (Int8Error) when it loses more than int8.max_loss_db PSNR. speed: measure MP/s (1 thread) into
-    the manifest's "speed" section (GFLOP/MP are always counted). Raises ExportError / Int8Error
-    (nothing written) on any failed check.
+    the manifest's "speed" section (GFLOP/MP are always counted). weights="fp16": store the fp32
+    networks' large weights as fp16 (export/storage.py: half the file, fp32 compute), refused
+    unless images decoded by the stored networks stay within STORE_MIN_PSNR_DB of the fp32 ones.
+    Raises ExportError / Int8Error (nothing written) on any failed check, ValueError for bad options.
     """
+    if weights not in ("fp32", "fp16"):
+        raise ValueError(f"weights must be fp32 or fp16, got {weights!r}")
+    if weights == "fp16" and int8 is not None:
+        raise ValueError("--weights fp16 and --int8 exclude each other (an int8 file is already a quarter the size)")
     out = Path(out)
     if out.exists() and not force:
         raise ExportError(f"{out}: already exists; pass --force to replace it")
@@ -182,10 +192,12 @@ def export_model(checkpoint: str | Path, out: str | Path, fp16: bool = False, fo
         graph = {"lean": {k: lean_file(tmp / f"{k}.onnx", passes) for k in ("encoder", "decoder")} if lean else False}
         check = verify(model, tmp / "encoder.onnx", tmp / "decoder.onnx", images, PARITY_TOL)
         files = {"encoder": "encoder.onnx", "decoder": "decoder.onnx"}
-        latent = _latent_fields(model, ckpt)
-        hyper_files = _export_hyper(model, tmp, latent, ckpt) if cfg.hyperprior else {}  # h_a ONNX, h_s integers
-        files.update(hyper_files)
         extra: dict[str, Any] = {"graph": graph}
+        if weights == "fp16":
+            extra["storage"] = _store_fp16(model, tmp, images)
+        latent = _latent_fields(model, ckpt)
+        hyper_files = _export_hyper(model, tmp, latent, ckpt, weights) if cfg.hyperprior else {}  # h_a, h_s
+        files.update(hyper_files)
         if int8 is not None:
             extra["int8"] = _export_int8(tmp, ckpt, cfg, latent, int8)
             files = {"encoder": "encoder_int8.onnx" if int8.encoder else "encoder.onnx", "decoder": "decoder_int8.onnx",
@@ -208,6 +220,35 @@ def export_model(checkpoint: str | Path, out: str | Path, fp16: bool = False, fo
           f"{check['encoder_max_abs_err']:.2e}, decoder {check['decoder_max_abs_err']:.2e} "
           f"on {check['images']} images from {source})")
     return out
+
+
+def _store_fp16(model: nn.Module, tmp: Path, images: list[np.ndarray]) -> dict[str, Any]:
+    """encoder.onnx and decoder.onnx in tmp rewritten with fp16-stored weights (export/storage.py);
+    returns the manifest's "storage" section. ExportError if the decoded images (encoded and decoded
+    by the stored networks, as the codec would) come out under STORE_MIN_PSNR_DB from the fp32 ones."""
+    from aekit.export.storage import store_weights_fp16
+
+    def decoded(enc: Any, dec: Any) -> list[np.ndarray]:
+        out = []
+        for im in images:
+            x = pad_to_multiple(to_model_input(im[None]), model.factor)
+            y_hat = model.quantise(torch.from_numpy(enc.run(None, {"x": x})[0])).numpy()
+            out.append(np.clip(np.rint((dec.run(None, {"y_hat": y_hat})[0] + 1) * 127.5), 0, 255))
+        return out
+
+    cpu = ["CPUExecutionProvider"]
+    ref = decoded(make_session(tmp / "encoder.onnx", cpu), make_session(tmp / "decoder.onnx", cpu))
+    info = {k: store_weights_fp16(tmp / f"{k}.onnx") for k in ("encoder", "decoder")}
+    got = decoded(make_session(tmp / "encoder.onnx", cpu), make_session(tmp / "decoder.onnx", cpu))
+    mse = max(float(np.mean((a - b) ** 2)) for a, b in zip(ref, got))
+    psnr = 10 * math.log10(255.0**2 / mse) if mse > 0 else float("inf")
+    if psnr < STORE_MIN_PSNR_DB:
+        raise ExportError(f"fp16-stored weights change the decoded images too much: {psnr:.1f} dB PSNR against the "
+                          f"fp32 networks (limit {STORE_MIN_PSNR_DB:g} dB); export with --weights fp32")
+    return {"weights": "fp16", "method": "float32 initializers of >= 1024 elements stored as float16, Cast to "
+            "float32 in the graph (export/storage.py)", "files": info,
+            "decoded_psnr_vs_fp32_db": round(psnr, 2) if math.isfinite(psnr) else "identical",
+            "images": len(images), "min_psnr_db": STORE_MIN_PSNR_DB}
 
 
 def _export_fp16(model: nn.Module, tmp: Path, images: list[np.ndarray]) -> dict[str, str]:
@@ -324,7 +365,8 @@ def _integer_hyper_decoder(model: nn.Module) -> tuple[list[dict[str, Any]], dict
     return specs, arrays
 
 
-def _export_hyper(model: nn.Module, tmp: Path, latent: dict[str, Any], ckpt: dict[str, Any]) -> dict[str, str]:
+def _export_hyper(model: nn.Module, tmp: Path, latent: dict[str, Any], ckpt: dict[str, Any],
+                  weights: str = "fp32") -> dict[str, str]:
     """Write hyper_encoder.onnx and hyper_decoder.npz, and put the hyperprior (z tables, integer layer
     specs, file hashes, per-quality scale thresholds) into latent["entropy"]. The thresholds of quality
     Δ are T_k = floor((ln s_k + ln Δ) · 2^(s + F_a)) for the table scales s_k, k < 63 (s: the last
@@ -334,6 +376,10 @@ def _export_hyper(model: nn.Module, tmp: Path, latent: dict[str, Any], ckpt: dic
 
     cy = model.cfg.latent_channels
     _to_onnx(_HyperEncode(model).eval(), torch.zeros(2, cy, 8, 8).uniform_(-4, 4), "y_hat", "z", tmp / "hyper_encoder.onnx")
+    if weights == "fp16":  # h_a only chooses z, which the file carries: rounding its weights cannot break decoding
+        from aekit.export.storage import store_weights_fp16
+
+        store_weights_fp16(tmp / "hyper_encoder.onnx")
     specs, arrays = _integer_hyper_decoder(model)
     np.savez_compressed(tmp / "hyper_decoder.npz", **arrays)
     half = (RD_LEVELS - 1) // 2

@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from aekit.export.storage import weight_names
+
 COUNTED_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
 SPEED_SIDE = 256  # px: the image side GFLOP/MP and MP/s are stated at (rounded up to a multiple of f)
 
@@ -30,6 +32,8 @@ def count_macs(onnx_path: str | Path, input_shapes: dict[str, tuple[int, ...]]) 
         shapes = _runtime_shapes(model, input_shapes)
         method = "onnxruntime run"
     weights = {t.name: tuple(t.dims) for t in model.graph.initializer}
+    weights.update({n.output[0]: weights[n.input[0]] for n in model.graph.node
+                    if n.op_type == "Cast" and n.input[0] in weights})  # fp16-stored weights (export/storage.py)
     by_op: dict[str, int] = {}
     for node in model.graph.node:
         if node.op_type in COUNTED_OPS:
@@ -84,7 +88,7 @@ def _inferred_shapes(model: Any, input_shapes: dict[str, tuple[int, ...]]) -> di
 
 
 def _have_all(model: Any, shapes: dict[str, tuple[int, ...]]) -> bool:
-    weights = {t.name for t in model.graph.initializer}
+    weights = weight_names(model)
     for node in model.graph.node:
         if node.op_type in COUNTED_OPS:
             needed = [node.input[0], node.output[0]] + ([] if node.input[1] in weights else [node.input[1]])
@@ -99,7 +103,7 @@ def _runtime_shapes(model: Any, input_shapes: dict[str, tuple[int, ...]]) -> dic
     import onnxruntime as ort
 
     m = _concrete(model, input_shapes)
-    weights = {t.name for t in m.graph.initializer}
+    weights = weight_names(m)
     have = {o.name for o in m.graph.output}
     names = []
     for node in m.graph.node:

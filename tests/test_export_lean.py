@@ -125,3 +125,40 @@ def test_int8_encoder_is_flagged(train_tiny, tmp_path, capsys):
     assert main(["info", str(out)]) == 0
     assert "symbols may differ between machines" in capsys.readouterr().out
     json.dumps(m)  # the manifest stays plain JSON
+
+
+def test_fp16_storage_pass_keeps_the_function_and_fp32_compute(tmp_path):
+    """store_weights_fp16: large fp32 initializers become fp16 + Cast, small ones and fp16-overflowing ones stay
+    fp32; outputs equal the same graph with fp16-rounded weights; GFLOP counting still sees the weights."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from aekit.export.speed import count_macs
+    from aekit.export.storage import store_weights_fp16
+
+    rng = np.random.default_rng(0)
+    w = rng.normal(0, 0.1, (8, 4, 3, 3)).astype(np.float32)
+    big = np.full((32, 8, 1, 1), 1e6, np.float32)  # beyond fp16's 65504: must stay fp32
+    b = rng.normal(0, 0.1, 8).astype(np.float32)  # 8 elements: below the size limit
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["h"], pads=[1, 1, 1, 1]),
+             helper.make_node("Conv", ["h", "big"], ["y"])]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 16, 16])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 32, 16, 16])],
+                          [numpy_helper.from_array(a, n) for a, n in ((w, "w"), (big, "big"), (b, "b"))])
+    path = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)], ir_version=10), str(path))
+    before = count_macs(path, {"x": (1, 4, 16, 16)})["macs"]
+    x = rng.normal(0, 1, (1, 4, 16, 16)).astype(np.float32)
+    info = store_weights_fp16(path, min_elements=64)
+    assert info == {"tensors": 1, "bytes_saved": w.nbytes // 2}
+    m = onnx.load(str(path))
+    kinds = {t.name: t.data_type for t in m.graph.initializer}
+    assert kinds == {"w__fp16": TensorProto.FLOAT16, "big": TensorProto.FLOAT, "b": TensorProto.FLOAT}
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert sess.get_inputs()[0].type == "tensor(float)" and sess.get_outputs()[0].type == "tensor(float)"
+    w16 = w.astype(np.float16).astype(np.float32)
+    ref = torch.nn.functional.conv2d(torch.from_numpy(x), torch.from_numpy(w16), torch.from_numpy(b), padding=1)
+    ref = torch.nn.functional.conv2d(ref, torch.from_numpy(big)).numpy()
+    got = sess.run(None, {"x": x})[0]
+    assert np.allclose(got, ref, rtol=1e-5, atol=1e-6 * np.abs(ref).max())
+    assert count_macs(path, {"x": (1, 4, 16, 16)})["macs"] == before
