@@ -257,20 +257,38 @@ def startup(tmp: Path, runs: int = 7) -> list[dict[str, Any]]:
     return rows
 
 
-def memory(model: str, tmp: Path, mpx: float, photo: Path) -> list[dict[str, Any]]:
-    """Peak RSS of compress + decompress of one image of about `mpx` megapixels (a real photo upscaled),
-    and of a folder of 1, 16 and 64 photos (512² crops, the last 48 mirrored copies)."""
+def memory(model: str, tmp: Path, mpx: float, photo: Path, folders: bool = True) -> list[dict[str, Any]]:
+    """Peak RSS of compress + decompress of one image of about `mpx` megapixels (a real photo upscaled:
+    smooth, so its file may be zstd-coded), of a mosaic of that size of the held-out photos (real detail:
+    the hyperprior coder's file), and with `folders` of a folder of 1, 16 and 64 photos (512² crops,
+    the last 48 mirrored copies)."""
     rows = []
     im = Image.open(photo).convert("RGB")
     k = (mpx * 1e6 / (im.size[0] * im.size[1])) ** 0.5
     big = im.resize((round(im.size[0] * k), round(im.size[1] * k)), Image.Resampling.BICUBIC)
+    w, h = big.size
     big.save(tmp / "big.png", compress_level=1)
-    del big, im
-    c = timed(aekit("compress", str(tmp / "big.png"), "-m", model, "-o", str(tmp / "big.png.ael"), "--no-progress"))
-    d = timed(aekit("decompress", str(tmp / "big.png.ael"), "-o", str(tmp / "big.out.png"), "--no-progress"))
-    w, h = Image.open(tmp / "big.png").size
-    rows.append({"what": f"one {w}x{h} image ({w * h / 1e6:.1f} Mpx), {photo.name} upscaled", "model": model,
-                 "compress": c, "decompress": d})
+    tiles = [np.asarray(Image.open(p).convert("RGB")) for p in sorted((PHOTOS / "test").glob("*.png"))]
+    mosaic = np.zeros((h, w, 3), np.uint8)
+    y = i = 0
+    while y < h:  # rows of photos, each row as tall as its first photo
+        x, rh = 0, 0
+        while x < w:
+            t = tiles[i % len(tiles)][: h - y, : w - x]
+            mosaic[y:y + t.shape[0], x:x + t.shape[1]] = t
+            x, rh, i = x + t.shape[1], max(rh, t.shape[0]), i + 1
+        y += rh
+    Image.fromarray(mosaic).save(tmp / "mosaic.png", compress_level=1)
+    del big, im, mosaic, tiles
+    for name, what in (("big", f"{photo.name} upscaled"), ("mosaic", "mosaic of the held-out photos")):
+        c = timed(aekit("compress", str(tmp / f"{name}.png"), "-m", model, "-o", str(tmp / f"{name}.ael"), "--no-progress"))
+        d = timed(aekit("decompress", str(tmp / f"{name}.ael"), "-o", str(tmp / f"{name}.out.png"), "--no-progress"))
+        rows.append({"what": f"one {w}x{h} image ({w * h / 1e6:.1f} Mpx), {what}", "model": model,
+                     "compress": c, "decompress": d})
+        for f in (f"{name}.ael", f"{name}.out.png"):
+            (tmp / f).unlink(missing_ok=True)
+    if not folders:
+        return rows
     images = photo_set(64)
     for n in (1, 16, 64):
         src = write_images(images[:n], tmp / f"mem{n}")
@@ -356,6 +374,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--models", nargs="+", default=list(MODELS), help="models of the speed part (names or folders)")
     ap.add_argument("--folder-images", type=int, default=16, help="512² photos of the 1 vs 2 cores folder job (<= 64)")
     ap.add_argument("--mpx", type=float, default=50.0, help="megapixels of the memory test's single image")
+    ap.add_argument("--memory-models", nargs="+", default=["photos-r9", "photos-r4"],
+                    help="models of the memory part (the folders run with the first)")
     args = ap.parse_args(argv)
     parts = set(args.parts.split(","))
     res = Result(command=shlex.join(["python", "-m", "aekit.bench.cpu_scaling", *(argv or sys.argv[1:])]),
@@ -372,7 +392,8 @@ def main(argv: list[str] | None = None) -> int:
         if "startup" in parts:
             res.startup = startup(tmp)
         if "memory" in parts:
-            res.memory = memory("photos-r9", tmp, args.mpx, PHOTOS / "test" / "Storm.png")
+            res.memory = [r for i, m in enumerate(args.memory_models)
+                          for r in memory(m, tmp, args.mpx, PHOTOS / "test" / "Storm.png", folders=i == 0)]
         if "train" in parts:
             res.train = train_scaling(tmp)
         if "overheads" in parts:

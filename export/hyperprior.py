@@ -241,7 +241,7 @@ class HyperpriorEntropyModel:
         ŷ is zero-padded to a multiple of 4, as in training. Large latents run in bands of `band` z rows
         (0: HYPER_A_BAND_POSITIONS y positions) with HYPER_A_HALO_Z rows of context each side, so memory
         stays bounded; ẑ is stored in the file, so a band's float rounding can never break decoding."""
-        from aekit.export.runtime import cached_session, select_providers
+        from aekit.export.runtime import cached_session, release_arena, select_providers
 
         half = (self.levels - 1) // 2
         c, h, w = q.shape
@@ -257,6 +257,8 @@ class HyperpriorEntropyModel:
             y_hat[0, :, :rows.shape[1], :w] = (rows.astype(np.float32) - half) * np.float32(self.step)
             z = sess.run(None, {sess.get_inputs()[0].name: y_hat})[0][0]
             out[:, z0:z1] = (np.clip(np.rint(z[:, z0 - s0:z1 - s0]), -half, half) + half).astype(np.uint8)
+        if zh > band:  # banded: give the bands' activations back before h_s and the coder run
+            release_arena(sess, {sess.get_inputs()[0].name: np.zeros((1, c, Z_FACTOR, Z_FACTOR), np.float32)})
         return out
 
     def bits(self, symbols: np.ndarray) -> float:
@@ -298,11 +300,12 @@ class HyperpriorEntropyModel:
         grouped = np.empty(idx.size, dtype=np.int16)  # d = (q − 127) − base + 254 (0..508), grouped by table
         for a, o, dest in _group_chunks(idx, start):
             grouped[dest] = (qf[a:a + o.size].astype(np.int16) - _base_off(bf[a:a + o.size], half))[o]
+        del table, base, idx, bf  # 3 bytes per symbol the coder does not need
         coder = _constriction().stream.stack.AnsCoder()
         ym, zm = self._models("y"), self._models("z")
-        for k in reversed(range(len(ym))):  # a stack: the last group pushed first
-            if start[k + 1] > start[k]:
-                coder.encode_reverse(grouped[start[k]:start[k + 1]].astype(np.int32), ym[k])
+        for k in reversed(range(len(ym))):  # a stack: the last group pushed first, each group's last chunk first
+            for a in reversed(range(int(start[k]), int(start[k + 1]), GROUP_CHUNK)):  # same bits as one call
+                coder.encode_reverse(grouped[a:min(a + GROUP_CHUNK, int(start[k + 1]))].astype(np.int32), ym[k])
         zf = z.reshape(z.shape[0], -1).astype(np.int32)
         for c in reversed(range(z.shape[0])):  # ẑ last, so the decoder pops it first
             coder.encode_reverse(zf[c], zm[c])
@@ -322,9 +325,10 @@ class HyperpriorEntropyModel:
             idx, bf = table.ravel(), base.ravel()
             start = _group_starts(idx, len(ym))
             grouped = np.empty(idx.size, dtype=np.int16)
-            for k in range(len(ym)):
-                if start[k + 1] > start[k]:
-                    grouped[start[k]:start[k + 1]] = coder.decode(ym[k], int(start[k + 1] - start[k]))
+            for k in range(len(ym)):  # in chunks: the int32 array constriction returns stays small
+                for a in range(int(start[k]), int(start[k + 1]), GROUP_CHUNK):
+                    b = min(a + GROUP_CHUNK, int(start[k + 1]))
+                    grouped[a:b] = coder.decode(ym[k], b - a)
         except (ValueError, RuntimeError, OverflowError) as e:
             raise EntropyError(f"corrupt ANS payload ({e})") from None
         if not coder.is_empty():
@@ -346,7 +350,7 @@ def _base_off(base: np.ndarray, half: int) -> np.ndarray:
     return base.astype(np.int16) - np.int16(half)
 
 
-GROUP_CHUNK = 1 << 20  # elements per step of the grouping by table (bounds its int64 temporaries: 8 MiB)
+GROUP_CHUNK = 1 << 20  # elements per step of the grouping by table and of the coder (bounds their temporaries: 4-8 MiB)
 
 
 def _group_starts(idx: np.ndarray, n: int) -> np.ndarray:

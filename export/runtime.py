@@ -10,6 +10,7 @@ callers can size batches and tiles to a memory budget (`MemoryGate`).
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -191,6 +192,27 @@ class SessionPool:
         with self.session() as sess:
             return sess.run(None, feed)
 
+    def release(self, feed: dict[str, np.ndarray]) -> None:
+        """Give the idle sessions' arena memory back (`release_arena`, one tiny run each)."""
+        with self._lock:
+            idle = list(self._idle)
+        for sess in idle:
+            release_arena(sess, feed)
+
+
+def release_arena(sess: Any, feed: dict[str, np.ndarray]) -> None:
+    """One run of a tiny `feed` with onnxruntime's arena shrinkage on, which frees the CPU arena's unused
+    chunks: a session otherwise keeps its largest call's activations (hundreds of MB after a large
+    image's tiles) for the life of the process. Shrinking on every run would cost 1.1-1.7x per call
+    (measured on photos-r4), so the codec calls this once after a tiled image. No-op off the CPU."""
+    import onnxruntime as ort
+
+    if sess.get_providers()[0] != "CPUExecutionProvider":
+        return
+    opts = ort.RunOptions()
+    opts.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+    sess.run(None, feed, opts)
+
 
 def clear_session_cache() -> None:
     """Forget every cached session (tests; a long-lived process that wants the memory back)."""
@@ -360,6 +382,7 @@ class Runtime:
         self._encoders = SessionPool(self.dir / m["files"]["encoder"], self.providers, threads)
         self._decoders = SessionPool(self.dir / m["files"]["decoder"], self.providers, threads)
         self.encoder, self.decoder = self._encoders.first, self._decoders.first  # the cached sessions
+        self._context: dict[tuple[str, int], int] = {}
 
     @property
     def device(self) -> str:
@@ -368,6 +391,19 @@ class Runtime:
     def latent_shape(self, height: int, width: int) -> tuple[int, int, int]:
         f = self.factor
         return (self.latent_channels, -(-height // f), -(-width // f))
+
+    def context(self, part: str, default: int) -> int:
+        """Latent units of context a tile of the "encoder" or "decoder" needs on each side to compute what
+        the whole image would (`context_reach`: its receptive field); `default` for a graph it cannot read."""
+        key = (part, default)
+        if key not in self._context:
+            got = context_reach(self.dir / self.manifest["files"][part])
+            if got is None:
+                self._context[key] = default
+            else:  # the encoder's reach is in pixels (scale f), the decoder's in latent units (scale 1/f)
+                reach, scale = got
+                self._context[key] = max(1, math.ceil(reach / (scale if part == "encoder" else 1) - 1e-9))
+        return self._context[key]
 
     def estimate(self, part: str) -> ActivationEstimate | None:
         """Host bytes of one call of the "encoder" or "decoder" per image pixel it covers (see
@@ -394,6 +430,15 @@ class Runtime:
             x = pad_to_multiple(to_model_input(images), self.factor)
             return self._encoders.run({"x": x})[0]
 
+    def release_memory(self, part: str) -> None:
+        """Free the arena memory the "encoder" or "decoder" sessions kept from their largest calls
+        (`release_arena`); the codec calls it after a tiled image, so a large image's tiles do not
+        stay resident while the coder runs, or until the process ends."""
+        if part == "encoder":
+            self._encoders.release({"x": np.zeros((1, self.channels, self.factor, self.factor), np.float32)})
+        else:
+            self._decoders.release({"y_hat": np.zeros((1, self.latent_channels, 1, 1), np.float32)})
+
     def quantise(self, y: np.ndarray) -> np.ndarray:
         """y -> uint8 symbols with the model's default quantiser (see `Quantiser`)."""
         return self.quantiser.quantise(y)
@@ -414,3 +459,57 @@ class Runtime:
         """Full round trip through 8-bit latents: uint8 (B, H, W, C) -> uint8 (B, H, W, C)."""
         h, w = images.shape[1:3]
         return self.decode(self.dequantise(self.quantise(self.encode(images))), h, w)
+
+
+# Ops that keep each output position a function of the same input position (element-wise, channel mixing
+# at one position, or constants): they pass the receptive field through unchanged.
+_POINTWISE_OPS = frozenset((
+    "Abs", "Add", "BatchNormalization", "Cast", "Clip", "Concat", "Constant", "Div", "Elu", "Erf", "Exp",
+    "Identity", "LeakyRelu", "Log", "Max", "Min", "Mul", "Neg", "Pow", "PRelu",
+    "Reciprocal", "Relu", "Selu", "Sigmoid", "Softplus", "Sqrt", "Sub", "Tanh", "Where"))
+
+
+def context_reach(path: str | Path) -> tuple[float, float] | None:
+    """(reach, scale) of an ONNX conv network: how far, in input units, the inputs that one output
+    position depends on can lie from it, and the input units per output unit (f for an encoder, 1/f for
+    a decoder); None when the graph has an op whose spatial reach is not known here.
+
+    Standard receptive-field arithmetic (Araujo et al. 2019, "Computing receptive fields of CNNs"),
+    per tensor in topological order: a Conv of kernel k, dilation d, padding p, stride s on a tensor of
+    scale u reaches max(p, d(k−1) − p)·u further and multiplies u by s; a ConvTranspose of stride s reaches
+    ceil(max(p, k−1−p)/s)·u and divides u by s; DepthToSpace divides u by its block, SpaceToDepth reaches
+    (b−1)·u and multiplies u by b; point-wise ops take the largest reach of their inputs. A tile whose core
+    has ceil(reach/scale) latent units of context on each side computes the same values as the whole image.
+    """
+    import onnx
+
+    g = onnx.load(str(path), load_external_data=False).graph
+    const = {t.name for t in g.initializer}
+    state: dict[str, tuple[float, float]] = {i.name: (0.0, 1.0) for i in g.input if i.name not in const}
+    for n in g.node:
+        ins = [state[i] for i in n.input if i in state]
+        if not ins:  # constants (and Casts of fp16-stored weights)
+            continue
+        reach, u = max(r for r, _ in ins), ins[0][1]
+        a = {x.name: onnx.helper.get_attribute_value(x) for x in n.attribute}
+        if n.op_type == "Conv":
+            k = a.get("kernel_shape") or [3]
+            d, p, s = (a.get("dilations") or [1])[0], (a.get("pads") or [0])[:len(k)], (a.get("strides") or [1])[0]
+            reach += max(max(pp, dd * (kk - 1) - pp) for kk, pp, dd in zip(k, p, [d] * len(k))) * u
+            u *= s
+        elif n.op_type == "ConvTranspose":
+            k, s = a.get("kernel_shape") or [3], (a.get("strides") or [1])[0]
+            p = (a.get("pads") or [0] * len(k))[:len(k)]
+            reach += max(-(-max(pp, kk - 1 - pp) // s) for kk, pp in zip(k, p)) * u
+            u /= s
+        elif n.op_type == "DepthToSpace":
+            u /= a["blocksize"]
+        elif n.op_type == "SpaceToDepth":
+            reach += (a["blocksize"] - 1) * u
+            u *= a["blocksize"]
+        elif n.op_type not in _POINTWISE_OPS:
+            return None
+        for o in n.output:
+            state[o] = (reach, u)
+    outs = [state[o.name] for o in g.output if o.name in state]
+    return (max(r for r, _ in outs), outs[0][1]) if outs else None

@@ -100,7 +100,8 @@ def test_read_latents_gives_features(tiny_model, tmp_path, gray_dir):
 
 @pytest.mark.parametrize("channels,ratio", [(3, 4), (3, 9)])
 def test_tiled_coding_is_close_to_full_resolution(tiny_model, rgb_photos, channels, ratio):
-    """Large-image path (tiles with overlap in latent space): seams cost little, sizes agree."""
+    """Large-image path (tiles with the model's receptive field as context): the same symbols and pixels as
+    one full-resolution call, so tiling leaves no seam."""
     model = tiny_model(channels, ratio)
     image = rgb_photos[0][:300, :260]
     full_codec, full_dec = Codec(model), Decoder([model])
@@ -111,9 +112,8 @@ def test_tiled_coding_is_close_to_full_resolution(tiny_model, rgb_photos, channe
     assert parse(data)[0].flags & 1
     tiled, _ = tiled_dec.decompress(data)
     assert tiled.shape == image.shape
-    assert abs(psnr(image, full) - psnr(image, tiled)) < 0.5
     q_full, q_tiled = full_codec.symbols(image[None]), tiled_codec.symbols(image[None])
-    assert np.mean(q_full == q_tiled) > 0.95
+    assert np.array_equal(q_full, q_tiled) and np.abs(full.astype(int) - tiled.astype(int)).max() <= 1
 
 
 def test_fewer_levels_make_smaller_exact_files(tiny_model, gray_dir):

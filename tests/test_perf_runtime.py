@@ -79,7 +79,7 @@ def test_codec_sizes_batches_and_tiles_of_a_real_model_to_its_budget(photos_r9):
     assert enc_est.bytes(codec.batch_limit(64, 64) * 64 * 64) <= cfg.call_budget
     assert codec.tiled(7072, 7072)  # 50 Mpx
     t = codec.tile_latent()
-    assert enc_est.bytes(((t + 2 * cfg.overlap) * codec.factor) ** 2) <= cfg.call_budget
+    assert enc_est.bytes(((t + 2 * codec.overlap) * codec.factor) ** 2) <= cfg.call_budget
     small = CodecConfig(device="cpu", memory_mb=64)  # a 512² image no longer fits one call: tiled
     assert Codec(photos_r9, small).tiled(512, 512)
 
@@ -159,3 +159,46 @@ def test_fast_defaults_keep_pixels_and_decode(fmnist_r4, gray_dir, tmp_path):
     for smallest in (False, True):  # the zstd trial at either level still gives a file that decodes
         data = Codec(fmnist_r4, CodecConfig(device="cpu", smallest=smallest)).compress(noise)
         assert Decoder([fmnist_r4]).decompress(data)[0].shape == noise.shape
+
+
+def test_tile_context_is_the_receptive_field_and_tiles_are_exact(rgb_photos):
+    """photos-r4 (f = 16): the encoder reaches 30 px (4 convs 5x5 stride 2), the decoder 1.875 latent units,
+    so 2 units of context per tile side; tiles then give the full image's symbols and pixels, 1 unit does not."""
+    from aekit.export.runtime import context_reach
+
+    model = resolve_model("photos-r4")
+    assert context_reach(model / "encoder.onnx") == (30.0, 16.0)
+    assert context_reach(model / "decoder.onnx") == (1.875, 1 / 16)
+    image = np.ascontiguousarray(np.tile(rgb_photos[0], (2, 2, 1))[:640, :640])
+    full_cfg = CodecConfig(device="cpu", full_res_max_pixels=1 << 30, memory_mb=1 << 14)
+    full = Codec(model, full_cfg)
+    q = full.symbols(image[None])
+    x = Decoder([model], full_cfg).decompress(full.compress(image))[0]
+    tiled = Codec(model, CodecConfig(device="cpu", full_res_max_pixels=1, tile_px=256))
+    assert tiled.overlap == 2 and tiled.tiled(640, 640)
+    data = tiled.compress(image)
+    assert np.array_equal(tiled.symbols(image[None]), q)
+    assert np.array_equal(Decoder([model], CodecConfig(device="cpu", full_res_max_pixels=1, tile_px=256)).decompress(data)[0], x)
+    short = Codec(model, CodecConfig(device="cpu", full_res_max_pixels=1, tile_px=256, overlap=1))
+    assert not np.array_equal(short.symbols(image[None]), q)
+
+
+def test_context_reach_gives_up_on_ops_it_does_not_know(tmp_path):
+    """A graph with a spatially global op (GlobalAveragePool) has no finite reach: None (tiles then use the
+    fixed FALLBACK_OVERLAP); conv + DepthToSpace arithmetic as documented."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from aekit.export.runtime import context_reach
+
+    def save(nodes, inits, name):
+        g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(a, n) for n, a in inits.items()])
+        onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)], ir_version=10), str(tmp_path / name))
+        return tmp_path / name
+
+    w = {"w": np.zeros((16, 4, 3, 3), np.float32)}
+    conv = helper.make_node("Conv", ["x", "w"], ["h"], pads=[1, 1, 1, 1], strides=[2, 2])
+    assert context_reach(save([conv, helper.make_node("DepthToSpace", ["h"], ["y"], blocksize=2)], w, "a.onnx")) == (1.0, 1.0)
+    assert context_reach(save([conv, helper.make_node("GlobalAveragePool", ["h"], ["y"])], w, "b.onnx")) is None
