@@ -46,6 +46,7 @@ class Result:
     train: list[dict[str, Any]] = field(default_factory=list)  # epoch time, nproc x threads
     contention: list[dict[str, Any]] = field(default_factory=list)  # threads vs processes on 2 cores
     overheads: list[dict[str, Any]] = field(default_factory=list)  # per-call costs: API caches, PNG levels
+    tiles: list[dict[str, Any]] = field(default_factory=list)  # large-image tiles: fixed 6-unit vs receptive-field context
 
 
 def crops(folders: list[Path], side: int, n: int) -> list[np.ndarray]:
@@ -298,6 +299,50 @@ def memory(model: str, tmp: Path, mpx: float, photo: Path, folders: bool = True)
     return rows
 
 
+def tile_context(models: list[str], mpx: float, rounds: int) -> list[dict[str, Any]]:
+    """A mosaic of the held-out photos of about `mpx` megapixels (tiled: above 4 Mpx), compressed and
+    decompressed in memory on one worker and one thread with tiles of the fixed 6-unit context and of the
+    model's receptive field (CodecConfig.overlap 0), interleaved; median seconds and whether the two give
+    the same symbols and pixels."""
+    from aekit.codec.core import Codec, CodecConfig, Decoder
+    from aekit.export.manifest import resolve_model
+
+    tiles = [np.asarray(Image.open(p).convert("RGB").resize((640, 480), Image.Resampling.LANCZOS))
+             for p in sorted((PHOTOS / "test").glob("*.png"))]
+    side = int((mpx * 1e6) ** 0.5)
+    mosaic = np.concatenate(tiles, axis=1)  # (480, 640 * n, 3)
+    image = np.ascontiguousarray(np.tile(mosaic, (-(-side // mosaic.shape[0]), -(-side // mosaic.shape[1]), 1))[:side, :side])
+    rows = []
+    for name in models:
+        model = resolve_model(name)
+        cfgs = {"fixed 6": CodecConfig(device="cpu", workers=1, overlap=6), "receptive field": CodecConfig(device="cpu", workers=1)}
+        codecs = {k: Codec(model, c) for k, c in cfgs.items()}
+        decs = {k: Decoder([model], c) for k, c in cfgs.items()}
+        times: dict[str, dict[str, list[float]]] = {k: {"compress": [], "decompress": []} for k in cfgs}
+        out: dict[str, tuple[bytes, np.ndarray]] = {}
+        for _ in range(rounds):
+            for k in cfgs:
+                t0 = time.perf_counter()
+                data = codecs[k].compress(image)
+                t1 = time.perf_counter()
+                x, _ = decs[k].decompress(data)
+                t2 = time.perf_counter()
+                times[k]["compress"].append(t1 - t0)
+                times[k]["decompress"].append(t2 - t1)
+                out[k] = (data, x)
+        row = {"model": name, "side": side, "mpx": side * side / 1e6,
+               "overlap": {k: c.overlap for k, c in codecs.items()},
+               "same_file": out["fixed 6"][0] == out["receptive field"][0],
+               "same_pixels": bool(np.array_equal(out["fixed 6"][1], out["receptive field"][1]))}
+        for k in cfgs:
+            for part in ("compress", "decompress"):
+                row[f"{part}_s"] = row.get(f"{part}_s", {})
+                row[f"{part}_s"][k] = statistics.median(times[k][part])
+        row["speedup"] = {p: row[f"{p}_s"]["fixed 6"] / row[f"{p}_s"]["receptive field"] for p in ("compress", "decompress")}
+        rows.append(row)
+    return rows
+
+
 def train_scaling(tmp: Path, epochs: int = 2) -> list[dict[str, Any]]:
     """Seconds of the last epoch of a small gdn training: nproc x threads (OMP_WAIT_POLICY passive)."""
     rows = []
@@ -344,6 +389,16 @@ def markdown(res: Result) -> str:
     if res.startup:
         lines += ["", "| start-up | wall s (median) | CPU s |", "|---|---|---|"]
         lines += [f"| {s['what']} | {s['wall_s']:.3f} | {s['cpu_s']:.2f} |" for s in res.startup]
+    if res.tiles:
+        lines += ["", "| large image (1 worker, 1 thread) | tile context, latent units | compress s | decompress s | "
+                  "speed-up c / d | same file / pixels |", "|---|---|---|---|---|---|"]
+        for t in res.tiles:
+            o = t["overlap"]
+            lines.append(f"| {t['model']}, {t['side']}² ({t['mpx']:.1f} Mpx) | 6 → {o['receptive field']} | "
+                         f"{t['compress_s']['fixed 6']:.1f} → {t['compress_s']['receptive field']:.1f} | "
+                         f"{t['decompress_s']['fixed 6']:.1f} → {t['decompress_s']['receptive field']:.1f} | "
+                         f"{t['speedup']['compress']:.2f}x / {t['speedup']['decompress']:.2f}x | "
+                         f"{t['same_file']} / {t['same_pixels']} |")
     if res.memory:
         lines += ["", "| peak RSS | compress MB | decompress MB |", "|---|---|---|"]
         lines += [f"| {m['what']} ({m['model']}) | {m['compress']['peak_rss_mb']:.0f} | "
@@ -367,13 +422,15 @@ def markdown(res: Result) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--parts", default="speed,folder,startup,memory,train",
-                    help="comma-separated: speed, folder, startup, memory, train, contention (threads vs processes), "
+                    help="comma-separated: speed, folder, startup, memory, train, tiles (tile context), "
+                         "contention (threads vs processes), "
                          "overheads (API caches, PNG levels)")
     ap.add_argument("--out", default="bench/results/cpu_scaling.json")
     ap.add_argument("--rounds", type=int, default=3, help="timed rounds per image (median)")
     ap.add_argument("--models", nargs="+", default=list(MODELS), help="models of the speed part (names or folders)")
     ap.add_argument("--folder-images", type=int, default=16, help="512² photos of the 1 vs 2 cores folder job (<= 64)")
     ap.add_argument("--mpx", type=float, default=50.0, help="megapixels of the memory test's single image")
+    ap.add_argument("--tile-mpx", type=float, default=16.0, help="megapixels of the tiles part's mosaic")
     ap.add_argument("--memory-models", nargs="+", default=["photos-r9", "photos-r4"],
                     help="models of the memory part (the folders run with the first)")
     args = ap.parse_args(argv)
@@ -398,6 +455,8 @@ def main(argv: list[str] | None = None) -> int:
             res.train = train_scaling(tmp)
         if "overheads" in parts:
             res.overheads = overheads(tmp)
+        if "tiles" in parts:
+            res.tiles = tile_context(args.models, args.tile_mpx, args.rounds)
         if "contention" in parts:
             res.contention = threads_vs_processes("photos-r9", photo_set(args.folder_images), tmp)
     finally:
