@@ -86,8 +86,8 @@ def speed(model: str, images: list[np.ndarray], rounds: int) -> dict[str, Any]:
     from aekit.codec.core import Codec, CodecConfig, Decoder
     from aekit.export.manifest import resolve_model
 
-    folder = resolve_model(model)
-    cfg = CodecConfig(device="cpu", threads=1, workers=1)
+    folder = resolve_model(model.removesuffix(":int8"))  # NAME:int8: decode with the model's int8 decoder variant
+    cfg = CodecConfig(device="cpu", threads=1, workers=1, int8=model.endswith(":int8"))
     codec, dec = Codec(folder, cfg), Decoder([folder], cfg)
     files = [codec.compress(im) for im in images]  # warm-up too
     quals = [jpeg_quality_for(im, len(f)) for im, f in zip(images, files)]
@@ -427,7 +427,8 @@ def main(argv: list[str] | None = None) -> int:
                          "overheads (API caches, PNG levels)")
     ap.add_argument("--out", default="bench/results/cpu_scaling.json")
     ap.add_argument("--rounds", type=int, default=3, help="timed rounds per image (median)")
-    ap.add_argument("--models", nargs="+", default=list(MODELS), help="models of the speed part (names or folders)")
+    ap.add_argument("--models", nargs="+", default=list(MODELS), help="models of the speed part (names or folders; "
+                    "NAME:int8 decodes with the model's int8 decoder variant)")
     ap.add_argument("--folder-images", type=int, default=16, help="512² photos of the 1 vs 2 cores folder job (<= 64)")
     ap.add_argument("--mpx", type=float, default=50.0, help="megapixels of the memory test's single image")
     ap.add_argument("--tile-mpx", type=float, default=16.0, help="megapixels of the tiles part's mosaic")

@@ -263,11 +263,12 @@ def build(name: str, src: Path, eval_json: Path | None, compare: list[str] | Non
     old_speed = load_card(name).get("speed") if before and (dest / zoo.CARD).is_file() else None
     for f in dest.iterdir():
         f.unlink()
-    shipped = {k: v for k, v in m["files"].items() if k in ("encoder", "decoder", "hyper_encoder", "hyper_decoder")}
+    shipped = {k: v for k, v in m["files"].items()
+               if k in ("encoder", "decoder", "hyper_encoder", "hyper_decoder", "decoder_int8")}
     for f in [*shipped.values(), "manifest.json"] + (["calibration.npz"] if (src / "calibration.npz").is_file() else []):
         shutil.copy(src / f, dest / f)
     clean = dict(m)
-    clean["files"] = shipped  # fp16 / int8 files are not shipped
+    clean["files"] = shipped  # fp16 / --int8 export files are not shipped; an add-int8 decoder variant is
     (dest / "manifest.json").write_text(json.dumps({k: v for k, v in clean.items() if not k.startswith("_")}, indent=1) + "\n")
     m = load_manifest(dest)  # checks the id against the copied files
     out = Path("codec/results/zoo") / name

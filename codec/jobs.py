@@ -528,7 +528,8 @@ def decompress_tree(src: str | Path, dst: str | Path, decoder: Decoder, jcfg: Jo
     jcfg, report, t0 = jcfg or JobConfig(), JobReport("decompressed"), time.monotonic()
     total, items = plan(Path(src), Path(dst), is_latent_name, lambda rel: decoded_name(rel, jcfg.out_format), report)
     ledger = start_job(Path(src), Path(dst), recipe("decompress", out_format=jcfg.out_format,
-                                                    **({"smallest": True} if jcfg.smallest else {})))
+                                                    **({"smallest": True} if jcfg.smallest else {}),
+                                                    **({"int8": True} if decoder.cfg.int8 else {})))
     png_level = PNG_LEVEL_SMALLEST if jcfg.smallest else PNG_LEVEL_FAST
 
     def load(item: Item) -> tuple[LatentHeader, np.ndarray]:

@@ -45,6 +45,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-speed", dest="speed", action="store_false", help="do not time the model (the manifest "
                    "still gets GFLOP per megapixel)")
     p.set_defaults(func=cmd_export)
+    a = sub.add_parser("add-int8", help="add an int8 decoder to an exported model: `aekit decompress --int8` "
+                       "then decodes the model's files with it (same model id)",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    a.add_argument("model", type=model_arg, help="exported model folder (fp32, not --weights fp16)")
+    a.add_argument("--calib-data", help="image folder to calibrate on (default: the model's training data)")
+    a.add_argument("--int8-check-data", help="image folder for the PSNR check (default: images of the "
+                   "calibration folder not calibrated on)")
+    a.add_argument("--int8-max-loss", type=float, default=None, help="largest mean PSNR loss in dB vs the fp32 "
+                   "decoder on the check images (default 0.3)")
+    a.set_defaults(func=cmd_add_int8)
     i = sub.add_parser("info", help="describe an exported model (or a checkpoint)")
     i.add_argument("model", type=model_arg, help="model folder, manifest.json, a .pt checkpoint, or a shipped model's name")
     i.add_argument("--json", action="store_true", help="print the raw manifest")
@@ -71,6 +81,18 @@ def cmd_export(args: argparse.Namespace) -> int:
     if previous:
         carry_calibration(out, *previous)
     print(out)
+    return 0
+
+
+def cmd_add_int8(args: argparse.Namespace) -> int:
+    from aekit.export.quantize import INT8_MAX_LOSS_DB, Int8Config, add_int8_decoder
+
+    cfg = Int8Config(calib_data=args.calib_data, check_data=args.int8_check_data,
+                     max_loss_db=INT8_MAX_LOSS_DB if args.int8_max_loss is None else args.int8_max_loss)
+    got = add_int8_decoder(args.model, cfg)
+    print(f"{args.model}: int8 decoder added ({got['psnr_loss_db']} dB PSNR lost against fp32 on "
+          f"{got['check_images']} held-out images, {got['speedup'].get('decoder', '?')}x faster); "
+          "decode with `aekit decompress --int8`")
     return 0
 
 

@@ -217,6 +217,11 @@ def _describe_speed(m: dict[str, Any]) -> list[str]:
                      f"{q.get('check_images')} held-out images (limit {q.get('max_loss_db')}), speed-up "
                      + ", ".join(f"{k} {v}x" for k, v in (q.get("speedup") or {}).items())
                      + ("; encoder int8: symbols may differ between machines" if "encoder" in q.get("parts", []) else ""))
+    v = m.get("int8_decoder")
+    if isinstance(v, dict):
+        lines.append(f"int8 decoder {v.get('file')} (aekit decompress --int8): {v.get('psnr_loss_db')} dB PSNR lost vs "
+                     f"fp32 on {v.get('check_images')} held-out images (limit {v.get('max_loss_db')}), "
+                     f"{(v.get('speedup') or {}).get('decoder')}x faster")
     st = m.get("storage")
     if isinstance(st, dict):
         lines.append(f"weights      stored as {st.get('weights')} (computed in fp32); images coded with them: "

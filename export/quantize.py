@@ -160,3 +160,64 @@ def int8_export(tmp: Path, images_calib: list[np.ndarray], images_check: list[np
             "symbols_changed": changed,  # latent symbols that differ from the fp32 encoder's (0 when fp32)
             "speedup": speed(tmp / "encoder.onnx", tmp / "decoder.onnx",
                              tmp / ("encoder_int8.onnx" if cfg.encoder else "encoder.onnx"), tmp / "decoder_int8.onnx")}
+
+
+INT8_VARIANT = "decoder_int8.onnx"  # the optional faster decoder of a model folder (`add_int8_decoder`)
+
+
+def add_int8_decoder(model_dir: str | Path, cfg: Int8Config) -> dict[str, Any]:
+    """Add an int8 (QDQ) copy of an exported model's fp32 decoder to its folder, as an alternative
+    decoder for the same files: the model id, the encoder and the entropy tables do not change, so
+    `aekit decompress --int8` decodes any file of the model with it (and a plain decompress still uses
+    fp32). The copy is the sub-pixel Conv form of the decoder (export/lean.py: onnxruntime has fast
+    int8 kernels for Conv, not ConvTranspose), calibrated on latents of cfg.calib_data images encoded
+    by the model's own encoder and quantiser; the manifest gets files["decoder_int8"] and an
+    "int8_decoder" section (PSNR against fp32 on held-out images, speed-up). Returns that section.
+    Raises Int8Error if the loss exceeds cfg.max_loss_db (nothing is changed), ModelError for a folder
+    that is not a model, ValueError if the model's decoder is already int8."""
+    import shutil
+    import tempfile
+
+    from aekit.export.lean import PASSES, lean_file
+    from aekit.export.manifest import load_manifest, save_manifest
+    from aekit.export.runtime import Quantiser
+    from aekit.export.speed import side_for, speedup
+
+    d = Path(model_dir)
+    m = load_manifest(d)
+    if m["files"]["decoder"] != "decoder.onnx" or "int8" in m:
+        raise ValueError(f"{d}: its decoder is already int8 (an `aekit export --int8` model)")
+    if "storage" in m:
+        raise ValueError(f"{d}: its weights are stored as fp16 (--weights fp16); add the int8 decoder to an fp32 export")
+    folder = cfg.calib_data or (m.get("training") or {}).get("data")
+    if not folder or not Path(folder).is_dir():
+        raise Int8Error(f"int8 calibration needs training images: {folder or 'the manifest names no data folder'} "
+                        "is not a folder; pass --calib-data DIR")
+    calib, check = split_images(folder, m["channels"], cfg, cfg.check_data)
+    tmp = Path(tempfile.mkdtemp(prefix=".int8.", dir=d))
+    try:
+        shutil.copy(d / m["files"]["encoder"], tmp / "encoder.onnx")
+        shutil.copy(d / m["files"]["decoder"], tmp / "decoder.onnx")
+        lean_file(tmp / "decoder.onnx", PASSES)  # exact rewrites, the sub-pixel one included
+        f, s = m["factor"], side_for(m["factor"])
+        y = np.random.default_rng(0).uniform(-1, 1, (1, m["latent_channels"], s // f, s // f)).astype(np.float32)
+        feeds = (None, y)
+
+        def speed(e32: Path, d32: Path, e8: Path, d8: Path) -> dict[str, float]:  # against the shipped fp32 file
+            return speedup({"decoder": (d / m["files"]["decoder"], d8, {"y_hat": feeds[1]})}, seconds=1.0)
+
+        try:
+            section = int8_export(tmp, calib, check, f, Quantiser.of(m), Int8Config(
+                calib_data=cfg.calib_data, check_data=cfg.check_data, max_loss_db=cfg.max_loss_db), speed)
+        except Int8Error as e:
+            raise Int8Error(f"{str(e).split('; the model was not written')[0]}; {d} is unchanged") from None
+        section.update(file=INT8_VARIANT, calib_data=str(folder), check_data=str(cfg.check_data or folder),
+                       use="aekit decompress --int8 (the same files; fp32 stays the default)")
+        section.pop("symbols_changed", None)  # the encoder is the model's own: nothing to change
+        (tmp / "decoder_int8.onnx").replace(d / INT8_VARIANT)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    m["files"]["decoder_int8"] = INT8_VARIANT
+    m["int8_decoder"] = section
+    save_manifest(d, m)
+    return section

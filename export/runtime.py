@@ -362,11 +362,12 @@ class Runtime:
     threads: onnxruntime intra-op threads per call (default 1; 0: every usable core), spinning off.
     Sessions come from the per-process cache (`cached_session`), so a second Runtime of the same
     model folder costs only its manifest. gate: a MemoryGate every encode/decode call holds its
-    estimated bytes in (None: calls are not gated).
+    estimated bytes in (None: calls are not gated). int8: decode with the folder's int8 decoder
+    variant (files["decoder_int8"]) where it has one, else with the fp32 decoder.
     """
 
     def __init__(self, model_dir: str | Path, device: str = "auto", threads: int = 1,
-                 gate: MemoryGate | None = None):
+                 gate: MemoryGate | None = None, int8: bool = False):
         self.manifest = load_manifest(model_dir)
         m = self.manifest
         self.dir = Path(m["_dir"])
@@ -380,7 +381,9 @@ class Runtime:
         self.providers = select_providers(device)
         self.gate = gate
         self._encoders = SessionPool(self.dir / m["files"]["encoder"], self.providers, threads)
-        self._decoders = SessionPool(self.dir / m["files"]["decoder"], self.providers, threads)
+        # int8: the model's int8 decoder variant where it ships one (export/quantize.py add_int8_decoder)
+        self.decoder_file: str = m["files"].get("decoder_int8", m["files"]["decoder"]) if int8 else m["files"]["decoder"]
+        self._decoders = SessionPool(self.dir / self.decoder_file, self.providers, threads)
         self.encoder, self.decoder = self._encoders.first, self._decoders.first  # the cached sessions
         self._context: dict[tuple[str, int], int] = {}
 
@@ -397,7 +400,7 @@ class Runtime:
         the whole image would (`context_reach`: its receptive field); `default` for a graph it cannot read."""
         key = (part, default)
         if key not in self._context:
-            got = context_reach(self.dir / self.manifest["files"][part])
+            got = context_reach(self.dir / (self.decoder_file if part == "decoder" else self.manifest["files"][part]))
             if got is None:
                 self._context[key] = default
             else:  # the encoder's reach is in pixels (scale f), the decoder's in latent units (scale 1/f)
@@ -414,7 +417,7 @@ class Runtime:
         if part == "encoder":
             return estimate_activation(self.dir / m["files"]["encoder"], self.encoder.get_inputs()[0].name,
                                        lambda n: (1, self.channels, n * f, n * f), lambda n: (n * f) ** 2)
-        return estimate_activation(self.dir / m["files"]["decoder"], self.decoder.get_inputs()[0].name,
+        return estimate_activation(self.dir / self.decoder_file, self.decoder.get_inputs()[0].name,
                                    lambda n: (1, self.latent_channels, n, n), lambda n: (n * f) ** 2)
 
     def _held(self, part: str, pixels: int):
@@ -464,7 +467,8 @@ class Runtime:
 # Ops that keep each output position a function of the same input position (element-wise, channel mixing
 # at one position, or constants): they pass the receptive field through unchanged.
 _POINTWISE_OPS = frozenset((
-    "Abs", "Add", "BatchNormalization", "Cast", "Clip", "Concat", "Constant", "Div", "Elu", "Erf", "Exp",
+    "Abs", "Add", "BatchNormalization", "Cast", "Clip", "Concat", "Constant", "DequantizeLinear", "Div", "Elu",
+    "Erf", "Exp", "QuantizeLinear",
     "Identity", "LeakyRelu", "Log", "Max", "Min", "Mul", "Neg", "Pow", "PRelu",
     "Reciprocal", "Relu", "Selu", "Sigmoid", "Softplus", "Sqrt", "Sub", "Tanh", "Where"))
 

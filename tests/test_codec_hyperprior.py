@@ -375,3 +375,40 @@ def test_fp16_storage_is_refused_with_int8(hp_model, tmp_path, capsys):
     assert main(["export", ckpt, "--out", str(tmp_path / "x"), "--weights", "fp16", "--int8", "--no-speed"]) == 2
     assert "--weights fp16 and --int8 exclude each other" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_add_int8_decoder_keeps_the_model_and_decodes_its_files(hp_model, rgb_photos, tmp_path, photos_dir, capsys):
+    """`aekit add-int8 MODEL`: an int8 decoder beside the fp32 one, same model id; files written before it
+    decode with either (`aekit decompress --int8` picks the int8 one), close to each other; a refused
+    re-run leaves the previous variant in place and no temp folder."""
+    import shutil
+
+    import aekit.codec.core as core
+    from aekit.export.manifest import load_manifest
+    from aekit.metrics import psnr
+
+    model = tmp_path / "hp"
+    shutil.copytree(hp_model, model)
+    img = rgb_photos[0][:96, :128]
+    data = core.Codec(model).compress(img)
+    before = load_manifest(model)
+    assert main(["add-int8", str(model), "--calib-data", str(photos_dir), "--int8-max-loss", "99"]) == 0
+    assert "decode with `aekit decompress --int8`" in capsys.readouterr().out
+    m = load_manifest(model)
+    assert m["model_id"] == before["model_id"] and m["files"]["decoder"] == "decoder.onnx"
+    assert m["files"]["decoder_int8"] == "decoder_int8.onnx" and m["int8_decoder"]["speedup"]["decoder"] > 0
+    assert core.Codec(model).compress(img) == data  # the encoder side is untouched
+    a, _ = core.Decoder([model]).decompress(data)
+    b, _ = core.Decoder([model], core.CodecConfig(int8=True)).decompress(data)
+    assert core.Decoder([model], core.CodecConfig(int8=True)).runtime(m["model_id"]).decoder_file == "decoder_int8.onnx"
+    assert a.shape == b.shape == img.shape and psnr(a, b) > 25 and not np.array_equal(a, b)
+    src, out = tmp_path / "x.ael", tmp_path / "x.png"
+    src.write_bytes(data)
+    assert main(["decompress", str(src), "-o", str(out), "-m", str(model), "--int8", "--no-progress"]) == 0
+    from PIL import Image
+
+    assert np.array_equal(np.asarray(Image.open(out)), b)
+    assert main(["add-int8", str(model), "--calib-data", str(photos_dir), "--int8-max-loss", "-5"]) == 2
+    assert "over --int8-max-loss -5 dB" in capsys.readouterr().err  # refused: the previous variant stays
+    assert load_manifest(model)["int8_decoder"] == m["int8_decoder"] and (model / "decoder_int8.onnx").is_file()
+    assert not [p for p in model.iterdir() if p.name.startswith(".int8.")]
