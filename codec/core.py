@@ -29,6 +29,7 @@ from aekit.export.runtime import ActivationEstimate, MemoryGate, Quantiser, Runt
 from aekit.machine import usable_cores
 
 FALLBACK_OVERLAP = 6  # latent units of tile context when a graph's receptive field cannot be read
+TILE_CALLS = 4  # a tile's call is sized to 1/4 of CodecConfig.memory_mb (see CodecConfig.tile_budget)
 CALLS_AT_ONCE = 2  # a model call is sized to 1/2 of CodecConfig.memory_mb
 MODELS_ENV = "AEKIT_MODELS"  # os.pathsep-separated model folders or folders of model folders
 
@@ -53,7 +54,7 @@ class CodecConfig:
     device: str = "auto"  # onnxruntime device: auto | cuda | cpu
     threads: int = 1  # onnxruntime intra-op threads per call (0: every core); parallelism comes from workers
     workers: int = 0  # model calls at once (tiles of one image, images of a folder); 0: the usable cores
-    memory_mb: int = 512  # MiB of estimated activations of all model calls running at once (CPU); one call gets half
+    memory_mb: int = 768  # MiB of estimated activations of all model calls running at once (CPU); one call gets half
     int8: bool = False  # decode with the model's int8 decoder where it ships one (faster on CPU, a little less exact)
     smallest: bool = False  # spend time for smaller files: zstd trial at ZSTD_LEVEL_SMALLEST instead of ZSTD_LEVEL
 
@@ -65,6 +66,13 @@ class CodecConfig:
     def budget(self) -> int:
         """Bytes all model calls running at once may use (the MemoryGate's capacity)."""
         return max(1, self.memory_mb) << 20
+
+    @property
+    def tile_budget(self) -> int:
+        """Bytes one tile's call may use: a quarter of the budget. Two tiles run at once, and an
+        onnxruntime arena grows in steps to up to ~2x what a call needs (measured on photos-r4's
+        decoder: 465 MB held for a 229 MB estimate), so large images stay within memory_mb."""
+        return self.budget // TILE_CALLS
 
     @property
     def call_budget(self) -> int:
@@ -204,7 +212,7 @@ class Codec:
     def tile_latent(self) -> int:
         """Tile core side in latent units (see plan_tile): tile_px, smaller if a tile's call would not fit."""
         return plan_tile(self.rt.estimate("encoder"), self.factor, self.overlap, self.cfg.tile_px,
-                         self.cfg.call_budget)
+                         self.cfg.tile_budget)
 
     def symbols(self, images: np.ndarray) -> np.ndarray:
         """uint8 (B, H, W, C) -> uint8 symbols (B, c_y, ceil(H/f), ceil(W/f)); batches split to the budget."""
@@ -355,7 +363,7 @@ class Decoder:
         parallel), each tile's symbols dequantised on their own (no float copy of the whole latent)."""
         f = rt.factor
         overlap = tile_context(rt, "decoder", self.cfg)
-        tile = plan_tile(rt.estimate("decoder"), f, overlap, self.cfg.tile_px, self.cfg.call_budget)
+        tile = plan_tile(rt.estimate("decoder"), f, overlap, self.cfg.tile_px, self.cfg.tile_budget)
         out = np.empty((height, width, rt.channels), dtype=np.uint8)
 
         def one(span: tuple) -> None:

@@ -70,7 +70,7 @@ def test_tile_plan_fits_the_call_budget_context_included(factor, overlap):
 
 def test_codec_sizes_batches_and_tiles_of_a_real_model_to_its_budget(photos_r9):
     """photos-r9: the estimate is in the range measured as peak RSS (1.05 KB/px decoding), a 512²
-    photo is one call, a 50 Mpx one is tiled with tiles that fit half the budget."""
+    photo is one call, a 50 Mpx one is tiled with tiles that fit a quarter of the budget."""
     cfg = CodecConfig(device="cpu", memory_mb=768)
     codec, dec = Codec(photos_r9, cfg), Decoder([photos_r9], cfg)
     enc_est, dec_est = codec.rt.estimate("encoder"), dec.runtime(codec.model_id).estimate("decoder")
@@ -79,7 +79,7 @@ def test_codec_sizes_batches_and_tiles_of_a_real_model_to_its_budget(photos_r9):
     assert enc_est.bytes(codec.batch_limit(64, 64) * 64 * 64) <= cfg.call_budget
     assert codec.tiled(7072, 7072)  # 50 Mpx
     t = codec.tile_latent()
-    assert enc_est.bytes(((t + 2 * codec.overlap) * codec.factor) ** 2) <= cfg.call_budget
+    assert enc_est.bytes(((t + 2 * codec.overlap) * codec.factor) ** 2) <= cfg.tile_budget
     small = CodecConfig(device="cpu", memory_mb=64)  # a 512² image no longer fits one call: tiled
     assert Codec(photos_r9, small).tiled(512, 512)
 
