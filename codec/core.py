@@ -55,7 +55,7 @@ class CodecConfig:
     threads: int = 1  # onnxruntime intra-op threads per call (0: every core); parallelism comes from workers
     workers: int = 0  # model calls at once (tiles of one image, images of a folder); 0: the usable cores
     memory_mb: int = 768  # MiB of estimated activations of all model calls running at once (CPU); one call gets half
-    int8: bool = False  # decode with the model's int8 decoder where it ships one (faster on CPU, a little less exact)
+    int8: bool = False  # run the model's int8 encoder / decoder variants where it ships them (faster on CPU, a little less exact)
     smallest: bool = False  # spend time for smaller files: zstd trial at ZSTD_LEVEL_SMALLEST instead of ZSTD_LEVEL
 
     @property
@@ -173,7 +173,7 @@ class Codec:
     def __init__(self, model_dir: str | Path, cfg: CodecConfig | None = None):
         self.cfg = cfg or CodecConfig()
         self.gate = MemoryGate(self.cfg.budget)
-        self.rt = Runtime(model_dir, self.cfg.device, self.cfg.threads, self.gate)
+        self.rt = Runtime(model_dir, self.cfg.device, self.cfg.threads, self.gate, int8=self.cfg.int8)
         self.tiles = TilePool(self.cfg.n_workers)
         self.overlap = tile_context(self.rt, "encoder", self.cfg)  # latent units of context per tile side
         self.zstd_level = ZSTD_LEVEL_SMALLEST if self.cfg.smallest else ZSTD_LEVEL

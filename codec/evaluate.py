@@ -50,6 +50,7 @@ class EvalConfig:
     model_qualities: list[int] = field(default_factory=list)  # RD models: qualities to run ([]: all offered)
     name: str = ""  # data set name for the table and plot
     device: str = "auto"
+    int8: bool = False  # code with the models' int8 encoder/decoder variants where they ship them (aekit add-int8)
     qualities: tuple[int, ...] = QUALITIES  # JPEG and WebP quality sweep
     chunk: int = 512  # images loaded at once (memory bound)
     command: str = field(default_factory=lambda: shlex.join(["aekit"] + sys.argv[1:]))
@@ -155,13 +156,14 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     """Run the evaluation and write results.json, results.md, rd.png under cfg.out."""
     t0 = time.monotonic()
     runs = _runs(cfg)  # (model, levels, quality): one RD point each
-    codecs = {r: Codec(r[0], CodecConfig(device=cfg.device, levels=r[1], quality=r[2])) for r in runs}
+    codecs = {r: Codec(r[0], CodecConfig(device=cfg.device, levels=r[1], quality=r[2], int8=cfg.int8)) for r in runs}
     first = {m: next(r for r in runs if r[0] == m) for m in cfg.models}
     tiled = {m: Codec(m, CodecConfig(device=cfg.device, full_res_max_pixels=0, tile_px=cfg.tile_px,
-                                     levels=first[m][1], quality=first[m][2]))
+                                     levels=first[m][1], quality=first[m][2], int8=cfg.int8))
              for m in cfg.models} if cfg.tile_px else {}
-    dec = Decoder(cfg.models, CodecConfig(device=cfg.device))
-    dec_tiled = Decoder(cfg.models, CodecConfig(device=cfg.device, full_res_max_pixels=0, tile_px=cfg.tile_px))
+    dec = Decoder(cfg.models, CodecConfig(device=cfg.device, int8=cfg.int8))
+    dec_tiled = Decoder(cfg.models, CodecConfig(device=cfg.device, full_res_max_pixels=0, tile_px=cfg.tile_px,
+                                                int8=cfg.int8))
     accs: dict[str, _Acc] = {}
     refused: dict[tuple, int] = {r: 0 for r in runs}
     scales: set[int] = set()

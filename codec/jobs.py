@@ -488,7 +488,8 @@ def compress_tree(src: str | Path, dst: str | Path, codec: Codec, jcfg: JobConfi
     """Compress an image file or folder tree into mirrored .ael files (dst/rel + '.ael')."""
     jcfg, report, t0 = jcfg or JobConfig(), JobReport("compressed"), time.monotonic()
     total, items = plan(Path(src), Path(dst), is_image_name, lambda rel: rel.with_name(rel.name + SUFFIX), report)
-    ledger = start_job(Path(src), Path(dst), recipe("compress", codec, **({"smallest": True} if codec.cfg.smallest else {})))
+    ledger = start_job(Path(src), Path(dst), recipe("compress", codec, **({"smallest": True} if codec.cfg.smallest else {}),
+                                                    **({"int8": True} if codec.rt.encoder_file != codec.rt.manifest["files"]["encoder"] else {})))
 
     def route(item: Item) -> None:
         arr, mode = item.data  # (H, W, C) uint8, original mode

@@ -49,6 +49,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                        "then decodes the model's files with it (same model id)",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     a.add_argument("model", type=model_arg, help="exported model folder (fp32, not --weights fp16)")
+    a.add_argument("--encoder", action="store_true", help="also add an int8 encoder (aekit compress --int8; its "
+                   "symbols differ from fp32 and may differ between CPUs, every file still decodes everywhere)")
     a.add_argument("--calib-data", help="image folder to calibrate on (default: the model's training data)")
     a.add_argument("--int8-check-data", help="image folder for the PSNR check (default: images of the "
                    "calibration folder not calibrated on)")
@@ -87,12 +89,13 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_add_int8(args: argparse.Namespace) -> int:
     from aekit.export.quantize import INT8_MAX_LOSS_DB, Int8Config, add_int8_decoder
 
-    cfg = Int8Config(calib_data=args.calib_data, check_data=args.int8_check_data,
+    cfg = Int8Config(encoder=args.encoder, calib_data=args.calib_data, check_data=args.int8_check_data,
                      max_loss_db=INT8_MAX_LOSS_DB if args.int8_max_loss is None else args.int8_max_loss)
     got = add_int8_decoder(args.model, cfg)
-    print(f"{args.model}: int8 decoder added ({got['psnr_loss_db']} dB PSNR lost against fp32 on "
-          f"{got['check_images']} held-out images, {got['speedup'].get('decoder', '?')}x faster); "
-          "decode with `aekit decompress --int8`")
+    parts = " and ".join(got["parts"])
+    print(f"{args.model}: int8 {parts} added ({got['psnr_loss_db']} dB PSNR lost against fp32 on "
+          f"{got['check_images']} held-out images; speed-up {got['speedup']}); use them with "
+          + ("`aekit compress --int8` and " if "encoder" in got["parts"] else "") + "`aekit decompress --int8`")
     return 0
 
 

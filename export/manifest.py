@@ -219,9 +219,10 @@ def _describe_speed(m: dict[str, Any]) -> list[str]:
                      + ("; encoder int8: symbols may differ between machines" if "encoder" in q.get("parts", []) else ""))
     v = m.get("int8_decoder")
     if isinstance(v, dict):
-        lines.append(f"int8 decoder {v.get('file')} (aekit decompress --int8): {v.get('psnr_loss_db')} dB PSNR lost vs "
-                     f"fp32 on {v.get('check_images')} held-out images (limit {v.get('max_loss_db')}), "
-                     f"{(v.get('speedup') or {}).get('decoder')}x faster")
+        enc = "encoder" in v.get("parts", [])
+        lines.append(f"int8 variant {' + '.join(v.get('parts', []))} (aekit {'compress/' if enc else ''}decompress --int8): "
+                     f"{v.get('psnr_loss_db')} dB PSNR lost vs fp32 on {v.get('check_images')} held-out images (limit "
+                     f"{v.get('max_loss_db')}), speed-up " + ", ".join(f"{k} {x}x" for k, x in (v.get("speedup") or {}).items()))
     st = m.get("storage")
     if isinstance(st, dict):
         lines.append(f"weights      stored as {st.get('weights')} (computed in fp32); images coded with them: "

@@ -165,9 +165,9 @@ def int8_export(tmp: Path, images_calib: list[np.ndarray], images_check: list[np
 INT8_VARIANT = "decoder_int8.onnx"  # the optional faster decoder of a model folder (`add_int8_decoder`)
 
 
-def add_int8_decoder(model_dir: str | Path, cfg: Int8Config) -> dict[str, Any]:
-    """Add an int8 (QDQ) copy of an exported model's fp32 decoder to its folder, as an alternative
-    decoder for the same files: the model id, the encoder and the entropy tables do not change, so
+def add_int8_decoder(model_dir: str | Path, cfg: Int8Config) -> dict[str, Any]:  # noqa: C901 (one linear procedure)
+    """Add an int8 (QDQ) copy of an exported model's fp32 decoder (and with cfg.encoder its encoder) to
+    its folder, as an alternative decoder for the same files: the model id, the encoder and the entropy tables do not change, so
     `aekit decompress --int8` decodes any file of the model with it (and a plain decompress still uses
     fp32). The copy is the sub-pixel Conv form of the decoder (export/lean.py: onnxruntime has fast
     int8 kernels for Conv, not ConvTranspose), calibrated on latents of cfg.calib_data images encoded
@@ -196,6 +196,8 @@ def add_int8_decoder(model_dir: str | Path, cfg: Int8Config) -> dict[str, Any]:
     calib, check = split_images(folder, m["channels"], cfg, cfg.check_data)
     tmp = Path(tempfile.mkdtemp(prefix=".int8.", dir=d))
     try:
+        for k in ("encoder_int8", "decoder_int8"):  # a re-run replaces the variants (the fp32 files are the source)
+            m["files"].pop(k, None)
         shutil.copy(d / m["files"]["encoder"], tmp / "encoder.onnx")
         shutil.copy(d / m["files"]["decoder"], tmp / "decoder.onnx")
         lean_file(tmp / "decoder.onnx", PASSES)  # exact rewrites, the sub-pixel one included
@@ -203,20 +205,34 @@ def add_int8_decoder(model_dir: str | Path, cfg: Int8Config) -> dict[str, Any]:
         y = np.random.default_rng(0).uniform(-1, 1, (1, m["latent_channels"], s // f, s // f)).astype(np.float32)
         feeds = (None, y)
 
-        def speed(e32: Path, d32: Path, e8: Path, d8: Path) -> dict[str, float]:  # against the shipped fp32 file
-            return speedup({"decoder": (d / m["files"]["decoder"], d8, {"y_hat": feeds[1]})}, seconds=1.0)
+        x = np.random.default_rng(0).uniform(-1, 1, (1, m["channels"], s, s)).astype(np.float32)
+
+        def speed(e32: Path, d32: Path, e8: Path, d8: Path) -> dict[str, float]:  # against the shipped fp32 files
+            pairs = {"decoder": (d / m["files"]["decoder"], d8, {"y_hat": feeds[1]})}
+            if cfg.encoder:
+                pairs["encoder"] = (d / m["files"]["encoder"], e8, {"x": x})
+            return speedup(pairs, seconds=1.0)
 
         try:
             section = int8_export(tmp, calib, check, f, Quantiser.of(m), Int8Config(
-                calib_data=cfg.calib_data, check_data=cfg.check_data, max_loss_db=cfg.max_loss_db), speed)
+                encoder=cfg.encoder, calib_data=cfg.calib_data, check_data=cfg.check_data,
+                max_loss_db=cfg.max_loss_db), speed)
         except Int8Error as e:
             raise Int8Error(f"{str(e).split('; the model was not written')[0]}; {d} is unchanged") from None
         section.update(file=INT8_VARIANT, calib_data=str(folder), check_data=str(cfg.check_data or folder),
-                       use="aekit decompress --int8 (the same files; fp32 stays the default)")
-        section.pop("symbols_changed", None)  # the encoder is the model's own: nothing to change
+                       use="aekit decompress --int8 (the same files; fp32 stays the default)"
+                       + ("; aekit compress --int8 encodes with the int8 encoder (other symbols than fp32, and "
+                          "they may differ between CPUs: every file still decodes everywhere)" if cfg.encoder else ""))
+        if not cfg.encoder:
+            section.pop("symbols_changed", None)  # the encoder is the model's own: nothing to change
+        else:
+            (tmp / "encoder_int8.onnx").replace(d / "encoder_int8.onnx")
+            m["files"]["encoder_int8"] = "encoder_int8.onnx"
         (tmp / "decoder_int8.onnx").replace(d / INT8_VARIANT)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    if not cfg.encoder:
+        (d / "encoder_int8.onnx").unlink(missing_ok=True)
     m["files"]["decoder_int8"] = INT8_VARIANT
     m["int8_decoder"] = section
     save_manifest(d, m)

@@ -362,8 +362,8 @@ class Runtime:
     threads: onnxruntime intra-op threads per call (default 1; 0: every usable core), spinning off.
     Sessions come from the per-process cache (`cached_session`), so a second Runtime of the same
     model folder costs only its manifest. gate: a MemoryGate every encode/decode call holds its
-    estimated bytes in (None: calls are not gated). int8: decode with the folder's int8 decoder
-    variant (files["decoder_int8"]) where it has one, else with the fp32 decoder.
+    estimated bytes in (None: calls are not gated). int8: run the folder's int8 variants
+    (files["encoder_int8"], files["decoder_int8"]) where it has them, else the fp32 networks.
     """
 
     def __init__(self, model_dir: str | Path, device: str = "auto", threads: int = 1,
@@ -380,7 +380,8 @@ class Runtime:
         self.quantiser = Quantiser.of(m)  # the model's default (levels, quality)
         self.providers = select_providers(device)
         self.gate = gate
-        self._encoders = SessionPool(self.dir / m["files"]["encoder"], self.providers, threads)
+        self.encoder_file: str = m["files"].get("encoder_int8", m["files"]["encoder"]) if int8 else m["files"]["encoder"]
+        self._encoders = SessionPool(self.dir / self.encoder_file, self.providers, threads)
         # int8: the model's int8 decoder variant where it ships one (export/quantize.py add_int8_decoder)
         self.decoder_file: str = m["files"].get("decoder_int8", m["files"]["decoder"]) if int8 else m["files"]["decoder"]
         self._decoders = SessionPool(self.dir / self.decoder_file, self.providers, threads)
@@ -400,7 +401,7 @@ class Runtime:
         the whole image would (`context_reach`: its receptive field); `default` for a graph it cannot read."""
         key = (part, default)
         if key not in self._context:
-            got = context_reach(self.dir / (self.decoder_file if part == "decoder" else self.manifest["files"][part]))
+            got = context_reach(self.dir / (self.decoder_file if part == "decoder" else self.encoder_file))
             if got is None:
                 self._context[key] = default
             else:  # the encoder's reach is in pixels (scale f), the decoder's in latent units (scale 1/f)
@@ -415,7 +416,7 @@ class Runtime:
             return None
         m, f = self.manifest, self.factor
         if part == "encoder":
-            return estimate_activation(self.dir / m["files"]["encoder"], self.encoder.get_inputs()[0].name,
+            return estimate_activation(self.dir / self.encoder_file, self.encoder.get_inputs()[0].name,
                                        lambda n: (1, self.channels, n * f, n * f), lambda n: (n * f) ** 2)
         return estimate_activation(self.dir / self.decoder_file, self.decoder.get_inputs()[0].name,
                                    lambda n: (1, self.latent_channels, n, n), lambda n: (n * f) ** 2)

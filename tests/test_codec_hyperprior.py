@@ -393,7 +393,7 @@ def test_add_int8_decoder_keeps_the_model_and_decodes_its_files(hp_model, rgb_ph
     data = core.Codec(model).compress(img)
     before = load_manifest(model)
     assert main(["add-int8", str(model), "--calib-data", str(photos_dir), "--int8-max-loss", "99"]) == 0
-    assert "decode with `aekit decompress --int8`" in capsys.readouterr().out
+    assert "use them with `aekit decompress --int8`" in capsys.readouterr().out
     m = load_manifest(model)
     assert m["model_id"] == before["model_id"] and m["files"]["decoder"] == "decoder.onnx"
     assert m["files"]["decoder_int8"] == "decoder_int8.onnx" and m["int8_decoder"]["speedup"]["decoder"] > 0
@@ -412,3 +412,15 @@ def test_add_int8_decoder_keeps_the_model_and_decodes_its_files(hp_model, rgb_ph
     assert "over --int8-max-loss -5 dB" in capsys.readouterr().err  # refused: the previous variant stays
     assert load_manifest(model)["int8_decoder"] == m["int8_decoder"] and (model / "decoder_int8.onnx").is_file()
     assert not [p for p in model.iterdir() if p.name.startswith(".int8.")]
+    # --encoder: an int8 encoder too, used by `aekit compress --int8` (other symbols; any file decodes anywhere)
+    assert main(["add-int8", str(model), "--encoder", "--calib-data", str(photos_dir), "--int8-max-loss", "99"]) == 0
+    assert "`aekit compress --int8` and `aekit decompress --int8`" in capsys.readouterr().out
+    m = load_manifest(model)
+    assert m["model_id"] == before["model_id"] and m["files"]["encoder_int8"] == "encoder_int8.onnx"
+    assert m["int8_decoder"]["parts"] == ["encoder", "decoder"] and "encoder" in m["int8_decoder"]["speedup"]
+    c8 = core.Codec(model, core.CodecConfig(int8=True))
+    assert c8.rt.encoder_file == "encoder_int8.onnx" and core.Codec(model).compress(img) == data
+    x8, _ = core.Decoder([model]).decompress(c8.compress(img))
+    assert x8.shape == img.shape and abs(psnr(img, x8) - psnr(img, a)) < 1.0
+    assert main(["add-int8", str(model), "--calib-data", str(photos_dir), "--int8-max-loss", "99"]) == 0
+    assert "encoder_int8" not in load_manifest(model)["files"] and not (model / "encoder_int8.onnx").exists()
