@@ -70,6 +70,41 @@ def conformal_threshold(sorted_scores: np.ndarray, alpha: float) -> float:
     return float(sorted_scores[k - 1]) if k <= n else math.inf
 
 
+def _flag_count_law(n_cal: int, alpha: float, n_test: int) -> Any | None:
+    """The law of how many of n_test new normals exchangeable with n_cal calibration images score above
+    the conformal threshold: beta-binomial(n_test, n+1-k, k) with k = conformal_rank (None when k > n:
+    the threshold is infinite and nothing is flagged). Why: with continuous scores the threshold's
+    false-positive probability F̄(t) is the (n+1-k)-th smallest of n+1 uniforms' upper tail, i.e.
+    Beta(n+1-k, k) (Vovk 2012, "Conditional validity of inductive conformal predictors"; Angelopoulos &
+    Bates 2021, "A gentle introduction to conformal prediction", sec. 3), and given it the count is binomial."""
+    from scipy.stats import betabinom  # evaluation only (scikit-learn's dependency); screening never imports it
+
+    k = conformal_rank(n_cal, alpha)
+    return None if k > n_cal else betabinom(n_test, n_cal + 1 - k, k)
+
+
+def realised_fpr_range(n_cal: int, alpha: float, n_test: int, level: float = 0.95) -> tuple[float, float]:
+    """Central `level` range of the realised false-positive rate on n_test normal images exchangeable
+    with the n_cal calibration images (see _flag_count_law): what finite calibration and test sets give
+    with no drift at all. With n_cal = 600, n_test = 1000 and alpha = 0.05 it is 3.0-7.4 %, so a realised
+    FPR a point or two from alpha is not by itself evidence of drift; one outside the range is."""
+    law = _flag_count_law(n_cal, alpha, n_test)
+    if law is None:
+        return 0.0, 0.0
+    tail = (1.0 - level) / 2
+    return float(law.ppf(tail)) / n_test, float(law.ppf(1.0 - tail)) / n_test
+
+
+def realised_fpr_pvalue(n_cal: int, alpha: float, n_test: int, flagged: int) -> float:
+    """Two-sided p-value of `flagged` false positives among n_test normals under exchangeability with the
+    calibration images (twice the smaller tail of _flag_count_law, at most 1): small values say the
+    screened images drifted from the calibration images (recalibrate on recent ones)."""
+    law = _flag_count_law(n_cal, alpha, n_test)
+    if law is None:
+        return 1.0 if flagged == 0 else 0.0
+    return float(min(1.0, 2 * min(law.cdf(flagged), law.sf(flagged - 1))))
+
+
 def p_values(sorted_scores: np.ndarray, scores: np.ndarray) -> np.ndarray:
     """Conformal p-values (1 + #{cal >= s}) / (n + 1) of scores against sorted calibration scores."""
     n = len(sorted_scores)

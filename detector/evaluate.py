@@ -46,6 +46,20 @@ def class_metrics(scores: np.ndarray, is_anomaly: np.ndarray, threshold: float, 
             "recall": float(flagged[is_anomaly].mean()) if is_anomaly.any() else None}
 
 
+def exchangeability(m: dict[str, Any], n_cal: int, alpha: float) -> dict[str, Any]:
+    """The realised FPR's 95 % range for normals exchangeable with the n_cal calibration images, and the
+    two-sided p-value of the observed one (aekit.detector.calibration.realised_fpr_range / _pvalue):
+    a p-value under 0.05 says these normals drifted from the calibration images (recalibrate on recent
+    ones); inside the range, the gap to alpha is what finite sets give."""
+    from aekit.detector.calibration import realised_fpr_pvalue, realised_fpr_range
+
+    if m.get("fpr") is None or not m.get("n_normal") or not n_cal:
+        return {"fpr_range_95": None, "fpr_p_value": None}
+    flagged = round(m["fpr"] * m["n_normal"])
+    return {"fpr_range_95": list(realised_fpr_range(n_cal, alpha, m["n_normal"])),
+            "fpr_p_value": realised_fpr_pvalue(n_cal, alpha, m["n_normal"], flagged)}
+
+
 def score_folder(det: Detector, samples: list, cls: str, cfg: ScreenConfig, failed: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """Scores of all samples against class cls; (indices kept, scores)."""
     keep, scores = [], []
@@ -89,6 +103,7 @@ def evaluate_folder(model: str | Path, src: str | Path, out: str | Path, cls: st
 
         res.metrics[c] = class_metrics(scores, is_anom[keep], cc.threshold(det.alpha_), det.alpha_)
         res.metrics[c]["n_calibration"] = cc.n
+        res.metrics[c].update(exchangeability(res.metrics[c], cc.n, det.alpha_))
         if 0 < is_anom[keep].sum() < len(keep):
             fpr, tpr, _ = roc_curve(is_anom[keep], scores)
             res.curves[c] = (fpr, tpr)
@@ -109,15 +124,18 @@ def _pct(x: float | None) -> str:
 
 
 def markdown(metrics: dict[str, dict[str, Any]], alpha: float) -> str:
-    lines = [f"| class | n normal | n anomalous | AUROC % | AUPRC % | FPR % (target {100 * alpha:g}) | recall % |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [f"| class | n normal | n anomalous | AUROC % | AUPRC % | FPR % (target {100 * alpha:g}) | "
+             "FPR range if exchangeable (95 %) | p (drift) | recall % |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for c, m in metrics.items():
         if c == "mean":
             continue
+        rng, p = m.get("fpr_range_95"), m.get("fpr_p_value")
         lines.append(f"| {c} | {m['n_normal']} | {m['n_anomalous']} | {_pct(m['auroc'])} | {_pct(m['auprc'])} "
-                     f"| {_pct(m['fpr'])} | {_pct(m['recall'])} |")
+                     f"| {_pct(m['fpr'])} | {f'{100 * rng[0]:.1f}–{100 * rng[1]:.1f}' if rng else '-'} "
+                     f"| {'-' if p is None else f'{p:.3f}' + (' **drift**' if p < 0.05 else '')} | {_pct(m['recall'])} |")
     m = metrics["mean"]
-    lines.append(f"| **mean** | | | **{_pct(m['auroc'])}** | {_pct(m['auprc'])} | {_pct(m['fpr'])} | {_pct(m['recall'])} |")
+    lines.append(f"| **mean** | | | **{_pct(m['auroc'])}** | {_pct(m['auprc'])} | {_pct(m['fpr'])} | | | {_pct(m['recall'])} |")
     return "\n".join(lines)
 
 

@@ -225,6 +225,8 @@ def test_detector_directory_routes_each_class_to_its_model(model, normal, tmp_pa
     m = ev["metrics"]["trouser"]
     assert m["n_normal"] == len(list((normal / "trouser").iterdir())) and m["n_anomalous"] > m["n_normal"]
     assert 0 <= m["auroc"] <= 1 and 0 <= m["fpr"] <= 0.05 + 1e-9  # calibration images: FPR <= alpha
+    lo, hi = m["fpr_range_95"]  # what exchangeable normals give; the p-value says whether this set drifted
+    assert 0 <= lo <= 0.05 <= hi <= 1 and 0 <= m["fpr_p_value"] <= 1
     assert (tmp_path / "ev.md").read_text().startswith("| class |") and (tmp_path / "ev_roc.png").stat().st_size > 0
 
 
