@@ -5,6 +5,7 @@
     python -m aekit.bench.zoo readme                                 # the README's model table
     python -m aekit.bench.zoo verify [NAME...]                       # fresh evaluate within 0.2 dB of the cards
     python -m aekit.bench.zoo speed [NAME...]                        # (re)measure only the cards' speed sections
+    python -m aekit.bench.zoo refresh [NAME...]                      # cards after id-keeping changes (add-int8)
 bench/train_zoo.sh trains and exports; this copies the ONNX files and manifest (fp32 only), runs
 `aekit evaluate` on the held-out set (unless --eval names an existing results.json), the local-defect
 benchmark for the detector, a round trip for the test floor, and writes card.json.
@@ -348,7 +349,33 @@ def make_card(name: str, spec: Spec, m: dict[str, Any], dest: Path, results: dic
                       "latent_channels": m["latent_channels"], "width": (m.get("model_config") or {}).get("width")},
             "training": training(name, spec, m), "heldout": heldout(results, m, source),
             "roundtrip": {"image": spec.roundtrip, "psnr_db": round(rt, 2), "floor_db": float(np.floor(rt * 10) / 10 - 0.5)},
-            "limits": spec.limits, "speed": speed or speed_section(dest, m, default)}
+            "limits": spec.limits, "speed": speed or speed_section(dest, m, default), **int8_section(m)}
+
+
+def int8_section(m: dict[str, Any]) -> dict[str, Any]:
+    """The card's summary of a model's int8 variants (`aekit add-int8`), {} without them."""
+    v = m.get("int8_variants")
+    if not isinstance(v, dict):
+        return {}
+    return {"int8_variants": {"files": [m["files"][f"{p}_int8"] for p in v["parts"]], "use": v.get("use"),
+                              "psnr_loss_db": v.get("psnr_loss_db"), "check_images": v.get("check_images"),
+                              "check_data": v.get("check_data"), "speedup": v.get("speedup"),
+                              "symbols_changed": v.get("symbols_changed")}}
+
+
+def refresh(name: str) -> dict[str, Any]:
+    """Bring a shipped model's card up to date with its folder after a change that keeps the model id
+    (int8 variants added, tile contexts written): files and the int8 summary; the figures stay."""
+    d = zoo.ZOO_DIR / name
+    card, m = load_card(name), load_manifest(d)
+    if card.get("model_id") != m["model_id"]:
+        raise SystemExit(f"{name}: the card is for model {card.get('model_id')}, the folder holds {m['model_id']}: "
+                         "rebuild it (python -m aekit.bench.zoo build)")
+    card.pop("int8_decoder", None)
+    card.pop("int8_variants", None)
+    card.update(files=folder_files(d), **int8_section(m))
+    (d / zoo.CARD).write_text(json.dumps(card, indent=1) + "\n")
+    return card
 
 
 def speed_section(d: Path, m: dict[str, Any], default: dict[str, Any]) -> dict[str, Any]:
@@ -412,7 +439,13 @@ def main(argv: list[str] | None = None) -> int:
     v.add_argument("name", nargs="*", default=[], help="shipped models (default: all with a spec)")
     sp = sub.add_parser("speed", help="re-measure the cards' speed sections only (GFLOP/MP, 1-thread MP/s)")
     sp.add_argument("name", nargs="*", default=[], help="shipped models (default: all with a spec)")
+    rf = sub.add_parser("refresh", help="update cards after a change that keeps the model id (files, int8 variants)")
+    rf.add_argument("name", nargs="*", default=[], help="shipped models (default: all)")
     args = ap.parse_args(argv)
+    if args.cmd == "refresh":
+        for n in args.name or zoo.names():
+            print(n, json.dumps(refresh(n).get("int8_variants")))
+        return 0
     if args.cmd == "speed":
         for n in args.name or [n for n in zoo.names() if n in SPECS]:
             print(n, json.dumps(update_speed(n)))

@@ -87,11 +87,11 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_add_int8(args: argparse.Namespace) -> int:
-    from aekit.export.quantize import INT8_MAX_LOSS_DB, Int8Config, add_int8_decoder
+    from aekit.export.quantize import INT8_MAX_LOSS_DB, Int8Config, add_int8_variants
 
     cfg = Int8Config(encoder=args.encoder, calib_data=args.calib_data, check_data=args.int8_check_data,
                      max_loss_db=INT8_MAX_LOSS_DB if args.int8_max_loss is None else args.int8_max_loss)
-    got = add_int8_decoder(args.model, cfg)
+    got = add_int8_variants(args.model, cfg)
     parts = " and ".join(got["parts"])
     print(f"{args.model}: int8 {parts} added ({got['psnr_loss_db']} dB PSNR lost against fp32 on "
           f"{got['check_images']} held-out images; speed-up {got['speedup']}); use them with "

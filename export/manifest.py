@@ -217,7 +217,7 @@ def _describe_speed(m: dict[str, Any]) -> list[str]:
                      f"{q.get('check_images')} held-out images (limit {q.get('max_loss_db')}), speed-up "
                      + ", ".join(f"{k} {v}x" for k, v in (q.get("speedup") or {}).items())
                      + ("; encoder int8: symbols may differ between machines" if "encoder" in q.get("parts", []) else ""))
-    v = m.get("int8_decoder")
+    v = m.get("int8_variants")
     if isinstance(v, dict):
         enc = "encoder" in v.get("parts", [])
         lines.append(f"int8 variant {' + '.join(v.get('parts', []))} (aekit {'compress/' if enc else ''}decompress --int8): "

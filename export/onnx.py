@@ -32,7 +32,7 @@ from aekit.export.hyperprior import EXACT_BITS, HYPER_ACT_BITS, HYPER_FRAC_BITS,
 from aekit.export.manifest import MANIFEST_FORMAT, MANIFEST_VERSION, entropy_bytes, model_id_of, save_manifest
 from aekit.export.lean import DEFAULT_PASSES, PASSES, lean_file
 from aekit.export.quantize import Int8Config, Int8Error, centre_crops, int8_export, split_images
-from aekit.export.runtime import make_session
+from aekit.export.runtime import make_session, tile_contexts
 from aekit.export.speed import model_speed, side_for, speedup
 
 OPSET = 18  # pinned: every runtime we target (onnxruntime >= 1.18, TensorRT 10) supports it
@@ -205,6 +205,7 @@ def export_model(checkpoint: str | Path, out: str | Path, fp16: bool = False, fo
                      **hyper_files}
         if fp16:
             files.update(_export_fp16(model, tmp, images))
+        extra["tile_context"] = tile_contexts({k: tmp / files[k] for k in ("encoder", "decoder")}, cfg.factor)
         extra["speed"] = model_speed(tmp / files["encoder"], tmp / files["decoder"], cfg.channels,
                                      cfg.latent_channels, cfg.factor, seconds=0.5, measure=speed)
         manifest = _manifest(model, ckpt, tmp, files, check, source, checkpoint, time.monotonic() - t0, latent, extra)
@@ -310,7 +311,7 @@ def _manifest(model, ckpt, tmp, files, check, source, checkpoint, secs, latent, 
         "model_config": cfg.to_dict(),
         "training": {**ckpt.get("summary", {}), "checkpoint": str(Path(checkpoint).resolve())},
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        **extra,  # graph (lean passes applied), speed (GFLOP/MP, MP/s), int8 (when --int8)
+        **extra,  # graph (lean passes applied), tile_context (latent units), speed (GFLOP/MP, MP/s), int8 (when --int8)
     }
 
 

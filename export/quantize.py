@@ -162,25 +162,28 @@ def int8_export(tmp: Path, images_calib: list[np.ndarray], images_check: list[np
                              tmp / ("encoder_int8.onnx" if cfg.encoder else "encoder.onnx"), tmp / "decoder_int8.onnx")}
 
 
-INT8_VARIANT = "decoder_int8.onnx"  # the optional faster decoder of a model folder (`add_int8_decoder`)
+INT8_FILES = {"encoder": "encoder_int8.onnx", "decoder": "decoder_int8.onnx"}  # a model folder's int8 variants
 
 
-def add_int8_decoder(model_dir: str | Path, cfg: Int8Config) -> dict[str, Any]:  # noqa: C901 (one linear procedure)
-    """Add an int8 (QDQ) copy of an exported model's fp32 decoder (and with cfg.encoder its encoder) to
-    its folder, as an alternative decoder for the same files: the model id, the encoder and the entropy tables do not change, so
-    `aekit decompress --int8` decodes any file of the model with it (and a plain decompress still uses
-    fp32). The copy is the sub-pixel Conv form of the decoder (export/lean.py: onnxruntime has fast
-    int8 kernels for Conv, not ConvTranspose), calibrated on latents of cfg.calib_data images encoded
-    by the model's own encoder and quantiser; the manifest gets files["decoder_int8"] and an
-    "int8_decoder" section (PSNR against fp32 on held-out images, speed-up). Returns that section.
-    Raises Int8Error if the loss exceeds cfg.max_loss_db (nothing is changed), ModelError for a folder
-    that is not a model, ValueError if the model's decoder is already int8."""
+def add_int8_variants(model_dir: str | Path, cfg: Int8Config) -> dict[str, Any]:
+    """Add int8 (QDQ) copies of an exported model's fp32 decoder (and with cfg.encoder its encoder) to its
+    folder, as alternatives for the same model: the model id, the fp32 files and the entropy tables do not
+    change, so `aekit decompress --int8` decodes any file of the model with the int8 decoder (and
+    `aekit compress --int8` encodes with the int8 encoder); without --int8 nothing changes.
+
+    The decoder copy is the sub-pixel Conv form (export/lean.py: onnxruntime has fast int8 kernels for
+    Conv, not ConvTranspose), calibrated on latents of cfg.calib_data images encoded by the model's own
+    encoder and quantiser; the check (export/quantize.py int8_export) codes held-out images through the
+    int8 networks. The manifest gets files["decoder_int8"] (and "encoder_int8"), their tile contexts and
+    an "int8_variants" section (PSNR lost against fp32, speed-ups). Returns that section. A re-run
+    replaces the variants. Raises Int8Error if the loss exceeds cfg.max_loss_db (the folder is left as it
+    was), ModelError for a folder that is not a model, ValueError for an int8 or fp16-stored export."""
     import shutil
     import tempfile
 
     from aekit.export.lean import PASSES, lean_file
     from aekit.export.manifest import load_manifest, save_manifest
-    from aekit.export.runtime import Quantiser
+    from aekit.export.runtime import Quantiser, tile_contexts
     from aekit.export.speed import side_for, speedup
 
     d = Path(model_dir)
@@ -188,52 +191,51 @@ def add_int8_decoder(model_dir: str | Path, cfg: Int8Config) -> dict[str, Any]: 
     if m["files"]["decoder"] != "decoder.onnx" or "int8" in m:
         raise ValueError(f"{d}: its decoder is already int8 (an `aekit export --int8` model)")
     if "storage" in m:
-        raise ValueError(f"{d}: its weights are stored as fp16 (--weights fp16); add the int8 decoder to an fp32 export")
+        raise ValueError(f"{d}: its weights are stored as fp16 (--weights fp16); add int8 variants to an fp32 export")
     folder = cfg.calib_data or (m.get("training") or {}).get("data")
     if not folder or not Path(folder).is_dir():
         raise Int8Error(f"int8 calibration needs training images: {folder or 'the manifest names no data folder'} "
                         "is not a folder; pass --calib-data DIR")
     calib, check = split_images(folder, m["channels"], cfg, cfg.check_data)
+    f, side = m["factor"], side_for(m["factor"])
+    rng = np.random.default_rng(0)
+    feeds = {"encoder": {"x": rng.uniform(-1, 1, (1, m["channels"], side, side)).astype(np.float32)},
+             "decoder": {"y_hat": rng.uniform(-1, 1, (1, m["latent_channels"], side // f, side // f)).astype(np.float32)}}
+    parts = ("encoder", "decoder") if cfg.encoder else ("decoder",)
+
+    def speed(e32: Path, d32: Path, e8: Path, d8: Path) -> dict[str, float]:  # against the shipped fp32 files
+        new = {"encoder": e8, "decoder": d8}
+        return speedup({p: (d / m["files"][p], new[p], feeds[p]) for p in parts}, seconds=1.0)
+
     tmp = Path(tempfile.mkdtemp(prefix=".int8.", dir=d))
     try:
-        for k in ("encoder_int8", "decoder_int8"):  # a re-run replaces the variants (the fp32 files are the source)
-            m["files"].pop(k, None)
         shutil.copy(d / m["files"]["encoder"], tmp / "encoder.onnx")
         shutil.copy(d / m["files"]["decoder"], tmp / "decoder.onnx")
         lean_file(tmp / "decoder.onnx", PASSES)  # exact rewrites, the sub-pixel one included
-        f, s = m["factor"], side_for(m["factor"])
-        y = np.random.default_rng(0).uniform(-1, 1, (1, m["latent_channels"], s // f, s // f)).astype(np.float32)
-        feeds = (None, y)
-
-        x = np.random.default_rng(0).uniform(-1, 1, (1, m["channels"], s, s)).astype(np.float32)
-
-        def speed(e32: Path, d32: Path, e8: Path, d8: Path) -> dict[str, float]:  # against the shipped fp32 files
-            pairs = {"decoder": (d / m["files"]["decoder"], d8, {"y_hat": feeds[1]})}
-            if cfg.encoder:
-                pairs["encoder"] = (d / m["files"]["encoder"], e8, {"x": x})
-            return speedup(pairs, seconds=1.0)
-
         try:
             section = int8_export(tmp, calib, check, f, Quantiser.of(m), Int8Config(
                 encoder=cfg.encoder, calib_data=cfg.calib_data, check_data=cfg.check_data,
                 max_loss_db=cfg.max_loss_db), speed)
         except Int8Error as e:
             raise Int8Error(f"{str(e).split('; the model was not written')[0]}; {d} is unchanged") from None
-        section.update(file=INT8_VARIANT, calib_data=str(folder), check_data=str(cfg.check_data or folder),
-                       use="aekit decompress --int8 (the same files; fp32 stays the default)"
-                       + ("; aekit compress --int8 encodes with the int8 encoder (other symbols than fp32, and "
-                          "they may differ between CPUs: every file still decodes everywhere)" if cfg.encoder else ""))
-        if not cfg.encoder:
-            section.pop("symbols_changed", None)  # the encoder is the model's own: nothing to change
-        else:
-            (tmp / "encoder_int8.onnx").replace(d / "encoder_int8.onnx")
-            m["files"]["encoder_int8"] = "encoder_int8.onnx"
-        (tmp / "decoder_int8.onnx").replace(d / INT8_VARIANT)
+        contexts = tile_contexts({f"{p}_int8": tmp / INT8_FILES[p] for p in parts}, f)
+        for p in ("encoder", "decoder"):  # a re-run replaces the variants; without --encoder none is left
+            m["files"].pop(f"{p}_int8", None)
+            (d / INT8_FILES[p]).unlink(missing_ok=True)
+        for p in parts:
+            (tmp / INT8_FILES[p]).replace(d / INT8_FILES[p])
+            m["files"][f"{p}_int8"] = INT8_FILES[p]
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     if not cfg.encoder:
-        (d / "encoder_int8.onnx").unlink(missing_ok=True)
-    m["files"]["decoder_int8"] = INT8_VARIANT
-    m["int8_decoder"] = section
+        section.pop("symbols_changed", None)  # the model's own encoder: nothing changed
+    section.update(calib_data=str(folder), check_data=str(cfg.check_data or folder),
+                   use=("aekit compress --int8 encodes with the int8 encoder (other symbols than fp32, which may "
+                        "differ between CPUs; every file still decodes everywhere); " if cfg.encoder else "")
+                   + "aekit decompress --int8 decodes with the int8 decoder (the same files; fp32 stays the default)")
+    m.pop("int8_decoder", None)
+    m["int8_variants"] = section
+    m["tile_context"] = {**{k: v for k, v in (m.get("tile_context") or {}).items() if not k.endswith("_int8")},
+                         **contexts}
     save_manifest(d, m)
     return section

@@ -382,7 +382,7 @@ class Runtime:
         self.gate = gate
         self.encoder_file: str = m["files"].get("encoder_int8", m["files"]["encoder"]) if int8 else m["files"]["encoder"]
         self._encoders = SessionPool(self.dir / self.encoder_file, self.providers, threads)
-        # int8: the model's int8 decoder variant where it ships one (export/quantize.py add_int8_decoder)
+        # int8: the model's int8 variants where it ships them (export/quantize.py add_int8_variants)
         self.decoder_file: str = m["files"].get("decoder_int8", m["files"]["decoder"]) if int8 else m["files"]["decoder"]
         self._decoders = SessionPool(self.dir / self.decoder_file, self.providers, threads)
         self.encoder, self.decoder = self._encoders.first, self._decoders.first  # the cached sessions
@@ -398,15 +398,19 @@ class Runtime:
 
     def context(self, part: str, default: int) -> int:
         """Latent units of context a tile of the "encoder" or "decoder" needs on each side to compute what
-        the whole image would (`context_reach`: its receptive field); `default` for a graph it cannot read."""
+        the whole image would (its receptive field): the manifest's "tile_context" (written at export),
+        else computed from the graph when the onnx package is installed, else `default`."""
         key = (part, default)
         if key not in self._context:
-            got = context_reach(self.dir / (self.decoder_file if part == "decoder" else self.encoder_file))
-            if got is None:
-                self._context[key] = default
-            else:  # the encoder's reach is in pixels (scale f), the decoder's in latent units (scale 1/f)
-                reach, scale = got
-                self._context[key] = max(1, math.ceil(reach / (scale if part == "encoder" else 1) - 1e-9))
+            file = self.decoder_file if part == "decoder" else self.encoder_file
+            role = part if file == self.manifest["files"][part] else f"{part}_int8"
+            stored = (self.manifest.get("tile_context") or {}).get(role)
+            if not isinstance(stored, int) or stored < 1:
+                try:
+                    stored = tile_contexts({role: self.dir / file}, self.factor).get(role)
+                except ImportError:  # onnx is not a runtime dependency: older exports tile with the default
+                    stored = None
+            self._context[key] = stored or default
         return self._context[key]
 
     def estimate(self, part: str) -> ActivationEstimate | None:
@@ -518,3 +522,16 @@ def context_reach(path: str | Path) -> tuple[float, float] | None:
             state[o] = (reach, u)
     outs = [state[o.name] for o in g.output if o.name in state]
     return (max(r for r, _ in outs), outs[0][1]) if outs else None
+
+
+def tile_contexts(files: dict[str, str | Path], factor: int) -> dict[str, int]:
+    """{role: ONNX file} -> {role: latent units of tile context} (`context_reach`; roles starting with
+    "encoder" read pixels, the others latents); roles whose reach is unknown are left out.
+    Raises ImportError without the onnx package."""
+    out = {}
+    for role, path in files.items():
+        got = context_reach(path)
+        if got is not None:  # the encoder's reach is in pixels (scale f), the decoder's in latent units
+            reach, scale = got
+            out[role] = max(1, math.ceil(reach / (scale if role.startswith("encoder") else 1) - 1e-9))
+    return out

@@ -157,6 +157,7 @@ def test_export_writes_the_hyperprior_and_pins_it_in_the_model_id(hp_model):
     assert all(q["step4"] == 4 * q["step"] for q in ent["qualities"])
     assert all(len(q["thresholds"]) == SCALE_LEVELS - 1 for q in ent["qualities"])
     assert ent["hyper"]["index_agreement"] >= 0.99
+    assert m["tile_context"] == {"encoder": 2, "decoder": 2}  # the receptive field, for tiles
     for q in ent["qualities"]:  # T_k = floor((ln s_k + ln Δ) 2^F)
         frac = ent["hyper"]["layers"][-1]["shift"] + ent["hyper"]["frac_bits"]
         assert q["thresholds"][5] == math.floor((math.log(scale_table()[5]) + math.log(q["step"])) * 2**frac)
@@ -377,7 +378,7 @@ def test_fp16_storage_is_refused_with_int8(hp_model, tmp_path, capsys):
     assert not (tmp_path / "x").exists()
 
 
-def test_add_int8_decoder_keeps_the_model_and_decodes_its_files(hp_model, rgb_photos, tmp_path, photos_dir, capsys):
+def test_add_int8_variants_keep_the_model_and_decode_its_files(hp_model, rgb_photos, tmp_path, photos_dir, capsys):
     """`aekit add-int8 MODEL`: an int8 decoder beside the fp32 one, same model id; files written before it
     decode with either (`aekit decompress --int8` picks the int8 one), close to each other; a refused
     re-run leaves the previous variant in place and no temp folder."""
@@ -396,7 +397,7 @@ def test_add_int8_decoder_keeps_the_model_and_decodes_its_files(hp_model, rgb_ph
     assert "use them with `aekit decompress --int8`" in capsys.readouterr().out
     m = load_manifest(model)
     assert m["model_id"] == before["model_id"] and m["files"]["decoder"] == "decoder.onnx"
-    assert m["files"]["decoder_int8"] == "decoder_int8.onnx" and m["int8_decoder"]["speedup"]["decoder"] > 0
+    assert m["files"]["decoder_int8"] == "decoder_int8.onnx" and m["int8_variants"]["speedup"]["decoder"] > 0
     assert core.Codec(model).compress(img) == data  # the encoder side is untouched
     a, _ = core.Decoder([model]).decompress(data)
     b, _ = core.Decoder([model], core.CodecConfig(int8=True)).decompress(data)
@@ -410,14 +411,14 @@ def test_add_int8_decoder_keeps_the_model_and_decodes_its_files(hp_model, rgb_ph
     assert np.array_equal(np.asarray(Image.open(out)), b)
     assert main(["add-int8", str(model), "--calib-data", str(photos_dir), "--int8-max-loss", "-5"]) == 2
     assert "over --int8-max-loss -5 dB" in capsys.readouterr().err  # refused: the previous variant stays
-    assert load_manifest(model)["int8_decoder"] == m["int8_decoder"] and (model / "decoder_int8.onnx").is_file()
+    assert load_manifest(model)["int8_variants"] == m["int8_variants"] and (model / "decoder_int8.onnx").is_file()
     assert not [p for p in model.iterdir() if p.name.startswith(".int8.")]
     # --encoder: an int8 encoder too, used by `aekit compress --int8` (other symbols; any file decodes anywhere)
     assert main(["add-int8", str(model), "--encoder", "--calib-data", str(photos_dir), "--int8-max-loss", "99"]) == 0
     assert "`aekit compress --int8` and `aekit decompress --int8`" in capsys.readouterr().out
     m = load_manifest(model)
     assert m["model_id"] == before["model_id"] and m["files"]["encoder_int8"] == "encoder_int8.onnx"
-    assert m["int8_decoder"]["parts"] == ["encoder", "decoder"] and "encoder" in m["int8_decoder"]["speedup"]
+    assert m["int8_variants"]["parts"] == ["encoder", "decoder"] and "encoder" in m["int8_variants"]["speedup"]
     c8 = core.Codec(model, core.CodecConfig(int8=True))
     assert c8.rt.encoder_file == "encoder_int8.onnx" and core.Codec(model).compress(img) == data
     x8, _ = core.Decoder([model]).decompress(c8.compress(img))

@@ -202,3 +202,27 @@ def test_context_reach_gives_up_on_ops_it_does_not_know(tmp_path):
     conv = helper.make_node("Conv", ["x", "w"], ["h"], pads=[1, 1, 1, 1], strides=[2, 2])
     assert context_reach(save([conv, helper.make_node("DepthToSpace", ["h"], ["y"], blocksize=2)], w, "a.onnx")) == (1.0, 1.0)
     assert context_reach(save([conv, helper.make_node("GlobalAveragePool", ["h"], ["y"])], w, "b.onnx")) is None
+
+
+def test_tile_context_comes_from_the_manifest_and_needs_no_onnx(tmp_path, monkeypatch):
+    """The runtime reads the export's "tile_context"; without it it computes the reach with the onnx
+    package, and where that is not installed (onnx is not a runtime dependency) it keeps FALLBACK_OVERLAP."""
+    import json
+    import shutil
+    import sys
+
+    from aekit.codec.core import FALLBACK_OVERLAP
+
+    model = tmp_path / "r9"
+    shutil.copytree(resolve_model("photos-r9"), model)
+    m = json.loads((model / "manifest.json").read_text())
+    assert m["tile_context"]["encoder"] == 2 and m["tile_context"]["decoder"] == 2
+    m["tile_context"] = {"encoder": 3, "decoder": 5}
+    (model / "manifest.json").write_text(json.dumps(m))
+    assert Codec(model, CodecConfig(device="cpu")).overlap == 3
+    assert Decoder([model]).runtime(m["model_id"]).context("decoder", FALLBACK_OVERLAP) == 5
+    del m["tile_context"]
+    (model / "manifest.json").write_text(json.dumps(m))
+    assert Codec(model, CodecConfig(device="cpu")).overlap == 2  # computed from the graph
+    monkeypatch.setitem(sys.modules, "onnx", None)  # `import onnx` now raises ImportError
+    assert Codec(model, CodecConfig(device="cpu")).overlap == FALLBACK_OVERLAP
