@@ -77,8 +77,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="rate-distortion models (gdn, klt): quality 1 (smallest files) .. N (best; "
                         "`aekit info MODEL` lists them); 0: the model's default")
     p.add_argument("--int8", action="store_true",
-                   help="encode with the model's int8 encoder where it ships one (photos-r9: about 1.5x faster "
-                        "compress; other symbols than fp32, slightly different files; `aekit info MODEL`)")
+                   help="encode with the model's int8 encoder where it ships one (photos-r9, photos-r4: about 1.7x "
+                        "faster compress; other symbols than fp32, slightly different files; `aekit info MODEL`)")
     common(p)
     add_engine_args(p)  # --engine ray: the same job as a Ray Data pipeline (aekit.codec.ray_jobs)
     p.set_defaults(func=cmd_compress)
@@ -94,8 +94,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--format", dest="out_format", choices=("png", "same"), default=j.out_format,
                    help="png: lossless PNG; same: the original file's suffix (JPEG q95, lossless WebP)")
     p.add_argument("--int8", action="store_true",
-                   help="decode with the model's int8 decoder where it ships one (photos-r9: about 1.8x faster on "
-                        "CPU for 0.1 dB; `aekit info MODEL`); models without one decode in fp32")
+                   help="decode with the model's int8 decoder where it ships one (the photo models: 1.7-2.2x faster "
+                        "decompress on CPU for 0.06-0.23 dB; `aekit info MODEL`); models without one decode in fp32")
     common(p)
     add_engine_args(p)  # --engine ray: the same job as a Ray Data pipeline (aekit.codec.ray_jobs)
     p.set_defaults(func=cmd_decompress)

@@ -41,7 +41,7 @@ EXPORTER = f"torch.onnx dynamo exporter (torch {torch.__version__.split('+')[0]}
 PARITY_TOL = 1e-4  # fp32 max abs error allowed between onnxruntime and PyTorch
 PARITY_TOL_FP16 = 2e-2  # fp16 models: max abs error vs the fp32 PyTorch model (values in [-1, 1])
 # --weights fp16: images encoded and decoded by the fp16-stored networks against the fp32 ones, worst
-# image; 50 dB is 100x below the error of the finest photo quality (about 35 dB), invisible
+# image; 50 dB is an MSE 30x below the error of the finest photo quality (about 35 dB), invisible
 STORE_MIN_PSNR_DB = 50.0
 
 

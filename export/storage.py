@@ -6,7 +6,7 @@ a Cast node back to float32, so the file is about half the size while the graph 
 fp32 (onnxruntime's constant folding turns the Casts back into fp32 weights when the session is
 built: same kernels, same speed). The rounding is the only change: relative weight error at most
 2^-11 (IEEE 754 binary16), measured on the photo models as a decoded-image change far below the
-codec's own error (README: Model files). Values outside fp16's range keep fp32.
+codec's own error (README: Export). Values outside fp16's range keep fp32.
 """
 
 from __future__ import annotations
