@@ -37,25 +37,17 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "--int8-max-loss dB PSNR against the fp32 one; a model of its own id")
     p.add_argument("--int8-encoder", action="store_true", help="with --int8: quantise the encoder too (faster "
                    "compress, but latent symbols may then differ between machines; flagged in the manifest)")
-    p.add_argument("--calib-data", help="with --int8: image folder to calibrate on (default: the run's training data)")
-    p.add_argument("--int8-check-data", help="with --int8: image folder for the PSNR check (default: images of the "
-                   "calibration folder not calibrated on)")
-    p.add_argument("--int8-max-loss", type=float, default=None, help="with --int8: largest mean PSNR loss in dB "
-                   "vs fp32 on the check images (default 0.3)")
+    add_int8_check_args(p, "with --int8: ")
     p.add_argument("--no-speed", dest="speed", action="store_false", help="do not time the model (the manifest "
                    "still gets GFLOP per megapixel)")
     p.set_defaults(func=cmd_export)
-    a = sub.add_parser("add-int8", help="add an int8 decoder to an exported model: `aekit decompress --int8` "
-                       "then decodes the model's files with it (same model id)",
+    a = sub.add_parser("add-int8", help="add int8 variants of an exported model's networks: `aekit decompress "
+                       "--int8` (and with --encoder `aekit compress --int8`) then use them (same model id)",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     a.add_argument("model", type=model_arg, help="exported model folder (fp32, not --weights fp16)")
     a.add_argument("--encoder", action="store_true", help="also add an int8 encoder (aekit compress --int8; its "
                    "symbols differ from fp32 and may differ between CPUs, every file still decodes everywhere)")
-    a.add_argument("--calib-data", help="image folder to calibrate on (default: the model's training data)")
-    a.add_argument("--int8-check-data", help="image folder for the PSNR check (default: images of the "
-                   "calibration folder not calibrated on)")
-    a.add_argument("--int8-max-loss", type=float, default=None, help="largest mean PSNR loss in dB vs the fp32 "
-                   "decoder on the check images (default 0.3)")
+    add_int8_check_args(a)
     a.set_defaults(func=cmd_add_int8)
     i = sub.add_parser("info", help="describe an exported model (or a checkpoint)")
     i.add_argument("model", type=model_arg, help="model folder, manifest.json, a .pt checkpoint, or a shipped model's name")
@@ -64,6 +56,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     from aekit.export.features_cli import register as register_features  # aekit features (aekit probe: aekit.bench.probe)
 
     register_features(sub)
+
+
+def add_int8_check_args(p: argparse.ArgumentParser, when: str = "") -> None:
+    """The int8 calibration and quality-check options shared by `aekit export --int8` and `aekit add-int8`."""
+    p.add_argument("--calib-data", help=f"{when}image folder to calibrate on (default: the training data)")
+    p.add_argument("--int8-check-data", help=f"{when}image folder for the PSNR check (default: images of the "
+                   "calibration folder not calibrated on)")
+    p.add_argument("--int8-max-loss", type=float, default=None, help=f"{when}largest mean PSNR loss in dB "
+                   "vs fp32 on the check images (default 0.3)")
 
 
 def cmd_export(args: argparse.Namespace) -> int:
