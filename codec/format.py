@@ -10,11 +10,11 @@ from __future__ import annotations
 import zlib
 from dataclasses import dataclass
 
-from aekit.export.entropy import CODER_HYPER, CODER_NAMES
+from aekit.export.entropy import CODER_HYPER, CODER_HYPER_OFFSETS, CODER_NAMES
 
 MAGIC = b"\x89AEL"  # high bit first: never valid text, like PNG's signature
-VERSION = 3  # the newest version, written for coder 3; files any version-2 reader can read are written as 2
-READ_VERSIONS = (1, 2, 3)  # 2 = 1 + a quality byte after the quantiser id; 3 = 2 + coder 3 (hyperprior)
+VERSION = 4  # the newest version, written for coder 4; each file is written at the lowest version its coder allows
+READ_VERSIONS = (1, 2, 3, 4)  # 2 = 1 + a quality byte; 3 = 2 + coder 3 (hyperprior); 4 = 3 + coder 4 (mean offsets)
 SUFFIX = ".ael"
 MODES = {0: "L", 1: "RGB"}  # stored image mode -> PIL mode
 MODE_CODES = {v: k for k, v in MODES.items()}
@@ -62,9 +62,9 @@ def _varint(n: int) -> bytes:
 
 
 def version_for(coder: int) -> int:
-    """The version a file with this coder is written as: 3 for the hyperprior coder, else 2 (so
-    readers of version 2 keep reading every file of the models they know)."""
-    return 3 if coder == CODER_HYPER else 2
+    """The version a file with this coder is written as: 4 for the hyperprior coder with mean offsets, 3
+    for the hyperprior coder, else 2 (so older readers keep reading every file their coders can)."""
+    return {CODER_HYPER_OFFSETS: 4, CODER_HYPER: 3}.get(coder, 2)
 
 
 def pack(h: LatentHeader, payload: bytes) -> bytes:
@@ -150,8 +150,8 @@ def parse(data: bytes, name: str = "<bytes>") -> tuple[LatentHeader, bytes]:
     if zlib.crc32(payload, zlib.crc32(r.data[:crc_at])) != crc:
         raise r.fail("checksum mismatch (file corrupted)")
     _check_fields(r, height, width, mode_code, factor, c, lh, lw, levels, quantiser, coder, flags)
-    if coder == CODER_HYPER and (version < 3 or quantiser != QUANT_INTEGER):
-        raise r.fail(f"entropy coder {coder} needs format version 3 and the integer quantiser")
+    if coder in (CODER_HYPER, CODER_HYPER_OFFSETS) and (version < version_for(coder) or quantiser != QUANT_INTEGER):
+        raise r.fail(f"entropy coder {coder} needs format version {version_for(coder)} and the integer quantiser")
     if (quantiser == QUANT_INTEGER) != (quality > 0):
         raise r.fail(f"quality {quality} does not fit quantiser {quantiser} (integer quantiser needs quality >= 1)")
     header = LatentHeader(model_id, height, width, MODES[mode_code], factor, (c, lh, lw), levels,

@@ -20,7 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from aekit.export.entropy import (CODER_HYPER, PRECISION, ZSTD_LEVEL, EntropyError, _check_symbols, _constriction,
+from aekit.export.entropy import (CODER_HYPER, CODER_HYPER_OFFSETS, PRECISION, ZSTD_LEVEL, EntropyError,
+                                  _check_symbols, _constriction,
                                   _decode_symbols, _smallest, _untrim, integer_table, quality_entry)
 
 HYPER_FRAC_BITS = 16  # F_a: hyper decoder activations are integers in units of 2^-16
@@ -272,11 +273,21 @@ class HyperpriorEntropyModel:
     def encode(self, symbols: np.ndarray, zstd_level: int = ZSTD_LEVEL) -> tuple[int, bytes]:
         """uint8 (c_y, h, w) -> (coder_id, payload): the smallest of the hyperprior's ANS, zstd and raw."""
         q = _check_symbols(symbols, self.channels, self.levels)
-        return _smallest(q, {CODER_HYPER: self._encode_hyper}, zstd_level)
+        try:
+            coder, payload = self._encode_hyper_best(q)
+        except ImportError:  # constriction missing: zstd and raw still work
+            return _smallest(q, {}, zstd_level)
+        return _smallest(q, {coder: lambda _: payload}, zstd_level)
 
     def decode(self, coder_id: int, payload: bytes, shape: tuple[int, int, int]) -> np.ndarray:
         """(coder_id, payload) -> uint8 ŷ symbols (c_y, h, w); EntropyError if corrupt."""
-        own = {CODER_HYPER: lambda data, n: self._decode_hyper(data, tuple(int(v) for v in shape)).ravel()}
+        shp = tuple(int(v) for v in shape)
+
+        def with_offsets(data: bytes, n: int) -> np.ndarray:
+            ans, offsets = _split_offsets(data, shp[0])
+            return self._decode_hyper(ans, shp, offsets).ravel()
+
+        own = {CODER_HYPER: lambda data, n: self._decode_hyper(data, shp).ravel(), CODER_HYPER_OFFSETS: with_offsets}
         return _decode_symbols(own, coder_id, payload, shape, self.channels, self.levels)
 
     def _models(self, which: str) -> list[Any]:
@@ -292,8 +303,27 @@ class HyperpriorEntropyModel:
         return table.ravel(), q.ravel().astype(np.int16) - _base_off(base.ravel(), (self.levels - 1) // 2)
 
     def _encode_hyper(self, q: np.ndarray) -> bytes:
+        """Coder 3's payload of ŷ symbols (c_y, h, w)."""
         z = self.hyper_symbols(q)
         table, base = self.decoder.tables(z, q.shape[1], q.shape[2], self.thresholds, self.step4)
+        return self._ans(q, z, table, base)
+
+    def _encode_hyper_best(self, q: np.ndarray) -> tuple[int, bytes]:
+        """(coder, payload): coder 4 when per-channel mean offsets (`mean_offsets`) are estimated to save
+        more than their side information, else coder 3; h_a and h_s run once either way."""
+        z = self.hyper_symbols(q)
+        table, base = self.decoder.tables(z, q.shape[1], q.shape[2], self.thresholds, self.step4)
+        off = mean_offsets(q, table, base, np.log2(self.scale_tables) - PRECISION)
+        if not off.any():
+            return CODER_HYPER, self._ans(q, z, table, base)
+        apply_offsets(base, off)
+        nz = np.flatnonzero(off)
+        side = np.empty(len(nz), dtype=[("c", "<u2"), ("o", "i1")])
+        side["c"], side["o"] = nz, off[nz]
+        return CODER_HYPER_OFFSETS, len(nz).to_bytes(2, "little") + side.tobytes() + self._ans(q, z, table, base)
+
+    def _ans(self, q: np.ndarray, z: np.ndarray, table: np.ndarray, base: np.ndarray) -> bytes:
+        """The ANS words of ẑ and of ŷ under (table, base) (both (c_y, h, w)); consumes table and base."""
         idx, qf, bf = table.ravel(), q.ravel(), base.ravel()
         half = (self.levels - 1) // 2
         start = _group_starts(idx, 256)
@@ -311,7 +341,8 @@ class HyperpriorEntropyModel:
             coder.encode_reverse(zf[c], zm[c])
         return coder.get_compressed().astype("<u4").tobytes()
 
-    def _decode_hyper(self, payload: bytes, shape: tuple[int, int, int]) -> np.ndarray:
+    def _decode_hyper(self, payload: bytes, shape: tuple[int, int, int], offsets: np.ndarray | None = None) -> np.ndarray:
+        """Coder 3's payload (with `offsets`, coder 4's ANS part) -> uint8 ŷ symbols (c_y, h, w)."""
         cy, h, w = shape
         zc, zh, zw = self.z_shape(h, w)
         if len(payload) % 4:
@@ -322,6 +353,8 @@ class HyperpriorEntropyModel:
             coder = _constriction().stream.stack.AnsCoder(words)
             z = np.stack([coder.decode(zm[c], zh * zw) for c in range(zc)]).reshape(zc, zh, zw).astype(np.uint8)
             table, base = self.decoder.tables(z, h, w, self.thresholds, self.step4)
+            if offsets is not None:
+                apply_offsets(base, offsets)
             idx, bf = table.ravel(), base.ravel()
             start = _group_starts(idx, len(ym))
             grouped = np.empty(idx.size, dtype=np.int16)
@@ -343,6 +376,62 @@ class HyperpriorEntropyModel:
                 raise EntropyError(f"decoded symbol outside 0..{self.levels - 1} (corrupt payload)")
             q[a:a + o.size] = k
         return q.reshape(cy, h, w)
+
+
+# Coder 4: the hyperprior's integer mean base of channel c is shifted by an offset o_c sent in the file
+# (FORMAT.md). The hyperprior, trained on 16 photos, predicts some channels' means off by a constant on
+# images unlike them (flat skies, meadows); a per-image, per-channel correction costs 3 bytes a channel.
+OFFSET_SAMPLE = 1 << 13  # symbols per channel the offset choice looks at (evenly spaced; bounds its memory)
+OFFSET_MAX = 64  # |o_c| at most (the base is clipped to ±127 after the shift anyway)
+
+
+def mean_offsets(q: np.ndarray, table: np.ndarray, base: np.ndarray, log2p: np.ndarray) -> np.ndarray:
+    """Per-channel integer offsets o (int16, (c_y,)) for the mean base: o_c = the median of k − base over
+    (a sample of) channel c's symbols (k = q − 127), kept where it lowers the channel's estimated code
+    length under the tables (log2p: (256, 509) log2 probabilities) by more than its 3 bytes; all zero when
+    the total saving would not pay for coder 4's 2-byte count. Deterministic (the decoder only reads o)."""
+    cy = q.shape[0]
+    n = q[0].size
+    pick = np.unique(np.linspace(0, n - 1, min(n, OFFSET_SAMPLE)).astype(np.int64))
+    k = q.reshape(cy, -1)[:, pick].astype(np.int64) - 127
+    b = base.reshape(cy, -1)[:, pick].astype(np.int64)
+    t = table.reshape(cy, -1)[:, pick]
+    o = np.clip(np.round(np.median(k - b, axis=1)), -OFFSET_MAX, OFFSET_MAX).astype(np.int64)
+
+    def cost(shift: np.ndarray) -> np.ndarray:  # estimated bits of each channel's symbols, scaled to all n
+        bb = np.clip(b + shift[:, None], -127, 127)
+        return -log2p[t, k - bb + 254].sum(axis=1) * (n / len(pick))
+
+    saving = cost(np.zeros(cy, np.int64)) - cost(o)
+    o[saving <= 24] = 0
+    if saving[o != 0].sum() <= 16 + 24 * np.count_nonzero(o):
+        o[:] = 0
+    return o.astype(np.int16)
+
+
+def apply_offsets(base: np.ndarray, offsets: np.ndarray) -> None:
+    """base (int16, (c_y, h, w)) += offsets per channel, clipped to ±127, in place (coder 4)."""
+    base += offsets.astype(np.int16)[:, None, None]
+    np.clip(base, -127, 127, out=base)
+
+
+def _split_offsets(payload: bytes, cy: int) -> tuple[bytes, np.ndarray]:
+    """Coder 4's payload -> (ANS part, int16 offsets (c_y,)); EntropyError when its offset list is malformed."""
+    if len(payload) < 2:
+        raise EntropyError("coder 4 payload too short for its offset count")
+    n = int.from_bytes(payload[:2], "little")
+    end = 2 + 3 * n
+    if n < 1 or n > cy or len(payload) < end:
+        raise EntropyError(f"coder 4 payload announces {n} channel offsets ({cy} channels, {len(payload)} bytes)")
+    side = np.frombuffer(payload[2:end], dtype=[("c", "<u2"), ("o", "i1")])
+    c = side["c"].astype(np.int64)
+    if (c >= cy).any() or (np.diff(c) <= 0).any() or (side["o"] == 0).any() or \
+            (np.abs(side["o"].astype(np.int64)) > OFFSET_MAX).any():
+        raise EntropyError("coder 4 offsets must name ascending channels with non-zero offsets of at most "
+                           f"{OFFSET_MAX}")
+    offsets = np.zeros(cy, dtype=np.int16)
+    offsets[c] = side["o"]
+    return payload[end:], offsets
 
 
 def _base_off(base: np.ndarray, half: int) -> np.ndarray:
