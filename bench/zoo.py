@@ -5,7 +5,7 @@
     python -m aekit.bench.zoo readme                                 # the README's model table
     python -m aekit.bench.zoo verify [NAME...]                       # fresh evaluate within 0.2 dB of the cards
     python -m aekit.bench.zoo speed [NAME...]                        # (re)measure only the cards' speed sections
-    python -m aekit.bench.zoo refresh [NAME...]                      # cards after id-keeping changes (add-int8)
+    python -m aekit.bench.zoo refresh [NAME...] [--eval RESULTS]     # cards after id-keeping changes (add-int8, coder)
 bench/train_zoo.sh trains and exports; this copies the ONNX files and manifest (fp32 only), runs
 `aekit evaluate` on the held-out set (unless --eval names an existing results.json), the local-defect
 benchmark for the detector, a round trip for the test floor, and writes card.json.
@@ -363,11 +363,16 @@ def int8_section(m: dict[str, Any]) -> dict[str, Any]:
                               "symbols_changed": v.get("symbols_changed")}}
 
 
-def refresh(name: str) -> dict[str, Any]:
+def refresh(name: str, eval_json: Path | None = None) -> dict[str, Any]:
     """Bring a shipped model's card up to date with its folder after a change that keeps the model id
-    (int8 variants added, tile contexts written): files and the int8 summary; the figures stay."""
+    (int8 variants added, tile contexts written, a new coder): files and the int8 summary, and with
+    `eval_json` (an `aekit evaluate` results.json that includes this model id) the held-out figures."""
     d = zoo.ZOO_DIR / name
     card, m = load_card(name), load_manifest(d)
+    if eval_json is not None:
+        card["heldout"] = heldout(json.loads(Path(eval_json).read_text()), m, str(eval_json))
+        if isinstance(card.get("speed"), dict):
+            card["speed"]["at_default_quality"] = {k: card["heldout"]["default"].get(k) for k in ("label", "psnr", "bpp")}
     if card.get("model_id") != m["model_id"]:
         raise SystemExit(f"{name}: the card is for model {card.get('model_id')}, the folder holds {m['model_id']}: "
                          "rebuild it (python -m aekit.bench.zoo build)")
@@ -441,10 +446,13 @@ def main(argv: list[str] | None = None) -> int:
     sp.add_argument("name", nargs="*", default=[], help="shipped models (default: all with a spec)")
     rf = sub.add_parser("refresh", help="update cards after a change that keeps the model id (files, int8 variants)")
     rf.add_argument("name", nargs="*", default=[], help="shipped models (default: all)")
+    rf.add_argument("--eval", type=Path, help="an `aekit evaluate` results.json with these models' ids: "
+                    "re-record their held-out figures from it")
     args = ap.parse_args(argv)
     if args.cmd == "refresh":
         for n in args.name or zoo.names():
-            print(n, json.dumps(refresh(n).get("int8_variants")))
+            card = refresh(n, args.eval)
+            print(n, json.dumps(card["heldout"]["default"] if args.eval else card.get("int8_variants")))
         return 0
     if args.cmd == "speed":
         for n in args.name or [n for n in zoo.names() if n in SPECS]:
