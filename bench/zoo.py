@@ -376,7 +376,6 @@ def refresh(name: str, eval_json: Path | None = None) -> dict[str, Any]:
     if card.get("model_id") != m["model_id"]:
         raise SystemExit(f"{name}: the card is for model {card.get('model_id')}, the folder holds {m['model_id']}: "
                          "rebuild it (python -m aekit.bench.zoo build)")
-    card.pop("int8_decoder", None)
     card.pop("int8_variants", None)
     card.update(files=folder_files(d), **int8_section(m))
     (d / zoo.CARD).write_text(json.dumps(card, indent=1) + "\n")

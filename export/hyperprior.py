@@ -297,6 +297,11 @@ class HyperpriorEntropyModel:
             self._cache[which] = [Categorical((t - 1).astype(np.float64), perfect=False) for t in tables]
         return self._cache[which]
 
+    def _side(self, q: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """ŷ symbols (c_y, h, w) -> (ẑ, table, base): h_a, then the integer h_s."""
+        z = self.hyper_symbols(q)
+        return (z, *self.decoder.tables(z, q.shape[1], q.shape[2], self.thresholds, self.step4))
+
     def _coded(self, q: np.ndarray, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """ŷ symbols (c_y, h, w) and their ẑ -> flat (table, d) with d = (q − 127) − base + 254 (0..508)."""
         table, base = self.decoder.tables(z, q.shape[1], q.shape[2], self.thresholds, self.step4)
@@ -304,15 +309,12 @@ class HyperpriorEntropyModel:
 
     def _encode_hyper(self, q: np.ndarray) -> bytes:
         """Coder 3's payload of ŷ symbols (c_y, h, w)."""
-        z = self.hyper_symbols(q)
-        table, base = self.decoder.tables(z, q.shape[1], q.shape[2], self.thresholds, self.step4)
-        return self._ans(q, z, table, base)
+        return self._ans(q, *self._side(q))
 
     def _encode_hyper_best(self, q: np.ndarray) -> tuple[int, bytes]:
         """(coder, payload): coder 4 when per-channel mean offsets (`mean_offsets`) are estimated to save
         more than their side information, else coder 3; h_a and h_s run once either way."""
-        z = self.hyper_symbols(q)
-        table, base = self.decoder.tables(z, q.shape[1], q.shape[2], self.thresholds, self.step4)
+        z, table, base = self._side(q)
         off = mean_offsets(q, table, base, np.log2(self.scale_tables) - PRECISION)
         if not off.any():
             return CODER_HYPER, self._ans(q, z, table, base)

@@ -213,9 +213,7 @@ def add_int8_variants(model_dir: str | Path, cfg: Int8Config) -> dict[str, Any]:
         shutil.copy(d / m["files"]["decoder"], tmp / "decoder.onnx")
         lean_file(tmp / "decoder.onnx", PASSES)  # exact rewrites, the sub-pixel one included
         try:
-            section = int8_export(tmp, calib, check, f, Quantiser.of(m), Int8Config(
-                encoder=cfg.encoder, calib_data=cfg.calib_data, check_data=cfg.check_data,
-                max_loss_db=cfg.max_loss_db), speed)
+            section = int8_export(tmp, calib, check, f, Quantiser.of(m), cfg, speed)
         except Int8Error as e:
             raise Int8Error(f"{str(e).split('; the model was not written')[0]}; {d} is unchanged") from None
         contexts = tile_contexts({f"{p}_int8": tmp / INT8_FILES[p] for p in parts}, f)
@@ -233,7 +231,6 @@ def add_int8_variants(model_dir: str | Path, cfg: Int8Config) -> dict[str, Any]:
                    use=("aekit compress --int8 encodes with the int8 encoder (other symbols than fp32, which may "
                         "differ between CPUs; every file still decodes everywhere); " if cfg.encoder else "")
                    + "aekit decompress --int8 decodes with the int8 decoder (the same files; fp32 stays the default)")
-    m.pop("int8_decoder", None)
     m["int8_variants"] = section
     m["tile_context"] = {**{k: v for k, v in (m.get("tile_context") or {}).items() if not k.endswith("_int8")},
                          **contexts}
