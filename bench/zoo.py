@@ -360,7 +360,8 @@ def int8_section(m: dict[str, Any]) -> dict[str, Any]:
     return {"int8_variants": {"files": [m["files"][f"{p}_int8"] for p in v["parts"]], "use": v.get("use"),
                               "psnr_loss_db": v.get("psnr_loss_db"), "check_images": v.get("check_images"),
                               "check_data": v.get("check_data"), "speedup": v.get("speedup"),
-                              "symbols_changed": v.get("symbols_changed")}}
+                              "symbols_changed": v.get("symbols_changed"),
+                              **({"encoder_fp32_nodes": v["encoder_fp32_nodes"]} if v.get("encoder_fp32_nodes") else {})}}
 
 
 def refresh(name: str, eval_json: Path | None = None) -> dict[str, Any]:

@@ -3,7 +3,9 @@
     aekit export runs/NAME/best.pt --out models/NAME-int8 --int8 [--int8-encoder] [--calib-data DIR]
 Weights are quantised per output channel (int8, symmetric), activations per tensor (uint8) with
 ranges calibrated (min/max) on training images; the model is refused if its mean PSNR on images
-not used for calibration falls more than `max_loss_db` below the fp32 export's.
+not used for calibration falls more than `max_loss_db` below the fp32 export's. An int8 encoder
+that fails that check is tried once more with its output layer (the one producing y) in fp32, and
+the model is refused only if that also fails.
 """
 
 from __future__ import annotations
@@ -88,9 +90,10 @@ class _Reader:
         pass
 
 
-def quantize_int8(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]]) -> Path:
+def quantize_int8(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]], keep_fp32: list[str] | None = None) -> Path:
     """Static QDQ quantisation of src to dst: per-channel int8 weights, uint8 activations (min/max
-    calibrated on feeds: the inputs the network really receives). Returns dst."""
+    calibrated on feeds: the inputs the network really receives); the nodes named in keep_fp32 stay
+    fp32 (their inputs are dequantised, their outputs not quantised). Returns dst."""
     import logging
 
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
@@ -102,7 +105,7 @@ def quantize_int8(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]]) -> P
     try:
         quantize_static(str(src), str(dst), _Reader(feeds), quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=CalibrationMethod.MinMax,
+                        calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=list(keep_fp32 or []),
                         extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
     finally:
         root.disabled = was
@@ -112,6 +115,27 @@ def quantize_int8(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]]) -> P
 
 def _run(sess: Any, name: str, x: np.ndarray) -> np.ndarray:
     return sess.run(None, {name: x})[0]
+
+
+PASS_THROUGH = {"Identity", "Transpose", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Cast"}
+
+
+def output_layers(path: Path) -> list[str]:
+    """Names of the nodes that compute a network's outputs: for each graph output, its producer, or
+    through layout-only ops (Transpose, Reshape, ...) the node before them. For an encoder these are the
+    layers that produce y (a conv for the shipped architectures)."""
+    import onnx
+
+    g = onnx.load(str(path), load_external_data=False).graph
+    producer = {o: n for n in g.node for o in n.output}
+    names = []
+    for out in g.output:
+        node = producer.get(out.name)
+        while node is not None and node.op_type in PASS_THROUGH and node.input and node.input[0] in producer:
+            node = producer[node.input[0]]
+        if node is not None and node.name and node.name not in names:
+            names.append(node.name)
+    return names
 
 
 def int8_export(tmp: Path, images_calib: list[np.ndarray], images_check: list[np.ndarray], factor: int,
@@ -129,30 +153,45 @@ def int8_export(tmp: Path, images_calib: list[np.ndarray], images_check: list[np
     xs = [pad_to_multiple(to_model_input(im[None]), factor) for im in images_calib]
     ys = [quantiser.dequantise(quantiser.quantise(_run(enc32, "x", x))) for x in xs]
     quantize_int8(tmp / "decoder.onnx", tmp / "decoder_int8.onnx", [{"y_hat": y} for y in ys])
+    dec32, dec8 = one_thread_session(tmp / "decoder.onnx"), one_thread_session(tmp / "decoder_int8.onnx")
+
+    def check(enc8: Any) -> tuple[float, list[float], list[float], list[float], int]:
+        p32, p8, p_vs, changed = [], [], [], 0
+        for im in images_check:
+            h, w = im.shape[:2]
+            x = pad_to_multiple(to_model_input(im[None]), factor)
+            q32, q8 = quantiser.quantise(_run(enc32, "x", x)), quantiser.quantise(_run(enc8, "x", x))
+            changed += int((q32 != q8).sum())
+            r32 = from_model_output(_run(dec32, "y_hat", quantiser.dequantise(q32)))[0, :h, :w]
+            r8 = from_model_output(_run(dec8, "y_hat", quantiser.dequantise(q8)))[0, :h, :w]
+            p32.append(psnr(im, r32))
+            p8.append(psnr(im, r8))
+            p_vs.append(psnr(r32, r8))
+        return float(np.mean(p32) - np.mean(p8)), p32, p8, p_vs, changed
+
+    keep: list[str] = []
     if cfg.encoder:
         quantize_int8(tmp / "encoder.onnx", tmp / "encoder_int8.onnx", [{"x": x} for x in xs])
-    dec32, dec8 = one_thread_session(tmp / "decoder.onnx"), one_thread_session(tmp / "decoder_int8.onnx")
-    enc8 = one_thread_session(tmp / "encoder_int8.onnx") if cfg.encoder else enc32
-    p32, p8, p_vs, changed = [], [], [], 0
-    for im in images_check:
-        h, w = im.shape[:2]
-        x = pad_to_multiple(to_model_input(im[None]), factor)
-        q32, q8 = quantiser.quantise(_run(enc32, "x", x)), quantiser.quantise(_run(enc8, "x", x))
-        changed += int((q32 != q8).sum())
-        r32 = from_model_output(_run(dec32, "y_hat", quantiser.dequantise(q32)))[0, :h, :w]
-        r8 = from_model_output(_run(dec8, "y_hat", quantiser.dequantise(q8)))[0, :h, :w]
-        p32.append(psnr(im, r32))
-        p8.append(psnr(im, r8))
-        p_vs.append(psnr(r32, r8))
-    loss = float(np.mean(p32) - np.mean(p8))
+    loss, p32, p8, p_vs, changed = check(one_thread_session(tmp / "encoder_int8.onnx") if cfg.encoder else enc32)
+    if cfg.encoder and not loss <= cfg.max_loss_db:
+        # mixed precision: keep the layer that produces y in fp32. Its 8-bit per-tensor output spans y's whole
+        # range in 255 steps, coarser than a fine quality's step Δ, so it flips symbols; the layer is small (at y's
+        # resolution) and the rest of the encoder stays int8.
+        keep = output_layers(tmp / "encoder.onnx")
+        quantize_int8(tmp / "encoder.onnx", tmp / "encoder_int8.onnx", [{"x": x} for x in xs], keep)
+        loss, p32, p8, p_vs, changed = check(one_thread_session(tmp / "encoder_int8.onnx"))
     parts = "encoder and decoder" if cfg.encoder else "decoder"
     if not loss <= cfg.max_loss_db:
         raise Int8Error(f"int8 {parts} loses {loss:.2f} dB PSNR on {len(images_check)} held-out images (fp32 "
-                        f"{np.mean(p32):.2f} dB, int8 {np.mean(p8):.2f} dB), over --int8-max-loss {cfg.max_loss_db:g} dB; "
+                        f"{np.mean(p32):.2f} dB, int8 {np.mean(p8):.2f} dB"
+                        + (f", the encoder's {', '.join(keep)} kept in fp32" if keep else "")
+                        + f"), over --int8-max-loss {cfg.max_loss_db:g} dB; "
                         "the model was not written (export without --int8, or allow a larger loss)")
     return {"parts": ["encoder", "decoder"] if cfg.encoder else ["decoder"],
             "scheme": "onnxruntime static QDQ: int8 weights per output channel (symmetric), uint8 activations "
-                      "per tensor, min/max calibration",
+                      "per tensor, min/max calibration"
+                      + (f"; the encoder's output layer ({', '.join(keep)}) in fp32" if keep else ""),
+            "encoder_fp32_nodes": keep,
             "calibration_images": len(images_calib), "check_images": len(images_check),
             "psnr_fp32_db": round(float(np.mean(p32)), 3), "psnr_int8_db": round(float(np.mean(p8)), 3),
             "psnr_loss_db": round(loss, 3), "max_loss_db": cfg.max_loss_db,
@@ -227,6 +266,7 @@ def add_int8_variants(model_dir: str | Path, cfg: Int8Config) -> dict[str, Any]:
         shutil.rmtree(tmp, ignore_errors=True)
     if not cfg.encoder:
         section.pop("symbols_changed", None)  # the model's own encoder: nothing changed
+        section.pop("encoder_fp32_nodes", None)
     section.update(calib_data=str(folder), check_data=str(cfg.check_data or folder),
                    use=("aekit compress --int8 encodes with the int8 encoder (other symbols than fp32, which may "
                         "differ between CPUs; every file still decodes everywhere); " if cfg.encoder else "")

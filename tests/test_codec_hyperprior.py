@@ -429,6 +429,33 @@ def test_add_int8_variants_keep_the_model_and_decode_its_files(hp_model, rgb_pho
     assert "encoder_int8" not in load_manifest(model)["files"] and not (model / "encoder_int8.onnx").exists()
 
 
+def test_add_int8_encoder_retries_with_its_output_layer_in_fp32(hp_model, tmp_path, photos_dir, capsys, monkeypatch):
+    """An int8 encoder that fails the check is quantised once more with the layer producing y kept in fp32
+    (output_layers: the Conv whose output is y); if that fails too, the error names the kept layer and the
+    folder is unchanged."""
+    import shutil
+
+    import onnx
+
+    import aekit.export.quantize as qz
+
+    enc = onnx.load(str(hp_model / "encoder.onnx"))
+    [last] = qz.output_layers(hp_model / "encoder.onnx")
+    assert next(n for n in enc.graph.node if n.name == last).op_type == "Conv"
+    assert next(n for n in enc.graph.node if n.name == last).output[0] == enc.graph.output[0].name
+    model = tmp_path / "hp"
+    shutil.copytree(hp_model, model)
+    calls, real = [], qz.quantize_int8
+    monkeypatch.setattr(qz, "quantize_int8", lambda src, dst, feeds, keep=None: calls.append((src.name, keep)) or
+                        real(src, dst, feeds, keep))
+    assert main(["add-int8", str(model), "--encoder", "--calib-data", str(photos_dir), "--int8-max-loss", "-5"]) == 2
+    assert calls == [("decoder.onnx", None), ("encoder.onnx", None), ("encoder.onnx", [last])]
+    err = capsys.readouterr().err
+    assert f"the encoder's {last} kept in fp32" in err and "over --int8-max-loss -5 dB" in err
+    assert (model / "manifest.json").read_bytes() == (hp_model / "manifest.json").read_bytes()
+    assert not (model / "encoder_int8.onnx").exists()
+
+
 def test_mean_offsets_find_a_channel_whose_mean_is_off(hp_model, rgb_photos):
     """mean_offsets: symbols of one channel moved up by 6 against the hyperprior's base give that channel an
     offset of 6 and leave the others at 0; coder 4's file decodes them exactly and is smaller than coder 3's."""
