@@ -47,6 +47,8 @@ class Result:
     contention: list[dict[str, Any]] = field(default_factory=list)  # threads vs processes on 2 cores
     overheads: list[dict[str, Any]] = field(default_factory=list)  # per-call costs: API caches, PNG levels
     tiles: list[dict[str, Any]] = field(default_factory=list)  # large-image tiles: fixed 6-unit vs receptive-field context
+    zstd: list[dict[str, Any]] = field(default_factory=list)  # the gated zstd trial against the ungated one
+    stages: list[dict[str, Any]] = field(default_factory=list)  # where a compress spends its time
 
 
 def crops(folders: list[Path], side: int, n: int) -> list[np.ndarray]:
@@ -299,6 +301,101 @@ def memory(model: str, tmp: Path, mpx: float, photo: Path, folders: bool = True)
     return rows
 
 
+def zstd_gate(models: list[str], images: list[np.ndarray], rounds: int) -> list[dict[str, Any]]:
+    """The entropy-coding step (`em.encode` of the model's default quality) with the zstd trial gated
+    (ZSTD_GATE, the default) and ungated (level 19 always), interleaved on one thread, next to the whole
+    `Codec.compress`: ms per image, bytes and how often the level-19 trial ran."""
+    import aekit.export.entropy as ent
+    from aekit.codec.core import Codec, CodecConfig
+    from aekit.export.manifest import resolve_model
+
+    rows = []
+    for model in models:
+        folder = resolve_model(model.removesuffix(":int8"))
+        codec = Codec(folder, CodecConfig(device="cpu", threads=1, workers=1, int8=model.endswith(":int8")))
+        qs = [codec.symbols(im[None])[0] for im in images]
+        t: dict[str, list[list[float]]] = {k: [[] for _ in images] for k in ("gated", "ungated", "compress")}
+        sizes = {"gated": 0, "ungated": 0}
+        for r in range(rounds + 1):  # round 0 warms up
+            for i, (im, q) in enumerate(zip(images, qs)):
+                for key, fn in (("gated", lambda: codec.em.encode(q, ent.ZSTD_LEVEL, ent.ZSTD_GATE)),
+                                ("ungated", lambda: codec.em.encode(q, ent.ZSTD_LEVEL, None)),
+                                ("compress", lambda: codec.compress(im))):
+                    t0 = time.perf_counter()
+                    out = fn()
+                    t[key][i].append(time.perf_counter() - t0)
+                    if r == 0 and key in sizes:
+                        sizes[key] += len(out[1])
+        med = {k: 1e3 * sum(statistics.median(x[1:]) for x in v) / len(images) for k, v in t.items()}
+        levels, real = [], ent._zstd_compress
+        ent._zstd_compress = lambda raw, level=ent.ZSTD_LEVEL: levels.append(level) or real(raw, level)
+        try:  # count the level-19 trials the gate lets through
+            for q in qs:
+                codec.em.encode(q, ent.ZSTD_LEVEL, ent.ZSTD_GATE)
+        finally:
+            ent._zstd_compress = real
+        full = levels.count(ent.ZSTD_LEVEL)
+        rows.append({"model": model, "images": len(images), "side": images[0].shape[0], "rounds": rounds,
+                     "quality": codec.quality, "gate": ent.ZSTD_GATE, "probe_level": ent.ZSTD_PROBE_LEVEL,
+                     "coding_ms_gated": med["gated"], "coding_ms_ungated": med["ungated"],
+                     "compress_ms": med["compress"], "bytes_gated": sizes["gated"], "bytes_ungated": sizes["ungated"],
+                     "full_trials_run": int(full),
+                     "compress_speedup": (med["compress"] + med["ungated"] - med["gated"]) / med["compress"]})
+    return rows
+
+
+def compress_stages(models: list[str], images: list[np.ndarray], rounds: int, tmp: Path) -> list[dict[str, Any]]:
+    """Mean ms per image of each stage of a hyperprior model's compress on one thread (encoder network,
+    h_a, the integer h_s, the rest of the entropy coding, the whole compress), and the encoder network's
+    time by ONNX op type from onnxruntime's profiler (GDN's element-wise ops against the convolutions)."""
+    import onnxruntime as ort
+
+    from aekit.codec.core import Codec, CodecConfig
+    from aekit.export.manifest import resolve_model
+    from aekit.export.runtime import select_providers
+
+    rows = []
+    for model in models:
+        folder = resolve_model(model.removesuffix(":int8"))
+        codec = Codec(folder, CodecConfig(device="cpu", threads=1, workers=1, int8=model.endswith(":int8")))
+        em = codec.em
+        if not hasattr(em, "hyper_symbols"):
+            continue  # not a hyperprior model
+        t: dict[str, list[float]] = {k: [] for k in ("compress", "encoder", "h_a", "h_s", "encode")}
+        for r in range(rounds + 1):
+            for im in images:
+                def clock(key: str, fn: Any, *a: Any) -> Any:
+                    t0 = time.perf_counter()
+                    out = fn(*a)
+                    if r:
+                        t[key].append(time.perf_counter() - t0)
+                    return out
+                clock("compress", codec.compress, im)
+                q = clock("encoder", codec.symbols, im[None])[0]
+                z = clock("h_a", em.hyper_symbols, q)
+                clock("h_s", em.decoder.tables, z, q.shape[1], q.shape[2], em.thresholds, em.step4)
+                clock("encode", em.encode, q)
+        ms = {k: 1e3 * statistics.mean(v) for k, v in t.items()}
+        ms["coding (encode − h_a − h_s)"] = ms.pop("encode") - ms["h_a"] - ms["h_s"]
+        so = ort.SessionOptions()
+        so.intra_op_num_threads, so.enable_profiling = 1, True
+        so.profile_file_prefix = str(tmp / "ort-profile")
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        sess = ort.InferenceSession(str(folder / codec.rt.encoder_file), so, providers=select_providers("cpu"))
+        x = np.random.default_rng(0).uniform(-1, 1, (1, 3, *images[0].shape[:2])).astype(np.float32)
+        for _ in range(rounds + 1):
+            sess.run(None, {sess.get_inputs()[0].name: x})
+        ops: dict[str, float] = {}
+        for e in json.loads(Path(sess.end_profiling()).read_text()):
+            if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+                ops[e["args"]["op_name"]] = ops.get(e["args"]["op_name"], 0.0) + e["dur"]
+        total = sum(ops.values())
+        rows.append({"model": model, "images": len(images), "side": images[0].shape[0], "rounds": rounds,
+                     "ms": ms, "encoder_file": codec.rt.encoder_file,
+                     "encoder_op_share": {k: v / total for k, v in sorted(ops.items(), key=lambda kv: -kv[1])}})
+    return rows
+
+
 def tile_context(models: list[str], mpx: float, rounds: int) -> list[dict[str, Any]]:
     """A mosaic of the held-out photos of about `mpx` megapixels (tiled: above 4 Mpx), compressed and
     decompressed in memory on one worker and one thread with tiles of the fixed 6-unit context and of the
@@ -399,6 +496,20 @@ def markdown(res: Result) -> str:
                          f"{t['decompress_s']['fixed 6']:.1f} → {t['decompress_s']['receptive field']:.1f} | "
                          f"{t['speedup']['compress']:.2f}x / {t['speedup']['decompress']:.2f}x | "
                          f"{t['same_file']} / {t['same_pixels']} |")
+    if res.zstd:
+        lines += ["", "| model (quality) | images | coding ms, gated / always level 19 | full trials run | "
+                  "compress ms (gated) | compress speed-up | bytes gated / ungated |", "|---|---|---|---|---|---|---|"]
+        lines += [f"| {z['model']} (q{z['quality']}) | {z['images']} × {z['side']}² | {z['coding_ms_gated']:.1f} / "
+                  f"{z['coding_ms_ungated']:.1f} | {z['full_trials_run']} of {z['images']} | {z['compress_ms']:.1f} | "
+                  f"{z['compress_speedup']:.3f}x | {z['bytes_gated']} / {z['bytes_ungated']} |" for z in res.zstd]
+    if res.stages:
+        lines += ["", "| model | images | compress ms | encoder | h_a | h_s | coding (encode − h_a − h_s) | "
+                  "encoder time by op (onnxruntime profile) |", "|---|---|---|---|---|---|---|---|"]
+        for st in res.stages:
+            m = st["ms"]
+            share = ", ".join(f"{k} {100 * v:.0f} %" for k, v in st["encoder_op_share"].items() if v >= 0.02)
+            lines.append(f"| {st['model']} | {st['images']} × {st['side']}² | {m['compress']:.1f} | {m['encoder']:.1f} | "
+                         f"{m['h_a']:.1f} | {m['h_s']:.1f} | {m['coding (encode − h_a − h_s)']:.1f} | {share} |")
     if res.memory:
         lines += ["", "| peak RSS | compress MB | decompress MB |", "|---|---|---|"]
         lines += [f"| {m['what']} ({m['model']}) | {m['compress']['peak_rss_mb']:.0f} | "
@@ -423,6 +534,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--parts", default="speed,folder,startup,memory,train",
                     help="comma-separated: speed, folder, startup, memory, train, tiles (tile context), "
+                         "zstd (gated vs ungated zstd trial), stages (compress stages, encoder ops), "
                          "contention (threads vs processes), "
                          "overheads (API caches, PNG levels)")
     ap.add_argument("--out", default="bench/results/cpu_scaling.json")
@@ -458,6 +570,10 @@ def main(argv: list[str] | None = None) -> int:
             res.overheads = overheads(tmp)
         if "tiles" in parts:
             res.tiles = tile_context(args.models, args.tile_mpx, args.rounds)
+        if "stages" in parts:
+            res.stages = compress_stages(args.models, photo_set(16), args.rounds, tmp)
+        if "zstd" in parts:
+            res.zstd = zstd_gate(args.models, photo_set(16), args.rounds)
         if "contention" in parts:
             res.contention = threads_vs_processes("photos-r9", photo_set(args.folder_images), tmp)
     finally:

@@ -23,7 +23,7 @@ import numpy as np
 
 from aekit.images import DEFAULT_MAX_PIXELS, ImageError, ImageLimitError, load_for_channels
 from aekit.codec.format import FLAG_TILED, QUANT_INTEGER, QUANT_TANH_UNIFORM, LatentFormatError, LatentHeader, pack, parse
-from aekit.export.entropy import ZSTD_LEVEL, ZSTD_LEVEL_SMALLEST, EntropyError, EntropyModel
+from aekit.export.entropy import ZSTD_GATE, ZSTD_LEVEL, ZSTD_LEVEL_SMALLEST, EntropyError, EntropyModel
 from aekit.export.manifest import ModelError, find_model, load_manifest
 from aekit.export.runtime import ActivationEstimate, MemoryGate, Quantiser, Runtime
 from aekit.machine import usable_cores
@@ -250,7 +250,7 @@ class Codec:
 
     def pack(self, q: np.ndarray, height: int, width: int, mode: str) -> bytes:
         """Symbols (c_y, h, w) of one image -> .ael file bytes."""
-        coder, payload = self.em.encode(q, self.zstd_level)
+        coder, payload = self.em.encode(q, self.zstd_level, None if self.cfg.smallest else ZSTD_GATE)
         data = pack(self.header(height, width, mode, coder), payload)  # refuses what parse would refuse
         parse(data, "<written file>")  # read the header back: writer and reader agree
         return data

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from aekit.export.entropy import (CODER_HYPER, CODER_HYPER_OFFSETS, PRECISION, ZSTD_LEVEL, EntropyError,
+from aekit.export.entropy import (CODER_HYPER, CODER_HYPER_OFFSETS, PRECISION, ZSTD_GATE, ZSTD_LEVEL, EntropyError,
                                   _check_symbols, _constriction,
                                   _decode_symbols, _smallest, _untrim, integer_table, quality_entry)
 
@@ -270,14 +270,16 @@ class HyperpriorEntropyModel:
         return float(-ly[table, d].sum()
                      - np.take_along_axis(lz, z.reshape(z.shape[0], -1).astype(np.int64), axis=1).sum())
 
-    def encode(self, symbols: np.ndarray, zstd_level: int = ZSTD_LEVEL) -> tuple[int, bytes]:
-        """uint8 (c_y, h, w) -> (coder_id, payload): the smallest of the hyperprior's ANS, zstd and raw."""
+    def encode(self, symbols: np.ndarray, zstd_level: int = ZSTD_LEVEL,
+               zstd_gate: float | None = ZSTD_GATE) -> tuple[int, bytes]:
+        """uint8 (c_y, h, w) -> (coder_id, payload): the smallest of the hyperprior's ANS, zstd and raw
+        (aekit.export.entropy._smallest: zstd_gate skips a hopeless full zstd trial)."""
         q = _check_symbols(symbols, self.channels, self.levels)
         try:
             coder, payload = self._encode_hyper_best(q)
         except ImportError:  # constriction missing: zstd and raw still work
-            return _smallest(q, {}, zstd_level)
-        return _smallest(q, {coder: lambda _: payload}, zstd_level)
+            return _smallest(q, {}, zstd_level, zstd_gate)
+        return _smallest(q, {coder: lambda _: payload}, zstd_level, zstd_gate)
 
     def decode(self, coder_id: int, payload: bytes, shape: tuple[int, int, int]) -> np.ndarray:
         """(coder_id, payload) -> uint8 ŷ symbols (c_y, h, w); EntropyError if corrupt."""

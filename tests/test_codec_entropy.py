@@ -62,6 +62,27 @@ def test_zstd_wins_on_runs_the_iid_model_cannot_see():
     assert np.array_equal(em.decode(coder, payload, q.shape), q)
 
 
+def test_zstd_full_trial_runs_only_where_the_probe_is_close(monkeypatch):
+    """_smallest: the level-19 trial is skipped when the level-3 probe is over ZSTD_GATE x the model's own
+    payload (the probe frame then stands as the zstd candidate), runs when the probe is close, and always
+    runs with zstd_gate None (`--smallest`) or when no own coder produced a payload."""
+    import aekit.export.entropy as ent
+
+    levels, real = [], ent._zstd_compress
+    monkeypatch.setattr(ent, "_zstd_compress", lambda raw, level=19: levels.append(level) or real(raw, level))
+    q = np.random.default_rng(3).integers(100, 140, (2, 32, 32), dtype=np.uint8)
+    probe = len(real(q.tobytes(), ent.ZSTD_PROBE_LEVEL))
+    tiny = lambda _: b"\0" * (probe // 4)  # noqa: E731 (an own coder 4x smaller than the probe)
+    assert ent._smallest(q, {CODER_ANS: tiny}, 19) == (CODER_ANS, tiny(q)) and levels == [ent.ZSTD_PROBE_LEVEL]
+    levels.clear()
+    close = lambda _: b"\0" * probe  # noqa: E731
+    assert ent._smallest(q, {CODER_ANS: close}, 19)[0] in (CODER_ANS, CODER_ZSTD) and levels == [ent.ZSTD_PROBE_LEVEL, 19]
+    levels.clear()
+    assert ent._smallest(q, {CODER_ANS: tiny}, 22, None)[0] == CODER_ANS and levels == [22]
+    levels.clear()
+    assert ent._smallest(q, {}, 19)[0] == CODER_ZSTD and levels == [19]
+
+
 def golden_inputs() -> tuple[np.ndarray, np.ndarray]:
     """A fixed histogram and message from integer formulas (no RNG: stable across numpy versions)."""
     s, c = np.arange(256), np.arange(2)[:, None]
