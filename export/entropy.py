@@ -278,9 +278,11 @@ def _smallest(q: np.ndarray, own: dict[int, Any], zstd_level: int,
               zstd_gate: float | None = ZSTD_GATE) -> tuple[int, bytes]:
     """(coder_id, payload): the smallest of the model's own coders (`own`: id -> fn(q) -> bytes), zstd and the
     raw symbols; a coder whose package is not installed is skipped. zstd runs at zstd_level, unless zstd_gate
-    is set, one of the own coders produced a payload, and a quick level-ZSTD_PROBE_LEVEL frame is over
-    zstd_gate x that payload: then the probe frame is the zstd candidate (it loses to the own coder, and
-    the full level would have to be more than zstd_gate x smaller than it to win)."""
+    (>= 1) is set, an own coder beat raw, and a quick level-ZSTD_PROBE_LEVEL frame is over zstd_gate x its
+    payload: then the probe frame is the zstd candidate (it loses to the own coder, and the full level
+    would have to be more than zstd_gate x smaller than it to win). ValueError for a gate below 1."""
+    if zstd_gate is not None and not zstd_gate >= 1:
+        raise ValueError(f"zstd_gate {zstd_gate} is below 1: the probe frame could then be kept over a smaller one")
     raw = q.tobytes()
     best = (CODER_RAW, raw)
     for coder_id, fn in own.items():

@@ -178,8 +178,9 @@ def int8_export(tmp: Path, images_calib: list[np.ndarray], images_check: list[np
         # range in 255 steps, coarser than a fine quality's step Δ, so it flips symbols; the layer is small (at y's
         # resolution) and the rest of the encoder stays int8.
         keep = output_layers(tmp / "encoder.onnx")
-        quantize_int8(tmp / "encoder.onnx", tmp / "encoder_int8.onnx", [{"x": x} for x in xs], keep)
-        loss, p32, p8, p_vs, changed = check(one_thread_session(tmp / "encoder_int8.onnx"))
+        if keep:  # (an unnamed output layer: nothing to keep, the same quantisation would fail again)
+            quantize_int8(tmp / "encoder.onnx", tmp / "encoder_int8.onnx", [{"x": x} for x in xs], keep)
+            loss, p32, p8, p_vs, changed = check(one_thread_session(tmp / "encoder_int8.onnx"))
     parts = "encoder and decoder" if cfg.encoder else "decoder"
     if not loss <= cfg.max_loss_db:
         raise Int8Error(f"int8 {parts} loses {loss:.2f} dB PSNR on {len(images_check)} held-out images (fp32 "
@@ -191,7 +192,7 @@ def int8_export(tmp: Path, images_calib: list[np.ndarray], images_check: list[np
             "scheme": "onnxruntime static QDQ: int8 weights per output channel (symmetric), uint8 activations "
                       "per tensor, min/max calibration"
                       + (f"; the encoder's output layer ({', '.join(keep)}) in fp32" if keep else ""),
-            "encoder_fp32_nodes": keep,
+            **({"encoder_fp32_nodes": keep} if cfg.encoder else {}),
             "calibration_images": len(images_calib), "check_images": len(images_check),
             "psnr_fp32_db": round(float(np.mean(p32)), 3), "psnr_int8_db": round(float(np.mean(p8)), 3),
             "psnr_loss_db": round(loss, 3), "max_loss_db": cfg.max_loss_db,
@@ -266,7 +267,6 @@ def add_int8_variants(model_dir: str | Path, cfg: Int8Config) -> dict[str, Any]:
         shutil.rmtree(tmp, ignore_errors=True)
     if not cfg.encoder:
         section.pop("symbols_changed", None)  # the model's own encoder: nothing changed
-        section.pop("encoder_fp32_nodes", None)
     section.update(calib_data=str(folder), check_data=str(cfg.check_data or folder),
                    use=("aekit compress --int8 encodes with the int8 encoder (other symbols than fp32, which may "
                         "differ between CPUs; every file still decodes everywhere); " if cfg.encoder else "")

@@ -81,6 +81,8 @@ def test_zstd_full_trial_runs_only_where_the_probe_is_close(monkeypatch):
     assert ent._smallest(q, {CODER_ANS: tiny}, 22, None)[0] == CODER_ANS and levels == [22]
     levels.clear()
     assert ent._smallest(q, {}, 19)[0] == CODER_ZSTD and levels == [19]
+    with pytest.raises(ValueError, match="below 1"):
+        ent._smallest(q, {CODER_ANS: tiny}, 19, 0.5)
 
 
 def golden_inputs() -> tuple[np.ndarray, np.ndarray]:
