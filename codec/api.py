@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from aekit.images import atomic_write_bytes
+from aekit.images import atomic_output, atomic_write_bytes
 from aekit.codec.core import Codec, CodecConfig, CodecError, Decoder, default_model_paths, wrap_errors
-from aekit.codec.jobs import encode_image_file
+from aekit.codec.jobs import encode_image_file, is_png_name, stream_png
 
 
 def _exists_guard(dst: Path, overwrite: bool) -> None:
@@ -103,10 +103,21 @@ def decompress_file(src: str | Path, dst: str | Path, models: list[str | Path] |
     _exists_guard(dst, overwrite)
     decoder = models if isinstance(models, Decoder) else cached_decoder(models)
     try:
-        image, _ = decoder.decompress(src.read_bytes(), str(src))
+        header, q = decoder.symbols(src.read_bytes(), str(src))
+        streamed = decoder.tiled(header) and is_png_name(dst)
+        image = None if streamed else decoder.reconstruct(header, q[None])[0]
     except Exception as e:
         raise wrap_errors(src, e) from None
-    return atomic_write_bytes(dst, encode_image_file(image, dst))
+    if image is not None:
+        return atomic_write_bytes(dst, encode_image_file(image, dst))
+    with atomic_output(dst) as tmp, open(tmp, "wb") as f:  # large: decoded into the file a row of tiles at a time
+        try:
+            stream_png(decoder, header, q, f)
+        except OSError:
+            raise  # writing dst failed: the error names the temp file beside it
+        except Exception as e:
+            raise wrap_errors(src, e) from None
+    return dst
 
 
 def read_latents(path: str | Path, models: list[str | Path] | Decoder | None = None, *,

@@ -17,7 +17,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -359,29 +359,62 @@ class Decoder:
         return np.stack([restore_mode(o, header.mode) for o in out]) if header.mode == "L" else out
 
     def _decode_tiled(self, rt: Runtime, quantiser: Quantiser, q: np.ndarray, height: int, width: int) -> np.ndarray:
-        """Symbols (c_y, h, w) of one large image -> uint8 (H, W, C), decoded tile by tile (tiles in
+        """Symbols (c_y, h, w) of one large image -> uint8 (H, W, C), decoded tile by tile (all tiles in
         parallel), each tile's symbols dequantised on their own (no float copy of the whole latent)."""
+        overlap = tile_context(rt, "decoder", self.cfg)
+        tile = plan_tile(rt.estimate("decoder"), rt.factor, overlap, self.cfg.tile_px, self.cfg.tile_budget)
+        out = np.empty((height, width, rt.channels), dtype=np.uint8)
+        self.tiles.map(lambda span: _decode_tile(rt, quantiser, q, out, 0, *span),
+                       [(r, c) for r in tile_spans(q.shape[1], tile, overlap) for c in tile_spans(q.shape[2], tile, overlap)])
+        rt.release_memory("decoder")  # the tiles' activations need not stay while the image is written
+        return out
+
+    def _tile_rows(self, rt: Runtime, quantiser: Quantiser, q: np.ndarray, height: int,
+                   width: int) -> Iterator[np.ndarray]:
+        """Symbols (c_y, h, w) of one large image -> its rows of tiles, top to bottom: uint8 bands
+        (rows, W, C) summing to H, the tiles of a band in parallel; activations released at the end."""
         f = rt.factor
         overlap = tile_context(rt, "decoder", self.cfg)
         tile = plan_tile(rt.estimate("decoder"), f, overlap, self.cfg.tile_px, self.cfg.tile_budget)
-        out = np.empty((height, width, rt.channels), dtype=np.uint8)
+        cols = tile_spans(q.shape[2], tile, overlap)
+        try:
+            for rows in tile_spans(q.shape[1], tile, overlap):
+                band = np.empty((min(height, rows[1] * f) - rows[0] * f, width, rt.channels), dtype=np.uint8)
+                self.tiles.map(lambda c: _decode_tile(rt, quantiser, q, band, rows[0] * f, rows, c), cols)
+                yield band
+        finally:  # also when a band fails or the caller stops early
+            rt.release_memory("decoder")
 
-        def one(span: tuple) -> None:
-            (r0, r1, cr0, cr1), (c0, c1, cc0, cc1) = span
-            xt = rt.decode(quantiser.dequantise(q[None, :, cr0:cr1, cc0:cc1]))[0]  # ((cr1-cr0)f, (cc1-cc0)f, C)
-            core = xt[(r0 - cr0) * f:(r1 - cr0) * f, (c0 - cc0) * f:(c1 - cc0) * f]
-            out[r0 * f:min(height, r1 * f), c0 * f:min(width, c1 * f)] = core[:min(height, r1 * f) - r0 * f,
-                                                                               :min(width, c1 * f) - c0 * f]
-
-        self.tiles.map(one, [(r, c) for r in tile_spans(q.shape[1], tile, overlap)
-                             for c in tile_spans(q.shape[2], tile, overlap)])
-        rt.release_memory("decoder")  # the tiles' activations need not stay while the image is written
-        return out
+    def reconstruct_rows(self, header: LatentHeader, q: np.ndarray) -> Iterator[np.ndarray]:
+        """Symbols (c_y, h, w) of one file -> its decoded image as row bands, top to bottom: uint8
+        (rows, W, C) in the file's mode, rows summing to H. A tiled image (see `tiled`) comes one row of
+        tiles at a time, so a caller that writes each band (aekit.images.write_png_rows) never holds the
+        whole image; a small one comes as one band. Same pixels as `reconstruct`."""
+        if not self.tiled(header):
+            yield self.reconstruct(header, q[None])[0]
+            return
+        rt = self.runtime(header.model_id)
+        _, quantiser = self.entropy(header.model_id, header.levels, header.quality)
+        for band in self._tile_rows(rt, quantiser, q, header.height, header.width):
+            yield restore_mode(band, header.mode) if header.mode == "L" else band
 
     def decompress(self, data: bytes, name: str = "<bytes>") -> tuple[np.ndarray, LatentHeader]:
         """File bytes -> (uint8 (H, W, 1 | 3) in the original mode, header)."""
         h, q = self.symbols(data, name)
         return self.reconstruct(h, q[None])[0], h
+
+
+def _decode_tile(rt: Runtime, quantiser: Quantiser, q: np.ndarray, dst: np.ndarray, dst_row: int,
+                 rows: tuple[int, int, int, int], cols: tuple[int, int, int, int]) -> None:
+    """Decode one tile of symbols q (c_y, h, w) (spans of tile_spans: core and context, latent units) and
+    write its core into dst (uint8 (rows, W, C) whose first row is image row dst_row), cut at dst's edges."""
+    f = rt.factor
+    (r0, r1, cr0, cr1), (c0, c1, cc0, cc1) = rows, cols
+    xt = rt.decode(quantiser.dequantise(q[None, :, cr0:cr1, cc0:cc1]))[0]  # ((cr1-cr0)f, (cc1-cc0)f, C)
+    top, bottom = r0 * f - dst_row, min(dst.shape[0], r1 * f - dst_row)
+    right = min(dst.shape[1], c1 * f)
+    dst[top:bottom, c0 * f:right] = xt[(r0 - cr0) * f:(r0 - cr0) * f + bottom - top,
+                                       (c0 - cc0) * f:(c0 - cc0) * f + right - c0 * f]
 
 
 def _stack(arrays: list[np.ndarray]) -> np.ndarray:

@@ -23,14 +23,15 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import BinaryIO, Callable, Iterator
 
 import numpy as np
 from PIL import Image
 
 from aekit.machine import usable_cores
 from aekit.images import (
-    IMAGE_EXTENSIONS, atomic_write_bytes, display, encode_image, is_image_name, iter_files, remove_stale_parts,
+    IMAGE_EXTENSIONS, atomic_write_bytes, commit_part, display, encode_image, is_image_name, iter_files, new_part,
+    remove_stale_parts, write_png_rows,
 )
 from aekit.codec.core import Codec, Decoder, wrap_errors
 from aekit.codec.format import SUFFIX, LatentHeader
@@ -249,13 +250,26 @@ def decoded_name(rel: Path, out_format: str) -> Path:
     return stem.with_suffix(".png") if has_ext else stem.with_name(stem.name + ".png")
 
 
+def is_png_name(path: Path) -> bool:
+    """A decoded file named path is written as PNG (its suffix is PNG's or unknown to Pillow)."""
+    return Image.registered_extensions().get(Path(path).suffix.lower(), "PNG") == "PNG"
+
+
+def stream_png(decoder: Decoder, header: LatentHeader, q: np.ndarray, f: BinaryIO, png_level: int = PNG_LEVEL_FAST) -> int:
+    """Decode symbols q (c_y, h, w) of one file straight into a PNG written to f, a row of tiles at a
+    time (Decoder.reconstruct_rows, aekit.images.write_png_rows): a tiled image never exists whole in
+    memory. Returns the bytes written; the pixels are those of Decoder.reconstruct."""
+    c = 1 if header.mode == "L" else decoder.runtime(header.model_id).channels
+    return write_png_rows(f, header.width, header.height, c, decoder.reconstruct_rows(header, q), png_level)
+
+
 def encode_image_file(arr: np.ndarray, path: Path, png_level: int = PNG_LEVEL_FAST) -> bytes:
     """uint8 (H, W, 1|3) -> file bytes in the format of path's suffix (aekit.images.encode_image).
 
     PNG is written at zlib level png_level (default 1: encoding was 8.5-10 % of decompress at
     Pillow's 6, issue 17; 9 for the smallest files); the pixels are the same at every level.
     """
-    if Image.registered_extensions().get(Path(path).suffix.lower(), "PNG") != "PNG":
+    if not is_png_name(path):
         return encode_image(arr, Path(path).suffix)
     buf = io.BytesIO()
     Image.fromarray(arr[:, :, 0] if arr.shape[2] == 1 else arr).save(buf, format="PNG", compress_level=png_level)
@@ -299,24 +313,51 @@ class _Pipeline:
         self.bar.update(1)
 
     def write(self, item: Item, make_bytes: Callable[[], bytes], pixel_bytes: int) -> None:
+        self._submit_write(item, make_bytes, None, pixel_bytes)
+
+    def _submit_write(self, item: Item, make_bytes: Callable[[], bytes] | None, part: tuple[Path, int] | None,
+                      pixel_bytes: int) -> None:
         collected = getattr(self._collect, "writes", None)
         if collected is not None:  # in a compute thread: the main thread submits it, in order
-            collected.append((item, make_bytes, pixel_bytes))
+            collected.append((item, make_bytes, part, pixel_bytes))
             return
-
-        self.writes.append((item, self.pool.submit(self._write_job(item, make_bytes)), pixel_bytes))
+        self.writes.append((item, self.pool.submit(self._write_job(item, make_bytes, part)), pixel_bytes))
         while len(self.writes) > self.jcfg.window:
             self.finish_write()
 
-    def _write_job(self, item: Item, make_bytes: Callable[[], bytes]) -> Callable[[], int]:
+    def _write_job(self, item: Item, make_bytes: Callable[[], bytes] | None,
+                   part: tuple[Path, int] | None = None) -> Callable[[], int]:
         def job() -> int:
-            data = make_bytes()
-            atomic_write_bytes(item.dst, data)
+            if part is None:
+                data = make_bytes()
+                atomic_write_bytes(item.dst, data)
+                n = len(data)
+            else:  # written already (streamed by the compute thread): commit it in order
+                tmp, n = part
+                try:
+                    commit_part(tmp, item.dst)
+                except BaseException:
+                    tmp.unlink(missing_ok=True)
+                    raise
             if self.ledger:
                 self.ledger.add(item)
-            return len(data)
+            return n
 
         return job
+
+    def write_stream(self, item: Item, fill: Callable[[BinaryIO], int], pixel_bytes: int) -> None:
+        """Like write, for an output produced while it is written (a large image, band by band): fill(file)
+        -> bytes written runs here, in the calling (compute) thread, into a temp file beside item.dst, so
+        --workers and the memory gate bound it as any decode; the I/O pool then only renames it into place,
+        in order. A failure removes the temp file and raises (the item fails)."""
+        tmp = new_part(item.dst)
+        try:
+            with open(tmp, "wb") as f:
+                n = fill(f)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        self._submit_write(item, None, (tmp, n), pixel_bytes)
 
     def finish_write(self) -> None:
         item, fut, pixel_bytes = self.writes.popleft()
@@ -375,8 +416,8 @@ class _Pipeline:
         items, fut = self.computes.popleft()
         done = fut.result()
         err = done.pop() if done and isinstance(done[-1], BaseException) else None
-        for it, make_bytes, pixel_bytes in done:
-            self.write(it, make_bytes, pixel_bytes)
+        for it, make_bytes, part, pixel_bytes in done:
+            self._submit_write(it, make_bytes, part, pixel_bytes)
         if err is not None and not isinstance(err, Exception):
             raise err  # an interrupt: the job stops here
         if err is not None:
@@ -391,9 +432,10 @@ class _Pipeline:
         for _, fut in self.computes:
             if fut.cancelled() or fut.exception() is not None:
                 continue
-            for it, make_bytes, pixel_bytes in fut.result():
-                if not isinstance(it, BaseException):
-                    self.writes.append((it, self.pool.submit(self._write_job(it, make_bytes)), pixel_bytes))
+            for w in fut.result():
+                if not isinstance(w, BaseException):
+                    it, make_bytes, part, pixel_bytes = w
+                    self.writes.append((it, self.pool.submit(self._write_job(it, make_bytes, part)), pixel_bytes))
         self.computes.clear()
 
     def run(self, items: Iterator[Item], load: Callable[[Item], object], route: Callable[[Item], None],
@@ -464,6 +506,7 @@ class _Pipeline:
     def _route(self, item: Item, fut: Future, route: Callable[[Item], None]) -> None:
         try:
             item.data = fut.result()
+            del fut  # only the item holds the data now, so a flush can release it (a large image's pixels)
             route(item)
         except Exception as e:
             self.fail(item, e)
@@ -500,12 +543,14 @@ def compress_tree(src: str | Path, dst: str | Path, codec: Codec, jcfg: JobConfi
 
     def flush(items: list[Item]) -> None:
         images = np.stack([it.data[0] for it in items]) if len(items) > 1 else items[0].data[0][None]  # (B, H, W, C)
-        files = codec.compress_batch(images, [it.data[1] for it in items])
+        h, w = images.shape[1:3]
+        modes = [it.data[1] for it in items]
+        q = codec.symbols(images)
         del images
-        for it, data in zip(items, files):
-            raw = it.data[0].shape[0] * it.data[0].shape[1] * (1 if it.data[1] == "L" else 3)
-            it.data = None  # release pixels
-            p.write(it, lambda d=data: d, raw)
+        for it in items:
+            it.data = None  # the pixels go before the entropy coder runs (a 178 Mpx photo's are 534 MB)
+        for it, qi, mode in zip(items, q, modes):
+            p.write(it, lambda d=codec.pack(qi, h, w, mode): d, h * w * (1 if mode == "L" else 3))
 
     with _progress(total, jcfg.progress, "img") as bar:
         p = _Pipeline(report, jcfg, bar, ledger)
@@ -546,6 +591,12 @@ def decompress_tree(src: str | Path, dst: str | Path, decoder: Decoder, jcfg: Jo
 
     def flush(items: list[Item]) -> None:
         h = items[0].data[0]
+        if len(items) == 1 and decoder.tiled(h) and is_png_name(items[0].dst):  # large: streamed, band by band
+            it, q = items[0], items[0].data[1]
+            it.data = None
+            c = 1 if h.mode == "L" else decoder.runtime(h.model_id).channels
+            p.write_stream(it, lambda f: stream_png(decoder, h, q, f, png_level), h.height * h.width * c)
+            return
         out = decoder.reconstruct(h, np.stack([it.data[1] for it in items]))  # (B, H, W, C)
         for it, img in zip(items, out):
             it.data = None

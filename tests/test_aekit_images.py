@@ -60,6 +60,18 @@ def test_modes_are_converted_deliberately(tmp_path):
     assert arr.shape == (4, 4, 1) and "converted to L" in note
 
 
+def test_large_images_are_copied_out_of_pillow_in_bands(photos_dir, monkeypatch):
+    """load_image copies a large image's pixels band by band (_pixels: no im.tobytes() of the whole image):
+    the same array as Pillow's own, for RGB, for gray, and for a converted gray-to-RGB photo."""
+    import aekit.images as images
+
+    whole = {(p.name, c): load_image(p, c)[0] for p in sorted(photos_dir.iterdir())[:4] for c in (1, 3)}
+    monkeypatch.setattr(images, "PIXEL_BAND", 997)  # a band of a row or two (and a ragged last band)
+    for (name, c), want in whole.items():
+        got = load_image(photos_dir / name, c)[0]
+        assert got.shape == want.shape and got.flags.c_contiguous and np.array_equal(got, want), (name, c)
+
+
 def test_strict_refuses_colour_for_gray_model(tmp_path):
     p = write(tmp_path / "rgb.png", np.zeros((4, 4, 3), np.uint8))
     with pytest.raises(ImageError, match=r"rgb.png: RGB image but the model takes 1-channel"):

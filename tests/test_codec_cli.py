@@ -76,19 +76,19 @@ def test_interrupted_run_leaves_no_partial_files_and_resumes(tiny_model, src_tre
     from aekit.codec.core import Codec
 
     model, out = tiny_model(1, 4), tmp_path / "lat"
-    real, calls = Codec.compress_batch, []
+    real, calls = Codec.symbols, []
 
-    def flaky(self, images, modes):
+    def flaky(self, images):
         calls.append(1)
         if len(calls) == 2:
             raise KeyboardInterrupt
-        return real(self, images, modes)
+        return real(self, images)
 
-    monkeypatch.setattr(Codec, "compress_batch", flaky)
+    monkeypatch.setattr(Codec, "symbols", flaky)
     assert run("compress", src_tree, "-m", model, "-o", out, "--batch-size", "4") == 130
     done = list(out.rglob("*.ael"))
     assert 0 < len(done) < 24 and not list(out.rglob("*.part"))
-    monkeypatch.setattr(Codec, "compress_batch", real)
+    monkeypatch.setattr(Codec, "symbols", real)
     assert run("compress", src_tree, "-m", model, "-o", out) == 0
     assert len(list(out.rglob("*.ael"))) == 24
 

@@ -116,6 +116,76 @@ def test_tiled_coding_is_close_to_full_resolution(tiny_model, rgb_photos, channe
     assert np.array_equal(q_full, q_tiled) and np.abs(full.astype(int) - tiled.astype(int)).max() <= 1
 
 
+def test_write_png_rows_round_trips_and_refuses_wrong_bands():
+    """write_png_rows: a PNG that Pillow reads back exactly from bands of any height, empty ones skipped (gray, RGB);
+    a band of the wrong width or dtype, or rows that do not add up, raise ValueError."""
+    import io
+
+    from PIL import Image
+
+    from aekit.images import write_png_rows
+
+    rng = np.random.default_rng(0)
+    for c in (1, 3):
+        im = rng.integers(0, 256, (41, 23, c), dtype=np.uint8)
+        buf = io.BytesIO()
+        n = write_png_rows(buf, 23, 41, c, [im[:1], im[1:17], im[17:17], im[17:]], level=6)  # an empty band too
+        assert n == len(buf.getvalue())
+        assert np.array_equal(np.asarray(Image.open(io.BytesIO(buf.getvalue()))).reshape(im.shape), im)
+    with pytest.raises(ValueError, match="does not fit"):
+        write_png_rows(io.BytesIO(), 23, 41, 3, [im[:, :22]])
+    with pytest.raises(ValueError, match="does not fit"):
+        write_png_rows(io.BytesIO(), 23, 41, 3, [im.astype(np.int16)])
+    with pytest.raises(ValueError, match="gave 17 rows, expected 41"):
+        write_png_rows(io.BytesIO(), 23, 41, 3, [im[:17]])
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_large_images_decompress_streamed_in_bands(tiny_model, rgb_photos, tmp_path, monkeypatch, channels):
+    """decompress_tree (and decompress_file) write a tiled image's PNG band by band (write_png_rows over
+    Decoder.reconstruct_rows), with the pixels of the in-memory decode; a failure half way leaves no
+    file (nor a temp file) and one line naming it, and the folder's other file is still written."""
+    import aekit.codec.jobs as jobs
+    from PIL import Image
+
+    model = tiny_model(channels, 9)
+    cfg = CodecConfig(full_res_max_pixels=0, tile_px=96)
+    image = rgb_photos[0][:300, :260]
+    image = image if channels == 3 else image.mean(axis=2, keepdims=True).astype(np.uint8)
+    src = tmp_path / "lat"
+    src.mkdir()
+    for name, im in (("a", image), ("b", image[:200, ::-1])):
+        (src / f"{name}.png.ael").write_bytes(Codec(model, cfg).compress(im))
+    dec = Decoder([model], cfg)
+    bands, real = [], jobs.write_png_rows
+    monkeypatch.setattr(jobs, "write_png_rows", lambda f, w, h, c, rows, level: real(
+        f, w, h, c, (bands.append(len(b)) or b for b in rows), level))
+    report = jobs.decompress_tree(src, tmp_path / "out", dec, jobs.JobConfig(progress=False))
+    assert report.ok == 2 and not report.failed and len(bands) > 2 and sum(bands) == 300 + 200
+    for name in ("a", "b"):
+        want, _ = dec.decompress((src / f"{name}.png.ael").read_bytes())
+        got = np.asarray(Image.open(tmp_path / "out" / f"{name}.png"))
+        assert np.array_equal(got.reshape(want.shape), want)
+    n = len(bands)
+    decompress_file(src / "a.png.ael", tmp_path / "one.png", dec)  # the single-file API streams too
+    assert len(bands) > n + 1 and np.array_equal(np.asarray(Image.open(tmp_path / "one.png")),
+                                                 np.asarray(Image.open(tmp_path / "out" / "a.png")))
+
+    def broken(header, q):  # a's decode fails after its first band
+        rows = Decoder.reconstruct_rows(dec, header, q)
+        yield next(rows)
+        if header.height == 300:
+            raise RuntimeError("decoder fell over")
+        yield from rows
+
+    monkeypatch.setattr(dec, "reconstruct_rows", broken)
+    report = jobs.decompress_tree(src, tmp_path / "out2", dec, jobs.JobConfig(progress=False))
+    assert report.ok == 1 and len(report.failed) == 1 and "a.png.ael" in report.failed[0]
+    assert "decoder fell over" in report.failed[0]
+    left = [p.name for p in (tmp_path / "out2").rglob("*") if p.name != ".aekit-outputs.jsonl"]
+    assert left == ["b.png"]  # no a.png, no temp file
+
+
 def test_fewer_levels_make_smaller_exact_files(tiny_model, gray_dir):
     """--levels: requantised latents round-trip exactly and code smaller on real images."""
     model = tiny_model(1, 4)
