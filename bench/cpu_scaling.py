@@ -4,6 +4,8 @@ start-up, peak RSS by image size and folder size, and training on 1 vs 2 process
     flock /work/runs/bench.lock python -m aekit.bench.cpu_scaling --parts speed,folder,startup,train \
         --out bench/results/cpu_scaling.json        # timed: run on a quiet machine
     python -m aekit.bench.cpu_scaling --parts memory --out bench/results/cpu_memory.json   # RSS only
+    python -m aekit.bench.cpu_scaling --parts stages,zstd --models photos-r9:int8 \
+        --out bench/results/cpu_compress_stages.json   # where a compress spends its time; the zstd gate
 Writes the JSON and a markdown table next to it (.md), with the command and the machine (bench/sysinfo.py).
 """
 
