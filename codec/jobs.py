@@ -566,6 +566,8 @@ def recipe(job: str, codec: Codec | None = None, **settings) -> dict:
     r: dict = {"job": job, "format": 2, **settings}
     if codec is not None:
         r.update(model=codec.model_id, levels=codec.levels)
+        if codec.rd:  # the quality step decides the symbols (resolved: the model's default when not chosen)
+            r["quality"] = codec.quality
     return r
 
 

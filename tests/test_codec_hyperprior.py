@@ -456,6 +456,29 @@ def test_add_int8_encoder_retries_with_its_output_layer_in_fp32(hp_model, tmp_pa
     assert not (model / "encoder_int8.onnx").exists()
 
 
+def test_a_rerun_at_another_quality_redoes_the_files(hp_model, rgb_photos, tmp_path, capsys):
+    """The quality step is part of a compress job's recipe: a rerun into the same folder with another
+    --quality redoes every file (not 'skipped existing'), and a rerun with the same one skips them."""
+    from PIL import Image
+
+    from aekit.codec.format import parse
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for i, im in enumerate(rgb_photos[:2]):
+        Image.fromarray(im[:128, :128]).save(src / f"{i}.png")
+    out = tmp_path / "lat"
+    assert main(["compress", str(src), "-m", str(hp_model), "-o", str(out), "--no-progress"]) == 0
+    default = {p.name: parse(p.read_bytes())[0].quality for p in out.glob("*.ael")}
+    other = str(2 if set(default.values()) == {1} else 1)
+    capsys.readouterr()
+    assert main(["compress", str(src), "-m", str(hp_model), "-o", str(out), "--quality", other, "--no-progress"]) == 0
+    assert "compressed 2 files (redid 2 stale), skipped 0 existing" in capsys.readouterr().err
+    assert {p.name: parse(p.read_bytes())[0].quality for p in out.glob("*.ael")} == {k: int(other) for k in default}
+    assert main(["compress", str(src), "-m", str(hp_model), "-o", str(out), "--quality", other, "--no-progress"]) == 0
+    assert "compressed 0 files, skipped 2 existing" in capsys.readouterr().err
+
+
 def test_mean_offsets_find_a_channel_whose_mean_is_off(hp_model, rgb_photos):
     """mean_offsets: symbols of one channel moved up by 6 against the hyperprior's base give that channel an
     offset of 6 and leave the others at 0; coder 4's file decodes them exactly and is smaller than coder 3's."""
