@@ -27,15 +27,17 @@ def common(p: argparse.ArgumentParser) -> None:
     c, j = CodecConfig(), JobConfig()
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     p.add_argument("--skip-existing", action="store_true", default=True,
-                   help="skip outputs that exist, so an interrupted run resumes (always on unless --overwrite)")
+                   help="skip outputs that the folder's ledger shows were made from the same source with the same "
+                        "model and settings, so an interrupted run resumes; others are redone (always on unless "
+                        "--overwrite)")
     p.add_argument("--batch-size", type=int, default=c.batch_size,
                    help="images of equal size per ONNX call at most (fewer when --memory-mb says so)")
     p.add_argument("--workers", type=int, default=j.workers,
                    help="model calls at once over images and tiles, one onnxruntime thread each "
                         "(0: the usable cores); outputs are the same for any number")
     p.add_argument("--memory-mb", type=int, default=c.memory_mb,
-                   help="MiB of estimated model activations at once (CPU): batches and tiles are sized so one "
-                        "call takes at most half, and calls wait for room")
+                   help="MiB of estimated model activations at once (CPU): batches are sized so one call takes "
+                        "at most half, a large image's tiles a quarter, and calls wait for room")
     p.add_argument("--held-mb", type=int, default=j.held_mb,
                    help="MiB of decoded files read ahead or waiting for a batch")
     p.add_argument("--smallest", action="store_true",
@@ -77,7 +79,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="rate-distortion models (gdn, klt): quality 1 (smallest files) .. N (best; "
                         "`aekit info MODEL` lists them); 0: the model's default")
     p.add_argument("--int8", action="store_true",
-                   help="encode with the model's int8 encoder where it ships one (photos-r9, photos-r4: about 1.7x "
+                   help="encode with the model's int8 encoder where it ships one (the photo models: 1.6-1.9x "
                         "faster compress; other symbols than fp32, slightly different files; `aekit info MODEL`)")
     common(p)
     add_engine_args(p)  # --engine ray: the same job as a Ray Data pipeline (aekit.codec.ray_jobs)
@@ -94,8 +96,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--format", dest="out_format", choices=("png", "same"), default=j.out_format,
                    help="png: lossless PNG; same: the original file's suffix (JPEG q95, lossless WebP)")
     p.add_argument("--int8", action="store_true",
-                   help="decode with the model's int8 decoder where it ships one (the photo models: 1.7-2.2x faster "
-                        "decompress on CPU for 0.06-0.23 dB; `aekit info MODEL`); models without one decode in fp32")
+                   help="decode with the model's int8 decoder where it ships one (the photo models: 1.9-2.2x faster "
+                        "decompress on CPU for 0.2-0.3 dB; `aekit info MODEL`); models without one decode in fp32")
     common(p)
     add_engine_args(p)  # --engine ray: the same job as a Ray Data pipeline (aekit.codec.ray_jobs)
     p.set_defaults(func=cmd_decompress)

@@ -216,13 +216,17 @@ def _describe_speed(m: dict[str, Any]) -> list[str]:
         lines.append(f"int8         {' + '.join(q.get('parts', []))}: {q.get('psnr_loss_db')} dB PSNR lost vs fp32 on "
                      f"{q.get('check_images')} held-out images (limit {q.get('max_loss_db')}), speed-up "
                      + ", ".join(f"{k} {v}x" for k, v in (q.get("speedup") or {}).items())
-                     + ("; encoder int8: symbols may differ between machines" if "encoder" in q.get("parts", []) else ""))
+                     + ("; encoder int8: symbols may differ between machines" if "encoder" in q.get("parts", []) else "")
+                     + (f"; the encoder's output layer {', '.join(q['encoder_fp32_nodes'])} kept in fp32"
+                        if q.get("encoder_fp32_nodes") else ""))
     v = m.get("int8_variants")
     if isinstance(v, dict):
         enc = "encoder" in v.get("parts", [])
         lines.append(f"int8 variant {' + '.join(v.get('parts', []))} (aekit {'compress/' if enc else ''}decompress --int8): "
                      f"{v.get('psnr_loss_db')} dB PSNR lost vs fp32 on {v.get('check_images')} held-out images (limit "
-                     f"{v.get('max_loss_db')}), speed-up " + ", ".join(f"{k} {x}x" for k, x in (v.get("speedup") or {}).items()))
+                     f"{v.get('max_loss_db')}), speed-up " + ", ".join(f"{k} {x}x" for k, x in (v.get("speedup") or {}).items())
+                     + (f"; the encoder's output layer {', '.join(v['encoder_fp32_nodes'])} kept in fp32"
+                        if v.get("encoder_fp32_nodes") else ""))
     st = m.get("storage")
     if isinstance(st, dict):
         lines.append(f"weights      stored as {st.get('weights')} (computed in fp32); images coded with them: "

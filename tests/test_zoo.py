@@ -54,6 +54,17 @@ def tmp_zoo(tmp_path, monkeypatch):
     return tmp_path / name
 
 
+def test_info_shows_the_int8_variants(capsys):
+    """`aekit info` of the shipped photo models names their int8 variants, and for photos-r9-hq that its
+    int8 encoder keeps the layer producing y in fp32 (add-int8's fallback)."""
+    assert main(["info", "photos-r9-hq"]) == 0
+    out = capsys.readouterr().out
+    assert "int8 variant encoder + decoder" in out and "output layer node_conv2d_4 kept in fp32" in out
+    assert main(["info", "photos-r9"]) == 0
+    out = capsys.readouterr().out
+    assert "int8 variant encoder + decoder" in out and "kept in fp32" not in out
+
+
 def test_tampered_onnx_is_refused(tmp_zoo):
     enc = tmp_zoo / "encoder.onnx"
     data = bytearray(enc.read_bytes())
