@@ -157,7 +157,13 @@ def cmd_compress(args: argparse.Namespace) -> int:
         from aekit.codec.ray_jobs import compress_tree_ray
 
         return _finish(compress_tree_ray(args.src, args.out, args.model, ccfg, _ray_config(args, ccfg)))
-    return _finish(compress_tree(args.src, args.out, Codec(args.model, ccfg), jcfg))
+    import sys
+
+    codec = Codec(args.model, ccfg)
+    if ccfg.int8 and codec.rt.encoder_file == codec.rt.manifest["files"]["encoder"]:
+        print(f"note: model {codec.model_id} ships no int8 encoder (`aekit add-int8 MODEL --encoder`); "
+              "--int8 compresses with its fp32 encoder", file=sys.stderr)
+    return _finish(compress_tree(args.src, args.out, codec, jcfg))
 
 
 def cmd_decompress(args: argparse.Namespace) -> int:

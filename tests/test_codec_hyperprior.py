@@ -395,6 +395,12 @@ def test_add_int8_variants_keep_the_model_and_decode_its_files(hp_model, rgb_pho
     before = load_manifest(model)
     plain = core.Codec(model, core.CodecConfig(int8=True))  # no variants yet: --int8 runs the fp32 networks
     assert (plain.rt.encoder_file, plain.rt.decoder_file) == ("encoder.onnx", "decoder.onnx") and plain.compress(img) == data
+    from PIL import Image
+
+    Image.fromarray(img).save(tmp_path / "im.png")
+    assert main(["compress", str(tmp_path / "im.png"), "-m", str(model), "-o", str(tmp_path / "im.ael"), "--int8",
+                 "--no-progress"]) == 0
+    assert "ships no int8 encoder" in capsys.readouterr().err  # said, not silent
     assert main(["add-int8", str(model), "--calib-data", str(photos_dir), "--int8-max-loss", "99"]) == 0
     assert "use them with `aekit decompress --int8`" in capsys.readouterr().out
     m = load_manifest(model)
