@@ -76,6 +76,16 @@ def photo_set(n: int) -> list[np.ndarray]:
     return images[:n]
 
 
+def model_codec(model: str) -> tuple[Path, Any]:
+    """A speed benchmark's model argument -> (folder, Codec on one thread and worker); NAME:int8 uses the
+    model's int8 variants."""
+    from aekit.codec.core import Codec, CodecConfig
+    from aekit.export.manifest import resolve_model
+
+    folder = resolve_model(model.removesuffix(":int8"))
+    return folder, Codec(folder, CodecConfig(device="cpu", threads=1, workers=1, int8=model.endswith(":int8")))
+
+
 def jpeg_quality_for(image: np.ndarray, nbytes: int) -> int:
     """The baseline JPEG quality whose file is closest in size to nbytes."""
     from aekit.codec.baseline import encode
@@ -87,12 +97,10 @@ def jpeg_quality_for(image: np.ndarray, nbytes: int) -> int:
 def speed(model: str, images: list[np.ndarray], rounds: int) -> dict[str, Any]:
     """Compress and decompress in memory, one thread, interleaved with JPEG at matched bytes."""
     from aekit.codec.baseline import decode as jdecode, encode as jencode
-    from aekit.codec.core import Codec, CodecConfig, Decoder
-    from aekit.export.manifest import resolve_model
+    from aekit.codec.core import Decoder
 
-    folder = resolve_model(model.removesuffix(":int8"))  # NAME:int8: decode with the model's int8 decoder variant
-    cfg = CodecConfig(device="cpu", threads=1, workers=1, int8=model.endswith(":int8"))
-    codec, dec = Codec(folder, cfg), Decoder([folder], cfg)
+    folder, codec = model_codec(model)  # NAME:int8: code with the model's int8 variants
+    dec = Decoder([folder], codec.cfg)
     files = [codec.compress(im) for im in images]  # warm-up too
     quals = [jpeg_quality_for(im, len(f)) for im, f in zip(images, files)]
     jpegs = [jencode(im, "JPEG", q) for im, q in zip(images, quals)]
@@ -308,13 +316,10 @@ def zstd_gate(models: list[str], images: list[np.ndarray], rounds: int) -> list[
     (ZSTD_GATE, the default) and ungated (level 19 always), interleaved on one thread, next to the whole
     `Codec.compress`: ms per image, bytes and how often the level-19 trial ran."""
     import aekit.export.entropy as ent
-    from aekit.codec.core import Codec, CodecConfig
-    from aekit.export.manifest import resolve_model
 
     rows = []
     for model in models:
-        folder = resolve_model(model.removesuffix(":int8"))
-        codec = Codec(folder, CodecConfig(device="cpu", threads=1, workers=1, int8=model.endswith(":int8")))
+        codec = model_codec(model)[1]
         qs = [codec.symbols(im[None])[0] for im in images]
         t: dict[str, list[list[float]]] = {k: [[] for _ in images] for k in ("gated", "ungated", "compress")}
         sizes = {"gated": 0, "ungated": 0}
@@ -346,20 +351,15 @@ def zstd_gate(models: list[str], images: list[np.ndarray], rounds: int) -> list[
     return rows
 
 
-def compress_stages(models: list[str], images: list[np.ndarray], rounds: int, tmp: Path) -> list[dict[str, Any]]:
+def compress_stages(models: list[str], images: list[np.ndarray], rounds: int) -> list[dict[str, Any]]:
     """Mean ms per image of each stage of a hyperprior model's compress on one thread (encoder network,
     h_a, the integer h_s, the rest of the entropy coding, the whole compress), and the encoder network's
     time by ONNX op type from onnxruntime's profiler (GDN's element-wise ops against the convolutions)."""
-    import onnxruntime as ort
-
-    from aekit.codec.core import Codec, CodecConfig
-    from aekit.export.manifest import resolve_model
-    from aekit.export.runtime import select_providers
+    from aekit.bench.lean import final_conv_share
 
     rows = []
     for model in models:
-        folder = resolve_model(model.removesuffix(":int8"))
-        codec = Codec(folder, CodecConfig(device="cpu", threads=1, workers=1, int8=model.endswith(":int8")))
+        folder, codec = model_codec(model)
         em = codec.em
         if not hasattr(em, "hyper_symbols"):
             continue  # not a hyperprior model
@@ -379,22 +379,10 @@ def compress_stages(models: list[str], images: list[np.ndarray], rounds: int, tm
                 clock("encode", em.encode, q)
         ms = {k: 1e3 * statistics.mean(v) for k, v in t.items()}
         ms["coding (encode − h_a − h_s)"] = ms.pop("encode") - ms["h_a"] - ms["h_s"]
-        so = ort.SessionOptions()
-        so.intra_op_num_threads, so.enable_profiling = 1, True
-        so.profile_file_prefix = str(tmp / "ort-profile")
-        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        sess = ort.InferenceSession(str(folder / codec.rt.encoder_file), so, providers=select_providers("cpu"))
         x = np.random.default_rng(0).uniform(-1, 1, (1, 3, *images[0].shape[:2])).astype(np.float32)
-        for _ in range(rounds + 1):
-            sess.run(None, {sess.get_inputs()[0].name: x})
-        ops: dict[str, float] = {}
-        for e in json.loads(Path(sess.end_profiling()).read_text()):
-            if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
-                ops[e["args"]["op_name"]] = ops.get(e["args"]["op_name"], 0.0) + e["dur"]
-        total = sum(ops.values())
         rows.append({"model": model, "images": len(images), "side": images[0].shape[0], "rounds": rounds,
                      "ms": ms, "encoder_file": codec.rt.encoder_file,
-                     "encoder_op_share": {k: v / total for k, v in sorted(ops.items(), key=lambda kv: -kv[1])}})
+                     "encoder_op_share": final_conv_share(folder / codec.rt.encoder_file, {"x": x}, rounds)["by_op"]})
     return rows
 
 
@@ -573,7 +561,7 @@ def main(argv: list[str] | None = None) -> int:
         if "tiles" in parts:
             res.tiles = tile_context(args.models, args.tile_mpx, args.rounds)
         if "stages" in parts:
-            res.stages = compress_stages(args.models, photo_set(16), args.rounds, tmp)
+            res.stages = compress_stages(args.models, photo_set(16), args.rounds)
         if "zstd" in parts:
             res.zstd = zstd_gate(args.models, photo_set(16), args.rounds)
         if "contention" in parts:
