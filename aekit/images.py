@@ -13,6 +13,7 @@ import logging
 import stat
 import struct
 import tempfile
+import threading
 import time
 import zlib
 from contextlib import contextmanager
@@ -166,7 +167,8 @@ def load_image(
     *,
     strict: bool = False,
     max_pixels: int = DEFAULT_MAX_PIXELS,
-) -> tuple[np.ndarray, str]:
+    lazy_above: int = 0,
+) -> tuple[np.ndarray | LazyPixels, str]:
     """Decode an image file to a uint8 array (H, W, channels) and a note on conversion.
 
     EXIF orientation is applied when it can be read (unreadable EXIF is ignored and noted:
@@ -178,6 +180,10 @@ def load_image(
     refused by a gray model and vice versa (a codec must not silently drop colour);
     otherwise it is converted and the note says so (channels=0: 1 or 3 as stored). Every failure, whatever Pillow raised,
     is one ImageError naming the file (ImageLimitError for the size limits).
+
+    lazy_above: an image of more pixels than this (0: never) comes back as a LazyPixels, which keeps
+    Pillow's decoded image and copies out only the regions asked for (a tiled codec's compress of a
+    178 Mpx photo then holds Pillow's 712 MB and no 534 MB copy next to it; issue 17).
     """
     if isinstance(path, NamedBytes):
         path.seek(0)  # may be decoded more than once (e.g. RGB, then gray)
@@ -195,8 +201,18 @@ def load_image(
                 raise ImageError(f"{name}: {im.format} file with {frames} frames (animated or multi-page); "
                                  "aekit reads single images, so save the frame you want as its own file")
             bits = _integer_depth(im)  # before _orient: a transposed copy forgets its file's tags
-            im, notes = _orient(im)
-            arr, note = _to_array(im, channels, strict, name, bits)
+            im.load()
+            core = im.im  # the decoded pixels; closing the file below drops the Image object's hold on them
+            out, notes = _orient(im)
+            out, note = _to_mode(out, channels, strict, name, bits)
+            if lazy_above and out.size[0] * out.size[1] > lazy_above:
+                if out is im:  # still the opened file's image: keep its decoded core past the close
+                    out = im._new(core)
+                arr = LazyPixels(out)
+            else:
+                arr = _pixels(out)
+                arr = np.ascontiguousarray(arr[:, :, None] if arr.ndim == 2 else arr)
+            del out, core
     except ImageError:
         raise
     except Image.DecompressionBombError as e:
@@ -245,7 +261,8 @@ def _integer_depth(im: Image.Image) -> int:
     return 32
 
 
-def _to_array(im: Image.Image, channels: int, strict: bool, path: str, bits: int = 16) -> tuple[np.ndarray, str]:
+def _to_mode(im: Image.Image, channels: int, strict: bool, path: str, bits: int = 16) -> tuple[Image.Image, str]:
+    """Any Pillow image -> an L or RGB image by aekit's conversion rules (see load_image) and a note."""
     mode, notes = im.mode, []
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
         a = np.asarray(im, dtype=np.float64)
@@ -284,10 +301,7 @@ def _to_array(im: Image.Image, channels: int, strict: bool, path: str, bits: int
             )
         im = im.convert("L" if channels == 1 else "RGB")
         notes.append(f"{'RGB' if src_channels == 3 else 'grayscale'} converted to {im.mode}")
-    arr = _pixels(im)
-    if arr.ndim == 2:
-        arr = arr[:, :, None]
-    return np.ascontiguousarray(arr), "; ".join(notes)
+    return im, "; ".join(notes)
 
 
 PIXEL_BAND = 1 << 22  # pixels per band when a large image's pixels are copied out of Pillow
@@ -307,6 +321,61 @@ def _pixels(im: Image.Image) -> np.ndarray:
     for y in range(0, h, rows):
         out[y:y + rows] = np.asarray(im.crop((0, y, w, min(h, y + rows))), dtype=np.uint8)
     return out
+
+
+class LazyPixels:
+    """A decoded L or RGB image left in Pillow's memory, read as a uint8 (H, W, C) array region by region.
+
+    Supports what tiled encoding needs: .shape, .dtype, .ndim, .nbytes (the bytes Pillow holds: 4 a
+    pixel for RGB, 1 for L) and image[y0:y1, x0:x1] (step 1; a trailing ':' allowed) -> a new uint8
+    (y1 − y0, x1 − x0, C) array. np.asarray(lazy) copies the whole image out (in bands, as load_image).
+    C may differ from the stored image's: channels=3 over an L image repeats it, channels=1 over an RGB
+    image takes its first channel (the caller checked that the three are equal). Thread-safe.
+    Raises TypeError for any other index.
+    """
+
+    dtype = np.dtype(np.uint8)
+    ndim = 3
+
+    def __init__(self, im: Image.Image, channels: int = 0):
+        if im.mode not in ("L", "RGB"):
+            raise ValueError(f"LazyPixels takes L or RGB images, not {im.mode}")
+        self.im, self.stored = im, 1 if im.mode == "L" else 3
+        self.channels = channels or self.stored
+        self.shape = (im.size[1], im.size[0], self.channels)
+        self.nbytes = im.size[0] * im.size[1] * (1 if im.mode == "L" else 4)
+        self._lock = threading.Lock()
+
+    def with_channels(self, channels: int) -> LazyPixels:
+        """The same pixels read as `channels` channels (see the class)."""
+        return LazyPixels(self.im, channels)
+
+    def _adapt(self, a: np.ndarray) -> np.ndarray:
+        a = a[:, :, None] if a.ndim == 2 else a
+        if a.shape[2] == self.channels:
+            return np.ascontiguousarray(a)
+        return np.repeat(a, 3, axis=2) if self.channels == 3 else np.ascontiguousarray(a[:, :, :1])
+
+    def __getitem__(self, key) -> np.ndarray:
+        if not isinstance(key, tuple) or not 2 <= len(key) <= 3 or not all(isinstance(k, slice) for k in key) \
+                or (len(key) == 3 and key[2] != slice(None)):
+            raise TypeError(f"LazyPixels takes [y0:y1, x0:x1] regions, not {key!r}")
+        (y0, y1, sy), (x0, x1, sx) = key[0].indices(self.shape[0]), key[1].indices(self.shape[1])
+        if sy != 1 or sx != 1:
+            raise TypeError(f"LazyPixels takes step-1 regions, not {key!r}")
+        y1, x1 = max(y0, y1), max(x0, x1)
+        with self._lock:
+            region = self.im.crop((x0, y0, x1, y1))
+        return self._adapt(np.asarray(region, dtype=np.uint8))
+
+    def band_rows(self) -> int:
+        """Rows per band when the whole image is read (PIXEL_BAND pixels)."""
+        return max(1, PIXEL_BAND // max(1, self.shape[1]))
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        out = self._adapt(_pixels(self.im)) if self.channels == self.stored else np.concatenate(
+            [self[y:y + self.band_rows(), :] for y in range(0, self.shape[0], self.band_rows())])
+        return out if dtype is None else out.astype(dtype, copy=False)
 
 
 @dataclass(frozen=True)
@@ -347,7 +416,7 @@ def probe_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image
 
 
 def load_for_channels(path: str | Path | NamedBytes, channels: int,
-                      max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, str]:
+                      max_pixels: int = DEFAULT_MAX_PIXELS, lazy_above: int = 0) -> tuple[np.ndarray | LazyPixels, str]:
     """Image file -> (uint8 (H, W, channels), original mode "L" | "RGB") for a model of `channels`.
 
     The one channel rule of aekit (codec, detector, server): convert when nothing is lost,
@@ -357,14 +426,17 @@ def load_for_channels(path: str | Path | NamedBytes, channels: int,
       - an RGB file whose three channels are equal ("gray-looking" RGB) through a gray model
         is taken as grayscale (mode "L");
       - an RGB file with colour through a gray model is refused (ImageError naming the file).
+    lazy_above: as load_image's (a LazyPixels comes back for larger images; its channels follow the rule).
     """
-    arr, _ = load_image(path, 0, max_pixels=max_pixels)  # (H, W, 1|3) as stored
+    arr, _ = load_image(path, 0, max_pixels=max_pixels, lazy_above=lazy_above)  # (H, W, 1|3) as stored
     if arr.shape[2] == channels:
         return arr, "L" if channels == 1 else "RGB"
+    lazy = isinstance(arr, LazyPixels)
     if channels == 3:
-        return np.repeat(arr, 3, axis=2), "L"
-    if np.array_equal(arr[..., 0], arr[..., 1]) and np.array_equal(arr[..., 1], arr[..., 2]):
-        return np.ascontiguousarray(arr[..., :1]), "L"
+        return (arr.with_channels(3) if lazy else np.repeat(arr, 3, axis=2)), "L"
+    bands = (arr[y:y + arr.band_rows(), :] for y in range(0, arr.shape[0], arr.band_rows())) if lazy else [arr]
+    if all(np.array_equal(b[..., 0], b[..., 1]) and np.array_equal(b[..., 1], b[..., 2]) for b in bands):
+        return (arr.with_channels(1) if lazy else np.ascontiguousarray(arr[..., :1])), "L"
     name = path.name if isinstance(path, NamedBytes) else display(path)
     raise ImageError(f"{name}: RGB image but the model takes 1-channel (grayscale) images; "
                      "refusing to drop colour (use an RGB model)")

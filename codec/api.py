@@ -68,8 +68,8 @@ def compress_file(src: str | Path, dst: str | Path, model: str | Path | Codec, *
     _exists_guard(dst, overwrite)
     codec = model if isinstance(model, Codec) else cached_codec(model, cfg)
     try:
-        image, mode = codec.load(src)
-        data = codec.compress_batch(image[None], [mode])[0]
+        image, mode = codec.load(src, lazy=True)
+        data = codec.compress_batch([image], [mode])[0]
     except Exception as e:
         raise wrap_errors(src, e) from None
     return atomic_write_bytes(dst, data)

@@ -21,7 +21,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from aekit.images import DEFAULT_MAX_PIXELS, ImageError, ImageLimitError, load_for_channels
+from aekit.images import DEFAULT_MAX_PIXELS, ImageError, ImageLimitError, LazyPixels, load_for_channels
 from aekit.codec.format import FLAG_TILED, QUANT_INTEGER, QUANT_TANH_UNIFORM, LatentFormatError, LatentHeader, pack, parse
 from aekit.export.entropy import ZSTD_GATE, ZSTD_LEVEL, ZSTD_LEVEL_SMALLEST, EntropyError, EntropyModel
 from aekit.export.manifest import ModelError, find_model, load_manifest
@@ -109,11 +109,12 @@ def default_model_paths() -> list[Path]:
     return env + [Path("models")]
 
 
-def load_for_model(path: str | Path, channels: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, str]:
+def load_for_model(path: str | Path, channels: int, max_pixels: int = DEFAULT_MAX_PIXELS,
+                   lazy_above: int = 0) -> tuple[np.ndarray | LazyPixels, str]:
     """Image file -> (uint8 (H, W, channels), original mode "L" | "RGB"): aekit's one channel rule,
     `aekit.images.load_for_channels` (gray through RGB models replicated and restored on decode;
-    colour through a gray model refused)."""
-    return load_for_channels(path, channels, max_pixels)
+    colour through a gray model refused). lazy_above: images of more pixels come back as LazyPixels."""
+    return load_for_channels(path, channels, max_pixels, lazy_above)
 
 
 def restore_mode(image: np.ndarray, mode: str) -> np.ndarray:
@@ -195,8 +196,12 @@ class Codec:
         self.quality = (quality or int(ent.get("default_quality", 0))) if self.rd else 0
         self.model_id, self.channels, self.factor = self.rt.model_id, self.rt.channels, self.rt.factor
 
-    def load(self, path: str | Path) -> tuple[np.ndarray, str]:
-        return load_for_model(path, self.channels, self.cfg.max_pixels)
+    def load(self, path: str | Path, lazy: bool = False) -> tuple[np.ndarray | LazyPixels, str]:
+        """Image file -> (uint8 (H, W, C), mode) for this model. lazy=True: an image this codec tiles
+        (above full_res_max_pixels) comes back as an aekit.images.LazyPixels, read tile by tile from
+        Pillow's decoded image, so compress never holds a second whole copy of its pixels (issue 17)."""
+        return load_for_model(path, self.channels, self.cfg.max_pixels,
+                              max(1, self.cfg.full_res_max_pixels) if lazy else 0)
 
     def tiled(self, height: int, width: int) -> bool:
         """Coded in tiles: above full_res_max_pixels, or one call would not fit the call budget."""
@@ -214,16 +219,20 @@ class Codec:
         return plan_tile(self.rt.estimate("encoder"), self.factor, self.overlap, self.cfg.tile_px,
                          self.cfg.tile_budget)
 
-    def symbols(self, images: np.ndarray) -> np.ndarray:
-        """uint8 (B, H, W, C) -> uint8 symbols (B, c_y, ceil(H/f), ceil(W/f)); batches split to the budget."""
-        b, h, w, _ = images.shape
+    def symbols(self, images: np.ndarray | list) -> np.ndarray:
+        """uint8 (B, H, W, C), or a list of B images (H, W, C) of one size (arrays or LazyPixels) ->
+        uint8 symbols (B, c_y, ceil(H/f), ceil(W/f)); batches split to the budget, large images tiled."""
+        b, (h, w) = len(images), images[0].shape[:2]
         if self.tiled(h, w):
             return _stack([self._symbols_tiled(im) for im in images])
+        if isinstance(images, list):
+            images = np.stack([np.asarray(im) for im in images])
         n = self.batch_limit(h, w)
         return np.concatenate([self.quantiser.quantise(self.rt.encode(images[i:i + n])) for i in range(0, b, n)])
 
-    def _symbols_tiled(self, image: np.ndarray) -> np.ndarray:
-        """One large image (H, W, C) -> symbols (c_y, h, w), encoded tile by tile (tiles in parallel)."""
+    def _symbols_tiled(self, image: np.ndarray | LazyPixels) -> np.ndarray:
+        """One large image (H, W, C) -> symbols (c_y, h, w), encoded tile by tile (tiles in parallel;
+        only each tile's region of a LazyPixels is ever copied out)."""
         f, h, w = self.factor, image.shape[0], image.shape[1]
         c, lh, lw = self.rt.latent_shape(h, w)
         tile = self.tile_latent()
@@ -255,10 +264,10 @@ class Codec:
         parse(data, "<written file>")  # read the header back: writer and reader agree
         return data
 
-    def compress_batch(self, images: np.ndarray, modes: list[str]) -> list[bytes]:
-        """uint8 (B, H, W, C) images of one size -> one .ael file content each."""
+    def compress_batch(self, images: np.ndarray | list, modes: list[str]) -> list[bytes]:
+        """uint8 (B, H, W, C) images of one size (or a list of them, see symbols) -> one .ael file content each."""
         q = self.symbols(images)
-        h, w = images.shape[1:3]
+        h, w = images[0].shape[:2]
         return [self.pack(qi, h, w, m) for qi, m in zip(q, modes)]
 
     def compress(self, image: np.ndarray, mode: str | None = None) -> bytes:

@@ -30,8 +30,8 @@ from PIL import Image
 
 from aekit.machine import usable_cores
 from aekit.images import (
-    IMAGE_EXTENSIONS, atomic_write_bytes, commit_part, display, encode_image, is_image_name, iter_files, new_part,
-    remove_stale_parts, write_png_rows,
+    IMAGE_EXTENSIONS, LazyPixels, atomic_write_bytes, commit_part, display, encode_image, is_image_name, iter_files,
+    new_part, remove_stale_parts, write_png_rows,
 )
 from aekit.codec.core import Codec, Decoder, wrap_errors
 from aekit.codec.format import SUFFIX, LatentHeader
@@ -478,13 +478,14 @@ class _Pipeline:
                 self.ledger.compact()
 
     def _load(self, load: Callable[[Item], object], item: Item) -> Future:
-        """Submit load(item); its result's bytes count as read-ahead until routed."""
-        def job() -> object:
+        """Submit load(item) into item.data; its bytes count as read-ahead until routed. The future holds
+        no data: a caller's reference to it (an argument tuple) must not keep a large image alive."""
+        def job() -> None:
             data = load(item)
             item.loaded = _nbytes(data)
             with self._loaded_lock:
                 self.loaded += item.loaded
-            return data
+            item.data = data
 
         return self.pool.submit(job)
 
@@ -505,8 +506,7 @@ class _Pipeline:
 
     def _route(self, item: Item, fut: Future, route: Callable[[Item], None]) -> None:
         try:
-            item.data = fut.result()
-            del fut  # only the item holds the data now, so a flush can release it (a large image's pixels)
+            fut.result()  # raises what load raised; the data is in item.data (only there, so a flush can release it)
             route(item)
         except Exception as e:
             self.fail(item, e)
@@ -524,7 +524,7 @@ progress = _progress
 def _nbytes(data: object) -> int:
     """Bytes a loaded file holds: its pixels (compress) or its symbols (decompress)."""
     parts = data if isinstance(data, tuple) else (data,)
-    return sum(int(x.nbytes) for x in parts if isinstance(x, np.ndarray))
+    return sum(int(x.nbytes) for x in parts if isinstance(x, (np.ndarray, LazyPixels)))
 
 
 def compress_tree(src: str | Path, dst: str | Path, codec: Codec, jcfg: JobConfig | None = None) -> JobReport:
@@ -535,15 +535,15 @@ def compress_tree(src: str | Path, dst: str | Path, codec: Codec, jcfg: JobConfi
                                                     **({"int8": True} if codec.rt.encoder_file != codec.rt.manifest["files"]["encoder"] else {})))
 
     def route(item: Item) -> None:
-        arr, mode = item.data  # (H, W, C) uint8, original mode
-        if codec.tiled(*arr.shape[:2]):
+        shape, nbytes = item.data[0].shape, item.data[0].nbytes  # (H, W, C) uint8 (no local name for the pixels:
+        if codec.tiled(*shape[:2]):                               # with one worker flush runs inside this call)
             p.submit([item], flush)  # a large image is its own batch (tiled, bounded memory)
         else:
-            p.add(("img",) + arr.shape, item, arr.nbytes, codec.batch_limit(*arr.shape[:2]), flush)
+            p.add(("img",) + shape, item, nbytes, codec.batch_limit(*shape[:2]), flush)
 
     def flush(items: list[Item]) -> None:
-        images = np.stack([it.data[0] for it in items]) if len(items) > 1 else items[0].data[0][None]  # (B, H, W, C)
-        h, w = images.shape[1:3]
+        images = np.stack([it.data[0] for it in items]) if len(items) > 1 else [items[0].data[0]]  # (B, H, W, C)
+        h, w = images[0].shape[:2]
         modes = [it.data[1] for it in items]
         q = codec.symbols(images)
         del images
@@ -554,7 +554,7 @@ def compress_tree(src: str | Path, dst: str | Path, codec: Codec, jcfg: JobConfi
 
     with _progress(total, jcfg.progress, "img") as bar:
         p = _Pipeline(report, jcfg, bar, ledger)
-        p.run(items, lambda it: codec.load(it.src), route, flush)
+        p.run(items, lambda it: codec.load(it.src, lazy=True), route, flush)
     report.seconds = time.monotonic() - t0
     return report
 

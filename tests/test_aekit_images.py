@@ -72,6 +72,43 @@ def test_large_images_are_copied_out_of_pillow_in_bands(photos_dir, monkeypatch)
         assert got.shape == want.shape and got.flags.c_contiguous and np.array_equal(got, want), (name, c)
 
 
+def test_lazy_pixels_read_regions_of_pillows_image(photos_dir, tmp_path):
+    """load_image(..., lazy_above=N) keeps a larger image in Pillow's memory (LazyPixels): every region, and
+    the whole array, equal the eager load's, also after EXIF rotation, a palette's conversion and the
+    channel rule (gray through an RGB model repeated, gray-looking RGB through a gray model); other indexes are refused; a small image still comes back as an array."""
+    from aekit.images import LazyPixels, load_for_channels
+
+    photo = sorted(photos_dir.iterdir())[0]
+    rgb = np.asarray(Image.open(photo).convert("RGB"))[:97, :131]
+    im = Image.fromarray(rgb)
+    exif = im.getexif()
+    exif[0x0112] = 6
+    cases = {"rgb.png": (write(tmp_path / "rgb.png", rgb), 3), "gray.png": (write(tmp_path / "gray.png", rgb[..., 1]), 3),
+             "pal.png": (write(tmp_path / "pal.png", np.asarray(im.quantize(64).convert("RGB"))), 3),
+             "graylike.png": (write(tmp_path / "graylike.png", np.repeat(rgb[..., :1], 3, axis=2)), 1)}
+    im.save(tmp_path / "rot.jpg", exif=exif)
+    cases["rot.jpg"] = (tmp_path / "rot.jpg", 3)
+    Image.fromarray(rgb).quantize(64).save(tmp_path / "p.png")  # a palette file (converted to RGB on load)
+    cases["p.png"] = (tmp_path / "p.png", 3)
+    for name, (path, c) in cases.items():
+        want, mode = load_for_channels(path, c)
+        lazy, lazy_mode = load_for_channels(path, c, lazy_above=100)
+        assert isinstance(lazy, LazyPixels) and lazy_mode == mode and lazy.shape == want.shape, name
+        for key in ((slice(None), slice(None)), (slice(3, 40), slice(50, 131)), (slice(90, 200), slice(-7, None)),
+                    (slice(5, 5), slice(0, 3)), (slice(0, 9), slice(2, 4), slice(None))):
+            assert np.array_equal(lazy[key], want[key[:2]]), (name, key)
+        assert np.array_equal(np.asarray(lazy), want) and lazy.dtype == np.uint8 and lazy.ndim == 3
+    assert load_image(tmp_path / "rot.jpg", 3)[0].shape[:2] == (131, 97)  # rotated
+    assert isinstance(load_image(tmp_path / "rgb.png", 3, lazy_above=97 * 131)[0], np.ndarray)
+    lazy = load_image(tmp_path / "rgb.png", 3, lazy_above=1)[0]
+    assert lazy.nbytes == 97 * 131 * 4  # what Pillow holds for RGB
+    for bad in (0, (slice(0, 4),), (slice(0, 4, 2), slice(None)), (slice(None), slice(None), 0), None):
+        with pytest.raises(TypeError, match="LazyPixels takes"):
+            lazy[bad]
+    with pytest.raises(ImageError, match="graylike_no.png: RGB image but the model takes 1-channel"):
+        load_for_channels(write(tmp_path / "graylike_no.png", rgb), 1, lazy_above=1)
+
+
 def test_strict_refuses_colour_for_gray_model(tmp_path):
     p = write(tmp_path / "rgb.png", np.zeros((4, 4, 3), np.uint8))
     with pytest.raises(ImageError, match=r"rgb.png: RGB image but the model takes 1-channel"):

@@ -116,6 +116,76 @@ def test_tiled_coding_is_close_to_full_resolution(tiny_model, rgb_photos, channe
     assert np.array_equal(q_full, q_tiled) and np.abs(full.astype(int) - tiled.astype(int)).max() <= 1
 
 
+@pytest.mark.parametrize("channels", [1, 3])
+def test_large_images_compress_from_pillows_memory(tiny_model, rgb_photos, tmp_path, monkeypatch, channels):
+    """compress_tree and compress_file read a tiled image region by region from Pillow's decoded image
+    (Codec.load(lazy=True) -> LazyPixels: no whole copy of the pixels) and write the same bytes as
+    compressing the array; a gray file through an RGB model too (repeated per tile, mode L kept)."""
+    import aekit.codec.jobs as jobs
+    from PIL import Image
+
+    from aekit.images import LazyPixels
+
+    model = tiny_model(channels, 9)
+    cfg = CodecConfig(full_res_max_pixels=0, tile_px=96)
+    codec = Codec(model, cfg)
+    src = tmp_path / "src"
+    src.mkdir()
+    image = rgb_photos[0][:300, :260]
+    Image.fromarray(image if channels == 3 else image[..., 1]).save(src / "a.png")
+    Image.fromarray(image[:200, ::-1, 2]).save(src / "g.png")  # gray file: through an RGB model it is repeated
+    loads, real = [], Codec.load
+    monkeypatch.setattr(Codec, "load", lambda self, path, lazy=False: (lambda r: loads.append(type(r[0])) or r)(
+        real(self, path, lazy)))
+    report = jobs.compress_tree(src, tmp_path / "out", codec, jobs.JobConfig(progress=False))
+    assert report.ok == 2 and not report.failed and loads == [LazyPixels, LazyPixels]
+    compress_file(src / "a.png", tmp_path / "one.ael", codec)
+    assert loads[-1] is LazyPixels
+    for name in ("a", "g"):
+        arr, mode = real(codec, src / f"{name}.png")
+        assert isinstance(arr, np.ndarray)
+        assert (tmp_path / "out" / f"{name}.png.ael").read_bytes() == codec.compress_batch(arr[None], [mode])[0], name
+    assert (tmp_path / "one.ael").read_bytes() == (tmp_path / "out" / "a.png.ael").read_bytes()
+    dec = Decoder([model], cfg)
+    assert dec.decompress((tmp_path / "out" / "g.png.ael").read_bytes())[0].shape == (200, 260, 1)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_folder_compress_lets_go_of_the_pixels_before_coding(tiny_model, rgb_photos, tmp_path, monkeypatch, workers):
+    """No reference to a loaded image outlives its encoder pass: when the entropy coder runs (Codec.pack), the
+    pixels (a tiled image's LazyPixels, or a small image's array) are already freed, with one worker (flush runs
+    inside the router's call, where a local name or the load's future once kept a 178 Mpx image alive) and two."""
+    import gc
+    import weakref
+
+    import aekit.codec.jobs as jobs
+    from PIL import Image
+
+    model = tiny_model(3, 9)
+    src = tmp_path / "src"
+    src.mkdir()
+    Image.fromarray(rgb_photos[0][:300, :260]).save(src / "big.png")
+    Image.fromarray(rgb_photos[1][:40, :40]).save(src / "small.png")
+    codec = Codec(model, CodecConfig(full_res_max_pixels=50 * 50, tile_px=96))
+    loaded, live_at_pack = [], []
+    real_load, real_pack = Codec.load, Codec.pack
+
+    def load(self, path, lazy=False):
+        arr, mode = real_load(self, path, lazy)
+        loaded.append((arr.shape[:2], weakref.ref(arr)))
+        return arr, mode
+
+    def pack(self, q, h, w, mode):
+        gc.collect()
+        live_at_pack.append([r() is not None for shape, r in loaded if shape == (h, w)])  # this image's pixels
+        return real_pack(self, q, h, w, mode)
+
+    monkeypatch.setattr(Codec, "load", load)
+    monkeypatch.setattr(Codec, "pack", pack)
+    report = jobs.compress_tree(src, tmp_path / "out", codec, jobs.JobConfig(workers=workers, window=1, progress=False))
+    assert report.ok == 2 and len(loaded) == 2 and live_at_pack == [[False], [False]]
+
+
 def test_write_png_rows_round_trips_and_refuses_wrong_bands():
     """write_png_rows: a PNG that Pillow reads back exactly from bands of any height, empty ones skipped (gray, RGB);
     a band of the wrong width or dtype, or rows that do not add up, raise ValueError."""
