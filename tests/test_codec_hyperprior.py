@@ -507,6 +507,16 @@ def test_mean_offsets_find_a_channel_whose_mean_is_off(hp_model, rgb_photos):
     assert np.array_equal(em.decode(4, payload, shifted.shape), shifted)
 
 
+def test_offsets_on_the_int8_base_clip_instead_of_wrapping():
+    """The integer hyper decoder's base is int8 (±127, half the bytes of int16 on a 178 Mpx image); coder 4's
+    offsets are summed in int16 and clipped, so 120 + 64 gives 127, not a wrapped −72; other channels untouched."""
+    from aekit.export.hyperprior import apply_offsets
+
+    base = np.array([[[120, -120]], [[5, 6]], [[-100, 100]]], dtype=np.int8)
+    apply_offsets(base, np.array([64, 0, -64], dtype=np.int16))
+    assert base.dtype == np.int8 and base.tolist() == [[[127, -56]], [[5, 6]], [[-127, 36]]]
+
+
 def test_coder_4_files_are_version_4_decode_and_refuse_bad_offsets(hp_model, rgb_photos, monkeypatch):
     """Coder 4 (hyperprior with per-channel mean offsets): version-4 files that decode to the encoder's symbols;
     malformed offset lists and coder 4 in a version-3 header are one clean error each."""
