@@ -270,11 +270,12 @@ def startup(tmp: Path, runs: int = 7) -> list[dict[str, Any]]:
     return rows
 
 
-def memory(model: str, tmp: Path, mpx: float, photo: Path, folders: bool = True) -> list[dict[str, Any]]:
+def memory(model: str, tmp: Path, mpx: float, photo: Path, folders: bool = True,
+           budgets: tuple[int, ...] = (0,)) -> list[dict[str, Any]]:
     """Peak RSS of compress + decompress of one image of about `mpx` megapixels (a real photo upscaled:
     smooth, so its file may be zstd-coded), of a mosaic of that size of the held-out photos (real detail:
-    the hyperprior coder's file), and with `folders` of a folder of 1, 16 and 64 photos (512² crops,
-    the last 48 mirrored copies)."""
+    the hyperprior coder's file), each at every `--memory-mb` of `budgets` (0: the default), and with
+    `folders` of a folder of 1, 16 and 64 photos (512² crops, the last 48 mirrored copies)."""
     rows = []
     im = Image.open(photo).convert("RGB")
     k = (mpx * 1e6 / (im.size[0] * im.size[1])) ** 0.5
@@ -293,13 +294,16 @@ def memory(model: str, tmp: Path, mpx: float, photo: Path, folders: bool = True)
         y += rh
     Image.fromarray(mosaic).save(tmp / "mosaic.png", compress_level=1)
     del big, im, mosaic, tiles
-    for name, what in (("big", f"{photo.name} upscaled"), ("mosaic", "mosaic of the held-out photos")):
-        c = timed(aekit("compress", str(tmp / f"{name}.png"), "-m", model, "-o", str(tmp / f"{name}.ael"), "--no-progress"))
-        d = timed(aekit("decompress", str(tmp / f"{name}.ael"), "-o", str(tmp / f"{name}.out.png"), "--no-progress"))
-        rows.append({"what": f"one {w}x{h} image ({w * h / 1e6:.1f} Mpx), {what}", "model": model,
-                     "compress": c, "decompress": d})
-        for f in (f"{name}.ael", f"{name}.out.png"):
-            (tmp / f).unlink(missing_ok=True)
+    for mb in budgets:
+        opt = ["--memory-mb", str(mb)] if mb else []
+        for name, what in (("big", f"{photo.name} upscaled"), ("mosaic", "mosaic of the held-out photos")):
+            c = timed(aekit("compress", str(tmp / f"{name}.png"), "-m", model, "-o", str(tmp / f"{name}.ael"),
+                            "--no-progress", *opt))
+            d = timed(aekit("decompress", str(tmp / f"{name}.ael"), "-o", str(tmp / f"{name}.out.png"), "--no-progress", *opt))
+            rows.append({"what": f"one {w}x{h} image ({w * h / 1e6:.1f} Mpx), {what}"
+                                 + (f", --memory-mb {mb}" if mb else ""), "model": model, "compress": c, "decompress": d})
+            for f in (f"{name}.ael", f"{name}.out.png"):
+                (tmp / f).unlink(missing_ok=True)
     if not folders:
         return rows
     images = photo_set(64)
@@ -501,9 +505,10 @@ def markdown(res: Result) -> str:
             lines.append(f"| {st['model']} | {st['images']} × {st['side']}² | {m['compress']:.1f} | {m['encoder']:.1f} | "
                          f"{m['h_a']:.1f} | {m['h_s']:.1f} | {m['coding (encode − h_a − h_s)']:.1f} | {share} |")
     if res.memory:
-        lines += ["", "| peak RSS | compress MB | decompress MB |", "|---|---|---|"]
+        lines += ["", "| peak RSS | compress MB | decompress MB | compress / decompress wall s |", "|---|---|---|---|"]
         lines += [f"| {m['what']} ({m['model']}) | {m['compress']['peak_rss_mb']:.0f} | "
-                  f"{m['decompress']['peak_rss_mb']:.0f} |" for m in res.memory]
+                  f"{m['decompress']['peak_rss_mb']:.0f} | {m['compress']['wall_s']:.1f} / {m['decompress']['wall_s']:.1f} |"
+                  for m in res.memory]
     if res.overheads:
         lines += ["", "| per call | ms | bytes |", "|---|---|---|"]
         lines += [f"| {o['what']} | {o['ms']:.1f} | {o.get('bytes', '')} |" for o in res.overheads]
@@ -536,6 +541,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tile-mpx", type=float, default=16.0, help="megapixels of the tiles part's mosaic")
     ap.add_argument("--memory-models", nargs="+", default=["photos-r9", "photos-r4"],
                     help="models of the memory part (the folders run with the first)")
+    ap.add_argument("--memory-mb", nargs="+", type=int, default=[0],
+                    help="--memory-mb values of the memory part's single-image runs (0: the codec's default)")
+    ap.add_argument("--no-memory-folders", action="store_true", help="memory part: single images only")
     args = ap.parse_args(argv)
     parts = set(args.parts.split(","))
     res = Result(command=shlex.join(["python", "-m", "aekit.bench.cpu_scaling", *(argv or sys.argv[1:])]),
@@ -553,7 +561,8 @@ def main(argv: list[str] | None = None) -> int:
             res.startup = startup(tmp)
         if "memory" in parts:
             res.memory = [r for i, m in enumerate(args.memory_models)
-                          for r in memory(m, tmp, args.mpx, PHOTOS / "test" / "Storm.png", folders=i == 0)]
+                          for r in memory(m, tmp, args.mpx, PHOTOS / "test" / "Storm.png",
+                                          folders=i == 0 and not args.no_memory_folders, budgets=tuple(args.memory_mb))]
         if "train" in parts:
             res.train = train_scaling(tmp)
         if "overheads" in parts:
