@@ -88,6 +88,30 @@ def test_map_files_are_the_panel_and_the_raw_map(shape):
     assert colour_bar.cache_info().misses == 1  # drawn once per class scale, not per image
 
 
+def test_map_files_land_whole_with_plain_permissions(tmp_path, monkeypatch):
+    """write_map_files(durable=False): the class folder is made when missing, both files land with the mode a
+    plain open() gives (FILE_MODE) and no temp file stays; a write that fails leaves neither a file nor a temp."""
+    import os
+    import stat
+
+    from aekit.detector.heatmap import write_map_files
+    from aekit.images import FILE_MODE
+
+    files = {".png": b"png-bytes", ".npy": b"npy-bytes"}
+    paths = write_map_files(tmp_path / "maps" / "sneaker" / "img1", files, durable=False)
+    assert [p.name for p in paths] == ["img1.png", "img1.npy"]
+    assert [p.read_bytes() for p in paths] == [b"png-bytes", b"npy-bytes"]
+    assert all(stat.S_IMODE(p.stat().st_mode) == FILE_MODE for p in paths)
+    write_map_files(tmp_path / "maps" / "sneaker" / "img1", {".png": b"again", ".npy": b"again"}, durable=False)
+    assert sorted(os.listdir(tmp_path / "maps" / "sneaker")) == ["img1.npy", "img1.png"]  # replaced, no .part
+    real = os.replace
+    monkeypatch.setattr(os, "replace", lambda a, b: (_ for _ in ()).throw(OSError(28, "No space left on device")))
+    with pytest.raises(OSError, match="No space left"):
+        write_map_files(tmp_path / "maps" / "sneaker" / "img2", files, durable=False)
+    monkeypatch.setattr(os, "replace", real)
+    assert sorted(os.listdir(tmp_path / "maps" / "sneaker")) == ["img1.npy", "img1.png"]
+
+
 # ---- on the tiny Fashion-MNIST model ---------------------------------------------------------------------
 @pytest.fixture
 def model(tiny_model, tmp_path):
