@@ -80,6 +80,11 @@ def test_codec_sizes_batches_and_tiles_of_a_real_model_to_its_budget(photos_r9):
     assert codec.tiled(7072, 7072)  # 50 Mpx
     t = codec.tile_latent()
     assert enc_est.bytes(((t + 2 * codec.overlap) * codec.factor) ** 2) <= cfg.tile_budget
+    # beside a 178 Mpx photo held in Pillow's memory (712 MB) the tiles get a quarter of a quarter of the budget
+    assert cfg.tile_budget_beside(0) == cfg.tile_budget and cfg.tile_budget_beside(712 << 20) == cfg.tile_budget // 4
+    assert cfg.tile_budget_beside(200 << 20) == (cfg.budget - (200 << 20)) // 4  # 50 Mpx: a little smaller
+    big = codec.tile_latent(712 << 20)
+    assert big < t and enc_est.bytes(((big + 2 * codec.overlap) * codec.factor) ** 2) <= cfg.tile_budget // 4
     small = CodecConfig(device="cpu", memory_mb=64)  # a 512² image no longer fits one call: tiled
     assert Codec(photos_r9, small).tiled(512, 512)
 
