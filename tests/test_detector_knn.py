@@ -90,7 +90,8 @@ def test_map_files_are_the_panel_and_the_raw_map(shape):
 
 def test_map_files_land_whole_with_plain_permissions(tmp_path, monkeypatch):
     """write_map_files(durable=False): the class folder is made when missing, both files land with the mode a
-    plain open() gives (FILE_MODE) and no temp file stays; a write that fails leaves neither a file nor a temp."""
+    plain open() gives (FILE_MODE) and no temp file stays; a killed run's temp under the next name (PID reused)
+    is stepped over; a write that fails leaves neither a file nor a temp."""
     import os
     import stat
 
@@ -104,6 +105,15 @@ def test_map_files_land_whole_with_plain_permissions(tmp_path, monkeypatch):
     assert all(stat.S_IMODE(p.stat().st_mode) == FILE_MODE for p in paths)
     write_map_files(tmp_path / "maps" / "sneaker" / "img1", {".png": b"again", ".npy": b"again"}, durable=False)
     assert sorted(os.listdir(tmp_path / "maps" / "sneaker")) == ["img1.npy", "img1.png"]  # replaced, no .part
+    import aekit.detector.heatmap as heatmap
+
+    n = next(heatmap._PART_NUMBERS) + 1  # a killed run's temp (same PID) in the way of the next name
+    (tmp_path / "maps" / "sneaker" / f".img3.png.{os.getpid()}-{n}.part").write_bytes(b"stale")
+    write_map_files(tmp_path / "maps" / "sneaker" / "img3", files, durable=False)
+    assert (tmp_path / "maps" / "sneaker" / "img3.png").read_bytes() == b"png-bytes"
+    (tmp_path / "maps" / "sneaker" / f".img3.png.{os.getpid()}-{n}.part").unlink()
+    for name in ("img3.png", "img3.npy"):
+        (tmp_path / "maps" / "sneaker" / name).unlink()
     real = os.replace
     monkeypatch.setattr(os, "replace", lambda a, b: (_ for _ in ()).throw(OSError(28, "No space left on device")))
     with pytest.raises(OSError, match="No space left"):
