@@ -535,8 +535,9 @@ def compress_tree(src: str | Path, dst: str | Path, codec: Codec, jcfg: JobConfi
                                                     **({"int8": True} if codec.rt.encoder_file != codec.rt.manifest["files"]["encoder"] else {})))
 
     def route(item: Item) -> None:
-        shape, nbytes = item.data[0].shape, item.data[0].nbytes  # (H, W, C) uint8 (no local name for the pixels:
-        if codec.tiled(*shape[:2]):                               # with one worker flush runs inside this call)
+        # (H, W, C) uint8 pixels: no local name for them, since with one worker flush runs inside this call
+        shape, nbytes = item.data[0].shape, item.data[0].nbytes
+        if codec.tiled(*shape[:2]):
             p.submit([item], flush)  # a large image is its own batch (tiled, bounded memory)
         else:
             p.add(("img",) + shape, item, nbytes, codec.batch_limit(*shape[:2]), flush)
