@@ -37,7 +37,8 @@ def common(p: argparse.ArgumentParser) -> None:
                         "(0: the usable cores); outputs are the same for any number")
     p.add_argument("--memory-mb", type=int, default=c.memory_mb,
                    help="MiB of estimated model activations at once (CPU): batches are sized so one call takes "
-                        "at most half, a large image's tiles a quarter, and calls wait for room")
+                        "at most half, a large image's tiles a quarter of what its decoded pixels leave (at least "
+                        "a sixteenth), and calls wait for room")
     p.add_argument("--held-mb", type=int, default=j.held_mb,
                    help="MiB of decoded files read ahead or waiting for a batch")
     p.add_argument("--smallest", action="store_true",
