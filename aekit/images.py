@@ -328,7 +328,7 @@ class LazyPixels:
 
     Supports what tiled encoding needs: .shape, .dtype, .ndim, .nbytes (the bytes Pillow holds: 4 a
     pixel for RGB, 1 for L) and image[y0:y1, x0:x1] (step 1; a trailing ':' allowed) -> a new uint8
-    (y1 − y0, x1 − x0, C) array. np.asarray(lazy) copies the whole image out (in bands, as load_image).
+    (y1 − y0, x1 − x0, C) array. np.asarray(lazy) copies the whole image out (in bands of PIXEL_BAND pixels).
     C may differ from the stored image's: channels=3 over an L image repeats it, channels=1 over an RGB
     image takes its first channel (the caller checked that the three are equal). Thread-safe.
     Raises TypeError for any other index.
@@ -373,8 +373,9 @@ class LazyPixels:
         return max(1, PIXEL_BAND // max(1, self.shape[1]))
 
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
-        out = self._adapt(_pixels(self.im)) if self.channels == self.stored else np.concatenate(
-            [self[y:y + self.band_rows(), :] for y in range(0, self.shape[0], self.band_rows())])
+        out, rows = np.empty(self.shape, dtype=np.uint8), self.band_rows()
+        for y in range(0, self.shape[0], rows):  # band by band: the peak is Pillow's image plus `out`
+            out[y:y + rows] = self[y:y + rows, :]
         return out if dtype is None else out.astype(dtype, copy=False)
 
 

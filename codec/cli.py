@@ -158,12 +158,12 @@ def cmd_compress(args: argparse.Namespace) -> int:
         from aekit.codec.ray_jobs import compress_tree_ray
 
         return _finish(compress_tree_ray(args.src, args.out, args.model, ccfg, _ray_config(args, ccfg)))
-    import sys
+    import logging
 
     codec = Codec(args.model, ccfg)
     if ccfg.int8 and codec.rt.encoder_file == codec.rt.manifest["files"]["encoder"]:
-        print(f"note: model {codec.model_id} ships no int8 encoder (`aekit add-int8 MODEL --encoder`); "
-              "--int8 compresses with its fp32 encoder", file=sys.stderr)
+        logging.getLogger("aekit.codec").warning("note: model %s ships no int8 encoder (`aekit add-int8 MODEL "
+                                                 "--encoder`); --int8 compresses with its fp32 encoder", codec.model_id)
     return _finish(compress_tree(args.src, args.out, codec, jcfg))
 
 

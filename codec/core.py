@@ -375,14 +375,18 @@ class Decoder:
             out = np.concatenate([rt.decode(quantiser.dequantise(q[i:i + n]), H, W) for i in range(0, len(q), n)])
         return np.stack([restore_mode(o, header.mode) for o in out]) if header.mode == "L" else out
 
+    def _tile_grid(self, rt: Runtime, q: np.ndarray) -> tuple[list[tuple], list[tuple]]:
+        """(row spans, column spans) of tile_spans for decoding symbols q (c_y, h, w) in tiles of the budget."""
+        overlap = tile_context(rt, "decoder", self.cfg)
+        tile = plan_tile(rt.estimate("decoder"), rt.factor, overlap, self.cfg.tile_px, self.cfg.tile_budget)
+        return tile_spans(q.shape[1], tile, overlap), tile_spans(q.shape[2], tile, overlap)
+
     def _decode_tiled(self, rt: Runtime, quantiser: Quantiser, q: np.ndarray, height: int, width: int) -> np.ndarray:
         """Symbols (c_y, h, w) of one large image -> uint8 (H, W, C), decoded tile by tile (all tiles in
         parallel), each tile's symbols dequantised on their own (no float copy of the whole latent)."""
-        overlap = tile_context(rt, "decoder", self.cfg)
-        tile = plan_tile(rt.estimate("decoder"), rt.factor, overlap, self.cfg.tile_px, self.cfg.tile_budget)
         out = np.empty((height, width, rt.channels), dtype=np.uint8)
-        self.tiles.map(lambda span: _decode_tile(rt, quantiser, q, out, 0, *span),
-                       [(r, c) for r in tile_spans(q.shape[1], tile, overlap) for c in tile_spans(q.shape[2], tile, overlap)])
+        row_spans, cols = self._tile_grid(rt, q)
+        self.tiles.map(lambda span: _decode_tile(rt, quantiser, q, out, 0, *span), [(r, c) for r in row_spans for c in cols])
         rt.release_memory("decoder")  # the tiles' activations need not stay while the image is written
         return out
 
@@ -391,11 +395,9 @@ class Decoder:
         """Symbols (c_y, h, w) of one large image -> its rows of tiles, top to bottom: uint8 bands
         (rows, W, C) summing to H, the tiles of a band in parallel; activations released at the end."""
         f = rt.factor
-        overlap = tile_context(rt, "decoder", self.cfg)
-        tile = plan_tile(rt.estimate("decoder"), f, overlap, self.cfg.tile_px, self.cfg.tile_budget)
-        cols = tile_spans(q.shape[2], tile, overlap)
+        row_spans, cols = self._tile_grid(rt, q)
         try:
-            for rows in tile_spans(q.shape[1], tile, overlap):
+            for rows in row_spans:
                 band = np.empty((min(height, rows[1] * f) - rows[0] * f, width, rt.channels), dtype=np.uint8)
                 self.tiles.map(lambda c: _decode_tile(rt, quantiser, q, band, rows[0] * f, rows, c), cols)
                 yield band

@@ -192,6 +192,12 @@ def _describe_latent(m: dict[str, Any]) -> str:
             f"qualities    {qs}; default {ent.get('default_quality')} (--quality; higher = better, larger)")
 
 
+def _fp32_layers(int8: dict[str, Any]) -> str:
+    """'; the encoder's output layer NAME kept in fp32' for an int8 section that kept it (aekit add-int8 --encoder)."""
+    nodes = int8.get("encoder_fp32_nodes")
+    return f"; the encoder's output layer {', '.join(nodes)} kept in fp32" if nodes else ""
+
+
 def _describe_speed(m: dict[str, Any]) -> list[str]:
     """`aekit info` lines for the optional "graph", "speed" and "int8" sections (a shipped model's
     card.json beside the manifest supplies "speed" when the manifest predates it)."""
@@ -217,16 +223,14 @@ def _describe_speed(m: dict[str, Any]) -> list[str]:
                      f"{q.get('check_images')} held-out images (limit {q.get('max_loss_db')}), speed-up "
                      + ", ".join(f"{k} {v}x" for k, v in (q.get("speedup") or {}).items())
                      + ("; encoder int8: symbols may differ between machines" if "encoder" in q.get("parts", []) else "")
-                     + (f"; the encoder's output layer {', '.join(q['encoder_fp32_nodes'])} kept in fp32"
-                        if q.get("encoder_fp32_nodes") else ""))
+                     + _fp32_layers(q))
     v = m.get("int8_variants")
     if isinstance(v, dict):
         enc = "encoder" in v.get("parts", [])
         lines.append(f"int8 variant {' + '.join(v.get('parts', []))} (aekit {'compress/' if enc else ''}decompress --int8): "
                      f"{v.get('psnr_loss_db')} dB PSNR lost vs fp32 on {v.get('check_images')} held-out images (limit "
                      f"{v.get('max_loss_db')}), speed-up " + ", ".join(f"{k} {x}x" for k, x in (v.get("speedup") or {}).items())
-                     + (f"; the encoder's output layer {', '.join(v['encoder_fp32_nodes'])} kept in fp32"
-                        if v.get("encoder_fp32_nodes") else ""))
+                     + _fp32_layers(v))
     st = m.get("storage")
     if isinstance(st, dict):
         lines.append(f"weights      stored as {st.get('weights')} (computed in fp32); images coded with them: "
