@@ -69,7 +69,10 @@ def compress_file(src: str | Path, dst: str | Path, model: str | Path | Codec, *
     codec = model if isinstance(model, Codec) else cached_codec(model, cfg)
     try:
         image, mode = codec.load(src, lazy=True)
-        data = codec.compress_batch([image], [mode])[0]
+        h, w = image.shape[:2]
+        q = codec.symbols([image], packed=True)[0]
+        del image  # a large image's pixels go before its symbols are unpacked and coded (issue 17)
+        data = codec.pack(np.asarray(q), h, w, mode)
     except Exception as e:
         raise wrap_errors(src, e) from None
     return atomic_write_bytes(dst, data)

@@ -546,12 +546,12 @@ def compress_tree(src: str | Path, dst: str | Path, codec: Codec, jcfg: JobConfi
         images = np.stack([it.data[0] for it in items]) if len(items) > 1 else [items[0].data[0]]  # (B, H, W, C)
         h, w = images[0].shape[:2]
         modes = [it.data[1] for it in items]
-        q = codec.symbols(images)
+        q = codec.symbols(images, packed=True)  # a tiled image's: compressed while its pixels are alive
         del images
         for it in items:
             it.data = None  # the pixels go before the entropy coder runs (a 178 Mpx photo's are 534 MB)
         for it, qi, mode in zip(items, q, modes):
-            p.write(it, lambda d=codec.pack(qi, h, w, mode): d, h * w * (1 if mode == "L" else 3))
+            p.write(it, lambda d=codec.pack(np.asarray(qi), h, w, mode): d, h * w * (1 if mode == "L" else 3))
 
     with _progress(total, jcfg.progress, "img") as bar:
         p = _Pipeline(report, jcfg, bar, ledger)

@@ -12,6 +12,7 @@ coder, the tables' arithmetic and the zstd / raw fallbacks are aekit.export.entr
 from __future__ import annotations
 
 import functools
+import mmap
 import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -27,7 +28,7 @@ from aekit.export.entropy import (CODER_HYPER, CODER_HYPER_OFFSETS, PRECISION, Z
 HYPER_FRAC_BITS = 16  # F_a: hyper decoder activations are integers in units of 2^-16
 HYPER_ACT_BITS = 26  # activations are clamped to 0 .. 2^26 - 1 (1024 in real units) after each ReLU
 EXACT_BITS = 53  # float64 holds every integer below 2^53 exactly
-CHUNK_BYTES = 32 << 20  # the integer hyper decoder's im2col block per matrix product (bounds its memory)
+CHUNK_BYTES = 16 << 20  # the integer hyper decoder's im2col block per matrix product (bounds its memory)
 Z_FACTOR = 4  # z = h_a(y) is at y / 4 (two stride-2 layers); h_s upsamples by 4
 # Large latents run h_a and h_s in bands of z rows with a halo (memory bounded per image, issue 17):
 # about 3 KB (h_a: float im2col and activations) and 1 KB (h_s: int32 activations) per y position.
@@ -122,7 +123,7 @@ class IntegerHyperDecoder:
         return self.layers[-1][4] + HYPER_FRAC_BITS
 
     def tables(self, z_sym: np.ndarray, h: int, w: int, thresholds: np.ndarray,
-               step4: int) -> tuple[np.ndarray, np.ndarray]:
+               step4: int, split: bool = False) -> tuple[Any, Any]:
         """See _tables; BLAS limited to one thread (codec workers run one thread each, issue 17; the result
         is exact at any thread count, so a concurrent call restoring the count early changes only speed)."""
         libs = [lib for lib in _blas_controller().lib_controllers if lib.user_api == "blas"]
@@ -130,7 +131,7 @@ class IntegerHyperDecoder:
         for lib in libs:
             lib.set_num_threads(1)
         try:
-            return self._tables(z_sym, h, w, thresholds, step4)
+            return self._tables(z_sym, h, w, thresholds, step4, split=split)
         finally:
             for lib, n in zip(libs, before):
                 lib.set_num_threads(n)
@@ -148,8 +149,10 @@ class IntegerHyperDecoder:
         return int(np.ceil(reach)) + 1
 
     def _tables(self, z_sym: np.ndarray, h: int, w: int, thresholds: np.ndarray,
-                step4: int, band: int = 0) -> tuple[np.ndarray, np.ndarray]:
-        """uint8 ẑ (c_z, ceil(h/4), ceil(w/4)) -> (table, base), each (c_y, h, w).
+                step4: int, band: int = 0, split: bool = False) -> tuple[Any, Any]:
+        """uint8 ẑ (c_z, ceil(h/4), ceil(w/4)) -> (table, base), each (c_y, h, w); split=True: each a list
+        of c_y arrays (h, w), which the encoder's grouping (HyperpriorEntropyModel._group) frees channel by
+        channel (the same integers).
 
         Scale index j = #{k: acc_σ > T_k} (the smallest table scale ≥ σ); the mean in quarter steps
         m = floor((16·acc_μ + D·2^(F−1)) / (D·2^F)) = round(4μ/Δ) (D = 4Δ, an integer; int64 floor
@@ -160,7 +163,10 @@ class IntegerHyperDecoder:
         t = np.asarray(thresholds, dtype=np.float64)  # integers < 2^53: exact in float64
         f = self.frac_bits
         cy = self.layers[-1][5].size // 2
-        table, base = np.empty((cy, h, w), dtype=np.uint8), np.empty((cy, h, w), dtype=np.int8)  # base: ±127
+        if split:
+            table, base = [_released_array((h, w), np.uint8) for _ in range(cy)], [_released_array((h, w), np.int8) for _ in range(cy)]
+        else:
+            table, base = np.empty((cy, h, w), dtype=np.uint8), np.empty((cy, h, w), dtype=np.int8)  # base: ±127
         zh = z_sym.shape[1]
         band = band or max(1, HYPER_S_BAND_POSITIONS // (Z_FACTOR * w))
         for z0 in range(0, zh, band):
@@ -175,8 +181,10 @@ class IntegerHyperDecoder:
                 acc = acc[:, a0 - off - r0:a1 - off - r0]
                 j = np.searchsorted(t, acc[cy:], side="left")
                 m4 = (16 * acc[:cy].astype(np.int64) + (step4 << (f - 1))) // (step4 << f)
-                table[:, a0:a1] = 4 * j + (m4 & 3)
-                base[:, a0:a1] = np.clip(m4 >> 2, -127, 127)
+                tj, bm = 4 * j + (m4 & 3), np.clip(m4 >> 2, -127, 127)
+                for c in range(cy):  # a view of an array's channel, or a list's array
+                    table[c][a0:a1] = tj[c]
+                    base[c][a0:a1] = bm[c]
         return table, base
 
 
@@ -299,10 +307,10 @@ class HyperpriorEntropyModel:
             self._cache[which] = [Categorical((t - 1).astype(np.float64), perfect=False) for t in tables]
         return self._cache[which]
 
-    def _side(self, q: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """ŷ symbols (c_y, h, w) -> (ẑ, table, base): h_a, then the integer h_s."""
+    def _side(self, q: np.ndarray, split: bool = False) -> tuple[np.ndarray, Any, Any]:
+        """ŷ symbols (c_y, h, w) -> (ẑ, table, base): h_a, then the integer h_s (split: see _tables)."""
         z = self.hyper_symbols(q)
-        return (z, *self.decoder.tables(z, q.shape[1], q.shape[2], self.thresholds, self.step4))
+        return (z, *self.decoder.tables(z, q.shape[1], q.shape[2], self.thresholds, self.step4, split=split))
 
     def _coded(self, q: np.ndarray, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """ŷ symbols (c_y, h, w) and their ẑ -> flat (table, d) with d = (q − 127) − base + 254 (0..508)."""
@@ -316,7 +324,7 @@ class HyperpriorEntropyModel:
     def _encode_hyper_best(self, q: np.ndarray) -> tuple[int, bytes]:
         """(coder, payload): coder 4 when per-channel mean offsets (`mean_offsets`) are estimated to save
         more than their side information, else coder 3; h_a and h_s run once either way."""
-        z, table, base = self._side(q)
+        z, table, base = self._side(q, split=True)  # per-channel arrays: _group frees them as it goes
         off = mean_offsets(q, table, base, np.log2(self.scale_tables) - PRECISION)
         head = b""
         if off.any():
@@ -325,23 +333,31 @@ class HyperpriorEntropyModel:
             side = np.empty(len(nz), dtype=[("c", "<u2"), ("o", "i1")])
             side["c"], side["o"] = nz, off[nz]
             head = len(nz).to_bytes(2, "little") + side.tobytes()
-        start, grouped = self._group(q, table, base)
-        del table, base  # 2 bytes per symbol the coder does not need (a 178 Mpx image at 1/4: 268 MB)
+        start, grouped = self._group(q, table, base)  # empties the lists: 2 bytes per symbol (268 MB at 178 Mpx, 1/4)
         return (CODER_HYPER_OFFSETS if head else CODER_HYPER), head + self._code(z, start, grouped)
 
     def _ans(self, q: np.ndarray, z: np.ndarray, table: np.ndarray, base: np.ndarray) -> bytes:
         """The ANS words of ẑ and of ŷ under (table, base) (both (c_y, h, w))."""
         return self._code(z, *self._group(q, table, base))
 
-    def _group(self, q: np.ndarray, table: np.ndarray, base: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """ŷ symbols and their (table, base), each (c_y, h, w) -> (start, grouped): int64 (257,) start of each
-        table's group, and int16 d = (q − 127) − base + 254 (0..508) grouped by table (C order within one)."""
-        idx, qf, bf = table.ravel(), q.ravel(), base.ravel()
+    def _group(self, q: np.ndarray, table: Any, base: Any) -> tuple[np.ndarray, np.ndarray]:
+        """ŷ symbols (c_y, h, w) and their (table, base), each (c_y, h, w) or a list of c_y arrays (h, w) ->
+        (start, grouped): int64 (257,) start of each table's group, and int16 d = (q − 127) − base + 254
+        (0..508) grouped by table (C order within one). Lists are emptied (None) channel by channel as
+        grouped fills, so the two never coexist whole (issue 17: a 178 Mpx image at 1/4 has 134 M symbols)."""
         half = (self.levels - 1) // 2
-        start = _group_starts(idx, 256)
-        grouped = np.empty(idx.size, dtype=np.int16)
-        for a, o, dest in _group_chunks(idx, start):
-            grouped[dest] = (qf[a:a + o.size].astype(np.int16) - _base_off(bf[a:a + o.size], half))[o]
+        counts = np.zeros(256, dtype=np.int64)
+        for c in range(q.shape[0]):
+            counts += np.diff(_group_starts(np.ravel(table[c]), 256))
+        start = np.concatenate([[0], np.cumsum(counts)])
+        grouped = np.empty(q.size, dtype=np.int16)
+        nxt = start[:-1].copy()
+        for c in range(q.shape[0]):  # C order: channel by channel, each in chunks (a stable counting sort)
+            idx, qf, bf = np.ravel(table[c]), q[c].ravel(), np.ravel(base[c])
+            for a, o, dest in _group_chunks(idx, nxt):
+                grouped[dest] = (qf[a:a + o.size].astype(np.int16) - _base_off(bf[a:a + o.size], half))[o]
+            if isinstance(table, list):
+                table[c] = base[c] = None
         return start, grouped
 
     def _code(self, z: np.ndarray, start: np.ndarray, grouped: np.ndarray) -> bytes:
@@ -383,7 +399,7 @@ class HyperpriorEntropyModel:
             raise EntropyError("corrupt ANS payload (data left over after the last symbol)")
         half = (self.levels - 1) // 2
         q = np.empty(idx.size, dtype=np.uint8)
-        for a, o, dest in _group_chunks(idx, start):
+        for a, o, dest in _group_chunks(idx, start[:-1].copy()):
             d = np.empty(o.size, dtype=np.int16)
             d[o] = grouped[dest]
             k = d + _base_off(bf[a:a + o.size], half)  # q = d − 254 + base + 127
@@ -400,17 +416,18 @@ OFFSET_SAMPLE = 1 << 13  # symbols per channel the offset choice looks at (evenl
 OFFSET_MAX = 64  # |o_c| at most (the base is clipped to ±127 after the shift anyway)
 
 
-def mean_offsets(q: np.ndarray, table: np.ndarray, base: np.ndarray, log2p: np.ndarray) -> np.ndarray:
+def mean_offsets(q: np.ndarray, table: Any, base: Any, log2p: np.ndarray) -> np.ndarray:
     """Per-channel integer offsets o (int16, (c_y,)) for the mean base: o_c = the median of k − base over
     (a sample of) channel c's symbols (k = q − 127), kept where it lowers the channel's estimated code
     length under the tables (log2p: (256, 509) log2 probabilities) by more than its 3 bytes; all zero when
-    the total saving would not pay for coder 4's 2-byte count. Deterministic (the decoder only reads o)."""
+    the total saving would not pay for coder 4's 2-byte count. Deterministic (the decoder only reads o).
+    table and base: (c_y, h, w) arrays or lists of c_y arrays (h, w) (IntegerHyperDecoder.tables' split)."""
     cy = q.shape[0]
     n = q[0].size
     pick = np.unique(np.linspace(0, n - 1, min(n, OFFSET_SAMPLE)).astype(np.int64))
     k = q.reshape(cy, -1)[:, pick].astype(np.int64) - 127
-    b = base.reshape(cy, -1)[:, pick].astype(np.int64)
-    t = table.reshape(cy, -1)[:, pick]
+    b = np.stack([np.ravel(x)[pick] for x in base]).astype(np.int64)
+    t = np.stack([np.ravel(x)[pick] for x in table])
     o = np.clip(np.round(np.median(k - b, axis=1)), -OFFSET_MAX, OFFSET_MAX).astype(np.int64)
 
     def cost(shift: np.ndarray) -> np.ndarray:  # estimated bits of each channel's symbols, scaled to all n
@@ -424,11 +441,11 @@ def mean_offsets(q: np.ndarray, table: np.ndarray, base: np.ndarray, log2p: np.n
     return o.astype(np.int16)
 
 
-def apply_offsets(base: np.ndarray, offsets: np.ndarray) -> None:
-    """base (int8 or int16, (c_y, h, w)) += offsets per channel, clipped to ±127, in place (coder 4;
-    summed in int16, so an int8 base cannot wrap before the clip)."""
+def apply_offsets(base: Any, offsets: np.ndarray) -> None:
+    """base (int8 or int16, (c_y, h, w), or a list of c_y such arrays (h, w)) += offsets per channel, clipped
+    to ±127, in place (coder 4; summed in int16, so an int8 base cannot wrap before the clip)."""
     for c in np.flatnonzero(offsets):
-        base[c] = np.clip(base[c].astype(np.int16) + np.int16(offsets[c]), -127, 127)
+        base[c] = np.clip(base[c].astype(np.int16) + np.int16(offsets[c]), -127, 127).astype(base[c].dtype)
 
 
 def _split_offsets(payload: bytes, cy: int) -> tuple[bytes, np.ndarray]:
@@ -450,6 +467,17 @@ def _split_offsets(payload: bytes, cy: int) -> tuple[bytes, np.ndarray]:
     return payload[end:], offsets
 
 
+def _released_array(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+    """np.empty(shape, dtype), in its own anonymous memory map when it is 64 KiB or more, so that dropping it
+    gives its pages back to the OS at once: glibc serves blocks below its (adaptive, up to 32 MiB) mmap
+    threshold from the heap, which seldom shrinks, and freeing the split tables channel by channel would
+    then not lower the peak RSS (measured: 894 MB either way on a 178 Mpx image at 1/4)."""
+    n = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    if n < 1 << 16:
+        return np.empty(shape, dtype)
+    return np.frombuffer(mmap.mmap(-1, n), dtype=dtype).reshape(shape)
+
+
 def _base_off(base: np.ndarray, half: int) -> np.ndarray:
     """int8 base -> int16 q − d offset: q = d − 2·half + base + half = d + (base − half)."""
     return base.astype(np.int16) - np.int16(half)
@@ -466,11 +494,12 @@ def _group_starts(idx: np.ndarray, n: int) -> np.ndarray:
     return np.concatenate([[0], np.cumsum(counts)])
 
 
-def _group_chunks(idx: np.ndarray, start: np.ndarray) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+def _group_chunks(idx: np.ndarray, nxt: np.ndarray) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
     """The stable sort of idx by table (elements grouped by table, C order within a group: the coder-3
     order of codec/FORMAT.md) as a counting sort in chunks of GROUP_CHUNK: yields (a, o, dest) — the
-    chunk's element a + o[i] goes to grouped position dest[i]. Memory: a few arrays of one chunk."""
-    nxt = start[:-1].copy()
+    chunk's element a + o[i] goes to grouped position dest[i]. nxt (int64 (n,)): each group's next free
+    position, advanced in place (start[:-1].copy() for a whole array; kept across the parts of one that
+    comes in parts). Memory: a few arrays of one chunk."""
     n = nxt.size
     for a in range(0, idx.size, GROUP_CHUNK):
         part = idx[a:a + GROUP_CHUNK]
@@ -493,16 +522,16 @@ def _conv_blocks(a: np.ndarray, part: tuple, bias: np.ndarray, out_h: int, out_w
     at input (m + lo_y, n + lo_x) (zeros outside a): (row, acc) blocks of float64 integers (out, r, out_w)."""
     _, _, wmat, (kh, kw), (lo_y, lo_x) = part
     c, hh, ww = a.shape
-    need_h, need_w = out_h + kh - 1, out_w + kw - 1  # the input window [lo, lo + need)
-    src = np.zeros((c, need_h, need_w), dtype=a.dtype)
-    ys, xs = max(0, lo_y), max(0, lo_x)
-    ye, xe = min(hh, lo_y + need_h), min(ww, lo_x + need_w)
-    if ye > ys and xe > xs:
-        src[:, ys - lo_y:ye - lo_y, xs - lo_x:xe - lo_x] = a[:, ys:ye, xs:xe]
+    need_w = out_w + kw - 1  # the input window [lo, lo + need) of each block, zero-padded block by block
+    xs, xe = max(0, lo_x), min(ww, lo_x + need_w)
     step = rows or max(1, CHUNK_BYTES // (8 * out_w * wmat.shape[0]))
     for r0 in range(0, out_h, step):
         r1 = min(out_h, r0 + step)
-        win = np.lib.stride_tricks.sliding_window_view(src[:, r0:r1 + kh - 1], (kh, kw), axis=(1, 2))
+        src = np.zeros((c, r1 - r0 + kh - 1, need_w), dtype=a.dtype)  # input rows lo_y + r0 .. lo_y + r1 + kh - 1
+        ys, ye = max(0, lo_y + r0), min(hh, lo_y + r1 + kh - 1)
+        if ye > ys and xe > xs:
+            src[:, ys - lo_y - r0:ye - lo_y - r0, xs - lo_x:xe - lo_x] = a[:, ys:ye, xs:xe]
+        win = np.lib.stride_tricks.sliding_window_view(src, (kh, kw), axis=(1, 2))
         cols = win.transpose(1, 2, 0, 3, 4).reshape((r1 - r0) * out_w, -1).astype(np.float64)
         yield r0, (cols @ wmat + bias).T.reshape(-1, r1 - r0, out_w)  # exact: integers < 2^53
 

@@ -78,11 +78,11 @@ def test_interrupted_run_leaves_no_partial_files_and_resumes(tiny_model, src_tre
     model, out = tiny_model(1, 4), tmp_path / "lat"
     real, calls = Codec.symbols, []
 
-    def flaky(self, images):
+    def flaky(self, images, **kw):
         calls.append(1)
         if len(calls) == 2:
             raise KeyboardInterrupt
-        return real(self, images)
+        return real(self, images, **kw)
 
     monkeypatch.setattr(Codec, "symbols", flaky)
     assert run("compress", src_tree, "-m", model, "-o", out, "--batch-size", "4") == 130

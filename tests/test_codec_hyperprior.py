@@ -208,12 +208,21 @@ def test_grouping_by_table_in_chunks_is_the_stable_sort(hp_model, rgb_photos, mo
     monkeypatch.setattr(hyperprior, "GROUP_CHUNK", 97)
     start = hyperprior._group_starts(idx, 256)
     got = np.empty(idx.size, dtype=np.int64)
-    for a, o, dest in hyperprior._group_chunks(idx, start):
+    for a, o, dest in hyperprior._group_chunks(idx, start[:-1].copy()):
         got[dest] = a + o
     assert np.array_equal(got, np.argsort(idx, kind="stable"))
     codec = core.Codec(hp_model)
     q = codec.symbols(rgb_photos[1][:200, :150][None])[0]
     small = codec.em._encode_hyper(q)
+    # the encoder's per-channel tables (split): the same integers, and _group frees them channel by channel
+    z, table, base = codec.em._side(q)
+    _, tl, bl = codec.em._side(q, split=True)
+    assert len(tl) == q.shape[0] and all(np.array_equal(t, table[c]) and np.array_equal(b, base[c])
+                                         for c, (t, b) in enumerate(zip(tl, bl)))
+    start_a, grouped_a = codec.em._group(q, table, base)
+    start_l, grouped_l = codec.em._group(q, tl, bl)
+    assert np.array_equal(start_a, start_l) and np.array_equal(grouped_a, grouped_l)
+    assert tl == [None] * q.shape[0] and bl == [None] * q.shape[0]
     monkeypatch.setattr(hyperprior, "GROUP_CHUNK", 1 << 20)
     assert codec.em._encode_hyper(q) == small
     monkeypatch.setattr(hyperprior, "GROUP_CHUNK", 97)
@@ -515,6 +524,9 @@ def test_offsets_on_the_int8_base_clip_instead_of_wrapping():
     base = np.array([[[120, -120]], [[5, 6]], [[-100, 100]]], dtype=np.int8)
     apply_offsets(base, np.array([64, 0, -64], dtype=np.int16))
     assert base.dtype == np.int8 and base.tolist() == [[[127, -56]], [[5, 6]], [[-127, 36]]]
+    split = [np.array([[120, -120]], np.int8), np.array([[5, 6]], np.int8), np.array([[-100, 100]], np.int8)]
+    apply_offsets(split, np.array([64, 0, -64], dtype=np.int16))  # the encoder's per-channel base
+    assert [b.dtype for b in split] == [np.int8] * 3 and [b.tolist() for b in split] == [[[127, -56]], [[5, 6]], [[-127, 36]]]
 
 
 def test_coder_4_files_are_version_4_decode_and_refuse_bad_offsets(hp_model, rgb_photos, monkeypatch):

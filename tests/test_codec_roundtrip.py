@@ -151,6 +151,26 @@ def test_large_images_compress_from_pillows_memory(tiny_model, rgb_photos, tmp_p
 
 
 @pytest.mark.parametrize("workers", [1, 2])
+def test_tiled_symbols_can_be_gathered_packed(tiny_model, rgb_photos, workers):
+    """Codec.symbols(packed=True): a tiled image's symbols come back as PackedSymbols (rows of tiles
+    zstd-compressed as they finish, issue 17) that unpack to exactly the array path's symbols; an untiled
+    batch is the plain array; a band that never arrived is an error, not zeros."""
+    from aekit.codec.core import PackedSymbols
+
+    codec = Codec(tiny_model(3, 9), CodecConfig(full_res_max_pixels=50 * 50, tile_px=48, workers=workers))
+    image = rgb_photos[0][:300, :260]
+    want = codec.symbols(image[None])[0]
+    (got,) = codec.symbols([image], packed=True)
+    assert isinstance(got, PackedSymbols) and got.shape == want.shape and got.nbytes == want.nbytes
+    assert len(got._bands) > 2 and np.array_equal(np.asarray(got), want)
+    small = rgb_photos[1][:40, :40]
+    assert np.array_equal(codec.symbols(small[None], packed=True), codec.symbols(small[None]))
+    del got._bands[min(got._bands)]
+    with pytest.raises(CodecError, match="cover"):
+        np.asarray(got)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
 def test_folder_compress_lets_go_of_the_pixels_before_coding(tiny_model, rgb_photos, tmp_path, monkeypatch, workers):
     """No reference to a loaded image outlives its encoder pass: when the entropy coder runs (Codec.pack), the
     pixels (a tiled image's LazyPixels, or a small image's array) are already freed, with one worker (flush runs
@@ -184,6 +204,8 @@ def test_folder_compress_lets_go_of_the_pixels_before_coding(tiny_model, rgb_pho
     monkeypatch.setattr(Codec, "pack", pack)
     report = jobs.compress_tree(src, tmp_path / "out", codec, jobs.JobConfig(workers=workers, window=1, progress=False))
     assert report.ok == 2 and len(loaded) == 2 and live_at_pack == [[False], [False]]
+    compress_file(src / "big.png", tmp_path / "one.ael", codec)  # the API too: the pixels go before the coder
+    assert live_at_pack[-1] == [False, False]
 
 
 def test_write_png_rows_round_trips_and_refuses_wrong_bands():
