@@ -6,8 +6,10 @@ one ONNX call. Every output is written to a temp name, fsynced and renamed, so a
 run leaves no partial files (temp files of a killed run are removed by the next one).
 Resume: a ledger in the output folder (.aekit-outputs.jsonl) records what made each output
 (source path, size and mtime; job, model id, levels, output format); a rerun skips outputs
-whose record matches and redoes stale ones (changed source, other model or settings, no record).
-Two sources that map to one output name are reported on every run, not only the first.
+whose record matches and redoes stale ones (changed source, other model or settings); an existing
+file with no record (not written by an aekit job there) is not replaced without --overwrite, and an
+output that is its own source never is. Two sources that map to one output name are reported on
+every run, not only the first.
 """
 
 from __future__ import annotations
@@ -67,13 +69,14 @@ class JobReport:
     verb: str  # "compressed" | "decompressed"
     ok: int = 0
     skipped: int = 0  # outputs that already existed and are up to date (resume)
-    stale: int = 0  # existing outputs redone: source changed, other model/settings, or no record
+    stale: int = 0  # existing outputs redone: source changed, or other model/settings
     ignored: int = 0  # files of other kinds in the tree (not images / not .ael)
     failed: list[str] = field(default_factory=list)  # one line per failed file
     bytes_in: int = 0  # input file bytes of processed files
     bytes_out: int = 0  # output file bytes written
     pixel_bytes: int = 0  # raw pixel bytes (H * W * C of the original images)
     seconds: float = 0.0
+    empty_source: str = ""  # a source folder with no file of this job's kind (a warning, not an error)
 
     def summary(self) -> str:
         t = max(self.seconds, 1e-9)
@@ -92,6 +95,10 @@ class JobReport:
 
     def warnings(self) -> list[str]:
         """What a user must hear about the result beyond the counts (one line each)."""
+        if self.empty_source:
+            kind = ".ael files" if self.verb == "decompressed" else "images"
+            other = f" ({self.ignored} other files ignored)" if self.ignored else ""
+            return [f"{self.empty_source}: no {kind} found{other}; nothing was {self.verb}"]
         if self.verb == "compressed" and self.ok and self.bytes_out > self.bytes_in:
             return [f"the latent files ({self.bytes_out / 1e6:.2f} MB) are larger than the source files "
                     f"({self.bytes_in / 1e6:.2f} MB): this model and quality save nothing over the sources' "
@@ -118,28 +125,35 @@ class Ledger:
     """What made each output of a folder job, so a rerun redoes exactly the stale outputs.
 
     One JSON line per output written: {"out": path relative to the ledger's folder, "src":
-    absolute source path, "size", "mtime_ns", "recipe": {job, model, levels, ...}}. Lines are
+    absolute source path, "size", "mtime_ns", "recipe": {job, model, levels, ...}}, and before
+    outputs are written, an intent line {"intent": true, "out": ...} for each (see intend). Lines are
     appended as outputs land (a killed run keeps what it finished) and the file is compacted,
-    atomically, when the job ends. An output without a matching record is redone.
+    atomically, when the job ends. An output whose record does not match is redone; an existing file
+    with neither line is someone else's and is not replaced (see known).
     """
 
     def __init__(self, root: Path, recipe: dict):
         self.root, self.recipe, self.path = root, recipe, root / LEDGER
         self.lock = threading.Lock()
         self.records: dict[str, dict] = {}
+        self.intents: set[str] = set()  # outputs a run set out to write (write-ahead; see intend)
         try:
             lines = self.path.read_text(encoding="utf-8").splitlines()
         except (FileNotFoundError, NotADirectoryError):
             lines = []
         except (OSError, UnicodeDecodeError) as e:
-            log.warning("%s: unreadable (%s); every existing output is redone", display(self.path), e)
+            log.warning("%s: unreadable (%s); existing outputs are not replaced without --overwrite",
+                        display(self.path), e)
             lines = []
         for line in lines:
             try:
                 rec = json.loads(line)
-                self.records[rec["out"]] = rec
-            except (ValueError, KeyError, TypeError):
-                continue  # the torn last line of a killed run, or foreign text: that output is redone
+                if rec.get("intent"):
+                    self.intents.add(rec["out"])
+                else:
+                    self.records[rec["out"]] = rec
+            except (ValueError, KeyError, TypeError, AttributeError):
+                continue  # the torn last line of a killed run (its intent line remains), or foreign text
 
     def key(self, dst: Path) -> str:
         return os.path.relpath(dst, self.root)
@@ -160,6 +174,28 @@ class Ledger:
         return rec is not None and {k: rec.get(k) for k in ("src", "size", "mtime_ns", "recipe")} == {
             **item.stamp, "recipe": self.recipe}
 
+    def known(self, dst: Path) -> bool:
+        """Has a run of this folder's jobs written dst (a record, fresh or stale, or the intent line of a
+        run killed before its record landed)? Files without one are someone else's: a job does not
+        replace them unless told to (--overwrite)."""
+        k = self.key(dst)
+        return k in self.records or k in self.intents
+
+    def intend(self, dsts: list[Path]) -> None:
+        """Write-ahead: append {"out": ..., "intent": true} for outputs about to be written, before any of
+        them lands, so an output whose record a killed run never appended is still known as ours."""
+        keys = [k for k in dict.fromkeys(self.key(d) for d in dsts) if k not in self.intents]
+        if not keys:
+            return
+        with self.lock:
+            self.intents.update(keys)
+            try:
+                self.root.mkdir(parents=True, exist_ok=True)
+                with open(self.path, "a", encoding="utf-8") as f:
+                    f.write("".join(json.dumps({"intent": True, "out": k}, sort_keys=True) + "\n" for k in keys))
+            except OSError as e:  # the outputs' own writes will report an unwritable folder, file by file
+                log.warning("%s: intent lines not written (%s)", display(self.path), e)
+
     def add(self, item: Item) -> None:
         if item.stamp is None:
             return
@@ -175,6 +211,8 @@ class Ledger:
         """Rewrite with one line per output that still exists (atomic; a failure only logs)."""
         with self.lock:
             keep = [r for k, r in sorted(self.records.items()) if (self.root / k).exists()]
+            keep += [{"intent": True, "out": k} for k in sorted(self.intents - self.records.keys())
+                     if (self.root / k).exists()]  # written by a killed run, never recorded: still ours
             if not keep and not self.path.exists():
                 return
             try:
@@ -222,10 +260,14 @@ def plan(src: Path, dst: Path, want: Callable[[Path], bool], out_name: Callable[
     """(count of wanted files, stream of Items); single files map to a file or into a folder."""
     if src.is_file():
         target = dst if (dst.suffix and not dst.is_dir()) else dst / out_name(Path(src.name))
+        _output_folder(target.parent)
         return 1, iter([Item(src, target)])
     if not src.is_dir():
         raise FileNotFoundError(f"{src}: no such file or folder")
+    _output_folder(dst)
     total = sum(1 for p, _ in walk(src, want) if p is not None)  # paths only, not kept
+    if total == 0:
+        report.empty_source = display(src)
 
     def items() -> Iterator[Item]:
         for p, rel in walk(src, want):
@@ -235,6 +277,17 @@ def plan(src: Path, dst: Path, want: Callable[[Path], bool], out_name: Callable[
                 yield Item(p, dst / out_name(rel))
 
     return total, items()
+
+
+def _output_folder(folder: Path) -> None:
+    """Make a job's output folder before any work: a path that is a file, or cannot be made, is one
+    ValueError naming it (exit 2), not one failure per source after every file was encoded."""
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"{display(folder)}: exists and is not a folder (a folder job writes into a folder)")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"{display(folder)}: cannot make the output folder ({e.strerror or e})") from None
 
 
 def is_latent_name(p: Path) -> bool:
@@ -299,6 +352,7 @@ class _Pipeline:
         self._loaded_lock = threading.Lock()
         self._collect = threading.local()  # a compute thread's writes, replayed by the main thread
         self._failed_seq: list[int] = []  # source order of report.failed lines
+        self._intents: list[Path] = []  # outputs set out to be written, not yet in the ledger (see Ledger.intend)
 
     def fail(self, item: Item, exc: Exception) -> None:
         """Record one failed file as one line naming it (unexpected error types are named too)."""
@@ -321,6 +375,9 @@ class _Pipeline:
         if collected is not None:  # in a compute thread: the main thread submits it, in order
             collected.append((item, make_bytes, part, pixel_bytes))
             return
+        if self.ledger and self._intents:  # one append for every output claimed since the last write
+            self.ledger.intend(self._intents)
+            self._intents = []
         self.writes.append((item, self.pool.submit(self._write_job(item, make_bytes, part)), pixel_bytes))
         while len(self.writes) > self.jcfg.window:
             self.finish_write()
@@ -448,11 +505,21 @@ class _Pipeline:
                     continue
                 fresh = self.ledger.fresh(item) if self.ledger else True  # also stamps the source
                 if item.dst.exists():
+                    if _same_file(item.dst, item.src):  # even with --overwrite: sources are never touched
+                        self.fail(item, ValueError(f"{display(item.src)}: its output {display(item.dst)} is the "
+                                                   "source itself; choose another -o"))
+                        continue
                     if fresh and not self.jcfg.overwrite:
                         self.report.skipped += 1
                         self.bar.update(1)
                         continue
+                    if not self.jcfg.overwrite and self.ledger and not self.ledger.known(item.dst):
+                        self.fail(item, ValueError(
+                            f"{display(item.src)}: its output {display(item.dst)} exists and was not written by "
+                            f"an aekit job here (no record in {LEDGER}): not replaced; --overwrite replaces it"))
+                        continue
                     self.report.stale += not self.jcfg.overwrite
+                self._intents.append(item.dst)
                 loads.append((item, self._load(load, item)))
                 # read-ahead bounded by files and by the bytes of what has been loaded
                 while len(loads) > self.jcfg.window or (loads and self.loaded > self.jcfg.held_bytes):
@@ -514,6 +581,13 @@ class _Pipeline:
             with self._loaded_lock:
                 self.loaded -= item.loaded
                 item.loaded = 0
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
 
 
 # Public names of the folder-job machinery, for jobs built on it elsewhere (aekit.codec.denoise).

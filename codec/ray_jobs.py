@@ -95,19 +95,23 @@ class RayLedger(Ledger):
             super().__init__(Path(root), recipe)
             return
         self.root, self.recipe, self.path = root, recipe, posixpath.join(root, LEDGER)
-        self.lock, self.records = threading.Lock(), {}
+        self.lock, self.records, self.intents = threading.Lock(), {}, set()
         try:
             text = self.fs_out.cat_file(self.path).decode("utf-8")
         except FileNotFoundError:
             text = ""
         except (OSError, UnicodeDecodeError) as e:
-            log.warning("%s: unreadable (%s); every existing output is redone", self.path, e)
+            log.warning("%s: unreadable (%s); existing outputs are not replaced without --overwrite",
+                        self.path, e)
             text = ""
         for line in text.splitlines():
             try:
                 rec = json.loads(line)
-                self.records[rec["out"]] = rec
-            except (ValueError, KeyError, TypeError):
+                if rec.get("intent"):
+                    self.intents.add(rec["out"])
+                else:
+                    self.records[rec["out"]] = rec
+            except (ValueError, KeyError, TypeError, AttributeError):
                 continue  # a torn or foreign line: that output is redone
 
     def is_fresh(self, src: str, out: str, info: dict) -> bool:
@@ -117,6 +121,19 @@ class RayLedger(Ledger):
         fresh = self.fresh(item)
         self.pending[out] = item
         return fresh
+
+    def known_out(self, out: str) -> bool:
+        """engine_ray.list_tree's known(): does the ledger have a record (or intent) for this output path?"""
+        return self.known(Path(out))
+
+    def intend(self, dsts: list[Path]) -> None:
+        """Ledger.intend: every output of the listing, once, before the workers write any (their records
+        come back to the driver later, so a killed run can leave many outputs with no record)."""
+        if self.local_out:
+            return super().intend(dsts)
+        with self.lock:
+            self.intents.update(self.key(d) for d in dsts)
+        self._save()
 
     def done(self, out: str) -> None:
         """out was written: record what made it."""
@@ -155,6 +172,8 @@ class RayLedger(Ledger):
         with self.lock:
             recs = [r for k, r in sorted(self.records.items())
                     if keep is None or posixpath.join(self.root, k) in keep]
+            recs += [{"intent": True, "out": k} for k in sorted(self.intents - self.records.keys())
+                     if keep is None or posixpath.join(self.root, k) in keep]
             self.unsaved = 0
         if not recs and not self.fs_out.exists(self.path):
             return
@@ -253,6 +272,8 @@ def _local_abs(p: str | Path) -> str:
 def _report(verb: str, job: Any, listing, rcfg: RayConfig, ledger: RayLedger | None = None) -> JobReport:
     report, t0 = JobReport(verb), time.monotonic()
     report.skipped, report.stale, report.ignored = listing.skipped, listing.stale, listing.ignored
+    if ledger is not None and listing.todo:
+        ledger.intend([Path(out) for _, _, out in listing.todo])
     for line in listing.failed:
         report.failed.append(line)
         log.error("failed: %s", line)
@@ -283,7 +304,7 @@ def compress_tree_ray(src: str, dst: str, model: str | Path, cfg: CodecConfig | 
     codec = Codec(job.model, cfg)  # a bad model or --levels fails here, once, before any file is read
     ledger = RayLedger(str(src), str(dst), recipe("compress", codec))
     listing = list_tree(str(src), str(dst), lambda rel: is_image_name(Path(rel)), lambda rel: rel + SUFFIX,
-                        rcfg.overwrite, fresh=ledger.is_fresh)
+                        rcfg.overwrite, fresh=ledger.is_fresh, known=ledger.known_out)
     return _report("compressed", job, listing, rcfg, ledger)
 
 
@@ -295,5 +316,5 @@ def decompress_tree_ray(src: str, dst: str, models: list[str | Path] | None = No
     ledger = RayLedger(str(src), str(dst), recipe("decompress", out_format=out_format))
     listing = list_tree(str(src), str(dst), lambda rel: rel.endswith(SUFFIX),
                         lambda rel: str(decoded_name(Path(rel), out_format)), rcfg.overwrite,
-                        clash_hint="use --format same", fresh=ledger.is_fresh)
+                        clash_hint="use --format same", fresh=ledger.is_fresh, known=ledger.known_out)
     return _report("decompressed", job, listing, rcfg, ledger)

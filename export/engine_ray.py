@@ -154,14 +154,17 @@ def output_root(src: str, dst: str) -> tuple[Any, str]:
 
 def list_tree(src: str, dst: str | None, want: Callable[[str], bool], out_name: Callable[[str], str],
               overwrite: bool = False, clash_hint: str = "",
-              fresh: Callable[[str, str, dict], bool] | None = None) -> Listing:
+              fresh: Callable[[str, str, dict], bool] | None = None,
+              known: Callable[[str], bool] | None = None) -> Listing:
     """Plan a job: wanted files under src (sorted, hidden ones ignored) and their outputs under dst.
 
     Mirrors the local engine: a single file maps to dst (a file name) or into dst (a folder);
     two sources with one output fail the second; an existing output is skipped unless overwrite
     or stale. fresh(source path, output path, the source's listing entry) decides staleness (the
     resume ledger, aekit.codec.ray_jobs.RayLedger; it also stamps every source, as the local
-    engine does); without it every existing output counts as up to date.
+    engine does); without it every existing output counts as up to date. known(output path): was it
+    written by an aekit job (a ledger record)? An existing output that was not, or that is its own
+    source, fails instead of being replaced (the first unless overwrite, the second always).
     """
     fs_in, root = filesystem(src)
     fs_out, out_root = filesystem(dst) if dst is not None else (None, "")
@@ -195,8 +198,15 @@ def list_tree(src: str, dst: str | None, want: Callable[[str], bool], out_name: 
         claimed[out] = name
         up_to_date = fresh(path, out, info) if fresh and out else True  # after the clash check, as locally
         if out and out in existing:  # one listing of DST, not a request per file
+            if out == path:
+                listing.failed.append(f"{name}: its output {out} is the source itself; choose another -o")
+                continue
             if up_to_date and not overwrite:
                 listing.skipped += 1
+                continue
+            if not overwrite and known is not None and not known(out):
+                listing.failed.append(f"{name}: its output {out} exists and was not written by an aekit job here "
+                                      "(no record in .aekit-outputs.jsonl): not replaced; --overwrite replaces it")
                 continue
             listing.stale += not overwrite
         listing.todo.append((name, path, out))

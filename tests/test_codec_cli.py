@@ -72,6 +72,70 @@ def test_resume_skips_existing_and_overwrite_replaces(tiny_model, src_tree, tmp_
     assert "compressed 24 files, skipped 0 existing" in capsys.readouterr().err
 
 
+def test_jobs_never_replace_files_they_did_not_write(tiny_model, src_tree, tmp_path, capsys):
+    """Decompressing into the folder of the originals, compressing a file onto itself or onto someone
+    else's file: each such output fails with one line and is left as it was (exit 2); --overwrite replaces
+    files without a ledger record, never a source itself. An output whose record a killed run never wrote
+    (only its write-ahead intent line) is still redone on resume."""
+    from aekit.codec.jobs import LEDGER
+
+    model, lat = tiny_model(1, 4), tmp_path / "lat"
+    coins = src_tree / "coins"
+    assert run("compress", coins, "-m", model, "-o", lat) == 0
+    orig = tmp_path / "orig"
+    shutil.copytree(coins, orig)
+    before = tree_hash(orig)
+    capsys.readouterr()
+    assert run("decompress", lat, "-o", orig, "-m", model.parent) == 2
+    err = capsys.readouterr().err
+    assert "decompressed 0 files, skipped 0 existing, 12 failed" in err
+    assert "exists and was not written by an aekit job here" in err and "--overwrite replaces it" in err
+    assert tree_hash(orig) == before  # the originals are untouched
+    assert run("decompress", lat, "-o", orig, "-m", model.parent, "--overwrite") == 0  # asked for: replaced
+    assert tree_hash(orig) != before
+
+    one = tmp_path / "one.png"
+    shutil.copy(next(coins.glob("*.png")), one)
+    data = one.read_bytes()
+    for extra in ([], ["--overwrite"]):
+        assert run("compress", one, "-m", model, "-o", one, *extra) == 2
+        assert "is the source itself" in capsys.readouterr().err and one.read_bytes() == data
+    other = tmp_path / "other.ael"
+    other.write_bytes(b"someone else's file")
+    assert run("compress", one, "-m", model, "-o", other) == 2
+    assert other.read_bytes() == b"someone else's file"
+
+    # killed between an output landing and its record: the intent line written before it makes it ours
+    first = sorted(lat.rglob("*.ael"))[0]
+    key = str(first.relative_to(lat))
+    lines = [ln for ln in (lat / LEDGER).read_text().splitlines() if json.loads(ln)["out"] != key]
+    (lat / LEDGER).write_text("".join(ln + "\n" for ln in lines) + json.dumps({"intent": True, "out": key}) + "\n")
+    capsys.readouterr()
+    assert run("compress", coins, "-m", model, "-o", lat) == 0
+    assert "compressed 1 files (redid 1 stale), skipped 11 existing, 0 failed" in capsys.readouterr().err
+    recs = [json.loads(ln) for ln in (lat / LEDGER).read_text().splitlines()]
+    assert len(recs) == 12 and not any(r.get("intent") for r in recs)  # compacted: whole records only
+
+
+def test_bad_output_folder_empty_source_and_option_bounds(tiny_model, src_tree, tmp_path, capsys):
+    """A folder job whose -o is a file fails at once with one line (no file encoded); a source folder
+    without a single image warns; budgets and counts below their bounds are usage errors (exit 2)."""
+    model = tiny_model(1, 4)
+    (tmp_path / "taken.txt").write_text("x")
+    assert run("compress", src_tree, "-m", model, "-o", tmp_path / "taken.txt") == 2
+    err = capsys.readouterr().err
+    assert "taken.txt: exists and is not a folder" in err and "compressed" not in err
+    empty = tmp_path / "notes"
+    empty.mkdir()
+    (empty / "a.txt").write_text("no images here")
+    assert run("compress", empty, "-m", model, "-o", tmp_path / "lat") == 0
+    assert "warning: " in (err := capsys.readouterr().err) and "no images found (1 other files ignored)" in err
+    for opt, value in (("--memory-mb", "1"), ("--workers", "-1"), ("--batch-size", "0")):
+        with pytest.raises(SystemExit) as e:
+            run("compress", src_tree, "-m", model, "-o", tmp_path / "x", opt, value)
+        assert e.value.code == 2 and opt in capsys.readouterr().err
+
+
 def test_interrupted_run_leaves_no_partial_files_and_resumes(tiny_model, src_tree, tmp_path, monkeypatch):
     from aekit.codec.core import Codec
 

@@ -89,6 +89,20 @@ def test_rerun_resumes_and_leaves_existing_outputs(ray_cluster, tiny_model, src_
     assert "compressed 41 files, skipped 0 existing" in capsys.readouterr().err
 
 
+def test_ray_never_replaces_files_it_did_not_write(ray_cluster, tiny_model, src_tree, tmp_path, capsys):
+    """As the local engine: decompressing into the originals' folder fails each file with one line and
+    leaves the originals as they were, unless --overwrite."""
+    model, lat, orig = tiny_model(1, 4), tmp_path / "lat", tmp_path / "orig"
+    shutil.copytree(src_tree / "coins", orig, ignore=shutil.ignore_patterns("camera.png"))  # 20 small images
+    assert main(["compress", str(orig), "-m", str(model), "-o", str(lat), "--engine", "ray"]) == 0
+    before = tree(orig)
+    capsys.readouterr()
+    assert main(["decompress", str(lat), "-o", str(orig), "-m", str(model.parent), "--engine", "ray"]) == 2
+    err = capsys.readouterr().err
+    assert "decompressed 0 files, skipped 0 existing, 20 failed" in err and "was not written by an aekit job" in err
+    assert tree(orig) == before
+
+
 def summary(err: str) -> str:
     return [ln for ln in err.splitlines() if " files" in ln and "skipped" in ln][-1]
 
@@ -113,8 +127,9 @@ def test_kill_and_resume_redoes_stale_outputs_as_the_local_engine(ray_cluster, t
     changed = src / names[0].removesuffix(".ael")
     Image.fromarray(np.zeros((28, 28), np.uint8)).save(changed)
     os.utime(changed, ns=(time.time_ns(), time.time_ns() + 10**9))  # a new mtime even on coarse clocks
-    unrecorded = json.loads(recs[1])["out"]  # killed between writing it and recording it
-    (out / LEDGER).write_text("".join(r + "\n" for r in recs if json.loads(r)["out"] != unrecorded) + recs[1][:25])
+    unrecorded = json.loads(recs[1])["out"]  # killed between writing it and recording it: only its intent line
+    (out / LEDGER).write_text("".join(r + "\n" for r in recs if json.loads(r)["out"] != unrecorded)
+                              + json.dumps({"intent": True, "out": unrecorded}) + "\n" + recs[1][:25])
     (out / names[2]).unlink()
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()  # a PID that no longer runs

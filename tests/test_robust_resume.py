@@ -71,12 +71,22 @@ def test_resume_redoes_what_is_stale(tiny_model, tmp_path, capsys):
     assert run("compress", src, "-m", tiny_model(1, 9), "-o", out, "--levels", "16") == 0
     assert "redid 6 stale" in summary(capsys)
 
-    # outputs without a record (ledger lost, or a torn last line) are redone, never trusted
+    # a killed run's last records torn or missing: their intent lines (written before the outputs) make
+    # the outputs ours, so they are redone, never trusted
     lines = (out / LEDGER).read_text().splitlines()
     assert len(lines) == 6  # compacted: one line per output
-    (out / LEDGER).write_text("\n".join(lines[:4]) + "\n" + lines[4][:20])
+    intents = "".join(json.dumps({"intent": True, "out": json.loads(ln)["out"]}) + "\n" for ln in lines[4:])
+    (out / LEDGER).write_text("\n".join(lines[:4]) + "\n" + intents + lines[4][:20])
     assert run("compress", src, "-m", tiny_model(1, 9), "-o", out, "--levels", "16") == 0
     assert "compressed 2 files (redid 2 stale), skipped 4 existing" in summary(capsys)
+
+    # the ledger lost: the outputs are nobody's as far as a job can tell, so they are left alone (one line
+    # each, exit 2) until --overwrite
+    (out / LEDGER).unlink()
+    before = mtimes(out)
+    assert run("compress", src, "-m", tiny_model(1, 9), "-o", out, "--levels", "16") == 2
+    assert "compressed 0 files, skipped 0 existing, 6 failed" in summary(capsys) and mtimes(out) == before
+    assert run("compress", src, "-m", tiny_model(1, 9), "-o", out, "--levels", "16", "--overwrite") == 0
 
 
 def test_two_sources_one_output_reported_on_every_run(tiny_model, tmp_path, capsys):
