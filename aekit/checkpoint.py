@@ -5,6 +5,8 @@ A checkpoint rebuilds its model alone: `model, ckpt = load_model("runs/x/best.pt
 
 from __future__ import annotations
 
+import warnings
+
 from pathlib import Path
 from typing import Any
 
@@ -44,16 +46,29 @@ def load_state_file(path: str | Path, what: str) -> dict[str, Any]:
     return state
 
 
+def _load_failure(e: Exception) -> str:
+    """torch.load's exception -> a short reason without torch's advice to the reader (which points at
+    torch's issue tracker or at weights_only=False, neither of which a user of a checkpoint should do)."""
+    text = str(e)
+    if "zip archive" in text or "central directory" in text:
+        return "truncated or corrupt: not a complete torch zip file"
+    if "Unpickler error" in text:
+        after = [ln.strip() for ln in text.split("Unpickler error:", 1)[1].splitlines() if ln.strip()]
+        detail = after[0] if after and not after[0].startswith("Check the documentation") else ""
+        return "it holds objects other than tensors and plain values" + (f": {detail}" if detail else "")
+    return f"not a torch file ({type(e).__name__})"
+
+
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's notes on pickle protocols are not the user's business
+            warnings.simplefilter("ignore")
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-        why = next((ln for ln in lines if "Unpickler error" in ln), lines[0] if lines else type(e).__name__)
-        raise CheckpointError(f"{path}: not a readable aekit checkpoint ({why})") from None
+        raise CheckpointError(f"{path}: not a readable aekit checkpoint ({_load_failure(e)})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path}: not an aekit checkpoint (no '{CHECKPOINT_FORMAT}' header)")
     if ckpt.get("version") != CHECKPOINT_VERSION:

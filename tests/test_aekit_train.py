@@ -89,6 +89,16 @@ def test_corrupt_and_foreign_checkpoints(tmp_path):
         load_checkpoint(tmp_path / "foreign.pt")
     with pytest.raises(CheckpointError, match="missing.pt: checkpoint not found"):
         load_checkpoint(tmp_path / "missing.pt")
+    # the reason is ours, in one line: not torch's advice to file an issue or to load with weights_only=False
+    import pickle
+
+    (tmp_path / "objects.pt").write_bytes(pickle.dumps({"a": object}))
+    torch.save({"a": 1}, tmp_path / "whole.pt")
+    (tmp_path / "cut.pt").write_bytes((tmp_path / "whole.pt").read_bytes()[:200])
+    for name, why in (("objects.pt", "holds objects other than tensors"), ("cut.pt", "truncated or corrupt")):
+        with pytest.raises(CheckpointError, match=f"{name}: not a readable aekit checkpoint") as e:
+            load_checkpoint(tmp_path / name)
+        assert why in str(e.value) and "issue" not in str(e.value) and "\n" not in str(e.value)
 
 
 def test_images_over_the_cache_budget_are_reread_identically(gray_dir):
