@@ -18,6 +18,23 @@ EXIT_DOC = "Exit codes: 0 all files done (or skipped as existing); 2 usage error
 FMT = argparse.ArgumentDefaultsHelpFormatter
 
 
+MIN_MEMORY_MB = 64  # below this every call is cut into tiny tiles (1 MiB made a 512² folder 18x slower)
+
+
+def at_least(low: int, what: str = ""):
+    """argparse type: an int >= low, else a usage error naming the bound (and why, if `what`)."""
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if v < low:
+            raise argparse.ArgumentTypeError(f"{v} is below {low}{what}")
+        return v
+
+    return parse
+
+
 def common(p: argparse.ArgumentParser) -> None:
     """Options of every folder job (compress, decompress, denoise): resume, batching, workers, memory, limits."""
     from aekit.codec.core import CodecConfig
@@ -30,22 +47,23 @@ def common(p: argparse.ArgumentParser) -> None:
                    help="skip outputs that the folder's ledger shows were made from the same source with the same "
                         "model and settings, so an interrupted run resumes; others are redone (always on unless "
                         "--overwrite)")
-    p.add_argument("--batch-size", type=int, default=c.batch_size,
+    p.add_argument("--batch-size", type=at_least(1), default=c.batch_size,
                    help="images of equal size per ONNX call at most (fewer when --memory-mb says so)")
-    p.add_argument("--workers", type=int, default=j.workers,
+    p.add_argument("--workers", type=at_least(0), default=j.workers,
                    help="model calls at once over images and tiles, one onnxruntime thread each "
                         "(0: the usable cores); outputs are the same for any number")
-    p.add_argument("--memory-mb", type=int, default=c.memory_mb,
+    p.add_argument("--memory-mb", type=at_least(MIN_MEMORY_MB, " (smaller budgets cut every image into tiny tiles)"),
+                   default=c.memory_mb,
                    help="MiB of estimated model activations at once (CPU): batches are sized so one call takes "
                         "at most half, a large image's tiles a quarter of what its decoded pixels leave (at least "
                         "a sixteenth), and calls wait for room")
-    p.add_argument("--held-mb", type=int, default=j.held_mb,
+    p.add_argument("--held-mb", type=at_least(1), default=j.held_mb,
                    help="MiB of decoded files read ahead or waiting for a batch")
     p.add_argument("--smallest", action="store_true",
                    help=f"spend time for smaller files: zstd trial at level {ZSTD_LEVEL_SMALLEST} instead of "
                         f"{ZSTD_LEVEL} (compress), PNG zlib level 9 instead of 1 (decompress; same pixels)")
     p.add_argument("--device", choices=("auto", "cuda", "cpu"), default=c.device)
-    p.add_argument("--threads", type=int, default=None,
+    p.add_argument("--threads", type=at_least(0), default=None,
                    help=f"onnxruntime intra-op threads per call, spinning off (0: every core; default {c.threads}, "
                         "with --engine ray the actor's CPUs); more workers beat more threads on shared cores")
     p.add_argument("--tile", type=int, default=c.tile_px,
@@ -141,11 +159,13 @@ def job_configs(args: argparse.Namespace):
 
 
 def _finish(report) -> int:
-    import sys
+    """The summary (info: `aekit -q` drops it) and the report's warnings (kept by -q) on stderr; the exit code."""
+    import logging
 
-    print(report.summary(), file=sys.stderr)
+    log = logging.getLogger("aekit.codec")
+    log.info("%s", report.summary())
     for line in report.warnings():
-        print(f"warning: {line}", file=sys.stderr)
+        log.warning("warning: %s", line)
     return EXIT_ERROR if report.failed else EXIT_OK
 
 

@@ -53,7 +53,8 @@ def load_manifest(model_dir: str | Path) -> dict[str, Any]:
     d = Path(model_dir)
     path = d if d.is_file() else d / MANIFEST_NAME
     if not path.is_file():
-        raise ModelError(f"{d}: not an aekit model folder (no {MANIFEST_NAME}); export one with `aekit export`"
+        what = f"not an aekit model folder (no {MANIFEST_NAME})" if d.exists() else "no such model or folder"
+        raise ModelError(f"{d}: {what}; export one with `aekit export`"
                          f" or name a shipped model ({', '.join(zoo.names()) or 'none installed'}: `aekit models`)")
     try:
         size = path.stat().st_size
@@ -198,15 +199,22 @@ def _fp32_layers(int8: dict[str, Any]) -> str:
     return f"; the encoder's output layer {', '.join(nodes)} kept in fp32" if nodes else ""
 
 
+def _card(m: dict[str, Any]) -> dict[str, Any]:
+    """The model card (card.json) beside a manifest, or {} (only zoo models have one)."""
+    try:
+        card = json.loads((Path(m["_dir"]) / "card.json").read_text()) if m.get("_dir") else {}
+    except (OSError, ValueError):
+        return {}
+    return card if isinstance(card, dict) else {}
+
+
 def _describe_speed(m: dict[str, Any]) -> list[str]:
-    """`aekit info` lines for the optional "graph", "speed" and "int8" sections (a shipped model's
-    card.json beside the manifest supplies "speed" when the manifest predates it)."""
-    lines, sp = [], m.get("speed")
-    if not isinstance(sp, dict) and m.get("_dir"):
-        try:
-            sp = json.loads((Path(m["_dir"]) / "card.json").read_text()).get("speed")
-        except (OSError, ValueError, AttributeError):
-            sp = None
+    """`aekit info` lines for the optional "graph", "speed" and "int8" sections. A shipped model's
+    card.json supplies "speed" when it has one: the card's is re-measured on a quiet machine (as
+    `aekit models show` prints it), the manifest's at export time, whatever ran beside it."""
+    lines, sp = [], _card(m).get("speed")
+    if not isinstance(sp, dict) or not isinstance(sp.get("gflop_per_mp"), dict):
+        sp = m.get("speed")
     if isinstance(sp, dict) and isinstance(sp.get("gflop_per_mp"), dict):
         g, r = sp["gflop_per_mp"], sp.get("mp_per_s") or {}
         on = sp.get("measured_on") or {}
@@ -257,9 +265,14 @@ def describe(m: dict[str, Any]) -> str:
                      f"encoder {v.get('encoder_max_abs_err'):.2e}, decoder {v.get('decoder_max_abs_err'):.2e}")
     lines += _describe_speed(m)
     if tr:
+        whole = _card(m).get("training") or {}
+        stages = (f" (its last stage; {whole['epochs']} epochs, {whole['time_s']} s over all stages: "
+                  "aekit models show)") if isinstance(whole, dict) and whole.get("epochs") and whole.get("time_s") \
+            and whole["epochs"] != tr.get("epochs") else ""
         lines.append(f"trained      on {tr.get('data')} ({tr.get('n_train')} train / {tr.get('n_val')} val images), "
                      f"{tr.get('epochs')} epochs, loss {tr.get('loss')}, best val PSNR "
-                     f"{tr.get('best_val_psnr', float('nan')):.2f} dB, {tr.get('train_time_s')} s on {tr.get('device')}")
+                     f"{tr.get('best_val_psnr', float('nan')):.2f} dB, {tr.get('train_time_s')} s on {tr.get('device')}"
+                     + stages)
         if tr.get("classes"):
             lines.append(f"classes      {', '.join(tr['classes'])}")
     if m.get("calibration"):

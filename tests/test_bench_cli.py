@@ -147,7 +147,7 @@ def test_bad_arguments_are_usage_errors(tiny_model, capsys):
     rc, _, err = bench(capsys, tiny_model(1, 4), "--backend", "tpu", *FAST)
     assert rc == 2 and "unknown backend 'tpu'" in err
     rc, _, err = bench(capsys, Path("/nonexistent/model"), *FAST)
-    assert rc == 2 and "not an aekit model folder" in err
+    assert rc == 2 and "no such model or folder" in err
 
 
 def test_folder_stage_runs_the_codec_as_subprocesses(tiny_model, gray_dir):

@@ -181,7 +181,7 @@ def test_bad_input_messages(model, normal, tmp_path, capsys, photos_dir):
     assert rc == 2 and "--class NAME" in err
     # a missing model folder or source
     rc, _, err = run(capsys, "screen", tmp_path / "nomodel", normal, "--out", tmp_path / "x")
-    assert rc == 2 and "not an aekit model folder" in err
+    assert rc == 2 and "no such model or folder" in err
     rc, _, err = run(capsys, "screen", model, tmp_path / "nothing", "--class", "bag", "--out", tmp_path / "x")
     assert rc == 2 and "no such file or folder" in err
 
@@ -210,7 +210,7 @@ def test_detector_directory_routes_each_class_to_its_model(model, normal, tmp_pa
     rc, out, err = run(capsys, "detector", "assemble", det_dir, f"trouser={model}")
     assert rc == 2 and "already exists" in err
     rc, out, err = run(capsys, "detector", "assemble", tmp_path / "d2", f"bag={tmp_path / 'missing'}")
-    assert rc == 2 and "not an aekit model folder" in err and not (tmp_path / "d2").exists()
+    assert rc == 2 and "no such model or folder" in err and not (tmp_path / "d2").exists()
     rc, out, err = run(capsys, "calibrate", det_dir, normal, "--alpha", "0.05")
     assert rc == 2 and "unknown class 'sneaker'" in err  # no model for it: reported, the rest calibrated
     assert set(load_manifest(det_dir / "bag")["calibration"]["classes"]) == {"bag"}

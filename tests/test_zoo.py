@@ -65,6 +65,17 @@ def test_info_shows_the_int8_variants(capsys):
     assert "int8 variant encoder + decoder" in out and "kept in fp32" not in out
 
 
+def test_info_agrees_with_the_card(capsys):
+    """`aekit info NAME` and `aekit models show NAME` give one speed (the card's quiet measurement) and the
+    whole training, not only the checkpoint's last stage."""
+    card = json.loads((zoo.path("photos-r9") / "card.json").read_text())
+    assert main(["info", "photos-r9"]) == 0
+    out = capsys.readouterr().out
+    speed = card["speed"]["mp_per_s"]
+    assert f"measured {speed['encoder']} / {speed['decoder']} MP/s" in out
+    assert f"{card['training']['epochs']} epochs, {card['training']['time_s']} s over all stages" in out
+
+
 def test_tampered_onnx_is_refused(tmp_zoo):
     enc = tmp_zoo / "encoder.onnx"
     data = bytearray(enc.read_bytes())
