@@ -97,7 +97,7 @@ SPECS: dict[str, Spec] = {
          "Gray images are coded as RGB (replicated) and decoded back to gray: more bytes than a gray model would need."]
         + (["Above about 0.2 bpp use photos-r9-hq (same ratio and format, trained at a lower rate weight): it reaches "
             "34.7 dB at 0.53 bpp where this model stops at 32.4 dB."] if r == 9 else []),
-        "16 photos (aekit data photos, train split)")
+        "16 photos (aekit data photos, train split: 14 trained on, 2 validate)")
       for r in (4, 9)},
     "photos-r9-hq": Spec(
         "codec", "RGB photo codec for high rates, latent 1/9 of the raw pixels: photos-r9's recipe to stage 5, then "
@@ -118,7 +118,7 @@ SPECS: dict[str, Spec] = {
          "CPU-trained: the fine-tune ran on one shared CPU thread within an 80-minute budget (time above).",
          "fp32 ONNX; the tables in manifest.json and the hashes of hyper_encoder.onnx / hyper_decoder.npz pin every "
          "quality (the model id hashes them)."],
-        "16 photos (aekit data photos, train split)"),
+        "16 photos (aekit data photos, train split: 14 trained on, 2 validate)"),
     **{f"fmnist-r{r}": Spec(
         "codec", f"Gray Fashion-MNIST codec, latent 1/{r} of the raw pixels (dcgan, tanh latent, 8-bit symbols).",
         "Fashion-MNIST train split (Debian dataset-fashion-mnist), seeded 10,000-image subset",

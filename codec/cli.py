@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from pathlib import Path
 
 from aekit.codec.format import SUFFIX
 
@@ -192,6 +193,10 @@ def cmd_decompress(args: argparse.Namespace) -> int:
     from aekit.codec.jobs import decompress_tree
 
     ccfg, jcfg = job_configs(args)
+    for m in args.models or []:  # a search path that is not there would only make "model not found" later
+        if "://" not in str(m) and not Path(m).exists():
+            raise ValueError(f"-m {m}: no such model or folder (decompress finds each file's model by its id "
+                             "in these folders and the shipped models)")
     if args.engine == "ray":
         from aekit.codec.ray_jobs import decompress_tree_ray
 

@@ -110,7 +110,9 @@ def zoo_roundtrip(model: str, photos: list[Path], out: Path) -> list[Row]:
 
 
 def print_rows(model: str, rows: list[Row], seconds: float) -> None:
-    print(f"\n{model}: {len(rows)} photos in {seconds:.1f} s (JPEG: the largest file not above the latent's bytes)")
+    print(f"\n{model}: {len(rows)} photos in {seconds:.1f} s (JPEG: the largest file not above the latent's bytes; "
+          "seen: 'trained' = in the model's training photos, 'held out' = its test photos, "
+          "'not in set' = in neither)")
     print(f"{'file':26s} {'size':>9s} {'seen':>10s} {'raw B':>8s} {'latent B':>8s} {'bpp':>6s} {'PSNR':>6s} "
           f"{'JPEG B':>7s} {'JPEG PSNR':>9s}")
     for r in rows:

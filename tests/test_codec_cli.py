@@ -130,6 +130,8 @@ def test_bad_output_folder_empty_source_and_option_bounds(tiny_model, src_tree, 
     (empty / "a.txt").write_text("no images here")
     assert run("compress", empty, "-m", model, "-o", tmp_path / "lat") == 0
     assert "warning: " in (err := capsys.readouterr().err) and "no images found (1 other files ignored)" in err
+    assert run("decompress", tmp_path / "lat", "-o", tmp_path / "dec", "-m", tmp_path / "no-such-models") == 2
+    assert "no-such-models: no such model or folder" in capsys.readouterr().err
     for opt, value in (("--memory-mb", "1"), ("--workers", "-1"), ("--batch-size", "0")):
         with pytest.raises(SystemExit) as e:
             run("compress", src_tree, "-m", model, "-o", tmp_path / "x", opt, value)
