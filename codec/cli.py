@@ -63,7 +63,8 @@ def common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--smallest", action="store_true",
                    help=f"spend time for smaller files: zstd trial at level {ZSTD_LEVEL_SMALLEST} instead of "
                         f"{ZSTD_LEVEL} (compress), PNG zlib level 9 instead of 1 (decompress; same pixels)")
-    p.add_argument("--device", choices=("auto", "cuda", "cpu"), default=c.device)
+    p.add_argument("--device", choices=("auto", "cuda", "cpu"), default=c.device,
+                   help=f"onnxruntime provider (default {c.device}: CUDA when onnxruntime-gpu sees a GPU, else CPU)")
     p.add_argument("--threads", type=at_least(0), default=None,
                    help=f"onnxruntime intra-op threads per call, spinning off (0: every core; default {c.threads}, "
                         "with --engine ray the actor's CPUs); more workers beat more threads on shared cores")
@@ -97,7 +98,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "fewer = smaller files, lower quality")
     p.add_argument("--quality", type=int, default=c.quality,
                    help="rate-distortion models (gdn, klt): quality 1 (smallest files) .. N (best; "
-                        "`aekit info MODEL` lists them); 0: the model's default")
+                        "`aekit info MODEL` lists them); default 0: the model's default quality")
     p.add_argument("--int8", action="store_true",
                    help="encode with the model's int8 encoder where it ships one (the photo models: 1.6-1.9x "
                         "faster compress; other symbols than fp32, slightly different files; `aekit info MODEL`)")
@@ -140,7 +141,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--name", default="", help="data set name for the table and plot")
     p.add_argument("--int8", action="store_true",
                    help="code with the models' int8 encoder/decoder variants where they ship them (aekit add-int8)")
-    p.add_argument("--device", choices=("auto", "cuda", "cpu"), default=c.device)
+    p.add_argument("--device", choices=("auto", "cuda", "cpu"), default=c.device,
+                   help=f"onnxruntime provider (default {c.device}: CUDA when onnxruntime-gpu sees a GPU, else CPU)")
     p.set_defaults(func=cmd_evaluate)
 
 

@@ -128,8 +128,10 @@ def parse(data: bytes, name: str = "<bytes>") -> tuple[LatentHeader, bytes]:
         raise r.fail(f"not an aekit latent file (magic {magic!r}, expected {MAGIC!r})")
     version = r.u8("format version")
     if version not in READ_VERSIONS:
+        newer = version > max(READ_VERSIONS)
         raise r.fail(f"latent format version {version} is not supported (this aekit reads versions "
-                     f"{', '.join(map(str, READ_VERSIONS))})")
+                     f"{', '.join(map(str, READ_VERSIONS))}; "
+                     + ("a newer aekit's file, or a corrupt header)" if newer else "a corrupt header)"))
     model_id = r.take(8, "model id").hex()
     height, width = r.varint("image height"), r.varint("image width")
     mode_code, factor, c = r.u8("image mode"), r.u8("factor"), r.u8("latent channels")

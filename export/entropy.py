@@ -13,6 +13,8 @@ are the fallbacks; the coder id says which one a payload uses.
 
 from __future__ import annotations
 
+import os
+
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,7 +64,8 @@ def quality_entry(manifest: dict[str, Any], quality: int | None = None) -> dict[
     entries = {q.get("quality"): q for q in ent.get("qualities", []) if isinstance(q, dict)}
     q = ent.get("default_quality") if quality is None else quality
     if q not in entries:
-        raise EntropyError(f"model {manifest.get('model_id')} has no quality {q} "
+        where = f" ({os.path.basename(str(manifest['_dir']))})" if manifest.get("_dir") else ""
+        raise EntropyError(f"model {manifest.get('model_id')}{where} has no quality {q} "
                            f"(have: {', '.join(map(str, sorted(entries))) or 'none'})")
     return entries[q]
 

@@ -134,7 +134,7 @@ def test_rd_flags_are_checked(rd_model):
 
     with pytest.raises(core.CodecError, match="choose --quality, not --levels"):
         core.Codec(rd_model, core.CodecConfig(levels=32))
-    with pytest.raises(core.CodecError, match="has no quality 99"):
+    with pytest.raises(core.CodecError, match=rf"\({rd_model.name}\) has no quality 99"):
         core.Codec(rd_model, core.CodecConfig(quality=99))
 
 
