@@ -575,7 +575,12 @@ def _pid_alive(pid: int) -> bool:
         return False
     except (PermissionError, OverflowError, OSError):
         return True  # exists (another user's), or not checkable: keep the file
-    return True
+    try:  # Linux: a killed process stays a zombie until its parent reaps it; it writes nothing more
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            state = f.read().rsplit(b")", 1)[1].split()[0]
+        return state not in (b"Z", b"X")
+    except (OSError, IndexError):
+        return True
 
 
 def encode_image(arr: np.ndarray, suffix: str) -> bytes:

@@ -51,7 +51,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     a.set_defaults(func=cmd_add_int8)
     i = sub.add_parser("info", help="describe an exported model (or a checkpoint)")
     i.add_argument("model", type=model_arg, help="model folder, manifest.json, a .pt checkpoint, or a shipped model's name")
-    i.add_argument("--json", action="store_true", help="print the raw manifest")
+    i.add_argument("--json", action="store_true", help="print the raw manifest (a .pt checkpoint: its fields as JSON)")
     i.set_defaults(func=cmd_info)
     from aekit.export.features_cli import register as register_features  # aekit features (aekit probe: aekit.bench.probe)
 
@@ -142,7 +142,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     if Path(args.model).suffix == ".pt":
         from aekit.export.onnx import checkpoint_info
 
-        print(checkpoint_info(args.model))
+        print(checkpoint_info(args.model, as_json=args.json))
         return 0
     from aekit.export.manifest import describe, load_manifest
 

@@ -509,10 +509,29 @@ def _native_crops(ckpt: dict[str, Any], channels: int, n: int = 8, side: int = 2
     return out or verification_images(ckpt, channels, n)[0]
 
 
-def checkpoint_info(path: str | Path) -> str:
-    """A short JSON description of a checkpoint (for `aekit info` on a .pt file)."""
+def checkpoint_info(path: str | Path, as_json: bool = False) -> str:
+    """`aekit info` of a .pt checkpoint: its model, epochs (counted from 1, as training prints them; the
+    checkpoint stores 0-based indexes), best epoch and training summary, as readable lines or JSON.
+    Raises aekit.checkpoint.CheckpointError for a file that is not an aekit checkpoint."""
     from aekit.checkpoint import load_checkpoint
 
     c = load_checkpoint(path)
-    keep = {k: c.get(k) for k in ("model_config", "summary", "epoch", "best_epoch", "classes")}
-    return json.dumps(keep, indent=1, default=str)
+    epoch, best = c.get("epoch"), c.get("best_epoch")
+    keep = {"model_config": c.get("model_config"), "summary": c.get("summary"), "classes": c.get("classes"),
+            "epochs_done": epoch + 1 if isinstance(epoch, int) else None,
+            "best_epoch": best + 1 if isinstance(best, int) and best >= 0 else None, "best_val_loss": c.get("best_val")}
+    if as_json:
+        return json.dumps(keep, indent=1, default=str)
+    mc, summ = keep["model_config"] or {}, keep["summary"] or {}
+    lines = [f"checkpoint   {path}",
+             "model        " + ", ".join(f"{k} {v}" for k, v in mc.items()),
+             f"saved        after epoch {keep['epochs_done']}; best validation so far: epoch {keep['best_epoch']}"
+             + (f" (val loss {keep['best_val_loss']:.5g})" if isinstance(keep["best_val_loss"], float) else "")]
+    if summ:  # written into best.pt when the run ended
+        lines.append("run          " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                                               for k, v in summ.items() if isinstance(v, (int, float, str))
+                                               and not isinstance(v, bool) and v != ""))
+    if keep["classes"]:
+        lines.append(f"classes      {', '.join(map(str, keep['classes']))}")
+    lines.append("export       aekit export PATH --out MODEL (then aekit info MODEL)")
+    return "\n".join(lines)

@@ -59,6 +59,26 @@ def test_export_refuses_overwrite_and_failed_verification(train_tiny, tmp_path, 
     assert not (tmp_path / "m2").exists() and not list(tmp_path.glob(".m2*"))
 
 
+def test_info_of_a_checkpoint_counts_epochs_as_training_prints_them(train_tiny, capsys):
+    """`aekit info RUN/best.pt`: readable lines (model, the epoch it was saved after and its best one,
+    counted from 1 as training prints them, the run's summary); --json gives the same fields."""
+    import json as _json
+
+    run = train_tiny(1, 9, "")
+    best = run / "best.pt"
+    from aekit.checkpoint import load_checkpoint
+
+    c = load_checkpoint(best)
+    assert main(["info", str(best)]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith(f"checkpoint   {best}") and "model        arch " in text
+    assert f"saved        after epoch {c['epoch'] + 1}; best validation so far: epoch {c['best_epoch'] + 1}" in text
+    assert f"best_epoch {c['summary']['best_epoch']}" in text and "{" not in text
+    assert main(["info", str(best), "--json"]) == 0
+    got = _json.loads(capsys.readouterr().out)
+    assert got["best_epoch"] == c["best_epoch"] + 1 == c["summary"]["best_epoch"]
+
+
 def test_info_and_find_model(tiny_model, tmp_path, capsys):
     model = tiny_model(1, 9)
     assert main(["info", str(model)]) == 0
