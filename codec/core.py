@@ -265,7 +265,9 @@ class Codec:
                 q[:, r0:r1, c0:c1] = core  # disjoint cores: no lock
                 return
             with lock:
-                band = bands.setdefault(i, [np.empty((c, r1 - r0, lw), np.uint8), len(cols)])
+                band = bands.get(i)
+                if band is None:
+                    band = bands[i] = [np.empty((c, r1 - r0, lw), np.uint8), len(cols)]
             band[0][:, :, c0:c1] = core
             with lock:
                 band[1] -= 1
@@ -457,8 +459,9 @@ def _decode_tile(rt: Runtime, quantiser: Quantiser, q: np.ndarray, dst: np.ndarr
 
 
 class PackedSymbols:
-    """One image's uint8 symbols (c_y, h, w), held as zstd-compressed bands of latent rows (level 1: about
-    0.1 s per 100 MB of symbols, mostly zeros at the default qualities). np.asarray(p) gives the array.
+    """One image's uint8 symbols (c_y, h, w), held as zstd-compressed bands of latent rows (level 1: the
+    134 MB of symbols of a smooth 178 Mpx photo at 1/4 took 0.02 s to 0.5 MB, and 0.06 s back; mostly
+    zeros at the default qualities). np.asarray(p) gives the array (CodecError if a band is missing).
     Lets a tiled image's symbols be gathered while its pixels still occupy memory (issue 17)."""
 
     def __init__(self, shape: tuple[int, int, int]):
