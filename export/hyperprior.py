@@ -12,8 +12,8 @@ coder, the tables' arithmetic and the zstd / raw fallbacks are aekit.export.entr
 from __future__ import annotations
 
 import functools
-import mmap
 import hashlib
+import mmap
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -164,7 +164,8 @@ class IntegerHyperDecoder:
         f = self.frac_bits
         cy = self.layers[-1][5].size // 2
         if split:
-            table, base = [_released_array((h, w), np.uint8) for _ in range(cy)], [_released_array((h, w), np.int8) for _ in range(cy)]
+            table = [_released_array((h, w), np.uint8) for _ in range(cy)]
+            base = [_released_array((h, w), np.int8) for _ in range(cy)]
         else:
             table, base = np.empty((cy, h, w), dtype=np.uint8), np.empty((cy, h, w), dtype=np.int8)  # base: ±127
         zh = z_sym.shape[1]
