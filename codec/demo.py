@@ -99,7 +99,9 @@ def zoo_roundtrip(model: str, photos: list[Path], out: Path) -> list[Row]:
     for src in photos:
         image, mode = codec.load(src)
         data = codec.compress(image, mode)
+        codec.rt.release_memory("encoder")  # two models' encoder and decoder arenas would otherwise all stay
         restored, _ = decoder.decompress(data, src.name)
+        decoder.runtime(codec.model_id).release_memory("decoder")
         original = image[:, :, :1] if mode == "L" else image
         atomic_write_bytes(out / "latents" / model / (src.name + ".ael"), data)
         save_image(restored, out / "restored" / model / (src.stem + ".png"))
