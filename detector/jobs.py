@@ -319,6 +319,17 @@ class RecordWriter:
             f.close()
             Path(tmp).unlink(missing_ok=True)
 
+    def suspend(self) -> None:
+        """An interrupted run (Ctrl-C): the records so far stay in the temp files, flushed, for the next run
+        to reuse, exactly as a killed run's (their writer's PID is gone by then)."""
+        for f in self.files:
+            try:
+                f.flush()
+                os.fsync(f.fileno())
+            except (OSError, ValueError):
+                pass
+            f.close()
+
 
 def screen_folder(model: str | Path, src: str | Path, out: str | Path, cls: str | None = None,
                   alpha: float | None = None, heatmaps: str | Path | None = None,
@@ -346,6 +357,13 @@ def screen_folder(model: str | Path, src: str | Path, out: str | Path, cls: str 
             _screen_chunk(det, samples, labels, chunk, usable, report, writer, heatmaps, maps, files)
         files.close()  # every map and heatmap on disk (or its error raised) before the records are committed
         report.outputs = writer.commit()
+    except KeyboardInterrupt:  # the records so far are kept for the rerun to reuse, as after a kill
+        try:
+            files.close()  # their maps too (the writes already queued take milliseconds)
+        except Exception:  # a map that failed: its record is not reused (its map is missing)
+            pass
+        writer.suspend()
+        raise
     except BaseException:
         files.close(cancel=True)
         writer.abort()
@@ -363,6 +381,8 @@ def _calibrated(det: Detector, samples: list[Sample], labels: list[str], report:
         s = report.per_class.setdefault(c, ClassSummary())
         try:
             cc = det.class_calibration(c)
+            if math.isinf(cc.threshold(det.alpha_)):  # nothing could be flagged: refused, not passed (exit 2)
+                raise CalibrationError(too_small_message(c, cc.n, det.alpha_))
         except (DetectorError, CalibrationError) as e:
             idx = [i for i, lab in enumerate(labels) if lab == c]
             report.failed.append(f"{e} ({len(idx)} image(s) not screened, e.g. {samples[idx[0]].path})")
@@ -373,10 +393,8 @@ def _calibrated(det: Detector, samples: list[Sample], labels: list[str], report:
         ok.add(c)
         s.calibrated = True
         t = cc.threshold(det.alpha_)
-        s.threshold = None if math.isinf(t) else t
+        s.threshold = t
         report.score = det.settings(det.model_for(c))[0]
-        if math.isinf(t):
-            report.warnings.append(too_small_message(c, cc.n, det.alpha_))
     return {i for i, c in enumerate(labels) if c in ok}
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import logging
 import math
 import zlib
 from collections.abc import Sequence
@@ -34,6 +35,8 @@ DEFAULT_CLASS = "default"  # class name of images from a flat folder screened wi
 LATENT_MODES = ("quantised", "float")  # reconstruct through 8-bit symbols (as shipped) or the float latent
 MAX_BATCH_PIXELS = 2**24  # images x pixels per onnxruntime call (bounds memory on large images)
 DEFAULT_SCORE = "mse-top1"  # best image score measured on local defects (detector/RESULTS.md)
+
+log = logging.getLogger(__name__)
 
 
 class DetectorError(Exception):
@@ -440,6 +443,22 @@ class Detector:
             raise CalibrationError(f"{self.model}: no calibration images")
         ccs = {c: cs.calibration(source) for c, cs in per_class.items()}
         alpha = check_alpha(self.alpha) if self.alpha is not None else default_alpha(min(cc.n for cc in ccs.values()))
+        others = {c: d for d, cal in self._cals().items() for c in cal.classes if c not in ccs}
+        inherited = ""
+        kept = {cal.alpha for d, cal in self._cals().items() if any(o == d for o in others.values())}
+        if others and kept and alpha not in kept:  # alpha is one per model: the other classes' thresholds move too
+            if self.alpha is None:  # the folder's default alpha: keep the model's, if these classes allow it
+                alpha, inherited = min(kept), f" (the alpha of the model's other classes: --alpha re-thresholds all)"
+            else:
+                for c, d in sorted(others.items()):
+                    old = self._cals()[d].classes[c]
+                    if math.isinf(old.threshold(alpha)):
+                        raise CalibrationError(
+                            f"--alpha {alpha:g} applies to every class of the model, and {too_small_message(c, old.n, alpha)}"
+                            f" (calibrated at alpha {self._cals()[d].alpha:g}; recalibrate it with more images first)")
+                log.warning("alpha %g now applies to every class of the model, also to %s (calibrated at alpha %s): "
+                            "their thresholds change", alpha, ", ".join(sorted(others)),
+                            ", ".join(f"{a:g}" for a in sorted(kept)))
         by_model: dict[Path, dict[str, ClassCalibration]] = {}
         for c, cc in ccs.items():
             ref = self._reference_for(c) if self.needs_reference(self.model_for(c)) else None
@@ -447,7 +466,7 @@ class Detector:
                 cc.bank, cc.image_bank, cc.norm, cc.n_fit, cc.backbone = (ref.bank, ref.image_bank, ref.norm,
                                                                          ref.n_fit, ref.backbone)
             if math.isinf(cc.threshold(alpha)):
-                raise CalibrationError(too_small_message(c, cc.n, alpha, cc.n_fit))
+                raise CalibrationError(too_small_message(c, cc.n, alpha, cc.n_fit) + inherited)
             by_model.setdefault(self.model_for(c), {})[c] = cc
         cals = self._cals()
         for d, classes in by_model.items():

@@ -55,6 +55,29 @@ def records(prefix: Path) -> list[dict]:
     return [json.loads(line) for line in Path(f"{prefix}.jsonl").read_text().splitlines()]
 
 
+def test_calibrating_one_class_never_moves_the_others_silently(model, normal, tmp_path, capsys):
+    """alpha is one per model: a folder's default alpha keeps the model's (a class too small for it is refused,
+    saying why), and an explicit other --alpha re-thresholds the rest only with a warning naming them, or is
+    refused when one of them has too few images for it."""
+    from aekit.detector.model import Detector
+
+    assert run(capsys, "calibrate", model, normal / "trouser", "--class", "trouser", "--alpha", "0.05")[0] == 0
+    before = Detector(model).thresholds_["trouser"]
+    five = tmp_path / "five"
+    five.mkdir()
+    for p in sorted((normal / "bag").iterdir())[:5]:
+        shutil.copy(p, five / p.name)
+    rc, _, err = run(capsys, "calibrate", model, five, "--class", "bag")  # the default alpha for 5 would be 0.2
+    assert rc == 2 and "too few for alpha=0.05" in err and "the alpha of the model's other classes" in err
+    assert Detector(model).thresholds_ == {"trouser": before}
+    assert run(capsys, "calibrate", model, normal / "bag", "--class", "bag")[0] == 0  # ~60 images: alpha 0.05 kept
+    assert Detector(model).thresholds_["trouser"] == before
+    rc, _, err = run(capsys, "calibrate", model, five, "--class", "sneaker", "--alpha", "0.2")
+    assert rc == 0 and "alpha 0.2 now applies to every class of the model, also to bag, trouser" in err
+    rc, _, err = run(capsys, "calibrate", model, normal / "trouser", "--class", "trouser", "--alpha", "0.05")
+    assert rc == 2 and "--alpha 0.05 applies to every class of the model, and class 'sneaker': 5 calibration" in err
+
+
 def test_calibrate_stores_versioned_thresholds_in_the_manifest(model, normal, capsys):
     rc, out, err = run(capsys, "calibrate", model, normal, "--alpha", "0.05", "--score", "mse")
     assert rc == 0, err
@@ -156,9 +179,9 @@ def test_bad_input_messages(model, normal, tmp_path, capsys, photos_dir):
     assert "calibration" not in load_manifest(model)
     assert run(capsys, "calibrate", model, few.parent, "--alpha", "0.1")[0] == 0
     rc, _, err = run(capsys, "screen", model, few.parent, "--alpha", "0.01", "--out", tmp_path / "few")
-    assert rc == 0 and "nothing could be flagged" in err  # a smaller alpha at screening time: warned
+    assert rc == 2 and "nothing could be flagged" in err  # a smaller alpha at screening time: refused, not passed
     # calibrate trouser only; then: unknown class, class without calibration, wrong channels, too small
-    assert run(capsys, "calibrate", model, normal / "trouser", "--class", "trouser", "--alpha", "0.05")[0] == 0
+    assert run(capsys, "calibrate", model, normal / "trouser", "--class", "trouser", "--alpha", "0.1")[0] == 0
     rc, _, err = run(capsys, "screen", model, normal / "bag", "--class", "nope", "--out", tmp_path / "x")
     assert rc == 2 and "class 'nope' is unknown" in err
     rc, _, err = run(capsys, "screen", model, normal, "--out", tmp_path / "mixed")
@@ -284,6 +307,37 @@ def test_train_per_class_builds_a_routed_calibrated_detector(fmnist_dir, tmp_pat
         assert r["model_id"] == ids[r["class"]]  # each class went through its own model
     rc, _, err = run(capsys, "detector", "train-per-class", data, "--out", out)
     assert rc == 2 and "already exists" in err
+
+
+def test_ctrl_c_keeps_the_screens_records_for_the_rerun(model, normal, tmp_path, monkeypatch):
+    """Ctrl-C (KeyboardInterrupt) in the middle of a screen leaves its records so far in the temp file, as a
+    kill does; the rerun (another process) reuses them and screens only the rest."""
+    import aekit.detector.jobs as jobs
+    from aekit.detector.jobs import ScreenConfig, screen_folder
+    from aekit.detector.model import Detector
+
+    assert main(["calibrate", str(model), str(normal), "--alpha", "0.05"]) == 0
+    real, calls = Detector.score_maps, []
+
+    def interrupted(self, X, classes=None, maps=True):
+        calls.append(len(X))
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(self, X, classes, maps)
+
+    monkeypatch.setattr(Detector, "score_maps", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        screen_folder(model, normal, tmp_path / "s", cfg=ScreenConfig(chunk=40), maps=tmp_path / "maps")
+    (part,) = tmp_path.glob(".s.jsonl.*.part")
+    assert len(part.read_text().splitlines()) == 80 and not Path(f"{tmp_path / 's'}.jsonl").exists()
+    monkeypatch.setattr(Detector, "score_maps", real)
+    scored = []
+    monkeypatch.setattr(Detector, "score_maps", lambda self, X, classes=None, maps=True:
+                        scored.append(len(X)) or real(self, X, classes, maps))
+    monkeypatch.setattr(jobs, "_pid_alive", lambda pid: False)  # the rerun is another process
+    rep = screen_folder(model, normal, tmp_path / "s", cfg=ScreenConfig(chunk=40), maps=tmp_path / "maps")
+    n = len(records(tmp_path / "s"))
+    assert sum(scored) == n - 80 and not list(tmp_path.glob(".s.*.part")) and rep.exit_code in (0, 1)
 
 
 def test_rerun_after_a_killed_screen_cleans_its_temp_files_and_resumes(model, normal, tmp_path, capsys, monkeypatch):
