@@ -22,7 +22,7 @@ from aekit.images import ImageError, NamedBytes, Sample, atomic_write_bytes, is_
 from aekit.detector.calibration import CalibrationError
 from aekit.detector.heatmap import map_files, write_heatmap, write_map_files
 from aekit.detector.jobs import (ClassSummary, ScreenConfig, RecordWriter, ScreenReport, _calibrated, _factor, _note_shape,
-                           _reuse, labelled, load_for_model)
+                           _reuse, labelled, load_for_model, output_folder)
 from aekit.detector.model import Detector
 from aekit.export.engine_ray import Listing, RayConfig, filesystem, list_tree, run_files
 
@@ -82,6 +82,9 @@ def screen_folder_ray(model: str | Path, src: str, out: str | Path, cls: str | N
     """screen_folder on Ray: SRC may be a local folder or an fsspec URL; records (and --maps files, rendered
     in the actors) are written locally."""
     cfg, rcfg = cfg or ScreenConfig(), rcfg or RayConfig()
+    for what, folder in (("--out", Path(out).parent), ("--maps", maps), ("--heatmaps", heatmaps)):
+        if folder is not None:
+            output_folder(Path(folder), what)
     model = str(Path(model).resolve())
     det = Detector(model, alpha=alpha, device=cfg.device, batch_size=cfg.batch_size, threads=cfg.threads)
     if not det.classes_:

@@ -76,6 +76,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from aekit.serve.app import create_app
 
     cfg = config_from_args(args)
+    _check_port(cfg.host, cfg.port)  # before the model loads: one line, exit 2 (uvicorn would exit 3 later)
     server_cls = _server_class()
     app = create_app(cfg)
     log = logging.getLogger(__name__)  # diagnostics on stderr (aekit -q hides them); stdout carries no results here
@@ -85,6 +86,23 @@ def cmd_serve(args: argparse.Namespace) -> int:
     server.run()
     log.info("aekit serve: stopped")
     return 0
+
+
+def _check_port(host: str, port: int) -> None:
+    """ValueError (exit 2) when host:port cannot be listened on (in use, or not an address of this machine)."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as e:
+        raise ValueError(f"--host {host}: not an address to listen on ({e.strerror or e})") from None
+    family, _, _, _, addr = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: TIME_WAIT is no conflict
+        try:
+            sock.bind(addr)
+        except OSError as e:
+            raise ValueError(f"cannot listen on {host}:{port} ({e.strerror or e}); choose another --port") from None
 
 
 def _server_class():

@@ -19,6 +19,7 @@ import numpy as np
 from aekit.images import ImageError, load_for_channels, scan_folder
 from aekit.codec.core import Codec, CodecConfig, Decoder
 from aekit.detector.calibration import CalibrationError
+from aekit.detector.jobs import min_side
 from aekit.detector.model import DEFAULT_CLASS, Detector, DetectorError
 from aekit.export.manifest import load_manifest
 from aekit.serve.config import ServeConfig
@@ -146,6 +147,10 @@ class ModelStore:
 def screen_one(snap: Snapshot, image: np.ndarray, cls: str | None) -> dict[str, Any]:
     """Score one uint8 (H, W, C) image against its class threshold: the /v1/screen record."""
     det = snap.detector
+    h, w = image.shape[:2]
+    if min(h, w) < min_side(snap.codec.factor):  # as `aekit screen` refuses it (an image of 1-2 latent units)
+        raise DetectorError(f"{w}x{h} is too small to screen (the model needs at least "
+                            f"{min_side(snap.codec.factor)} pixels a side)")
     if not snap.calibrated:
         raise CalibrationError(f"model version {snap.version} ({snap.model_id}) is not calibrated; "
                                "run `aekit calibrate MODEL NORMAL_DIR` or start the server with --calibration DIR")

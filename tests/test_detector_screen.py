@@ -309,6 +309,18 @@ def test_train_per_class_builds_a_routed_calibrated_detector(fmnist_dir, tmp_pat
     assert rc == 2 and "already exists" in err
 
 
+def test_output_paths_that_are_files_fail_at_once(model, normal, tmp_path, capsys):
+    """--maps, --heatmaps or --out's folder being a file: one line naming the option and the path, exit 2,
+    before any image is scored (not one line per image about a temp file inside it)."""
+    assert run(capsys, "calibrate", model, normal, "--alpha", "0.05")[0] == 0
+    taken = tmp_path / "taken.txt"
+    taken.write_text("x")
+    for args, what in ((["--maps", taken], "--maps"), (["--heatmaps", taken], "--heatmaps"), ([], "--out")):
+        out = tmp_path / "s" if args else taken / "s"
+        rc, _, err = run(capsys, "screen", model, normal, "--out", out, *args)
+        assert rc == 2 and f"{what} {taken}: exists and is not a folder" in err and err.count("\n") == 1, err
+
+
 def test_ctrl_c_keeps_the_screens_records_for_the_rerun(model, normal, tmp_path, monkeypatch):
     """Ctrl-C (KeyboardInterrupt) in the middle of a screen leaves its records so far in the temp file, as a
     kill does; the rerun (another process) reuses them and screens only the rest."""

@@ -172,6 +172,14 @@ def test_colour_image_refused_by_gray_model(client):
     assert_error(post_file(client, "/v1/compress", png_bytes(rgb), name="red.png"), 422, "red.png", "colour")
 
 
+def test_too_small_to_screen_is_refused_as_the_cli_refuses_it(client):
+    """/v1/screen answers 422 for an image below the model's smallest side (aekit screen refuses it too);
+    compress, like aekit compress, still codes it (padded)."""
+    tiny = png_bytes(np.zeros((2, 2), dtype=np.uint8))
+    assert_error(post_file(client, "/v1/screen", tiny, name="t.png"), 422, "2x2 is too small to screen")
+    assert post_file(client, "/v1/compress", tiny, name="t.png").status_code == 200
+
+
 def test_bad_latent_files(client, images, tiny_model, rgb_photos):
     ael = post_file(client, "/v1/compress", images["bag"][0].read_bytes()).content
     for bad, why in ((ael[:20], "truncated"), (b"not a latent", "not an aekit latent"),
@@ -264,6 +272,14 @@ def test_cli_errors_name_the_problem(capsys, tiny_model, tmp_path):
     assert "no.pt" in capsys.readouterr().err
     assert main(["serve", model, "--calibration", str(tmp_path / "nocal")]) == 2
     assert "nocal" in capsys.readouterr().err
+    import socket
+
+    with socket.socket() as busy:  # a port someone else listens on: one line, exit 2, before the model loads
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert main(["serve", str(tiny_model(1, 4)), "--port", str(port)]) == 2
+        assert f"cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err
 
 
 def test_serving_without_learning_never_imports_torch(tiny_model, images):
