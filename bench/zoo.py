@@ -135,7 +135,7 @@ SPECS: dict[str, Spec] = {
         FM_CMD.format(r=4, name="fmnist-detect") + " --noise defects:0.9", "runs/zoo/fmnist-detect",
         str(FMNIST_HELDOUT / "test"), "Fashion-MNIST test split, first 100 images per class", "skimage:camera:28",
         ["One shared model for all classes, short training (10,000 images, 8 epochs): per-class models of "
-         "`aekit detector train-per-class` (24 epochs) detect local defects better (detector/RESULTS.md).",
+         "`aekit detector train-per-class` (80 epochs by default) detect local defects better (detector/RESULTS.md).",
          "Thresholds hold for images exchangeable with the calibration images (Fashion-MNIST test split); "
          "recalibrate on your own normals: `aekit calibrate` on a copy of the folder (it refuses the shipped one). "
          "The realised FPR is measured on 100 clean images per class: +-2 points of binomial noise per class.",

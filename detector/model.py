@@ -567,9 +567,14 @@ class Detector:
         return labels
 
     def default_class(self, fitting: bool = False) -> str:
-        """Class of unlabelled images: the single calibrated (or routed) class, else 'default'."""
+        """Class of unlabelled images: the single calibrated (or routed) class, else 'default'. When fitting
+        (calibrating a flat folder), a model already calibrated for several named classes needs --class: a
+        new class 'default' beside them would make every later flat screen ambiguous."""
         routed = [c for c in self.routes if c is not None]
-        known = routed if fitting or not self.classes_ else self.classes_
+        if fitting:
+            known = routed or [c for c in self.classes_ if c != DEFAULT_CLASS]
+        else:
+            known = routed if not self.classes_ else self.classes_
         if len(known) == 1:
             return known[0]
         if len(known) > 1:

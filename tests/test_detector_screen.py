@@ -76,6 +76,8 @@ def test_calibrating_one_class_never_moves_the_others_silently(model, normal, tm
     assert rc == 0 and "alpha 0.2 now applies to every class of the model, also to bag, trouser" in err
     rc, _, err = run(capsys, "calibrate", model, normal / "trouser", "--class", "trouser", "--alpha", "0.05")
     assert rc == 2 and "--alpha 0.05 applies to every class of the model, and class 'sneaker': 5 calibration" in err
+    rc, _, err = run(capsys, "calibrate", model, five)  # a flat folder, several classes: which one is it?
+    assert rc == 2 and "has classes bag, sneaker, trouser; say which one" in err
 
 
 def test_calibrate_stores_versioned_thresholds_in_the_manifest(model, normal, capsys):
