@@ -301,6 +301,8 @@ class RecordWriter:
         self.csv.writeheader()
 
     def write(self, rec: dict[str, Any]) -> None:
+        """One record; every RECORD_FIELDS key is present (null where an error left it unknown)."""
+        rec = {**dict.fromkeys(RECORD_FIELDS), **rec}
         self.files[0].write(json.dumps(rec) + "\n")
         self.csv.writerow({k: ("" if rec.get(k) is None else rec.get(k)) for k in RECORD_FIELDS})
 

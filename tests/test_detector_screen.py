@@ -189,6 +189,7 @@ def test_bad_input_messages(model, normal, tmp_path, capsys, photos_dir):
     rc, _, err = run(capsys, "screen", model, normal, "--out", tmp_path / "mixed")
     assert rc == 2 and "class 'sneaker' has no calibration" in err  # the tiny model was trained on it
     recs = records(tmp_path / "mixed")
+    assert all({"path", "class", "score", "threshold", "p_value", "is_anomaly", "error"} <= r.keys() for r in recs)
     assert {r["class"] for r in recs if r["error"] is None} == {"trouser", "bag"}  # the others were screened
     bad = tmp_path / "bad"
     bad.mkdir()
