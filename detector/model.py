@@ -448,14 +448,15 @@ class Detector:
         kept = {cal.alpha for d, cal in self._cals().items() if any(o == d for o in others.values())}
         if others and kept and alpha not in kept:  # alpha is one per model: the other classes' thresholds move too
             if self.alpha is None:  # the folder's default alpha: keep the model's, if these classes allow it
-                alpha, inherited = min(kept), f" (the alpha of the model's other classes: --alpha re-thresholds all)"
+                alpha, inherited = min(kept), " (the alpha of the model's other classes: --alpha re-thresholds all)"
             else:
                 for c, d in sorted(others.items()):
                     old = self._cals()[d].classes[c]
                     if math.isinf(old.threshold(alpha)):
                         raise CalibrationError(
-                            f"--alpha {alpha:g} applies to every class of the model, and {too_small_message(c, old.n, alpha)}"
-                            f" (calibrated at alpha {self._cals()[d].alpha:g}; recalibrate it with more images first)")
+                            f"--alpha {alpha:g} applies to every class of the model, and "
+                            f"{too_small_message(c, old.n, alpha)} (calibrated at alpha {self._cals()[d].alpha:g}; "
+                            "recalibrate it with more images first)")
                 log.warning("alpha %g now applies to every class of the model, also to %s (calibrated at alpha %s): "
                             "their thresholds change", alpha, ", ".join(sorted(others)),
                             ", ".join(f"{a:g}" for a in sorted(kept)))
