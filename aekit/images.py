@@ -647,6 +647,24 @@ def save_image(arr: np.ndarray, path: str | Path) -> Path:
     return atomic_write_bytes(path, encode_image(arr, Path(path).suffix))
 
 
+def check_output_folder(folder: Path, what: str = "", make: bool = False) -> None:
+    """Check a job's output folder before any work: ValueError naming it (after `what`, e.g. "--maps")
+    when it, or a folder above it, is a file; make=True also makes it (ValueError if that fails).
+    Jobs call this so a bad output path is one line and exit 2, not a failure per input."""
+    name = f"{what} {folder}" if what else str(folder)
+    for p in (folder, *folder.parents):
+        if p.exists():
+            if not p.is_dir():
+                raise ValueError(f"{name}: " + ("exists and is not a folder" if p == folder else
+                                                f"cannot be made: {p} is a file"))
+            break
+    if make:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ValueError(f"{name}: cannot make the output folder ({e.strerror or e})") from None
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     """Write bytes to path via a temp file in the same folder and an atomic rename."""
     with atomic_output(path) as tmp:

@@ -32,8 +32,8 @@ from PIL import Image
 
 from aekit.machine import usable_cores
 from aekit.images import (
-    IMAGE_EXTENSIONS, LazyPixels, atomic_write_bytes, commit_part, display, encode_image, is_image_name, iter_files,
-    new_part, remove_stale_parts, write_png_rows,
+    IMAGE_EXTENSIONS, LazyPixels, atomic_write_bytes, check_output_folder, commit_part, display, encode_image,
+    is_image_name, iter_files, new_part, remove_stale_parts, write_png_rows,
 )
 from aekit.codec.core import Codec, Decoder, wrap_errors
 from aekit.codec.format import SUFFIX, LatentHeader
@@ -260,11 +260,11 @@ def plan(src: Path, dst: Path, want: Callable[[Path], bool], out_name: Callable[
     """(count of wanted files, stream of Items); single files map to a file or into a folder."""
     if src.is_file():
         target = dst if (dst.suffix and not dst.is_dir()) else dst / out_name(Path(src.name))
-        _output_folder(target.parent)
+        check_output_folder(target.parent, make=True)
         return 1, iter([Item(src, target)])
     if not src.is_dir():
         raise FileNotFoundError(f"{src}: no such file or folder")
-    _output_folder(dst)
+    check_output_folder(dst, make=True)
     total = sum(1 for p, _ in walk(src, want) if p is not None)  # paths only, not kept
     if total == 0:
         report.empty_source = display(src)
@@ -277,17 +277,6 @@ def plan(src: Path, dst: Path, want: Callable[[Path], bool], out_name: Callable[
                 yield Item(p, dst / out_name(rel))
 
     return total, items()
-
-
-def _output_folder(folder: Path) -> None:
-    """Make a job's output folder before any work: a path that is a file, or cannot be made, is one
-    ValueError naming it (exit 2), not one failure per source after every file was encoded."""
-    if folder.exists() and not folder.is_dir():
-        raise ValueError(f"{display(folder)}: exists and is not a folder (a folder job writes into a folder)")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ValueError(f"{display(folder)}: cannot make the output folder ({e.strerror or e})") from None
 
 
 def is_latent_name(p: Path) -> bool:

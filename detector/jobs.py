@@ -29,7 +29,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from aekit.images import (FILE_MODE, ImageError, Sample, _fsync_dir, _pid_alive, atomic_write_bytes,
+from aekit.images import (FILE_MODE, ImageError, Sample, _fsync_dir, _pid_alive, atomic_write_bytes, check_output_folder,
                           load_for_channels, scan_folder)
 from aekit.detector.calibration import CalibrationError, too_small_message
 from aekit.detector.heatmap import write_heatmap, write_map
@@ -333,18 +333,6 @@ class RecordWriter:
             f.close()
 
 
-def output_folder(folder: Path, what: str) -> None:
-    """Check an output folder before any work (it is made when the first file goes there): a path that is
-    a file, or under one, is one ValueError naming the option and the path (exit 2), not a failure per
-    image naming a temp file inside it."""
-    for p in (folder, *folder.parents):
-        if p.exists():
-            if not p.is_dir():
-                raise ValueError(f"{what} {folder}: " + ("exists and is not a folder" if p == folder else
-                                                          f"cannot be made: {p} is a file"))
-            return
-
-
 def screen_folder(model: str | Path, src: str | Path, out: str | Path, cls: str | None = None,
                   alpha: float | None = None, heatmaps: str | Path | None = None,
                   cfg: ScreenConfig | None = None, maps: str | Path | None = None) -> ScreenReport:
@@ -354,7 +342,7 @@ def screen_folder(model: str | Path, src: str | Path, out: str | Path, cls: str 
     cfg = cfg or ScreenConfig()
     for what, folder in (("--out", Path(out).parent), ("--maps", maps), ("--heatmaps", heatmaps)):
         if folder is not None:
-            output_folder(Path(folder), what)
+            check_output_folder(Path(folder), what)
     det = Detector(model, alpha=alpha, device=cfg.device, batch_size=cfg.batch_size, threads=cfg.threads)
     if not det.classes_:
         raise CalibrationError(f"{model}: not calibrated; run `aekit calibrate {model} NORMAL_DIR` first")

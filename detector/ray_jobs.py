@@ -18,11 +18,11 @@ from typing import Any
 
 import numpy as np
 
-from aekit.images import ImageError, NamedBytes, Sample, atomic_write_bytes, is_image_name
+from aekit.images import ImageError, NamedBytes, Sample, atomic_write_bytes, check_output_folder, is_image_name
 from aekit.detector.calibration import CalibrationError
 from aekit.detector.heatmap import map_files, write_heatmap, write_map_files
 from aekit.detector.jobs import (ClassSummary, ScreenConfig, RecordWriter, ScreenReport, _calibrated, _factor, _note_shape,
-                           _reuse, labelled, load_for_model, output_folder)
+                           _reuse, labelled, load_for_model)
 from aekit.detector.model import Detector
 from aekit.export.engine_ray import Listing, RayConfig, filesystem, list_tree, run_files
 
@@ -84,7 +84,7 @@ def screen_folder_ray(model: str | Path, src: str, out: str | Path, cls: str | N
     cfg, rcfg = cfg or ScreenConfig(), rcfg or RayConfig()
     for what, folder in (("--out", Path(out).parent), ("--maps", maps), ("--heatmaps", heatmaps)):
         if folder is not None:
-            output_folder(Path(folder), what)
+            check_output_folder(Path(folder), what)
     model = str(Path(model).resolve())
     det = Detector(model, alpha=alpha, device=cfg.device, batch_size=cfg.batch_size, threads=cfg.threads)
     if not det.classes_:
