@@ -87,8 +87,8 @@ class JobReport:
                      + (f"{vs_src:.2f}x smaller than the source files" if vs_src >= 1 else
                         f"{1 / vs_src:.2f}x LARGER than the source files"))
         stale = f" (redid {self.stale} stale)" if self.stale else ""
-        return (f"{self.verb} {self.ok} files{stale}, skipped {self.skipped} existing, {len(self.failed)} failed"
-                f"{f', ignored {self.ignored} other files' if self.ignored else ''}; "
+        return (f"{self.verb} {_files(self.ok)}{stale}, skipped {self.skipped} existing, {len(self.failed)} failed"
+                f"{f', ignored {self.ignored} other {_files(self.ignored, False)}' if self.ignored else ''}; "
                 f"{self.bytes_in / 1e6:.2f} MB in, {self.bytes_out / 1e6:.2f} MB out{ratio}; "
                 f"{self.seconds:.1f} s, {self.ok / t:.1f} images/s, {self.pixel_bytes / 1e6 / t:.2f} MB/s of pixels")
 
@@ -97,13 +97,19 @@ class JobReport:
         """What a user must hear about the result beyond the counts (one line each)."""
         if self.empty_source:
             kind = ".ael files" if self.verb == "decompressed" else "images"
-            other = f" ({self.ignored} other files ignored)" if self.ignored else ""
+            other = f" ({self.ignored} other {_files(self.ignored, False)} ignored)" if self.ignored else ""
             return [f"{self.empty_source}: no {kind} found{other}; nothing was {self.verb}"]
         if self.verb == "compressed" and self.ok and self.bytes_out > self.bytes_in:
             return [f"the latent files ({self.bytes_out / 1e6:.2f} MB) are larger than the source files "
                     f"({self.bytes_in / 1e6:.2f} MB): this model and quality save nothing over the sources' "
                     "own coding; try a lower --quality or another model (see aekit evaluate)"]
         return []
+
+
+def _files(n: int, count: bool = True) -> str:
+    """'1 file', '2 files' (count=False: the noun alone)."""
+    noun = "file" if n == 1 else "files"
+    return f"{n} {noun}" if count else noun
 
 
 @dataclass

@@ -44,7 +44,7 @@ def test_compress_decompress_tree(tiny_model, src_tree, tmp_path, capsys):
     before = tree_hash(src_tree)
     assert run("compress", src_tree, "-m", model, "-o", tmp_path / "lat") == 0
     err = capsys.readouterr().err
-    assert "compressed 24 files, skipped 0 existing, 0 failed, ignored 1 other files" in err
+    assert "compressed 24 files, skipped 0 existing, 0 failed, ignored 1 other file;" in err
     lats = sorted(p.relative_to(tmp_path / "lat") for p in (tmp_path / "lat").rglob("*.ael"))
     imgs = sorted(p.relative_to(src_tree) for p in src_tree.rglob("*.png"))
     assert lats == [Path(str(p) + ".ael") for p in imgs]  # mirrored tree
@@ -112,7 +112,7 @@ def test_jobs_never_replace_files_they_did_not_write(tiny_model, src_tree, tmp_p
     (lat / LEDGER).write_text("".join(ln + "\n" for ln in lines) + json.dumps({"intent": True, "out": key}) + "\n")
     capsys.readouterr()
     assert run("compress", coins, "-m", model, "-o", lat) == 0
-    assert "compressed 1 files (redid 1 stale), skipped 11 existing, 0 failed" in capsys.readouterr().err
+    assert "compressed 1 file (redid 1 stale), skipped 11 existing, 0 failed" in capsys.readouterr().err
     recs = [json.loads(ln) for ln in (lat / LEDGER).read_text().splitlines()]
     assert len(recs) == 12 and not any(r.get("intent") for r in recs)  # compacted: whole records only
 
@@ -129,7 +129,7 @@ def test_bad_output_folder_empty_source_and_option_bounds(tiny_model, src_tree, 
     empty.mkdir()
     (empty / "a.txt").write_text("no images here")
     assert run("compress", empty, "-m", model, "-o", tmp_path / "lat") == 0
-    assert "warning: " in (err := capsys.readouterr().err) and "no images found (1 other files ignored)" in err
+    assert "warning: " in (err := capsys.readouterr().err) and "no images found (1 other file ignored)" in err
     assert run("decompress", tmp_path / "lat", "-o", tmp_path / "dec", "-m", tmp_path / "no-such-models") == 2
     assert "no-such-models: no such model or folder" in capsys.readouterr().err
     for opt, value in (("--memory-mb", "1"), ("--workers", "-1"), ("--batch-size", "0")):

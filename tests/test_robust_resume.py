@@ -59,7 +59,7 @@ def test_resume_redoes_what_is_stale(tiny_model, tmp_path, capsys):
     Image.fromarray(np.zeros((28, 28), np.uint8)).save(changed)
     os.utime(changed, ns=(time.time_ns(), time.time_ns() + 10**9))  # a new mtime even on coarse clocks
     assert run("compress", src, "-m", model, "-o", out) == 0
-    assert "compressed 1 files (redid 1 stale), skipped 5 existing" in summary(capsys)
+    assert "compressed 1 file (redid 1 stale), skipped 5 existing" in summary(capsys)
     after = mtimes(out)
     assert [p.name for p in after if after[p] != before[p]] == ["im1.png.ael"]
 
