@@ -240,7 +240,17 @@ class Trainer:
         path = self.out / "last.pt"
         ckpt = load_checkpoint(path)
         if ckpt["model_config"] != self.mcfg.to_dict():
-            raise CheckpointError(f"{path}: model config differs from this run's; start a new --out")
+            diff = _differences(ckpt["model_config"], self.mcfg.to_dict(), set())
+            raise CheckpointError(f"{path}: model config differs from this run's ({diff}); start a new --out")
+        old = ckpt.get("train_config")
+        if isinstance(old, dict):  # a resumed run must be the run that was interrupted (paths and budgets aside)
+            diff = _differences(old, asdict(self.tcfg), RESUME_MAY_CHANGE)
+            if diff:
+                raise CheckpointError(f"{path}: it was trained with other settings ({diff}); resume with the same "
+                                      "options, or start a new --out")
+            if self.tcfg.epochs != old.get("epochs"):
+                log.info("epochs %s -> %s: the cosine schedule is stretched from epoch %d on (not the same as a run "
+                         "started with %s)", old.get("epochs"), self.tcfg.epochs, ckpt["epoch"] + 2, self.tcfg.epochs)
         self.model.load_state_dict(ckpt["state_dict"])
         self.opt.load_state_dict(ckpt["optimizer"])
         self.sched.load_state_dict(ckpt["scheduler"])
@@ -491,6 +501,26 @@ class Trainer:
             if seen >= self.tcfg.hist_images:
                 break
         return counts.tolist()
+
+
+# Settings a --resume may change: where the data and outputs are, how long and on what it runs.
+RESUME_MAY_CHANGE = {"data", "val_data", "out", "epochs", "time_budget", "device", "threads", "vgg_weights",
+                     "encoder_weights", "init_from"}
+
+
+def _differences(old: dict[str, Any], new: dict[str, Any], ignore: set[str]) -> str:
+    """'key old (now new), ...' for the settings that differ (nested dicts by their keys), '' if none."""
+    out = []
+    for k in sorted(set(old) | set(new)):
+        if k in ignore or old.get(k) == new.get(k):
+            continue
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            inner = _differences(a, b, set())
+            out.append(f"{k}: {inner}")
+        else:
+            out.append(f"{k} {a!r} (now {b!r})")
+    return ", ".join(out)
 
 
 def train(tcfg: TrainConfig, mcfg: ModelConfig, resume: bool = False) -> dict[str, Any]:

@@ -47,6 +47,10 @@ def test_resume_reproduces_an_uninterrupted_run(gray_dir, tmp_path):
     a = load_checkpoint(tmp_path / "a" / "last.pt")["state_dict"]
     b = load_checkpoint(tmp_path / "b" / "last.pt")["state_dict"]
     assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-6) for k in a)
+    # a resume with other training settings is another experiment: refused, naming what differs
+    train(*tiny(data, tmp_path / "c", epochs=2, time_budget=1e-9))
+    with pytest.raises(CheckpointError, match=r"other settings \(lr 0\.001 \(now 0\.5\)\)"):
+        train(*tiny(data, tmp_path / "c", epochs=2, lr=0.5), resume=True)
 
 
 def test_split_is_deterministic_and_stratified(gray_dir):
