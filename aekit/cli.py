@@ -61,6 +61,28 @@ class _StderrHandler(logging.StreamHandler):
         pass
 
 
+def at_least(low: float, what: str = "", kind: type = int):
+    """argparse type: a number of `kind` >= low, else a usage error naming the bound (and why, if `what`)."""
+    def parse(text: str):
+        try:
+            v = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'a whole number' if kind is int else 'a number'}") from None
+        if v < low:
+            raise argparse.ArgumentTypeError(f"{v} is below {low}{what}")
+        return v
+
+    return parse
+
+
+def fraction(text: str) -> float:
+    """argparse type: a float in [0, 1)."""
+    v = at_least(0.0, kind=float)(text)
+    if v >= 1:
+        raise argparse.ArgumentTypeError(f"{v} is not below 1 (a fraction of the images)")
+    return v
+
+
 def setup_logging(verbosity: int = 0) -> None:
     """Diagnostics go to stderr through the "aekit" loggers; results stay on stdout.
 
@@ -222,15 +244,15 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lr-ratio", type=float, help="--arch pretrained: lr of each earlier encoder group "
                    "relative to the next one's [0.3]")
     p.add_argument("--kl-weight", type=float, help="--arch vae: weight of the KL term [0.01]")
-    p.add_argument("--width", type=int, default=m.width, help="channels of the first conv layer")
-    p.add_argument("--blocks", type=int, default=m.blocks, help="extra conv blocks at latent resolution")
+    p.add_argument("--width", type=at_least(1), default=m.width, help="channels of the first conv layer")
+    p.add_argument("--blocks", type=at_least(0), default=m.blocks, help="extra conv blocks at latent resolution")
     p.add_argument("--upsample", choices=("pixelshuffle", "transpose"), default=m.upsample)
     p.add_argument("--latent-levels", type=int, default=m.latent_levels, help="quantisation levels (<=256)")
     p.add_argument("--quant", choices=("noise", "ste"), default=m.quant, help="training quantisation proxy")
-    p.add_argument("--epochs", type=int, default=20)
-    p.add_argument("--time-budget", type=float, default=0.0, help="minutes (0: no limit)")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--epochs", type=at_least(1), default=20, help="training epochs")
+    p.add_argument("--time-budget", type=at_least(0.0, kind=float), default=0.0, help="minutes (0: no limit)")
+    p.add_argument("--batch-size", type=at_least(1), default=32, help="images per step")
+    p.add_argument("--lr", type=at_least(0.0, kind=float), default=1e-3, help="Adam learning rate (cosine schedule)")
     p.add_argument("--loss", default="mse", help="e.g. mse | l1:1,ms-ssim:0.5 | mse:1,perceptual:0.1")
     p.add_argument("--vgg-weights", help="local VGG16/VGG19 state_dict for the perceptual loss")
     p.add_argument("--perceptual", default="vgg19",
@@ -240,7 +262,7 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
                    "(inputs corrupted, targets clean)")
     p.add_argument("--progressive", default="", help="progressive resizing: SIZE:EPOCHS[,SIZE:EPOCHS] "
                    "trained before the full --size, e.g. 14:3")
-    p.add_argument("--rate-weight", type=float, default=0.0,
+    p.add_argument("--rate-weight", type=at_least(0.0, kind=float), default=0.0,
                    help="lambda: add lambda x estimated latent bits per pixel to the loss (smaller files); "
                         "required by --arch gdn/klt, whose rate is the coded size under their learned prior")
     p.add_argument("--clip-grad", type=float, default=0.0,
@@ -248,13 +270,14 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--size", type=int, default=d.size,
                    help="training image side (0: the smallest image's short side, at most 256: small images "
                         "train at their own size; printed)")
-    p.add_argument("--resize", choices=RESIZE_POLICIES, default=d.resize)
-    p.add_argument("--val-fraction", type=float, default=d.val_fraction)
-    p.add_argument("--repeat", type=int, default=d.repeat, help="passes over the images per epoch")
-    p.add_argument("--max-images", type=int, default=0, help="use at most N images (0: all)")
-    p.add_argument("--device", default="auto", choices=("auto", "cuda", "mps", "cpu"))
+    p.add_argument("--resize", choices=RESIZE_POLICIES, default=d.resize, help="how images become --size squares")
+    p.add_argument("--val-fraction", type=fraction, default=d.val_fraction,
+                   help="held out of each class for validation (seeded; --val-data instead)")
+    p.add_argument("--repeat", type=at_least(1), default=d.repeat, help="passes over the images per epoch")
+    p.add_argument("--max-images", type=at_least(0), default=0, help="use at most N images (0: all)")
+    p.add_argument("--device", default="auto", choices=("auto", "cuda", "mps", "cpu"), help="torch device")
     p.add_argument("--no-amp", action="store_true", help="disable mixed precision on CUDA")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seeds the split, weights and batches")
     p.add_argument("--threads", type=int, default=0,
                    help="CPU threads for torch per process (0: the usable cores divided among --nproc processes)")
     p.add_argument("--omp-wait", choices=("passive", "active"), default="passive",

@@ -12,6 +12,7 @@ import argparse
 import os
 from pathlib import Path
 
+from aekit.cli import at_least
 from aekit.codec.format import SUFFIX
 
 EXIT_OK, EXIT_ERROR = 0, 2
@@ -20,20 +21,6 @@ FMT = argparse.ArgumentDefaultsHelpFormatter
 
 
 MIN_MEMORY_MB = 64  # below this every call is cut into tiny tiles (1 MiB made a 512² folder 18x slower)
-
-
-def at_least(low: int, what: str = ""):
-    """argparse type: an int >= low, else a usage error naming the bound (and why, if `what`)."""
-    def parse(text: str) -> int:
-        try:
-            v = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-        if v < low:
-            raise argparse.ArgumentTypeError(f"{v} is below {low}{what}")
-        return v
-
-    return parse
 
 
 def common(p: argparse.ArgumentParser) -> None:

@@ -82,6 +82,11 @@ def test_bad_inputs_give_clear_errors(tmp_path, capsys):
         main(["train", str(bad), "--out", str(tmp_path / "r"), "--ratio", "5"])
     assert e.value.code == 2
     assert "invalid choice: 5" in capsys.readouterr().err
+    for opt, value in (("--batch-size", "0"), ("--width", "0"), ("--epochs", "0"), ("--val-fraction", "1.5"),
+                       ("--rate-weight", "-1")):
+        with pytest.raises(SystemExit) as e:  # usage errors in one line, not a traceback from inside training
+            main(["train", str(bad), "--out", str(tmp_path / "r"), opt, value])
+        assert e.value.code == 2 and f"argument {opt}" in capsys.readouterr().err
 
 
 def test_corrupt_and_foreign_checkpoints(tmp_path):
