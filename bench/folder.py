@@ -59,8 +59,13 @@ def _vm_hwm(pid: int) -> int:
     return 0
 
 
+# `python -m aekit.cli` would put the working directory first on sys.path, where a folder named `aekit`
+# (a clone of this repository, say) shadows the installed package: the child drops that entry first.
+AEKIT_MAIN = "import sys; sys.path.pop(0); from aekit.cli import main; sys.exit(main())"
+
+
 def aekit_cmd(*args: str) -> list[str]:
-    return [sys.executable, "-m", "aekit.cli", *args]
+    return [sys.executable, "-c", AEKIT_MAIN, *args]
 
 
 def codec_available() -> str | None:

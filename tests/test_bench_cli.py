@@ -22,6 +22,16 @@ def bench(capsys, *args: str) -> tuple[int, str, str]:
     return rc, out.out, out.err
 
 
+def test_default_size_fits_a_model_whose_factor_does_not_divide_the_images(tiny_model, tmp_path, capsys):
+    """A 1/9 model (factor 6) on 28 x 28 images: the default size is rounded down to 24 x 24, so the bench
+    measures something instead of skipping its only size (exit 2)."""
+    out = tmp_path / "b.json"
+    rc, _, err = bench(capsys, tiny_model(1, 9), "--batch", "1", *FAST, "--json", out)
+    assert rc == 0, err
+    rep = json.loads(out.read_text())
+    assert {r["size"] for r in rep["results"] if r["status"] == "ok"} == {"24x24"}
+
+
 def test_end_to_end_json_table_and_plot(tiny_model, tmp_path, capsys):
     out = tmp_path / "r" / "bench.json"
     rc, stdout, _ = bench(capsys, tiny_model(1, 4), "--batch", "1,3", *FAST, "--json", out)
@@ -170,3 +180,13 @@ def test_bench_imports_stay_lazy():
             "bad = [m for m in sys.modules if m == 'torch' or m.startswith('aekit.codec.core')]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_folder_stage_children_ignore_an_aekit_folder_in_the_working_directory(tmp_path, monkeypatch):
+    """The folder stage runs `aekit compress/decompress` as child processes: run from a folder holding a
+    folder named aekit (a clone of the repository), they still import the installed package."""
+    from aekit.bench.folder import codec_available
+
+    (tmp_path / "aekit").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert codec_available() is None
