@@ -167,8 +167,12 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     accs: dict[str, _Acc] = {}
     refused: dict[tuple, int] = {r: 0 for r in runs}
     scales: set[int] = set()
-    n = 0
+    n, skipped = 0, 0
+    gray = [m for m in cfg.models if codecs[first[m]].channels == 1]
     for chunk in _images(cfg):
+        if gray:  # a gray model refuses colour images (as compress does): every curve, JPEG's too, skips them
+            kept = [it for it in chunk if it[2] != "RGB"]
+            skipped, chunk = skipped + len(chunk) - len(kept), kept
         n += len(chunk)
         for shape, group in _by_shape(chunk).items():
             scales.add(msssim_scales(shape[0], shape[1]))
@@ -181,7 +185,13 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
                 for q in cfg.qualities:
                     _eval_pillow(group, fmt, q, accs.setdefault(f"{fmt}:{q}", _Acc()))
         log.info("evaluate: %d images, %.0f s", n, time.monotonic() - t0)
+    if skipped:
+        log.warning("warning: %d colour image(s) skipped for every model and baseline: %s take(s) gray images "
+                    "(evaluate gray and colour models on separate runs)", skipped, ", ".join(map(str, gray)))
+    if not n:
+        raise ValueError(f"{cfg.src}: no images to evaluate" + (f" ({skipped} colour images skipped)" if skipped else ""))
     result = _summarise(cfg, runs, codecs, accs, refused, n, sorted(scales), time.monotonic() - t0)
+    result["skipped_rgb"] = skipped
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     result["markdown"] = _markdown(result)

@@ -230,6 +230,26 @@ def test_runtime_commands_do_not_import_torch(tiny_model, gray_dir, tmp_path):
     assert r.returncode == 0, r.stderr
 
 
+def test_evaluate_skips_colour_images_for_every_curve_with_a_gray_model(tiny_model, gray_dir, photos_dir, tmp_path,
+                                                                      capsys):
+    """A gray model refuses colour images; evaluate then leaves them out of every curve (JPEG's too) and says
+    so, instead of comparing the model on some images with JPEG on all; a folder with nothing left is one line."""
+    src = tmp_path / "mixed"
+    src.mkdir()
+    for p in sorted((gray_dir / "test").rglob("*.png"))[:3]:
+        shutil.copy(p, src / p.name)
+    shutil.copy(photos_dir / "astronaut.png", src / "astronaut.png")
+    assert run("evaluate", src, "-m", tiny_model(1, 4), "-o", tmp_path / "ev", "--levels", "256") == 0
+    res = json.loads((tmp_path / "ev" / "results.json").read_text())
+    assert res["images"] == 3 and res["skipped_rgb"] == 1
+    assert "1 colour image(s) skipped for every model and baseline" in capsys.readouterr().err
+    only = tmp_path / "only"
+    only.mkdir()
+    shutil.copy(photos_dir / "astronaut.png", only / "astronaut.png")
+    assert run("evaluate", only, "-m", tiny_model(1, 4), "-o", tmp_path / "ev2") == 2
+    assert "no images to evaluate (1 colour images skipped)" in capsys.readouterr().err
+
+
 def test_evaluate_writes_json_markdown_and_plot(tiny_model, gray_dir, tmp_path, capsys):
     out = tmp_path / "eval"
     assert run("evaluate", gray_dir / "test", "-m", tiny_model(1, 4), "-m", tiny_model(1, 9),
