@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from aekit.images import atomic_write_bytes, is_image_name
+from aekit.images import atomic_write_bytes, check_output_folder, is_image_name
 from aekit.machine import cpu_name
 from aekit.codec.core import Codec, CodecConfig, Decoder, load_for_model
 from aekit.codec import baseline
@@ -154,6 +154,7 @@ def _at_bytes(sweep: list[dict[str, Any]], target: float, key: str) -> float | N
 
 def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     """Run the evaluation and write results.json, results.md, rd.png under cfg.out."""
+    check_output_folder(Path(cfg.out), "-o")  # a file there fails now, not after the whole evaluation
     t0 = time.monotonic()
     runs = _runs(cfg)  # (model, levels, quality): one RD point each
     codecs = {r: Codec(r[0], CodecConfig(device=cfg.device, levels=r[1], quality=r[2], int8=cfg.int8)) for r in runs}
@@ -238,7 +239,11 @@ def _runs(cfg: EvalConfig) -> list[tuple[str, int, int]]:
         man = load_manifest(m)
         if man["latent"].get("quantiser") == "integer":
             offered = [q["quality"] for q in man["entropy"]["qualities"]]
-            runs += [(m, 0, q) for q in offered if not cfg.model_qualities or q in cfg.model_qualities]
+            mine = [(m, 0, q) for q in offered if not cfg.model_qualities or q in cfg.model_qualities]
+            if not mine:
+                raise ValueError(f"{m}: no quality {', '.join(map(str, cfg.model_qualities))} "
+                                 f"(have: {', '.join(map(str, offered))})")
+            runs += mine
         else:
             runs += [(m, lv, 0) for lv in cfg.levels]
     return runs

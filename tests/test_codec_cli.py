@@ -248,6 +248,8 @@ def test_evaluate_skips_colour_images_for_every_curve_with_a_gray_model(tiny_mod
     shutil.copy(photos_dir / "astronaut.png", only / "astronaut.png")
     assert run("evaluate", only, "-m", tiny_model(1, 4), "-o", tmp_path / "ev2") == 2
     assert "no images to evaluate (1 colour images skipped)" in capsys.readouterr().err
+    assert run("evaluate", src, "-m", tiny_model(1, 4), "-o", src / "astronaut.png") == 2  # -o is a file: at once
+    assert "-o " in (err := capsys.readouterr().err) and "exists and is not a folder" in err
 
 
 def test_evaluate_writes_json_markdown_and_plot(tiny_model, gray_dir, tmp_path, capsys):
