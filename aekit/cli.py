@@ -308,10 +308,14 @@ def set_omp_wait_policy(policy: str) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     set_omp_wait_policy(args.omp_wait)  # before aekit.train imports torch
+    import pathlib
+
     from aekit.config import ModelConfig
     from aekit.data import DataConfig
+    from aekit.images import check_output_folder
     from aekit.train import TrainConfig, train
 
+    check_output_folder(pathlib.Path(args.out), "--out")  # a file there fails now, not after the data are read
     channels, size = folder_defaults(args.data, args.channels, args.size)
     mcfg = ModelConfig(arch=args.arch, channels=channels, ratio=args.ratio, width=args.width,
                        blocks=args.blocks, upsample=args.upsample, latent_levels=args.latent_levels,

@@ -87,6 +87,9 @@ def test_bad_inputs_give_clear_errors(tmp_path, capsys):
         with pytest.raises(SystemExit) as e:  # usage errors in one line, not a traceback from inside training
             main(["train", str(bad), "--out", str(tmp_path / "r"), opt, value])
         assert e.value.code == 2 and f"argument {opt}" in capsys.readouterr().err
+    (tmp_path / "taken").write_text("x")  # --out is a file: one line, before any data are read
+    assert main(["train", str(bad), "--out", str(tmp_path / "taken")]) == 2
+    assert "--out " in (err := capsys.readouterr().err) and "taken: exists and is not a folder" in err
 
 
 def test_corrupt_and_foreign_checkpoints(tmp_path):
