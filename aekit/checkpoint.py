@@ -31,6 +31,10 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
     return Path(path)
 
 
+class WeightsError(RuntimeError):
+    """A third-party weights file that is missing, unreadable or not what it should be (one line)."""
+
+
 def load_state_file(path: str | Path, what: str) -> dict[str, Any]:
     """A third-party state_dict file (e.g. ImageNet weights), loaded with weights_only=True;
     errors name the file and what it should have been (`what`, e.g. "VGG19")."""
@@ -40,9 +44,9 @@ def load_state_file(path: str | Path, what: str) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise RuntimeError(f"{path}: not a readable {what} state_dict ({e})") from None
+        raise WeightsError(f"{path}: not a readable {what} state_dict ({_load_failure(e)})") from None
     if not isinstance(state, dict):
-        raise RuntimeError(f"{path}: not a {what} state_dict")
+        raise WeightsError(f"{path}: not a {what} state_dict")
     return state
 
 

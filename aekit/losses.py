@@ -149,14 +149,15 @@ def load_vgg19_features(weights_file: str | Path | None, layers: int = VGG19_REL
 def load_vgg_features(net: str, weights_file: str | Path | None, layers: int) -> nn.Sequential:
     """The first `layers` modules of ImageNet VGG16/VGG19's feature stack, weights loaded
     from `weights_file` (a torchvision state_dict, full or features-only) or torchvision's
-    weights API (its cache or the network). Neither available -> RuntimeError saying what to do."""
+    weights API (its cache or the network). Neither available -> aekit.checkpoint.WeightsError (a
+    RuntimeError) saying what to do."""
     import torchvision.models as tvm
+
+    from aekit.checkpoint import WeightsError, load_state_file
 
     label = net.upper()
     if weights_file is not None:
         from torchvision.models.vgg import cfgs, make_layers
-
-        from aekit.checkpoint import load_state_file
 
         path, state = Path(weights_file), load_state_file(weights_file, label)
 
@@ -166,17 +167,17 @@ def load_vgg_features(net: str, weights_file: str | Path | None, layers: int) ->
         needed = set(features.state_dict())
         missing = sorted(needed - set(state))
         if missing:
-            raise RuntimeError(f"{path}: {label} weights lack layers {missing[:4]} needed by this feature loss")
+            raise WeightsError(f"{path}: {label} weights lack layers {missing[:4]} needed by this feature loss")
         try:
             features.load_state_dict({k: state[k] for k in needed})
         except RuntimeError as e:
-            raise RuntimeError(f"{path}: {label} weights have the wrong shapes ({e})") from None
+            raise WeightsError(f"{path}: {label} weights have the wrong shapes ({str(e).splitlines()[0]})") from None
         return features
     enum = getattr(tvm, f"{label}_Weights")  # VGG16_Weights, VGG19_Weights
     try:
         return getattr(tvm, net)(weights=enum.IMAGENET1K_V1).features[:layers]
     except Exception as e:
-        raise RuntimeError(
+        raise WeightsError(
             f"perceptual loss needs ImageNet {label} weights: torchvision could not load "
             f"{enum.__name__}.IMAGENET1K_V1 ({type(e).__name__}: {e}). Put the file "
             f"{VGG_FILES[net]} in $TORCH_HOME/hub/checkpoints or pass --vgg-weights FILE."

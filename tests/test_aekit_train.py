@@ -87,6 +87,10 @@ def test_bad_inputs_give_clear_errors(tmp_path, capsys):
         with pytest.raises(SystemExit) as e:  # usage errors in one line, not a traceback from inside training
             main(["train", str(bad), "--out", str(tmp_path / "r"), opt, value])
         assert e.value.code == 2 and f"argument {opt}" in capsys.readouterr().err
+    (tmp_path / "junk.pth").write_text("junk")  # a bad weights file: one line naming it, exit 2, no traceback
+    assert main(["train", str(bad), "--out", str(tmp_path / "p"), "--loss", "mse:1,perceptual:0.1",
+                 "--vgg-weights", str(tmp_path / "junk.pth")]) in (2,)
+    assert "junk.pth: not a readable VGG19 state_dict" in capsys.readouterr().err
     (tmp_path / "taken").write_text("x")  # --out is a file: one line, before any data are read
     assert main(["train", str(bad), "--out", str(tmp_path / "taken")]) == 2
     assert "--out " in (err := capsys.readouterr().err) and "taken: exists and is not a folder" in err
