@@ -29,7 +29,7 @@ from aekit.entropy_models import QUALITY_STEPS, gaussian_pmf, scale_table
 from aekit.metrics import psnr_torch
 from aekit.export.entropy import QUANTISER_INTEGER, trim_counts
 from aekit.export.hyperprior import EXACT_BITS, HYPER_ACT_BITS, HYPER_FRAC_BITS, IntegerHyperDecoder
-from aekit.export.manifest import MANIFEST_FORMAT, MANIFEST_VERSION, entropy_bytes, model_id_of, save_manifest
+from aekit.export.manifest import MANIFEST_FORMAT, MANIFEST_NAME, MANIFEST_VERSION, entropy_bytes, model_id_of, save_manifest
 from aekit.export.lean import DEFAULT_PASSES, PASSES, lean_file
 from aekit.export.quantize import Int8Config, Int8Error, centre_crops, int8_export, split_images
 from aekit.export.runtime import make_session, tile_contexts
@@ -166,6 +166,10 @@ def export_model(checkpoint: str | Path, out: str | Path, fp16: bool = False, fo
     out = Path(out)
     if out.exists() and not force:
         raise ExportError(f"{out}: already exists; pass --force to replace it")
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / MANIFEST_NAME).is_file())):
+        # --force replaces a model folder (or an empty one), never a file or a folder of something else
+        raise ExportError(f"{out}: " + ("is a file" if not out.is_dir() else "is not a model folder (no manifest.json)")
+                          + "; --force replaces only a model folder: choose another --out")
     model, ckpt = load_model(checkpoint)
     model = model.float().eval()
     cfg = model.cfg

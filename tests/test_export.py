@@ -51,6 +51,11 @@ def test_export_refuses_overwrite_and_failed_verification(train_tiny, tmp_path, 
     assert {"encoder_fp16", "decoder_fp16"} <= set(m["files"])
     assert main(["export", str(run / "best.pt"), "--out", str(out)]) == 2
     assert "already exists; pass --force" in capsys.readouterr().err
+    notes = tmp_path / "notes"  # --force replaces a model folder, never a folder of something else
+    notes.mkdir()
+    (notes / "todo.txt").write_text("keep me")
+    assert main(["export", str(run / "best.pt"), "--out", str(notes), "--force"]) == 2
+    assert "is not a model folder" in capsys.readouterr().err and (notes / "todo.txt").read_text() == "keep me"
     import aekit.export.onnx
 
     monkeypatch.setattr(aekit.export.onnx, "PARITY_TOL", 0.0)
