@@ -131,6 +131,11 @@ class Trainer:
         self.amp_dtype = self._amp_dtype()
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.train_set, self.val_set, self.classes = self._load_data()
+        side = tcfg.data_cfg.size if tcfg.data_cfg is not None else 0  # resolved by the load when it was 0
+        big = sorted({p for p in self.phases if p and side and p >= side})
+        if big:
+            raise ValueError(f"--progressive {tcfg.progressive!r}: size {big[0]} is not below the training size {side} "
+                             "(progressive resizing trains on down-scaled images first)")
         if mcfg.rd and tcfg.rate_weight <= 0:
             raise ValueError(f"arch {mcfg.arch!r} is rate-distortion trained: give --rate-weight "
                              "(the weight of the bits per pixel against the distortion, e.g. 0.005)")

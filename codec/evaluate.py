@@ -246,6 +246,11 @@ def _runs(cfg: EvalConfig) -> list[tuple[str, int, int]]:
             runs += mine
         else:
             runs += [(m, lv, 0) for lv in cfg.levels]
+    rd = {r[0] for r in runs if r[2]}
+    if cfg.model_qualities and not rd:
+        raise ValueError("--quality is for rate-distortion models (gdn, gdn-hp, klt) and no -m is one: use --levels")
+    if any(cfg.levels) and len(rd) == len(cfg.models):
+        raise ValueError("--levels is for tanh-latent models and no -m is one: use --quality")
     return runs
 
 

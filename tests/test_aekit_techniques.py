@@ -145,6 +145,14 @@ def test_progressive_schedule():
         parse_progressive("14", 3)
 
 
+def test_progressive_sizes_must_be_below_the_training_size(gray_dir, tmp_path, capsys):
+    from aekit.cli import main
+
+    assert main(["train", str(gray_dir / "train"), "--out", str(tmp_path / "r"), "--size", "16", "--resize",
+                 "random-crop", "--epochs", "2", "--progressive", "20:1", "--channels", "1"]) == 2
+    assert "size 20 is not below the training size 16" in capsys.readouterr().err
+
+
 def small_train(gray_dir: Path, out: Path, mcfg: ModelConfig, **tk) -> Trainer:
     tcfg = TrainConfig(data=str(gray_dir / "train"), out=str(out), batch_size=16, lr=3e-3, threads=1,
                        hist_images=64, data_cfg=DataConfig(resize="none", max_images=160, workers=2), **tk)

@@ -172,6 +172,19 @@ def test_tables_out_of_range_are_refused(rd_model):
         rd_counts(m, 1)
 
 
+def test_evaluate_refuses_the_other_kind_of_rate_knob(rd_model, tiny_model, photos_dir, tmp_path, capsys):
+    """As compress does: --levels on rate-distortion models only, or --quality on tanh models only, is one
+    line; an unknown quality lists the model's."""
+    from aekit.cli import main
+
+    assert main(["evaluate", str(photos_dir), "-m", str(rd_model), "--levels", "32", "-o", str(tmp_path / "a")]) == 2
+    assert "--levels is for tanh-latent models" in capsys.readouterr().err
+    assert main(["evaluate", str(photos_dir), "-m", str(tiny_model(3, 4)), "--quality", "3", "-o", str(tmp_path / "b")]) == 2
+    assert "--quality is for rate-distortion models" in capsys.readouterr().err
+    assert main(["evaluate", str(photos_dir), "-m", str(rd_model), "--quality", "99", "-o", str(tmp_path / "c")]) == 2
+    assert "no quality 99 (have: " in capsys.readouterr().err
+
+
 def test_evaluate_sweeps_qualities_and_reports_bd_rate_colour_and_borders(rd_model, photos_dir, tmp_path):
     from aekit.cli import main
 
