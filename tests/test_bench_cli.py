@@ -190,3 +190,14 @@ def test_folder_stage_children_ignore_an_aekit_folder_in_the_working_directory(t
     (tmp_path / "aekit").mkdir()
     monkeypatch.chdir(tmp_path)
     assert codec_available() is None
+
+
+def test_a_folder_stage_that_cannot_run_fails_the_bench(tiny_model, tmp_path, capsys, monkeypatch):
+    """--folder asked for but `aekit compress` unavailable: the stage is reported skipped and the exit is 2."""
+    import aekit.bench.folder as folder
+
+    monkeypatch.setattr(folder, "codec_available", lambda: "`aekit compress` is not available (test)")
+    src = tmp_path / "imgs"
+    src.mkdir()
+    rc, _, err = bench(capsys, tiny_model(1, 4), "--batch", "1", *FAST, "--folder", str(src))
+    assert rc == 2 and "not available (test) -- skipped" in err
