@@ -316,6 +316,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     from aekit.train import TrainConfig, train
 
     check_output_folder(pathlib.Path(args.out), "--out")  # a file there fails now, not after the data are read
+    for opt, value, applies, where in (
+            ("--freeze-epochs", args.freeze_epochs,
+             args.arch == "pretrained" or (args.arch == "gdn-hp" and (args.init_from or args.resume)),
+             "--arch pretrained, or --arch gdn-hp with --init-from (or resuming such a run)"),
+            ("--lr-ratio", args.lr_ratio, args.arch == "pretrained", "--arch pretrained"),
+            ("--kl-weight", args.kl_weight, args.arch == "vae", "--arch vae")):
+        if value is not None and not applies:  # an option that would do nothing is a mistake worth one line
+            raise ValueError(f"{opt} applies to {where} only (this run: --arch {args.arch})")
     channels, size = folder_defaults(args.data, args.channels, args.size)
     mcfg = ModelConfig(arch=args.arch, channels=channels, ratio=args.ratio, width=args.width,
                        blocks=args.blocks, upsample=args.upsample, latent_levels=args.latent_levels,

@@ -91,6 +91,8 @@ def test_bad_inputs_give_clear_errors(tmp_path, capsys):
     assert main(["train", str(bad), "--out", str(tmp_path / "p"), "--loss", "mse:1,perceptual:0.1",
                  "--vgg-weights", str(tmp_path / "junk.pth")]) in (2,)
     assert "junk.pth: not a readable VGG19 state_dict" in capsys.readouterr().err
+    assert main(["train", str(bad), "--out", str(tmp_path / "f"), "--freeze-epochs", "3"]) == 2  # dcgan: no effect
+    assert "--freeze-epochs applies to --arch pretrained, or --arch gdn-hp with --init-from (or resuming such a run) only" in capsys.readouterr().err
     (tmp_path / "taken").write_text("x")  # --out is a file: one line, before any data are read
     assert main(["train", str(bad), "--out", str(tmp_path / "taken")]) == 2
     assert "--out " in (err := capsys.readouterr().err) and "taken: exists and is not a folder" in err
