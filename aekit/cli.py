@@ -245,6 +245,10 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
                    "relative to the next one's [0.3]")
     p.add_argument("--kl-weight", type=float, help="--arch vae: weight of the KL term [0.01]")
     p.add_argument("--width", type=at_least(1), default=m.width, help="channels of the first conv layer")
+    p.add_argument("--encoder-width", type=at_least(1), help="--arch gdn/gdn-hp: channels of the analysis transform "
+                   "g_a alone (default: --width); a narrower g_a compresses faster behind the same decoder")
+    p.add_argument("--hyper-width", type=at_least(1), help="--arch gdn-hp: channels of the hyperprior h_a, h_s "
+                   "(default: --width); h_s runs at compress and decompress")
     p.add_argument("--blocks", type=at_least(0), default=m.blocks, help="extra conv blocks at latent resolution")
     p.add_argument("--upsample", choices=("pixelshuffle", "transpose"), default=m.upsample)
     p.add_argument("--latent-levels", type=int, default=m.latent_levels, help="quantisation levels (<=256)")
@@ -288,6 +292,13 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--init-from", metavar="CKPT",
                    help="start from the weights of another run's checkpoint (same architecture) with a "
                         "fresh optimiser and lr schedule: fine-tune on your domain, or train on")
+    p.add_argument("--freeze-decoder", action="store_true", help="RD archs with --init-from: keep the loaded "
+                   "decoder g_s fixed for the whole run (train a new g_a and entropy model behind it)")
+    p.add_argument("--distill-from", metavar="CKPT", help="RD archs: a teacher checkpoint (same ratio); its "
+                   "y = g_a(x) is a target for this run's g_a (knowledge distillation of the analysis transform)")
+    p.add_argument("--distill-weight", type=at_least(0.0, kind=float), help="weight of mean((y - y_teacher)^2), "
+                   "y in quantisation steps [0.01]")
+    p.add_argument("--distill-epochs", type=at_least(0), help="epochs with the distillation term (0: all) [0]")
     p.add_argument("--nproc", type=int, default=1,
                    help="data-parallel processes (DDP: gloo on CPU, NCCL on GPUs); --batch-size is the global "
                         "batch, split evenly (see also torchrun in the README)")
@@ -321,13 +332,21 @@ def cmd_train(args: argparse.Namespace) -> int:
              args.arch == "pretrained" or (args.arch == "gdn-hp" and (args.init_from or args.resume)),
              "--arch pretrained, or --arch gdn-hp with --init-from (or resuming such a run)"),
             ("--lr-ratio", args.lr_ratio, args.arch == "pretrained", "--arch pretrained"),
-            ("--kl-weight", args.kl_weight, args.arch == "vae", "--arch vae")):
+            ("--kl-weight", args.kl_weight, args.arch == "vae", "--arch vae"),
+            ("--encoder-width", args.encoder_width, args.arch in ("gdn", "gdn-hp"), "--arch gdn and gdn-hp"),
+            ("--hyper-width", args.hyper_width, args.arch == "gdn-hp", "--arch gdn-hp"),
+            ("--freeze-decoder", args.freeze_decoder or None, args.arch in ("gdn", "gdn-hp", "klt")
+             and bool(args.init_from or args.resume), "--arch gdn, gdn-hp or klt with --init-from"),
+            ("--distill-from", args.distill_from, args.arch in ("gdn", "gdn-hp", "klt"), "--arch gdn, gdn-hp or klt"),
+            ("--distill-weight", args.distill_weight, bool(args.distill_from), "--distill-from"),
+            ("--distill-epochs", args.distill_epochs, bool(args.distill_from), "--distill-from")):
         if value is not None and not applies:  # an option that would do nothing is a mistake worth one line
             raise ValueError(f"{opt} applies to {where} only (this run: --arch {args.arch})")
     channels, size = folder_defaults(args.data, args.channels, args.size)
     mcfg = ModelConfig(arch=args.arch, channels=channels, ratio=args.ratio, width=args.width,
                        blocks=args.blocks, upsample=args.upsample, latent_levels=args.latent_levels,
-                       quant=args.quant, backbone=args.backbone)
+                       quant=args.quant, backbone=args.backbone, encoder_width=args.encoder_width or 0,
+                       hyper_width=args.hyper_width or 0)
     dcfg = DataConfig(size=size, resize=args.resize, val_fraction=args.val_fraction,
                       max_images=args.max_images, repeat=args.repeat)
     tcfg = TrainConfig(data=args.data, out=args.out, val_data=args.val_data, epochs=args.epochs,
@@ -336,8 +355,9 @@ def cmd_train(args: argparse.Namespace) -> int:
                        clip_grad=args.clip_grad,
                        perceptual=args.perceptual, noise=args.noise, progressive=args.progressive,
                        encoder_weights=args.encoder_weights,
-                       **{k: getattr(args, k) for k in ("freeze_epochs", "lr_ratio", "kl_weight")
-                          if getattr(args, k) is not None},
+                       **{k: getattr(args, k) for k in ("freeze_epochs", "lr_ratio", "kl_weight", "distill_weight",
+                                                        "distill_epochs") if getattr(args, k) is not None},
+                       freeze_decoder=args.freeze_decoder, distill_from=args.distill_from,
                        device=args.device,
                        amp=not args.no_amp, seed=args.seed, threads=args.threads, data_cfg=dcfg,
                        init_from=args.init_from)

@@ -35,6 +35,9 @@ class ModelConfig:
     channels: int = 3  # image channels: 1 (gray) or 3 (RGB)
     ratio: int = 4  # latent ratio denominator: 4 or 9
     width: int = 64  # channels after the first down-sampling conv; doubled after the second
+    encoder_width: int = 0  # gdn, gdn-hp: N of the analysis transform g_a alone (0: width); a narrower g_a
+    #                         is a faster compress for the same decoder (issue 17)
+    hyper_width: int = 0  # gdn-hp: N of the hyperprior's h_a and h_s (0: width); h_s runs at compress and decompress
     blocks: int = 1  # extra 3x3 conv blocks at the latent resolution, in encoder and decoder
     upsample: str = "pixelshuffle"  # decoder up-sampling: "pixelshuffle" or "transpose" (DCGAN)
     latent_levels: int = 256  # quantisation levels of the tanh latent (<= 256: 8-bit symbols)
@@ -54,6 +57,12 @@ class ModelConfig:
             raise ValueError(f"backbone {self.backbone!r} is not supported (have: {', '.join(BACKBONES)})")
         if self.quant not in ("noise", "ste"):
             raise ValueError(f"quant {self.quant!r} must be 'noise' or 'ste'")
+        if self.encoder_width < 0 or self.hyper_width < 0:
+            raise ValueError("encoder_width and hyper_width must be >= 0 (0: width)")
+        if self.encoder_width and self.arch not in DEEP_ARCHITECTURES:
+            raise ValueError(f"encoder_width applies to {' and '.join(DEEP_ARCHITECTURES)} only (arch {self.arch!r})")
+        if self.hyper_width and self.arch != "gdn-hp":
+            raise ValueError(f"hyper_width applies to gdn-hp only (arch {self.arch!r})")
 
     @property
     def factor(self) -> int:

@@ -68,6 +68,10 @@ class TrainConfig:
     threads: int = 0  # torch CPU threads (0: the usable cores / processes); the CLI sets OMP_WAIT_POLICY=PASSIVE first
     hist_images: int = 2000  # training images encoded for the latent symbol histogram
     init_from: str | None = None  # warm start: weights of this checkpoint, fresh optimiser and lr schedule
+    freeze_decoder: bool = False  # RD archs with init_from: g_s keeps the loaded weights for the whole run
+    distill_from: str | None = None  # RD archs: a teacher checkpoint whose y = g_a(x) the student's g_a learns
+    distill_weight: float = 0.01  # weight of mean((y - y_teacher)^2), y in quantisation steps
+    distill_epochs: int = 0  # epochs with the distillation term (0: all)
     data_cfg: DataConfig = field(default_factory=DataConfig)
 
     @classmethod
@@ -147,6 +151,10 @@ class Trainer:
             self._resume()
         if mcfg.hyperprior and tcfg.init_from:  # the first --freeze-epochs train the hyperprior alone
             self.model.warm_transforms = True
+        if tcfg.freeze_decoder and not (mcfg.rd and (tcfg.init_from or resume)):
+            raise ValueError("freeze_decoder keeps a loaded g_s fixed: it needs an RD architecture and --init-from")
+        self.teacher = self._teacher(tcfg.distill_from) if tcfg.distill_from else None
+        self.distilling = False  # this epoch adds the distillation term (set per epoch in run)
         # the step's forward: the model, or it inside DistributedDataParallel (aekit.distributed)
         self.net = distributed.wrap(self.model, self.device, tcfg.seed, find_unused=tcfg.rate_weight == 0)
 
@@ -161,12 +169,17 @@ class Trainer:
         the lr schedule, the epoch count and the history start fresh (fine-tuning, or training on past a
         finished cosine schedule). Raises CheckpointError if its model config differs from this run's."""
         ckpt = load_checkpoint(path)
-        diff = sorted(k for k, v in self.mcfg.to_dict().items() if ckpt["model_config"].get(k) != v)
-        if diff == ["arch"] and {ckpt["model_config"]["arch"], self.mcfg.arch} == {"gdn", "gdn-hp"}:
+        old = {**ModelConfig().to_dict(), **ckpt["model_config"]}  # fields added since: their defaults
+        diff = sorted(k for k, v in self.mcfg.to_dict().items() if old.get(k) != v)
+        widths = {"encoder_width", "hyper_width"}  # narrower g_a / hyperprior: what fits carries over (g_s)
+        if set(diff) - widths == {"arch"} and {old["arch"], self.mcfg.arch} == {"gdn", "gdn-hp"}:
             self._load_matching(path, ckpt["state_dict"])  # gdn <-> gdn-hp: the transforms carry over
+        elif diff and set(diff) <= widths:
+            self._load_matching(path, ckpt["state_dict"], keep_prior=True)
         elif diff:
             raise CheckpointError(f"{path}: model config differs from this run's in {', '.join(diff)}; "
-                                  "--init-from needs the same architecture (or gdn for gdn-hp)")
+                                  "--init-from needs the same architecture (or gdn for gdn-hp; "
+                                  "--encoder-width and --hyper-width may differ)")
         elif self.mcfg.hyperprior:
             self._load_matching(path, ckpt["state_dict"], keep_prior=True)  # also a mean-free gdn-hp's
         else:
@@ -179,6 +192,24 @@ class Trainer:
         self.warm_start = {"checkpoint": str(Path(path).resolve()), "epoch": ckpt["epoch"] + 1 + int(earlier.get("epoch", 0)),
                            "train_time_s": round(own_time + float(earlier.get("train_time_s", 0.0)), 1)}
         log.info(f"weights from {path} (epoch {ckpt['epoch'] + 1} of that run); new optimiser and schedule")
+
+    def _teacher(self, path: str) -> torch.nn.Module:
+        """The distillation teacher (Hinton et al. 2015's idea applied to the analysis transform): a
+        checkpoint of an RD model with this run's ratio, channels and factor, frozen in eval mode.
+        Raises CheckpointError for a checkpoint that does not fit."""
+        from aekit.checkpoint import load_model
+
+        teacher, ckpt = load_model(path)
+        tcfg = ModelConfig.from_dict(ckpt["model_config"])
+        if not self.mcfg.rd or not tcfg.rd or (tcfg.channels, tcfg.ratio, tcfg.factor) != \
+                (self.mcfg.channels, self.mcfg.ratio, self.mcfg.factor):
+            raise CheckpointError(f"{path}: a distillation teacher must be an RD model of this run's channels, ratio "
+                                  f"and factor (it is {tcfg.arch}, {tcfg.channels} ch, 1/{tcfg.ratio}, f {tcfg.factor})")
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+        log.info(f"distilling g_a from {path} (weight {self.tcfg.distill_weight}, "
+                 f"{'all' if not self.tcfg.distill_epochs else self.tcfg.distill_epochs} epochs)")
+        return teacher.to(self.device).eval()
 
     def _load_matching(self, path: str, state: dict[str, torch.Tensor], keep_prior: bool = False) -> None:
         """Load every tensor of `state` whose name and shape this model has (a gdn run's g_a, g_s
@@ -277,6 +308,10 @@ class Trainer:
         for epoch in range(self.start_epoch, self.tcfg.epochs):
             t_epoch = time.monotonic()
             self.model.set_trunk_frozen(epoch < self.tcfg.freeze_epochs)  # two-phase (pretrained trunk)
+            if self.tcfg.freeze_decoder:  # after set_trunk_frozen, which may have unfrozen it
+                for p in self.model.decoder.parameters():
+                    p.requires_grad_(False)
+            self.distilling = self.teacher is not None and (not self.tcfg.distill_epochs or epoch < self.tcfg.distill_epochs)
             train_loss, train_psnr = self._train_epoch(epoch)
             val = self.evaluate(self.val_set) if self.val_set and distributed.is_main() else {"loss": train_loss, "psnr": train_psnr, "bpp": float("nan")}
             self.sched.step()
@@ -339,6 +374,12 @@ class Trainer:
                 bpp = self.model.rate_bpp(out, x.shape[0] * x.shape[2] * x.shape[3])
                 parts["bpp"] = float(bpp.detach())
                 loss = loss + self.tcfg.rate_weight * bpp
+            if self.distilling:  # the student's y follows the teacher's, in quantisation steps
+                with torch.no_grad():
+                    y_t = self.teacher.encode(self.teacher.pad(x))
+                d = torch.mean((out.y.float() - y_t.float()) ** 2)
+                parts["distill"] = float(d.detach())
+                loss = loss + self.tcfg.distill_weight * d
         self.opt.zero_grad(set_to_none=True)
         self.scaler.scale(loss * distributed.loss_weight(len(x))).backward()  # 1 unless slices differ
         if self.tcfg.clip_grad > 0:  # RD recipes: bounds the early latent blow-up at higher lr

@@ -93,6 +93,13 @@ def test_bad_inputs_give_clear_errors(tmp_path, capsys):
     assert "junk.pth: not a readable VGG19 state_dict" in capsys.readouterr().err
     assert main(["train", str(bad), "--out", str(tmp_path / "f"), "--freeze-epochs", "3"]) == 2  # dcgan: no effect
     assert "--freeze-epochs applies to --arch pretrained, or --arch gdn-hp with --init-from (or resuming such a run) only" in capsys.readouterr().err
+    for extra, says in ((["--encoder-width", "8"], "--encoder-width applies to --arch gdn and gdn-hp only"),
+                        (["--arch", "gdn", "--hyper-width", "8"], "--hyper-width applies to --arch gdn-hp only"),
+                        (["--arch", "gdn", "--freeze-decoder"], "--freeze-decoder applies to --arch gdn, gdn-hp or klt "
+                                                                "with --init-from only"),
+                        (["--distill-weight", "1"], "--distill-weight applies to --distill-from only")):
+        assert main(["train", str(bad), "--out", str(tmp_path / "f"), *extra]) == 2, extra
+        assert says in capsys.readouterr().err
     (tmp_path / "taken").write_text("x")  # --out is a file: one line, before any data are read
     assert main(["train", str(bad), "--out", str(tmp_path / "taken")]) == 2
     assert "--out " in (err := capsys.readouterr().err) and "taken: exists and is not a folder" in err

@@ -83,16 +83,18 @@ class GDNAutoencoder(RDAutoencoder):
 
     g_a: conv(N) GDN conv(N) GDN … conv(c_y), one conv per stride of cfg.strides (f = 16 at
     1/4: 2, 2, 2, 2; f = 12 at 1/9: 2, 2, 3); g_s mirrors it with transposed convs and IGDN.
-    N = cfg.width (the paper uses 128 with 192 latent channels).
+    N = cfg.width (the paper uses 128 with 192 latent channels); g_a alone may be narrower
+    (cfg.encoder_width: the same decoder behind a cheaper analysis transform, issue 17).
     """
 
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg)
         n, c, cy, strides = cfg.width, cfg.channels, cfg.latent_channels, cfg.strides
+        ne = cfg.encoder_width or n
         enc: list[nn.Module] = []
         for i, s in enumerate(strides):
             last = i == len(strides) - 1
-            enc += [down(c if i == 0 else n, cy if last else n, s)] + ([] if last else [GDN(n)])
+            enc += [down(c if i == 0 else ne, cy if last else ne, s)] + ([] if last else [GDN(ne)])
         dec: list[nn.Module] = []
         for i, s in enumerate(reversed(strides)):
             last = i == len(strides) - 1
@@ -165,7 +167,7 @@ class HyperpriorAutoencoder(GDNAutoencoder):
     """Ballé et al. 2018's scale hyperprior on the gdn transforms ("Variational image compression
     with a scale hyperprior", ICLR 2018, fig. 4; mean-free Gaussian as in the paper).
 
-    z = h_a(y) (3×3 conv, ReLU, two stride-2 5×5 convs, width N = cfg.width: c_z = 2 c_y / 3
+    z = h_a(y) (3×3 conv, ReLU, two stride-2 5×5 convs, width N = cfg.hyper_width or cfg.width: c_z = 2 c_y / 3
     channels at y's resolution / 4); ẑ is coded with the factorized prior (`self.entropy`);
     (μ, ln σ) = h_s(ẑ) (two stride-2 5×5 transposed convs with ReLU, then a 3×3 conv to 2·c_y)
     give each element of y its own mean and scale, and ŷ is coded under N(μ, σ²). A mean-free
@@ -181,7 +183,7 @@ class HyperpriorAutoencoder(GDNAutoencoder):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg)
-        n, cy = cfg.width, cfg.latent_channels
+        n, cy = cfg.hyper_width or cfg.width, cfg.latent_channels
         cz = self.side_channels(cy)
         self.entropy = FactorizedPrior(cz)  # the prior of z (y's is the conditional Gaussian)
         self.hyper_encoder = nn.Sequential(  # y (B, c_y, h, w) -> z (B, c_z, h/4, w/4)
