@@ -44,7 +44,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     a = sub.add_parser("add-int8", help="add int8 variants of an exported model's networks: `aekit decompress "
                        "--int8` (and with --encoder `aekit compress --int8`) then use them (same model id)",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    a.add_argument("model", type=model_arg, help="exported model folder (fp32, not --weights fp16)")
+    a.add_argument("model", type=model_arg, help="exported model folder (fp32 or --weights fp16; not an `export --int8` one)")
     a.add_argument("--encoder", action="store_true", help="also add an int8 encoder (aekit compress --int8; its "
                    "symbols differ from fp32 and may differ between CPUs, every file still decodes everywhere)")
     add_int8_check_args(a)

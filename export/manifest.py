@@ -127,9 +127,11 @@ def _verified_id(encoder: Path, decoder: Path, extra: bytes) -> str:
 
 
 def save_manifest(model_dir: str | Path, manifest: dict[str, Any]) -> Path:
-    """Write manifest.json atomically (keys starting with '_' are not stored)."""
+    """Write manifest.json atomically (keys starting with '_' are not stored), as compact JSON: an RD
+    model's tables are most of it, and indenting them made the file 1.8x larger (`aekit info --json`
+    prints it indented)."""
     clean = {k: v for k, v in manifest.items() if not k.startswith("_")}
-    return atomic_write_bytes(Path(model_dir) / MANIFEST_NAME, (json.dumps(clean, indent=1) + "\n").encode())
+    return atomic_write_bytes(Path(model_dir) / MANIFEST_NAME, (json.dumps(clean, separators=(",", ":")) + "\n").encode())
 
 
 def resolve_model(name_or_path: str | Path) -> Path:

@@ -386,7 +386,7 @@ def _export_hyper(model: nn.Module, tmp: Path, latent: dict[str, Any], ckpt: dic
 
         store_weights_fp16(tmp / "hyper_encoder.onnx")
     specs, arrays = _integer_hyper_decoder(model)
-    np.savez_compressed(tmp / "hyper_decoder.npz", **arrays)
+    np.savez_compressed(tmp / "hyper_decoder.npz", **{k: _smallest_int(v) for k, v in arrays.items()})
     half = (RD_LEVELS - 1) // 2
     frac = specs[-1]["shift"] + HYPER_FRAC_BITS
     log_s = np.log(scale_table())[:-1]
@@ -424,6 +424,16 @@ def _export_hyper(model: nn.Module, tmp: Path, latent: dict[str, Any], ckpt: dic
     ent["model"] = ("mean-scale hyperprior (Balle et al. 2018, Minnen et al. 2018): Gaussian tables per scale and "
                     "quarter-step mean, factorized prior for z")
     return {"hyper_encoder": "hyper_encoder.onnx", "hyper_decoder": "hyper_decoder.npz"}
+
+
+def _smallest_int(a: np.ndarray) -> np.ndarray:
+    """The integers of a in the narrowest of int16 / int32 / int64 that holds them all (the hyper decoder's
+    weights mostly fit 16 bits: about half the file; the runtime reads any integer dtype as int64)."""
+    for t in (np.int16, np.int32):
+        info = np.iinfo(t)
+        if a.size == 0 or (int(a.min()) >= info.min and int(a.max()) <= info.max):
+            return a.astype(t)
+    return a.astype(np.int64)
 
 
 def _latent_fields(model: nn.Module, ckpt: dict[str, Any]) -> dict[str, Any]:

@@ -217,7 +217,8 @@ def add_int8_variants(model_dir: str | Path, cfg: Int8Config) -> dict[str, Any]:
     int8 networks. The manifest gets files["decoder_int8"] (and "encoder_int8"), their tile contexts and
     an "int8_variants" section (PSNR lost against fp32, speed-ups). Returns that section. A re-run
     replaces the variants. Raises Int8Error if the loss exceeds cfg.max_loss_db (the folder is left as it
-    was), ModelError for a folder that is not a model, ValueError for an int8 or fp16-stored export."""
+    was), ModelError for a folder that is not a model, ValueError for an `aekit export --int8` model. A
+    --weights fp16 export is quantised from the fp32 values its stored weights compute with."""
     import shutil
     import tempfile
 
@@ -230,8 +231,6 @@ def add_int8_variants(model_dir: str | Path, cfg: Int8Config) -> dict[str, Any]:
     m = load_manifest(d)
     if m["files"]["decoder"] != "decoder.onnx" or "int8" in m:
         raise ValueError(f"{d}: its decoder is already int8 (an `aekit export --int8` model)")
-    if "storage" in m:
-        raise ValueError(f"{d}: its weights are stored as fp16 (--weights fp16); add int8 variants to an fp32 export")
     folder = cfg.calib_data or (m.get("training") or {}).get("data")
     if not folder or not Path(folder).is_dir():
         raise Int8Error(f"int8 calibration needs training images: {folder or 'the manifest names no data folder'} "
@@ -251,6 +250,11 @@ def add_int8_variants(model_dir: str | Path, cfg: Int8Config) -> dict[str, Any]:
     try:
         shutil.copy(d / m["files"]["encoder"], tmp / "encoder.onnx")
         shutil.copy(d / m["files"]["decoder"], tmp / "decoder.onnx")
+        if "storage" in m:  # --weights fp16: quantise the fp32 weights the stored graph computes with
+            from aekit.export.storage import unstore_weights_fp16
+
+            for p in ("encoder", "decoder"):
+                unstore_weights_fp16(tmp / f"{p}.onnx")
         lean_file(tmp / "decoder.onnx", PASSES)  # exact rewrites, the sub-pixel one included
         try:
             section = int8_export(tmp, calib, check, f, Quantiser.of(m), cfg, speed)

@@ -60,6 +60,42 @@ def store_weights_fp16(path: str | Path, min_elements: int = MIN_ELEMENTS) -> di
     return info
 
 
+def unstore_model_fp16(model: Any) -> int:
+    """Undo store_model_fp16 on an onnx ModelProto in place: every Cast-to-float32 of a float16
+    initializer becomes a float32 initializer of the Cast's output name, holding exactly the values
+    the stored graph computes with (fp16 -> fp32 is exact). Returns the number of tensors restored.
+    Used where a tool needs plain fp32 weights, e.g. int8 quantisation (`aekit add-int8`)."""
+    from onnx import TensorProto, numpy_helper
+
+    g = model.graph
+    halves = {t.name: t for t in g.initializer if t.data_type == TensorProto.FLOAT16}
+    done = 0
+    for node in list(g.node):
+        if node.op_type != "Cast" or node.input[0] not in halves or \
+                next((a.i for a in node.attribute if a.name == "to"), None) != TensorProto.FLOAT:
+            continue
+        w = numpy_helper.to_array(halves[node.input[0]]).astype(np.float32)
+        g.node.remove(node)
+        g.initializer.append(numpy_helper.from_array(w, node.output[0]))
+        done += 1
+    used = {v for n in g.node for v in n.input}
+    for name, t in halves.items():
+        if name not in used:
+            g.initializer.remove(t)
+    return done
+
+
+def unstore_weights_fp16(path: str | Path) -> int:
+    """unstore_model_fp16 on an ONNX file, rewritten in place; returns the tensors restored."""
+    import onnx
+
+    model = onnx.load(str(path))
+    done = unstore_model_fp16(model)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return done
+
+
 def weight_names(model: Any) -> set[str]:
     """Names of the graph's constant weights: initializers, and the Casts that read fp16-stored ones."""
     names = {t.name for t in model.graph.initializer}

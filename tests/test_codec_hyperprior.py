@@ -133,6 +133,39 @@ def test_warm_start_from_gdn_loads_the_transforms(tmp_path, photos_dir):
     assert all(p.requires_grad for p in t.model.hyper_decoder.parameters())
 
 
+def test_a_narrower_encoder_trains_behind_a_frozen_decoder_and_learns_the_teachers_y(tmp_path, photos_dir):
+    """--encoder-width / --hyper-width with --init-from, --freeze-decoder and --distill-from (issue 17's fast
+    compress): g_s and the z prior come from the wider run, g_a and the hyperprior are new and narrower, g_s
+    is bit-identical after training, and the distillation term is in the loss."""
+    from aekit.checkpoint import load_checkpoint
+    from aekit.data import DataConfig
+    from aekit.train import TrainConfig, Trainer, train
+
+    dc = DataConfig(resize="random-crop", size=64, repeat=1, workers=1, max_images=4)
+    train(TrainConfig(data=str(photos_dir), out=str(tmp_path / "wide"), epochs=1, batch_size=4, seed=0,
+                      rate_weight=0.01, data_cfg=dc), ModelConfig(arch="gdn-hp", ratio=9, width=8))
+    src = str(tmp_path / "wide" / "last.pt")
+    mc = ModelConfig(arch="gdn-hp", ratio=9, width=8, encoder_width=4, hyper_width=6)
+    tc = TrainConfig(data=str(photos_dir), out=str(tmp_path / "fast"), epochs=2, batch_size=4, seed=0, rate_weight=0.01,
+                     init_from=src, freeze_decoder=True, distill_from=src, distill_epochs=1, freeze_epochs=0, data_cfg=dc)
+    t = Trainer(tc, mc)
+    assert t.model.encoder[0].weight.shape[0] == 4 and t.model.hyper_encoder[0].weight.shape[0] == 6
+    assert t.model.decoder[0].weight.shape[1] == 8
+    t.run()
+    before, after = load_checkpoint(src)["state_dict"], load_checkpoint(tmp_path / "fast" / "last.pt")["state_dict"]
+    assert all(torch.equal(after[k], v) for k, v in before.items() if k.startswith(("decoder.", "y_gain")))
+    assert not torch.equal(after["entropy.matrices.0"], before["entropy.matrices.0"])  # the z prior trained on
+    t2 = Trainer(TrainConfig(**{**tc.__dict__, "out": str(tmp_path / "d2"), "epochs": 1}), mc)
+    t2.distilling = True
+    _, parts = t2._step(torch.zeros(4, 3, 64, 64).uniform_(-1, 1))
+    assert parts["distill"] > 0  # mean (y - y_teacher)^2 of a fresh g_a
+    with pytest.raises(ValueError, match="freeze_decoder"):
+        Trainer(TrainConfig(data=str(photos_dir), out=str(tmp_path / "x"), rate_weight=0.01, freeze_decoder=True,
+                            data_cfg=dc), mc)
+    with pytest.raises(ValueError, match="hyper_width applies to gdn-hp only"):
+        ModelConfig(arch="gdn", hyper_width=4)
+
+
 @pytest.fixture(scope="module")
 def hp_model(tmp_path_factory, photos_dir):
     """A small gdn-hp model at 1/9, RD-trained for seconds on the bundled photos, exported."""
@@ -385,6 +418,63 @@ def test_fp16_storage_is_refused_with_int8(hp_model, tmp_path, capsys):
     assert main(["export", ckpt, "--out", str(tmp_path / "x"), "--weights", "fp16", "--int8", "--no-speed"]) == 2
     assert "--weights fp16 and --int8 exclude each other" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_add_int8_works_on_an_fp16_stored_model(hp_model, rgb_photos, tmp_path, photos_dir, capsys):
+    """`aekit add-int8` on a --weights fp16 export: the int8 networks are quantised from the fp32 values the
+    stored weights compute with (export/storage.unstore_weights_fp16); the model id and storage stay, files
+    made with the int8 encoder decode, and the stored graph and its unstored copy compute the same."""
+    import shutil
+
+    import onnx
+
+    import aekit.codec.core as core
+    from aekit.export.manifest import load_manifest
+    from aekit.export.runtime import make_session
+    from aekit.export.storage import unstore_weights_fp16
+    from aekit.metrics import psnr
+
+    ckpt = load_manifest(hp_model)["training"]["checkpoint"]
+    out = tmp_path / "f16"
+    assert main(["export", ckpt, "--out", str(out), "--weights", "fp16", "--no-speed"]) == 0
+    before = load_manifest(out)
+    shutil.copy(out / "decoder.onnx", tmp_path / "dec.onnx")
+    assert unstore_weights_fp16(tmp_path / "dec.onnx") == before["storage"]["files"]["decoder"]["tensors"]
+    g = onnx.load(str(tmp_path / "dec.onnx")).graph
+    assert not any(t.data_type == onnx.TensorProto.FLOAT16 for t in g.initializer)
+    assert not any(n.op_type == "Cast" for n in g.node)
+    y = np.random.default_rng(0).uniform(-3, 3, (1, before["latent_channels"], 4, 4)).astype(np.float32)
+    cpu = ["CPUExecutionProvider"]
+    assert np.array_equal(make_session(out / "decoder.onnx", cpu).run(None, {"y_hat": y})[0],
+                          make_session(tmp_path / "dec.onnx", cpu).run(None, {"y_hat": y})[0])
+    assert main(["add-int8", str(out), "--encoder", "--calib-data", str(photos_dir), "--int8-max-loss", "99"]) == 0
+    m = load_manifest(out)
+    assert m["model_id"] == before["model_id"] and m["storage"] == before["storage"]
+    assert {"encoder_int8", "decoder_int8"} <= set(m["files"])
+    img = rgb_photos[0][:96, :128]
+    x8, _ = core.Decoder([out], core.CodecConfig(int8=True)).decompress(core.Codec(out, core.CodecConfig(int8=True)).compress(img))
+    x32, _ = core.Decoder([out]).decompress(core.Codec(out).compress(img))
+    assert x8.shape == img.shape and abs(psnr(img, x8) - psnr(img, x32)) < 1.0
+
+
+def test_hyper_decoder_weights_are_stored_narrow_and_the_manifest_compact(hp_model):
+    """hyper_decoder.npz keeps each array in the narrowest integer type that holds it (int16 for most of a
+    trained photo model's weights) and the manifest is compact JSON; `aekit info --json` still prints it indented."""
+    import json
+
+    from aekit.export.manifest import load_manifest
+
+    with np.load(hp_model / "hyper_decoder.npz") as z:
+        arrays = {k: z[k] for k in z.files}
+    for k, a in arrays.items():
+        narrower = {np.dtype(np.int32): np.int16, np.dtype(np.int64): np.int32}.get(a.dtype)
+        assert a.dtype.kind == "i", k
+        if narrower is not None:  # it did not fit the next narrower type
+            info = np.iinfo(narrower)
+            assert a.min() < info.min or a.max() > info.max, k
+    assert all(a.dtype != np.int64 for k, a in arrays.items() if k.startswith("w"))
+    text = (hp_model / "manifest.json").read_text()
+    assert text.count("\n") == 1 and json.loads(text) == {k: v for k, v in load_manifest(hp_model).items() if k[0] != "_"}
 
 
 def test_add_int8_variants_keep_the_model_and_decode_its_files(hp_model, rgb_photos, tmp_path, photos_dir, capsys):
