@@ -7,6 +7,8 @@ add (latent symbol histogram for the entropy coder, detector calibration).
 
 from __future__ import annotations
 
+import functools
+import gzip
 import hashlib
 import json
 from pathlib import Path
@@ -17,7 +19,14 @@ from aekit.images import atomic_write_bytes
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = "aekit-model"
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 1  # a manifest that holds all its tables
+SHARED_TABLES_VERSION = 2  # a manifest that names a shared table set (SHARED_TABLES) instead of holding it
+# Table sets that many models share, shipped once with the runtime (package data beside this file): a
+# manifest may name one instead of holding it, as entropy.scale_tables = {"shared": NAME, "sha256": HEX};
+# load_manifest puts the tables back, so the model id (which hashes the full tables) and everything
+# downstream see the same manifest either way. gaussian-v1: the hyperprior's 256 Gaussian tables
+# (aekit.entropy_models.gaussian_pmf, trimmed), 337 KB of JSON in each gdn-hp manifest otherwise.
+SHARED_TABLES = {"gaussian-v1": "gaussian_scale_tables_v1.json.gz"}
 MAX_MANIFEST_BYTES = 64 << 20  # larger manifest files are refused before they are read
 REQUIRED_KEYS = ("model_id", "channels", "ratio", "factor", "latent_channels", "latent", "files")
 
@@ -65,8 +74,10 @@ def load_manifest(model_dir: str | Path) -> dict[str, Any]:
         raise ModelError(f"{path}: unreadable manifest ({e})") from None
     if not isinstance(m, dict) or m.get("format") != MANIFEST_FORMAT:
         raise ModelError(f"{path}: not an aekit model manifest")
-    if m.get("format_version") != MANIFEST_VERSION:
-        raise ModelError(f"{path}: manifest version {m.get('format_version')} unsupported (expected {MANIFEST_VERSION})")
+    if m.get("format_version") not in (MANIFEST_VERSION, SHARED_TABLES_VERSION):
+        raise ModelError(f"{path}: manifest version {m.get('format_version')} unsupported "
+                         f"(expected {MANIFEST_VERSION} or {SHARED_TABLES_VERSION})")
+    _expand_shared_tables(m, path)
     missing = [k for k in REQUIRED_KEYS if k not in m]
     if missing:
         raise ModelError(f"{path}: manifest lacks {', '.join(missing)}")
@@ -126,11 +137,53 @@ def _verified_id(encoder: Path, decoder: Path, extra: bytes) -> str:
     return _ID_CACHE[key]
 
 
+@functools.lru_cache(maxsize=None)
+def shared_tables(name: str) -> tuple[str, list[Any]]:
+    """(sha256 of its canonical JSON, the tables) of a SHARED_TABLES set, read once per process.
+    The list is shared by every manifest that names the set: read it, never change it."""
+    data = gzip.decompress((Path(__file__).parent / SHARED_TABLES[name]).read_bytes())
+    return hashlib.sha256(data).hexdigest(), json.loads(data)
+
+
+def _expand_shared_tables(m: dict[str, Any], path: Path) -> None:
+    """Replace a {"shared": NAME, "sha256": HEX} entropy.scale_tables by the named tables (in place);
+    ModelError for a set this aekit does not have or whose hash differs."""
+    ent = m.get("entropy")
+    ref = ent.get("scale_tables") if isinstance(ent, dict) else None
+    if not isinstance(ref, dict):
+        return
+    name = ref.get("shared")
+    if name not in SHARED_TABLES:
+        raise ModelError(f"{path}: entropy.scale_tables names the shared table set {name!r}, which this aekit "
+                         f"does not have (it has {', '.join(SHARED_TABLES)})")
+    sha, tables = shared_tables(name)
+    if ref.get("sha256") != sha:
+        raise ModelError(f"{path}: entropy.scale_tables expects shared tables {name} with sha256 "
+                         f"{str(ref.get('sha256'))[:16]}…, this aekit's hash to {sha[:16]}…")
+    ent["scale_tables"] = tables
+
+
+def _share_tables(m: dict[str, Any]) -> dict[str, Any]:
+    """m with entropy.scale_tables replaced by a reference where they equal a shared set (a shallow copy;
+    format_version SHARED_TABLES_VERSION), else m itself."""
+    ent = m.get("entropy")
+    tables = ent.get("scale_tables") if isinstance(ent, dict) else None
+    if not isinstance(tables, list):
+        return m
+    canonical = json.dumps(tables, separators=(",", ":")).encode()
+    for name in SHARED_TABLES:
+        sha, _ = shared_tables(name)
+        if hashlib.sha256(canonical).hexdigest() == sha:
+            return {**m, "format_version": SHARED_TABLES_VERSION,
+                    "entropy": {**ent, "scale_tables": {"shared": name, "sha256": sha}}}
+    return m
+
+
 def save_manifest(model_dir: str | Path, manifest: dict[str, Any]) -> Path:
     """Write manifest.json atomically (keys starting with '_' are not stored), as compact JSON: an RD
     model's tables are most of it, and indenting them made the file 1.8x larger (`aekit info --json`
-    prints it indented)."""
-    clean = {k: v for k, v in manifest.items() if not k.startswith("_")}
+    prints it indented). Tables equal to a SHARED_TABLES set are written as a reference to it."""
+    clean = {k: v for k, v in _share_tables(manifest).items() if not k.startswith("_")}
     return atomic_write_bytes(Path(model_dir) / MANIFEST_NAME, (json.dumps(clean, separators=(",", ":")) + "\n").encode())
 
 

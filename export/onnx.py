@@ -156,13 +156,13 @@ def export_model(checkpoint: str | Path, out: str | Path, fp16: bool = False, fo
     (Int8Error) when it loses more than int8.max_loss_db PSNR. speed: measure MP/s (1 thread) into
     the manifest's "speed" section (GFLOP/MP are always counted). weights="fp16": store the fp32
     networks' large weights as fp16 (export/storage.py: half the file, fp32 compute), refused
-    unless images decoded by the stored networks stay within STORE_MIN_PSNR_DB of the fp32 ones.
+    unless images decoded by the stored networks stay within STORE_MIN_PSNR_DB of the fp32 ones; with
+    int8, the int8 networks are quantised from the fp32 ones first and the fp32 fallbacks and h_a are
+    then stored as fp16 (the smallest folder: an int8 model whose other files are half size).
     Raises ExportError / Int8Error (nothing written) on any failed check, ValueError for bad options.
     """
     if weights not in ("fp32", "fp16"):
         raise ValueError(f"weights must be fp32 or fp16, got {weights!r}")
-    if weights == "fp16" and int8 is not None:
-        raise ValueError("--weights fp16 and --int8 exclude each other (an int8 file is already a quarter the size)")
     out = Path(out)
     if out.exists() and not force:
         raise ExportError(f"{out}: already exists; pass --force to replace it")
@@ -197,13 +197,15 @@ def export_model(checkpoint: str | Path, out: str | Path, fp16: bool = False, fo
         check = verify(model, tmp / "encoder.onnx", tmp / "decoder.onnx", images, PARITY_TOL)
         files = {"encoder": "encoder.onnx", "decoder": "decoder.onnx"}
         extra: dict[str, Any] = {"graph": graph}
-        if weights == "fp16":
+        if weights == "fp16" and int8 is None:
             extra["storage"] = _store_fp16(model, tmp, images)
         latent = _latent_fields(model, ckpt)
         hyper_files = _export_hyper(model, tmp, latent, ckpt, weights) if cfg.hyperprior else {}  # h_a, h_s
         files.update(hyper_files)
         if int8 is not None:
             extra["int8"] = _export_int8(tmp, ckpt, cfg, latent, int8)
+            if weights == "fp16":  # the fp32 fallbacks, after the int8 networks were quantised from them
+                extra["storage"] = _store_fp16(model, tmp, images)
             files = {"encoder": "encoder_int8.onnx" if int8.encoder else "encoder.onnx", "decoder": "decoder_int8.onnx",
                      **({"encoder_fp32": "encoder.onnx"} if int8.encoder else {}), "decoder_fp32": "decoder.onnx",
                      **hyper_files}
@@ -345,7 +347,10 @@ def _integer_hyper_decoder(model: nn.Module) -> tuple[list[dict[str, Any]], dict
     """model.hyper_decoder -> (layer specs, int arrays) of aekit.export.hyperprior.IntegerHyperDecoder.
 
     Each layer's weight shift s is the largest (≤ 20) keeping K · max|W_q| · 2^26 + max|b_q| < 2^52
-    (one bit of margin under float64's 2^53), so the integer evaluation stays exact.
+    (one bit of margin under float64's 2^53), so the integer evaluation stays exact, and then, where that
+    still leaves max|W_q| ≥ 1024, lowered until the weights fit 16 bits (|W_q| ≤ 32767: a resolution of
+    1/32767 of the largest weight, far under the float model's own noise; half the stored file). The
+    exporter's index-agreement check (≥ 99 % of positions) guards both.
     """
     specs, arrays = [], {}
     convs = [m for m in model.hyper_decoder if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
@@ -361,6 +366,10 @@ def _integer_hyper_decoder(model: nn.Module) -> tuple[list[dict[str, Any]], dict
                 break
         else:
             raise ExportError("hyper decoder weights too large for exact integer evaluation")
+        while shift > 0 and int(np.abs(np.rint(w * 2.0 ** (shift - 1))).max()) >= 1024 and int(np.abs(wq).max()) > 32767:
+            shift -= 1  # 16-bit weights (a lower shift only shrinks both terms of the bound)
+            wq = np.rint(w * 2.0 ** shift).astype(np.int64)
+            bq = np.rint(b * 2.0 ** (shift + HYPER_FRAC_BITS)).astype(np.int64)
         spec = {"kind": "conv_transpose" if transpose else "conv", "stride": conv.stride[0],
                 "padding": conv.padding[0], "shift": shift, "relu": i < len(convs) - 1}
         if transpose:

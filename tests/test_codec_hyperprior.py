@@ -411,13 +411,29 @@ def test_fp16_stored_weights_halve_the_files_and_still_decode(hp_model, rgb_phot
     assert abs(psnr(img, a) - psnr(img, b)) < 0.3 and psnr(a, b) > 35
 
 
-def test_fp16_storage_is_refused_with_int8(hp_model, tmp_path, capsys):
+def test_int8_export_with_fp16_storage_halves_the_fp32_files(hp_model, rgb_photos, tmp_path, photos_dir):
+    """`aekit export --int8 --int8-encoder --weights fp16`: the int8 networks are the model (its id), quantised
+    from the fp32 ones before those (kept as fallbacks) and h_a are stored as fp16; the files decode."""
+    import onnx
+
+    import aekit.codec.core as core
     from aekit.export.manifest import load_manifest
+    from aekit.export.onnx import export_model
+    from aekit.export.quantize import Int8Config
 
     ckpt = load_manifest(hp_model)["training"]["checkpoint"]
-    assert main(["export", ckpt, "--out", str(tmp_path / "x"), "--weights", "fp16", "--int8", "--no-speed"]) == 2
-    assert "--weights fp16 and --int8 exclude each other" in capsys.readouterr().err
-    assert not (tmp_path / "x").exists()
+    out = export_model(ckpt, tmp_path / "int8", speed=False, weights="fp16",
+                       int8=Int8Config(encoder=True, calib_data=str(photos_dir), max_loss_db=99, calib_images=4,
+                                       check_images=2, side=96))
+    m, m32 = load_manifest(out), load_manifest(hp_model)
+    assert (m["files"]["encoder"], m["files"]["decoder"]) == ("encoder_int8.onnx", "decoder_int8.onnx")
+    assert m["storage"]["weights"] == "fp16" and "int8" in m
+    for k in ("encoder_fp32", "decoder_fp32", "hyper_encoder"):
+        g = onnx.load(str(out / m["files"][k])).graph
+        assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in g.initializer), k
+    assert (out / "hyper_encoder.onnx").stat().st_size < 0.75 * (hp_model / "hyper_encoder.onnx").stat().st_size
+    x, _ = core.Decoder([out]).decompress(core.Codec(out).compress(rgb_photos[0][:96, :96]))
+    assert x.shape == (96, 96, 3)
 
 
 def test_add_int8_works_on_an_fp16_stored_model(hp_model, rgb_photos, tmp_path, photos_dir, capsys):
@@ -475,6 +491,33 @@ def test_hyper_decoder_weights_are_stored_narrow_and_the_manifest_compact(hp_mod
     assert all(a.dtype != np.int64 for k, a in arrays.items() if k.startswith("w"))
     text = (hp_model / "manifest.json").read_text()
     assert text.count("\n") == 1 and json.loads(text) == {k: v for k, v in load_manifest(hp_model).items() if k[0] != "_"}
+
+
+def test_manifests_name_the_shared_gaussian_tables_and_keep_their_id(hp_model, tmp_path):
+    """A gdn-hp manifest names the runtime's shared Gaussian tables instead of holding them (format version 2);
+    loading puts them back, so the id and the entropy model are those of the full manifest, which still loads
+    (version 1); an unknown set or a changed hash is one ModelError line."""
+    import json
+    import shutil
+
+    from aekit.export.manifest import SHARED_TABLES_VERSION, ModelError, load_manifest, shared_tables
+
+    raw = json.loads((hp_model / "manifest.json").read_text())
+    sha, tables = shared_tables("gaussian-v1")
+    assert raw["format_version"] == SHARED_TABLES_VERSION
+    assert raw["entropy"]["scale_tables"] == {"shared": "gaussian-v1", "sha256": sha}
+    m = load_manifest(hp_model)
+    assert m["entropy"]["scale_tables"] == tables and len(tables) == 4 * SCALE_LEVELS
+    full = tmp_path / "full"
+    shutil.copytree(hp_model, full)
+    (full / "manifest.json").write_text(json.dumps({**raw, "format_version": 1,
+                                                    "entropy": {**raw["entropy"], "scale_tables": tables}}))
+    assert load_manifest(full)["model_id"] == m["model_id"] == raw["model_id"]
+    for ref, says in (({"shared": "gaussian-v9", "sha256": sha}, "names the shared table set 'gaussian-v9'"),
+                      ({"shared": "gaussian-v1", "sha256": "0" * 64}, "expects shared tables gaussian-v1 with sha256")):
+        (full / "manifest.json").write_text(json.dumps({**raw, "entropy": {**raw["entropy"], "scale_tables": ref}}))
+        with pytest.raises(ModelError, match=says):
+            load_manifest(full)
 
 
 def test_add_int8_variants_keep_the_model_and_decode_its_files(hp_model, rgb_photos, tmp_path, photos_dir, capsys):

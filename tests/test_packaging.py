@@ -6,6 +6,7 @@ setuptools already installed (no network) and reads its file list and top_level.
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -52,7 +53,12 @@ def test_wheel_holds_every_subpackage(wheel):
 def test_wheel_ships_the_model_zoo(wheel):
     from aekit import zoo
 
+    from aekit.export.manifest import SHARED_TABLES
+
     names = set(wheel.namelist())
-    for name in zoo.names():  # every shipped model, with its card (aekit models)
-        for f in ("encoder.onnx", "decoder.onnx", "manifest.json", "card.json"):
+    for name in zoo.names():  # every shipped model: each file its manifest names, and its card (aekit models)
+        files = json.loads((zoo.ZOO_DIR / name / "manifest.json").read_text())["files"].values()
+        for f in (*files, "manifest.json", "card.json"):
             assert f"aekit/zoo/{name}/{f}" in names, f"aekit/zoo/{name}/{f} missing from the wheel"
+    for f in SHARED_TABLES.values():  # the tables the zoo's manifests name instead of holding
+        assert f"aekit/export/{f}" in names, f"aekit/export/{f} missing from the wheel"
