@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Rebuild the reference models shipped in aekit/zoo/ (the model zoo) from data that installs here.
 #   bash bench/train_zoo.sh                    # every model: train (resuming), export, evaluate, card
-#   bash bench/train_zoo.sh fmnist-r4          # one of them: photos-r4 photos-r9 photos-r9-hq fmnist-r4 fmnist-r9 fmnist-detect
+#   bash bench/train_zoo.sh fmnist-r4          # one of them: photos-r4 photos-r9 photos-r9-hq photos-r9-fast fmnist-r4 fmnist-r9 fmnist-detect
 #   CARDS=0 bash bench/train_zoo.sh ...        # train and export only (models/zoo/NAME), no install or card
 # An interrupted run continues from runs/zoo/NAME/last.pt (--resume); a finished one is not retrained.
 # One torch thread per training (THREADS), niced: the recorded models were trained on a shared 2-core CPU.
@@ -27,7 +27,7 @@ export_model() {  # NAME: runs/zoo/NAME/best.pt -> models/zoo/NAME (fp32 ONNX + 
   return 0
 }
 
-want=${*:-photos-r4 photos-r9 photos-r9-hq fmnist-r4 fmnist-r9 fmnist-detect}
+want=${*:-photos-r4 photos-r9 photos-r9-hq photos-r9-fast fmnist-r4 fmnist-r9 fmnist-detect}
 need() { [[ " $want " == *" $1 "* ]]; }
 
 # Fashion-MNIST (Debian's dataset-fashion-mnist): a seeded 10,000-image subset of the train split,
@@ -44,7 +44,7 @@ need fmnist-detect && { train fmnist-detect $FM --ratio 4 --noise defects:0.9; e
 # Photos (aekit data photos: the bundled photos + Debian's mate backgrounds, fixed held-out split):
 # the rate-distortion gdn models, the lead's recipe (codec issue).
 PH="data/photos/train --arch gdn --width 128 --size 192 --resize random-crop --repeat 16 --batch-size 8 --epochs 30 --time-budget 60 --lr 5e-4 --clip-grad 1.0 --rate-weight 0.01"
-if need photos-r4 || need photos-r9 || need photos-r9-hq; then
+if need photos-r4 || need photos-r9 || need photos-r9-hq || need photos-r9-fast; then
   [[ -d data/photos/test ]] || aekit data photos data/photos
 fi
 # Stage 2 trains on from stage 1's last weights with a fresh cosine schedule at a lower peak lr
@@ -61,7 +61,7 @@ PH3="data/photos/train --arch gdn-hp --width 128 --size 192 --resize random-crop
 PH4="data/photos/train --arch gdn-hp --width 128 --size 192 --resize random-crop --repeat 16 --batch-size 8 --epochs 30 --time-budget 30 --lr 1e-4 --freeze-epochs 0 --clip-grad 1.0 --rate-weight 0.01"
 PH5="data/photos/train --arch gdn-hp --width 128 --size 192 --resize random-crop --repeat 16 --batch-size 8 --epochs 34 --time-budget 25 --lr 1e-4 --freeze-epochs 8 --clip-grad 1.0 --rate-weight 0.01"
 for r in 4 9; do
-  need photos-r$r || { [[ $r == 9 ]] && need photos-r9-hq; } || continue
+  need photos-r$r || { [[ $r == 9 ]] && { need photos-r9-hq || need photos-r9-fast; }; } || continue
   train photos-r$r $PH --ratio $r
   [[ -f runs/zoo/photos-r$r-s2/last.pt ]] || init="--init-from runs/zoo/photos-r$r/last.pt"
   train photos-r$r-s2 $PH2 --ratio $r ${init:-}; unset init
@@ -97,5 +97,23 @@ if need photos-r9-hq; then
   # an int8 decoder only: with the int8 encoder too it lost 0.54 dB on the held-out photos (refused at 0.3)
   nice -n 19 aekit add-int8 models/zoo/photos-r9-hq --calib-data data/photos/train --int8-check-data data/photos/test
   [[ ${CARDS:-1} == 1 ]] && nice -n 19 python -m aekit.bench.zoo build photos-r9-hq
+fi
+# photos-r9-fast (issue 17, compress speed): photos-r9's decoder g_s frozen behind a new half-width g_a
+# (--encoder-width 64) and hyperprior (--hyper-width 64); g_a learns photos-r9's latents (--distill-from) for
+# 40 epochs while the rate-distortion loss trains it, 150 epochs in all; the hyperprior refitted; exported
+# int8 (encoder and decoder are the model, calibrated on the training photos) with fp16-stored fallbacks.
+if need photos-r9-fast; then
+  [[ -f runs/zoo/photos-r9-fast/last.pt ]] || init="--init-from runs/zoo/photos-r9-hp-s6/best.pt"
+  train photos-r9-fast data/photos/train --arch gdn-hp --ratio 9 --width 128 --encoder-width 64 --hyper-width 64 \
+    --size 192 --resize random-crop --repeat 16 --batch-size 8 --epochs 150 --time-budget 75 --lr 4e-4 \
+    --freeze-epochs 0 --clip-grad 1.0 --rate-weight 0.01 --freeze-decoder \
+    --distill-from runs/zoo/photos-r9-hp-s6/best.pt --distill-epochs 40 ${init:-}
+  unset init
+  rf=runs/zoo/photos-r9-fast-rf; resume=""; [[ -f $rf/last.pt ]] && resume="--resume"
+  [[ -f $rf/best.pt ]] || nice -n 19 aekit refit-hyperprior runs/zoo/photos-r9-fast/best.pt data/photos/train \
+    --out $rf --steps 2000 --lr 5e-4 --threads ${THREADS:-1} $resume
+  nice -n 19 aekit export $rf/best.pt --out models/zoo/photos-r9-fast --force --int8 --int8-encoder --weights fp16 \
+    --calib-data data/photos/train --int8-check-data data/photos/test
+  [[ ${CARDS:-1} == 1 ]] && nice -n 19 python -m aekit.bench.zoo build photos-r9-fast --compare photos-r9
 fi
 echo "== installed in aekit/zoo/ with their cards; README table: python -m aekit.bench.zoo readme"

@@ -124,8 +124,9 @@ SPECS: dict[str, Spec] = {
         "codec", "RGB photo codec for fast compress, latent 1/9 of the raw pixels: photos-r9's decoder g_s, frozen "
                  "(the same weights), behind a half-width analysis transform (GDN, N = 64, distilled from photos-r9's "
                  "g_a, then rate-distortion trained) and a half-width mean-scale hyperprior (h_a, h_s at N = 64, "
-                 "refitted): 2.5x fewer encoder GFLOP and a 3x cheaper exact h_s; weights stored as fp16 (fp32 "
-                 "compute); int8 encoder and decoder variants for aekit compress/decompress --int8.",
+                 "refitted): 3x fewer encoder GFLOP and a 2-3x cheaper exact h_s. An int8 model: its int8 encoder "
+                 "and decoder (static QDQ, calibrated on the training photos) are the model; fp32 fallbacks are not "
+                 "shipped (zoo budget).",
         PHOTO_TRAIN, "held out by name: astronaut, coffee, LadyBird, Storm, GreenMeadow (aekit.datasets.PHOTO_TEST); "
                      "training validated on 2 of the 16 training photos (the seeded 10 % split)",
         PHOTO_CMD.format(r=9) + " && "
@@ -137,14 +138,16 @@ SPECS: dict[str, Spec] = {
         "--out runs/photos-fast-r9-rf --steps 2000 --lr 5e-4 --threads 1",
         "runs/photos-fast-r9-rf", "data/photos/test", "the 5 held-out photos of aekit data photos", "skimage:astronaut",
         ["Trained on 16 photos: figures on the 5 held-out photos are the honest ones.",
-         "Made for compress speed (issue 17): its files cost more bytes than photos-r9's at the same quality "
-         "(BD-rate against photos-r9 in codec/RESULTS.md); decoding costs what photos-r9's does (the same g_s).",
+         "Made for compress speed (issue 17): its files cost more bytes than photos-r9's at the same PSNR "
+         "(BD-rate against photos-r9 above and in codec/RESULTS.md).",
+         "int8 networks: encoder symbols and decoded pixels may differ slightly between CPUs (int8 kernels); every "
+         "file still decodes everywhere (the integer hyper decoder picks the tables). --int8 changes nothing here.",
          "CPU-trained: one shared CPU thread within a 75-minute budget, then a 2,000-step hyperprior refit.",
-         "fp16-stored weights (computed in fp32); the tables in manifest.json and the hashes of hyper_encoder.onnx / "
-         "hyper_decoder.npz pin every quality (the model id hashes them)."],
+         "The tables in manifest.json and the hashes of hyper_encoder.onnx (fp16-stored) / hyper_decoder.npz pin "
+         "every quality (the model id hashes them)."],
         "16 photos (aekit data photos, train split: 14 trained on, 2 validate)",
-        export_args="--weights fp16 && aekit add-int8 models/zoo/photos-r9-fast --encoder --calib-data "
-                    "data/photos/train --int8-check-data data/photos/test"),
+        export_args="--int8 --int8-encoder --weights fp16 --calib-data data/photos/train "
+                    "--int8-check-data data/photos/test"),
     **{f"fmnist-r{r}": Spec(
         "codec", f"Gray Fashion-MNIST codec, latent 1/{r} of the raw pixels (dcgan, tanh latent, 8-bit symbols).",
         "Fashion-MNIST train split (Debian dataset-fashion-mnist), seeded 10,000-image subset",
