@@ -296,7 +296,8 @@ def _describe_speed(m: dict[str, Any]) -> list[str]:
                      + _fp32_layers(v))
     st = m.get("storage")
     if isinstance(st, dict):
-        lines.append(f"weights      stored as {st.get('weights')} (computed in fp32); images coded with them: "
+        which = "the fp32 fallbacks and h_a" if isinstance(m.get("int8"), dict) else "the networks"
+        lines.append(f"weights      {which} stored as {st.get('weights')} (computed in fp32); images coded with them: "
                      f"{st.get('decoded_psnr_vs_fp32_db')} dB PSNR against the fp32 networks (limit {st.get('min_psnr_db')})")
     return lines
 
