@@ -365,7 +365,8 @@ class Trainer:
     def _step(self, x: torch.Tensor) -> tuple[float, dict[str, float]]:
         with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
                             enabled=self.amp_dtype is not None):
-            out = self.net(corrupt(x, self.noise) if self.noise else x)  # denoising: clean targets
+            inp = corrupt(x, self.noise) if self.noise else x  # denoising: clean targets
+            out = self.net(inp)
             loss, parts = self.loss_fn(out.x_hat.float(), x)
             if out.kl is not None:
                 parts["kl"] = float(out.kl.detach())
@@ -376,7 +377,7 @@ class Trainer:
                 loss = loss + self.tcfg.rate_weight * bpp
             if self.distilling:  # the student's y follows the teacher's, in quantisation steps
                 with torch.no_grad():
-                    y_t = self.teacher.encode(self.teacher.pad(x))
+                    y_t = self.teacher.encode(self.teacher.pad(inp))  # the input the student saw
                 d = torch.mean((out.y.float() - y_t.float()) ** 2)
                 parts["distill"] = float(d.detach())
                 loss = loss + self.tcfg.distill_weight * d
