@@ -411,7 +411,7 @@ def test_fp16_stored_weights_halve_the_files_and_still_decode(hp_model, rgb_phot
     assert abs(psnr(img, a) - psnr(img, b)) < 0.3 and psnr(a, b) > 35
 
 
-def test_int8_export_with_fp16_storage_halves_the_fp32_files(hp_model, rgb_photos, tmp_path, photos_dir):
+def test_int8_export_with_fp16_storage_halves_the_fp32_files(hp_model, rgb_photos, tmp_path, photos_dir, capsys):
     """`aekit export --int8 --int8-encoder --weights fp16`: the int8 networks are the model (its id), quantised
     from the fp32 ones before those (kept as fallbacks) and h_a are stored as fp16; the files decode."""
     import onnx
@@ -434,6 +434,12 @@ def test_int8_export_with_fp16_storage_halves_the_fp32_files(hp_model, rgb_photo
     assert (out / "hyper_encoder.onnx").stat().st_size < 0.75 * (hp_model / "hyper_encoder.onnx").stat().st_size
     x, _ = core.Decoder([out]).decompress(core.Codec(out).compress(rgb_photos[0][:96, :96]))
     assert x.shape == (96, 96, 3)
+    from PIL import Image
+
+    Image.fromarray(rgb_photos[0][:96, :96]).save(tmp_path / "im.png")
+    assert main(["compress", str(tmp_path / "im.png"), "-m", str(out), "-o", str(tmp_path / "im.ael"), "--int8",
+                 "--no-progress"]) == 0
+    assert "ships no int8 encoder" not in capsys.readouterr().err  # its encoder is int8 already
 
 
 def test_add_int8_works_on_an_fp16_stored_model(hp_model, rgb_photos, tmp_path, photos_dir, capsys):
