@@ -327,21 +327,24 @@ def cmd_train(args: argparse.Namespace) -> int:
     from aekit.train import TrainConfig, train
 
     check_output_folder(pathlib.Path(args.out), "--out")  # a file there fails now, not after the data are read
-    for opt, value, applies, where in (
+    arch = f"--arch {args.arch}"
+    warm = f"{arch}{'' if args.init_from or args.resume else ', no --init-from'}"
+    for opt, value, applies, where, this_run in (
             ("--freeze-epochs", args.freeze_epochs,
              args.arch == "pretrained" or (args.arch == "gdn-hp" and (args.init_from or args.resume)),
-             "--arch pretrained, or --arch gdn-hp with --init-from (or resuming such a run)"),
-            ("--lr-ratio", args.lr_ratio, args.arch == "pretrained", "--arch pretrained"),
-            ("--kl-weight", args.kl_weight, args.arch == "vae", "--arch vae"),
-            ("--encoder-width", args.encoder_width, args.arch in ("gdn", "gdn-hp"), "--arch gdn and gdn-hp"),
-            ("--hyper-width", args.hyper_width, args.arch == "gdn-hp", "--arch gdn-hp"),
+             "--arch pretrained, or --arch gdn-hp with --init-from (or resuming such a run)", warm),
+            ("--lr-ratio", args.lr_ratio, args.arch == "pretrained", "--arch pretrained", arch),
+            ("--kl-weight", args.kl_weight, args.arch == "vae", "--arch vae", arch),
+            ("--encoder-width", args.encoder_width, args.arch in ("gdn", "gdn-hp"), "--arch gdn and gdn-hp", arch),
+            ("--hyper-width", args.hyper_width, args.arch == "gdn-hp", "--arch gdn-hp", arch),
             ("--freeze-decoder", args.freeze_decoder or None, args.arch in ("gdn", "gdn-hp", "klt")
-             and bool(args.init_from or args.resume), "--arch gdn, gdn-hp or klt with --init-from"),
-            ("--distill-from", args.distill_from, args.arch in ("gdn", "gdn-hp", "klt"), "--arch gdn, gdn-hp or klt"),
-            ("--distill-weight", args.distill_weight, bool(args.distill_from), "--distill-from"),
-            ("--distill-epochs", args.distill_epochs, bool(args.distill_from), "--distill-from")):
+             and bool(args.init_from or args.resume), "--arch gdn, gdn-hp or klt with --init-from", warm),
+            ("--distill-from", args.distill_from, args.arch in ("gdn", "gdn-hp", "klt"), "--arch gdn, gdn-hp or klt",
+             arch),
+            ("--distill-weight", args.distill_weight, bool(args.distill_from), "--distill-from", "no --distill-from"),
+            ("--distill-epochs", args.distill_epochs, bool(args.distill_from), "--distill-from", "no --distill-from")):
         if value is not None and not applies:  # an option that would do nothing is a mistake worth one line
-            raise ValueError(f"{opt} applies to {where} only (this run: --arch {args.arch})")
+            raise ValueError(f"{opt} applies to {where} only (this run: {this_run})")
     channels, size = folder_defaults(args.data, args.channels, args.size)
     mcfg = ModelConfig(arch=args.arch, channels=channels, ratio=args.ratio, width=args.width,
                        blocks=args.blocks, upsample=args.upsample, latent_levels=args.latent_levels,
@@ -357,7 +360,9 @@ def cmd_train(args: argparse.Namespace) -> int:
                        encoder_weights=args.encoder_weights,
                        **{k: getattr(args, k) for k in ("freeze_epochs", "lr_ratio", "kl_weight", "distill_weight",
                                                         "distill_epochs") if getattr(args, k) is not None},
-                       freeze_decoder=args.freeze_decoder, distill_from=args.distill_from,
+                       freeze_decoder=args.freeze_decoder,
+                       # resolved: a --resume from another folder, or naming it another way, is the same teacher
+                       distill_from=str(pathlib.Path(args.distill_from).resolve()) if args.distill_from else None,
                        device=args.device,
                        amp=not args.no_amp, seed=args.seed, threads=args.threads, data_cfg=dcfg,
                        init_from=args.init_from)

@@ -49,6 +49,7 @@ class RefitConfig:
     seed: int = 0
     threads: int = 1
     resume: bool = False
+    reinit: bool = False  # start h_a, h_s and z's prior afresh (seeded) instead of from the checkpoint's
 
 
 def _images(folder: str, channels: int) -> list[np.ndarray]:
@@ -115,6 +116,15 @@ def refit_hyperprior(cfg: RefitConfig) -> Path:
         raise ValueError(f"{cfg.checkpoint}: arch {arch!r} has no hyperprior to refit (needs gdn-hp)")
     for p in model.parameters():
         p.requires_grad_(False)
+    if cfg.reinit:  # a fresh hyperprior, as a new gdn-hp of this config starts (a collapsed one cannot recover:
+        from aekit.config import ModelConfig  # ReLUs that never fire get no gradient)
+        from aekit.models import build_model
+
+        torch.manual_seed(cfg.seed)
+        fresh = build_model(ModelConfig.from_dict(ckpt["model_config"])).state_dict()
+        state = model.state_dict()
+        state.update({k: v for k, v in fresh.items() if k.startswith(("hyper_encoder.", "hyper_decoder.", "entropy."))})
+        model.load_state_dict(state)
     params = [*model.hyper_parameters(), *model.entropy_parameters()]
     for p in params:
         p.requires_grad_(True)
@@ -230,6 +240,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--threads", type=int, default=d.threads, help="torch CPU threads")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    p.add_argument("--reinit", action="store_true", help="start h_a, h_s and z's prior afresh (seeded) instead of "
+                   "from the checkpoint's: for a hyperprior that collapsed (z the same everywhere)")
     p.set_defaults(func=cmd_refit)
 
 
@@ -241,5 +253,5 @@ def cmd_refit(args: argparse.Namespace) -> int:
         raise ValueError("--steps and --batch-size must be >= 1, --crop >= 4 and --lr > 0")
     refit_hyperprior(RefitConfig(args.checkpoint, args.data, args.out, steps=args.steps, lr=args.lr,
                                  batch_size=args.batch_size, crop=args.crop, val_data=args.val_data,
-                                 seed=args.seed, threads=args.threads, resume=args.resume))
+                                 seed=args.seed, threads=args.threads, resume=args.resume, reinit=args.reinit))
     return 0

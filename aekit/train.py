@@ -224,8 +224,11 @@ class Trainer:
                     and own[k].shape[1:] == v.shape[1:]:
                 take[k] = torch.cat([torch.zeros_like(v), v])
         self.model.load_state_dict(take, strict=False)
-        fresh = sorted({k.split(".")[0] for k in own if k not in take})
-        log.info(f"weights from {path}: {len(take)} tensors of the transforms; new: {', '.join(fresh)}")
+        parts = sorted({k.split(".")[0] for k in own})
+        fresh = [p for p in parts if not any(k.split(".")[0] == p for k in take)]
+        partly = [p for p in parts if p not in fresh and any(k.split(".")[0] == p and k not in take for k in own)]
+        log.info(f"weights from {path}: {len(take)} tensors of the transforms; new: {', '.join(fresh) or 'none'}"
+                 + (f"; partly new (the tensors whose shapes differ): {', '.join(partly)}" if partly else ""))
 
     def _pretrained_init(self) -> str | None:
         """Load ImageNet weights into a pretrained trunk (new runs only; resume loads all)."""

@@ -153,6 +153,8 @@ def _expand_shared_tables(m: dict[str, Any], path: Path) -> None:
     if not isinstance(ref, dict):
         return
     name = ref.get("shared")
+    if not isinstance(name, str) or not isinstance(ref.get("sha256"), str):
+        raise ModelError(f"{path}: entropy.scale_tables names shared tables without a 'shared' name and 'sha256'")
     if name not in SHARED_TABLES:
         raise ModelError(f"{path}: entropy.scale_tables names the shared table set {name!r}, which this aekit "
                          f"does not have (it has {', '.join(SHARED_TABLES)})")
@@ -209,7 +211,7 @@ def find_model(model_id: str, search: list[str | Path]) -> Path:
     The shipped models (aekit/zoo) are searched after `search`, so files written with a zoo model
     decode anywhere without flags.
     """
-    seen = []
+    seen, bad = [], []  # ids of the models found; why the folders that are not models were skipped
     search = [*search, zoo.ZOO_DIR]
     for root in map(Path, search):
         candidates = [root] if (root / MANIFEST_NAME).is_file() else sorted(
@@ -218,14 +220,16 @@ def find_model(model_id: str, search: list[str | Path]) -> Path:
         for c in candidates:
             try:
                 mid = load_manifest(c)["model_id"]
-            except ModelError:
+            except ModelError as e:
+                bad.append(str(e))
                 continue
             if mid == model_id:
                 return c
             seen.append(mid)
     where = ", ".join(map(str, search[:-1])) + (", " if len(search) > 1 else "") + "the shipped models"
     have = ", ".join(seen) if seen else "none"
-    raise ModelError(f"model {model_id} not found in {where} (have: {have})")
+    skipped = f"; skipped {len(bad)} unusable model folder(s): {bad[0]}" if bad else ""
+    raise ModelError(f"model {model_id} not found in {where} (have: {have}){skipped}")
 
 
 def _num(x: Any) -> str:

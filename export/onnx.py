@@ -416,11 +416,13 @@ def _export_hyper(model: nn.Module, tmp: Path, latent: dict[str, Any], ckpt: dic
     # the integer h_s against the float one, on real images, at Δ = 1: the same table and base?
     dec = IntegerHyperDecoder(specs, arrays)
     agree = total = 0
+    z_varies = False  # a collapsed hyperprior gives one z everywhere: h_s then predicts one Gaussian per channel
     with torch.no_grad():
         for im in _native_crops(ckpt, model.cfg.channels, n=4):
             x = torch.from_numpy(pad_to_multiple(to_model_input(im[None]), model.factor))
             y = model.encode(x)
             z_hat = torch.clamp(torch.round(model.hyper_analysis(y)), -half, half)
+            z_varies = z_varies or bool((z_hat.amax(dim=(2, 3)) != z_hat.amin(dim=(2, 3))).any())
             mean, log_scale = (t[0].double().numpy() for t in model.gaussian_params(z_hat, *y.shape[-2:]))
             m4 = np.floor(4 * mean + 0.5).astype(np.int64)
             ref = (4 * np.searchsorted(log_s, log_scale, side="left") + (m4 & 3), np.clip(m4 >> 2, -half, half))
@@ -428,6 +430,11 @@ def _export_hyper(model: nn.Module, tmp: Path, latent: dict[str, Any], ckpt: dic
                              np.floor(log_s * 2.0 ** frac), 4)
             agree, total = agree + int(((ref[0] == got[0]) & (ref[1] == got[1])).sum()), total + got[0].size
     ent["hyper"]["index_agreement"] = round(agree / max(total, 1), 5)
+    ent["hyper"]["z_varies"] = z_varies
+    if not z_varies:
+        log.warning("the hyperprior has collapsed: z is the same at every position of 4 training crops, so it "
+                    "codes like a per-channel prior and zstd will often win; refit it: aekit refit-hyperprior CKPT "
+                    "DATA --out RUN --reinit")
     if agree < 0.99 * total:
         raise ExportError(f"integer hyper decoder picks the float model's table at only {agree / total:.1%} of positions")
     ent["model"] = ("mean-scale hyperprior (Balle et al. 2018, Minnen et al. 2018): Gaussian tables per scale and "

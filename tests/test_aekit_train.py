@@ -97,7 +97,9 @@ def test_bad_inputs_give_clear_errors(tmp_path, capsys):
                         (["--arch", "gdn", "--hyper-width", "8"], "--hyper-width applies to --arch gdn-hp only"),
                         (["--arch", "gdn", "--freeze-decoder"], "--freeze-decoder applies to --arch gdn, gdn-hp or klt "
                                                                 "with --init-from only"),
-                        (["--distill-weight", "1"], "--distill-weight applies to --distill-from only")):
+                        (["--arch", "gdn-hp", "--freeze-decoder"], "(this run: --arch gdn-hp, no --init-from)"),
+                        (["--distill-weight", "1"], "--distill-weight applies to --distill-from only (this run: no "
+                                                    "--distill-from)")):
         assert main(["train", str(bad), "--out", str(tmp_path / "f"), *extra]) == 2, extra
         assert says in capsys.readouterr().err
     (tmp_path / "taken").write_text("x")  # --out is a file: one line, before any data are read

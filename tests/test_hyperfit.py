@@ -55,6 +55,29 @@ def test_refit_lowers_the_codec_bits_and_keeps_the_transforms(hp_run, tmp_path):
     assert (tmp_path / "rf" / "log.jsonl").read_text().count("\n") == 6
 
 
+def test_refit_reinit_starts_the_hyperprior_afresh(hp_run, tmp_path):
+    """--reinit: h_a, h_s and z's prior start from a new model's seeded init (a collapsed hyperprior cannot
+    recover from its own weights); the transforms stay the checkpoint's."""
+    from aekit.checkpoint import load_model
+    from aekit.config import ModelConfig
+    from aekit.hyperfit import refit_hyperprior
+    from aekit.models import build_model
+
+    ckpt, data = hp_run
+    cfg = _cfg(ckpt, data, tmp_path / "rf", steps=1, reinit=True)
+    cfg.lr = 1e-9
+    best = refit_hyperprior(cfg)
+    before, meta = load_model(ckpt)
+    after, _ = load_model(best)
+    torch.manual_seed(0)
+    fresh = build_model(ModelConfig.from_dict(meta["model_config"])).state_dict()
+    for name, p in after.state_dict().items():
+        if name.startswith(("encoder.", "decoder.")) or name == "y_gain":
+            assert torch.equal(p, before.state_dict()[name]), name
+        elif name.startswith("hyper_encoder.") and p.dim() > 1:  # lr 1e-9: still the fresh init, not the old weights
+            assert torch.allclose(p, fresh[name], atol=1e-6) and not torch.allclose(p, before.state_dict()[name]), name
+
+
 def test_refit_resumes_to_the_same_weights(hp_run, tmp_path):
     from aekit.hyperfit import refit_hyperprior
 
