@@ -100,7 +100,7 @@ if need photos-r9-hq; then
 fi
 # photos-r9-fast (issue 17, compress speed): photos-r9's decoder g_s frozen behind a new half-width g_a
 # (--encoder-width 64) and hyperprior (--hyper-width 64); g_a learns photos-r9's latents (--distill-from) for
-# 40 epochs while the rate-distortion loss trains it, 150 epochs in all; the hyperprior refitted; exported
+# 40 epochs while the rate-distortion loss trains it, 150 epochs in all; the hyperprior refitted afresh; exported
 # int8 (encoder and decoder are the model, calibrated on the training photos) with fp16-stored fallbacks.
 if need photos-r9-fast; then
   [[ -f runs/zoo/photos-r9-fast/last.pt ]] || init="--init-from runs/zoo/photos-r9-hp-s6/best.pt"
@@ -110,8 +110,10 @@ if need photos-r9-fast; then
     --distill-from runs/zoo/photos-r9-hp-s6/best.pt --distill-epochs 40 ${init:-}
   unset init
   rf=runs/zoo/photos-r9-fast-rf; resume=""; [[ -f $rf/last.pt ]] && resume="--resume"
+  # --reinit: the hyperprior trained beside a random new g_a collapsed (z the same everywhere); a fresh one
+  # fitted on the frozen transforms' latents works
   [[ -f $rf/best.pt ]] || nice -n 19 aekit refit-hyperprior runs/zoo/photos-r9-fast/best.pt data/photos/train \
-    --out $rf --steps 2000 --lr 5e-4 --threads ${THREADS:-1} $resume
+    --out $rf --steps 12000 --lr 5e-4 --threads ${THREADS:-1} --reinit --val-data data/photos/train $resume
   nice -n 19 aekit export $rf/best.pt --out models/zoo/photos-r9-fast --force --int8 --int8-encoder --weights fp16 \
     --calib-data data/photos/train --int8-check-data data/photos/test
   [[ ${CARDS:-1} == 1 ]] && nice -n 19 python -m aekit.bench.zoo build photos-r9-fast --compare photos-r9
