@@ -94,9 +94,14 @@ def cmd_add_int8(args: argparse.Namespace) -> int:
                      max_loss_db=INT8_MAX_LOSS_DB if args.int8_max_loss is None else args.int8_max_loss)
     got = add_int8_variants(args.model, cfg)
     parts = " and ".join(got["parts"])
+    speed = ", ".join(f"{k} {v:.2f}x" for k, v in (got.get("speedup") or {}).items())
     print(f"{args.model}: int8 {parts} added ({got['psnr_loss_db']} dB PSNR lost against fp32 on "
-          f"{got['check_images']} held-out images; speed-up {got['speedup']}); use them with "
+          f"{got['check_images']} held-out images; speed-up {speed}); use them with "
           + ("`aekit compress --int8` and " if "encoder" in got["parts"] else "") + "`aekit decompress --int8`")
+    slow = [k for k, v in (got.get("speedup") or {}).items() if v < 1]
+    if slow:
+        logging.getLogger(__name__).warning("note: the int8 %s ran slower than fp32 here (small networks gain little "
+                                            "from int8); --int8 will not make them faster", " and ".join(slow))
     return 0
 
 
