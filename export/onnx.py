@@ -349,7 +349,8 @@ def _integer_hyper_decoder(model: nn.Module) -> tuple[list[dict[str, Any]], dict
     Each layer's weight shift s is the largest (≤ 20) keeping K · max|W_q| · 2^26 + max|b_q| < 2^52
     (one bit of margin under float64's 2^53), so the integer evaluation stays exact, and then, where that
     still leaves max|W_q| ≥ 1024, lowered until the weights fit 16 bits (|W_q| ≤ 32767: a resolution of
-    1/32767 of the largest weight, far under the float model's own noise; half the stored file). The
+    1/32767 of the largest weight, far under the float model's own noise; a 64-channel h_s's compressed
+    file shrank 22 %). The
     exporter's index-agreement check (≥ 99 % of positions) guards both.
     """
     specs, arrays = [], {}
@@ -444,7 +445,7 @@ def _export_hyper(model: nn.Module, tmp: Path, latent: dict[str, Any], ckpt: dic
 
 def _smallest_int(a: np.ndarray) -> np.ndarray:
     """The integers of a in the narrowest of int16 / int32 / int64 that holds them all (the hyper decoder's
-    weights mostly fit 16 bits: about half the file; the runtime reads any integer dtype as int64)."""
+    weights mostly fit 16 bits; the runtime reads any integer dtype as int64)."""
     for t in (np.int16, np.int32):
         info = np.iinfo(t)
         if a.size == 0 or (int(a.min()) >= info.min and int(a.max()) <= info.max):
