@@ -564,5 +564,13 @@ def checkpoint_info(path: str | Path, as_json: bool = False) -> str:
                                                and not isinstance(v, bool) and v != ""))
     if keep["classes"]:
         lines.append(f"classes      {', '.join(map(str, keep['classes']))}")
+    tc = c.get("train_config") or {}
+    if tc.get("init_from"):  # warm start, frozen decoder, distillation: how this run began
+        lines.append(f"started      from {tc['init_from']}" + (", decoder frozen" if tc.get("freeze_decoder") else "")
+                     + (f"; g_a distilled from {tc['distill_from']} (weight {tc.get('distill_weight')}, "
+                        f"{tc.get('distill_epochs') or 'all'} epochs)" if tc.get("distill_from") else ""))
+    elif tc.get("distill_from"):
+        lines.append(f"started      fresh; g_a distilled from {tc['distill_from']} (weight {tc.get('distill_weight')}, "
+                     f"{tc.get('distill_epochs') or 'all'} epochs)")
     lines.append("export       aekit export PATH --out MODEL (then aekit info MODEL)")
     return "\n".join(lines)

@@ -155,6 +155,9 @@ def test_a_narrower_encoder_trains_behind_a_frozen_decoder_and_learns_the_teache
     before, after = load_checkpoint(src)["state_dict"], load_checkpoint(tmp_path / "fast" / "last.pt")["state_dict"]
     assert all(torch.equal(after[k], v) for k, v in before.items() if k.startswith(("decoder.", "y_gain")))
     assert not torch.equal(after["entropy.matrices.0"], before["entropy.matrices.0"])  # the z prior trained on
+    from aekit.export.onnx import checkpoint_info
+
+    assert "decoder frozen; g_a distilled from" in checkpoint_info(tmp_path / "fast" / "last.pt")  # aekit info
     t2 = Trainer(TrainConfig(**{**tc.__dict__, "out": str(tmp_path / "d2"), "epochs": 1}), mc)
     t2.distilling = True
     _, parts = t2._step(torch.zeros(4, 3, 64, 64).uniform_(-1, 1))
