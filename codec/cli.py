@@ -171,8 +171,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
     import logging
 
     codec = Codec(args.model, ccfg)
-    int8_model = "encoder" in ((codec.rt.manifest.get("int8") or {}).get("parts") or [])  # `export --int8-encoder`
-    if ccfg.int8 and codec.rt.encoder_file == codec.rt.manifest["files"]["encoder"] and not int8_model:
+    if ccfg.int8 and not codec.rt.encoder_int8:
         logging.getLogger("aekit.codec").warning("note: model %s ships no int8 encoder (`aekit add-int8 MODEL "
                                                  "--encoder`); --int8 compresses with its fp32 encoder", codec.model_id)
     return _finish(compress_tree(args.src, args.out, codec, jcfg))

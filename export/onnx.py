@@ -376,7 +376,7 @@ def _integer_hyper_decoder(model: nn.Module) -> tuple[list[dict[str, Any]], dict
         if transpose:
             spec["output_padding"] = conv.output_padding[0]
         specs.append(spec)
-        arrays[f"w{i}"], arrays[f"b{i}"] = wq.astype(np.int32 if np.abs(wq).max() < 2**31 else np.int64), bq
+        arrays[f"w{i}"], arrays[f"b{i}"] = _smallest_int(wq), _smallest_int(bq)
     return specs, arrays
 
 
@@ -396,7 +396,7 @@ def _export_hyper(model: nn.Module, tmp: Path, latent: dict[str, Any], ckpt: dic
 
         store_weights_fp16(tmp / "hyper_encoder.onnx")
     specs, arrays = _integer_hyper_decoder(model)
-    np.savez_compressed(tmp / "hyper_decoder.npz", **{k: _smallest_int(v) for k, v in arrays.items()})
+    np.savez_compressed(tmp / "hyper_decoder.npz", **arrays)
     half = (RD_LEVELS - 1) // 2
     frac = specs[-1]["shift"] + HYPER_FRAC_BITS
     log_s = np.log(scale_table())[:-1]

@@ -392,6 +392,12 @@ class Runtime:
     def device(self) -> str:
         return "cuda" if self.encoder.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
 
+    @property
+    def encoder_int8(self) -> bool:
+        """The encoder this runtime runs is int8: an add-int8 variant, or the model's own (`export --int8-encoder`)."""
+        own = "encoder" in ((self.manifest.get("int8") or {}).get("parts") or [])
+        return self.encoder_file != self.manifest["files"]["encoder"] or own
+
     def latent_shape(self, height: int, width: int) -> tuple[int, int, int]:
         f = self.factor
         return (self.latent_channels, -(-height // f), -(-width // f))
