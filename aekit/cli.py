@@ -187,9 +187,21 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BROKEN_PIPE
 
 
+def _command_parser(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
+    """The parser of the deepest subcommand that args chose (`aekit detector evaluate` -> that one's)."""
+    while True:
+        subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        chosen = getattr(args, subs[0].dest, None) if subs else None
+        if chosen is None or chosen not in subs[0].choices:
+            return parser
+        parser = subs[0].choices[chosen]
+
+
 def _main(argv: list[str] | None = None) -> int:
     parser = build_parser(sys.argv[1:] if argv is None else list(argv))
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # named by the (sub)command's own usage line, not the top-level one
+        _command_parser(parser, args).error(f"unrecognized arguments: {' '.join(unknown)}")
     setup_logging(args.log_more - args.log_less)
     if not getattr(args, "func", None):
         parser.print_help()

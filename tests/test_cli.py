@@ -47,3 +47,16 @@ def test_verbose_names_the_logger(tmp_path, capsys):
 def test_global_flags_survive_a_subcommand_option_of_the_same_name():
     args = build_parser().parse_args(["-q", "-q", "bench", "models/x", "--quiet"])
     assert args.log_less == 2 and args.quiet is True  # aekit's -q and bench's --quiet are separate
+
+
+@pytest.mark.parametrize("argv, usage", [
+    (["compress", "x", "-m", "photos-r9", "-o", "out", "--bogus"], "usage: aekit compress"),
+    (["data", "photos", "out", "--bogus"], "usage: aekit data photos"),
+    (["--bogus"], "usage: aekit [-h]"),
+])
+def test_unknown_option_names_the_subcommand_usage(argv, usage, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith(usage) and err.rstrip().endswith("unrecognized arguments: --bogus")
+    assert err.count("error:") == 1
