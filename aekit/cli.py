@@ -231,7 +231,7 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
     from aekit.config import ModelConfig
     from aekit.data import RESIZE_POLICIES, DataConfig
 
-    from aekit.config import ARCHITECTURE_NAMES, BACKBONES
+    from aekit.config import ARCHITECTURE_NAMES, BACKBONES, RD_FACTORS
 
     m, d = ModelConfig(), DataConfig()
     p = sub.add_parser("train", help="train an autoencoder on an image folder",
@@ -261,6 +261,10 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
                    "g_a alone (default: --width); a narrower g_a compresses faster behind the same decoder")
     p.add_argument("--hyper-width", type=at_least(1), help="--arch gdn-hp: channels of the hyperprior h_a, h_s "
                    "(default: --width); h_s runs at compress and decompress")
+    p.add_argument("--factor", type=int, choices=sorted({f for fs in RD_FACTORS.values() for f in fs}),
+                   help="--arch gdn/gdn-hp/klt: down-sampling factor f of the latent (C·f²/ratio channels at "
+                        "H/f; 1/4: 4, 8, 16; 1/9: 6, 12; default 16 and 12, klt 4 and 6). Small images want "
+                        "a small f: a 28² image is 2×2 positions at f = 16, 7×7 at f = 4")
     p.add_argument("--blocks", type=at_least(0), default=m.blocks, help="extra conv blocks at latent resolution")
     p.add_argument("--upsample", choices=("pixelshuffle", "transpose"), default=m.upsample)
     p.add_argument("--latent-levels", type=int, default=m.latent_levels, help="quantisation levels (<=256)")
@@ -349,6 +353,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             ("--kl-weight", args.kl_weight, args.arch == "vae", "--arch vae", arch),
             ("--encoder-width", args.encoder_width, args.arch in ("gdn", "gdn-hp"), "--arch gdn and gdn-hp", arch),
             ("--hyper-width", args.hyper_width, args.arch == "gdn-hp", "--arch gdn-hp", arch),
+            ("--factor", args.factor, args.arch in ("gdn", "gdn-hp", "klt"), "--arch gdn, gdn-hp or klt", arch),
             ("--freeze-decoder", args.freeze_decoder or None, args.arch in ("gdn", "gdn-hp", "klt")
              and bool(args.init_from or args.resume), "--arch gdn, gdn-hp or klt with --init-from", warm),
             ("--distill-from", args.distill_from, args.arch in ("gdn", "gdn-hp", "klt"), "--arch gdn, gdn-hp or klt",
@@ -361,7 +366,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     mcfg = ModelConfig(arch=args.arch, channels=channels, ratio=args.ratio, width=args.width,
                        blocks=args.blocks, upsample=args.upsample, latent_levels=args.latent_levels,
                        quant=args.quant, backbone=args.backbone, encoder_width=args.encoder_width or 0,
-                       hyper_width=args.hyper_width or 0)
+                       hyper_width=args.hyper_width or 0, down_factor=args.factor or 0)
     dcfg = DataConfig(size=size, resize=args.resize, val_fraction=args.val_fraction,
                       max_images=args.max_images, repeat=args.repeat)
     tcfg = TrainConfig(data=args.data, out=args.out, val_data=args.val_data, epochs=args.epochs,

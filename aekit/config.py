@@ -17,7 +17,10 @@ FACTORS = {4: 4, 9: 6}
 # (192 ch RGB, 64 gray: Ballé 2018's factorized-prior shape), 1/9 at H/12 (48 RGB, 16 gray).
 DEEP_FACTORS = {4: 16, 9: 12}
 # factor -> stride of each down-sampling stage, first (full resolution) to last.
-STRIDES = {4: (2, 2), 6: (2, 3), 12: (2, 2, 3), 16: (2, 2, 2, 2)}
+STRIDES = {4: (2, 2), 6: (2, 3), 8: (2, 2, 2), 12: (2, 2, 3), 16: (2, 2, 2, 2)}
+# ratio -> the factors an RD model may choose instead (ModelConfig.down_factor): a shallower
+# transform keeps more positions and fewer channels (gray 1/4 at H/4: 4 ch, a 28² image -> 7×7).
+RD_FACTORS = {4: (4, 8, 16), 9: (6, 12)}
 # registered in aekit.models (kept here too so the CLI offers them without importing torch)
 ARCHITECTURE_NAMES = ("dcgan", "resnet", "pretrained", "vae", "gdn", "gdn-hp", "klt")
 # Architectures with an integer quantiser and a learned factorized prior (rate-distortion
@@ -43,6 +46,8 @@ class ModelConfig:
     latent_levels: int = 256  # quantisation levels of the tanh latent (<= 256: 8-bit symbols)
     quant: str = "noise"  # training-time quantisation proxy: "noise" (uniform) or "ste" (rounding)
     backbone: str = "resnet18"  # arch "pretrained" only: torchvision ResNet whose trunk is the encoder
+    down_factor: int = 0  # RD archs: down-sampling factor f (0: the architecture's, DEEP_FACTORS or FACTORS);
+    #                       one of RD_FACTORS[ratio]; c_y = C·f²/ratio keeps the ratio exact
 
     def __post_init__(self) -> None:
         if self.ratio not in FACTORS:
@@ -63,10 +68,18 @@ class ModelConfig:
             raise ValueError(f"encoder_width applies to {' and '.join(DEEP_ARCHITECTURES)} only (arch {self.arch!r})")
         if self.hyper_width and self.arch != "gdn-hp":
             raise ValueError(f"hyper_width applies to gdn-hp only (arch {self.arch!r})")
+        if self.down_factor:
+            if self.arch not in RD_ARCHITECTURES:
+                raise ValueError(f"down_factor applies to {', '.join(RD_ARCHITECTURES)} only (arch {self.arch!r})")
+            if self.down_factor not in RD_FACTORS[self.ratio]:
+                raise ValueError(f"factor {self.down_factor} is not offered at ratio 1/{self.ratio} "
+                                 f"(have: {', '.join(map(str, RD_FACTORS[self.ratio]))})")
 
     @property
     def factor(self) -> int:
         """Down-sampling factor f: the latent is (c_y, ceil(H/f), ceil(W/f))."""
+        if self.down_factor:
+            return self.down_factor
         return DEEP_FACTORS[self.ratio] if self.arch in DEEP_ARCHITECTURES else FACTORS[self.ratio]
 
     @property

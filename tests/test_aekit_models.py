@@ -65,3 +65,20 @@ def test_rate_estimate_is_positive_and_differentiable():
     bpp = model.rate_bpp(out, 2 * 16 * 16)
     bpp.backward()
     assert bpp > 0 and model.encoder[0][0].weight.grad is not None
+
+
+@pytest.mark.parametrize("arch, ratio, factor, channels", [
+    ("gdn", 4, 4, 1), ("gdn-hp", 4, 8, 3), ("gdn", 9, 6, 3), ("klt", 4, 16, 1)])
+def test_rd_factor_option_keeps_the_ratio_exact(arch, ratio, factor, channels):
+    cfg = ModelConfig(arch=arch, channels=channels, ratio=ratio, width=8, down_factor=factor)
+    assert cfg.factor == factor and cfg.latent_channels * ratio == channels * factor**2
+    out = build_model(cfg).eval()(torch.rand(1, channels, 28, 28) * 2 - 1)
+    assert out.y.shape == (1, cfg.latent_channels, -(-28 // factor), -(-28 // factor))
+    assert out.x_hat.shape == (1, channels, 28, 28)
+
+
+def test_rd_factor_option_errors():
+    with pytest.raises(ValueError, match="factor 8 is not offered at ratio 1/9 \\(have: 6, 12\\)"):
+        ModelConfig(arch="gdn", ratio=9, down_factor=8)
+    with pytest.raises(ValueError, match="down_factor applies to gdn, gdn-hp, klt only"):
+        ModelConfig(arch="dcgan", down_factor=4)
