@@ -265,6 +265,8 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
                    help="--arch gdn/gdn-hp/klt: down-sampling factor f of the latent (C·f²/ratio channels at "
                         "H/f; 1/4: 4, 8, 16; 1/9: 6, 12; default 16 and 12, klt 4 and 6). Small images want "
                         "a small f: a 28² image is 2×2 positions at f = 16, 7×7 at f = 4")
+    p.add_argument("--res-blocks", type=at_least(1), help="--arch gdn/gdn-hp: residual units (3×3 conv, LeakyReLU, "
+                   "3×3 conv, + x) after each GDN / IGDN; a deeper transform for the same latent [0]")
     p.add_argument("--blocks", type=at_least(0), default=m.blocks, help="extra conv blocks at latent resolution")
     p.add_argument("--upsample", choices=("pixelshuffle", "transpose"), default=m.upsample)
     p.add_argument("--latent-levels", type=int, default=m.latent_levels, help="quantisation levels (<=256)")
@@ -353,6 +355,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             ("--kl-weight", args.kl_weight, args.arch == "vae", "--arch vae", arch),
             ("--encoder-width", args.encoder_width, args.arch in ("gdn", "gdn-hp"), "--arch gdn and gdn-hp", arch),
             ("--hyper-width", args.hyper_width, args.arch == "gdn-hp", "--arch gdn-hp", arch),
+            ("--res-blocks", args.res_blocks, args.arch in ("gdn", "gdn-hp"), "--arch gdn and gdn-hp", arch),
             ("--factor", args.factor, args.arch in ("gdn", "gdn-hp", "klt"), "--arch gdn, gdn-hp or klt", arch),
             ("--freeze-decoder", args.freeze_decoder or None, args.arch in ("gdn", "gdn-hp", "klt")
              and bool(args.init_from or args.resume), "--arch gdn, gdn-hp or klt with --init-from", warm),
@@ -366,7 +369,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     mcfg = ModelConfig(arch=args.arch, channels=channels, ratio=args.ratio, width=args.width,
                        blocks=args.blocks, upsample=args.upsample, latent_levels=args.latent_levels,
                        quant=args.quant, backbone=args.backbone, encoder_width=args.encoder_width or 0,
-                       hyper_width=args.hyper_width or 0, down_factor=args.factor or 0)
+                       hyper_width=args.hyper_width or 0, down_factor=args.factor or 0,
+                       res_blocks=args.res_blocks or 0)
     dcfg = DataConfig(size=size, resize=args.resize, val_fraction=args.val_fraction,
                       max_images=args.max_images, repeat=args.repeat)
     tcfg = TrainConfig(data=args.data, out=args.out, val_data=args.val_data, epochs=args.epochs,

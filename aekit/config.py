@@ -46,6 +46,7 @@ class ModelConfig:
     latent_levels: int = 256  # quantisation levels of the tanh latent (<= 256: 8-bit symbols)
     quant: str = "noise"  # training-time quantisation proxy: "noise" (uniform) or "ste" (rounding)
     backbone: str = "resnet18"  # arch "pretrained" only: torchvision ResNet whose trunk is the encoder
+    res_blocks: int = 0  # gdn, gdn-hp: residual blocks (3×3 conv, LeakyReLU, 3×3 conv, + x) after each GDN / IGDN
     down_factor: int = 0  # RD archs: down-sampling factor f (0: the architecture's, DEEP_FACTORS or FACTORS);
     #                       one of RD_FACTORS[ratio]; c_y = C·f²/ratio keeps the ratio exact
 
@@ -68,6 +69,8 @@ class ModelConfig:
             raise ValueError(f"encoder_width applies to {' and '.join(DEEP_ARCHITECTURES)} only (arch {self.arch!r})")
         if self.hyper_width and self.arch != "gdn-hp":
             raise ValueError(f"hyper_width applies to gdn-hp only (arch {self.arch!r})")
+        if self.res_blocks < 0 or (self.res_blocks and self.arch not in DEEP_ARCHITECTURES):
+            raise ValueError(f"res_blocks applies to {' and '.join(DEEP_ARCHITECTURES)} only and must be >= 0")
         if self.down_factor:
             if self.arch not in RD_ARCHITECTURES:
                 raise ValueError(f"down_factor applies to {', '.join(RD_ARCHITECTURES)} only (arch {self.arch!r})")

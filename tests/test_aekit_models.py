@@ -67,10 +67,10 @@ def test_rate_estimate_is_positive_and_differentiable():
     assert bpp > 0 and model.encoder[0][0].weight.grad is not None
 
 
-@pytest.mark.parametrize("arch, ratio, factor, channels", [
-    ("gdn", 4, 4, 1), ("gdn-hp", 4, 8, 3), ("gdn", 9, 6, 3), ("klt", 4, 16, 1)])
-def test_rd_factor_option_keeps_the_ratio_exact(arch, ratio, factor, channels):
-    cfg = ModelConfig(arch=arch, channels=channels, ratio=ratio, width=8, down_factor=factor)
+@pytest.mark.parametrize("arch, ratio, factor, channels, res_blocks", [
+    ("gdn", 4, 4, 1, 2), ("gdn-hp", 4, 8, 3, 1), ("gdn", 9, 6, 3, 0), ("klt", 4, 16, 1, 0)])
+def test_rd_factor_option_keeps_the_ratio_exact(arch, ratio, factor, channels, res_blocks):
+    cfg = ModelConfig(arch=arch, channels=channels, ratio=ratio, width=8, down_factor=factor, res_blocks=res_blocks)
     assert cfg.factor == factor and cfg.latent_channels * ratio == channels * factor**2
     out = build_model(cfg).eval()(torch.rand(1, channels, 28, 28) * 2 - 1)
     assert out.y.shape == (1, cfg.latent_channels, -(-28 // factor), -(-28 // factor))
@@ -82,3 +82,14 @@ def test_rd_factor_option_errors():
         ModelConfig(arch="gdn", ratio=9, down_factor=8)
     with pytest.raises(ValueError, match="down_factor applies to gdn, gdn-hp, klt only"):
         ModelConfig(arch="dcgan", down_factor=4)
+    with pytest.raises(ValueError, match="res_blocks applies to gdn and gdn-hp only"):
+        ModelConfig(arch="klt", res_blocks=1)
+
+
+def test_res_blocks_zero_keeps_the_gdn_layout():
+    """Checkpoints made before res_blocks existed load unchanged: g_a is conv, GDN, conv, GDN, conv, GDN, conv."""
+    sd = build_model(ModelConfig(arch="gdn-hp", width=8)).state_dict()
+    assert sorted({k.split(".")[1] for k in sd if k.startswith("encoder.")}) == [str(i) for i in range(7)]
+    assert sd["encoder.6.weight"].shape[0] == 192 and "encoder.1.b" in sd and "decoder.1.g" in sd
+    deeper = build_model(ModelConfig(arch="gdn-hp", width=8, res_blocks=1)).state_dict()
+    assert "encoder.2.body.0.weight" in deeper and "decoder.2.body.2.weight" in deeper

@@ -77,6 +77,18 @@ class RDAutoencoder(Autoencoder):
         return list(self.entropy.parameters())
 
 
+class ResidualUnit(nn.Module):
+    """x + conv3×3(LeakyReLU(conv3×3(x))), (B, N, H, W) -> (B, N, H, W): no normalisation layer, so it
+    exports as plain convs (the residual unit of Cheng et al. 2020's transforms, without attention)."""
+
+    def __init__(self, n: int):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(n, n, 3, 1, 1), nn.LeakyReLU(0.2), nn.Conv2d(n, n, 3, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
 @register_arch("gdn")
 class GDNAutoencoder(RDAutoencoder):
     """Ballé et al. 2018's factorized-prior transform: 5×5 strided convs with GDN / IGDN.
@@ -91,14 +103,17 @@ class GDNAutoencoder(RDAutoencoder):
         super().__init__(cfg)
         n, c, cy, strides = cfg.width, cfg.channels, cfg.latent_channels, cfg.strides
         ne = cfg.encoder_width or n
+        r = cfg.res_blocks
         enc: list[nn.Module] = []
         for i, s in enumerate(strides):
             last = i == len(strides) - 1
-            enc += [down(c if i == 0 else ne, cy if last else ne, s)] + ([] if last else [GDN(ne)])
+            enc += [down(c if i == 0 else ne, cy if last else ne, s)]
+            enc += [] if last else [GDN(ne), *(ResidualUnit(ne) for _ in range(r))]
         dec: list[nn.Module] = []
         for i, s in enumerate(reversed(strides)):
             last = i == len(strides) - 1
-            dec += [up(cy if i == 0 else n, c if last else n, s)] + ([] if last else [GDN(n, inverse=True)])
+            dec += [up(cy if i == 0 else n, c if last else n, s)]
+            dec += [] if last else [GDN(n, inverse=True), *(ResidualUnit(n) for _ in range(r))]
         self.encoder = nn.Sequential(*enc)  # (B, C, H, W) -> (B, c_y, H/f, W/f), before the gain
         self.decoder = nn.Sequential(*dec)  # (B, c_y, h, w) -> (B, C, h·f, w·f), after the gain
         self.register_buffer("y_gain", torch.tensor(1.0))  # fixed latent gain, set by init_from_data
