@@ -278,8 +278,9 @@ class Trainer:
     def _resume(self) -> None:
         path = self.out / "last.pt"
         ckpt = load_checkpoint(path)
-        if ckpt["model_config"] != self.mcfg.to_dict():
-            diff = _differences(ckpt["model_config"], self.mcfg.to_dict(), set())
+        saved = {**ModelConfig().to_dict(), **ckpt["model_config"]}  # fields added since: their defaults
+        if saved != self.mcfg.to_dict():
+            diff = _differences(saved, self.mcfg.to_dict(), set())
             raise CheckpointError(f"{path}: model config differs from this run's ({diff}); start a new --out")
         old = ckpt.get("train_config")
         if isinstance(old, dict):  # a resumed run must be the run that was interrupted (paths and budgets aside)

@@ -47,6 +47,11 @@ def test_resume_reproduces_an_uninterrupted_run(gray_dir, tmp_path):
     a = load_checkpoint(tmp_path / "a" / "last.pt")["state_dict"]
     b = load_checkpoint(tmp_path / "b" / "last.pt")["state_dict"]
     assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-6) for k in a)
+    # a checkpoint written before a model config field existed resumes (the field takes its default)
+    ckpt = torch.load(tmp_path / "b" / "last.pt", weights_only=True)
+    del ckpt["model_config"]["res_blocks"], ckpt["model_config"]["down_factor"]
+    torch.save(ckpt, tmp_path / "b" / "last.pt")
+    assert train(*tiny(data, tmp_path / "b", epochs=3), resume=True)["epochs"] == 3
     # a resume with other training settings is another experiment: refused, naming what differs
     train(*tiny(data, tmp_path / "c", epochs=2, time_budget=1e-9))
     with pytest.raises(CheckpointError, match=r"other settings \(lr 0\.001 \(now 0\.5\)\)"):
