@@ -12,6 +12,7 @@ running at once stay within CodecConfig.memory_mb (see aekit.export.runtime.Acti
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -317,6 +318,7 @@ class Decoder:
 
     def __init__(self, search: list[str | Path] | None = None, cfg: CodecConfig | None = None):
         self.search = [Path(p) for p in search] if search else default_model_paths()
+        self._named = bool(search)  # the caller named where to look (decompress -m): say when a file's model is elsewhere
         self.cfg = cfg or CodecConfig()
         self.gate = MemoryGate(self.cfg.budget)  # shared by every model's calls
         self.tiles = TilePool(self.cfg.n_workers)
@@ -329,7 +331,13 @@ class Decoder:
         """The manifest of a model id; ModelError if no search path has it."""
         with self._lock:
             if model_id not in self._models:
-                self._models[model_id] = load_manifest(find_model(model_id, self.search))
+                folder = find_model(model_id, self.search)
+                named = {Path(p).resolve() for p in self.search}  # a model folder, or a folder of them
+                if self._named and not {folder.resolve(), folder.resolve().parent} & named:
+                    logging.getLogger(__name__).warning(
+                        "model %s is not in %s: decoding with the shipped model %s (the files name it)", model_id,
+                        ", ".join(map(str, self.search)), folder.name)
+                self._models[model_id] = load_manifest(folder)
             return self._models[model_id]
 
     def entropy(self, model_id: str, levels: int, quality: int = 0) -> tuple[EntropyModel, Quantiser]:

@@ -174,13 +174,18 @@ def _gray_images(folder: Path, n: int = 3) -> Path:
 
 
 @pytest.mark.skipif("fmnist-r4" not in NAMES, reason="fmnist-r4 not shipped")
-def test_compress_by_name_and_decompress_without_flags(tmp_path, monkeypatch):
+def test_compress_by_name_and_decompress_without_flags(tmp_path, monkeypatch, caplog):
     src = _gray_images(tmp_path / "src")
     monkeypatch.chdir(tmp_path)  # no ./models here, no $AEKIT_MODELS: the file's id is found in the zoo
     monkeypatch.delenv("AEKIT_MODELS", raising=False)
     assert main(["compress", "src", "-m", "fmnist-r4", "-o", "lat"]) == 0
     assert main(["decompress", "lat", "-o", "out"]) == 0
     assert sorted(p.name for p in (tmp_path / "out").iterdir() if not p.name.startswith(".")) == ["g0.png", "g1.png", "g2.png"]
+    # -m naming another model than the files' own: they still decode (by id), and one line says with which
+    caplog.clear()
+    assert main(["decompress", "lat", "-o", "out2", "-m", "fmnist-r9"]) == 0
+    said = [r.getMessage() for r in caplog.records if "is not in" in r.getMessage()]
+    assert len(said) == 1 and said[0].endswith("decoding with the shipped model fmnist-r4 (the files name it)")
 
 
 @pytest.mark.skipif("fmnist-detect" not in NAMES, reason="fmnist-detect not shipped")
