@@ -273,6 +273,8 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quant", choices=("noise", "ste"), default=m.quant, help="training quantisation proxy")
     p.add_argument("--epochs", type=at_least(1), default=20, help="training epochs")
     p.add_argument("--time-budget", type=at_least(0.0, kind=float), default=0.0, help="minutes (0: no limit)")
+    p.add_argument("--stop-after", type=at_least(0), default=0, help="stop after this many epochs of this "
+                   "invocation, checkpointed (0: no limit); --resume goes on with the same lr schedule")
     p.add_argument("--batch-size", type=at_least(1), default=32, help="images per step")
     p.add_argument("--lr", type=at_least(0.0, kind=float), default=1e-3, help="Adam learning rate (cosine schedule)")
     p.add_argument("--loss", default="mse", help="e.g. mse | l1:1,ms-ssim:0.5 | mse:1,perceptual:0.1")
@@ -374,7 +376,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     dcfg = DataConfig(size=size, resize=args.resize, val_fraction=args.val_fraction,
                       max_images=args.max_images, repeat=args.repeat)
     tcfg = TrainConfig(data=args.data, out=args.out, val_data=args.val_data, epochs=args.epochs,
-                       time_budget=args.time_budget, batch_size=args.batch_size, lr=args.lr,
+                       time_budget=args.time_budget, stop_after=args.stop_after, batch_size=args.batch_size, lr=args.lr,
                        loss=args.loss, vgg_weights=args.vgg_weights, rate_weight=args.rate_weight,
                        clip_grad=args.clip_grad,
                        perceptual=args.perceptual, noise=args.noise, progressive=args.progressive,

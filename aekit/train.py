@@ -48,6 +48,7 @@ class TrainConfig:
     val_data: str | None = None  # separate validation folder; default: a split of data
     epochs: int = 20  # passes over the training set
     time_budget: float = 0.0  # minutes; stop after the epoch that crosses it (0 = no limit)
+    stop_after: int = 0  # epochs of this invocation, then stop (checkpointed; --resume goes on with the same schedule)
     batch_size: int = 32  # images per step
     lr: float = 1e-3  # Adam learning rate (cosine-decayed to 5% over `epochs`)
     betas: tuple[float, float] = (0.9, 0.999)  # Adam betas
@@ -339,6 +340,10 @@ class Trainer:
             if distributed.agree(self.tcfg.time_budget and time.monotonic() - t0 > self.tcfg.time_budget * 60):
                 log.info(f"time budget of {self.tcfg.time_budget} min reached after epoch {epoch + 1}")
                 break
+            if self.tcfg.stop_after and epoch + 1 - self.start_epoch >= self.tcfg.stop_after:
+                log.info(f"stopped after {self.tcfg.stop_after} epoch(s) of this run, at epoch {epoch + 1} of "
+                         f"{self.tcfg.epochs} (--stop-after); --resume goes on")
+                break
         return self._finish(time.monotonic() - t0) if distributed.is_main() else {}
 
     def _train_epoch(self, epoch: int) -> tuple[float, float]:
@@ -555,7 +560,7 @@ class Trainer:
 
 
 # Settings a --resume may change: where the data and outputs are, how long and on what it runs.
-RESUME_MAY_CHANGE = {"data", "val_data", "out", "epochs", "time_budget", "device", "threads", "vgg_weights",
+RESUME_MAY_CHANGE = {"data", "val_data", "out", "epochs", "time_budget", "stop_after", "device", "threads", "vgg_weights",
                      "encoder_weights", "init_from"}
 
 

@@ -47,6 +47,12 @@ def test_resume_reproduces_an_uninterrupted_run(gray_dir, tmp_path):
     a = load_checkpoint(tmp_path / "a" / "last.pt")["state_dict"]
     b = load_checkpoint(tmp_path / "b" / "last.pt")["state_dict"]
     assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-6) for k in a)
+    # --stop-after: the same interruption on purpose, at an epoch boundary
+    train(*tiny(data, tmp_path / "d", epochs=2, stop_after=1))
+    assert len(load_checkpoint(tmp_path / "d" / "last.pt")["history"]) == 1
+    train(*tiny(data, tmp_path / "d", epochs=2), resume=True)
+    d = load_checkpoint(tmp_path / "d" / "last.pt")["state_dict"]
+    assert all(torch.allclose(a[k].float(), d[k].float(), atol=1e-6) for k in a)
     # a checkpoint written before a model config field existed resumes (the field takes its default)
     ckpt = torch.load(tmp_path / "b" / "last.pt", weights_only=True)
     del ckpt["model_config"]["res_blocks"], ckpt["model_config"]["down_factor"]
