@@ -265,7 +265,7 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
                    help="--arch gdn/gdn-hp/klt: down-sampling factor f of the latent (C·f²/ratio channels at "
                         "H/f; 1/4: 4, 8, 16; 1/9: 6, 12; default 16 and 12, klt 4 and 6). Small images want "
                         "a small f: a 28² image is 2×2 positions at f = 16, 7×7 at f = 4")
-    p.add_argument("--res-blocks", type=at_least(1), help="--arch gdn/gdn-hp: residual units (3×3 conv, LeakyReLU, "
+    p.add_argument("--res-blocks", type=at_least(0), help="--arch gdn/gdn-hp: residual units (3×3 conv, LeakyReLU, "
                    "3×3 conv, + x) after each GDN / IGDN; a deeper transform for the same latent [0]")
     p.add_argument("--blocks", type=at_least(0), default=m.blocks, help="extra conv blocks at latent resolution")
     p.add_argument("--upsample", choices=("pixelshuffle", "transpose"), default=m.upsample)

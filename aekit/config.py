@@ -71,19 +71,22 @@ class ModelConfig:
             raise ValueError(f"hyper_width applies to gdn-hp only (arch {self.arch!r})")
         if self.res_blocks < 0 or (self.res_blocks and self.arch not in DEEP_ARCHITECTURES):
             raise ValueError(f"res_blocks applies to {' and '.join(DEEP_ARCHITECTURES)} only and must be >= 0")
+        if self.down_factor and self.arch not in RD_ARCHITECTURES:
+            raise ValueError(f"down_factor applies to {', '.join(RD_ARCHITECTURES)} only (arch {self.arch!r})")
+        if self.down_factor and self.down_factor == self._default_factor():
+            self.down_factor = 0  # the architecture's own: one config (and resume, warm start) for either spelling
         if self.down_factor:
-            if self.arch not in RD_ARCHITECTURES:
-                raise ValueError(f"down_factor applies to {', '.join(RD_ARCHITECTURES)} only (arch {self.arch!r})")
             if self.down_factor not in RD_FACTORS[self.ratio]:
                 raise ValueError(f"factor {self.down_factor} is not offered at ratio 1/{self.ratio} "
                                  f"(have: {', '.join(map(str, RD_FACTORS[self.ratio]))})")
 
+    def _default_factor(self) -> int:
+        return DEEP_FACTORS[self.ratio] if self.arch in DEEP_ARCHITECTURES else FACTORS[self.ratio]
+
     @property
     def factor(self) -> int:
         """Down-sampling factor f: the latent is (c_y, ceil(H/f), ceil(W/f))."""
-        if self.down_factor:
-            return self.down_factor
-        return DEEP_FACTORS[self.ratio] if self.arch in DEEP_ARCHITECTURES else FACTORS[self.ratio]
+        return self.down_factor or self._default_factor()
 
     @property
     def rd(self) -> bool:

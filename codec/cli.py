@@ -191,7 +191,7 @@ def cmd_decompress(args: argparse.Namespace) -> int:
 
         return _finish(decompress_tree_ray(args.src, args.out, args.models, ccfg, _ray_config(args, ccfg),
                                            jcfg.out_format))
-    return _finish(decompress_tree(args.src, args.out, Decoder(args.models, ccfg), jcfg))
+    return _finish(decompress_tree(args.src, args.out, Decoder(args.models, ccfg, named=True), jcfg))
 
 
 def _ray_config(args: argparse.Namespace, ccfg):

@@ -316,9 +316,12 @@ class Codec:
 class Decoder:
     """Decode latent files, finding each file's model by the id it stores (models cached)."""
 
-    def __init__(self, search: list[str | Path] | None = None, cfg: CodecConfig | None = None):
+    def __init__(self, search: list[str | Path] | None = None, cfg: CodecConfig | None = None, named: bool = False):
+        """search: model folders or folders of them (default $AEKIT_MODELS, ./models; the shipped models last).
+        named: the user named search (`decompress -m`): a file whose model only the shipped models hold is
+        still decoded, and one warning per model says so."""
         self.search = [Path(p) for p in search] if search else default_model_paths()
-        self._named = bool(search)  # the caller named where to look (decompress -m): say when a file's model is elsewhere
+        self._named = named and bool(search)
         self.cfg = cfg or CodecConfig()
         self.gate = MemoryGate(self.cfg.budget)  # shared by every model's calls
         self.tiles = TilePool(self.cfg.n_workers)
@@ -332,8 +335,8 @@ class Decoder:
         with self._lock:
             if model_id not in self._models:
                 folder = find_model(model_id, self.search)
-                named = {Path(p).resolve() for p in self.search}  # a model folder, or a folder of them
-                if self._named and not {folder.resolve(), folder.resolve().parent} & named:
+                # find_model builds folder from a search root (root or root/NAME): compared unresolved (symlinks)
+                if self._named and not {folder, folder.parent} & set(self.search):
                     logging.getLogger(__name__).warning(
                         "model %s is not in %s: decoding with the shipped model %s (the files name it)", model_id,
                         ", ".join(map(str, self.search)), folder.name)

@@ -170,3 +170,26 @@ def test_init_from_warm_starts_weights_with_a_fresh_schedule(gray_dir, tmp_path)
         Trainer(tcfg, ModelConfig(channels=1, ratio=9, width=8, blocks=0))
     with pytest.raises(ValueError, match="give one of them"):
         Trainer(*tiny(data, tmp_path / "a", init_from=str(tmp_path / "a" / "last.pt")), resume=True)
+
+
+def test_cli_factor_res_blocks_and_stop_after_reach_the_codec(gray_dir, tmp_path):
+    """--factor, --res-blocks and --stop-after through the CLI, then export and a compress/decompress round trip."""
+    run, model = tmp_path / "run", tmp_path / "model"
+    argv = ["train", str(gray_dir / "test"), "--out", str(run), "--arch", "gdn", "--channels", "1", "--ratio", "4",
+            "--factor", "4", "--res-blocks", "1", "--width", "8", "--rate-weight", "0.01", "--resize", "none",
+            "--max-images", "96", "--batch-size", "16", "--threads", "1", "--epochs", "2"]
+    assert main([*argv, "--stop-after", "1"]) == 0
+    ckpt = load_checkpoint(run / "last.pt")
+    assert len(ckpt["history"]) == 1
+    assert ckpt["model_config"]["down_factor"] == 4 and ckpt["model_config"]["res_blocks"] == 1
+    assert main([*argv, "--resume"]) == 0 and len(load_checkpoint(run / "last.pt")["history"]) == 2
+    assert main(["export", str(run / "best.pt"), "--out", str(model)]) == 0
+    m = json.loads((model / "manifest.json").read_text())
+    assert m["factor"] == 4 and m["latent_channels"] == 4
+    src = gray_dir / "test" / sorted(p.name for p in (gray_dir / "test").iterdir())[0]
+    assert main(["compress", str(src), "-m", str(model), "-o", str(tmp_path / "lat")]) == 0
+    assert main(["decompress", str(tmp_path / "lat"), "-o", str(tmp_path / "out"), "-m", str(model)]) == 0
+    out = sorted((tmp_path / "out").rglob("*.png"))
+    assert len(out) == len(list(src.glob("*.png"))) and np.asarray(Image.open(out[0])).shape == (28, 28)
+    # the default factor spelled out is the same config: a run started without --factor resumes with it
+    assert ModelConfig(arch="gdn", channels=1, ratio=4, down_factor=16) == ModelConfig(arch="gdn", channels=1, ratio=4)

@@ -186,6 +186,15 @@ def test_compress_by_name_and_decompress_without_flags(tmp_path, monkeypatch, ca
     assert main(["decompress", "lat", "-o", "out2", "-m", "fmnist-r9"]) == 0
     said = [r.getMessage() for r in caplog.records if "is not in" in r.getMessage()]
     assert len(said) == 1 and said[0].endswith("decoding with the shipped model fmnist-r4 (the files name it)")
+    # not when nothing was named (the API's default search), nor when -m holds a link to the model's folder
+    from aekit.codec import decompress_file
+
+    caplog.clear()
+    decompress_file(next((tmp_path / "lat").rglob("*.ael")), tmp_path / "api.png")
+    (tmp_path / "mods").mkdir()
+    (tmp_path / "mods" / "fm").symlink_to(zoo.path("fmnist-r4"))
+    assert main(["decompress", "lat", "-o", "out3", "-m", "mods"]) == 0
+    assert not [r for r in caplog.records if "is not in" in r.getMessage()]
 
 
 @pytest.mark.skipif("fmnist-detect" not in NAMES, reason="fmnist-detect not shipped")
