@@ -95,6 +95,10 @@ class Learner:
         torch.set_num_threads(1)  # requests run on onnxruntime; training takes one core at most
         self.model, self.base_ckpt = load_model(self.ckpt_path)
         self.model = self.model.float().train()
+        # rate-distortion models keep their training objective, MSE + λ·bits: with MSE alone the latents drift
+        # off the prior and every learned version's files grow
+        train_cfg = self.base_ckpt.get("train_config") or {}
+        self.rate_weight = float(train_cfg.get("rate_weight") or 0.0) if self.model.cfg.rd else 0.0
         self.opt = torch.optim.Adam(self.model.parameters(), lr=self.cfg.lr)
         self.rng = np.random.default_rng(self.cfg.seed)
         torch.manual_seed(self.cfg.seed)
@@ -139,7 +143,8 @@ class Learner:
         return [np.stack(v) for v in by_shape.values()]
 
     def _step(self, batch: np.ndarray) -> None:
-        """One Adam step on uint8 (B, H, W, C) with the training quantisation proxy, MSE loss."""
+        """One Adam step on uint8 (B, H, W, C) with the training quantisation proxy: MSE, plus the run's
+        λ·bits per pixel for rate–distortion models (the rate under their own entropy model)."""
         import torch
 
         from aekit.images import to_model_input
@@ -147,6 +152,8 @@ class Learner:
         x = torch.from_numpy(to_model_input(batch))  # (B, C, H, W) in [-1, 1]
         out = self.model(x)
         loss = torch.mean((out.x_hat - x) ** 2)
+        if self.rate_weight:
+            loss = loss + self.rate_weight * self.model.rate_bpp(out, x.shape[0] * x.shape[2] * x.shape[3])
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()

@@ -127,3 +127,27 @@ def test_learn_token_and_learning_off(cfg, bags, tmp_path):
     r = TestClient(off).post("/v1/learn", content=bags[0].read_bytes(), headers=PNG)
     assert r.status_code == 409 and "--learn" in r.json()["error"]
     off.state.server.close()
+
+
+def test_rate_distortion_models_learn_with_their_rate_term(gray_dir, tmp_path):
+    """A gdn checkpoint: the learner's loss is MSE + the run's λ·bits, so the prior learns too (MSE alone
+    would leave it fixed while the latents drift, and every learned version's files would grow)."""
+    import types
+
+    import numpy as np
+    import torch
+
+    from aekit.cli import main
+    from aekit.serve.learn import Learner
+
+    run = tmp_path / "run"
+    assert main(["train", str(gray_dir / "test"), "--out", str(run), "--arch", "gdn", "--channels", "1",
+                 "--factor", "4", "--width", "8", "--rate-weight", "0.01", "--resize", "none", "--max-images", "64",
+                 "--batch-size", "16", "--epochs", "1", "--threads", "1"]) == 0
+    store = types.SimpleNamespace(current=types.SimpleNamespace(manifest={}))
+    learner = Learner(ServeConfig(model="m", checkpoint=str(run / "best.pt"), learn=True), store, tmp_path / "w")
+    learner.load()
+    assert learner.rate_weight == 0.01
+    prior = [p.detach().clone() for p in learner.model.entropy_parameters()]
+    learner._step(np.random.default_rng(0).integers(0, 256, (4, 28, 28, 1), dtype=np.uint8))
+    assert any(not torch.equal(a, b) for a, b in zip(prior, learner.model.entropy_parameters()))
