@@ -13,7 +13,7 @@ from aekit.bench.sysinfo import HostPeakMemory
 from aekit.export.manifest import model_arg
 
 
-@pytest.mark.parametrize("model", ["photos-r4", "fmnist-r4"])  # a rate-distortion (gdn-hp) and a tanh model
+@pytest.mark.parametrize("model", ["photos-r4", "fmnist-r4", "fmnist-r9"])  # gdn-hp, gdn (factorized prior), tanh
 def test_stage_files_are_the_codec_files(model, photos_dir, gray_dir):
     codec, decoder = open_codec(model_arg(model), threads=1)
     side = 2 * codec.factor
