@@ -94,7 +94,9 @@ class GDNAutoencoder(RDAutoencoder):
     """Ballé et al. 2018's factorized-prior transform: 5×5 strided convs with GDN / IGDN.
 
     g_a: conv(N) GDN conv(N) GDN … conv(c_y), one conv per stride of cfg.strides (f = 16 at
-    1/4: 2, 2, 2, 2; f = 12 at 1/9: 2, 2, 3); g_s mirrors it with transposed convs and IGDN.
+    1/4: 2, 2, 2, 2; f = 12 at 1/9: 2, 2, 3; `--factor` picks another f, e.g. 4: 2, 2 for 28² images);
+    g_s mirrors it with transposed convs and IGDN. cfg.res_blocks R > 0 adds R ResidualUnits after each
+    GDN and IGDN (a deeper transform at the same latent shape; R = 0 is the original layout).
     N = cfg.width (the paper uses 128 with 192 latent channels); g_a alone may be narrower
     (cfg.encoder_width: the same decoder behind a cheaper analysis transform, issue 17).
     """
