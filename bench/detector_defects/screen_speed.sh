@@ -54,5 +54,4 @@ for round in 1 2; do
     done
   done
 done
-rm -rf /dev/shm/aekit-speed-maps
 echo "outputs kept in $WORK/$stamp (the next run of this script deletes them and waits out the deletion)" >&2
