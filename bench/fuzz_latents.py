@@ -1,9 +1,10 @@
 """Fuzz the latent-file reader with mutants of real files and record what happened to each.
 
     python -m aekit.bench.fuzz_latents --mutants 10000 --out codec/results/fuzz.json
-Mutants of real .ael files written by shipped models (fmnist-r4 on 28x28 images, photos-r9 on a
-64x64 photo crop): byte flips, truncations, insertions and header-field rewrites, each with the
-checksum left as is and, for half of them, recomputed (so the semantic checks are reached). Each
+Mutants of real .ael files written by shipped models (fmnist-r4 on 28x28 images, photos-r9 on
+64x64 and 128x128 photo crops: coders 4 and 5): byte flips, truncations, insertions and header-field
+rewrites, each with the checksum left as is and, for half of them, recomputed (so the semantic checks
+are reached). Each
 is decoded with aekit.codec.core.Decoder. Outcomes: clean (a one-line CodecError/LatentFormatError/
 ModelError/ImageError), decoded (allowed only for checksum-fixed mutants), silent corruption (a
 mutant whose checksum was NOT fixed decoded anyway), crash (any other exception), hang (> 5 s).
@@ -83,7 +84,8 @@ def sources() -> list[tuple[str, bytes, str]]:
     for k in range(4):
         out.append(("fmnist-r4", fm.compress(cam[100 + 28 * k:128 + 28 * k, 200:228, None]), str(fm.rt.dir)))
     ph = Codec(resolve_model("photos-r9"))
-    out.append(("photos-r9", ph.compress(skimage.data.astronaut()[100:164, 200:264]), str(ph.rt.dir)))
+    out.append(("photos-r9", ph.compress(skimage.data.astronaut()[100:164, 200:264]), str(ph.rt.dir)))  # coder 4
+    out.append(("photos-r9", ph.compress(skimage.data.astronaut()[100:228, 150:278]), str(ph.rt.dir)))  # coder 5
     return out
 
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from aekit.export.entropy import (CODER_HYPER, CODER_HYPER_OFFSETS, PRECISION, ZSTD_GATE, ZSTD_LEVEL, EntropyError,
+from aekit.export.entropy import (CODER_HYPER, CODER_HYPER_CONTEXT, CODER_HYPER_OFFSETS, PRECISION, ZSTD_GATE, ZSTD_LEVEL, EntropyError,
                                   _check_symbols, _constriction,
                                   _decode_symbols, _smallest, _untrim, integer_table, quality_entry)
 
@@ -314,7 +314,13 @@ class HyperpriorEntropyModel:
             ans, offsets = _split_offsets(data, shp[0])
             return self._decode_hyper(ans, shp, offsets).ravel()
 
-        own = {CODER_HYPER: lambda data, n: self._decode_hyper(data, shp).ravel(), CODER_HYPER_OFFSETS: with_offsets}
+        def with_context(data: bytes, n: int) -> np.ndarray:
+            rest, offsets = _split_offsets(data, shp[0], allow_none=True)
+            ans, shifts = _split_shifts(rest)
+            return self._decode_context(ans, shp, offsets, shifts).ravel()
+
+        own = {CODER_HYPER: lambda data, n: self._decode_hyper(data, shp).ravel(), CODER_HYPER_OFFSETS: with_offsets,
+               CODER_HYPER_CONTEXT: with_context}
         return _decode_symbols(own, coder_id, payload, shape, self.channels, self.levels)
 
     def _models(self, which: str) -> list[Any]:
@@ -339,23 +345,31 @@ class HyperpriorEntropyModel:
         return self._ans(q, *self._side(q))
 
     def _encode_hyper_best(self, q: np.ndarray) -> tuple[int, bytes]:
-        """(coder, payload): coder 4 when per-channel mean offsets (`mean_offsets`) are estimated to save
-        more than their side information, else coder 3; h_a and h_s run once either way."""
-        z, table, base = self._side(q, split=True)  # per-channel arrays: _group frees them as it goes
-        off = mean_offsets(q, table, base, np.log2(self.scale_tables) - PRECISION)
-        head = b""
-        if off.any():
+        """(coder, payload): coder 5 when the checkerboard context (`context_shifts`) is estimated to save more
+        than its side information (latents of at most CONTEXT_MAX_SYMBOLS), else coder 4 when per-channel
+        mean offsets (`mean_offsets`) do, else coder 3; h_a and h_s run once either way."""
+        whole = q.size <= CONTEXT_MAX_SYMBOLS  # coder 5 needs whole arrays; larger latents keep the split path
+        z, table, base = self._side(q, split=not whole)  # split: per-channel arrays that _group frees as it goes
+        log2p = np.log2(self.scale_tables) - PRECISION
+        off = mean_offsets(q, table, base, log2p)
+        nz = np.flatnonzero(off)
+        side = np.empty(len(nz), dtype=[("c", "<u2"), ("o", "i1")])
+        side["c"], side["o"] = nz, off[nz]
+        head = len(nz).to_bytes(2, "little") + side.tobytes() if len(nz) else b""
+        if len(nz):
             apply_offsets(base, off)
-            nz = np.flatnonzero(off)
-            side = np.empty(len(nz), dtype=[("c", "<u2"), ("o", "i1")])
-            side["c"], side["o"] = nz, off[nz]
-            head = len(nz).to_bytes(2, "little") + side.tobytes()
+        if whole:
+            k = q.astype(np.int16) - np.int16((self.levels - 1) // 2)
+            shifts = context_shifts(k, table, base, log2p, extra_bits=0 if head else 16)
+            if shifts is not None:
+                return CODER_HYPER_CONTEXT, (head or b"\0\0") + _shift_bytes(shifts) + \
+                    self._code(z, *_context_groups(k, table, base, shifts))
         start, grouped = self._group(q, table, base)  # empties the lists: 2 bytes per symbol (268 MB at 178 Mpx, 1/4)
-        return (CODER_HYPER_OFFSETS if head else CODER_HYPER), head + self._code(z, start, grouped)
+        return (CODER_HYPER_OFFSETS if head else CODER_HYPER), head + self._code(z, (start, grouped))
 
     def _ans(self, q: np.ndarray, z: np.ndarray, table: np.ndarray, base: np.ndarray) -> bytes:
         """The ANS words of ẑ and of ŷ under (table, base) (both (c_y, h, w))."""
-        return self._code(z, *self._group(q, table, base))
+        return self._code(z, self._group(q, table, base))
 
     def _group(self, q: np.ndarray, table: Any, base: Any) -> tuple[np.ndarray, np.ndarray]:
         """ŷ symbols (c_y, h, w) and their (table, base), each (c_y, h, w) or a list of c_y arrays (h, w) ->
@@ -377,13 +391,15 @@ class HyperpriorEntropyModel:
                 table[c] = base[c] = None
         return start, grouped
 
-    def _code(self, z: np.ndarray, start: np.ndarray, grouped: np.ndarray) -> bytes:
-        """The ANS words: the grouped d under their tables, then ẑ per channel (popped first)."""
+    def _code(self, z: np.ndarray, *passes: tuple[np.ndarray, np.ndarray]) -> bytes:
+        """The ANS words: ẑ per channel (popped first), then each pass (start, grouped) in turn: its grouped d
+        under their tables (coder 3 and 4: one pass; coder 5: the anchors, then the non-anchors)."""
         coder = _constriction().stream.stack.AnsCoder()
         ym, zm = self._models("y"), self._models("z")
-        for k in reversed(range(len(ym))):  # a stack: the last group pushed first, each group's last chunk first
-            for a in reversed(range(int(start[k]), int(start[k + 1]), GROUP_CHUNK)):  # same bits as one call
-                coder.encode_reverse(grouped[a:min(a + GROUP_CHUNK, int(start[k + 1]))].astype(np.int32), ym[k])
+        for start, grouped in reversed(passes):  # a stack: the last pass pushed first
+            for k in reversed(range(len(ym))):  # the last group pushed first, each group's last chunk first
+                for a in reversed(range(int(start[k]), int(start[k + 1]), GROUP_CHUNK)):  # same bits as one call
+                    coder.encode_reverse(grouped[a:min(a + GROUP_CHUNK, int(start[k + 1]))].astype(np.int32), ym[k])
         zf = z.reshape(z.shape[0], -1).astype(np.int32)
         for c in reversed(range(z.shape[0])):  # ẑ last, so the decoder pops it first
             coder.encode_reverse(zf[c], zm[c])
@@ -425,6 +441,175 @@ class HyperpriorEntropyModel:
             q[a:a + o.size] = k
         return q.reshape(cy, h, w)
 
+    def _decode_context(self, payload: bytes, shape: tuple[int, int, int], offsets: np.ndarray,
+                        shifts: np.ndarray) -> np.ndarray:
+        """Coder 5's ANS part -> uint8 ŷ symbols (c_y, h, w): ẑ, the anchors under their hyperprior tables,
+        then the non-anchors under the tables their context class shifts to (codec/FORMAT.md)."""
+        cy, h, w = shape
+        if cy * h * w > CONTEXT_MAX_SYMBOLS:
+            raise EntropyError(f"coder 5 payload for {cy * h * w} symbols (at most {CONTEXT_MAX_SYMBOLS})")
+        zc, zh, zw = self.z_shape(h, w)
+        if len(payload) % 4:
+            raise EntropyError(f"ANS payload of {len(payload)} bytes is not a whole number of 32-bit words")
+        ym, zm = self._models("y"), self._models("z")
+        half = (self.levels - 1) // 2
+        anchor = checkerboard(h, w)
+        k = np.zeros((cy, h, w), dtype=np.int16)
+        try:
+            coder = _constriction().stream.stack.AnsCoder(np.frombuffer(payload, dtype="<u4").astype(np.uint32))
+            z = np.stack([coder.decode(zm[c], zh * zw) for c in range(zc)]).reshape(zc, zh, zw).astype(np.uint8)
+            table, base = self.decoder.tables(z, h, w, self.thresholds, self.step4)
+            apply_offsets(base, offsets)
+            t_a, b_a = table[:, anchor], base[:, anchor].astype(np.int16)
+            k[:, anchor] = _pop_pass(coder, ym, t_a) - 254 + b_a
+            t_n, b_n = shifted_tables(table[:, ~anchor], base[:, ~anchor],
+                                      shifts[context_classes(k, base, anchor)[:, ~anchor]])
+            k[:, ~anchor] = _pop_pass(coder, ym, t_n) - 254 + b_n
+        except (ValueError, RuntimeError, OverflowError) as e:
+            raise EntropyError(f"corrupt ANS payload ({e})") from None
+        if not coder.is_empty():
+            raise EntropyError("corrupt ANS payload (data left over after the last symbol)")
+        if k.min(initial=0) < -half or k.max(initial=0) > self.levels - 1 - half:
+            raise EntropyError(f"decoded symbol outside 0..{self.levels - 1} (corrupt payload)")
+        return (k + half).astype(np.uint8)
+
+
+# Coder 5: a checkerboard context without a network. He et al., "Checkerboard context model for efficient
+# learned image compression" (CVPR 2021), split ŷ into anchors ((row + column) even) coded first and
+# non-anchors coded knowing them; their context is a trained network. Here the context is a class per
+# non-anchor element, from its four anchor neighbours in the same channel (all four are anchors): n = how many
+# have a non-zero residual e = k − base, s = the sum of their signs. Each of the 15 classes (n, s) may shift
+# the element's scale index j and its mean (in quarter steps), chosen per image by the encoder and sent as two
+# int8 each. No training, no floating point: both sides compute the same integers.
+CONTEXT_CLASSES = 15  # (n, s): n = 0..4, s = −n, −n + 2, .., n; class n(n + 1)/2 + (s + n)/2
+CONTEXT_MAX_SYMBOLS = 1 << 22  # coder 5 for latents up to this many symbols (whole arrays, ~100 B a symbol at the
+# peak); larger latents (over 5.6 Mpx at 1/4, 12.6 Mpx at 1/9 for RGB) keep coder 3/4's split, bounded path
+CONTEXT_SAMPLE = 1 << 11  # symbols per class the shift search looks at (evenly spaced; bounds its time)
+CONTEXT_SHIFTS = np.arange(-8, 9, dtype=np.int16)  # scale index and mean (quarter steps) shifts the encoder tries
+
+
+def checkerboard(h: int, w: int) -> np.ndarray:
+    """bool (h, w): the anchors, (row + column) even."""
+    r, c = np.indices((h, w))
+    return (r + c) % 2 == 0
+
+
+def context_classes(k: np.ndarray, base: np.ndarray, anchor: np.ndarray) -> np.ndarray:
+    """int16 symbols k = q − 127 (c_y, h, w) (only the anchors are read), their int base and the anchor mask
+    (h, w) -> int8 class 0..14 of every element (meaningful at the non-anchors): n(n + 1)/2 + (s + n)/2 with
+    n the number of 4-neighbours (same channel, inside the latent) whose residual k − base is non-zero and s
+    the sum of those residuals' signs. Neighbours of a non-anchor are all anchors."""
+    e = np.where(anchor, k - base.astype(np.int16), 0)
+    sign = np.sign(e).astype(np.int8)
+    n, s = np.zeros(e.shape, np.int8), np.zeros(e.shape, np.int8)
+    for a, acc in ((sign != 0).astype(np.int8), n), (sign, s):
+        acc[:, 1:] += a[:, :-1]
+        acc[:, :-1] += a[:, 1:]
+        acc[:, :, 1:] += a[:, :, :-1]
+        acc[:, :, :-1] += a[:, :, 1:]
+    return (n * (n + 1) // 2 + (s + n) // 2).astype(np.int8)
+
+
+def shifted_tables(table: np.ndarray, base: np.ndarray, shift: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Tables t = 4j + φ and int bases b (any shape) shifted by int (…, 2) shifts (Δj, Δm): the scale index
+    j' = clip(j + Δj, 0, 63), the mean in quarter steps m' = 4b + φ + Δm, then b' = clip(floor(m'/4), ±127) and
+    t' = 4j' + (m' mod 4) (the hyperprior's own rule). Returns (uint8 t', int16 b')."""
+    t = table.astype(np.int16)
+    j = np.clip((t >> 2) + shift[..., 0], 0, 63)
+    m = 4 * base.astype(np.int16) + (t & 3) + shift[..., 1]
+    return (4 * j + (m & 3)).astype(np.uint8), np.clip(m >> 2, -127, 127).astype(np.int16)
+
+
+def context_shifts(k: np.ndarray, table: np.ndarray, base: np.ndarray, log2p: np.ndarray,
+                   extra_bits: int = 0) -> np.ndarray | None:
+    """Coder 5's per-class shifts, int16 (15, 2) (Δj, Δm), or None when they are not estimated to save more
+    than their side information (2 bytes of class mask, 2 per shifted class, plus extra_bits).
+
+    k: int16 symbols q − 127 (c_y, h, w); table, base: the hyperprior's (with any coder-4 offsets applied);
+    log2p: (256, 509) log2 probabilities of the tables. For each class, a coordinate search over CONTEXT_SHIFTS
+    (Δj with Δm = 0, then Δm, then Δj again) on up to CONTEXT_SAMPLE evenly spaced of its symbols; a class
+    keeps its shift when the estimated saving, scaled to all its symbols, passes its 16 bits. Deterministic."""
+    anchor = checkerboard(*k.shape[1:])
+    cls = context_classes(k, base, anchor)[:, ~anchor].ravel()
+    kn, tn, bn = k[:, ~anchor].ravel(), table[:, ~anchor].ravel(), base[:, ~anchor].ravel()
+    shifts, saving = np.zeros((CONTEXT_CLASSES, 2), np.int16), 0.0
+    order = np.argsort(cls, kind="stable")
+    start = np.searchsorted(cls[order], np.arange(CONTEXT_CLASSES + 1))
+    for c in range(CONTEXT_CLASSES):
+        members = order[start[c]:start[c + 1]]
+        if members.size == 0:
+            continue
+        pick = members[np.unique(np.linspace(0, members.size - 1, min(members.size, CONTEXT_SAMPLE)).astype(np.int64))]
+        kk, tt, bb = kn[pick], tn[pick], bn[pick]
+
+        def bits(dj: np.ndarray, dm: np.ndarray) -> np.ndarray:  # (len(dj),) estimated bits of the sample
+            sh = np.stack(np.broadcast_arrays(dj[:, None], dm[:, None]), axis=-1)
+            t2, b2 = shifted_tables(tt[None], bb[None], sh)
+            return -log2p[t2, kk[None] - b2 + 254].sum(axis=1)
+
+        zero = np.zeros(1, np.int16)
+        base_bits = float(bits(zero, zero)[0])
+        dj = CONTEXT_SHIFTS[np.argmin(bits(CONTEXT_SHIFTS, zero))]
+        dm = CONTEXT_SHIFTS[np.argmin(bits(np.full_like(CONTEXT_SHIFTS, dj), CONTEXT_SHIFTS))]
+        dj = CONTEXT_SHIFTS[np.argmin(bits(CONTEXT_SHIFTS, np.full_like(CONTEXT_SHIFTS, dm)))]
+        gain = (base_bits - float(bits(np.array([dj]), np.array([dm]))[0])) * members.size / pick.size
+        if (dj or dm) and gain > 16:
+            shifts[c] = dj, dm
+            saving += gain - 16
+    return shifts if shifts.any() and saving > 16 + extra_bits else None
+
+
+def _shift_bytes(shifts: np.ndarray) -> bytes:
+    """Coder 5's context side information: uint16 LE mask of the shifted classes, then (int8 Δj, int8 Δm) each."""
+    used = np.flatnonzero(shifts.any(axis=1))
+    mask = int(sum(1 << int(c) for c in used))
+    return mask.to_bytes(2, "little") + shifts[used].astype(np.int8).tobytes()
+
+
+def _split_shifts(payload: bytes) -> tuple[bytes, np.ndarray]:
+    """Coder 5's payload after the offsets -> (ANS part, int16 shifts (15, 2)); EntropyError when malformed."""
+    if len(payload) < 2:
+        raise EntropyError("coder 5 payload too short for its context mask")
+    mask = int.from_bytes(payload[:2], "little")
+    used = [c for c in range(16) if mask >> c & 1]
+    end = 2 + 2 * len(used)
+    if mask >> CONTEXT_CLASSES or not used or len(payload) < end:
+        raise EntropyError(f"coder 5 context mask 0x{mask:04x} names no class or one beyond class "
+                           f"{CONTEXT_CLASSES - 1}, or its shifts are cut off")
+    shifts = np.zeros((CONTEXT_CLASSES, 2), np.int16)
+    shifts[used] = np.frombuffer(payload[2:end], dtype=np.int8).reshape(-1, 2)
+    if not shifts[used].any(axis=1).all():
+        raise EntropyError("coder 5 context shifts of a listed class must not both be 0")
+    return payload[end:], shifts
+
+
+def _context_groups(k: np.ndarray, table: np.ndarray, base: np.ndarray,
+                    shifts: np.ndarray) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """Coder 5's two passes (start, grouped) of d = k − base + 254: the anchors under their tables, then the
+    non-anchors under their shifted tables, each grouped by table (C order of (c_y, h, w) within a group)."""
+    anchor = checkerboard(*k.shape[1:])
+    t_n, b_n = shifted_tables(table[:, ~anchor], base[:, ~anchor], shifts[context_classes(k, base, anchor)[:, ~anchor]])
+    out = []
+    for t, d in ((table[:, anchor], k[:, anchor] - base[:, anchor].astype(np.int16) + 254), (t_n, k[:, ~anchor] - b_n + 254)):
+        t, d = t.ravel(), d.ravel()
+        out.append((_group_starts(t, 256), d[np.argsort(t, kind="stable")].astype(np.int16)))
+    return out[0], out[1]
+
+
+def _pop_pass(coder: Any, ym: list[Any], tables: np.ndarray) -> np.ndarray:
+    """Pop one pass of coder 5: the d of elements with these tables (any shape, C order), grouped by table;
+    returns int16 d in the elements' shape."""
+    t = tables.ravel()
+    start = _group_starts(t, len(ym))
+    grouped = np.empty(t.size, dtype=np.int16)
+    for g in range(len(ym)):
+        for a in range(int(start[g]), int(start[g + 1]), GROUP_CHUNK):
+            b = min(a + GROUP_CHUNK, int(start[g + 1]))
+            grouped[a:b] = coder.decode(ym[g], b - a)
+    d = np.empty(t.size, dtype=np.int16)
+    d[np.argsort(t, kind="stable")] = grouped
+    return d.reshape(tables.shape)
+
 
 # Coder 4: the hyperprior's integer mean base of channel c is shifted by an offset o_c sent in the file
 # (FORMAT.md). The hyperprior, trained on 16 photos, predicts some channels' means off by a constant on
@@ -465,13 +650,14 @@ def apply_offsets(base: Any, offsets: np.ndarray) -> None:
         base[c] = np.clip(base[c].astype(np.int16) + np.int16(offsets[c]), -127, 127).astype(base[c].dtype)
 
 
-def _split_offsets(payload: bytes, cy: int) -> tuple[bytes, np.ndarray]:
-    """Coder 4's payload -> (ANS part, int16 offsets (c_y,)); EntropyError when its offset list is malformed."""
+def _split_offsets(payload: bytes, cy: int, allow_none: bool = False) -> tuple[bytes, np.ndarray]:
+    """Coder 4's payload -> (ANS part, int16 offsets (c_y,)); EntropyError when its offset list is malformed.
+    allow_none: coder 5, whose offset list may be empty (count 0)."""
     if len(payload) < 2:
-        raise EntropyError("coder 4 payload too short for its offset count")
+        raise EntropyError("coder 4/5 payload too short for its offset count")
     n = int.from_bytes(payload[:2], "little")
     end = 2 + 3 * n
-    if n < 1 or n > cy or len(payload) < end:
+    if n < (0 if allow_none else 1) or n > cy or len(payload) < end:
         raise EntropyError(f"coder 4 payload announces {n} channel offsets ({cy} channels, {len(payload)} bytes)")
     side = np.frombuffer(payload[2:end], dtype=[("c", "<u2"), ("o", "i1")])
     c = side["c"].astype(np.int64)

@@ -1,4 +1,4 @@
-"""A latent file written by format version 1 still decodes, and `aekit dump` describes it.
+"""Latent files written by format version 1 (and a version-5 coder-5 file) still decode; `aekit dump` describes them.
 
 The fixture (tests/fixtures/v1/, README there) was written by the last aekit that wrote version 1;
 a change that breaks reading it fails here.
@@ -59,3 +59,20 @@ def test_dump_names_bad_files_and_exits_2(tmp_path, capsys):
     assert main(["dump", str(tmp_path)]) == 2
     cap = capsys.readouterr()
     assert "file_bytes: 227" in cap.out and "bad.png.ael" in cap.err and "not an aekit latent file" in cap.err
+
+
+V5 = ROOT_TESTS / "fixtures" / "v5"
+
+
+def test_v5_coder_5_file_still_decodes_with_the_shipped_photos_r9():
+    """tests/fixtures/v5 (README there): a coder-5 file of photos-r9 decodes to the symbols it was written with,
+    and `aekit dump` names its coder; a change of coder 5's layout or context rule fails here."""
+    from aekit.export.manifest import resolve_model
+
+    model = resolve_model("photos-r9")
+    d = describe(V5 / "astronaut-128.png.ael", [model])
+    assert (d["format_version"], d["model_id"], d["coder"]) == (5, "ba27f75af0f30e5c", "ans-hyperprior-checkerboard")
+    _, q = Decoder([model]).symbols((V5 / "astronaut-128.png.ael").read_bytes())
+    assert q.shape == (48, 11, 11)
+    assert hashlib.sha256(np.ascontiguousarray(q).tobytes()).hexdigest() == \
+        "fb988d7ef2c3a7b61cb75c5dac544cbbed00bf246cdf334d5efaac9c61f21e7b"
