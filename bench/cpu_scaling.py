@@ -12,6 +12,7 @@ Writes the JSON and a markdown table next to it (.md), with the command and the 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -23,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -78,12 +80,30 @@ def photo_set(n: int) -> list[np.ndarray]:
 
 def model_codec(model: str) -> tuple[Path, Any]:
     """A speed benchmark's model argument -> (folder, Codec on one thread and worker); NAME:int8 uses the
-    model's int8 variants."""
+    model's int8 variants; NAME[:int8]:coder4 is only for `speed` (the coder before coder 5, see there)."""
     from aekit.codec.core import Codec, CodecConfig
     from aekit.export.manifest import resolve_model
 
-    folder = resolve_model(model.removesuffix(":int8"))
-    return folder, Codec(folder, CodecConfig(device="cpu", threads=1, workers=1, int8=model.endswith(":int8")))
+    name, *flags = model.split(":")
+    if set(flags) - {"int8", "coder4"}:
+        raise ValueError(f"{model}: unknown model suffix (NAME, NAME:int8, NAME:coder4, NAME:int8:coder4)")
+    folder = resolve_model(name)
+    return folder, Codec(folder, CodecConfig(device="cpu", threads=1, workers=1, int8="int8" in flags))
+
+
+@contextlib.contextmanager
+def coder_choice(model: str) -> Iterator[None]:
+    """NAME…:coder4: compress without the checkerboard context (coder 5) while inside, as before it existed,
+    so that one run compares the two coders' speed; other models unchanged."""
+    import aekit.export.hyperprior as hyperprior
+
+    limit = hyperprior.CONTEXT_MAX_SYMBOLS
+    if "coder4" in model.split(":")[1:]:
+        hyperprior.CONTEXT_MAX_SYMBOLS = 0
+    try:
+        yield
+    finally:
+        hyperprior.CONTEXT_MAX_SYMBOLS = limit
 
 
 def jpeg_quality_for(image: np.ndarray, nbytes: int) -> int:
@@ -95,7 +115,13 @@ def jpeg_quality_for(image: np.ndarray, nbytes: int) -> int:
 
 
 def speed(model: str, images: list[np.ndarray], rounds: int) -> dict[str, Any]:
-    """Compress and decompress in memory, one thread, interleaved with JPEG at matched bytes."""
+    """Compress and decompress in memory, one thread, interleaved with JPEG at matched bytes (NAME:coder4:
+    without coder 5, `coder_choice`)."""
+    with coder_choice(model):
+        return _speed(model, images, rounds)
+
+
+def _speed(model: str, images: list[np.ndarray], rounds: int) -> dict[str, Any]:
     from aekit.codec.baseline import decode as jdecode, encode as jencode
     from aekit.codec.core import Decoder
 
@@ -535,7 +561,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="bench/results/cpu_scaling.json")
     ap.add_argument("--rounds", type=int, default=3, help="timed rounds per image (median)")
     ap.add_argument("--models", nargs="+", default=list(MODELS), help="models of the speed part (names or folders; "
-                    "NAME:int8 decodes with the model's int8 decoder variant)")
+                    "NAME:int8 decodes with the model's int8 decoder variant; NAME[:int8]:coder4 compresses without coder 5's "
+                    "checkerboard context, to compare the two coders in one run)")
     ap.add_argument("--folder-images", type=int, default=16, help="512² photos of the 1 vs 2 cores folder job (<= 64)")
     ap.add_argument("--mpx", type=float, default=50.0, help="megapixels of the memory test's single image")
     ap.add_argument("--tile-mpx", type=float, default=16.0, help="megapixels of the tiles part's mosaic")
