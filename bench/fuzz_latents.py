@@ -85,7 +85,7 @@ def sources() -> list[tuple[str, bytes, str]]:
         out.append(("fmnist-r4", fm.compress(cam[100 + 28 * k:128 + 28 * k, 200:228, None]), str(fm.rt.dir)))
     ph = Codec(resolve_model("photos-r9"))
     out.append(("photos-r9", ph.compress(skimage.data.astronaut()[100:164, 200:264]), str(ph.rt.dir)))  # coder 4
-    out.append(("photos-r9", ph.compress(skimage.data.astronaut()[100:228, 150:278]), str(ph.rt.dir)))  # coder 5
+    out.append(("photos-r9", ph.compress(skimage.data.astronaut()[100:228, 200:328]), str(ph.rt.dir)))  # coder 5
     return out
 
 

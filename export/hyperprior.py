@@ -345,7 +345,7 @@ class HyperpriorEntropyModel:
         return self._ans(q, *self._side(q))
 
     def _encode_hyper_best(self, q: np.ndarray) -> tuple[int, bytes]:
-        """(coder, payload): coder 5 when the checkerboard context (`context_shifts`) is estimated to save more
+        """(coder, payload): coder 5 when the spatial context (`context_shifts`) is estimated to save more
         than its side information (latents of at most CONTEXT_MAX_SYMBOLS), else coder 4 when per-channel
         mean offsets (`mean_offsets`) do, else coder 3; h_a and h_s run once either way."""
         whole = q.size <= CONTEXT_MAX_SYMBOLS  # coder 5 needs whole arrays; larger latents keep the split path
@@ -443,8 +443,8 @@ class HyperpriorEntropyModel:
 
     def _decode_context(self, payload: bytes, shape: tuple[int, int, int], offsets: np.ndarray,
                         shifts: np.ndarray) -> np.ndarray:
-        """Coder 5's ANS part -> uint8 ŷ symbols (c_y, h, w): ẑ, the anchors under their hyperprior tables,
-        then the non-anchors under the tables their context class shifts to (codec/FORMAT.md)."""
+        """Coder 5's ANS part -> uint8 ŷ symbols (c_y, h, w): ẑ, then the three passes of `context_passes`, each
+        under the tables its context classes shift to (codec/FORMAT.md)."""
         cy, h, w = shape
         if cy * h * w > CONTEXT_MAX_SYMBOLS:
             raise EntropyError(f"coder 5 payload for {cy * h * w} symbols (at most {CONTEXT_MAX_SYMBOLS})")
@@ -453,18 +453,14 @@ class HyperpriorEntropyModel:
             raise EntropyError(f"ANS payload of {len(payload)} bytes is not a whole number of 32-bit words")
         ym, zm = self._models("y"), self._models("z")
         half = (self.levels - 1) // 2
-        anchor = checkerboard(h, w)
         k = np.zeros((cy, h, w), dtype=np.int16)
         try:
             coder = _constriction().stream.stack.AnsCoder(np.frombuffer(payload, dtype="<u4").astype(np.uint32))
             z = np.stack([coder.decode(zm[c], zh * zw) for c in range(zc)]).reshape(zc, zh, zw).astype(np.uint8)
             table, base = self.decoder.tables(z, h, w, self.thresholds, self.step4)
             apply_offsets(base, offsets)
-            t_a, b_a = table[:, anchor], base[:, anchor].astype(np.int16)
-            k[:, anchor] = _pop_pass(coder, ym, t_a) - 254 + b_a
-            t_n, b_n = shifted_tables(table[:, ~anchor], base[:, ~anchor],
-                                      shifts[context_classes(k, base, anchor)[:, ~anchor]])
-            k[:, ~anchor] = _pop_pass(coder, ym, t_n) - 254 + b_n
+            for where, t, b in _context_tables(k, table, base, shifts):  # pass by pass: k fills as it goes
+                k[:, where] = _pop_pass(coder, ym, t) - 254 + b
         except (ValueError, RuntimeError, OverflowError) as e:
             raise EntropyError(f"corrupt ANS payload ({e})") from None
         if not coder.is_empty():
@@ -474,39 +470,44 @@ class HyperpriorEntropyModel:
         return (k + half).astype(np.uint8)
 
 
-# Coder 5: a checkerboard context without a network. He et al., "Checkerboard context model for efficient
-# learned image compression" (CVPR 2021), split ŷ into anchors ((row + column) even) coded first and
-# non-anchors coded knowing them; their context is a trained network. Here the context is a class per
-# non-anchor element, from its four anchor neighbours in the same channel (all four are anchors): n = how many
-# have a non-zero residual e = k − base, s = the sum of their signs. Each of the 15 classes (n, s) may shift
-# the element's scale index j and its mean (in quarter steps), chosen per image by the encoder and sent as two
-# int8 each. No training, no floating point: both sides compute the same integers.
-CONTEXT_CLASSES = 15  # (n, s): n = 0..4, s = −n, −n + 2, .., n; class n(n + 1)/2 + (s + n)/2
+# Coder 5: a spatial context without a network. ŷ is split into three interleaved passes, coded one after
+# the other, as in the two-pass checkerboard of He et al., "Checkerboard context model for efficient learned
+# image compression" (CVPR 2021), here with a third pass (its anchors split again in quincunx): pass 0 =
+# even row and even column, pass 1 = odd row and odd column, pass 2 = the rest. An
+# element of pass 1 sees its four diagonal neighbours (all in pass 0), one of pass 2 its four direct
+# neighbours (passes 0 and 1); its context class is (n, s): n = how many of those (same channel, inside the
+# latent) have a non-zero residual e = k − base, s = the sum of their signs. Each class of each context pass
+# (2 × 15) may shift the element's scale index j and mean (in quarter steps), chosen per image by the encoder
+# and sent as two int8. He et al.'s context is a trained network; this one needs no training and no floating
+# point: both sides compute the same integers.
+CONTEXT_CLASSES = 30  # per context pass (1, 2) the classes n(n + 1)/2 + (s + n)/2, n = 0..4, s = −n, −n + 2, .., n
 CONTEXT_MAX_SYMBOLS = 1 << 22  # coder 5 for latents up to this many symbols (whole arrays, ~100 B a symbol at the
 # peak); larger latents (over 5.6 Mpx at 1/4, 12.6 Mpx at 1/9 for RGB) keep coder 3/4's split, bounded path
 CONTEXT_SAMPLE = 1 << 11  # symbols per class the shift search looks at (evenly spaced; bounds its time)
 CONTEXT_SHIFTS = np.arange(-8, 9, dtype=np.int16)  # scale index and mean (quarter steps) shifts the encoder tries
+_DIAGONAL = ((-1, -1), (-1, 1), (1, -1), (1, 1))
+_DIRECT = ((-1, 0), (1, 0), (0, -1), (0, 1))
 
 
-def checkerboard(h: int, w: int) -> np.ndarray:
-    """bool (h, w): the anchors, (row + column) even."""
+def context_passes(h: int, w: int) -> np.ndarray:
+    """int8 (h, w): each position's pass, 0 (even row, even column), 1 (odd, odd) or 2 (the rest)."""
     r, c = np.indices((h, w))
-    return (r + c) % 2 == 0
+    return np.where((r % 2) == (c % 2), r % 2, 2).astype(np.int8)
 
 
-def context_classes(k: np.ndarray, base: np.ndarray, anchor: np.ndarray) -> np.ndarray:
-    """int16 symbols k = q − 127 (c_y, h, w) (only the anchors are read), their int base and the anchor mask
-    (h, w) -> int8 class 0..14 of every element (meaningful at the non-anchors): n(n + 1)/2 + (s + n)/2 with
-    n the number of 4-neighbours (same channel, inside the latent) whose residual k − base is non-zero and s
-    the sum of those residuals' signs. Neighbours of a non-anchor are all anchors."""
-    e = np.where(anchor, k - base.astype(np.int16), 0)
-    sign = np.sign(e).astype(np.int8)
-    n, s = np.zeros(e.shape, np.int8), np.zeros(e.shape, np.int8)
-    for a, acc in ((sign != 0).astype(np.int8), n), (sign, s):
-        acc[:, 1:] += a[:, :-1]
-        acc[:, :-1] += a[:, 1:]
-        acc[:, :, 1:] += a[:, :, :-1]
-        acc[:, :, :-1] += a[:, :, 1:]
+def context_classes(k: np.ndarray, base: np.ndarray, known: np.ndarray, diagonal: bool) -> np.ndarray:
+    """int16 symbols k = q − 127 (c_y, h, w) (only where `known`, bool (h, w), is read), their int base ->
+    int8 class 0..14 of every element: n(n + 1)/2 + (s + n)/2, with n the number of its four diagonal
+    (diagonal=True) or direct neighbours (same channel, inside the latent, known) whose residual k − base is
+    non-zero and s the sum of those residuals' signs."""
+    sign = np.sign(np.where(known, k - base.astype(np.int16), 0)).astype(np.int8)
+    n, s = np.zeros(sign.shape, np.int8), np.zeros(sign.shape, np.int8)
+    _, h, w = sign.shape
+    for dr, dc in _DIAGONAL if diagonal else _DIRECT:  # the neighbour at (r + dr, c + dc)
+        src = sign[:, max(0, dr):h + min(0, dr), max(0, dc):w + min(0, dc)]
+        dst = (slice(None), slice(max(0, -dr), h + min(0, -dr)), slice(max(0, -dc), w + min(0, -dc)))
+        n[dst] += src != 0
+        s[dst] += src
     return (n * (n + 1) // 2 + (s + n) // 2).astype(np.int8)
 
 
@@ -520,80 +521,96 @@ def shifted_tables(table: np.ndarray, base: np.ndarray, shift: np.ndarray) -> tu
     return (4 * j + (m & 3)).astype(np.uint8), np.clip(m >> 2, -127, 127).astype(np.int16)
 
 
+def _context_tables(k: np.ndarray, table: np.ndarray, base: np.ndarray,
+                    shifts: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Coder 5's passes in coding order: (where, t, b) with where a bool (h, w) mask of the pass and t, b its
+    elements' (shifted) tables and int16 bases, (c_y, n_pass) in C order. A generator: the decoder fills k
+    with a pass's symbols before the next pass's classes are formed from them."""
+    passes = context_passes(*k.shape[1:])
+    for p in range(3):
+        where = passes == p
+        t, b = table[:, where], base[:, where].astype(np.int16)
+        if p:
+            cls = context_classes(k, base, passes < p, diagonal=p == 1)[:, where].astype(np.int64) + 15 * (p - 1)
+            t, b = shifted_tables(t, b, shifts[cls])
+        yield where, t, b
+
+
 def context_shifts(k: np.ndarray, table: np.ndarray, base: np.ndarray, log2p: np.ndarray,
                    extra_bits: int = 0) -> np.ndarray | None:
-    """Coder 5's per-class shifts, int16 (15, 2) (Δj, Δm), or None when they are not estimated to save more
-    than their side information (2 bytes of class mask, 2 per shifted class, plus extra_bits).
+    """Coder 5's per-class shifts, int16 (30, 2) (Δj, Δm), or None when they are not estimated to save more
+    than their side information (4 bytes of class mask, 2 per shifted class, plus extra_bits).
 
     k: int16 symbols q − 127 (c_y, h, w); table, base: the hyperprior's (with any coder-4 offsets applied);
     log2p: (256, 509) log2 probabilities of the tables. For each class, a coordinate search over CONTEXT_SHIFTS
     (Δj with Δm = 0, then Δm, then Δj again) on up to CONTEXT_SAMPLE evenly spaced of its symbols; a class
     keeps its shift when the estimated saving, scaled to all its symbols, passes its 16 bits. Deterministic."""
-    anchor = checkerboard(*k.shape[1:])
-    cls = context_classes(k, base, anchor)[:, ~anchor].ravel()
-    kn, tn, bn = k[:, ~anchor].ravel(), table[:, ~anchor].ravel(), base[:, ~anchor].ravel()
+    passes = context_passes(*k.shape[1:])
     shifts, saving = np.zeros((CONTEXT_CLASSES, 2), np.int16), 0.0
-    order = np.argsort(cls, kind="stable")
-    start = np.searchsorted(cls[order], np.arange(CONTEXT_CLASSES + 1))
-    for c in range(CONTEXT_CLASSES):
-        members = order[start[c]:start[c + 1]]
-        if members.size == 0:
-            continue
-        pick = members[np.unique(np.linspace(0, members.size - 1, min(members.size, CONTEXT_SAMPLE)).astype(np.int64))]
-        kk, tt, bb = kn[pick], tn[pick], bn[pick]
+    for p in (1, 2):
+        where = passes == p
+        cls = context_classes(k, base, passes < p, diagonal=p == 1)[:, where].ravel()
+        kn, tn, bn = k[:, where].ravel(), table[:, where].ravel(), base[:, where].ravel()
+        order = np.argsort(cls, kind="stable")
+        start = np.searchsorted(cls[order], np.arange(16))
+        for c in range(15):
+            members = order[start[c]:start[c + 1]]
+            if members.size == 0:
+                continue
+            pick = members[np.unique(np.linspace(0, members.size - 1,
+                                                 min(members.size, CONTEXT_SAMPLE)).astype(np.int64))]
+            kk, tt, bb = kn[pick], tn[pick], bn[pick]
 
-        def bits(dj: np.ndarray, dm: np.ndarray) -> np.ndarray:  # (len(dj),) estimated bits of the sample
-            sh = np.stack(np.broadcast_arrays(dj[:, None], dm[:, None]), axis=-1)
-            t2, b2 = shifted_tables(tt[None], bb[None], sh)
-            return -log2p[t2, kk[None] - b2 + 254].sum(axis=1)
+            def bits(dj: np.ndarray, dm: np.ndarray) -> np.ndarray:  # (len(dj),) estimated bits of the sample
+                sh = np.stack(np.broadcast_arrays(dj[:, None], dm[:, None]), axis=-1)
+                t2, b2 = shifted_tables(tt[None], bb[None], sh)
+                return -log2p[t2, kk[None] - b2 + 254].sum(axis=1)
 
-        zero = np.zeros(1, np.int16)
-        base_bits = float(bits(zero, zero)[0])
-        dj = CONTEXT_SHIFTS[np.argmin(bits(CONTEXT_SHIFTS, zero))]
-        dm = CONTEXT_SHIFTS[np.argmin(bits(np.full_like(CONTEXT_SHIFTS, dj), CONTEXT_SHIFTS))]
-        dj = CONTEXT_SHIFTS[np.argmin(bits(CONTEXT_SHIFTS, np.full_like(CONTEXT_SHIFTS, dm)))]
-        gain = (base_bits - float(bits(np.array([dj]), np.array([dm]))[0])) * members.size / pick.size
-        if (dj or dm) and gain > 16:
-            shifts[c] = dj, dm
-            saving += gain - 16
-    return shifts if shifts.any() and saving > 16 + extra_bits else None
+            zero = np.zeros(1, np.int16)
+            base_bits = float(bits(zero, zero)[0])
+            dj = CONTEXT_SHIFTS[np.argmin(bits(CONTEXT_SHIFTS, zero))]
+            dm = CONTEXT_SHIFTS[np.argmin(bits(np.full_like(CONTEXT_SHIFTS, dj), CONTEXT_SHIFTS))]
+            dj = CONTEXT_SHIFTS[np.argmin(bits(CONTEXT_SHIFTS, np.full_like(CONTEXT_SHIFTS, dm)))]
+            gain = (base_bits - float(bits(np.array([dj]), np.array([dm]))[0])) * members.size / pick.size
+            if (dj or dm) and gain > 16:
+                shifts[15 * (p - 1) + c] = dj, dm
+                saving += gain - 16
+    return shifts if shifts.any() and saving > 32 + extra_bits else None
 
 
 def _shift_bytes(shifts: np.ndarray) -> bytes:
-    """Coder 5's context side information: uint16 LE mask of the shifted classes, then (int8 Δj, int8 Δm) each."""
+    """Coder 5's context side information: uint32 LE mask of the shifted classes, then (int8 Δj, int8 Δm) each."""
     used = np.flatnonzero(shifts.any(axis=1))
     mask = int(sum(1 << int(c) for c in used))
-    return mask.to_bytes(2, "little") + shifts[used].astype(np.int8).tobytes()
+    return mask.to_bytes(4, "little") + shifts[used].astype(np.int8).tobytes()
 
 
 def _split_shifts(payload: bytes) -> tuple[bytes, np.ndarray]:
-    """Coder 5's payload after the offsets -> (ANS part, int16 shifts (15, 2)); EntropyError when malformed."""
-    if len(payload) < 2:
+    """Coder 5's payload after the offsets -> (ANS part, int16 shifts (30, 2)); EntropyError when malformed."""
+    if len(payload) < 4:
         raise EntropyError("coder 5 payload too short for its context mask")
-    mask = int.from_bytes(payload[:2], "little")
-    used = [c for c in range(16) if mask >> c & 1]
-    end = 2 + 2 * len(used)
+    mask = int.from_bytes(payload[:4], "little")
+    used = [c for c in range(32) if mask >> c & 1]
+    end = 4 + 2 * len(used)
     if mask >> CONTEXT_CLASSES or not used or len(payload) < end:
-        raise EntropyError(f"coder 5 context mask 0x{mask:04x} names no class or one beyond class "
+        raise EntropyError(f"coder 5 context mask 0x{mask:08x} names no class or one beyond class "
                            f"{CONTEXT_CLASSES - 1}, or its shifts are cut off")
     shifts = np.zeros((CONTEXT_CLASSES, 2), np.int16)
-    shifts[used] = np.frombuffer(payload[2:end], dtype=np.int8).reshape(-1, 2)
+    shifts[used] = np.frombuffer(payload[4:end], dtype=np.int8).reshape(-1, 2)
     if not shifts[used].any(axis=1).all():
         raise EntropyError("coder 5 context shifts of a listed class must not both be 0")
     return payload[end:], shifts
 
 
 def _context_groups(k: np.ndarray, table: np.ndarray, base: np.ndarray,
-                    shifts: np.ndarray) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
-    """Coder 5's two passes (start, grouped) of d = k − base + 254: the anchors under their tables, then the
-    non-anchors under their shifted tables, each grouped by table (C order of (c_y, h, w) within a group)."""
-    anchor = checkerboard(*k.shape[1:])
-    t_n, b_n = shifted_tables(table[:, ~anchor], base[:, ~anchor], shifts[context_classes(k, base, anchor)[:, ~anchor]])
+                    shifts: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Coder 5's three passes (start, grouped) of d = k − b + 254 under each pass's (shifted) tables, grouped
+    by table (C order of (c_y, h, w) within a group)."""
     out = []
-    for t, d in ((table[:, anchor], k[:, anchor] - base[:, anchor].astype(np.int16) + 254), (t_n, k[:, ~anchor] - b_n + 254)):
-        t, d = t.ravel(), d.ravel()
+    for where, t, b in _context_tables(k, table, base, shifts):
+        t, d = t.ravel(), (k[:, where] - b + 254).ravel()
         out.append((_group_starts(t, 256), d[np.argsort(t, kind="stable")].astype(np.int16)))
-    return out[0], out[1]
+    return out
 
 
 def _pop_pass(coder: Any, ym: list[Any], tables: np.ndarray) -> np.ndarray:

@@ -691,7 +691,7 @@ def test_coder_4_files_are_version_4_decode_and_refuse_bad_offsets(hp_model, rgb
     forced = np.zeros(q.shape[0], np.int16)
     forced[[0, 3]] = (2, -3)
     monkeypatch.setattr(hyperprior, "mean_offsets", lambda *a: forced.copy())
-    monkeypatch.setattr(hyperprior, "context_shifts", lambda *a, **k: None)  # no checkerboard context (coder 5)
+    monkeypatch.setattr(hyperprior, "context_shifts", lambda *a, **k: None)  # no spatial context (coder 5)
     coder, payload = codec.em._encode_hyper_best(q)
     assert coder == 4 and payload[:2] == (2).to_bytes(2, "little")
     data = codec.pack(q, 150, 200, "RGB")
@@ -716,22 +716,24 @@ def test_coder_4_files_are_version_4_decode_and_refuse_bad_offsets(hp_model, rgb
         parse(bytes(forged))
 
 
-def test_context_classes_count_and_sign_the_anchor_neighbours():
-    """Coder 5's class of a non-anchor: n = its 4-neighbours (all anchors) with a non-zero residual k − base,
-    s = the sum of their signs, class n(n + 1)/2 + (s + n)/2; anchors' own values do not count for themselves."""
-    from aekit.export.hyperprior import checkerboard, context_classes
+def test_context_classes_count_and_sign_the_known_neighbours():
+    """Coder 5's passes and classes: pass 0 (even, even), 1 (odd, odd), 2 (the rest); an element's class is
+    n(n + 1)/2 + (s + n)/2 over its four direct (or diagonal) known neighbours, n = those with a non-zero
+    residual k − base and s the sum of their signs; unknown neighbours do not count."""
+    from aekit.export.hyperprior import context_classes, context_passes
 
-    anchor = checkerboard(3, 3)
-    assert anchor.tolist() == [[True, False, True], [False, True, False], [True, False, True]]
-    k = np.array([[[5, 0, -2], [0, 1, 0], [0, 0, 3]]], dtype=np.int16)
-    base = np.array([[[0, 0, 0], [0, 1, 0], [0, 0, 0]]], dtype=np.int8)  # centre: residual 0
-    cls = context_classes(k, base, anchor)
-    # (0, 1): neighbours (0, 0) +5, (0, 2) −2, (1, 1) 0 -> n = 2, s = 0 -> 3 + 1 = 4
-    # (1, 0): (0, 0) +5, (2, 0) 0, (1, 1) 0 -> n = 1, s = 1 -> 1 + 1 = 2
-    # (1, 2): (0, 2) −2, (2, 2) +3, (1, 1) 0 -> n = 2, s = 0 -> 4;  (2, 1): (2, 2) +3 -> n = 1, s = 1 -> 2
-    assert [int(cls[0, r, c]) for r, c in ((0, 1), (1, 0), (1, 2), (2, 1))] == [4, 2, 4, 2]
-    k2 = -k
-    assert int(context_classes(k2, -base, anchor)[0, 1, 0]) == 1  # n = 1, s = −1 -> 1 + 0
+    passes = context_passes(3, 4)
+    assert passes.tolist() == [[0, 2, 0, 2], [2, 1, 2, 1], [0, 2, 0, 2]]
+    k = np.array([[[5, 9, -2, 0], [0, 1, 0, 4], [0, 0, 3, 0]]], dtype=np.int16)
+    base = np.array([[[0, 0, 0, 0], [0, 1, 0, 0], [0, 0, 0, 0]]], dtype=np.int8)  # (1, 1): residual 0
+    direct = context_classes(k, base, passes < 2, diagonal=False)
+    # (0, 1): (0, 0) +5, (0, 2) −2, (1, 1) 0 -> n = 2, s = 0 -> 4;  (1, 0): (0, 0) +5, (2, 0) 0, (1, 1) 0 -> 2
+    # (1, 2): (0, 2) −2, (2, 2) +3, (1, 1) 0, (1, 3) +4 -> n = 3, s = +1 -> 6 + 2 = 8
+    assert [int(direct[0, r, c]) for r, c in ((0, 1), (1, 0), (1, 2))] == [4, 2, 8]
+    diagonal = context_classes(k, base, passes < 1, diagonal=True)
+    # (1, 1): (0, 0) +5, (0, 2) −2, (2, 0) 0, (2, 2) +3 -> n = 3, s = +1 -> 8; (1, 3): (0, 2) −2, (2, 2) +3 -> 4
+    assert int(diagonal[0, 1, 1]) == 8 and int(diagonal[0, 1, 3]) == 4
+    assert int(context_classes(k, base, passes < 0, diagonal=False)[0, 1, 2]) == 0  # nothing known: class 0
 
 
 def test_shifted_tables_follow_the_hyperprior_rule():
@@ -749,8 +751,8 @@ def test_shifted_tables_follow_the_hyperprior_rule():
 
 
 def test_coder_5_files_are_version_5_decode_and_refuse_bad_context(hp_model, rgb_photos, monkeypatch):
-    """Coder 5 (checkerboard context): forced shifts give a version-5 file that decodes to the encoder's symbols;
-    a mask naming no class or class 15, a listed class with no shift, a cut-off list and coder 5 in a version-4
+    """Coder 5 (spatial context): forced shifts give a version-5 file that decodes to the encoder's symbols;
+    a mask naming no class or class 30, a listed class with no shift, a cut-off list and coder 5 in a version-4
     header are one clean error each."""
     import zlib
 
@@ -762,24 +764,24 @@ def test_coder_5_files_are_version_5_decode_and_refuse_bad_context(hp_model, rgb
     codec = core.Codec(hp_model)
     image = rgb_photos[1][:160, :200]
     q = codec.symbols(image[None])[0]
-    forced = np.zeros((15, 2), np.int16)
-    forced[0] = (-2, 0)
-    forced[4] = (3, -1)
+    forced = np.zeros((30, 2), np.int16)
+    forced[0] = (-2, 0)  # pass 1, class 0
+    forced[19] = (3, -1)  # pass 2, class 4
     monkeypatch.setattr(hyperprior, "context_shifts", lambda *a, **k: forced.copy())
     coder, payload = codec.em._encode_hyper_best(q)
     assert coder == 5
     n_off = int.from_bytes(payload[:2], "little")
     at = 2 + 3 * n_off  # the context mask
-    assert payload[at:at + 6] == (1 | 1 << 4).to_bytes(2, "little") + bytes([254, 0, 3, 255])
+    assert payload[at:at + 8] == (1 | 1 << 19).to_bytes(4, "little") + bytes([254, 0, 3, 255])
     assert np.array_equal(codec.em.decode(5, payload, q.shape), q)
     data = pack(codec.header(160, 200, "RGB", 5), payload)
     assert data[4] == 5 and parse(data)[0].coder == 5
     assert np.array_equal(core.Decoder([hp_model]).symbols(data)[1], q)
-    for bad in (payload[:at + 1],  # cut off in the mask
-                payload[:at] + b"\0\0" + payload[at + 2:],  # no class
-                payload[:at] + (1 << 15).to_bytes(2, "little") + payload[at + 2:],  # class 15
-                payload[:at + 2] + b"\0\0" + payload[at + 4:],  # a listed class without a shift
-                payload[:at + 4]):  # the second class's shift cut off
+    for bad in (payload[:at + 3],  # cut off in the mask
+                payload[:at] + b"\0\0\0\0" + payload[at + 4:],  # no class
+                payload[:at] + (1 << 30).to_bytes(4, "little") + payload[at + 4:],  # class 30
+                payload[:at + 4] + b"\0\0" + payload[at + 6:],  # a listed class without a shift
+                payload[:at + 6]):  # the second class's shift cut off
         with pytest.raises(EntropyError):
             codec.em.decode(5, bad, q.shape)
     forged = bytearray(data)
@@ -792,7 +794,7 @@ def test_coder_5_files_are_version_5_decode_and_refuse_bad_context(hp_model, rgb
 
 def test_coder_5_shrinks_real_photos_and_decodes_in_another_process(tmp_path):
     """The shipped photos-r9 at its default quality on held-out-like photos (scikit-image's astronaut and
-    coffee): the checkerboard context is chosen, no file grows and together they shrink by over 1 %; another process with
+    coffee): the spatial context is chosen, no file grows and together they shrink by over 1 %; another process with
     other BLAS/onnxruntime threads decodes the same symbols."""
     import skimage.data
 
