@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from aekit.export.entropy import (CODER_HYPER, CODER_HYPER_CONTEXT, CODER_HYPER_OFFSETS, PRECISION, ZSTD_GATE, ZSTD_LEVEL, EntropyError,
-                                  _check_symbols, _constriction,
+from aekit.export.entropy import (CODER_HYPER, CODER_HYPER_CONTEXT, CODER_HYPER_OFFSETS, PRECISION, ZSTD_GATE,
+                                  ZSTD_LEVEL, EntropyError, _check_symbols, _constriction,
                                   _decode_symbols, _smallest, _untrim, integer_table, quality_entry)
 
 HYPER_FRAC_BITS = 16  # F_a: hyper decoder activations are integers in units of 2^-16
@@ -393,7 +393,7 @@ class HyperpriorEntropyModel:
 
     def _code(self, z: np.ndarray, *passes: tuple[np.ndarray, np.ndarray]) -> bytes:
         """The ANS words: ẑ per channel (popped first), then each pass (start, grouped) in turn: its grouped d
-        under their tables (coder 3 and 4: one pass; coder 5: the anchors, then the non-anchors)."""
+        under their tables (coder 3 and 4: one pass; coder 5: its three)."""
         coder = _constriction().stream.stack.AnsCoder()
         ym, zm = self._models("y"), self._models("z")
         for start, grouped in reversed(passes):  # a stack: the last pass pushed first
@@ -481,9 +481,10 @@ class HyperpriorEntropyModel:
 # and sent as two int8. He et al.'s context is a trained network; this one needs no training and no floating
 # point: both sides compute the same integers.
 CONTEXT_CLASSES = 30  # per context pass (1, 2) the classes n(n + 1)/2 + (s + n)/2, n = 0..4, s = −n, −n + 2, .., n
-CONTEXT_MAX_SYMBOLS = 1 << 22  # coder 5 for latents up to this many symbols (whole arrays: measured 339 MB peak RSS against
-# coder 4's 300 MB for a 5.5 Mpx photo at 1/4, 4.2 M symbols);
-# larger latents (over 5.6 Mpx at 1/4, 12.6 Mpx at 1/9 for RGB) keep coder 3/4's split, bounded path
+# coder 5 for latents up to this many symbols (whole arrays: measured 339 MB peak RSS against coder 4's 300 MB
+# compressing a 5.5 Mpx photo at 1/4, 4.2 M symbols); larger latents (over 5.6 Mpx at 1/4, 12.6 Mpx at 1/9 for
+# RGB) keep coder 3/4's split, memory-bounded path
+CONTEXT_MAX_SYMBOLS = 1 << 22
 CONTEXT_SHIFTS = np.arange(-8, 9, dtype=np.int16)  # scale index and mean (quarter steps) shifts the encoder tries
 _DIAGONAL = ((-1, -1), (-1, 1), (1, -1), (1, 1))
 _DIRECT = ((-1, 0), (1, 0), (0, -1), (0, 1))
