@@ -10,6 +10,7 @@ callers can size batches and tiles to a memory budget (`MemoryGate`).
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import shutil
@@ -27,6 +28,8 @@ from aekit.export.entropy import QUANTISER_INTEGER, quality_entry
 from aekit.export.manifest import load_manifest
 from aekit.images import from_model_output, pad_to_multiple, to_model_input
 from aekit.machine import usable_cores
+
+log = logging.getLogger(__name__)
 
 
 def quantise(y: np.ndarray, levels: int) -> np.ndarray:
@@ -100,7 +103,7 @@ def select_providers(device: str = "auto") -> list[str]:
     return ["CPUExecutionProvider"]
 
 
-def session_options(threads: int = 1, profile_prefix: str | None = None) -> Any:
+def session_options(threads: int = 1, profile_prefix: str | None = None, no_int8_kernels: bool = False) -> Any:
     """onnxruntime SessionOptions as aekit runs them on CPU: `threads` intra-op threads (0: every
     usable core), one inter-op thread, spinning off, no memory-pattern pre-allocation.
 
@@ -108,10 +111,14 @@ def session_options(threads: int = 1, profile_prefix: str | None = None) -> Any:
     photo decoder slower than 1, issue 17), so parallelism comes from workers over images and tiles
     instead; the memory pattern pre-allocates every activation of a call at once (about 1.8x the
     arena peak without it, same speed), which would break the byte budget of `ActivationPlanner`.
+    no_int8_kernels: basic graph optimisations only, so a QDQ int8 network runs as fp32 convolutions between
+    its quantise/dequantise steps instead of onnxruntime's fused integer kernels (`int8_saturates`).
     """
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
+    if no_int8_kernels:
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     opts.log_severity_level = 3  # errors only: the CPU fallback warning is expected
     opts.intra_op_num_threads = threads if threads > 0 else usable_cores()
     opts.inter_op_num_threads = 1
@@ -124,11 +131,12 @@ def session_options(threads: int = 1, profile_prefix: str | None = None) -> Any:
     return opts
 
 
-def make_session(path: str | Path, providers: list[str], threads: int = 1) -> Any:
-    """A new onnxruntime session of an ONNX file with `session_options(threads)` (not cached)."""
+def make_session(path: str | Path, providers: list[str], threads: int = 1, no_int8_kernels: bool = False) -> Any:
+    """A new onnxruntime session of an ONNX file with `session_options(threads, …)` (not cached)."""
     import onnxruntime as ort
 
-    return ort.InferenceSession(str(path), sess_options=session_options(threads), providers=providers)
+    return ort.InferenceSession(str(path), sess_options=session_options(threads, no_int8_kernels=no_int8_kernels),
+                                providers=providers)
 
 
 SESSION_CACHE_SIZE = 8  # sessions kept per process (a model is two: encoder and decoder)
@@ -136,7 +144,7 @@ _sessions: "OrderedDict[tuple, Any]" = OrderedDict()
 _sessions_lock = threading.Lock()
 
 
-def cached_session(path: str | Path, providers: list[str], threads: int = 1) -> Any:
+def cached_session(path: str | Path, providers: list[str], threads: int = 1, no_int8_kernels: bool = False) -> Any:
     """The session of an ONNX file, loaded once per process (LRU of SESSION_CACHE_SIZE).
 
     Keyed by the resolved path, the file's mtime and size, the providers and the thread count,
@@ -145,12 +153,12 @@ def cached_session(path: str | Path, providers: list[str], threads: int = 1) -> 
     """
     p = Path(path).resolve()
     st = p.stat()
-    key = (str(p), st.st_mtime_ns, st.st_size, tuple(providers), threads)
+    key = (str(p), st.st_mtime_ns, st.st_size, tuple(providers), threads, no_int8_kernels)
     with _sessions_lock:
         if key in _sessions:
             _sessions.move_to_end(key)
             return _sessions[key]
-    sess = make_session(p, providers, threads)  # outside the lock: loading takes a while
+    sess = make_session(p, providers, threads, no_int8_kernels)  # outside the lock: loading takes a while
     with _sessions_lock:
         sess = _sessions.setdefault(key, sess)
         _sessions.move_to_end(key)
@@ -169,9 +177,9 @@ class SessionPool:
     each arena at one call's size. There are never more sessions than calls that ran at once.
     """
 
-    def __init__(self, path: str | Path, providers: list[str], threads: int = 1):
-        self.path, self.providers, self.threads = Path(path), providers, threads
-        self.first = cached_session(path, providers, threads)
+    def __init__(self, path: str | Path, providers: list[str], threads: int = 1, no_int8_kernels: bool = False):
+        self.path, self.providers, self.threads, self.no_int8_kernels = Path(path), providers, threads, no_int8_kernels
+        self.first = cached_session(path, providers, threads, no_int8_kernels)
         self._idle, self._lock, self.size = [self.first], threading.Lock(), 1
 
     @contextmanager
@@ -181,7 +189,7 @@ class SessionPool:
             if sess is None:
                 self.size += 1
         if sess is None:
-            sess = make_session(self.path, self.providers, self.threads)
+            sess = make_session(self.path, self.providers, self.threads, self.no_int8_kernels)
         try:
             yield sess
         finally:
@@ -356,6 +364,44 @@ class MemoryGate:
                 self._cv.notify_all()
 
 
+_WARNED_INT8: set[str] = set()
+
+
+def cpu_lacks_vnni() -> bool:
+    """True on an x86-64 CPU whose flags (Linux /proc/cpuinfo) show no VNNI (avx512_vnni, avx_vnni, amx_int8):
+    onnxruntime's u8s8 int8 kernels then add uint8 × int8 product pairs in int16 and saturate with
+    full-range 8-bit weights. False elsewhere and where the flags cannot be read (no warning then)."""
+    import platform
+
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return False
+    try:
+        flags = next((ln for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("flags")), "")
+    except OSError:
+        return False
+    return bool(flags) and not ({"avx512_vnni", "avx_vnni", "amx_int8"} & set(flags.split()))
+
+
+def int8_saturates(manifest: dict[str, Any]) -> bool:
+    """True when a model's int8 networks were quantised with full-range 8-bit weights (before export/quantize.py
+    used reduce_range) and this CPU lacks VNNI (`cpu_lacks_vnni`): onnxruntime's fused u8s8 kernels then
+    saturate (measured on an AVX2-only CPU: 1.6 dB lost by photos-r9-fast at q12, 3.3 dB by photos-r9's old
+    variants). Runtime then builds those networks' sessions with basic graph optimisations only: the QDQ graph
+    runs as fp32 convolutions between its quantise/dequantise steps and gives the images a VNNI CPU gives
+    (31.85 dB again), more slowly. Warns once per model and process."""
+    scheme = str((manifest.get("int8_variants") or manifest.get("int8") or {}).get("scheme", ""))
+    if "reduce_range" in scheme or not cpu_lacks_vnni():
+        return False
+    mid = str(manifest.get("model_id"))
+    if mid not in _WARNED_INT8:
+        _WARNED_INT8.add(mid)
+        log.warning("warning: model %s: its int8 networks have full-range 8-bit weights, which onnxruntime's integer "
+                    "kernels saturate on CPUs without VNNI like this one; they run without those kernels (the same "
+                    "images, slower). Re-quantised networks (aekit add-int8, export --int8: 7-bit weights) keep "
+                    "the speed", mid)
+    return True
+
+
 class Runtime:
     """An exported autoencoder: encode/decode numpy batches exactly as at export time.
 
@@ -381,10 +427,14 @@ class Runtime:
         self.providers = select_providers(device)
         self.gate = gate
         self.encoder_file: str = m["files"].get("encoder_int8", m["files"]["encoder"]) if int8 else m["files"]["encoder"]
-        self._encoders = SessionPool(self.dir / self.encoder_file, self.providers, threads)
         # int8: the model's int8 variants where it ships them (export/quantize.py add_int8_variants)
         self.decoder_file: str = m["files"].get("decoder_int8", m["files"]["decoder"]) if int8 else m["files"]["decoder"]
-        self._decoders = SessionPool(self.dir / self.decoder_file, self.providers, threads)
+        own = (m.get("int8") or {}).get("parts") or []  # `export --int8`: the int8 networks are the model
+        enc8 = self.encoder_file != m["files"]["encoder"] or "encoder" in own
+        dec8 = self.decoder_file == m["files"].get("decoder_int8") or "decoder" in own
+        safe = (enc8 or dec8) and "CUDAExecutionProvider" not in self.providers and int8_saturates(m)
+        self._encoders = SessionPool(self.dir / self.encoder_file, self.providers, threads, safe and enc8)
+        self._decoders = SessionPool(self.dir / self.decoder_file, self.providers, threads, safe and dec8)
         self.encoder, self.decoder = self._encoders.first, self._decoders.first  # the cached sessions
         self._context: dict[tuple[str, int], int] = {}
 

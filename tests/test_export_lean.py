@@ -162,3 +162,43 @@ def test_fp16_storage_pass_keeps_the_function_and_fp32_compute(tmp_path):
     got = sess.run(None, {"x": x})[0]
     assert np.allclose(got, ref, rtol=1e-5, atol=1e-6 * np.abs(ref).max())
     assert count_macs(path, {"x": (1, 4, 16, 16)})["macs"] == before
+
+
+def test_int8_uses_7_bit_weights_and_old_8_bit_networks_run_without_int8_kernels_on_cpus_without_vnni(
+        train_tiny, tmp_path, caplog, monkeypatch):
+    """export --int8 records the 7-bit weight range (reduce_range: no u8s8 saturation without VNNI) and its
+    weights stay within ±64 steps; a manifest whose int8 scheme lacks it, on a CPU without VNNI, gets sessions
+    without onnxruntime's integer kernels and one warning per model; with VNNI, or 7-bit weights, neither."""
+    import logging
+
+    import onnx
+    from onnx import numpy_helper
+
+    import aekit.export.runtime as runtime
+
+    run = train_tiny(3, 4)
+    out = tmp_path / "int8"
+    assert main(["export", str(run / "best.pt"), "--out", str(out), "--int8", "--int8-max-loss", "3", "--no-speed"]) == 0
+    m = load_manifest(out)
+    assert "reduce_range" in m["int8"]["scheme"]
+    g = onnx.load(str(out / "decoder_int8.onnx")).graph
+    w8 = [numpy_helper.to_array(t) for t in g.initializer if t.data_type == onnx.TensorProto.INT8]
+    assert w8 and max(int(np.abs(w.astype(np.int16)).max()) for w in w8) <= 64
+    monkeypatch.setattr(runtime, "cpu_lacks_vnni", lambda: True)
+    caplog.set_level(logging.WARNING)
+    assert not Runtime(out, device="cpu")._decoders.no_int8_kernels  # 7-bit: the integer kernels are safe
+    assert "8-bit weights" not in caplog.text
+    mpath = out / "manifest.json"
+    raw = json.loads(mpath.read_text())
+    raw["int8"]["scheme"] = "onnxruntime static QDQ: int8 weights per output channel"  # as before reduce_range
+    mpath.write_text(json.dumps(raw))
+    rt = Runtime(out, device="cpu")
+    assert rt._decoders.no_int8_kernels and not rt._encoders.no_int8_kernels  # the fp32 encoder is untouched
+    Runtime(out, device="cpu")
+    assert caplog.text.count("full-range 8-bit weights") == 1 and m["model_id"] in caplog.text
+    import onnxruntime as ort
+
+    assert rt.decoder.get_session_options().graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    caplog.clear()
+    monkeypatch.setattr(runtime, "cpu_lacks_vnni", lambda: False)
+    assert not Runtime(out, device="cpu")._decoders.no_int8_kernels and "8-bit" not in caplog.text
