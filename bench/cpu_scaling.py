@@ -7,6 +7,7 @@ start-up, peak RSS by image size and folder size, and training on 1 vs 2 process
     python -m aekit.bench.cpu_scaling --parts stages,zstd --models photos-r9:int8 \
         --out bench/results/cpu_compress_stages.json   # where a compress spends its time; the zstd gate
 Writes the JSON and a markdown table next to it (.md), with the command and the machine (bench/sysinfo.py).
+Photos: data/photos (`aekit data photos data/photos`), or the folder named by AEKIT_PHOTOS.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from PIL import Image
 from aekit.bench.sysinfo import environment
 from aekit.images import atomic_write_bytes
 
-PHOTOS = Path("/work/data/photos")  # `aekit data photos OUT` writes train/ and test/
+PHOTOS = Path(os.environ.get("AEKIT_PHOTOS", "data/photos"))  # `aekit data photos data/photos`: train/ and test/
 MODELS = ("photos-r9", "photos-r4")
 
 
