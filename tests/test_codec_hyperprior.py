@@ -265,6 +265,18 @@ def test_grouping_by_table_in_chunks_is_the_stable_sort(hp_model, rgb_photos, mo
     assert np.array_equal(codec.em._decode_hyper(small, q.shape), q)
 
 
+def _with_version(data: bytes, payload: bytes, version: int) -> bytes:
+    """A latent file with its version byte set to `version` and the CRC recomputed, so that the parser's
+    semantic check (not the checksum) has to refuse a coder the version does not allow."""
+    import zlib
+
+    forged = bytearray(data)
+    forged[4] = version
+    crc_at = len(data) - len(payload) - 4
+    forged[crc_at:crc_at + 4] = zlib.crc32(bytes(forged[crc_at + 4:]), zlib.crc32(bytes(forged[:crc_at]))).to_bytes(4, "little")
+    return bytes(forged)
+
+
 def _file_with_coder_3(codec, image):
     from aekit.codec.format import pack
     from aekit.export.entropy import CODER_HYPER
@@ -286,13 +298,8 @@ def test_coder_3_files_are_version_3_and_decode(hp_model, rgb_photos):
     assert np.array_equal(dec.symbols(data)[1], q)
     x, _ = dec.decompress(data)
     assert x.shape == (120, 200, 3)
-    forged = bytearray(data)
-    forged[4] = 2  # a version-2 file may not use coder 3 (CRC recomputed: the semantic check must catch it)
-    import zlib
-    crc_at = len(data) - len(payload) - 4
-    forged[crc_at:crc_at + 4] = zlib.crc32(bytes(forged[crc_at + 4:]), zlib.crc32(bytes(forged[:crc_at]))).to_bytes(4, "little")
     with pytest.raises(LatentFormatError, match="coder 3 needs format version 3"):
-        parse(bytes(forged))
+        parse(_with_version(data, payload, 2))  # a version-2 file may not use coder 3
 
 
 def test_compress_decodes_what_the_trained_model_decodes(hp_model, rgb_photos):
@@ -678,8 +685,6 @@ def test_offsets_on_the_int8_base_clip_instead_of_wrapping():
 def test_coder_4_files_are_version_4_decode_and_refuse_bad_offsets(hp_model, rgb_photos, monkeypatch):
     """Coder 4 (hyperprior with per-channel mean offsets): version-4 files that decode to the encoder's symbols;
     malformed offset lists and coder 4 in a version-3 header are one clean error each."""
-    import zlib
-
     import aekit.codec.core as core
     import aekit.export.hyperprior as hyperprior
     from aekit.codec.format import LatentFormatError, parse
@@ -708,12 +713,8 @@ def test_coder_4_files_are_version_4_decode_and_refuse_bad_offsets(hp_model, rgb
 
     data = pack(codec.header(150, 200, "RGB", 4), payload)
     assert data[4] == 4
-    forged = bytearray(data)
-    forged[4] = 3
-    crc_at = len(data) - len(payload) - 4
-    forged[crc_at:crc_at + 4] = zlib.crc32(bytes(forged[crc_at + 4:]), zlib.crc32(bytes(forged[:crc_at]))).to_bytes(4, "little")
     with pytest.raises(LatentFormatError, match="coder 4 needs format version 4"):
-        parse(bytes(forged))
+        parse(_with_version(data, payload, 3))
 
 
 def test_context_classes_count_and_sign_the_known_neighbours():
@@ -754,8 +755,6 @@ def test_coder_5_files_are_version_5_decode_and_refuse_bad_context(hp_model, rgb
     """Coder 5 (spatial context): forced shifts give a version-5 file that decodes to the encoder's symbols;
     a mask naming no class or class 30, a listed class with no shift, a cut-off list and coder 5 in a version-4
     header are one clean error each."""
-    import zlib
-
     import aekit.codec.core as core
     import aekit.export.hyperprior as hyperprior
     from aekit.codec.format import LatentFormatError, pack, parse
@@ -784,12 +783,8 @@ def test_coder_5_files_are_version_5_decode_and_refuse_bad_context(hp_model, rgb
                 payload[:at + 6]):  # the second class's shift cut off
         with pytest.raises(EntropyError):
             codec.em.decode(5, bad, q.shape)
-    forged = bytearray(data)
-    forged[4] = 4
-    crc_at = len(data) - len(payload) - 4
-    forged[crc_at:crc_at + 4] = zlib.crc32(bytes(forged[crc_at + 4:]), zlib.crc32(bytes(forged[:crc_at]))).to_bytes(4, "little")
     with pytest.raises(LatentFormatError, match="coder 5 needs format version 5"):
-        parse(bytes(forged))
+        parse(_with_version(data, payload, 4))
 
 
 def test_coder_5_shrinks_real_photos_and_decodes_in_another_process(tmp_path):
@@ -821,7 +816,6 @@ def test_coder_5_shrinks_real_photos_and_decodes_in_another_process(tmp_path):
         assert parse(data)[0].coder == 5
         (tmp_path / f"{i}.ael").write_bytes(data)
         np.save(tmp_path / f"{i}.npy", q)
-    print(sizes)
     assert sum(new for new, _ in sizes) < 0.99 * sum(old for _, old in sizes)  # 1.5 % and 1.3 % when written
     code = ("import numpy as np; import aekit.codec.core as c\n"
             f"d = c.Decoder([{str(model)!r}], c.CodecConfig(threads=2))\n"
