@@ -4,9 +4,8 @@
 Mutants of real .ael files written by shipped models (fmnist-r4 on 28x28 images, photos-r9 on
 64x64 and 128x128 photo crops: coders 4 and 5): byte flips, truncations, insertions and header-field
 rewrites, each with the checksum left as is and, for half of them, recomputed (so the semantic checks
-are reached). Each
-is decoded with aekit.codec.core.Decoder. Outcomes: clean (a one-line CodecError/LatentFormatError/
-ModelError/ImageError), decoded (allowed only for checksum-fixed mutants), silent corruption (a
+are reached). Each is decoded with aekit.codec.core.Decoder. Outcomes: clean (a one-line CodecError/
+LatentFormatError/ModelError/ImageError), decoded (allowed only for checksum-fixed mutants), silent corruption (a
 mutant whose checksum was NOT fixed decoded anyway), crash (any other exception), hang (> 5 s).
 """
 
