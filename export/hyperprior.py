@@ -421,11 +421,7 @@ class HyperpriorEntropyModel:
                 apply_offsets(base, offsets)
             idx, bf = table.ravel(), base.ravel()
             start = _group_starts(idx, len(ym))
-            grouped = np.empty(idx.size, dtype=np.int16)
-            for k in range(len(ym)):  # in chunks: the int32 array constriction returns stays small
-                for a in range(int(start[k]), int(start[k + 1]), GROUP_CHUNK):
-                    b = min(a + GROUP_CHUNK, int(start[k + 1]))
-                    grouped[a:b] = coder.decode(ym[k], b - a)
+            grouped = _pop_groups(coder, ym, start)
         except (ValueError, RuntimeError, OverflowError) as e:
             raise EntropyError(f"corrupt ANS payload ({e})") from None
         if not coder.is_empty():
@@ -619,15 +615,20 @@ def _pop_pass(coder: Any, ym: list[Any], tables: np.ndarray) -> np.ndarray:
     """Pop one pass of coder 5: the d of elements with these tables (any shape, C order), grouped by table;
     returns int16 d in the elements' shape."""
     t = tables.ravel()
-    start = _group_starts(t, len(ym))
-    grouped = np.empty(t.size, dtype=np.int16)
+    d = np.empty(t.size, dtype=np.int16)
+    d[np.argsort(t, kind="stable")] = _pop_groups(coder, ym, _group_starts(t, len(ym)))
+    return d.reshape(tables.shape)
+
+
+def _pop_groups(coder: Any, ym: list[Any], start: np.ndarray) -> np.ndarray:
+    """int16 d of every group in turn (group g: start[g]..start[g + 1] under ym[g]), popped in chunks of
+    GROUP_CHUNK so the int32 array constriction returns stays small (coders 3, 4 and 5)."""
+    grouped = np.empty(int(start[-1]), dtype=np.int16)
     for g in range(len(ym)):
         for a in range(int(start[g]), int(start[g + 1]), GROUP_CHUNK):
             b = min(a + GROUP_CHUNK, int(start[g + 1]))
             grouped[a:b] = coder.decode(ym[g], b - a)
-    d = np.empty(t.size, dtype=np.int16)
-    d[np.argsort(t, kind="stable")] = grouped
-    return d.reshape(tables.shape)
+    return grouped
 
 
 # Coder 4: the hyperprior's integer mean base of channel c is shifted by an offset o_c sent in the file
