@@ -81,15 +81,17 @@ def photo_set(n: int) -> list[np.ndarray]:
 
 def model_codec(model: str) -> tuple[Path, Any]:
     """A speed benchmark's model argument -> (folder, Codec on one thread and worker); NAME:int8 uses the
-    model's int8 variants; NAME[:int8]:coder4 is only for `speed` (the coder before coder 5, see there)."""
+    model's int8 variants; NAME[:int8]:coder4 is only for `speed` (the coder before coder 5, see there);
+    NAME…:rdoq0 rounds y plainly (no RDOQ, as before it existed)."""
     from aekit.codec.core import Codec, CodecConfig
     from aekit.export.manifest import resolve_model
 
     name, *flags = model.split(":")
-    if set(flags) - {"int8", "coder4"}:
-        raise ValueError(f"{model}: unknown model suffix (NAME, NAME:int8, NAME:coder4, NAME:int8:coder4)")
+    if set(flags) - {"int8", "coder4", "rdoq0"}:
+        raise ValueError(f"{model}: unknown model suffix (NAME, NAME:int8, NAME:coder4, NAME:rdoq0, combined)")
     folder = resolve_model(name)
-    return folder, Codec(folder, CodecConfig(device="cpu", threads=1, workers=1, int8="int8" in flags))
+    extra = {"rdoq": 0.0} if "rdoq0" in flags else {}
+    return folder, Codec(folder, CodecConfig(device="cpu", threads=1, workers=1, int8="int8" in flags, **extra))
 
 
 @contextlib.contextmanager
@@ -563,7 +565,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=3, help="timed rounds per image (median)")
     ap.add_argument("--models", nargs="+", default=list(MODELS), help="models of the speed part (names or folders; "
                     "NAME:int8 decodes with the model's int8 decoder variant; NAME[:int8]:coder4 compresses without coder 5's "
-                    "checkerboard context, to compare the two coders in one run)")
+                    "checkerboard context, to compare the two coders in one run; NAME…:rdoq0 rounds plainly, without RDOQ)")
     ap.add_argument("--folder-images", type=int, default=16, help="512² photos of the 1 vs 2 cores folder job (<= 64)")
     ap.add_argument("--mpx", type=float, default=50.0, help="megapixels of the memory test's single image")
     ap.add_argument("--tile-mpx", type=float, default=16.0, help="megapixels of the tiles part's mosaic")

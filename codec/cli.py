@@ -86,6 +86,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quality", type=int, default=c.quality,
                    help="rate-distortion models (gdn, klt): quality 1 (smallest files) .. N (best; "
                         "`aekit info MODEL` lists them); default 0: the model's default quality")
+    p.add_argument("--rdoq", type=float, default=c.rdoq,
+                   help="rate-distortion models: rate-distortion optimised rounding, the price of a bit in "
+                        "squared quantisation steps (a symbol moves one step toward its most probable value "
+                        "where that saves enough bits; 3-4 %% smaller files at equal PSNR on photos); 0: plain "
+                        "rounding. Any reader decodes the files")
     p.add_argument("--int8", action="store_true",
                    help="encode with the model's int8 encoder where it ships one (the photo models: 1.6-1.9x "
                         "faster compress; other symbols than fp32, slightly different files; `aekit info MODEL`)")
@@ -128,6 +133,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--name", default="", help="data set name for the table and plot")
     p.add_argument("--int8", action="store_true",
                    help="code with the models' int8 encoder/decoder variants where they ship them (aekit add-int8)")
+    p.add_argument("--rdoq", type=float, default=c.rdoq,
+                   help="rate-distortion models: compress's --rdoq (0: plain rounding)")
     p.add_argument("--device", choices=("auto", "cuda", "cpu"), default=c.device,
                    help=f"onnxruntime provider (default {c.device}: CUDA when onnxruntime-gpu sees a GPU, else CPU)")
     p.set_defaults(func=cmd_evaluate)
@@ -142,7 +149,8 @@ def job_configs(args: argparse.Namespace):
                        threads=CodecConfig.threads if args.threads is None else args.threads,
                        max_pixels=args.max_pixels, levels=getattr(args, "levels", 0),
                        quality=getattr(args, "quality", 0), workers=args.workers, memory_mb=args.memory_mb,
-                       smallest=args.smallest, int8=getattr(args, "int8", False))
+                       smallest=args.smallest, int8=getattr(args, "int8", False),
+                       rdoq=getattr(args, "rdoq", CodecConfig.rdoq))
     jcfg = JobConfig(overwrite=args.overwrite, workers=args.workers, progress=args.progress,
                      out_format=getattr(args, "out_format", "png"), held_mb=args.held_mb, smallest=args.smallest)
     return ccfg, jcfg
@@ -211,7 +219,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     cfg = EvalConfig(src=args.src, models=args.model, out=args.out, limit=args.limit, tile_px=args.tile,
                      levels=args.levels, model_qualities=args.model_qualities,
                      name=args.name or os.path.basename(os.path.normpath(args.src)), device=args.device,
-                     int8=args.int8)
+                     int8=args.int8, rdoq=args.rdoq)
     result = evaluate(cfg)
     print(result["markdown"])
     print(f"wrote {args.out}/results.json, results.md, rd.png")

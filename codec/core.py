@@ -24,7 +24,8 @@ import numpy as np
 
 from aekit.images import DEFAULT_MAX_PIXELS, ImageError, ImageLimitError, LazyPixels, load_for_channels
 from aekit.codec.format import FLAG_TILED, QUANT_INTEGER, QUANT_TANH_UNIFORM, LatentFormatError, LatentHeader, pack, parse
-from aekit.export.entropy import ZSTD_GATE, ZSTD_LEVEL, ZSTD_LEVEL_SMALLEST, EntropyError, EntropyModel
+from aekit.export.entropy import (RDOQ_MAX_SYMBOLS, RDOQ_T, ZSTD_GATE, ZSTD_LEVEL, ZSTD_LEVEL_SMALLEST, EntropyError,
+                                  EntropyModel)
 from aekit.export.manifest import ModelError, find_model, load_manifest
 from aekit.export.runtime import ActivationEstimate, MemoryGate, Quantiser, Runtime
 from aekit.machine import usable_cores
@@ -58,6 +59,7 @@ class CodecConfig:
     memory_mb: int = 768  # MiB of estimated activations of all model calls running at once (CPU); one call gets half
     int8: bool = False  # run the model's int8 encoder / decoder variants where it ships them (faster on CPU, a little less exact)
     smallest: bool = False  # spend time for smaller files: zstd trial at ZSTD_LEVEL_SMALLEST instead of ZSTD_LEVEL
+    rdoq: float = RDOQ_T  # rate-distortion models: RDOQ's price of a bit in Δ² (aekit.export.entropy); 0: plain rounding
 
     @property
     def n_workers(self) -> int:
@@ -202,6 +204,9 @@ class Codec:
             raise CodecError(str(e)) from None
         ent = self.rt.manifest.get("entropy") or {}
         self.quality = (quality or int(ent.get("default_quality", 0))) if self.rd else 0
+        if not 0 <= self.cfg.rdoq <= 1:
+            raise CodecError(f"rdoq {self.cfg.rdoq} outside 0..1 (the price of a bit in squared steps)")
+        self.rdoq = self.cfg.rdoq if self.rd else 0.0
         self.model_id, self.channels, self.factor = self.rt.model_id, self.rt.channels, self.rt.factor
 
     def load(self, path: str | Path, lazy: bool = False) -> tuple[np.ndarray | LazyPixels, str]:
@@ -231,8 +236,10 @@ class Codec:
     def symbols(self, images: np.ndarray | list, packed: bool = False) -> np.ndarray | list[PackedSymbols]:
         """uint8 (B, H, W, C), or a list of B images (H, W, C) of one size (arrays or LazyPixels) ->
         uint8 symbols (B, c_y, ceil(H/f), ceil(W/f)); batches split to the budget, large images tiled.
-        packed=True: tiled images' symbols come back as a list of B PackedSymbols (zstd-compressed while
-        the tiles run; np.asarray materialises one), for a caller that drops the pixels first (issue 17)."""
+        Rate-distortion models round with RDOQ (CodecConfig.rdoq) where a latent has at most
+        RDOQ_MAX_SYMBOLS symbols, plainly otherwise. packed=True: tiled images' symbols come back as a list
+        of B PackedSymbols (zstd-compressed while the tiles run; np.asarray materialises one), for a caller
+        that drops the pixels first (issue 17); latents that RDOQ rounds come back as arrays (≤ 4 MB)."""
         b, (h, w) = len(images), images[0].shape[:2]
         if self.tiled(h, w):
             if packed:
@@ -241,7 +248,15 @@ class Codec:
         if isinstance(images, list):
             images = np.stack([np.asarray(im) for im in images])
         n = self.batch_limit(h, w)
-        return np.concatenate([self.quantiser.quantise(self.rt.encode(images[i:i + n])) for i in range(0, b, n)])
+        return np.concatenate([self._quantise(self.rt.encode(images[i:i + n])) for i in range(0, b, n)])
+
+    def _quantise(self, y: np.ndarray) -> np.ndarray:
+        """float y (B, c_y, h, w) of whole images -> uint8 symbols, with RDOQ where it is on (per image)."""
+        q = self.quantiser.quantise(y)
+        if self.rdoq and q[0].size <= RDOQ_MAX_SYMBOLS:
+            res = self.quantiser.residual(y)
+            q = np.stack([self.em.rdoq(qi, ri, self.rdoq) for qi, ri in zip(q, res)])
+        return q
 
     def _symbols_tiled(self, image: np.ndarray | LazyPixels, packed: bool = False) -> np.ndarray | PackedSymbols:
         """One large image (H, W, C) -> symbols (c_y, h, w), encoded tile by tile (tiles in parallel;
@@ -252,6 +267,10 @@ class Codec:
         c, lh, lw = self.rt.latent_shape(h, w)
         tile = self.tile_latent(int(image.nbytes))
         rows, cols = tile_spans(lh, tile, self.overlap), tile_spans(lw, tile, self.overlap)
+        # RDOQ needs the whole latent's residuals (1 B a symbol), so only up to RDOQ_MAX_SYMBOLS (4 MB), whose
+        # symbols are then kept whole rather than packed
+        res = np.empty((c, lh, lw), np.int8) if self.rdoq and c * lh * lw <= RDOQ_MAX_SYMBOLS else None
+        packed = packed and res is None
         q = None if packed else np.empty((c, lh, lw), dtype=np.uint8)
         out = PackedSymbols((c, lh, lw)) if packed else None
         bands: dict[int, list] = {}  # packed: row of tiles -> [its symbols (c, rows, lw), tiles still to come]
@@ -260,8 +279,11 @@ class Codec:
         def one(job: tuple) -> None:
             i, (r0, r1, cr0, cr1), (c0, c1, cc0, cc1) = job
             crop = image[cr0 * f:min(h, cr1 * f), cc0 * f:min(w, cc1 * f)]  # (th, tw, C)
-            qt = self.quantiser.quantise(self.rt.encode(crop[None]))[0]  # (c_y, cr1-cr0, cc1-cc0)
+            yt = self.rt.encode(crop[None])
+            qt = self.quantiser.quantise(yt)[0]  # (c_y, cr1-cr0, cc1-cc0)
             core = qt[:, r0 - cr0:r1 - cr0, c0 - cc0:c1 - cc0]
+            if res is not None:
+                res[:, r0:r1, c0:c1] = self.quantiser.residual(yt[0, :, r0 - cr0:r1 - cr0, c0 - cc0:c1 - cc0])
             if q is not None:
                 q[:, r0:r1, c0:c1] = core  # disjoint cores: no lock
                 return
@@ -278,6 +300,8 @@ class Codec:
 
         self.tiles.map(one, [(i, r, cc) for i, r in enumerate(rows) for cc in cols])
         self.rt.release_memory("encoder")  # the tiles' activations need not stay while the coder runs
+        if res is not None:
+            return self.em.rdoq(q, res, self.rdoq)
         return q if q is not None else out
 
     def header(self, height: int, width: int, mode: str, coder: int) -> LatentHeader:

@@ -32,6 +32,7 @@ from aekit.codec.core import Codec, CodecConfig, Decoder, load_for_model
 from aekit.codec import baseline
 from aekit.codec.jobs import walk
 from aekit.export.manifest import load_manifest
+from aekit.export.entropy import RDOQ_T
 from aekit.metrics import bd_metrics, border_interior_psnr, chroma_ratio, msssim_batch, msssim_scales, psnr_batch
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,7 @@ class EvalConfig:
     name: str = ""  # data set name for the table and plot
     device: str = "auto"
     int8: bool = False  # code with the models' int8 encoder/decoder variants where they ship them (aekit add-int8)
+    rdoq: float = RDOQ_T  # rate-distortion models: RDOQ's price of a bit (CodecConfig.rdoq; 0: plain rounding)
     qualities: tuple[int, ...] = QUALITIES  # JPEG and WebP quality sweep
     chunk: int = 512  # images loaded at once (memory bound)
     command: str = field(default_factory=lambda: shlex.join(["aekit"] + sys.argv[1:]))
@@ -157,10 +159,11 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     check_output_folder(Path(cfg.out), "-o")  # a file there fails now, not after the whole evaluation
     t0 = time.monotonic()
     runs = _runs(cfg)  # (model, levels, quality): one RD point each
-    codecs = {r: Codec(r[0], CodecConfig(device=cfg.device, levels=r[1], quality=r[2], int8=cfg.int8)) for r in runs}
+    codecs = {r: Codec(r[0], CodecConfig(device=cfg.device, levels=r[1], quality=r[2], int8=cfg.int8,
+                                                rdoq=cfg.rdoq)) for r in runs}
     first = {m: next(r for r in runs if r[0] == m) for m in cfg.models}
     tiled = {m: Codec(m, CodecConfig(device=cfg.device, full_res_max_pixels=0, tile_px=cfg.tile_px,
-                                     levels=first[m][1], quality=first[m][2], int8=cfg.int8))
+                                     levels=first[m][1], quality=first[m][2], int8=cfg.int8, rdoq=cfg.rdoq))
              for m in cfg.models} if cfg.tile_px else {}
     dec = Decoder(cfg.models, CodecConfig(device=cfg.device, int8=cfg.int8))
     dec_tiled = Decoder(cfg.models, CodecConfig(device=cfg.device, full_res_max_pixels=0, tile_px=cfg.tile_px,

@@ -37,6 +37,7 @@ from aekit.images import (
 )
 from aekit.codec.core import Codec, Decoder, wrap_errors
 from aekit.codec.format import SUFFIX, LatentHeader
+from aekit.export.entropy import RDOQ_T
 
 log = logging.getLogger(__name__)
 
@@ -638,6 +639,8 @@ def recipe(job: str, codec: Codec | None = None, **settings) -> dict:
         r.update(model=codec.model_id, levels=codec.levels)
         if codec.rd:  # the quality step decides the symbols (resolved: the model's default when not chosen)
             r["quality"] = codec.quality
+            if codec.rdoq != RDOQ_T:  # other rounding, other symbols; the default keeps older outputs current
+                r["rdoq"] = codec.rdoq
     return r
 
 

@@ -48,6 +48,31 @@ ZSTD_PROBE_LEVEL = 3
 ZSTD_GATE = 1.4
 
 
+# Rate-distortion optimised quantisation (RDOQ), an encoder-only choice: the format, the tables and the
+# decoder are unchanged, so every reader decodes the files. Rounding y/Δ to the nearest integer k minimises
+# the latent's squared error but not λ·D + R: a k one step toward its table's most probable value costs
+# dD = 1 + 2·s·δ more squared error (in Δ² units; δ = y/Δ − k, s = sign(k − mode)) and saves dR bits, so it
+# is kept where dD < t·dR. t is the price of a bit in Δ²: high-rate theory puts the slope of an
+# entropy-coded uniform quantiser at ln 2/6 ≈ 0.12; measured on the 5 held-out photos over every quality,
+# t = 0.03 saved 3-4 % of BD-rate for photos-r9 and photos-r4 (0.02: 3-4 %, 0.04: 4-5 % but up to
+# 0.18 dB lost at some of photos-r4's mid qualities); the same rule as RDOQ in H.264/HEVC encoders
+# (Karczewicz et al., "Rate distortion optimized quantization", VCEG-AH21, 2008).
+RDOQ_T = 0.03
+RDOQ_MAX_SYMBOLS = 1 << 22  # latents with more symbols are rounded plainly (their δ would cost 1 B each)
+RESIDUAL_SCALE = 254  # δ = y/Δ − k in [−0.5, 0.5] is carried as int8 round(254·δ)
+
+
+def rdoq_choose(k: np.ndarray, toward: np.ndarray, saved: np.ndarray, residual: np.ndarray, t: float) -> np.ndarray:
+    """RDOQ's choice per element (any shape, all the same): int16 symbols k (rounded), int16 candidates `toward`
+    (k − s, one step toward the table's most probable value; = k where there is none), float bits `saved` by
+    the candidate, int8 residual round(254·δ) with δ = y/Δ − k, price t (Δ² per bit) -> int16 symbols: the
+    candidate where it saves bits and adds dD = 1 + 2·s·δ < t·saved, else k. Deterministic."""
+    s = (k - toward).astype(np.float32)
+    dd = 1 + 2 * s * residual.astype(np.float32) / RESIDUAL_SCALE
+    flip = (s != 0) & (saved > 0) & (dd < np.float32(t) * saved)
+    return np.where(flip, toward, k).astype(np.int16)
+
+
 QUANTISER_INTEGER = "integer"  # manifest latent.quantiser of rate-distortion models (else tanh-uniform)
 MAX_TABLE_COUNT = 1 << 40  # a table entry above this is not a count any exporter writes
 
@@ -195,6 +220,19 @@ class EntropyModel:
         logp = np.log2(self.tables) - PRECISION  # (c_y, L)
         q = symbols.reshape(self.channels, -1).astype(np.int64)
         return float(-np.take_along_axis(logp, q, axis=1).sum())
+
+    def rdoq(self, symbols: np.ndarray, residual: np.ndarray, t: float = RDOQ_T) -> np.ndarray:
+        """uint8 symbols (c_y, h, w) of a rate-distortion model and their int8 residuals (see rdoq_choose) ->
+        uint8 symbols after RDOQ toward each channel's most probable symbol (its table's largest entry)."""
+        c = self.channels
+        q = symbols.reshape(c, -1).astype(np.int16)
+        mode = self.tables.argmax(axis=1).astype(np.int16)[:, None]
+        toward = np.clip(q - np.sign(q - mode), 0, self.levels - 1).astype(np.int16)
+        logp = np.log2(self.tables) - PRECISION
+        saved = (np.take_along_axis(logp, toward.astype(np.int64), axis=1)
+                 - np.take_along_axis(logp, q.astype(np.int64), axis=1))
+        out = rdoq_choose(q, toward, saved, residual.reshape(c, -1), t)
+        return out.reshape(symbols.shape).astype(np.uint8)
 
     def min_bytes(self, n: int) -> int:
         """A lower bound on the ANS payload of n symbols: n times the cheapest symbol's cost.

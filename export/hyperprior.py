@@ -21,9 +21,10 @@ from typing import Any
 
 import numpy as np
 
-from aekit.export.entropy import (CODER_HYPER, CODER_HYPER_CONTEXT, CODER_HYPER_OFFSETS, PRECISION, ZSTD_GATE,
-                                  ZSTD_LEVEL, EntropyError, _check_symbols, _constriction,
-                                  _decode_symbols, _smallest, _untrim, integer_table, quality_entry)
+from aekit.export.entropy import (CODER_HYPER, CODER_HYPER_CONTEXT, CODER_HYPER_OFFSETS, PRECISION, RDOQ_MAX_SYMBOLS,
+                                  RDOQ_T, ZSTD_GATE, ZSTD_LEVEL, EntropyError, _check_symbols, _constriction,
+                                  _decode_symbols, _smallest, _untrim, integer_table, quality_entry,
+                                  rdoq_choose)
 
 HYPER_FRAC_BITS = 16  # F_a: hyper decoder activations are integers in units of 2^-16
 HYPER_ACT_BITS = 26  # activations are clamped to 0 .. 2^26 - 1 (1024 in real units) after each ReLU
@@ -294,6 +295,22 @@ class HyperpriorEntropyModel:
         ly, lz = np.log2(self.scale_tables) - PRECISION, np.log2(self.z_tables) - PRECISION
         return float(-ly[table, d].sum()
                      - np.take_along_axis(lz, z.reshape(z.shape[0], -1).astype(np.int64), axis=1).sum())
+
+    def rdoq(self, symbols: np.ndarray, residual: np.ndarray, t: float = RDOQ_T) -> np.ndarray:
+        """uint8 ŷ symbols (c_y, h, w) and their int8 residuals (aekit.export.entropy.rdoq_choose) -> uint8
+        symbols after RDOQ toward each element's hyperprior mean: the tables come from ẑ of the rounded
+        symbols (h_a and h_s run once more; the coder then recomputes ẑ from the result). Latents over
+        RDOQ_MAX_SYMBOLS come back unchanged."""
+        if symbols.size > RDOQ_MAX_SYMBOLS:
+            return symbols
+        _, table, base = self._side(symbols)
+        half = (self.levels - 1) // 2
+        k = symbols.astype(np.int16) - half
+        b = base.astype(np.int16)
+        toward = np.clip(k - np.sign(4 * k - (4 * b + (table & 3).astype(np.int16))), -half, half)  # mean b + φ/4
+        log2p = np.log2(self.scale_tables) - PRECISION
+        saved = log2p[table, toward - b + 254] - log2p[table, k - b + 254]
+        return (rdoq_choose(k, toward, saved, residual, t) + half).astype(np.uint8)
 
     def encode(self, symbols: np.ndarray, zstd_level: int = ZSTD_LEVEL,
                zstd_gate: float | None = ZSTD_GATE) -> tuple[int, bytes]:

@@ -24,7 +24,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from aekit.export.entropy import QUANTISER_INTEGER, quality_entry
+from aekit.export.entropy import QUANTISER_INTEGER, RESIDUAL_SCALE, quality_entry
 from aekit.export.manifest import load_manifest
 from aekit.images import from_model_output, pad_to_multiple, to_model_input
 from aekit.machine import usable_cores
@@ -74,6 +74,17 @@ class Quantiser:
             return quantise(y, self.levels)
         q = np.rint(y.astype(np.float32) / np.float32(self.step))
         return (np.clip(q, -self.half, self.half) + self.half).astype(np.uint8)
+
+    def residual(self, y: np.ndarray) -> np.ndarray:
+        """Integer quantiser: float y (any shape) -> int8 round(254·δ), δ = y/Δ − round(y/Δ) in [−0.5, 0.5]
+        (0 where the symbol is clipped): where y lay inside its quantisation bin, for RDOQ
+        (aekit.export.entropy.rdoq_choose). ValueError for a tanh quantiser."""
+        if self.kind != "integer":
+            raise ValueError("residuals exist for the integer quantiser only")
+        r = y.astype(np.float32) / np.float32(self.step)
+        k = np.rint(r)
+        d = np.where(np.abs(k) > self.half, np.float32(0), r - k)
+        return np.rint(d * np.float32(RESIDUAL_SCALE)).astype(np.int8)
 
     def dequantise(self, q: np.ndarray) -> np.ndarray:
         """uint8 symbols -> y_hat float32, exactly as the decoder network receives them."""
