@@ -5,7 +5,7 @@
 # against JPEG, WebP, AVIF and the klt envelope, per ratio.
 #   bash codec/record_photos_rd.sh            # RUNS=runs MODELS=models DATA=data/photos
 # Needs: aekit data photos $DATA; runs/photos-hp-r{4,9}-s6 and -s5, runs/photos-gdn-r{4,9}-s2 (stage 2) and
-# runs/photos-klt-r{4,9}-w* (bench/train_zoo.sh or README "Codec quality"); exports them to $MODELS, then evaluates.
+# runs/photos-klt-r{4,9}-w* (codec/train_klt.sh); exports them to $MODELS, then evaluates.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${RUNS:-runs}; M=${MODELS:-models}; DATA=${DATA:-data/photos}
