@@ -14,6 +14,8 @@ from __future__ import annotations
 import functools
 import hashlib
 import mmap
+import threading
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -227,6 +229,10 @@ class HyperpriorEntropyModel:
     encoder_path: Path
     channels: int  # c_y
     _cache: dict[str, list[Any]] = field(default_factory=dict, repr=False, compare=False)
+    # RDOQ's (ẑ, table, base) for the symbols it returned, keyed by their digest: the coder codes them under
+    # the very tables RDOQ chose them by instead of running h_a and h_s again (RDOQ_SIDE_KEEP at most)
+    _rdoq_side: OrderedDict = field(default_factory=OrderedDict, repr=False, compare=False)
+    _rdoq_lock: Any = field(default_factory=threading.Lock, repr=False, compare=False)
 
     @classmethod
     def from_manifest(cls, manifest: dict[str, Any], quality: int | None = None) -> "HyperpriorEntropyModel":
@@ -303,14 +309,28 @@ class HyperpriorEntropyModel:
         RDOQ_MAX_SYMBOLS come back unchanged."""
         if symbols.size > RDOQ_MAX_SYMBOLS:
             return symbols
-        _, table, base = self._side(symbols)
+        z, table, base = self._side(symbols)
         half = (self.levels - 1) // 2
         k = symbols.astype(np.int16) - half
         b = base.astype(np.int16)
         toward = np.clip(k - np.sign(4 * k - (4 * b + (table & 3).astype(np.int16))), -half, half)  # mean b + φ/4
         log2p = np.log2(self.scale_tables) - PRECISION
         saved = log2p[table, toward - b + 254] - log2p[table, k - b + 254]
-        return (rdoq_choose(k, toward, saved, residual, t) + half).astype(np.uint8)
+        out = (rdoq_choose(k, toward, saved, residual, t) + half).astype(np.uint8)
+        with self._rdoq_lock:
+            self._rdoq_side[_digest(out)] = (z, table, base)
+            while len(self._rdoq_side) > RDOQ_SIDE_KEEP:
+                self._rdoq_side.popitem(last=False)
+        return out
+
+    def _side_for_coding(self, q: np.ndarray, split: bool) -> tuple[np.ndarray, Any, Any]:
+        """_side(q, split), or the (ẑ, table, base) RDOQ chose these very symbols under (taken: used once)."""
+        if not split:
+            with self._rdoq_lock:
+                kept = self._rdoq_side.pop(_digest(q), None) if self._rdoq_side else None
+            if kept is not None:
+                return kept
+        return self._side(q, split=split)
 
     def encode(self, symbols: np.ndarray, zstd_level: int = ZSTD_LEVEL,
                zstd_gate: float | None = ZSTD_GATE) -> tuple[int, bytes]:
@@ -364,9 +384,10 @@ class HyperpriorEntropyModel:
     def _encode_hyper_best(self, q: np.ndarray) -> tuple[int, bytes]:
         """(coder, payload): coder 5 when the spatial context (`context_shifts`) is estimated to save more
         than its side information (latents of at most CONTEXT_MAX_SYMBOLS), else coder 4 when per-channel
-        mean offsets (`mean_offsets`) do, else coder 3; h_a and h_s run once either way."""
+        mean offsets (`mean_offsets`) do, else coder 3; h_a and h_s run once either way (not at all for
+        symbols RDOQ returned: its ẑ and tables are reused)."""
         whole = q.size <= CONTEXT_MAX_SYMBOLS  # coder 5 needs whole arrays; larger latents keep the split path
-        z, table, base = self._side(q, split=not whole)  # split: per-channel arrays that _group frees as it goes
+        z, table, base = self._side_for_coding(q, split=not whole)  # split: per-channel arrays _group frees
         log2p = np.log2(self.scale_tables) - PRECISION
         off = mean_offsets(q, table, base, log2p)
         nz = np.flatnonzero(off)
@@ -501,6 +522,16 @@ CONTEXT_MAX_SYMBOLS = 1 << 22
 CONTEXT_SHIFTS = np.arange(-8, 9, dtype=np.int16)  # scale index and mean (quarter steps) shifts the encoder tries
 _DIAGONAL = ((-1, -1), (-1, 1), (1, -1), (1, 1))
 _DIRECT = ((-1, 0), (1, 0), (0, -1), (0, 1))
+
+
+RDOQ_SIDE_KEEP = 8  # RDOQ'd latents whose side information waits for the coder (each ≤ 2^22 symbols: ≤ 12 MB)
+
+
+def _digest(q: np.ndarray) -> bytes:
+    """Content key of a symbol array (shape and bytes)."""
+    h = hashlib.blake2b(repr((q.shape, q.dtype.str)).encode(), digest_size=16)
+    h.update(np.ascontiguousarray(q).data)
+    return h.digest()
 
 
 def context_passes(h: int, w: int) -> np.ndarray:

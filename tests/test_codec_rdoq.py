@@ -109,3 +109,19 @@ def test_a_job_recipe_names_rdoq_only_when_it_is_not_the_default():
     model = resolve_model("photos-r9")
     assert "rdoq" not in recipe("compress", Codec(model, CodecConfig()))
     assert recipe("compress", Codec(model, CodecConfig(rdoq=0)))["rdoq"] == 0
+
+
+def test_the_coder_reuses_the_tables_rdoq_chose_by(photo, monkeypatch):
+    """h_a and h_s run once per image with RDOQ on, as without it: the coder takes RDOQ's ẑ and tables for the
+    very symbols it returned (other symbols get their own); the file decodes to those symbols."""
+    model = resolve_model("photos-r9")
+    codec = Codec(model, CodecConfig(workers=1))
+    calls = []
+    side = type(codec.em)._side
+    monkeypatch.setattr(type(codec.em), "_side", lambda self, q, split=False: calls.append(q.shape) or side(self, q, split))
+    q = codec.symbols(photo[None])[0]
+    data = codec.pack(q, *photo.shape[:2], "RGB")
+    assert len(calls) == 1
+    codec.pack(q, *photo.shape[:2], "RGB")  # used once: a second pack of the same symbols runs h_a, h_s itself
+    assert len(calls) == 2
+    np.testing.assert_array_equal(Decoder([model]).symbols(data)[1], q)
