@@ -5,9 +5,9 @@
     rows = st.entropy("28x28", 8, 28, 28) + st.model(runner, "ort-cpu", "fp32", imgs, y_hat, "28x28", 8, 28, 28, flops)
 Stages time and measure; they neither log nor decide what runs next (the sweep, run.py, does).
 Whatever turns latents into bytes and back is the codec's own API (aekit.codec.core): the
-model's quantiser, `Codec.pack` (entropy code + header: the .ael file `aekit compress` writes)
-and `Decoder.symbols` (parse + entropy decode), so bytes per image are whole files and the
-symbols are those the codec codes. Without a codec (--no-entropy, or no entropy coder
+model's quantiser with RDOQ (`Codec.quantise`), `Codec.pack` (entropy code + header: the .ael file
+`aekit compress` writes) and `Decoder.symbols` (parse + entropy decode), so bytes per image are whole
+files and the symbols are those the codec codes. Without a codec (--no-entropy, or no entropy coder
 installed) only the network and JPEG stages run. Content-dependent stages (entropy coding,
 JPEG, end to end) walk through the distinct images.
 """
@@ -43,7 +43,7 @@ class Stages:
         self.images, self.y = images, y
         if self.codec is not None:
             self.mode = "L" if images.shape[3] == 1 else "RGB"
-            self.files = [self.pack(q) for q in self.codec.quantiser.quantise(y)]
+            self.files = [self.pack(q) for q in self.codec.quantise(y)]  # with RDOQ, as compress
 
     def pack(self, q: np.ndarray) -> bytes:
         """Symbols (c_y, h, w) of one image of the current size -> its .ael file (Codec.pack)."""
@@ -69,7 +69,7 @@ class Stages:
 
         def encode() -> None:
             for i in enc_cycle.next():
-                self.pack(quantiser.quantise(y[i]))
+                self.pack(self.codec.quantise(y[i][None])[0])
 
         def decode() -> None:
             quantiser.dequantise(self.symbols(dec_cycle.next()))
@@ -116,7 +116,7 @@ class Stages:
         enc_cycle, dec_cycle = Cycle(len(images), b), Cycle(len(images), b)
 
         def compress() -> None:
-            for q in quantiser.quantise(r.compress(images[enc_cycle.next()])):
+            for q in self.codec.quantise(r.compress(images[enc_cycle.next()])):
                 self.pack(q)
 
         def decompress() -> None:

@@ -248,9 +248,9 @@ class Codec:
         if isinstance(images, list):
             images = np.stack([np.asarray(im) for im in images])
         n = self.batch_limit(h, w)
-        return np.concatenate([self._quantise(self.rt.encode(images[i:i + n])) for i in range(0, b, n)])
+        return np.concatenate([self.quantise(self.rt.encode(images[i:i + n])) for i in range(0, b, n)])
 
-    def _quantise(self, y: np.ndarray) -> np.ndarray:
+    def quantise(self, y: np.ndarray) -> np.ndarray:
         """float y (B, c_y, h, w) of whole images -> uint8 symbols, with RDOQ where it is on (per image)."""
         q = self.quantiser.quantise(y)
         if self.rdoq and q[0].size <= RDOQ_MAX_SYMBOLS:
