@@ -304,9 +304,9 @@ class HyperpriorEntropyModel:
 
     def rdoq(self, symbols: np.ndarray, residual: np.ndarray, t: float = RDOQ_T) -> np.ndarray:
         """uint8 ŷ symbols (c_y, h, w) and their int8 residuals (aekit.export.entropy.rdoq_choose) -> uint8
-        symbols after RDOQ toward each element's hyperprior mean: the tables come from ẑ of the rounded
-        symbols (h_a and h_s run once more; the coder then recomputes ẑ from the result). Latents over
-        RDOQ_MAX_SYMBOLS come back unchanged."""
+        symbols after RDOQ toward each element's hyperprior mean, under the tables of ẑ of the rounded
+        symbols; that ẑ and those tables are kept for the coder (`_side_for_coding`), so h_a and h_s still
+        run once per image. Latents over RDOQ_MAX_SYMBOLS come back unchanged."""
         if symbols.size > RDOQ_MAX_SYMBOLS:
             return symbols
         z, table, base = self._side(symbols)
