@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Rebuild the reference models shipped in aekit/zoo/ (the model zoo) from data that installs here.
 #   bash bench/train_zoo.sh                    # every model: train (resuming), export, evaluate, card
-#   bash bench/train_zoo.sh fmnist-r4          # one of them: photos-r4 photos-r9 photos-r9-hq photos-r9-fast fmnist-r4 fmnist-r9 fmnist-detect
+#   bash bench/train_zoo.sh fmnist-r4          # one of them: photos-r9 photos-r9-hq photos-r9-fast photos-r4 photos-r4-hq fmnist-r4 fmnist-r9 fmnist-detect
 #   CARDS=0 bash bench/train_zoo.sh ...        # train and export only (models/zoo/NAME), no install or card
 # An interrupted run continues from runs/zoo/NAME/last.pt (--resume); a finished one is not retrained.
 # One torch thread per training (THREADS), niced: the recorded models were trained on a shared 2-core CPU.
@@ -27,7 +27,7 @@ export_model() {  # NAME: runs/zoo/NAME/best.pt -> models/zoo/NAME (fp32 ONNX + 
   return 0
 }
 
-want=${*:-photos-r4 photos-r9 photos-r9-hq photos-r9-fast fmnist-r4 fmnist-r9 fmnist-detect}
+want=${*:-photos-r9 photos-r9-hq photos-r9-fast photos-r4 photos-r4-hq fmnist-r4 fmnist-r9 fmnist-detect}
 need() { [[ " $want " == *" $1 "* ]]; }
 
 # Fashion-MNIST (Debian's dataset-fashion-mnist). fmnist-detect: a seeded 10,000-image subset of the train split,
@@ -57,7 +57,7 @@ need fmnist-detect && { train fmnist-detect $FM --ratio 4 --noise defects:0.9; e
 # Photos (aekit data photos: the bundled photos + Debian's mate backgrounds, fixed held-out split):
 # the rate-distortion gdn models, the lead's recipe (codec issue).
 PH="data/photos/train --arch gdn --width 128 --size 192 --resize random-crop --repeat 16 --batch-size 8 --epochs 30 --time-budget 60 --lr 5e-4 --clip-grad 1.0 --rate-weight 0.01"
-if need photos-r4 || need photos-r9 || need photos-r9-hq || need photos-r9-fast; then
+if need photos-r4 || need photos-r4-hq || need photos-r9 || need photos-r9-hq || need photos-r9-fast; then
   [[ -d data/photos/test ]] || aekit data photos data/photos
 fi
 # Stage 2 trains on from stage 1's last weights with a fresh cosine schedule at a lower peak lr
@@ -73,8 +73,10 @@ PH2="data/photos/train --arch gdn --width 128 --size 192 --resize random-crop --
 PH3="data/photos/train --arch gdn-hp --width 128 --size 192 --resize random-crop --repeat 16 --batch-size 8 --epochs 40 --time-budget 45 --lr 2e-4 --freeze-epochs 10 --clip-grad 1.0 --rate-weight 0.01"
 PH4="data/photos/train --arch gdn-hp --width 128 --size 192 --resize random-crop --repeat 16 --batch-size 8 --epochs 30 --time-budget 30 --lr 1e-4 --freeze-epochs 0 --clip-grad 1.0 --rate-weight 0.01"
 PH5="data/photos/train --arch gdn-hp --width 128 --size 192 --resize random-crop --repeat 16 --batch-size 8 --epochs 34 --time-budget 25 --lr 1e-4 --freeze-epochs 8 --clip-grad 1.0 --rate-weight 0.01"
-for r in 4 9; do
-  need photos-r$r || { [[ $r == 9 ]] && { need photos-r9-hq || need photos-r9-fast; }; } || continue
+# (photos-r4 was this recipe at --ratio 4, 192 channels at H/16, until 2026-12-01: it saturated near 30 dB and
+# was replaced by photos-r9 rescaled, below.) The loop keeps the ratio variable for a 1/4 transform of its own.
+for r in 9; do
+  need photos-r9 || need photos-r9-hq || need photos-r9-fast || need photos-r4 || need photos-r4-hq || continue
   train photos-r$r $PH --ratio $r
   [[ -f runs/zoo/photos-r$r-s2/last.pt ]] || init="--init-from runs/zoo/photos-r$r/last.pt"
   train photos-r$r-s2 $PH2 --ratio $r ${init:-}; unset init
@@ -88,17 +90,17 @@ for r in 4 9; do
   rf=runs/zoo/photos-r$r-hp-s6; resume=""; [[ -f $rf/last.pt ]] && resume="--resume"
   [[ -f $rf/best.pt ]] || nice -n 19 aekit refit-hyperprior runs/zoo/photos-r$r-hp-s5/best.pt data/photos/train \
     --out $rf --steps 2000 --lr 5e-4 --threads ${THREADS:-1} $resume
-  if need photos-r$r; then
+  if need photos-r$r || need photos-r4; then  # photos-r4 is photos-r9 rescaled
     nice -n 19 aekit export $rf/best.pt --out models/zoo/photos-r$r --force
     # int8 variants of both networks (aekit compress/decompress --int8: the same model id, 2.3-2.7x faster networks)
     nice -n 19 aekit add-int8 models/zoo/photos-r$r --encoder --calib-data data/photos/train \
       --int8-check-data data/photos/test
-    [[ ${CARDS:-1} == 1 ]] && nice -n 19 python -m aekit.bench.zoo build photos-r$r
+    [[ ${CARDS:-1} == 1 ]] && need photos-r$r && nice -n 19 python -m aekit.bench.zoo build photos-r$r
   fi
 done
 # photos-r9-hq: stage 5 of photos-r9 fine-tuned end to end at a 4x lower rate weight (80-minute budget), then
 # its hyperprior refitted: the high-rate model (photos-r9's curve flattens near 32 dB).
-if need photos-r9-hq; then
+if need photos-r9-hq || need photos-r4-hq; then
   [[ -f runs/zoo/photos-r9-hq/last.pt ]] || init="--init-from runs/zoo/photos-r9-hp-s5/last.pt"
   train photos-r9-hq data/photos/train --arch gdn-hp --ratio 9 --width 128 --size 192 --resize random-crop --repeat 16 \
     --batch-size 8 --epochs 90 --time-budget 80 --lr 2e-4 --freeze-epochs 0 --clip-grad 1.0 --rate-weight 0.0025 ${init:-}
@@ -109,8 +111,17 @@ if need photos-r9-hq; then
   nice -n 19 aekit export $rf/best.pt --out models/zoo/photos-r9-hq --force
   # an int8 decoder only: with the int8 encoder too it lost 0.54 dB on the held-out photos (refused at 0.3)
   nice -n 19 aekit add-int8 models/zoo/photos-r9-hq --calib-data data/photos/train --int8-check-data data/photos/test
-  [[ ${CARDS:-1} == 1 ]] && nice -n 19 python -m aekit.bench.zoo build photos-r9-hq
+  [[ ${CARDS:-1} == 1 ]] && need photos-r9-hq && nice -n 19 python -m aekit.bench.zoo build photos-r9-hq
 fi
+# photos-r4 and photos-r4-hq: photos-r9 and photos-r9-hq on a grid 1.5x as fine (aekit rescale: 48 channels at H/8
+# of the image, exactly 1/4; the same networks with bicubic resampling in their graphs, the same tables), no training.
+for name in photos-r4 photos-r4-hq; do
+  need $name || continue
+  [[ -d models/photos-klt-r4-w0.03 ]] || bash codec/train_klt.sh  # the linear baseline they are compared with
+  nice -n 19 aekit rescale models/zoo/${name/r4/r9} --ratio 4 --out models/zoo/$name --force --check-data data/photos/train
+  [[ ${CARDS:-1} == 1 ]] && nice -n 19 python -m aekit.bench.zoo build $name \
+    --compare models/photos-klt-r4-w0.003 --compare models/photos-klt-r4-w0.01 --compare models/photos-klt-r4-w0.03
+done
 # photos-r9-fast (issue 17, compress speed): photos-r9's decoder g_s frozen behind a new half-width g_a
 # (--encoder-width 64) and hyperprior (--hyper-width 64); g_a learns photos-r9's latents (--distill-from) for
 # 40 epochs while the rate-distortion loss trains it, 150 epochs in all; the hyperprior refitted afresh; exported

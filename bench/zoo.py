@@ -88,6 +88,7 @@ class Spec:
     limits: list[str] = field(default_factory=list)
     trained_on: str = ""  # a few words for the model table
     export_args: str = ""  # more `aekit export` options than --out (and what ran after it), for the card
+    rescaled: str = ""  # `aekit rescale` of this shipped model (its recipe and run), not trained itself
 
 
 SPECS: dict[str, Spec] = {
@@ -115,7 +116,33 @@ SPECS: dict[str, Spec] = {
         + (["Above about 0.2 bpp use photos-r9-hq (same ratio and format, trained at a lower rate weight): it reaches "
             "34.7 dB at 0.53 bpp where this model stops at 32.4 dB."] if r == 9 else []),
         "16 photos (aekit data photos, train split: 14 trained on, 2 validate)")
-      for r in (4, 9)},
+      for r in (9,)},
+    **{name: Spec(
+        "codec", f"RGB photo codec{' for high rates' if hq else ''}, latent 1/4 of the raw pixels: {src}'s networks on "
+                 "a grid 1.5x as fine (aekit rescale: bicubic resampling built into the encoder and decoder graphs, "
+                 "48 channels at H/8 of the image, exactly 1/4), with its mean-scale hyperprior and integer tables "
+                 f"unchanged (gdn-hp; --quality as {src}).",
+        PHOTO_TRAIN, "held out by name: astronaut, coffee, LadyBird, Storm, GreenMeadow (aekit.datasets.PHOTO_TEST); "
+                     "training validated on 2 of the 16 training photos (the seeded 10 % split)",
+        "", "", "data/photos/test", "the 5 held-out photos of aekit data photos", "skimage:astronaut",
+        [f"Trained on 16 photos (as {src}, at 1/9 on the native grid): figures on the 5 held-out photos are the "
+         "honest ones.",
+         "No training of its own: the 1/9 transform sees each image 1.5x enlarged, so compress and decompress run "
+         "its networks on 2.25x the pixels (speed above). A transform trained at 1/4 should do better; the "
+         "factor-16 one trained here saturated near 30 dB.",
+         ("For high rates (photos-r9-hq's transform): from about 0.45 bpp (34 dB) up, where photos-r4 flattens; "
+          "below that photos-r4 is the better model, by 0.3-0.9 dB." if hq else
+          "Above about 0.45 bpp (34 dB) use photos-r4-hq (same ratio and format): it goes on to 37.1 dB where this "
+          "model flattens near 34.5 dB. Below about 0.15 bpp photos-r9 (1/9) gives 1.5-2 dB more at equal bytes."),
+         "Below WebP and AVIF on the held-out photos (BD-rate above).",
+         f"No int8 variant ({src}'s were checked on its own graphs; --int8 runs the fp32 networks)."]
+        + ([] if hq else
+           ["Replaced the factor-16 photos-r4 (192 channels at H/16, model id 6abf8b05b7e9998c) on 2026-12-01: on "
+            "these photos that model was 0.1-0.7 dB better from 0.05 to 0.13 bpp, this one is up to 1.5 dB better "
+            "from 0.16 bpp and goes on from 29.9 to 34.5 dB. Files written with that model decode only with its "
+            "folder (git history of aekit/zoo/photos-r4)."]),
+        "16 photos (aekit data photos, train split: 14 trained on, 2 validate)", rescaled=src)
+      for name, src, hq in (("photos-r4", "photos-r9", False), ("photos-r4-hq", "photos-r9-hq", True))},
     "photos-r9-hq": Spec(
         "codec", "RGB photo codec for high rates, latent 1/9 of the raw pixels: photos-r9's recipe to stage 5, then "
                  "fine-tuned end to end at a 4x lower rate weight (0.0025) and its hyperprior refitted (gdn-hp; "
@@ -369,9 +396,13 @@ def training(name: str, spec: Spec, m: dict[str, Any]) -> dict[str, Any]:
         refit = {"refit_hyperprior_steps": rows[-1].get("step"), "refit_hyperprior_time_s": rows[-1].get("time_s")}
         if seconds is not None and refit["refit_hyperprior_time_s"]:
             seconds = round(seconds + float(refit["refit_hyperprior_time_s"]), 1)
-    return {"data": spec.data, "split": spec.split, "command": spec.command,
-            "export_command": f"aekit export {spec.run}/best.pt --out models/zoo/{name}"
-                              + (f" {spec.export_args}" if spec.export_args else ""),
+    src = SPECS[spec.rescaled] if spec.rescaled else spec
+    export = (f"aekit export {src.run}/best.pt --out models/zoo/{spec.rescaled or name}"
+              + (f" {src.export_args}" if src.export_args else ""))
+    if spec.rescaled:
+        export += f" && aekit rescale models/zoo/{spec.rescaled} --ratio {m['ratio']} --out models/zoo/{name}"
+    return {"data": spec.data, "split": spec.split, "command": src.command,
+            "export_command": export,
             "seed": config.get("seed", 0), "epochs": epochs, "time_s": seconds,
             "machine": f"{tr.get('device', 'cpu')}: {cpu_name()}, {threads} torch thread(s), 2 cores shared with "
                        "other trainings", "torch": tr.get("torch"), "n_train": tr.get("n_train"), "n_val": tr.get("n_val"),

@@ -49,6 +49,19 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "symbols differ from fp32 and may differ between CPUs, every file still decodes everywhere)")
     add_int8_check_args(a)
     a.set_defaults(func=cmd_add_int8)
+    r = sub.add_parser("rescale", help="a model on a resampled pixel grid for another ratio (e.g. a 1/9 model "
+                       "at 1.5x the resolution is exactly 1/4): same networks, tables and hyperprior, its own model id",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    r.add_argument("model", type=model_arg, help="exported model folder or a shipped model's name")
+    r.add_argument("--ratio", type=int, required=True, help="the new ratio (f'^2 * C = ratio * c_y must have an "
+                   "integer factor f')")
+    r.add_argument("--out", required=True, help="model folder to write")
+    r.add_argument("--force", action="store_true", help="replace an existing folder")
+    r.add_argument("--check-images", type=int, default=8, help="256-px crops that choose the new default quality "
+                   "(the source's λ, the new model's D + λ·R)")
+    r.add_argument("--check-data", help="image folder of those crops (default: the source's training data where it "
+                   "exists here, else the photos bundled with scikit-image and scikit-learn)")
+    r.set_defaults(func=cmd_rescale)
     i = sub.add_parser("info", help="describe an exported model (or a checkpoint)")
     i.add_argument("model", type=model_arg, help="model folder, manifest.json, a .pt checkpoint, or a shipped model's name")
     i.add_argument("--json", action="store_true", help="print the raw manifest (a .pt checkpoint: its fields as JSON)")
@@ -102,6 +115,19 @@ def cmd_add_int8(args: argparse.Namespace) -> int:
     if slow:
         logging.getLogger(__name__).warning("note: the int8 %s ran slower than fp32 here (small networks gain little "
                                             "from int8); --int8 will not make them faster", " and ".join(slow))
+    return 0
+
+
+def cmd_rescale(args: argparse.Namespace) -> int:
+    from aekit.export.rescale import rescale_model
+
+    m = rescale_model(args.model, args.out, args.ratio, force=args.force, check_images=args.check_images,
+                      check_data=args.check_data)
+    r = m["rescaled"]
+    dq = r.get("default_quality")
+    print(f"{args.out}: model {m['model_id']}, ratio 1/{m['ratio']} ({m['latent_channels']} channels at H/{m['factor']}): "
+          f"{r['from']} ({r['from_model_id']}, 1/{r['from_ratio']}) on a grid {r['scale']:g}x as fine"
+          + (f"; default quality {dq['quality']} (the source's {dq['source_default']}, λ {dq['lambda']})" if dq else ""))
     return 0
 
 

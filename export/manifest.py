@@ -319,6 +319,11 @@ def describe(m: dict[str, Any]) -> str:
         f"onnx         opset {m.get('opset')}, {m.get('exporter')}; files: "
         + ", ".join(f"{k}={v}" for k, v in m["files"].items()),
     ]
+    r = m.get("rescaled")
+    if isinstance(r, dict):
+        lines.append(f"rescaled     {r.get('from')} ({r.get('from_model_id')}, 1/{r.get('from_ratio')} at H/{r.get('from_factor')}) "
+                     f"on a grid {r.get('scale', 0):g}x as fine: encoder {r.get('encoder')}; decoder {r.get('decoder')} "
+                     "(aekit rescale; the training below is the source's)")
     if "verification" in m:
         v = m["verification"]
         lines.append(f"verified     onnxruntime vs torch on {v.get('images')} real images: max abs err "

@@ -16,7 +16,7 @@ from aekit.export.manifest import ModelError, load_manifest, model_arg, resolve_
 from aekit.export import zoo as ezoo
 
 NAMES = zoo.names()
-EXPECTED = ("photos-r4", "photos-r9", "photos-r9-hq", "photos-r9-fast", "fmnist-r4", "fmnist-r9", "fmnist-detect")
+EXPECTED = ("photos-r4", "photos-r4-hq", "photos-r9", "photos-r9-hq", "photos-r9-fast", "fmnist-r4", "fmnist-r9", "fmnist-detect")
 ZOO_BUDGET_MB = 50
 
 
@@ -82,15 +82,19 @@ def tmp_zoo(tmp_path, monkeypatch):
 
 def test_info_shows_the_int8_variants(capsys):
     """`aekit info` of the shipped photo models names their int8 variants (7-bit weights since session 10):
-    photos-r9 and photos-r4 both networks, photos-r9-hq its decoder only (with its encoder too, even with the
-    output layer in fp32, it lost 0.36 dB, over the 0.3 dB limit)."""
+    photos-r9 both networks, photos-r9-hq its decoder only (with its encoder too, even with the output layer
+    in fp32, it lost 0.36 dB, over the 0.3 dB limit); photos-r4 and photos-r4-hq (photos-r9 and photos-r9-hq
+    rescaled) none, and say what they were rescaled from."""
     assert main(["info", "photos-r9-hq"]) == 0
     out = capsys.readouterr().out
     assert "int8 variant decoder (" in out and "encoder_int8" not in out
-    for name in ("photos-r9", "photos-r4"):
+    assert main(["info", "photos-r9"]) == 0
+    out = capsys.readouterr().out
+    assert "int8 variant encoder + decoder" in out and "kept in fp32" not in out
+    for name, src in (("photos-r4", "photos-r9 (ba27f75af0f30e5c"), ("photos-r4-hq", "photos-r9-hq (674cf98f5f4ee67e")):
         assert main(["info", name]) == 0
         out = capsys.readouterr().out
-        assert "int8 variant encoder + decoder" in out and "kept in fp32" not in out
+        assert "int8 variant" not in out and f"rescaled     {src}, 1/9 at H/12) on a grid 1.5x" in out
 
 
 def test_info_agrees_with_the_card(capsys):
