@@ -119,6 +119,8 @@ for name in photos-r4 photos-r4-hq; do
   need $name || continue
   [[ -d models/photos-klt-r4-w0.03 ]] || bash codec/train_klt.sh  # the linear baseline they are compared with
   nice -n 19 aekit rescale models/zoo/${name/r4/r9} --ratio 4 --out models/zoo/$name --force --check-data data/photos/train
+  # its own int8 variants (rescale does not carry the source's: they were checked on other graphs)
+  nice -n 19 aekit add-int8 models/zoo/$name --encoder --calib-data data/photos/train --int8-check-data data/photos/test
   [[ ${CARDS:-1} == 1 ]] && nice -n 19 python -m aekit.bench.zoo build $name \
     --compare models/photos-klt-r4-w0.003 --compare models/photos-klt-r4-w0.01 --compare models/photos-klt-r4-w0.03
 done

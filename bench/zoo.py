@@ -135,7 +135,8 @@ SPECS: dict[str, Spec] = {
           "Above about 0.45 bpp (34 dB) use photos-r4-hq (same ratio and format): it goes on to 37.1 dB where this "
           "model flattens near 34.5 dB. Below about 0.15 bpp photos-r9 (1/9) gives 1.5-2 dB more at equal bytes."),
          "Below WebP and AVIF on the held-out photos (BD-rate above).",
-         f"No int8 variant ({src}'s were checked on its own graphs; --int8 runs the fp32 networks)."]
+         "int8 variants of both networks (aekit add-int8 on the rescaled graphs, resampling included; "
+         "`aekit compress/decompress --int8`; figures above): its own, not the source's."]
         + ([] if hq else
            ["Replaced the factor-16 photos-r4 (192 channels at H/16, model id 6abf8b05b7e9998c) on 2026-12-01: on "
             "these photos that model was 0.1-0.7 dB better from 0.05 to 0.13 bpp, this one is up to 1.5 dB better "
