@@ -42,7 +42,7 @@ CUBIC_REACH = 2  # taps each side of a cubic kernel, in the units of the grid it
 NETWORK_FILES = ("encoder", "decoder")
 COPIED_FILES = ("hyper_encoder", "hyper_decoder")  # these read and write latents only: unchanged
 DROPPED = ("int8_variants", "int8", "speed", "verification", "graph", "tile_context", "calibration",
-           "latent_hist", "fp16")  # figures of the source's graphs; re-measured or left out
+           "fp16")  # figures of the source's graphs (and a detector's banks); re-measured or left out
 
 
 def rescaled_factor(m: dict[str, Any], ratio: int) -> int:
@@ -246,12 +246,15 @@ def rescale_model(src: str | Path, out: str | Path, ratio: int, force: bool = Fa
 
     The default quality is chosen again: the same step costs more bits per pixel on the finer grid, so the
     source's default would spend bytes its own objective would not. Both models code `check_images` crops
-    (check_crops, at most check_side px); λ is the one the source's default is optimal for on them
-    (implied_lambda), and the new default minimises D + λ·R (export's rule, aekit.export.onnx). The
-    qualities' "check" entries become the new model's figures on those crops.
+    of at most check_side px (check_crops: of check_data, else the source's training data where it exists,
+    else the bundled photos); λ is the one the source's default is optimal for on them (implied_lambda),
+    and the new default minimises D + λ·R (export's rule, aekit.export.onnx). The qualities' "check"
+    entries become the new model's figures on those crops. A tanh-latent model (no qualities) keeps its
+    levels and latent histogram.
 
     Raises ModelError: no integer factor gives `ratio`, the same ratio, a graph below opset 18, `out`
-    exists without force, or check_data has no readable image. FileExistsError is never raised: `out` is written through a temporary folder.
+    exists without force, or check_data has no readable image. `out` is written through a temporary
+    folder, renamed into place when complete.
     """
     from aekit.export.manifest import resolve_model
 

@@ -138,6 +138,21 @@ def test_tiles_give_the_whole_images_symbols_and_pixels(r4, rgb_photos):
     assert np.array_equal(Decoder([r4], CodecConfig(device="cpu", full_res_max_pixels=1, tile_px=256)).decompress(data)[0], x)
 
 
+def test_a_gray_factorized_prior_model_shrinks_to_1_9(tmp_path):
+    """fmnist-r4 (gray, 4 channels at H/4, factorized prior) at 1/9: 4 channels at H/6 of the image, the image
+    shrunk by 2/3 (antialiased) before the encoder; its files code at 1/9 and decode to the input's size."""
+    import skimage.data
+
+    m = rescale_model("fmnist-r4", tmp_path / "r9", 9, check_images=2, check_side=56)
+    assert (m["factor"], m["ratio"], m["rescaled"]["scale"]) == (6, 9, 4 / 6)
+    assert "antialiased" in m["rescaled"]["encoder"] and "antialiased" not in m["rescaled"]["decoder"]
+    image = np.ascontiguousarray(skimage.data.camera()[200:256, 200:256, None])
+    data = Codec(tmp_path / "r9", CodecConfig(device="cpu")).compress(image)
+    assert read_header(data).latent_shape == (4, 10, 10)
+    x = Decoder([tmp_path / "r9"]).decompress(data)[0]
+    assert x.shape == image.shape and 10 * np.log10(255 ** 2 / np.mean((x.astype(float) - image) ** 2)) > 15
+
+
 def test_cli_errors_name_the_problem_and_leave_nothing(tmp_path, capsys):
     assert main(["rescale", "photos-r9", "--ratio", "5", "--out", str(tmp_path / "a")]) == 2
     assert "cannot give ratio 5" in capsys.readouterr().err
