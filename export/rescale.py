@@ -26,7 +26,6 @@ integer ops from the input's shape, never from a float scale.
 from __future__ import annotations
 
 import math
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -35,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from aekit.export.manifest import ModelError, entropy_bytes, load_manifest, model_id_of, save_manifest
+from aekit.images import DIR_MODE
 
 MIN_OPSET = 18  # Resize's antialias attribute
 CUBIC_A = -0.5  # Keys' cubic convolution parameter (Pillow BICUBIC); ONNX's default is -0.75
@@ -270,9 +270,7 @@ def rescale_model(src: str | Path, out: str | Path, ratio: int, force: bool = Fa
           **(m.get("io") or {})}
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(tmp, 0o777 & ~mask)  # mkdtemp's folder is private: give the model folder the usual mode
+    tmp.chmod(DIR_MODE)  # mkdtemp made it private (as export_model does)
     try:
         for role in NETWORK_FILES:
             rescale_graph(src_dir / m["files"][role], tmp / m["files"][role], role, f_src, f_new, io[role])
