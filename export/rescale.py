@@ -93,8 +93,9 @@ def rescale_graph(src: Path, dst: Path, role: str, f_src: int, f_new: int, names
     if max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0) < MIN_OPSET:
         raise ModelError(f"{src}: ONNX opset below {MIN_OPSET} (Resize without antialias); re-export the model")
     g = model.graph
-    inner = f"{names['input' if role.startswith('encoder') else 'output']}/{'resampled' if role.startswith('encoder') else 'native'}"
-    if role.startswith("encoder"):
+    enc = role.startswith("encoder")
+    inner = f"{names['input']}/resampled" if enc else f"{names['output']}/native"
+    if enc:
         x = names["input"]
         for node in g.node:
             node.input[:] = [inner if i == x else i for i in node.input]
