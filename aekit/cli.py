@@ -109,7 +109,7 @@ CORE_COMMANDS = ("train", "data", "sample", "interpolate")
 # that package's CLI (not torch-free-but-heavy detector, bench and serve modules). A hint only:
 # a command not found there falls back to loading every entry point, so nothing is lost.
 COMMAND_HOME = {"compress": "codec", "decompress": "codec", "evaluate": "codec", "dump": "dump",
-                "denoise": "denoise", "demo": "demo", "export": "export", "models": "export", "info": "export",
+                "denoise": "denoise", "demo": "demo", "export": "export", "models": "export", "info": "export", "import": "export",
                 "screen": "detector", "bench": "bench", "serve": "serve", "experiment": "experiment"}
 
 

@@ -62,6 +62,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--check-data", help="image folder of those crops (default: the source's training data where it "
                    "exists here, else the photos bundled with scikit-image and scikit-learn)")
     r.set_defaults(func=cmd_rescale)
+    im = sub.add_parser("import", help="an exported gdn, gdn-hp or klt model (e.g. a shipped one) back to a training "
+                        "checkpoint for `aekit train --init-from`: fine-tune it on your images",
+                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    im.add_argument("model", type=model_arg, help="exported model folder or a shipped model's name")
+    im.add_argument("--out", required=True, help="checkpoint file to write, e.g. runs/photos-r9/imported.pt")
+    im.add_argument("--force", action="store_true", help="replace an existing file")
+    im.set_defaults(func=cmd_import)
     i = sub.add_parser("info", help="describe an exported model (or a checkpoint)")
     i.add_argument("model", type=model_arg, help="model folder, manifest.json, a .pt checkpoint, or a shipped model's name")
     i.add_argument("--json", action="store_true", help="print the raw manifest (a .pt checkpoint: its fields as JSON)")
@@ -128,6 +135,18 @@ def cmd_rescale(args: argparse.Namespace) -> int:
     print(f"{args.out}: model {m['model_id']}, ratio 1/{m['ratio']} ({m['latent_channels']} channels at H/{m['factor']}): "
           f"{r['from']} ({r['from_model_id']}, 1/{r['from_ratio']}) on a grid {r['scale']:g}x as fine"
           + (f"; default quality {dq['quality']} (the source's {dq['source_default']}, λ {dq['lambda']})" if dq else ""))
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from aekit.export.importer import import_model, train_flags
+
+    rec = import_model(args.model, args.out, force=args.force)
+    errors = ", ".join(f"{k[:-6]} {v:.1e}" for k, v in rec.items() if k.endswith("_error"))
+    lam = f" --rate-weight {rec['rate_weight']:g}" if rec.get("rate_weight") else ""
+    print(f"{args.out}: {rec['arch']} model {rec['model_id']} as a checkpoint (max relative error against the "
+          f"graphs: {errors}; prior {rec['prior_excess_bits']:.4f} bits/symbol over its tables)\n"
+          f"fine-tune it: aekit train DATA {train_flags(rec['model_config'])} --init-from {args.out}{lam} --out RUN")
     return 0
 
 
