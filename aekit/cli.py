@@ -319,6 +319,9 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--distill-weight", type=at_least(0.0, kind=float), help="weight of mean((y - y_teacher)^2), "
                    "y in quantisation steps [0.01]")
     p.add_argument("--distill-epochs", type=at_least(0), help="epochs with the distillation term (0: all) [0]")
+    p.add_argument("--grid-scale", type=float, default=1.0, help="RD archs: train the transform on each image "
+                   "resampled by this factor (bicubic, as `aekit rescale` runs it; x̂ resampled back, loss and rate on "
+                   "the image's own grid): export it, then `aekit rescale` it to the ratio that grid gives")
     p.add_argument("--nproc", type=int, default=1,
                    help="data-parallel processes (DDP: gloo on CPU, NCCL on GPUs); --batch-size is the global "
                         "batch, split evenly (see also torchrun in the README)")
@@ -388,7 +391,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                        distill_from=str(pathlib.Path(args.distill_from).resolve()) if args.distill_from else None,
                        device=args.device,
                        amp=not args.no_amp, seed=args.seed, threads=args.threads, data_cfg=dcfg,
-                       init_from=args.init_from)
+                       init_from=args.init_from, grid_scale=args.grid_scale)
     if args.nproc > 1:
         from aekit.distributed import launch
 

@@ -50,6 +50,8 @@ class RefitConfig:
     threads: int = 1
     resume: bool = False
     reinit: bool = False  # start h_a, h_s and z's prior afresh (seeded) instead of from the checkpoint's
+    grid_scale: float = 0.0  # every cached image scale (and the val images') times this; 0: the checkpoint's own
+    # training grid (its summary's grid_scale from `aekit train --grid-scale`, else 1)
 
 
 def _images(folder: str, channels: int) -> list[np.ndarray]:
@@ -145,9 +147,12 @@ def refit_hyperprior(cfg: RefitConfig) -> Path:
         log.info("resumed %s at step %d", out / "last.pt", start)
     channels = int(ckpt["model_config"].get("channels", 3))
     t0 = time.perf_counter()
-    ys = latent_cache(model, _images(cfg.data, channels), cfg.scales)
+    grid = cfg.grid_scale or float((ckpt.get("summary") or {}).get("grid_scale") or 1.0)
+    if grid != 1.0:
+        log.info("latents of the images resampled by %g (the transform's grid: a model for aekit rescale)", grid)
+    ys = latent_cache(model, _images(cfg.data, channels), tuple(s * grid for s in cfg.scales))
     val_images = _images(cfg.val_data, channels) if cfg.val_data else []
-    val = latent_cache(model, val_images, (1.0,), mirror=False)
+    val = latent_cache(model, val_images, (grid,), mirror=False)
     val_px = sum(a.shape[0] * a.shape[1] for a in val_images)  # bpp per image pixel, as the codec reports
     del val_images
     log.info("latents of %d training crops cached in %.1f s", len(ys), time.perf_counter() - t0)
@@ -240,6 +245,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--threads", type=int, default=d.threads, help="torch CPU threads")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    p.add_argument("--grid-scale", type=float, default=0.0, help="cache the latents of the images resampled by "
+                   "this factor (times each augmentation scale): the grid a rescaled model runs the transform on "
+                   "(0: the checkpoint's own --grid-scale, else 1)")
     p.add_argument("--reinit", action="store_true", help="start h_a, h_s and z's prior afresh (seeded) instead of "
                    "from the checkpoint's: for a hyperprior that collapsed (z the same everywhere)")
     p.set_defaults(func=cmd_refit)
@@ -251,7 +259,10 @@ def cmd_refit(args: argparse.Namespace) -> int:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: no spinning threads (issue 17)
     if args.steps < 1 or args.batch_size < 1 or args.crop < 4 or not math.isfinite(args.lr) or args.lr <= 0:
         raise ValueError("--steps and --batch-size must be >= 1, --crop >= 4 and --lr > 0")
+    if args.grid_scale and not 0.25 <= args.grid_scale <= 4:
+        raise ValueError(f"--grid-scale {args.grid_scale:g}: between 0.25 and 4 (0: the checkpoint's own)")
     refit_hyperprior(RefitConfig(args.checkpoint, args.data, args.out, steps=args.steps, lr=args.lr,
                                  batch_size=args.batch_size, crop=args.crop, val_data=args.val_data,
-                                 seed=args.seed, threads=args.threads, resume=args.resume, reinit=args.reinit))
+                                 seed=args.seed, threads=args.threads, resume=args.resume, reinit=args.reinit,
+                                 grid_scale=args.grid_scale))
     return 0

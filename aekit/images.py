@@ -395,6 +395,21 @@ def _check_pixels(name: str, w: int, h: int, max_pixels: int) -> None:
         raise ImageLimitError(f"{name}: {w}x{h} = {w * h} pixels exceeds the limit of {max_pixels}")
 
 
+def resample_matrix(n_in: int, n_out: int) -> np.ndarray:
+    """float64 (n_out, n_in) matrix M with M @ v = Pillow's float BICUBIC resize of a row v to n_out samples
+    (Keys' cubic, a = −0.5, half-pixel centres, the kernel stretched by n_in / n_out when shrinking).
+
+    Pillow resamples separably, so an image X (H, W) resizes to M_h @ X @ M_w.T. These are the Resize
+    nodes of `aekit rescale`'s graphs (export/rescale.py, tested equal to Pillow to 1e-5): training through
+    them (`aekit train --grid-scale`) fits a transform to the grid its rescaled model will run it on.
+    """
+    if n_in < 1 or n_out < 1:
+        raise ValueError(f"resample_matrix: sizes must be >= 1 (got {n_in} -> {n_out})")
+    eye = Image.fromarray(np.eye(n_in, dtype=np.float32), mode="F")  # row i: the unit impulse at i
+    rows = np.asarray(eye.resize((n_out, n_in), Image.Resampling.BICUBIC), dtype=np.float64)
+    return np.ascontiguousarray(rows.T)
+
+
 def probe_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageInfo:
     """Size and gray/colour of an image file from its header (no pixels decoded); ImageError if unusable."""
     path = Path(path)

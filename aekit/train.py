@@ -28,11 +28,12 @@ from aekit.augment import (  # noqa: F401 - DEFECT_KINDS, paste_defects: still i
 from aekit.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from aekit.config import ModelConfig
 from aekit.data import DataConfig, ImageSet, report_skipped, split_samples, subsample
-from aekit.images import scan_folder
+from aekit.images import resample_matrix, scan_folder
 from aekit.losses import ReconstructionLoss
 from aekit.machine import usable_cores
 from aekit.metrics import psnr_torch
 from aekit.models import Autoencoder, build_model
+from aekit.models.base import AEOutput
 
 
 log = logging.getLogger(__name__)
@@ -73,6 +74,7 @@ class TrainConfig:
     distill_from: str | None = None  # RD archs: a teacher checkpoint whose y = g_a(x) the student's g_a learns
     distill_weight: float = 0.01  # weight of mean((y - y_teacher)^2), y in quantisation steps
     distill_epochs: int = 0  # epochs with the distillation term (0: all)
+    grid_scale: float = 1.0  # RD archs: the model sees each image resampled by this (bicubic), x̂ resampled back
     data_cfg: DataConfig = field(default_factory=DataConfig)
 
     @classmethod
@@ -141,6 +143,10 @@ class Trainer:
         if big:
             raise ValueError(f"--progressive {tcfg.progressive!r}: size {big[0]} is not below the training size {side} "
                              "(progressive resizing trains on down-scaled images first)")
+        if tcfg.grid_scale != 1.0 and not (mcfg.rd and 0.25 <= tcfg.grid_scale <= 4):
+            raise ValueError(f"--grid-scale {tcfg.grid_scale:g}: applies to rate-distortion archs only, "
+                             "between 0.25 and 4")
+        self._resamplers: dict[tuple[int, int, str], torch.Tensor] = {}
         if mcfg.rd and tcfg.rate_weight <= 0:
             raise ValueError(f"arch {mcfg.arch!r} is rate-distortion trained: give --rate-weight "
                              "(the weight of the bits per pixel against the distortion, e.g. 0.005)")
@@ -375,7 +381,7 @@ class Trainer:
         with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
                             enabled=self.amp_dtype is not None):
             inp = corrupt(x, self.noise) if self.noise else x  # denoising: clean targets
-            out = self.net(inp)
+            out = self._forward(self.net, inp)
             loss, parts = self.loss_fn(out.x_hat.float(), x)
             if out.kl is not None:
                 parts["kl"] = float(out.kl.detach())
@@ -400,6 +406,29 @@ class Trainer:
         parts["_psnr_sum"] = float(psnr_torch(out.x_hat.detach().float(), x).sum())  # the codec's PSNR, summed
         return float(loss.detach()), parts
 
+    def _forward(self, net: torch.nn.Module, x: torch.Tensor) -> AEOutput:
+        """net(x), or with --grid-scale s: net(R_s x) and x̂ resampled back to x's size (bicubic, Pillow's
+        filter: aekit.images.resample_matrix, differentiable). The rate stays per pixel of x (the image's
+        own grid), so λ means what it means for a model that runs at scale 1."""
+        s = self.tcfg.grid_scale
+        if s == 1.0:
+            return net(x)
+        h, w = x.shape[-2:]
+        H, W = max(1, round(h * s)), max(1, round(w * s))
+        out = net(self._resample(x, H, W))
+        out.x_hat = self._resample(out.x_hat, h, w)
+        return out
+
+    def _resample(self, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        """(B, C, H, W) -> (B, C, h, w): M_h @ x @ M_w.T with the bicubic matrices (cached per size)."""
+        def m(n_in: int, n_out: int) -> torch.Tensor:
+            key = (n_in, n_out, str(x.device))
+            if key not in self._resamplers:
+                self._resamplers[key] = torch.from_numpy(resample_matrix(n_in, n_out)).float().to(x.device)
+            return self._resamplers[key]
+
+        return m(x.shape[-2], h) @ x @ m(x.shape[-1], w).T
+
     @torch.no_grad()
     def evaluate(self, data: ImageSet) -> dict[str, float]:
         """Loss and MSE with truly rounded latents (eval mode), as the codec will decode."""
@@ -408,7 +437,7 @@ class Trainer:
         gen = torch.Generator(self.device).manual_seed(self.tcfg.seed)  # the same corruption every epoch
         for batch in data.batches(self.tcfg.batch_size, None):
             x = to_tensor(batch, self.device)
-            out = self.model(corrupt(x, self.noise, gen) if self.noise else x)
+            out = self._forward(self.model, corrupt(x, self.noise, gen) if self.noise else x)
             loss, _ = self.loss_fn(out.x_hat, x)
             px = x.shape[0] * x.shape[2] * x.shape[3]
             bpp = float(self.model.rate_bpp(out, px)) if self.tcfg.rate_weight > 0 else 0.0
@@ -485,6 +514,8 @@ class Trainer:
             "device": str(self.device),
             "torch": str(torch.__version__),
         }
+        if self.tcfg.grid_scale != 1.0:  # trained for a resampled grid: `aekit rescale` it (README, Training)
+            summary["grid_scale"] = self.tcfg.grid_scale
         # tanh models: the empirical symbol histogram; RD models export tables from their prior,
         # refitted first to the trained encoder's latents (the transform is fixed by then)
         if self.mcfg.rd:
@@ -513,6 +544,8 @@ class Trainer:
         with torch.no_grad():
             for batch in self.train_set.batches(self.tcfg.batch_size, rng):
                 x = to_tensor(batch, self.device)
+                if self.tcfg.grid_scale != 1.0:  # the latents of the grid the model was trained on
+                    x = self._resample(x, round(x.shape[-2] * self.tcfg.grid_scale), round(x.shape[-1] * self.tcfg.grid_scale))
                 ys.append(self.model.prior_inputs(x).float())
                 seen += len(x)
                 if seen >= self.tcfg.hist_images:

@@ -114,3 +114,68 @@ def test_cli_prints_the_train_command_and_refuses_to_overwrite(hp_run, tmp_path,
            f"--init-from {out} --rate-weight" in text
     assert main(["import", str(model), "--out", str(out)]) == 2
     assert "exists (--force replaces it)" in capsys.readouterr().err
+
+
+def test_resample_matrices_are_pillows_bicubic_resize():
+    from PIL import Image
+
+    from aekit.images import resample_matrix
+
+    x = np.random.default_rng(0).random((40, 52)).astype(np.float32)
+    for h, w in ((60, 78), (27, 35)):  # enlarging, and shrinking (the kernel stretched: antialiased)
+        ref = np.asarray(Image.fromarray(x, mode="F").resize((w, h), Image.Resampling.BICUBIC))
+        np.testing.assert_allclose(resample_matrix(40, h) @ x @ resample_matrix(52, w).T, ref, atol=1e-5)
+    with pytest.raises(ValueError, match="sizes must be >= 1"):
+        resample_matrix(0, 3)
+
+
+def test_grid_scale_trains_for_the_rescaled_grid_and_is_refused_where_it_means_nothing(gray_dir, tmp_path):
+    from aekit.data import DataConfig
+    from aekit.export.onnx import export_model
+    from aekit.export.rescale import rescale_model
+    from aekit.train import Trainer, TrainConfig, train
+
+    data = DataConfig(resize="none", max_images=64, workers=2)
+    tcfg = TrainConfig(data=str(gray_dir / "train"), out=str(tmp_path / "run"), epochs=1, batch_size=16, lr=1e-3,
+                       seed=0, rate_weight=0.005, grid_scale=1.5, data_cfg=data)
+    mcfg = ModelConfig(arch="gdn", channels=1, ratio=9, width=8, down_factor=6)  # 4 channels at H/6
+    trainer = Trainer(tcfg, mcfg)
+    x = torch.rand(2, 1, 28, 28) * 2 - 1
+    out = trainer._forward(trainer.model.eval(), x)
+    assert out.x_hat.shape == x.shape and out.y.shape[-2:] == (7, 7)  # 42 px on the 1.5x grid: H/6 there
+    summary = trainer.run()
+    assert summary["grid_scale"] == 1.5
+    model = export_model(tmp_path / "run" / "best.pt", tmp_path / "m9", speed=False)
+    m = rescale_model(model, tmp_path / "m4", 4)  # 4 channels at H/4: the 1.5x grid's latent shape, 1/4
+    assert (m["ratio"], m["factor"]) == (4, 4)
+    with pytest.raises(ValueError, match="--grid-scale 1.5: applies to rate-distortion archs only"):
+        train(TrainConfig(data=str(gray_dir / "train"), out=str(tmp_path / "d"), epochs=1, grid_scale=1.5,
+                          data_cfg=data), ModelConfig(arch="dcgan", channels=1, ratio=4))
+
+
+def test_refit_caches_latents_on_the_grid_the_checkpoint_was_trained_for(hp_run, tmp_path, photos_dir, monkeypatch):
+    from aekit import hyperfit
+    from aekit.checkpoint import save_checkpoint
+
+    run, _ = hp_run
+    ckpt = load_checkpoint(run / "best.pt")
+    ckpt["summary"] = {**ckpt.get("summary", {}), "grid_scale": 1.5}
+    save_checkpoint(tmp_path / "g.pt", {k: v for k, v in ckpt.items() if k not in ("format", "version")})
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def cache(model, images, scales, mirror=True):
+        seen.append(tuple(round(s, 6) for s in scales))
+        if len(seen) == 2:
+            raise Stop
+        return []
+
+    monkeypatch.setattr(hyperfit, "latent_cache", cache)
+    for grid, want in ((0.0, 1.5), (2.0, 2.0)):  # the checkpoint's own grid, or the option's
+        seen.clear()
+        with pytest.raises(Stop):
+            hyperfit.refit_hyperprior(hyperfit.RefitConfig(str(tmp_path / "g.pt"), str(photos_dir), str(tmp_path / f"rf{grid}"),
+                                                           val_data=str(photos_dir), grid_scale=grid))
+        assert seen == [tuple(round(s * want, 6) for s in (1.0, 0.7, 0.5)), (want,)]
