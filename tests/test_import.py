@@ -95,7 +95,7 @@ def test_a_factorized_model_with_residual_units_imports(gray_dir, tmp_path):
 
 
 @pytest.mark.parametrize("name,why", [
-    ("photos-r4", "a rescaled model (aekit rescale of photos-r9"),
+    ("photos-r4-hq", "a rescaled model (aekit rescale of photos-r9-hq"),
     ("photos-r9-fast", "its encoder ships as int8 only"),
     ("fmnist-detect", "arch 'dcgan': only rate-distortion models"),
 ])
