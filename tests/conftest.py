@@ -122,6 +122,22 @@ def rgb_photos(photos_dir) -> list[np.ndarray]:
 
 
 @pytest.fixture(scope="session")
+def hp_model(tmp_path_factory, photos_dir) -> Path:
+    """A small gdn-hp model at 1/9, RD-trained for seconds on the bundled photos, exported (its run folder is
+    the parent of the manifest's training.checkpoint)."""
+    from aekit.config import ModelConfig
+    from aekit.data import DataConfig
+    from aekit.export.onnx import export_model
+    from aekit.train import TrainConfig, train
+
+    run = tmp_path_factory.mktemp("hp-run")
+    tcfg = TrainConfig(data=str(photos_dir), out=str(run), epochs=3, batch_size=8, lr=1e-3, seed=0, rate_weight=0.01,
+                       data_cfg=DataConfig(resize="random-crop", size=96, repeat=2, workers=2))
+    train(tcfg, ModelConfig(arch="gdn-hp", channels=3, ratio=9, width=16))
+    return export_model(run / "best.pt", tmp_path_factory.mktemp("hp-model") / "hp-r9", speed=False)
+
+
+@pytest.fixture(scope="session")
 def train_tiny(tmp_path_factory):
     """Factory: train_tiny(channels, ratio, data="", **overrides) -> run folder with best.pt (cached)."""
     cache: dict[tuple, Path] = {}

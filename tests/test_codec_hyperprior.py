@@ -169,20 +169,6 @@ def test_a_narrower_encoder_trains_behind_a_frozen_decoder_and_learns_the_teache
         ModelConfig(arch="gdn", hyper_width=4)
 
 
-@pytest.fixture(scope="module")
-def hp_model(tmp_path_factory, photos_dir):
-    """A small gdn-hp model at 1/9, RD-trained for seconds on the bundled photos, exported."""
-    from aekit.data import DataConfig
-    from aekit.export.onnx import export_model
-    from aekit.train import TrainConfig, train
-
-    run = tmp_path_factory.mktemp("hp-run")
-    tcfg = TrainConfig(data=str(photos_dir), out=str(run), epochs=3, batch_size=8, lr=1e-3, seed=0, rate_weight=0.01,
-                       data_cfg=DataConfig(resize="random-crop", size=96, repeat=2, workers=2))
-    train(tcfg, ModelConfig(arch="gdn-hp", channels=3, ratio=9, width=16))
-    return export_model(run / "best.pt", tmp_path_factory.mktemp("hp-model") / "hp-r9", speed=False)
-
-
 def test_export_writes_the_hyperprior_and_pins_it_in_the_model_id(hp_model):
     from aekit.export.manifest import load_manifest
 

@@ -12,17 +12,13 @@ from aekit.config import ModelConfig
 
 
 @pytest.fixture(scope="module")
-def hp_run(tmp_path_factory, photos_dir):
-    """A small gdn-hp model at 1/9, RD-trained for seconds on the bundled photos: (run folder, exported model)."""
-    from aekit.data import DataConfig
-    from aekit.export.onnx import export_model
-    from aekit.train import TrainConfig, train
+def hp_run(hp_model):
+    """conftest's small gdn-hp model: (its run folder, the exported model)."""
+    from pathlib import Path
 
-    run = tmp_path_factory.mktemp("imp-run")
-    tcfg = TrainConfig(data=str(photos_dir), out=str(run), epochs=2, batch_size=8, lr=1e-3, seed=0, rate_weight=0.01,
-                       data_cfg=DataConfig(resize="random-crop", size=96, repeat=2, workers=2))
-    train(tcfg, ModelConfig(arch="gdn-hp", channels=3, ratio=9, width=16))
-    return run, export_model(run / "best.pt", tmp_path_factory.mktemp("imp-model") / "hp", speed=False)
+    from aekit.export.manifest import load_manifest
+
+    return Path(load_manifest(hp_model)["training"]["checkpoint"]).parent, hp_model
 
 
 def _images() -> np.ndarray:
