@@ -238,7 +238,7 @@ def import_model(model: str | Path, out: str | Path, force: bool = False) -> dic
 
     from aekit.checkpoint import save_checkpoint
     from aekit.config import ModelConfig
-    from aekit.export.entropy import rd_counts
+    from aekit.export.entropy import _untrim, rd_counts
     from aekit.models import build_model
 
     folder = Path(model)
@@ -277,10 +277,7 @@ def import_model(model: str | Path, out: str | Path, force: bool = False) -> dic
         _load_sequence(net.hyper_encoder, graph_layers(folder / Path(hyper["encoder"]).name),
                        f"{folder}/{Path(hyper['encoder']).name}")
         _load_hyper_decoder(net, m, folder)
-        z_counts = np.zeros((int(hyper["channels"]), 2 * half + 1), dtype=np.int64)
-        for c, (lo, vals) in enumerate(hyper["tables"]):
-            z_counts[c, int(lo):int(lo) + len(vals)] = vals
-        targets = [(1.0, z_counts)]
+        targets = [(1.0, _untrim(hyper["tables"], 2 * half + 1))]
     else:
         targets = [(float(q["step"]), rd_counts(m, int(q["quality"]))) for q in m["entropy"]["qualities"]]
     torch.manual_seed(0)
@@ -320,7 +317,8 @@ def import_model(model: str | Path, out: str | Path, force: bool = False) -> dic
     record["rate_weight"] = None if lam is None else float(f"{lam:.3g}")
     training = dict(m.get("training") or {})
     save_checkpoint(out, {"model_config": cfg.to_dict(), "state_dict": net.state_dict(),
-                          "epoch": int(training.get("best_epoch", training.get("epochs", 1) - 1) or 0),
+                          # 0-based, as aekit train saves it (the summary's best_epoch counts from 1)
+                          "epoch": max(0, int(training.get("best_epoch") or training.get("epochs") or 1) - 1),
                           "history": [], "summary": {**training, "imported": record}, "latent_hist": [],
                           # an export of this checkpoint chooses its default quality at this λ (export/onnx.py)
                           "train_config": {} if lam is None else {"rate_weight": record["rate_weight"]}})
