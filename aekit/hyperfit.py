@@ -193,7 +193,8 @@ def refit_hyperprior(cfg: RefitConfig) -> Path:
         if (it + 1) % cfg.log_every == 0 or it + 1 == cfg.steps:
             row = {"step": it + 1, "train_bits_per_element": round(run_loss / n, 5), "lr": sched.get_last_lr()[0],
                    "val_bpp": val_bpp(), "time_s": round(before_s + time.perf_counter() - t0, 1)}
-            log.info("step %d  train %.4f bits/element  val bpp %s", it + 1, row["train_bits_per_element"], row["val_bpp"])
+            log.info("step %d  train %.4f bits/element%s", it + 1, row["train_bits_per_element"],
+                     f"  val bpp {row['val_bpp']}" if val else "")
             with open(out / "log.jsonl", "a") as f:
                 f.write(json.dumps(row) + "\n")
             run_loss, n = 0.0, 0
