@@ -83,15 +83,15 @@ def tmp_zoo(tmp_path, monkeypatch):
 def test_info_shows_the_int8_variants(capsys):
     """`aekit info` of the shipped photo models names their int8 variants (7-bit weights since session 10):
     photos-r9 both networks, photos-r9-hq its decoder only (with its encoder too, even with the output layer
-    in fp32, it lost 0.36 dB, over the 0.3 dB limit); photos-r4 and photos-r4-hq (photos-r9 fine-tuned on the
-    1.5x grid, and photos-r9-hq, rescaled) both networks, their own (added to the rescaled graphs), and say what they were rescaled from."""
+    in fp32, it lost 0.36 dB, over the 0.3 dB limit); photos-r4 and photos-r4-hq (photos-r9 and photos-r9-hq, each
+    fine-tuned on the 1.5x grid, rescaled) both networks, their own (added to the rescaled graphs), and say what they were rescaled from."""
     assert main(["info", "photos-r9-hq"]) == 0
     out = capsys.readouterr().out
     assert "int8 variant decoder (" in out and "encoder_int8" not in out
     assert main(["info", "photos-r9"]) == 0
     out = capsys.readouterr().out
     assert "int8 variant encoder + decoder" in out and "kept in fp32" not in out
-    for name, src in (("photos-r4", "photos-r9-g15 (9922af08c6ba2ad3"), ("photos-r4-hq", "photos-r9-hq (674cf98f5f4ee67e")):
+    for name, src in (("photos-r4", "photos-r9-g15 (9922af08c6ba2ad3"), ("photos-r4-hq", "photos-r9-hq-g15 (587c55b1c7c01390")):
         assert main(["info", name]) == 0
         out = capsys.readouterr().out
         assert "int8 variant encoder + decoder" in out and f"rescaled     {src}, 1/9 at H/12) on a grid 1.5x" in out
