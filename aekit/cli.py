@@ -272,7 +272,9 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--latent-levels", type=int, default=m.latent_levels, help="quantisation levels (<=256)")
     p.add_argument("--quant", choices=("noise", "ste"), default=m.quant, help="training quantisation proxy")
     p.add_argument("--epochs", type=at_least(1), default=20, help="training epochs")
-    p.add_argument("--time-budget", type=at_least(0.0, kind=float), default=0.0, help="minutes (0: no limit)")
+    p.add_argument("--time-budget", type=at_least(0.0, kind=float), default=0.0,
+                   help="minutes of training for the whole run, a resumed run's earlier epochs included: it stops "
+                   "after the epoch that crosses them (0: no limit)")
     p.add_argument("--stop-after", type=at_least(0), default=0, help="stop after this many epochs of this "
                    "invocation, checkpointed (0: no limit); --resume goes on with the same lr schedule")
     p.add_argument("--batch-size", type=at_least(1), default=32, help="images per step")

@@ -48,7 +48,7 @@ class TrainConfig:
     out: str  # run folder for checkpoints and logs
     val_data: str | None = None  # separate validation folder; default: a split of data
     epochs: int = 20  # passes over the training set
-    time_budget: float = 0.0  # minutes; stop after the epoch that crosses it (0 = no limit)
+    time_budget: float = 0.0  # minutes of the whole run, resumed epochs included; stop after the epoch crossing it
     stop_after: int = 0  # epochs of this invocation, then stop (checkpointed; --resume goes on with the same schedule)
     batch_size: int = 32  # images per step
     lr: float = 1e-3  # Adam learning rate (cosine-decayed to 5% over `epochs`)

@@ -60,6 +60,9 @@ def test_resume_reproduces_an_uninterrupted_run(gray_dir, tmp_path):
     assert train(*tiny(data, tmp_path / "b", epochs=3), resume=True)["epochs"] == 3
     # a resume with other training settings is another experiment: refused, naming what differs
     train(*tiny(data, tmp_path / "c", epochs=2, time_budget=1e-9))
+    # --time-budget counts the whole run's epochs, the resumed ones too: a resume past it runs one epoch
+    train(*tiny(data, tmp_path / "c", epochs=3, time_budget=1e-9), resume=True)
+    assert len(load_checkpoint(tmp_path / "c" / "last.pt")["history"]) == 2
     with pytest.raises(CheckpointError, match=r"other settings \(lr 0\.001 \(now 0\.5\)\)"):
         train(*tiny(data, tmp_path / "c", epochs=2, lr=0.5), resume=True)
 
