@@ -113,35 +113,26 @@ if need photos-r9-hq || need photos-r4-hq; then
   nice -n 19 aekit add-int8 models/zoo/photos-r9-hq --calib-data data/photos/train --int8-check-data data/photos/test
   [[ ${CARDS:-1} == 1 ]] && need photos-r9-hq && nice -n 19 python -m aekit.bench.zoo build photos-r9-hq
 fi
-# photos-r4's transform: photos-r9's (aekit import of the export above) fine-tuned on the training crops enlarged
-# 1.5x (--grid-scale 1.5: the grid aekit rescale runs it on; 55-minute budget, 10 epochs recorded), its hyperprior
-# then refitted on that grid (refit-hyperprior reads the grid from the checkpoint). Not shipped itself.
-if need photos-r4; then
-  [[ -f runs/zoo/photos-r9-g15/last.pt ]] || { nice -n 19 aekit import models/zoo/photos-r9 --force \
-    --out runs/zoo/photos-r9-imported.pt; init="--init-from runs/zoo/photos-r9-imported.pt"; }
-  train photos-r9-g15 data/photos/train --arch gdn-hp --channels 3 --ratio 9 --width 128 --size 192 --resize random-crop \
-    --repeat 16 --batch-size 8 --epochs 45 --time-budget 55 --lr 5e-5 --freeze-epochs 0 --clip-grad 1.0 \
-    --rate-weight 0.01 --grid-scale 1.5 ${init:-}
+# The 1/4 models' transforms: photos-r9's and photos-r9-hq's (aekit import of the exports above) fine-tuned on the
+# training crops enlarged 1.5x (--grid-scale 1.5: the grid aekit rescale runs them on), each at its own rate weight,
+# their hyperpriors then refitted on that grid (refit-hyperprior reads the grid from the checkpoint). Not shipped
+# themselves. Recorded: photos-r9-g15 55-minute budget, 10 epochs; photos-r9-hq-g15 45 minutes, 8 epochs (best.pt =
+# epoch 6 by validation loss).
+for spec in "photos-r4 photos-r9 0.01 55" "photos-r4-hq photos-r9-hq 0.0025 45"; do
+  read -r name src rw budget <<< "$spec"
+  need $name || continue
+  g=$src-g15
+  [[ -f runs/zoo/$g/last.pt ]] || { nice -n 19 aekit import models/zoo/$src --force \
+    --out runs/zoo/$src-imported.pt; init="--init-from runs/zoo/$src-imported.pt"; }
+  train $g data/photos/train --arch gdn-hp --channels 3 --ratio 9 --width 128 --size 192 --resize random-crop \
+    --repeat 16 --batch-size 8 --epochs 45 --time-budget $budget --lr 5e-5 --freeze-epochs 0 --clip-grad 1.0 \
+    --rate-weight $rw --grid-scale 1.5 ${init:-}
   unset init
-  rf=runs/zoo/photos-r9-g15-rf; resume=""; [[ -f $rf/last.pt ]] && resume="--resume"
-  [[ -f $rf/best.pt ]] || nice -n 19 aekit refit-hyperprior runs/zoo/photos-r9-g15/best.pt data/photos/train \
+  rf=runs/zoo/$g-rf; resume=""; [[ -f $rf/last.pt ]] && resume="--resume"
+  [[ -f $rf/best.pt ]] || nice -n 19 aekit refit-hyperprior runs/zoo/$g/best.pt data/photos/train \
     --out $rf --steps 2000 --lr 5e-4 --threads ${THREADS:-1} $resume
-  nice -n 19 aekit export $rf/best.pt --out models/zoo/photos-r9-g15 --force
-fi
-# photos-r4-hq's transform: photos-r9-hq's the same way, at its own rate weight (0.0025; 45-minute budget, 8 epochs
-# recorded, best.pt = epoch 6 by validation loss), its hyperprior refitted on the 1.5x grid. Not shipped itself.
-if need photos-r4-hq; then
-  [[ -f runs/zoo/photos-r9-hq-g15/last.pt ]] || { nice -n 19 aekit import models/zoo/photos-r9-hq --force \
-    --out runs/zoo/photos-r9-hq-imported.pt; init="--init-from runs/zoo/photos-r9-hq-imported.pt"; }
-  train photos-r9-hq-g15 data/photos/train --arch gdn-hp --channels 3 --ratio 9 --width 128 --size 192 \
-    --resize random-crop --repeat 16 --batch-size 8 --epochs 45 --time-budget 45 --lr 5e-5 --freeze-epochs 0 \
-    --clip-grad 1.0 --rate-weight 0.0025 --grid-scale 1.5 ${init:-}
-  unset init
-  rf=runs/zoo/photos-r9-hq-g15-rf; resume=""; [[ -f $rf/last.pt ]] && resume="--resume"
-  [[ -f $rf/best.pt ]] || nice -n 19 aekit refit-hyperprior runs/zoo/photos-r9-hq-g15/best.pt data/photos/train \
-    --out $rf --steps 2000 --lr 5e-4 --threads ${THREADS:-1} $resume
-  nice -n 19 aekit export $rf/best.pt --out models/zoo/photos-r9-hq-g15 --force
-fi
+  nice -n 19 aekit export $rf/best.pt --out models/zoo/$g --force
+done
 # photos-r4 and photos-r4-hq: those two transforms on a grid 1.5x as fine (aekit rescale: 48 channels at H/8 of the
 # image, exactly 1/4; bicubic resampling in the graphs, the same tables).
 for name in photos-r4 photos-r4-hq; do
