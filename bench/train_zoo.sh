@@ -90,19 +90,19 @@ for r in 9; do
   rf=runs/zoo/photos-r$r-hp-s6; resume=""; [[ -f $rf/last.pt ]] && resume="--resume"
   [[ -f $rf/best.pt ]] || nice -n 19 aekit refit-hyperprior runs/zoo/photos-r$r-hp-s5/best.pt data/photos/train \
     --out $rf --steps 2000 --lr 5e-4 --threads ${THREADS:-1} $resume
-  # stage 7: stage 6 trained on end to end at lr 5e-5 (50-minute budget; recorded: 19 epochs, best.pt = epoch 15), then
-  # stage 8 refits its hyperprior. The recorded run started from `aekit import` of stage 6's export (model
-  # ba27f75af0f30e5c, photos-r9 until 2026-12-01): the same weights as stage 6's best.pt.
-  [[ -f runs/zoo/photos-r$r-hp-s7/last.pt ]] || init="--init-from $rf/best.pt"
-  train photos-r$r-hp-s7 data/photos/train --arch gdn-hp --channels 3 --ratio $r --width 128 --size 192 \
-    --resize random-crop --repeat 16 --batch-size 8 --epochs 30 --time-budget 50 --lr 5e-5 --freeze-epochs 0 \
-    --clip-grad 1.0 --rate-weight 0.01 ${init:-}; unset init
-  rf8=runs/zoo/photos-r$r-hp-s8; resume=""; [[ -f $rf8/last.pt ]] && resume="--resume"
-  [[ -f $rf8/best.pt ]] || nice -n 19 aekit refit-hyperprior runs/zoo/photos-r$r-hp-s7/best.pt data/photos/train \
-    --out $rf8 --steps 2000 --lr 5e-4 --threads ${THREADS:-1} $resume
   # photos-r4's transform starts from stage 6 (its grid fine-tune was recorded from that model)
   need photos-r4 && nice -n 19 aekit export $rf/best.pt --out models/zoo/photos-r$r-s6 --force
   if need photos-r$r; then
+    # stage 7: stage 6 trained on end to end at lr 5e-5 (50-minute budget; recorded: 19 epochs, best.pt = epoch 15), then
+    # stage 8 refits its hyperprior. The recorded run started from `aekit import` of stage 6's export (model
+    # ba27f75af0f30e5c, photos-r9 until 2026-12-01): the same weights as stage 6's best.pt.
+    [[ -f runs/zoo/photos-r$r-hp-s7/last.pt ]] || init="--init-from $rf/best.pt"
+    train photos-r$r-hp-s7 data/photos/train --arch gdn-hp --channels 3 --ratio $r --width 128 --size 192 \
+      --resize random-crop --repeat 16 --batch-size 8 --epochs 30 --time-budget 50 --lr 5e-5 --freeze-epochs 0 \
+      --clip-grad 1.0 --rate-weight 0.01 ${init:-}; unset init
+    rf8=runs/zoo/photos-r$r-hp-s8; resume=""; [[ -f $rf8/last.pt ]] && resume="--resume"
+    [[ -f $rf8/best.pt ]] || nice -n 19 aekit refit-hyperprior runs/zoo/photos-r$r-hp-s7/best.pt data/photos/train \
+      --out $rf8 --steps 2000 --lr 5e-4 --threads ${THREADS:-1} $resume
     nice -n 19 aekit export $rf8/best.pt --out models/zoo/photos-r$r --force
     # int8 variants of both networks (aekit compress/decompress --int8: the same model id, 2.3-2.7x faster networks)
     nice -n 19 aekit add-int8 models/zoo/photos-r$r --encoder --calib-data data/photos/train \
