@@ -135,7 +135,7 @@ SPECS: dict[str, Spec] = {
         "the 5 held-out photos of aekit data photos", "skimage:astronaut",
         ["Trained on 16 photos: figures on the 5 held-out photos are the honest ones; the bundled photos it trained "
          "on (marked by aekit demo) flatter it.",
-         "Small and CPU-trained (6 training stages, about 210 epochs of 14 x 16 random 192-px crops, one shared CPU "
+         "Small and CPU-trained (6 training stages, about 200 epochs of 14 x 16 random 192-px crops, one shared CPU "
          "thread, and two 2,000-step hyperprior refits; time above): it beats JPEG on the held-out photos "
          "(BD-rate above) but not WebP or AVIF, and it saturates at high rates (about 32.5 dB), where JPEG and the "
          "linear klt baseline reach higher PSNR (trained at one rate weight, 0.01).",
