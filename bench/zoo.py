@@ -49,14 +49,22 @@ PHOTO_CMD = ("aekit train data/photos/train --arch gdn --ratio {r} --width 128 -
              "--clip-grad 1.0 --rate-weight 0.01 --threads 1 --seed 0 --init-from runs/photos-hp-r{r}-s4/last.pt && "
              "aekit refit-hyperprior runs/photos-hp-r{r}-s5/best.pt data/photos/train --out runs/photos-hp-r{r}-s6 "
              "--steps 2000 --lr 5e-4 --threads 1")
-# photos-r9's stages 7 and 8 (2026-12-01, session 15): stage 6's export imported back to a checkpoint (this machine had
-# lost the run folder), trained on end to end at lr 5e-5, its hyperprior refitted again.
-PHOTO_S7 = (" && aekit export runs/photos-hp-r{r}-s6/best.pt --out models/photos-r{r}-s6 && aekit import "
-            "models/photos-r{r}-s6 --out runs/r9n/imported.pt && aekit train data/photos/train --arch gdn-hp --channels 3 "
-            "--ratio {r} --width 128 --size 192 --resize random-crop --repeat 16 --batch-size 8 --epochs 30 --time-budget 50 "
-            "--lr 5e-5 --freeze-epochs 0 --clip-grad 1.0 --rate-weight 0.01 --threads 1 --seed 0 --init-from "
-            "runs/r9n/imported.pt --out runs/r9n/ft && aekit refit-hyperprior runs/r9n/ft/best.pt data/photos/train "
-            "--out runs/r9n/rf --steps 2000 --lr 5e-4 --threads 2")
+
+
+def finetune_cmd(source_run: str, export: str, run: str, rate_weight: float, epochs: int, budget: int,
+                 grid_scale: float = 0.0, refit: str = "", refit_threads: int = 2) -> str:
+    """The recipe of a gdn-hp photo transform trained on from an earlier one (sessions 13-15): its run exported,
+    imported back to a checkpoint (the machine had lost the run folder), trained end to end at lr 5e-5 (on the
+    grid --grid-scale enlarges, for a rescaled model) and its hyperprior refitted."""
+    grid = f" --grid-scale {grid_scale:g}" if grid_scale else ""
+    return (f"aekit export {source_run}/best.pt --out {export} && aekit import {export} --out {run}/imported.pt && "
+            "aekit train data/photos/train --arch gdn-hp --channels 3 --ratio 9 --width 128 --size 192 --resize random-crop "
+            f"--repeat 16 --batch-size 8 --epochs {epochs} --time-budget {budget} --lr 5e-5 --freeze-epochs 0 "
+            f"--clip-grad 1.0 --rate-weight {rate_weight:g}{grid} --init-from {run}/imported.pt --threads 1 --seed 0 "
+            f"--out {run}/ft && aekit refit-hyperprior {run}/ft/best.pt data/photos/train --out {refit or run + '/rf'} "
+            f"--steps 2000 --lr 5e-4 --threads {refit_threads}")
+
+
 FM_CMD = ("aekit train data/fmnist/train --resize none --channels 1 --width 32 --batch-size 64 --max-images 10000 "
           "--epochs 8 --ratio {r} --threads 1 --seed 0 --out runs/zoo/{name}")
 FM_RD_ARGS = ("data/fmnist/train --arch gdn --channels 1 --ratio {r} --factor {f} --width 64 --res-blocks 2 --resize none "
@@ -104,22 +112,13 @@ SOURCES: dict[str, Spec] = {
     "photos-r9-g15": Spec(
         "codec", "photos-r9's transform fine-tuned on crops enlarged 1.5x (the grid photos-r4 runs it on)", PHOTO_TRAIN,
         "as photos-r9",
-        "aekit export runs/photos-hp-r9-s6/best.pt --out models/photos-r9-s6 && "  # photos-r9 until 2026-12-01
-        "aekit import models/photos-r9-s6 --out runs/r4g/imported.pt && aekit train data/photos/train --arch gdn-hp "
-        "--channels 3 --ratio 9 --width 128 --size 192 --resize random-crop --repeat 16 --batch-size 8 --epochs 45 "
-        "--time-budget 55 --lr 5e-5 --freeze-epochs 0 --clip-grad 1.0 --rate-weight 0.01 --grid-scale 1.5 "
-        "--init-from runs/r4g/imported.pt --threads 1 --seed 0 --out runs/r4g/ft && aekit refit-hyperprior "
-        "runs/r4g/ft/best.pt data/photos/train --out runs/r4g/rf --steps 2000 --lr 5e-4 --threads 2",
+        finetune_cmd("runs/photos-hp-r9-s6", "models/photos-r9-s6", "runs/r4g", 0.01, 45, 55, grid_scale=1.5),  # from photos-r9 until 2026-12-01
         "runs/r4g/rf", "data/photos/test", "the 5 held-out photos of aekit data photos", "skimage:astronaut"),
     "photos-r9-hq-g15": Spec(
         "codec", "photos-r9-hq's transform fine-tuned on crops enlarged 1.5x (the grid photos-r4-hq runs it on)",
         PHOTO_TRAIN, "as photos-r9-hq",
-        "aekit export runs/photos-hq-r9-rf/best.pt --out models/photos-r9-hq-rf && "  # photos-r9-hq until 2026-12-01
-        "aekit import models/photos-r9-hq-rf --out runs/hq/imported.pt && aekit train data/photos/train --arch gdn-hp "
-        "--channels 3 --ratio 9 --width 128 --size 192 --resize random-crop --repeat 16 --batch-size 8 --epochs 45 "
-        "--time-budget 45 --lr 5e-5 --freeze-epochs 0 --clip-grad 1.0 --rate-weight 0.0025 --grid-scale 1.5 "
-        "--init-from runs/hq/imported.pt --threads 1 --seed 0 --out runs/hq/ft && aekit refit-hyperprior "
-        "runs/hq/ft/best.pt data/photos/train --out runs/hq/ftrf --steps 2000 --lr 5e-4 --threads 2",
+        finetune_cmd("runs/photos-hq-r9-rf", "models/photos-r9-hq-rf", "runs/hq", 0.0025, 45, 45, grid_scale=1.5,
+                     refit="runs/hq/ftrf"),  # from photos-r9-hq until 2026-12-01
         "runs/hq/ftrf", "data/photos/test", "the 5 held-out photos of aekit data photos", "skimage:astronaut"),
 }
 
@@ -131,7 +130,8 @@ SPECS: dict[str, Spec] = {
                  "hyperprior refitted on the frozen transforms at every quality step (aekit refit-hyperprior).",
         PHOTO_TRAIN, "held out by name: astronaut, coffee, LadyBird, Storm, GreenMeadow (aekit.datasets.PHOTO_TEST); "
                      "training validated on 2 of the 16 training photos (the seeded 10 % split)",
-        PHOTO_CMD.format(r=r) + PHOTO_S7.format(r=r), "runs/r9n/rf", "data/photos/test",
+        PHOTO_CMD.format(r=r) + " && " + finetune_cmd(f"runs/photos-hp-r{r}-s6", f"models/photos-r{r}-s6", "runs/r9n", 0.01,
+                                                        30, 50), "runs/r9n/rf", "data/photos/test",
         "the 5 held-out photos of aekit data photos", "skimage:astronaut",
         ["Trained on 16 photos: figures on the 5 held-out photos are the honest ones; the bundled photos it trained "
          "on (marked by aekit demo) flatter it.",
@@ -198,12 +198,8 @@ SPECS: dict[str, Spec] = {
         "--resize random-crop --repeat 16 --batch-size 8 --epochs 90 --time-budget 80 --lr 2e-4 --freeze-epochs 0 "
         "--clip-grad 1.0 --rate-weight 0.0025 --threads 1 --seed 0 --init-from runs/photos-hp-r9-s5/last.pt && "
         "aekit refit-hyperprior runs/photos-hq-r9/best.pt data/photos/train --out runs/photos-hq-r9-rf "
-        "--steps 2000 --lr 5e-4 --threads 1 && aekit export runs/photos-hq-r9-rf/best.pt --out models/photos-r9-hq-rf && "
-        "aekit import models/photos-r9-hq-rf --out runs/r9hqn/imported.pt && aekit train data/photos/train --arch gdn-hp "
-        "--channels 3 --ratio 9 --width 128 --size 192 --resize random-crop --repeat 16 --batch-size 8 --epochs 30 "
-        "--time-budget 40 --lr 5e-5 --freeze-epochs 0 --clip-grad 1.0 --rate-weight 0.0025 --threads 1 --seed 0 "
-        "--init-from runs/r9hqn/imported.pt --out runs/r9hqn/ft && aekit refit-hyperprior runs/r9hqn/ft/best.pt "
-        "data/photos/train --out runs/r9hqn/rf --steps 2000 --lr 5e-4 --threads 1",
+        "--steps 2000 --lr 5e-4 --threads 1 && " + finetune_cmd("runs/photos-hq-r9-rf", "models/photos-r9-hq-rf", "runs/r9hqn",
+                                                      0.0025, 30, 40, refit_threads=1),
         "runs/r9hqn/rf", "data/photos/test", "the 5 held-out photos of aekit data photos", "skimage:astronaut",
         ["Trained on 16 photos: figures on the 5 held-out photos are the honest ones.",
          "For high rates (its default quality spends about twice photos-r9's bytes); at low rates photos-r9 is "
