@@ -21,6 +21,15 @@ train() {  # NAME, then the aekit train arguments; resumes an interrupted run, s
   touch "$out/done"
 }
 
+# RUN OUT STEPS [more refit-hyperprior args]: RUN/best.pt's hyperprior refitted into OUT (aekit refit-hyperprior);
+# resumes an interrupted refit, skips a finished one
+refit() {
+  local src=$1 out=$2 steps=$3; shift 3
+  local resume=""; [[ -f $out/last.pt ]] && resume="--resume"
+  [[ -f $out/best.pt ]] || nice -n 19 aekit refit-hyperprior "$src/best.pt" data/photos/train \
+    --out "$out" --steps "$steps" --lr 5e-4 --threads ${THREADS:-1} "$@" $resume
+}
+
 export_model() {  # NAME: runs/zoo/NAME/best.pt -> models/zoo/NAME (fp32 ONNX + manifest) -> aekit/zoo/NAME + card
   nice -n 19 aekit export "runs/zoo/$1/best.pt" --out "models/zoo/$1" --force
   [[ ${CARDS:-1} == 1 ]] && nice -n 19 python -m aekit.bench.zoo build "$1"  # held-out evaluate, card.json
@@ -87,9 +96,8 @@ for r in 9; do
   [[ -f runs/zoo/photos-r$r-hp-s5/last.pt ]] || init="--init-from runs/zoo/photos-r$r-hp-s4/last.pt"
   train photos-r$r-hp-s5 $PH5 --ratio $r ${init:-}; unset init
   # stage 6: the hyperprior alone, refitted on stage 5's frozen transforms at every quality step (same images, fewer bits)
-  rf=runs/zoo/photos-r$r-hp-s6; resume=""; [[ -f $rf/last.pt ]] && resume="--resume"
-  [[ -f $rf/best.pt ]] || nice -n 19 aekit refit-hyperprior runs/zoo/photos-r$r-hp-s5/best.pt data/photos/train \
-    --out $rf --steps 2000 --lr 5e-4 --threads ${THREADS:-1} $resume
+  rf=runs/zoo/photos-r$r-hp-s6
+  refit runs/zoo/photos-r$r-hp-s5 $rf 2000
   # photos-r4's transform starts from stage 6 (its grid fine-tune was recorded from that model)
   need photos-r4 && nice -n 19 aekit export $rf/best.pt --out models/zoo/photos-r$r-s6 --force
   if need photos-r$r; then
@@ -100,9 +108,8 @@ for r in 9; do
     train photos-r$r-hp-s7 data/photos/train --arch gdn-hp --channels 3 --ratio $r --width 128 --size 192 \
       --resize random-crop --repeat 16 --batch-size 8 --epochs 30 --time-budget 50 --lr 5e-5 --freeze-epochs 0 \
       --clip-grad 1.0 --rate-weight 0.01 ${init:-}; unset init
-    rf8=runs/zoo/photos-r$r-hp-s8; resume=""; [[ -f $rf8/last.pt ]] && resume="--resume"
-    [[ -f $rf8/best.pt ]] || nice -n 19 aekit refit-hyperprior runs/zoo/photos-r$r-hp-s7/best.pt data/photos/train \
-      --out $rf8 --steps 2000 --lr 5e-4 --threads ${THREADS:-1} $resume
+    rf8=runs/zoo/photos-r$r-hp-s8
+    refit runs/zoo/photos-r$r-hp-s7 $rf8 2000
     nice -n 19 aekit export $rf8/best.pt --out models/zoo/photos-r$r --force
     # int8 variants of both networks (aekit compress/decompress --int8: the same model id, 2.3-2.7x faster networks)
     nice -n 19 aekit add-int8 models/zoo/photos-r$r --encoder --calib-data data/photos/train \
@@ -117,9 +124,8 @@ if need photos-r9-hq || need photos-r4-hq; then
   train photos-r9-hq data/photos/train --arch gdn-hp --ratio 9 --width 128 --size 192 --resize random-crop --repeat 16 \
     --batch-size 8 --epochs 90 --time-budget 80 --lr 2e-4 --freeze-epochs 0 --clip-grad 1.0 --rate-weight 0.0025 ${init:-}
   unset init
-  rf=runs/zoo/photos-r9-hq-rf; resume=""; [[ -f $rf/last.pt ]] && resume="--resume"
-  [[ -f $rf/best.pt ]] || nice -n 19 aekit refit-hyperprior runs/zoo/photos-r9-hq/best.pt data/photos/train \
-    --out $rf --steps 2000 --lr 5e-4 --threads ${THREADS:-1} $resume
+  rf=runs/zoo/photos-r9-hq-rf
+  refit runs/zoo/photos-r9-hq $rf 2000
   # photos-r4-hq's transform starts from this refit (its grid fine-tune was recorded from that model)
   nice -n 19 aekit export $rf/best.pt --out models/zoo/photos-r9-hq-rf --force
   # trained on end to end at lr 5e-5 (40-minute budget; recorded: 14 epochs, best.pt = epoch 6), hyperprior refitted
@@ -128,9 +134,8 @@ if need photos-r9-hq || need photos-r4-hq; then
   train photos-r9-hq-s2 data/photos/train --arch gdn-hp --channels 3 --ratio 9 --width 128 --size 192 \
     --resize random-crop --repeat 16 --batch-size 8 --epochs 30 --time-budget 40 --lr 5e-5 --freeze-epochs 0 \
     --clip-grad 1.0 --rate-weight 0.0025 ${init:-}; unset init
-  rf2=runs/zoo/photos-r9-hq-s2-rf; resume=""; [[ -f $rf2/last.pt ]] && resume="--resume"
-  [[ -f $rf2/best.pt ]] || nice -n 19 aekit refit-hyperprior runs/zoo/photos-r9-hq-s2/best.pt data/photos/train \
-    --out $rf2 --steps 2000 --lr 5e-4 --threads ${THREADS:-1} $resume
+  rf2=runs/zoo/photos-r9-hq-s2-rf
+  refit runs/zoo/photos-r9-hq-s2 $rf2 2000
   nice -n 19 aekit export $rf2/best.pt --out models/zoo/photos-r9-hq --force
   # an int8 decoder only: with the int8 encoder too it lost 0.54 dB on the held-out photos (refused at 0.3; 0.39 dB
   # after the second fine-tune)
@@ -153,9 +158,8 @@ for spec in "photos-r4 photos-r9 0.01 55" "photos-r4-hq photos-r9-hq 0.0025 45";
     --repeat 16 --batch-size 8 --epochs 45 --time-budget $budget --lr 5e-5 --freeze-epochs 0 --clip-grad 1.0 \
     --rate-weight $rw --grid-scale 1.5 ${init:-}
   unset init
-  rf=runs/zoo/$g-rf; resume=""; [[ -f $rf/last.pt ]] && resume="--resume"
-  [[ -f $rf/best.pt ]] || nice -n 19 aekit refit-hyperprior runs/zoo/$g/best.pt data/photos/train \
-    --out $rf --steps 2000 --lr 5e-4 --threads ${THREADS:-1} $resume
+  rf=runs/zoo/$g-rf
+  refit runs/zoo/$g $rf 2000
   nice -n 19 aekit export $rf/best.pt --out models/zoo/$g --force
 done
 # photos-r4 and photos-r4-hq: those two transforms on a grid 1.5x as fine (aekit rescale: 48 channels at H/8 of the
@@ -181,11 +185,10 @@ if need photos-r9-fast; then
     --freeze-epochs 0 --clip-grad 1.0 --rate-weight 0.01 --freeze-decoder \
     --distill-from runs/zoo/photos-r9-hp-s6/best.pt --distill-epochs 40 ${init:-}
   unset init
-  rf=runs/zoo/photos-r9-fast-rf; resume=""; [[ -f $rf/last.pt ]] && resume="--resume"
+  rf=runs/zoo/photos-r9-fast-rf
   # --reinit: the hyperprior trained beside a random new g_a collapsed (z the same everywhere); a fresh one
   # fitted on the frozen transforms' latents works
-  [[ -f $rf/best.pt ]] || nice -n 19 aekit refit-hyperprior runs/zoo/photos-r9-fast/best.pt data/photos/train \
-    --out $rf --steps 12000 --lr 5e-4 --threads ${THREADS:-1} --reinit --val-data data/photos/train $resume
+  refit runs/zoo/photos-r9-fast $rf 12000 --reinit --val-data data/photos/train
   nice -n 19 aekit export $rf/best.pt --out models/zoo/photos-r9-fast --force --int8 --int8-encoder --weights fp16 \
     --calib-data data/photos/train --int8-check-data data/photos/test
   [[ ${CARDS:-1} == 1 ]] && nice -n 19 python -m aekit.bench.zoo build photos-r9-fast --compare photos-r9
