@@ -51,7 +51,7 @@ class RefitConfig:
     resume: bool = False
     reinit: bool = False  # start h_a, h_s and z's prior afresh (seeded) instead of from the checkpoint's
     grid_scale: float = 0.0  # every cached image scale (and the val images') times this; 0: the checkpoint's own
-    # training grid (its summary's grid_scale from `aekit train --grid-scale`, else 1)
+    # training grid (`aekit train --grid-scale`: its summary's, or its train_config's if it was stopped early; else 1)
 
 
 def _images(folder: str, channels: int) -> list[np.ndarray]:
@@ -147,7 +147,9 @@ def refit_hyperprior(cfg: RefitConfig) -> Path:
         log.info("resumed %s at step %d", out / "last.pt", start)
     channels = int(ckpt["model_config"].get("channels", 3))
     t0 = time.perf_counter()
-    grid = cfg.grid_scale or float((ckpt.get("summary") or {}).get("grid_scale") or 1.0)
+    # an interrupted run's best.pt has no summary yet: its train_config holds the same --grid-scale
+    grid = cfg.grid_scale or float((ckpt.get("summary") or {}).get("grid_scale")
+                                   or (ckpt.get("train_config") or {}).get("grid_scale") or 1.0)
     if grid != 1.0:
         log.info("latents of the images resampled by %g (the transform's grid: a model for aekit rescale)", grid)
     ys = latent_cache(model, _images(cfg.data, channels), tuple(s * grid for s in cfg.scales))

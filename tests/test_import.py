@@ -157,6 +157,11 @@ def test_refit_caches_latents_on_the_grid_the_checkpoint_was_trained_for(hp_run,
     ckpt = load_checkpoint(run / "best.pt")
     ckpt["summary"] = {**ckpt.get("summary", {}), "grid_scale": 1.5}
     save_checkpoint(tmp_path / "g.pt", {k: v for k, v in ckpt.items() if k not in ("format", "version")})
+    # a run stopped before its end: best.pt has no summary, the grid is in its train_config (session 16's
+    # photos-r4 was first refitted on the native grid because of this)
+    stopped = {k: v for k, v in ckpt.items() if k not in ("format", "version", "summary")}
+    stopped["train_config"] = {**(stopped.get("train_config") or {}), "grid_scale": 1.5}
+    save_checkpoint(tmp_path / "s.pt", stopped)
     seen = []
 
     class Stop(Exception):
@@ -169,9 +174,10 @@ def test_refit_caches_latents_on_the_grid_the_checkpoint_was_trained_for(hp_run,
         return []
 
     monkeypatch.setattr(hyperfit, "latent_cache", cache)
-    for grid, want in ((0.0, 1.5), (2.0, 2.0)):  # the checkpoint's own grid, or the option's
+    for name, grid, want in (("g", 0.0, 1.5), ("g", 2.0, 2.0), ("s", 0.0, 1.5)):  # the checkpoint's own grid, or the option's
         seen.clear()
         with pytest.raises(Stop):
-            hyperfit.refit_hyperprior(hyperfit.RefitConfig(str(tmp_path / "g.pt"), str(photos_dir), str(tmp_path / f"rf{grid}"),
+            hyperfit.refit_hyperprior(hyperfit.RefitConfig(str(tmp_path / f"{name}.pt"), str(photos_dir),
+                                                           str(tmp_path / f"rf{name}{grid}"),
                                                            val_data=str(photos_dir), grid_scale=grid))
         assert seen == [tuple(round(s * want, 6) for s in (1.0, 0.7, 0.5)), (want,)]
