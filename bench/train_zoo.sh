@@ -98,9 +98,7 @@ for r in 9; do
   # stage 6: the hyperprior alone, refitted on stage 5's frozen transforms at every quality step (same images, fewer bits)
   rf=runs/zoo/photos-r$r-hp-s6
   refit runs/zoo/photos-r$r-hp-s5 $rf 2000
-  # photos-r4's transform starts from stage 6 (its grid fine-tune was recorded from that model)
-  need photos-r4 && nice -n 19 aekit export $rf/best.pt --out models/zoo/photos-r$r-s6 --force
-  if need photos-r$r; then
+  if need photos-r$r || need photos-r4; then  # photos-r4's transform starts from stage 8 (since session 16)
     # stage 7: stage 6 trained on end to end at lr 5e-5 (50-minute budget; recorded: 19 epochs, best.pt = epoch 15), then
     # stage 8 refits its hyperprior. The recorded run started from `aekit import` of stage 6's export (model
     # ba27f75af0f30e5c, photos-r9 until 2026-12-01): the same weights as stage 6's best.pt.
@@ -112,7 +110,7 @@ for r in 9; do
     refit runs/zoo/photos-r$r-hp-s7 $rf8 2000
     nice -n 19 aekit export $rf8/best.pt --out models/zoo/photos-r$r --force
     # int8 variants of both networks (aekit compress/decompress --int8: the same model id, 2.3-2.7x faster networks)
-    nice -n 19 aekit add-int8 models/zoo/photos-r$r --encoder --calib-data data/photos/train \
+    need photos-r$r && nice -n 19 aekit add-int8 models/zoo/photos-r$r --encoder --calib-data data/photos/train \
       --int8-check-data data/photos/test
     [[ ${CARDS:-1} == 1 ]] && need photos-r$r && nice -n 19 python -m aekit.bench.zoo build photos-r$r
   fi
@@ -126,10 +124,9 @@ if need photos-r9-hq || need photos-r4-hq; then
   unset init
   rf=runs/zoo/photos-r9-hq-rf
   refit runs/zoo/photos-r9-hq $rf 2000
-  # photos-r4-hq's transform starts from this refit (its grid fine-tune was recorded from that model)
-  nice -n 19 aekit export $rf/best.pt --out models/zoo/photos-r9-hq-rf --force
   # trained on end to end at lr 5e-5 (40-minute budget; recorded: 14 epochs, best.pt = epoch 6), hyperprior refitted
-  # again. The recorded run started from `aekit import` of the export above (model 674cf98f5f4ee67e, photos-r9-hq until 2026-12-01).
+  # again. The recorded run started from `aekit import` of this refit's export (model 674cf98f5f4ee67e, photos-r9-hq
+  # until 2026-12-01): the same weights as $rf/best.pt.
   [[ -f runs/zoo/photos-r9-hq-s2/last.pt ]] || init="--init-from $rf/best.pt"
   train photos-r9-hq-s2 data/photos/train --arch gdn-hp --channels 3 --ratio 9 --width 128 --size 192 \
     --resize random-crop --repeat 16 --batch-size 8 --epochs 30 --time-budget 40 --lr 5e-5 --freeze-epochs 0 \
@@ -138,20 +135,21 @@ if need photos-r9-hq || need photos-r4-hq; then
   refit runs/zoo/photos-r9-hq-s2 $rf2 2000
   nice -n 19 aekit export $rf2/best.pt --out models/zoo/photos-r9-hq --force
   # an int8 decoder only: with the int8 encoder too it lost 0.54 dB on the held-out photos (refused at 0.3; 0.39 dB
-  # after the second fine-tune)
-  nice -n 19 aekit add-int8 models/zoo/photos-r9-hq --calib-data data/photos/train --int8-check-data data/photos/test
+  # after the second fine-tune). photos-r4-hq's transform starts from this export (since session 16).
+  need photos-r9-hq && nice -n 19 aekit add-int8 models/zoo/photos-r9-hq --calib-data data/photos/train --int8-check-data data/photos/test
   [[ ${CARDS:-1} == 1 ]] && need photos-r9-hq && nice -n 19 python -m aekit.bench.zoo build photos-r9-hq
 fi
 # The 1/4 models' transforms: photos-r9's and photos-r9-hq's (aekit import of the exports above) fine-tuned on the
 # training crops enlarged 1.5x (--grid-scale 1.5: the grid aekit rescale runs them on), each at its own rate weight,
 # their hyperpriors then refitted on that grid (refit-hyperprior reads the grid from the checkpoint). Not shipped
-# themselves. Recorded: photos-r9-g15 55-minute budget, 10 epochs; photos-r9-hq-g15 45 minutes, 8 epochs (best.pt =
+# themselves. Recorded: photos-r9-g15 55-minute budget, 8 epochs (best.pt = epoch 6; the run was stopped after
+# epoch 6 and resumed); photos-r9-hq-g15 45 minutes, 8 epochs (best.pt =
 # epoch 6 by validation loss).
 for spec in "photos-r4 photos-r9 0.01 55" "photos-r4-hq photos-r9-hq 0.0025 45"; do
   read -r name src rw budget <<< "$spec"
   need $name || continue
   g=$src-g15
-  imp=models/zoo/photos-r9-hq-rf; [[ $name == photos-r4 ]] && imp=models/zoo/photos-r9-s6  # before their 2nd fine-tunes
+  imp=models/zoo/$src  # photos-r9 stage 8, photos-r9-hq stage 2 (since session 16)
   [[ -f runs/zoo/$g/last.pt ]] || { nice -n 19 aekit import $imp --force \
     --out runs/zoo/$src-imported.pt; init="--init-from runs/zoo/$src-imported.pt"; }
   train $g data/photos/train --arch gdn-hp --channels 3 --ratio 9 --width 128 --size 192 --resize random-crop \

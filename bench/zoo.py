@@ -112,14 +112,13 @@ SOURCES: dict[str, Spec] = {
     "photos-r9-g15": Spec(
         "codec", "photos-r9's transform fine-tuned on crops enlarged 1.5x (the grid photos-r4 runs it on)", PHOTO_TRAIN,
         "as photos-r9",
-        finetune_cmd("runs/photos-hp-r9-s6", "models/photos-r9-s6", "runs/r4g", 0.01, 45, 55, grid_scale=1.5),  # from photos-r9 until 2026-12-01
-        "runs/r4g/rf", "data/photos/test", "the 5 held-out photos of aekit data photos", "skimage:astronaut"),
+        finetune_cmd("runs/r9n/rf", "models/r9n", "runs/r4g2", 0.01, 45, 55, grid_scale=1.5),  # photos-r9 stage 8 (session 16)
+        "runs/r4g2/rf", "data/photos/test", "the 5 held-out photos of aekit data photos", "skimage:astronaut"),
     "photos-r9-hq-g15": Spec(
         "codec", "photos-r9-hq's transform fine-tuned on crops enlarged 1.5x (the grid photos-r4-hq runs it on)",
         PHOTO_TRAIN, "as photos-r9-hq",
-        finetune_cmd("runs/photos-hq-r9-rf", "models/photos-r9-hq-rf", "runs/hq", 0.0025, 45, 45, grid_scale=1.5,
-                     refit="runs/hq/ftrf"),  # from photos-r9-hq until 2026-12-01
-        "runs/hq/ftrf", "data/photos/test", "the 5 held-out photos of aekit data photos", "skimage:astronaut"),
+        finetune_cmd("runs/r9hqn/rf", "models/r9hqn", "runs/r4hq2", 0.0025, 45, 45, grid_scale=1.5),  # photos-r9-hq stage 2 (session 16)
+        "runs/r4hq2/rf", "data/photos/test", "the 5 held-out photos of aekit data photos", "skimage:astronaut"),
 }
 
 SPECS: dict[str, Spec] = {
@@ -158,7 +157,7 @@ SPECS: dict[str, Spec] = {
                  "a grid 1.5x as fine (aekit rescale: bicubic resampling built into the encoder and decoder graphs, "
                  "48 channels at H/8 of the image, exactly 1/4), with its mean-scale hyperprior and integer tables "
                  f"refitted on that grid (gdn-hp; --quality as {'photos-r9-hq' if hq else 'photos-r9'}): aekit import "
-                 f"{'photos-r9-hq' if hq else 'photos-r9'}, aekit train --grid-scale 1.5 ({8 if hq else 10} epochs), "
+                 f"{'photos-r9-hq' if hq else 'photos-r9'}, aekit train --grid-scale 1.5 (8 epochs), "
                  "aekit refit-hyperprior.",
         PHOTO_TRAIN, "held out by name: astronaut, coffee, LadyBird, Storm, GreenMeadow (aekit.datasets.PHOTO_TEST); "
                      "training validated on 2 of the 16 training photos (the seeded 10 % split)",
@@ -169,22 +168,24 @@ SPECS: dict[str, Spec] = {
          "pixels (speed above). A transform trained from scratch at 1/4 might do better; the factor-16 one trained "
          "here saturated near 30 dB.",
          ("For high rates (photos-r9-hq's transform): from about 0.37 bpp (33.6 dB) up, where photos-r4 flattens; "
-          "below that photos-r4 is the better model, by 0.3-1.1 dB." if hq else
-          "Above about 0.37 bpp (33.6 dB) use photos-r4-hq (same ratio and format): it goes on to 36.8 dB where this "
-          "model stops at 34.0 dB. Below about 0.25 bpp photos-r9 (1/9) gives 0.3-2.8 dB more at equal bytes."),
+          "below that photos-r4 is the better model, by up to 1.5 dB." if hq else
+          "Above about 0.37 bpp (33.6 dB) use photos-r4-hq (same ratio and format): it goes on to 36.9 dB where this "
+          "model stops at 34.0 dB. Below about 0.27 bpp photos-r9 (1/9) gives 0.35-3.6 dB more at equal bytes."),
          "Below WebP and AVIF on the held-out photos (BD-rate above).",
          "int8 variants of both networks (aekit add-int8 on the rescaled graphs, resampling included; "
          "`aekit compress/decompress --int8`; figures above): its own, not the source's."]
-        + (["Replaced on 2026-12-01 photos-r9-hq rescaled without fine-tuning (model id ea66e7ef7dacbf5d), which "
-            "this one beats by 0.09-0.59 dB at equal bytes on these photos (BD-rate -7.1 %); its curve ends at 36.8 dB "
-            "(0.83 bpp) where that one reached 37.1 dB (0.93 bpp). Files written with it decode only with its folder "
-            "(git history of aekit/zoo/photos-r4-hq)."] if hq else
-           ["Borders: from q8 up the border is 0.8-1.2 dB below the interior (q11-q12 outside the 1 dB target; "
-            "codec/RESULTS.md).",
-            "Replaced on 2026-12-01 the factor-16 photos-r4 (192 channels at H/16, model id 6abf8b05b7e9998c) and then "
-            "photos-r9 rescaled without fine-tuning (5b61c380e6b8b494), which this one beats by 0.02-1.1 dB at equal "
-            "bytes on these photos (BD-rate -10.3 %). Files written with either decode only with its folder (git "
-            "history of aekit/zoo/photos-r4)."]),
+        + (["Replaced on 2026-12-01 photos-r9-hq rescaled without fine-tuning (model id ea66e7ef7dacbf5d), then the "
+            "same grid fine-tune of photos-r9-hq's first refit (54ae0c1ba84011c5), which this one (from its second "
+            "fine-tune) beats by 0.01-0.18 dB at equal bytes at every quality on these photos (BD-rate -1.3 %). The "
+            "curve ends at 36.9 dB (0.83 bpp); the model without the grid fine-tune reached 37.1 dB (0.93 bpp). Files "
+            "written with any of them decode only with its folder (git history of aekit/zoo/photos-r4-hq)."] if hq else
+           ["Borders: from q7 up the border is 0.4-0.9 dB below the interior (within the 1 dB target; the model it "
+            "replaced was 0.8-1.2 dB below at q8-q12; codec/RESULTS.md).",
+            "Replaced on 2026-12-01 the factor-16 photos-r4 (192 channels at H/16, model id 6abf8b05b7e9998c), then "
+            "photos-r9 rescaled without fine-tuning (5b61c380e6b8b494), then the same grid fine-tune of photos-r9's "
+            "stage 6 (9813318f28e74f87), which this one (from stage 8) beats by 0.01-0.40 dB at equal bytes on these "
+            "photos up to 0.27 bpp and matches above (BD-rate -3.3 %). Files written with any of "
+            "them decode only with its folder (git history of aekit/zoo/photos-r4)."]),
         "16 photos (aekit data photos, train split: 14 trained on, 2 validate)", rescaled=src)
       for name, src, hq in (("photos-r4", "photos-r9-g15", False), ("photos-r4-hq", "photos-r9-hq-g15", True))},
     "photos-r9-hq": Spec(
