@@ -149,8 +149,8 @@ for spec in "photos-r4 photos-r9 0.01 55" "photos-r4-hq photos-r9-hq 0.0025 45";
   read -r name src rw budget <<< "$spec"
   need $name || continue
   g=$src-g15
-  imp=models/zoo/$src  # photos-r9 stage 8, photos-r9-hq stage 2 (since session 16)
-  [[ -f runs/zoo/$g/last.pt ]] || { nice -n 19 aekit import $imp --force \
+  # from photos-r9's stage 8 and photos-r9-hq's stage 2 (since session 16)
+  [[ -f runs/zoo/$g/last.pt ]] || { nice -n 19 aekit import models/zoo/$src --force \
     --out runs/zoo/$src-imported.pt; init="--init-from runs/zoo/$src-imported.pt"; }
   train $g data/photos/train --arch gdn-hp --channels 3 --ratio 9 --width 128 --size 192 --resize random-crop \
     --repeat 16 --batch-size 8 --epochs 45 --time-budget $budget --lr 5e-5 --freeze-epochs 0 --clip-grad 1.0 \

@@ -52,7 +52,7 @@ PHOTO_CMD = ("aekit train data/photos/train --arch gdn --ratio {r} --width 128 -
 
 
 def finetune_cmd(source_run: str, export: str, run: str, rate_weight: float, epochs: int, budget: int,
-                 grid_scale: float = 0.0, refit: str = "", refit_threads: int = 2) -> str:
+                 grid_scale: float = 0.0, refit_threads: int = 2) -> str:
     """The recipe of a gdn-hp photo transform trained on from an earlier one (sessions 13-15): its run exported,
     imported back to a checkpoint (the machine had lost the run folder), trained end to end at lr 5e-5 (on the
     grid --grid-scale enlarges, for a rescaled model) and its hyperprior refitted."""
@@ -61,7 +61,7 @@ def finetune_cmd(source_run: str, export: str, run: str, rate_weight: float, epo
             "aekit train data/photos/train --arch gdn-hp --channels 3 --ratio 9 --width 128 --size 192 --resize random-crop "
             f"--repeat 16 --batch-size 8 --epochs {epochs} --time-budget {budget} --lr 5e-5 --freeze-epochs 0 "
             f"--clip-grad 1.0 --rate-weight {rate_weight:g}{grid} --init-from {run}/imported.pt --threads 1 --seed 0 "
-            f"--out {run}/ft && aekit refit-hyperprior {run}/ft/best.pt data/photos/train --out {refit or run + '/rf'} "
+            f"--out {run}/ft && aekit refit-hyperprior {run}/ft/best.pt data/photos/train --out {run}/rf "
             f"--steps 2000 --lr 5e-4 --threads {refit_threads}")
 
 
@@ -112,7 +112,8 @@ SOURCES: dict[str, Spec] = {
     "photos-r9-g15": Spec(
         "codec", "photos-r9's transform fine-tuned on crops enlarged 1.5x (the grid photos-r4 runs it on)", PHOTO_TRAIN,
         "as photos-r9",
-        finetune_cmd("runs/r9n/rf", "models/r9n", "runs/r4g2", 0.01, 45, 55, grid_scale=1.5),  # photos-r9 stage 8 (session 16)
+        finetune_cmd("runs/r9n/rf", "models/r9n", "runs/r4g2", 0.01, 45, 55, grid_scale=1.5,
+                     refit_threads=1),  # photos-r9 stage 8 (session 16)
         "runs/r4g2/rf", "data/photos/test", "the 5 held-out photos of aekit data photos", "skimage:astronaut"),
     "photos-r9-hq-g15": Spec(
         "codec", "photos-r9-hq's transform fine-tuned on crops enlarged 1.5x (the grid photos-r4-hq runs it on)",
