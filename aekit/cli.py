@@ -453,6 +453,11 @@ def add_data_parser(sub: argparse._SubParsersAction) -> None:
                                      "unpacked with apt-get download + dpkg -x into ~/.cache/aekit.")
     ph.add_argument("out")
     ph.add_argument("--mate", help="folder of mate-backgrounds' nature/ photos (default: found or unpacked)")
+    ph.add_argument("--more", action="store_true",
+                    help="also the 12 photographs among KDE Plasma's wallpapers (Debian's plasma-workspace-wallpapers, "
+                         "a 94 MB download when not installed), as train/plasma-*.png; test/ is unchanged")
+    ph.add_argument("--plasma", help="with --more: Plasma's wallpapers/ folder (default: /usr/share/wallpapers, "
+                                     "else unpacked into ~/.cache/aekit)")
     ph.set_defaults(func=cmd_data)
     s = dsub.add_parser("samples", help="photos bundled with scikit-image and scikit-learn")
     s.add_argument("out", help="output folder")
@@ -465,7 +470,11 @@ def cmd_data(args: argparse.Namespace) -> int:
     if args.dataset == "fashion-mnist":
         datasets.fashion_mnist(args.out, args.source, args.limit)
     elif args.dataset == "photos":
-        datasets.photos(args.out, args.mate)
+        try:
+            datasets.photos(args.out, args.mate, more=args.more, plasma=args.plasma)
+        except FileNotFoundError as e:
+            print(f"aekit data photos: {e}", file=sys.stderr)
+            return EXIT_ERROR
     else:
         datasets.sample_photos(args.out)
     return EXIT_OK

@@ -118,6 +118,13 @@ PHOTO_COLOUR_SKIMAGE = ("astronaut", "chelsea", "coffee", "rocket", "retina", "h
                         "immunohistochemistry")  # colour photographs only (colorwheel is synthetic)
 PHOTO_TEST = ("astronaut", "coffee", "LadyBird", "Storm", "GreenMeadow")  # held out from training
 PHOTO_MAX_SIDE = 1024  # JPEG sources are downscaled (antialiased) so their 8x8 block artefacts vanish
+# `aekit data photos --more`: the photographs among KDE Plasma 5.27's wallpapers (Debian's
+# plasma-workspace-wallpapers; the others are drawn or rendered), for training only. Each wallpaper folder holds
+# one picture at several sizes; the largest is used, downscaled like mate-backgrounds'.
+PLASMA_PACKAGE = "plasma-workspace-wallpapers"
+PLASMA_WALLPAPER_DIR = "/usr/share/wallpapers"
+PLASMA_PHOTOS = ("BytheWater", "ColdRipple", "ColorfulCups", "DarkestHour", "EveningGlow", "FallenLeaf", "Grey",
+                 "Kite", "OneStandsOut", "Path", "Volna", "summer_1am")
 
 
 def find_mate_nature(cache: str | Path | None = None) -> Path | None:
@@ -125,38 +132,59 @@ def find_mate_nature(cache: str | Path | None = None) -> Path | None:
 
     Returns None when neither works (no Debian tools or no package index); nothing is installed.
     """
+    return find_package_folder(MATE_PACKAGE, MATE_NATURE_DIRS[0], cache)
+
+
+def find_plasma_wallpapers(cache: str | Path | None = None) -> Path | None:
+    """plasma-workspace-wallpapers' wallpapers/ folder (one sub-folder per wallpaper), found like
+    find_mate_nature: installed, else unpacked from `apt-get download` (a 94 MB package) into the cache."""
+    return find_package_folder(PLASMA_PACKAGE, PLASMA_WALLPAPER_DIR, cache)
+
+
+def find_package_folder(package: str, folder: str, cache: str | Path | None = None) -> Path | None:
+    """The absolute folder `folder` of Debian package `package`: installed, or unpacked with
+    `apt-get download` + `dpkg -x` into cache (default ~/.cache/aekit/PACKAGE; reused next time).
+
+    Returns None when neither works (no Debian tools, no package index, or the package lacks the
+    folder); nothing is installed.
+    """
     import shutil
     import subprocess
     import tempfile
 
-    for d in MATE_NATURE_DIRS:
-        if Path(d).is_dir():
-            return Path(d)
-    cache = Path(cache or Path.home() / ".cache" / "aekit" / MATE_PACKAGE)
-    unpacked = cache / "usr/share/backgrounds/mate/nature"
+    if Path(folder).is_dir():
+        return Path(folder)
+    cache = Path(cache or Path.home() / ".cache" / "aekit" / package)
+    unpacked = cache / folder.lstrip("/")
     if unpacked.is_dir():
         return unpacked
     if not (shutil.which("apt-get") and shutil.which("dpkg")):
         return None
     with tempfile.TemporaryDirectory() as tmp:
-        r = subprocess.run(["apt-get", "download", MATE_PACKAGE], cwd=tmp, capture_output=True, text=True)
-        debs = list(Path(tmp).glob(f"{MATE_PACKAGE}_*.deb"))
+        r = subprocess.run(["apt-get", "download", package], cwd=tmp, capture_output=True, text=True)
+        debs = list(Path(tmp).glob(f"{package}_*.deb"))
         if r.returncode or not debs:
-            log.warning("apt-get download %s failed: %s", MATE_PACKAGE, r.stderr.strip()[-200:])
+            log.warning("apt-get download %s failed: %s", package, r.stderr.strip()[-200:])
             return None
         cache.mkdir(parents=True, exist_ok=True)
         subprocess.run(["dpkg", "-x", str(debs[0]), str(cache)], check=True)
     return unpacked if unpacked.is_dir() else None
 
 
-def photos(out: str | Path, mate: str | Path | None = None) -> dict[str, int]:
+def photos(out: str | Path, mate: str | Path | None = None, more: bool = False,
+           plasma: str | Path | None = None) -> dict[str, int]:
     """Write the real-photo set as PNG: OUT/train/*.png and OUT/test/*.png (names in PHOTO_TEST).
 
     Sources: scikit-image's colour photographs, scikit-learn's china/flower, and the 12
     photographs of Debian's mate-backgrounds (1.3-14 Mpx JPEGs) downscaled so the long side
     is at most PHOTO_MAX_SIDE. mate: its nature/ folder (default: found or unpacked by
     find_mate_nature); without it the set has the bundled photos only, and a note says so.
+    more: also the 12 photographs among KDE Plasma's wallpapers (PLASMA_PHOTOS, 2.6-14.7 Mpx,
+    written as train/plasma-NAME.png, downscaled the same way; plasma: their wallpapers/ folder,
+    default found or unpacked by find_plasma_wallpapers). They only ever join the training split:
+    the held-out test/ split is the same with or without them.
     Returns {"train": n, "test": n}. Existing files are kept (re-running is cheap).
+    Raises FileNotFoundError when more is set and the Plasma wallpapers cannot be found or unpacked.
     """
     import skimage.data
     from PIL import Image
@@ -173,6 +201,9 @@ def photos(out: str | Path, mate: str | Path | None = None) -> dict[str, int]:
     else:
         for f in sorted(nature.glob("*.jpg")):
             sources[f.stem] = lambda f=f: _downscaled(f)
+    if more:
+        for name, f in plasma_photos(plasma).items():
+            sources[f"plasma-{name}"] = lambda f=f: _downscaled(f)
     counts = {"train": 0, "test": 0}
     for name, load in sources.items():
         split = "test" if name in PHOTO_TEST else "train"
@@ -184,8 +215,32 @@ def photos(out: str | Path, mate: str | Path | None = None) -> dict[str, int]:
     return counts
 
 
+def plasma_photos(folder: str | Path | None = None) -> dict[str, Path]:
+    """{name: the largest picture (by pixels) of each PLASMA_PHOTOS wallpaper} under folder/NAME/contents/images/.
+
+    folder: Plasma's wallpapers/ folder (default: find_plasma_wallpapers). Raises FileNotFoundError naming the
+    folder when it cannot be found or lacks one of the wallpapers (another Plasma version may rename them).
+    """
+    from PIL import Image
+
+    root = Path(folder) if folder else find_plasma_wallpapers()
+    if root is None:
+        raise FileNotFoundError(f"{PLASMA_WALLPAPER_DIR}: not installed, and apt-get download {PLASMA_PACKAGE} failed")
+    found = {}
+    for name in PLASMA_PHOTOS:
+        pics = [p for p in sorted((root / name / "contents" / "images").glob("*")) if p.suffix.lower() in (".jpg", ".png")]
+        if not pics:
+            raise FileNotFoundError(f"{root / name}: no wallpaper pictures (contents/images/*.jpg|png)")
+        sizes = {}
+        for p in pics:  # file names give the intended screen, not always the picture's size: read the headers
+            with Image.open(p) as im:
+                sizes[p] = im.size[0] * im.size[1]
+        found[name] = max(pics, key=lambda p: sizes[p])
+    return found
+
+
 def _downscaled(path: Path) -> np.ndarray:
-    """A JPEG photograph as uint8 RGB, long side reduced to PHOTO_MAX_SIDE by an integer factor."""
+    """A photograph (JPEG or PNG) as uint8 RGB, long side reduced to PHOTO_MAX_SIDE by an integer factor."""
     from PIL import Image
 
     with Image.open(path) as im:
