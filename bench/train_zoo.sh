@@ -21,12 +21,12 @@ train() {  # NAME, then the aekit train arguments; resumes an interrupted run, s
   touch "$out/done"
 }
 
-# RUN OUT STEPS [more refit-hyperprior args]: RUN/best.pt's hyperprior refitted into OUT (aekit refit-hyperprior);
-# resumes an interrupted refit, skips a finished one
+# RUN OUT STEPS [more refit-hyperprior args]: RUN/best.pt's hyperprior refitted into OUT (aekit refit-hyperprior)
+# on the images of RDATA (default data/photos/train); resumes an interrupted refit, skips a finished one
 refit() {
   local src=$1 out=$2 steps=$3; shift 3
   local resume=""; [[ -f $out/last.pt ]] && resume="--resume"
-  [[ -f $out/best.pt ]] || nice -n 19 aekit refit-hyperprior "$src/best.pt" data/photos/train \
+  [[ -f $out/best.pt ]] || nice -n 19 aekit refit-hyperprior "$src/best.pt" ${RDATA:-data/photos/train} \
     --out "$out" --steps "$steps" --lr 5e-4 --threads ${THREADS:-1} "$@" $resume
 }
 
@@ -69,6 +69,10 @@ PH="data/photos/train --arch gdn --width 128 --size 192 --resize random-crop --r
 if need photos-r4 || need photos-r4-hq || need photos-r9 || need photos-r9-hq || need photos-r9-fast; then
   [[ -d data/photos/test ]] || aekit data photos data/photos
 fi
+# photos-r9's stages 9-10 train on 28 photos: the same set plus the 12 photographs among Plasma's wallpapers
+if need photos-r9; then
+  [[ -d data/photos-plus/test ]] || aekit data photos data/photos-plus --more
+fi
 # Stage 2 trains on from stage 1's last weights with a fresh cosine schedule at a lower peak lr
 # (--init-from): stage 1 was still improving when its schedule ran out.
 PH2="data/photos/train --arch gdn --width 128 --size 192 --resize random-crop --repeat 16 --batch-size 8 --epochs 55 --time-budget 70 --lr 3e-4 --clip-grad 1.0 --rate-weight 0.01"
@@ -108,7 +112,20 @@ for r in 9; do
       --clip-grad 1.0 --rate-weight 0.01 ${init:-}; unset init
     rf8=runs/zoo/photos-r$r-hp-s8
     refit runs/zoo/photos-r$r-hp-s7 $rf8 2000
-    nice -n 19 aekit export $rf8/best.pt --out models/zoo/photos-r$r --force
+    # stage 8's export: photos-r4's transform starts from it (photos-r9 until session 17, model 6f48305802d7aa0e)
+    nice -n 19 aekit export $rf8/best.pt --out models/zoo/photos-r$r-s8 --force
+  fi
+  if need photos-r$r; then
+    # stage 9: stage 8 trained on at lr 5e-5 on the 28 photos of `aekit data photos --more` (a 10-epoch cosine,
+    # 50-minute budget; recorded: 10 epochs, 46 min, best.pt = epoch 10), then stage 10 refits its
+    # hyperprior on the same photos.
+    [[ -f runs/zoo/photos-r$r-hp-s9/last.pt ]] || init="--init-from $rf8/best.pt"
+    train photos-r$r-hp-s9 data/photos-plus/train --arch gdn-hp --channels 3 --ratio $r --width 128 --size 192 \
+      --resize random-crop --repeat 16 --batch-size 8 --epochs 10 --time-budget 50 --lr 5e-5 --freeze-epochs 0 \
+      --clip-grad 1.0 --rate-weight 0.01 ${init:-}; unset init
+    rf10=runs/zoo/photos-r$r-hp-s10
+    RDATA=data/photos-plus/train refit runs/zoo/photos-r$r-hp-s9 $rf10 2000
+    nice -n 19 aekit export $rf10/best.pt --out models/zoo/photos-r$r --force
     # int8 variants of both networks (aekit compress/decompress --int8: the same model id, 2.3-2.7x faster networks)
     need photos-r$r && nice -n 19 aekit add-int8 models/zoo/photos-r$r --encoder --calib-data data/photos/train \
       --int8-check-data data/photos/test
@@ -145,12 +162,12 @@ fi
 # themselves. Recorded: photos-r9-g15 55-minute budget, 8 epochs (best.pt = epoch 6; the run was stopped after
 # epoch 6 and resumed); photos-r9-hq-g15 45 minutes, 8 epochs (best.pt =
 # epoch 6 by validation loss).
-for spec in "photos-r4 photos-r9 0.01 55" "photos-r4-hq photos-r9-hq 0.0025 45"; do
-  read -r name src rw budget <<< "$spec"
+for spec in "photos-r4 photos-r9 0.01 55 photos-r9-s8" "photos-r4-hq photos-r9-hq 0.0025 45 photos-r9-hq"; do
+  read -r name src rw budget from <<< "$spec"
   need $name || continue
   g=$src-g15
   # from photos-r9's stage 8 and photos-r9-hq's stage 2 (since session 16)
-  [[ -f runs/zoo/$g/last.pt ]] || { nice -n 19 aekit import models/zoo/$src --force \
+  [[ -f runs/zoo/$g/last.pt ]] || { nice -n 19 aekit import models/zoo/$from --force \
     --out runs/zoo/$src-imported.pt; init="--init-from runs/zoo/$src-imported.pt"; }
   train $g data/photos/train --arch gdn-hp --channels 3 --ratio 9 --width 128 --size 192 --resize random-crop \
     --repeat 16 --batch-size 8 --epochs 45 --time-budget $budget --lr 5e-5 --freeze-epochs 0 --clip-grad 1.0 \
