@@ -225,9 +225,9 @@ SPECS: dict[str, Spec] = {
          "decode only with its folder (git history of aekit/zoo/photos-r9-hq)."],
         "16 photos (aekit data photos, train split: 14 trained on, 2 validate)"),
     "photos-r9-fast": Spec(
-        "codec", "RGB photo codec for fast compress, latent 1/9 of the raw pixels: photos-r9's decoder g_s, frozen "
-                 "(the same weights), behind a half-width analysis transform (GDN, N = 64, distilled from photos-r9's "
-                 "g_a, then rate-distortion trained) and a half-width mean-scale hyperprior (h_a, h_s at N = 64, "
+        "codec", "RGB photo codec for fast compress, latent 1/9 of the raw pixels: the decoder g_s of photos-r9's stage 6 "
+                 "(photos-r9 until 2026-12-01), frozen (the same weights), behind a half-width analysis transform "
+                 "(GDN, N = 64, distilled from that stage's g_a, then rate-distortion trained) and a half-width mean-scale hyperprior (h_a, h_s at N = 64, "
                  "refitted): 3x fewer encoder GFLOP and a 2-3x cheaper exact h_s. An int8 model: its int8 encoder "
                  "and decoder (static QDQ, calibrated on the training photos) are the model; fp32 fallbacks are not "
                  "shipped (zoo budget).",
