@@ -158,8 +158,8 @@ SPECS: dict[str, Spec] = {
          "16 photos only), which this one beats by 0.1 dB at equal bytes on these photos (BD-rate -2.6 %); that one "
          "had replaced on 2026-12-01 the recipe without stages 7 and 8 (ba27f75af0f30e5c). Files written with either "
          "decode only with its folder (git history of aekit/zoo/photos-r9)."]
-        + (["Above about 0.25 bpp (32.2 dB) use photos-r9-hq (same ratio and format, trained at a lower rate weight): "
-            "it reaches 34.8 dB at 0.51 bpp where this model stops at 32.5 dB; below that this model is better."]
+        + (["Above about 0.25 bpp (32.4 dB) use photos-r9-hq (same ratio and format, trained at a lower rate weight): "
+            "it reaches 34.8 dB at 0.51 bpp where this model stops at 32.6 dB; below that this model is better."]
            if r == 9 else []),
         "28 photos (aekit data photos --more, train split: 25 trained on, 3 validate)")
       for r in (9,)},
