@@ -473,7 +473,7 @@ def cmd_data(args: argparse.Namespace) -> int:
         try:
             datasets.photos(args.out, args.mate, more=args.more, plasma=args.plasma)
         except FileNotFoundError as e:
-            print(f"aekit data photos: {e}", file=sys.stderr)
+            print(f"aekit data photos: error: {e}", file=sys.stderr)
             return EXIT_ERROR
     else:
         datasets.sample_photos(args.out)

@@ -69,4 +69,4 @@ def test_cli_names_a_wallpapers_folder_it_cannot_use_and_writes_nothing(sources,
     rc = main(["data", "photos", str(out), "--mate", str(mate), "--more", "--plasma", str(tmp_path / "nowhere")])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and not out.exists()
-    assert err[-1].startswith("aekit data photos: ") and "nowhere/BytheWater: no wallpaper pictures" in err[-1]
+    assert err[-1].startswith("aekit data photos: error: ") and "nowhere/BytheWater: no wallpaper pictures" in err[-1]
