@@ -66,11 +66,11 @@ def finetune_cmd(source_run: str, export: str, run: str, rate_weight: float, epo
 
 
 PHOTO_TRAIN_MORE = PHOTO_TRAIN + "; from stage 9 on also the 12 photographs among KDE Plasma's wallpapers (aekit data photos --more)"
-PHOTO_MORE_CMD = ("aekit data photos data/photos-plus --more && "
+PHOTO_MORE_CMD = ("aekit data photos data/photos-plus --more && "  # photos-r9's stages 9-10 (session 17)
                   "aekit train data/photos-plus/train --arch gdn-hp --channels 3 --ratio 9 --width 128 --size 192 "
                   "--resize random-crop --repeat 16 --batch-size 8 --epochs 10 --time-budget 50 --lr 5e-5 --freeze-epochs 0 "
-                  "--clip-grad 1.0 --rate-weight {rw:g} --init-from {src}/best.pt --threads 1 --seed 0 --out {run}/ft && "
-                  "aekit refit-hyperprior {run}/ft/best.pt data/photos-plus/train --out {run}/rf --steps 2000 --lr 5e-4 "
+                  "--clip-grad 1.0 --rate-weight 0.01 --init-from runs/r9n/rf/best.pt --threads 1 --seed 0 --out runs/r9p/ft && "
+                  "aekit refit-hyperprior runs/r9p/ft/best.pt data/photos-plus/train --out runs/r9p/rf --steps 2000 --lr 5e-4 "
                   "--threads 2")
 
 FM_CMD = ("aekit train data/fmnist/train --resize none --channels 1 --width 32 --batch-size 64 --max-images 10000 "
@@ -141,7 +141,7 @@ SPECS: dict[str, Spec] = {
                           "stage 8)",
         PHOTO_CMD.format(r=r) + " && " + finetune_cmd(f"runs/photos-hp-r{r}-s6", f"models/photos-r{r}-s6", "runs/r9n", 0.01,
                                                         30, 50) + " && "
-        + PHOTO_MORE_CMD.format(rw=0.01, src="runs/r9n/rf", run="runs/r9p"), "runs/r9p/rf", "data/photos/test",
+        + PHOTO_MORE_CMD, "runs/r9p/rf", "data/photos/test",
         "the 5 held-out photos of aekit data photos", "skimage:astronaut",
         ["Trained on 28 photos (16 up to stage 8): figures on the 5 held-out photos are the honest ones; the bundled "
          "photos it trained on (marked by aekit demo) flatter it.",
@@ -182,7 +182,7 @@ SPECS: dict[str, Spec] = {
          ("For high rates (photos-r9-hq's transform): from about 0.37 bpp (33.6 dB) up, where photos-r4 flattens; "
           "below that photos-r4 is the better model, by up to 1.5 dB." if hq else
           "Above about 0.37 bpp (33.6 dB) use photos-r4-hq (same ratio and format): it goes on to 36.9 dB where this "
-          "model stops at 34.0 dB. Below about 0.27 bpp photos-r9 (1/9) gives 0.35-3.6 dB more at equal bytes."),
+          "model stops at 34.0 dB. Below about 0.27 bpp photos-r9 (1/9) gives 0.45-3.75 dB more at equal bytes."),
          "Below WebP and AVIF on the held-out photos (BD-rate above).",
          "int8 variants of both networks (aekit add-int8 on the rescaled graphs, resampling included; "
          "`aekit compress/decompress --int8`; figures above): its own, not the source's."]
