@@ -69,8 +69,9 @@ PH="data/photos/train --arch gdn --width 128 --size 192 --resize random-crop --r
 if need photos-r4 || need photos-r4-hq || need photos-r9 || need photos-r9-hq || need photos-r9-fast; then
   [[ -d data/photos/test ]] || aekit data photos data/photos
 fi
-# photos-r9's stages 9-10 train on 28 photos: the same set plus the 12 photographs among Plasma's wallpapers
-if need photos-r9; then
+# photos-r9's stages 9-10 and photos-r4's grid fine-tune train on 28 photos: the same set plus the 12 photographs among
+# Plasma's wallpapers
+if need photos-r9 || need photos-r4; then
   [[ -d data/photos-plus/test ]] || aekit data photos data/photos-plus --more
 fi
 # Stage 2 trains on from stage 1's last weights with a fresh cosine schedule at a lower peak lr
@@ -102,7 +103,7 @@ for r in 9; do
   # stage 6: the hyperprior alone, refitted on stage 5's frozen transforms at every quality step (same images, fewer bits)
   rf=runs/zoo/photos-r$r-hp-s6
   refit runs/zoo/photos-r$r-hp-s5 $rf 2000
-  if need photos-r$r || need photos-r4; then  # photos-r4's transform starts from stage 8 (since session 16)
+  if need photos-r$r || need photos-r4; then  # photos-r4's transform starts from stage 10 (since session 18)
     # stage 7: stage 6 trained on end to end at lr 5e-5 (50-minute budget; recorded: 19 epochs, best.pt = epoch 15), then
     # stage 8 refits its hyperprior. The recorded run started from `aekit import` of stage 6's export (model
     # ba27f75af0f30e5c, photos-r9 until 2026-12-01): the same weights as stage 6's best.pt.
@@ -112,10 +113,6 @@ for r in 9; do
       --clip-grad 1.0 --rate-weight 0.01 ${init:-}; unset init
     rf8=runs/zoo/photos-r$r-hp-s8
     refit runs/zoo/photos-r$r-hp-s7 $rf8 2000
-    # stage 8's export: photos-r4's transform starts from it (photos-r9 until session 17, model 6f48305802d7aa0e)
-    nice -n 19 aekit export $rf8/best.pt --out models/zoo/photos-r$r-s8 --force
-  fi
-  if need photos-r$r; then
     # stage 9: stage 8 trained on at lr 5e-5 on the 28 photos of `aekit data photos --more` (a 10-epoch cosine,
     # 50-minute budget; recorded: 10 epochs, 46 min, best.pt = epoch 10), then stage 10 refits its
     # hyperprior on the same photos.
@@ -159,22 +156,22 @@ fi
 # The 1/4 models' transforms: photos-r9's and photos-r9-hq's (aekit import of the exports above) fine-tuned on the
 # training crops enlarged 1.5x (--grid-scale 1.5: the grid aekit rescale runs them on), each at its own rate weight,
 # their hyperpriors then refitted on that grid (refit-hyperprior reads the grid from the checkpoint). Not shipped
-# themselves. Recorded: photos-r9-g15 55-minute budget, 8 epochs (best.pt = epoch 6; the run was stopped after
-# epoch 6 and resumed); photos-r9-hq-g15 45 minutes, 8 epochs (best.pt =
-# epoch 6 by validation loss).
-for spec in "photos-r4 photos-r9 0.01 55 photos-r9-s8" "photos-r4-hq photos-r9-hq 0.0025 45 photos-r9-hq"; do
-  read -r name src rw budget from <<< "$spec"
+# themselves. photos-r9-g15: from the stage-10 photos-r9 on its 28 photos, 9 crops of each an epoch (about as many
+# crops as 16 of each of 16 photos; since session 18; recorded: 50-minute budget, 9 epochs, best.pt = epoch 9).
+# photos-r9-hq-g15: from photos-r9-hq's stage 2 on the 16 photos (since session 16; recorded: 45 minutes, 8 epochs,
+# best.pt = epoch 6 by validation loss).
+for spec in "photos-r4 photos-r9 0.01 50 photos-plus 9" "photos-r4-hq photos-r9-hq 0.0025 45 photos 16"; do
+  read -r name src rw budget data repeat <<< "$spec"
   need $name || continue
   g=$src-g15
-  # from photos-r9's stage 8 and photos-r9-hq's stage 2 (since session 16)
-  [[ -f runs/zoo/$g/last.pt ]] || { nice -n 19 aekit import models/zoo/$from --force \
+  [[ -f runs/zoo/$g/last.pt ]] || { nice -n 19 aekit import models/zoo/$src --force \
     --out runs/zoo/$src-imported.pt; init="--init-from runs/zoo/$src-imported.pt"; }
-  train $g data/photos/train --arch gdn-hp --channels 3 --ratio 9 --width 128 --size 192 --resize random-crop \
-    --repeat 16 --batch-size 8 --epochs 45 --time-budget $budget --lr 5e-5 --freeze-epochs 0 --clip-grad 1.0 \
+  train $g data/$data/train --arch gdn-hp --channels 3 --ratio 9 --width 128 --size 192 --resize random-crop \
+    --repeat $repeat --batch-size 8 --epochs 45 --time-budget $budget --lr 5e-5 --freeze-epochs 0 --clip-grad 1.0 \
     --rate-weight $rw --grid-scale 1.5 ${init:-}
   unset init
   rf=runs/zoo/$g-rf
-  refit runs/zoo/$g $rf 2000
+  RDATA=data/$data/train refit runs/zoo/$g $rf 2000
   nice -n 19 aekit export $rf/best.pt --out models/zoo/$g --force
 done
 # photos-r4 and photos-r4-hq: those two transforms on a grid 1.5x as fine (aekit rescale: 48 channels at H/8 of the

@@ -52,16 +52,17 @@ PHOTO_CMD = ("aekit train data/photos/train --arch gdn --ratio {r} --width 128 -
 
 
 def finetune_cmd(source_run: str, export: str, run: str, rate_weight: float, epochs: int, budget: int,
-                 grid_scale: float = 0.0, refit_threads: int = 2) -> str:
-    """The recipe of a gdn-hp photo transform trained on from an earlier one (sessions 13-15): its run exported,
-    imported back to a checkpoint (the machine had lost the run folder), trained end to end at lr 5e-5 (on the
-    grid --grid-scale enlarges, for a rescaled model) and its hyperprior refitted."""
+                 grid_scale: float = 0.0, refit_threads: int = 2, data: str = "data/photos/train",
+                 repeat: int = 16) -> str:
+    """The recipe of a gdn-hp photo transform trained on from an earlier one (sessions 13-18): its run exported,
+    imported back to a checkpoint (the machine had lost the run folder), trained end to end at lr 5e-5 on `data`
+    (on the grid --grid-scale enlarges, for a rescaled model) and its hyperprior refitted on the same images."""
     grid = f" --grid-scale {grid_scale:g}" if grid_scale else ""
     return (f"aekit export {source_run}/best.pt --out {export} && aekit import {export} --out {run}/imported.pt && "
-            "aekit train data/photos/train --arch gdn-hp --channels 3 --ratio 9 --width 128 --size 192 --resize random-crop "
-            f"--repeat 16 --batch-size 8 --epochs {epochs} --time-budget {budget} --lr 5e-5 --freeze-epochs 0 "
+            f"aekit train {data} --arch gdn-hp --channels 3 --ratio 9 --width 128 --size 192 --resize random-crop "
+            f"--repeat {repeat} --batch-size 8 --epochs {epochs} --time-budget {budget} --lr 5e-5 --freeze-epochs 0 "
             f"--clip-grad 1.0 --rate-weight {rate_weight:g}{grid} --init-from {run}/imported.pt --threads 1 --seed 0 "
-            f"--out {run}/ft && aekit refit-hyperprior {run}/ft/best.pt data/photos/train --out {run}/rf "
+            f"--out {run}/ft && aekit refit-hyperprior {run}/ft/best.pt {data} --out {run}/rf "
             f"--steps 2000 --lr 5e-4 --threads {refit_threads}")
 
 
@@ -118,11 +119,11 @@ class Spec:
 # Sources of rescaled zoo models that are not shipped themselves (recipe and run for the card's training section).
 SOURCES: dict[str, Spec] = {
     "photos-r9-g15": Spec(
-        "codec", "photos-r9's transform fine-tuned on crops enlarged 1.5x (the grid photos-r4 runs it on)", PHOTO_TRAIN,
+        "codec", "photos-r9's transform fine-tuned on crops enlarged 1.5x (the grid photos-r4 runs it on)", PHOTO_TRAIN_MORE,
         "as photos-r9",
-        finetune_cmd("runs/r9n/rf", "models/r9n", "runs/r4g2", 0.01, 45, 55, grid_scale=1.5,
-                     refit_threads=1),  # photos-r9 stage 8 (session 16)
-        "runs/r4g2/rf", "data/photos/test", "the 5 held-out photos of aekit data photos", "skimage:astronaut"),
+        finetune_cmd("runs/r9p/rf", "models/r9p", "runs/r4g3", 0.01, 45, 50, grid_scale=1.5,
+                     data="data/photos-plus/train", repeat=9),  # photos-r9 stage 10 (session 18)
+        "runs/r4g3/rf", "data/photos/test", "the 5 held-out photos of aekit data photos", "skimage:astronaut"),
     "photos-r9-hq-g15": Spec(
         "codec", "photos-r9-hq's transform fine-tuned on crops enlarged 1.5x (the grid photos-r4-hq runs it on)",
         PHOTO_TRAIN, "as photos-r9-hq",
@@ -169,20 +170,22 @@ SPECS: dict[str, Spec] = {
                  "a grid 1.5x as fine (aekit rescale: bicubic resampling built into the encoder and decoder graphs, "
                  "48 channels at H/8 of the image, exactly 1/4), with its mean-scale hyperprior and integer tables "
                  f"refitted on that grid (gdn-hp; --quality as {'photos-r9-hq' if hq else 'photos-r9'}): aekit import "
-                 f"{'photos-r9-hq' if hq else 'photos-r9'}, aekit train --grid-scale 1.5 (8 epochs), "
+                 f"{'photos-r9-hq' if hq else 'photos-r9'}, aekit train --grid-scale 1.5 ({8 if hq else 9} epochs), "
                  "aekit refit-hyperprior.",
-        PHOTO_TRAIN, "held out by name: astronaut, coffee, LadyBird, Storm, GreenMeadow (aekit.datasets.PHOTO_TEST); "
-                     "training validated on 2 of the 16 training photos (the seeded 10 % split)",
+        PHOTO_TRAIN if hq else PHOTO_TRAIN_MORE,
+        "held out by name: astronaut, coffee, LadyBird, Storm, GreenMeadow (aekit.datasets.PHOTO_TEST); "
+        + ("training validated on 2 of the 16 training photos (the seeded 10 % split)" if hq else
+           "training validated on 3 of the 28 training photos (the seeded 10 % split)"),
         "", "", "data/photos/test", "the 5 held-out photos of aekit data photos", "skimage:astronaut",
-        [f"Trained on 16 photos (as {'photos-r9-hq' if hq else 'photos-r9'}, then on the same photos enlarged 1.5x): "
-         "figures on the 5 held-out photos are the honest ones.",
+        [f"Trained on {16 if hq else 28} photos (as {'photos-r9-hq' if hq else 'photos-r9'}, then on the same photos "
+         "enlarged 1.5x): figures on the 5 held-out photos are the honest ones.",
          "The 1/9 transform sees each image 1.5x enlarged, so compress and decompress run its networks on 2.25x the "
          "pixels (speed above). A transform trained from scratch at 1/4 might do better; the factor-16 one trained "
          "here saturated near 30 dB.",
          ("For high rates (photos-r9-hq's transform): from about 0.37 bpp (33.6 dB) up, where photos-r4 flattens; "
           "below that photos-r4 is the better model, by up to 1.5 dB." if hq else
           "Above about 0.37 bpp (33.6 dB) use photos-r4-hq (same ratio and format): it goes on to 36.9 dB where this "
-          "model stops at 34.0 dB. Below about 0.27 bpp photos-r9 (1/9) gives 0.45-3.75 dB more at equal bytes."),
+          "model stops at 34.1 dB. Below about 0.27 bpp photos-r9 (1/9) gives 0.44-3.5 dB more at equal bytes."),
          "Below WebP and AVIF on the held-out photos (BD-rate above).",
          "int8 variants of both networks (aekit add-int8 on the rescaled graphs, resampling included; "
          "`aekit compress/decompress --int8`; figures above): its own, not the source's."]
@@ -191,14 +194,16 @@ SPECS: dict[str, Spec] = {
             "fine-tune) beats by 0.01-0.18 dB at equal bytes at every quality on these photos (BD-rate -1.3 %). The "
             "curve ends at 36.9 dB (0.83 bpp); the model without the grid fine-tune reached 37.1 dB (0.93 bpp). Files "
             "written with any of them decode only with its folder (git history of aekit/zoo/photos-r4-hq)."] if hq else
-           ["Borders: from q7 up the border is 0.4-0.9 dB below the interior (within the 1 dB target; the model it "
-            "replaced was 0.8-1.2 dB below at q8-q12; codec/RESULTS.md).",
+           ["Borders: from q7 up the border is 0.2-0.8 dB below the interior (within the 1 dB target; "
+            "codec/RESULTS.md).",
             "Replaced on 2026-12-01 the factor-16 photos-r4 (192 channels at H/16, model id 6abf8b05b7e9998c), then "
             "photos-r9 rescaled without fine-tuning (5b61c380e6b8b494), then the same grid fine-tune of photos-r9's "
-            "stage 6 (9813318f28e74f87), which this one (from stage 8) beats by 0.01-0.40 dB at equal bytes on these "
-            "photos up to 0.27 bpp and matches above (BD-rate -3.3 %). Files written with any of "
+            "stage 6 (9813318f28e74f87), then on 2026-12-02 that of stage 8 on the 16 photos (6a3954dd65bce934), "
+            "which this one (from stage 10, on 28 photos) beats by up to 0.32 dB at equal bytes on these photos "
+            "(BD-rate -2.0 %; 0.05 dB below it at q2). Files written with any of "
             "them decode only with its folder (git history of aekit/zoo/photos-r4)."]),
-        "16 photos (aekit data photos, train split: 14 trained on, 2 validate)", rescaled=src)
+        "16 photos (aekit data photos, train split: 14 trained on, 2 validate)" if hq else
+        "28 photos (aekit data photos --more, train split: 25 trained on, 3 validate)", rescaled=src)
       for name, src, hq in (("photos-r4", "photos-r9-g15", False), ("photos-r4-hq", "photos-r9-hq-g15", True))},
     "photos-r9-hq": Spec(
         "codec", "RGB photo codec for high rates, latent 1/9 of the raw pixels: photos-r9's recipe to stage 5, then "
