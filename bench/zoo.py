@@ -182,9 +182,9 @@ SPECS: dict[str, Spec] = {
          "The 1/9 transform sees each image 1.5x enlarged, so compress and decompress run its networks on 2.25x the "
          "pixels (speed above). A transform trained from scratch at 1/4 might do better; the factor-16 one trained "
          "here saturated near 30 dB.",
-         ("For high rates (photos-r9-hq's transform): from about 0.37 bpp (33.6 dB) up, where photos-r4 flattens; "
+         ("For high rates (photos-r9-hq's transform): from about 0.37 bpp (33.7 dB) up, where photos-r4 flattens; "
           "below that photos-r4 is the better model, by up to 1.5 dB." if hq else
-          "Above about 0.37 bpp (33.6 dB) use photos-r4-hq (same ratio and format): it goes on to 36.9 dB where this "
+          "Above about 0.37 bpp (33.7 dB) use photos-r4-hq (same ratio and format): it goes on to 36.9 dB where this "
           "model stops at 34.1 dB. Below about 0.27 bpp photos-r9 (1/9) gives 0.44-3.5 dB more at equal bytes."),
          "Below WebP and AVIF on the held-out photos (BD-rate above).",
          "int8 variants of both networks (aekit add-int8 on the rescaled graphs, resampling included; "
