@@ -110,7 +110,7 @@ CORE_COMMANDS = ("train", "data", "sample", "interpolate")
 # a command not found there falls back to loading every entry point, so nothing is lost.
 COMMAND_HOME = {"compress": "codec", "decompress": "codec", "evaluate": "codec", "dump": "dump",
                 "denoise": "denoise", "demo": "demo", "export": "export", "models": "export", "info": "export", "import": "export",
-                "screen": "detector", "bench": "bench", "serve": "serve", "experiment": "experiment"}
+                "add-context": "export", "fit-context": "fit-context", "screen": "detector", "bench": "bench", "serve": "serve", "experiment": "experiment"}
 
 
 def requested_command(argv: list[str]) -> str | None:

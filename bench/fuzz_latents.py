@@ -2,7 +2,7 @@
 
     python -m aekit.bench.fuzz_latents --mutants 10000 --out codec/results/fuzz.json
 Mutants of real .ael files written by shipped models (fmnist-r4 on 28x28 images, photos-r9 on
-64x64 and 128x128 photo crops: coders 4 and 5): byte flips, truncations, insertions and header-field
+64x64 and 128x128 photo crops: coders 4, 5 and, with its channel context, 6): byte flips, truncations, insertions and header-field
 rewrites, each with the checksum left as is and, for half of them, recomputed (so the semantic checks
 are reached). Each is decoded with aekit.codec.core.Decoder. Outcomes: clean (a one-line CodecError/
 LatentFormatError/ModelError/ImageError), decoded (allowed only for checksum-fixed mutants), silent corruption (a
@@ -75,6 +75,8 @@ def sources() -> list[tuple[str, bytes, str]]:
     import skimage.data
 
     from aekit.codec.core import Codec
+    from aekit.codec.format import pack
+    from aekit.export.entropy import CODER_CHANNEL_CONTEXT
     from aekit.export.manifest import resolve_model
 
     out = []
@@ -83,8 +85,13 @@ def sources() -> list[tuple[str, bytes, str]]:
     for k in range(4):
         out.append(("fmnist-r4", fm.compress(cam[100 + 28 * k:128 + 28 * k, 200:228, None]), str(fm.rt.dir)))
     ph = Codec(resolve_model("photos-r9"))
-    out.append(("photos-r9", ph.compress(skimage.data.astronaut()[100:164, 200:264]), str(ph.rt.dir)))  # coder 4
-    out.append(("photos-r9", ph.compress(skimage.data.astronaut()[100:228, 200:328]), str(ph.rt.dir)))  # coder 5
+    out.append(("photos-r9", ph.compress(skimage.data.astronaut()[100:164, 200:264]), str(ph.rt.dir)))
+    out.append(("photos-r9", ph.compress(skimage.data.astronaut()[100:228, 200:328]), str(ph.rt.dir)))
+    if ph.em.context is not None:  # coder 6 (channel context) written whatever the smallest coder is
+        crop = skimage.data.coffee()[100:228, 200:328]
+        q = ph.symbols(crop[None])[0]
+        out.append(("photos-r9", pack(ph.header(128, 128, "RGB", CODER_CHANNEL_CONTEXT), ph.em._encode_context(q)),
+                    str(ph.rt.dir)))
     return out
 
 

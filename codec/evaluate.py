@@ -165,9 +165,11 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     tiled = {m: Codec(m, CodecConfig(device=cfg.device, full_res_max_pixels=0, tile_px=cfg.tile_px,
                                      levels=first[m][1], quality=first[m][2], int8=cfg.int8, rdoq=cfg.rdoq))
              for m in cfg.models} if cfg.tile_px else {}
-    dec = Decoder(cfg.models, CodecConfig(device=cfg.device, int8=cfg.int8))
-    dec_tiled = Decoder(cfg.models, CodecConfig(device=cfg.device, full_res_max_pixels=0, tile_px=cfg.tile_px,
-                                                int8=cfg.int8))
+    # each model's files decode with its own folder (two folders may share a model id: one with a channel context)
+    dec = {m: Decoder([codecs[first[m]].rt.dir], CodecConfig(device=cfg.device, int8=cfg.int8)) for m in cfg.models}
+    dec_tiled = {m: Decoder([codecs[first[m]].rt.dir], CodecConfig(device=cfg.device, full_res_max_pixels=0,
+                                                                   tile_px=cfg.tile_px, int8=cfg.int8))
+                 for m in cfg.models}
     accs: dict[str, _Acc] = {}
     refused: dict[tuple, int] = {r: 0 for r in runs}
     scales: set[int] = set()
@@ -181,10 +183,10 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
         for shape, group in _by_shape(chunk).items():
             scales.add(msssim_scales(shape[0], shape[1]))
             for r in runs:
-                refused[r] += _eval_codec(codecs[r], dec, group, accs.setdefault(f"codec:{r}", _Acc()))
+                refused[r] += _eval_codec(codecs[r], dec[r[0]], group, accs.setdefault(f"codec:{r}", _Acc()))
             for m in cfg.models:
                 if m in tiled:
-                    _eval_codec(tiled[m], dec_tiled, group, accs.setdefault(f"tiled:{m}", _Acc()))
+                    _eval_codec(tiled[m], dec_tiled[m], group, accs.setdefault(f"tiled:{m}", _Acc()))
             for fmt in baseline.available():
                 for q in cfg.qualities:
                     _eval_pillow(group, fmt, q, accs.setdefault(f"{fmt}:{q}", _Acc()))

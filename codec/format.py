@@ -1,4 +1,4 @@
-"""The latent file format (.ael), version 3 (reads 1 and 2 too): pack and parse, nothing else (no torch, no ONNX).
+"""The latent file format (.ael), version 6 (reads 1 to 5 too): pack and parse, nothing else (no torch, no ONNX).
 
 Byte layout, checks and the bit-exactness contract are documented in codec/FORMAT.md;
 `parse` is the only reader and refuses anything that is not a well-formed file with one
@@ -10,12 +10,12 @@ from __future__ import annotations
 import zlib
 from dataclasses import dataclass
 
-from aekit.export.entropy import CODER_HYPER, CODER_HYPER_CONTEXT, CODER_HYPER_OFFSETS, CODER_NAMES
+from aekit.export.entropy import CODER_CHANNEL_CONTEXT, CODER_HYPER, CODER_HYPER_CONTEXT, CODER_HYPER_OFFSETS, CODER_NAMES
 
 MAGIC = b"\x89AEL"  # high bit first: never valid text, like PNG's signature
-VERSION = 5  # the newest version, written for coder 5; each file is written at the lowest version its coder allows
-READ_VERSIONS = (1, 2, 3, 4, 5)  # 2 = 1 + a quality byte; 3 = 2 + coder 3 (hyperprior); 4 = 3 + coder 4 (mean offsets);
-# 5 = 4 + coder 5 (spatial context)
+VERSION = 6  # the newest version, written for coder 6; each file is written at the lowest version its coder allows
+READ_VERSIONS = (1, 2, 3, 4, 5, 6)  # 2 = 1 + a quality byte; 3 = 2 + coder 3 (hyperprior); 4 = 3 + coder 4 (mean offsets);
+# 5 = 4 + coder 5 (spatial context); 6 = 5 + coder 6 (channel context)
 SUFFIX = ".ael"
 MODES = {0: "L", 1: "RGB"}  # stored image mode -> PIL mode
 MODE_CODES = {v: k for k, v in MODES.items()}
@@ -63,10 +63,11 @@ def _varint(n: int) -> bytes:
 
 
 def version_for(coder: int) -> int:
-    """The version a file with this coder is written as: 5 for the hyperprior coder with spatial context,
+    """The version a file with this coder is written as: 6 for the channel-context coder, 5 for the hyperprior
+    coder with spatial context,
     4 for the hyperprior coder with mean offsets, 3 for the hyperprior coder, else 2 (so older readers keep
     reading every file their coders can)."""
-    return {CODER_HYPER_CONTEXT: 5, CODER_HYPER_OFFSETS: 4, CODER_HYPER: 3}.get(coder, 2)
+    return {CODER_CHANNEL_CONTEXT: 6, CODER_HYPER_CONTEXT: 5, CODER_HYPER_OFFSETS: 4, CODER_HYPER: 3}.get(coder, 2)
 
 
 def pack(h: LatentHeader, payload: bytes) -> bytes:
@@ -154,7 +155,7 @@ def parse(data: bytes, name: str = "<bytes>") -> tuple[LatentHeader, bytes]:
     if zlib.crc32(payload, zlib.crc32(r.data[:crc_at])) != crc:
         raise r.fail("checksum mismatch (file corrupted)")
     _check_fields(r, height, width, mode_code, factor, c, lh, lw, levels, quantiser, coder, flags)
-    if coder in (CODER_HYPER, CODER_HYPER_OFFSETS, CODER_HYPER_CONTEXT) and \
+    if coder in (CODER_HYPER, CODER_HYPER_OFFSETS, CODER_HYPER_CONTEXT, CODER_CHANNEL_CONTEXT) and \
             (version < version_for(coder) or quantiser != QUANT_INTEGER):
         raise r.fail(f"entropy coder {coder} needs format version {version_for(coder)} and the integer quantiser")
     if (quantiser == QUANT_INTEGER) != (quality > 0):

@@ -21,6 +21,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     from aekit.export.zoo import register as register_zoo  # aekit models: the shipped models
 
     register_zoo(sub)
+    from aekit.export.context import register as register_context  # aekit add-context (coder 6)
+
+    register_context(sub)
     p = sub.add_parser("export", help="export a checkpoint to ONNX (encoder, decoder, manifest)",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("checkpoint", help="checkpoint file, e.g. runs/NAME/best.pt")

@@ -26,8 +26,10 @@ CODER_ANS = 2  # payload = constriction ANS words (uint32 little-endian), one ca
 CODER_HYPER = 3  # payload = one ANS stream: ẑ under the factorized prior, then ŷ under the hyperprior's scales
 CODER_HYPER_OFFSETS = 4  # payload = per-channel offsets of the hyperprior's mean, then coder 3's stream under them
 CODER_HYPER_CONTEXT = 5  # payload = coder 4's offsets, spatial context shifts, then a three-pass stream
+CODER_CHANNEL_CONTEXT = 6  # payload = the channel context's id, then ẑ and ŷ slice by slice under its tables
 CODER_NAMES = {CODER_RAW: "raw", CODER_ZSTD: "zstd", CODER_ANS: "ans-categorical", CODER_HYPER: "ans-hyperprior",
-               CODER_HYPER_OFFSETS: "ans-hyperprior-offsets", CODER_HYPER_CONTEXT: "ans-hyperprior-context"}
+               CODER_HYPER_OFFSETS: "ans-hyperprior-offsets", CODER_HYPER_CONTEXT: "ans-hyperprior-context",
+               CODER_CHANNEL_CONTEXT: "ans-channel-context"}
 
 # constriction's default categorical model works with 24-bit fixed-point probabilities.
 PRECISION = 24

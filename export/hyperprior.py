@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from aekit.export.entropy import (CODER_HYPER, CODER_HYPER_CONTEXT, CODER_HYPER_OFFSETS, PRECISION, RDOQ_MAX_SYMBOLS,
+from aekit.export.entropy import (CODER_CHANNEL_CONTEXT, CODER_HYPER, CODER_HYPER_CONTEXT, CODER_HYPER_OFFSETS, PRECISION, RDOQ_MAX_SYMBOLS,
                                   RDOQ_T, ZSTD_GATE, ZSTD_LEVEL, EntropyError, _check_symbols, _constriction,
                                   _decode_symbols, _smallest, _untrim, integer_table, quality_entry,
                                   rdoq_choose)
@@ -186,6 +186,36 @@ class IntegerHyperDecoder:
             base = [_released_array((h, w), np.int8) for _ in range(cy)]
         else:
             table, base = np.empty((cy, h, w), dtype=np.uint8), np.empty((cy, h, w), dtype=np.int8)  # base: ±127
+        for a0, a1, acc in self._bands(z_sym, h, w, band):
+            tj, bm = choose_tables(acc[..., :cy], acc[..., cy:], t, step4, f)
+            tj, bm = tj.transpose(2, 0, 1), bm.transpose(2, 0, 1)
+            for c in range(cy):  # a view of an array's channel, or a list's array
+                table[c][a0:a1] = tj[c]
+                base[c][a0:a1] = bm[c]
+        return table, base
+
+    def params(self, z_sym: np.ndarray, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+        """uint8 ẑ (c_z, ceil(h/4), ceil(w/4)) -> (μ, ln σ) accumulators, each int64 (c_y, h, w) in units of
+        2^-frac_bits (the integers `tables` chooses from; the channel context of coder 6 corrects them)."""
+        cy = self.layers[-1][5].size // 2
+        mu, ls = np.empty((cy, h, w), dtype=np.int64), np.empty((cy, h, w), dtype=np.int64)
+        libs = [lib for lib in _blas_controller().lib_controllers if lib.user_api == "blas"]
+        before = [lib.num_threads for lib in libs]
+        for lib in libs:
+            lib.set_num_threads(1)
+        try:
+            for a0, a1, acc in self._bands(z_sym, h, w, 0):
+                mu[:, a0:a1] = acc[..., :cy].transpose(2, 0, 1)
+                ls[:, a0:a1] = acc[..., cy:].transpose(2, 0, 1)
+        finally:
+            for lib, n in zip(libs, before):
+                lib.set_num_threads(n)
+        return mu, ls
+
+    def _bands(self, z_sym: np.ndarray, h: int, w: int, band: int) -> Iterator[tuple[int, int, np.ndarray]]:
+        """(y row a0, a1, acc (a1 − a0, w, 2·c_y)) of the last layer, computed in bands of `band` z rows (0:
+        HYPER_S_BAND_POSITIONS y positions) with `halo` rows of context each side: the same integers as one
+        pass, with memory bounded by the band."""
         zh = z_sym.shape[1]
         band = band or max(1, HYPER_S_BAND_POSITIONS // (Z_FACTOR * w))
         for z0 in range(0, zh, band):
@@ -195,17 +225,19 @@ class IntegerHyperDecoder:
             off = Z_FACTOR * s0
             for r0, acc in self.outputs_hwc(z_sym[:, s0:s1], min(h, Z_FACTOR * s1) - off, w):
                 a0, a1 = max(off + r0, y0), min(off + r0 + acc.shape[0], y1)
-                if a1 <= a0:
-                    continue
-                acc = acc[a0 - off - r0:a1 - off - r0]  # (r, w, 2·c_y)
-                j = np.searchsorted(t, acc[..., cy:], side="left")
-                m4 = (16 * acc[..., :cy].astype(np.int64) + (step4 << (f - 1))) // (step4 << f)
-                tj = (4 * j + (m4 & 3)).astype(np.uint8).transpose(2, 0, 1)
-                bm = np.clip(m4 >> 2, -127, 127).astype(np.int8).transpose(2, 0, 1)
-                for c in range(cy):  # a view of an array's channel, or a list's array
-                    table[c][a0:a1] = tj[c]
-                    base[c][a0:a1] = bm[c]
-        return table, base
+                if a1 > a0:
+                    yield a0, a1, acc[a0 - off - r0:a1 - off - r0]
+
+
+def choose_tables(mu: np.ndarray, log_scale: np.ndarray, thresholds: np.ndarray, step4: int,
+                  f: int) -> tuple[np.ndarray, np.ndarray]:
+    """Integer μ and ln σ accumulators (any shape; int64 or float64 holding integers) in units of 2^-f ->
+    (uint8 table, int8 base) of the same shape: scale index j = #{k: ln σ > T_k}, the mean in quarter steps
+    m = floor((16·μ + D·2^(f−1)) / (D·2^f)) = round(4μ/Δ) (D = 4Δ, int64 floor division),
+    base = clip(floor(m / 4), −127, 127) and table = 4j + (m mod 4). Integers only (codec/FORMAT.md)."""
+    j = np.searchsorted(np.asarray(thresholds, dtype=np.float64), np.asarray(log_scale, dtype=np.float64), side="left")
+    m4 = (16 * np.asarray(mu).astype(np.int64) + (step4 << (f - 1))) // (step4 << f)
+    return (4 * j + (m4 & 3)).astype(np.uint8), np.clip(m4 >> 2, -127, 127).astype(np.int8)
 
 
 @dataclass
@@ -228,6 +260,7 @@ class HyperpriorEntropyModel:
     decoder: IntegerHyperDecoder
     encoder_path: Path
     channels: int  # c_y
+    context: Any = None  # aekit.export.context.IntegerChannelContext of the model folder (coder 6), or None
     _cache: dict[str, list[Any]] = field(default_factory=dict, repr=False, compare=False)
     # RDOQ's (ẑ, table, base) for the symbols it returned, keyed by their digest: the coder codes them under
     # the very tables RDOQ chose them by instead of running h_a and h_s again (RDOQ_SIDE_KEEP at most)
@@ -260,10 +293,12 @@ class HyperpriorEntropyModel:
             raise EntropyError(f"model {mid}: 256 y tables and {n_scales - 1} ascending integer thresholds expected")
         if not (step4 == 4 * float(entry["step"]) and 1 <= step4 <= 1024):
             raise EntropyError(f"model {mid}: step4 {step4} is not 4 x the quality's step {entry['step']}")
+        from aekit.export.context import load_context
+
         return cls(float(entry["step"]), levels, np.stack([integer_table(c) for c in scale]),
                    np.stack([integer_table(c) for c in z]), thresholds, step4,
                    IntegerHyperDecoder(hyper["layers"], arrays), folder / Path(hyper["encoder"]).name,
-                   int(manifest["latent_channels"]))
+                   int(manifest["latent_channels"]), load_context(manifest))
 
     def z_shape(self, h: int, w: int) -> tuple[int, int, int]:
         return (self.z_tables.shape[0], -(-h // Z_FACTOR), -(-w // Z_FACTOR))
@@ -338,6 +373,12 @@ class HyperpriorEntropyModel:
         (aekit.export.entropy._smallest: zstd_gate skips a hopeless full zstd trial)."""
         q = _check_symbols(symbols, self.channels, self.levels)
         try:
+            if self.context is not None and q.size <= CONTEXT_MAX_SYMBOLS:  # coder 6 too: the smaller one wins
+                side = self._side_for_coding(q, split=False)
+                z = side[0]
+                coder, payload = self._encode_hyper_best(q, side)
+                return _smallest(q, {coder: lambda _: payload,
+                                     CODER_CHANNEL_CONTEXT: lambda _: self._encode_context(q, z)}, zstd_level, zstd_gate)
             coder, payload = self._encode_hyper_best(q)
         except ImportError:  # constriction missing: zstd and raw still work
             return _smallest(q, {}, zstd_level, zstd_gate)
@@ -357,7 +398,8 @@ class HyperpriorEntropyModel:
             return self._decode_context(ans, shp, offsets, shifts).ravel()
 
         own = {CODER_HYPER: lambda data, n: self._decode_hyper(data, shp).ravel(), CODER_HYPER_OFFSETS: with_offsets,
-               CODER_HYPER_CONTEXT: with_context}
+               CODER_HYPER_CONTEXT: with_context,
+               CODER_CHANNEL_CONTEXT: lambda data, n: self._decode_channel_context(data, shp).ravel()}
         return _decode_symbols(own, coder_id, payload, shape, self.channels, self.levels)
 
     def _models(self, which: str) -> list[Any]:
@@ -381,13 +423,13 @@ class HyperpriorEntropyModel:
         """Coder 3's payload of ŷ symbols (c_y, h, w)."""
         return self._ans(q, *self._side(q))
 
-    def _encode_hyper_best(self, q: np.ndarray) -> tuple[int, bytes]:
+    def _encode_hyper_best(self, q: np.ndarray, side: tuple[np.ndarray, Any, Any] | None = None) -> tuple[int, bytes]:
         """(coder, payload): coder 5 when the spatial context (`context_shifts`) is estimated to save more
         than its side information (latents of at most CONTEXT_MAX_SYMBOLS), else coder 4 when per-channel
         mean offsets (`mean_offsets`) do, else coder 3; h_a and h_s run once either way (not at all for
-        symbols RDOQ returned: its ẑ and tables are reused)."""
+        symbols RDOQ returned: its ẑ and tables are reused; nor when `side`, _side(q)'s whole arrays, is given)."""
         whole = q.size <= CONTEXT_MAX_SYMBOLS  # coder 5 needs whole arrays; larger latents keep the split path
-        z, table, base = self._side_for_coding(q, split=not whole)  # split: per-channel arrays _group frees
+        z, table, base = side if side is not None else self._side_for_coding(q, split=not whole)  # split: per-channel arrays _group frees
         log2p = np.log2(self.scale_tables) - PRECISION
         off = mean_offsets(q, table, base, log2p)
         nz = np.flatnonzero(off)
@@ -503,6 +545,75 @@ class HyperpriorEntropyModel:
             raise EntropyError(f"decoded symbol outside 0..{self.levels - 1} (corrupt payload)")
         return (k + half).astype(np.uint8)
 
+
+    def _encode_context(self, q: np.ndarray, z: np.ndarray | None = None) -> bytes:
+        """Coder 6's payload of ŷ symbols (c_y, h, w) (codec/FORMAT.md): the context id, coder 4's offset list and
+        coder 5's class shifts chosen on the tables the channel context gives, then one ANS stream of ẑ and of the
+        slices in turn, each in coder 5's three passes. z: ẑ if known."""
+        z = self.hyper_symbols(q) if z is None else z
+        mu, ls = self.decoder.params(z, q.shape[1], q.shape[2])
+        k = q.astype(np.int16) - np.int16((self.levels - 1) // 2)
+        ctx, per = self.context, self.context.per
+        table, base = np.empty(q.shape, np.uint8), np.empty(q.shape, np.int8)
+        for s in range(ctx.slices):  # every slice's tables at once: the encoder knows all symbols
+            sl = slice(s * per, (s + 1) * per)
+            table[sl], base[sl] = ctx.slice_tables(s, mu, ls, k, self.decoder.frac_bits, self.thresholds, self.step4)
+        log2p = np.log2(self.scale_tables) - PRECISION
+        off = mean_offsets(q, table, base, log2p)
+        apply_offsets(base, off)
+        nz = np.flatnonzero(off)
+        side = np.empty(len(nz), dtype=[("c", "<u2"), ("o", "i1")])
+        side["c"], side["o"] = nz, off[nz]
+        shifts = context_shifts(k, table, base, log2p)
+        if shifts is None:
+            shifts = np.zeros((CONTEXT_CLASSES, 2), np.int16)
+        passes = []
+        for s in range(ctx.slices):
+            sl = slice(s * per, (s + 1) * per)
+            passes += _context_groups(k[sl], table[sl], base[sl], shifts)
+        return ctx.id + len(nz).to_bytes(2, "little") + side.tobytes() + _shift_bytes(shifts) + self._code(z, *passes)
+
+    def _decode_channel_context(self, payload: bytes, shape: tuple[int, int, int]) -> np.ndarray:
+        """Coder 6's payload -> uint8 ŷ symbols (c_y, h, w): ẑ, then slice by slice, each slice's tables from the
+        context network on the slices before it (with the offsets), coded in coder 5's three passes."""
+        from aekit.export.context import CONTEXT_ID_BYTES
+
+        cy, h, w = shape
+        got = payload[:CONTEXT_ID_BYTES].hex()
+        if self.context is None:
+            raise EntropyError(f"coded with channel context {got}, which this model folder does not have "
+                               "(aekit add-context adds it; the model id is the same without it)")
+        if payload[:CONTEXT_ID_BYTES] != self.context.id:
+            raise EntropyError(f"coded with channel context {got}; this model folder has {self.context.id.hex()}")
+        if cy * h * w > CONTEXT_MAX_SYMBOLS:
+            raise EntropyError(f"coder 6 payload for {cy * h * w} symbols (at most {CONTEXT_MAX_SYMBOLS})")
+        rest, offsets = _split_offsets(payload[CONTEXT_ID_BYTES:], cy, allow_none=True)
+        payload, shifts = _split_shifts(rest, allow_none=True)
+        zc, zh, zw = self.z_shape(h, w)
+        if len(payload) % 4:
+            raise EntropyError(f"ANS payload of {len(payload)} bytes is not a whole number of 32-bit words")
+        ym, zm = self._models("y"), self._models("z")
+        half = (self.levels - 1) // 2
+        k = np.zeros((cy, h, w), dtype=np.int16)
+        ctx, per = self.context, self.context.per
+        try:
+            coder = _constriction().stream.stack.AnsCoder(np.frombuffer(payload, dtype="<u4").astype(np.uint32))
+            z = np.stack([coder.decode(zm[c], zh * zw) for c in range(zc)]).reshape(zc, zh, zw).astype(np.uint8)
+            mu, ls = self.decoder.params(z, h, w)
+            for s in range(ctx.slices):
+                ks = k[s * per:(s + 1) * per]  # a view: the passes fill k
+                table, base = ctx.slice_tables(s, mu, ls, k, self.decoder.frac_bits, self.thresholds, self.step4)
+                apply_offsets(base, offsets[s * per:(s + 1) * per])
+                for where, t, b in _context_tables(ks, table, base, shifts):
+                    v = _pop_pass(coder, ym, t) - 254 + b
+                    if v.min(initial=0) < -half or v.max(initial=0) > self.levels - 1 - half:
+                        raise EntropyError(f"decoded symbol outside 0..{self.levels - 1} (corrupt payload)")
+                    ks[:, where] = v
+        except (ValueError, RuntimeError, OverflowError) as e:
+            raise EntropyError(f"corrupt ANS payload ({e})") from None
+        if not coder.is_empty():
+            raise EntropyError("corrupt ANS payload (data left over after the last symbol)")
+        return (k + half).astype(np.uint8)
 
 # Coder 5: a spatial context without a network. ŷ is split into three interleaved passes, coded one after
 # the other, as in the two-pass checkerboard of He et al., "Checkerboard context model for efficient learned
@@ -631,14 +742,15 @@ def _shift_bytes(shifts: np.ndarray) -> bytes:
     return mask.to_bytes(4, "little") + shifts[used].astype(np.int8).tobytes()
 
 
-def _split_shifts(payload: bytes) -> tuple[bytes, np.ndarray]:
-    """Coder 5's payload after the offsets -> (ANS part, int16 shifts (30, 2)); EntropyError when malformed."""
+def _split_shifts(payload: bytes, allow_none: bool = False) -> tuple[bytes, np.ndarray]:
+    """Coder 5's payload after the offsets -> (ANS part, int16 shifts (30, 2)); EntropyError when malformed.
+    allow_none: coder 6, whose mask may name no class (then every shift is 0)."""
     if len(payload) < 4:
-        raise EntropyError("coder 5 payload too short for its context mask")
+        raise EntropyError("coder 5/6 payload too short for its context mask")
     mask = int.from_bytes(payload[:4], "little")
     used = [c for c in range(32) if mask >> c & 1]
     end = 4 + 2 * len(used)
-    if mask >> CONTEXT_CLASSES or not used or len(payload) < end:
+    if mask >> CONTEXT_CLASSES or (not used and not allow_none) or len(payload) < end:
         raise EntropyError(f"coder 5 context mask 0x{mask:08x} names no class or one beyond class "
                            f"{CONTEXT_CLASSES - 1}, or its shifts are cut off")
     shifts = np.zeros((CONTEXT_CLASSES, 2), np.int16)

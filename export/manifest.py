@@ -324,6 +324,14 @@ def describe(m: dict[str, Any]) -> str:
         lines.append(f"rescaled     {r.get('from')} ({r.get('from_model_id')}, 1/{r.get('from_ratio')} at H/{r.get('from_factor')}) "
                      f"on a grid {r.get('scale', 0):g}x as fine: encoder {r.get('encoder')}; decoder {r.get('decoder')} "
                      "(aekit rescale; the training below is the source's)")
+    cc = m.get("channel_context")
+    if isinstance(cc, dict):
+        fit = cc.get("fit") or {}
+        change = [r.get("change_pct") for r in (cc.get("check") or {}).get("qualities", [])]
+        lines.append(f"context      channel context {str(cc.get('sha256'))[:8]} (coder 6, Minnen & Singh 2020): "
+                     f"{cc.get('slices')} slices, width {cc.get('width')}; trained {fit.get('steps')} steps on "
+                     f"{fit.get('data')} in {fit.get('time_s')} s; bytes against coder 5 on its check images: "
+                     + (f"{min(change):+.1f} to {max(change):+.1f} %" if change else "?"))
     if "verification" in m:
         v = m["verification"]
         lines.append(f"verified     onnxruntime vs torch on {v.get('images')} real images: max abs err "

@@ -363,25 +363,35 @@ def _integer_hyper_decoder(model: nn.Module) -> tuple[list[dict[str, Any]], dict
         w = conv.weight.detach().double().numpy()
         b = conv.bias.detach().double().numpy()
         transpose = isinstance(conv, nn.ConvTranspose2d)
-        k = (w.shape[0] if transpose else w.shape[1]) * w.shape[2] * w.shape[3]
-        for shift in range(20, -1, -1):
-            wq = np.rint(w * 2.0 ** shift).astype(np.int64)
-            bq = np.rint(b * 2.0 ** (shift + HYPER_FRAC_BITS)).astype(np.int64)
-            if k * int(np.abs(wq).max()) * (1 << HYPER_ACT_BITS) + int(np.abs(bq).max()) < 1 << (EXACT_BITS - 1):
-                break
-        else:
-            raise ExportError("hyper decoder weights too large for exact integer evaluation")
-        while shift > 0 and int(np.abs(np.rint(w * 2.0 ** (shift - 1))).max()) >= 1024 and int(np.abs(wq).max()) > 32767:
-            shift -= 1  # 16-bit weights (a lower shift only shrinks both terms of the bound)
-            wq = np.rint(w * 2.0 ** shift).astype(np.int64)
-            bq = np.rint(b * 2.0 ** (shift + HYPER_FRAC_BITS)).astype(np.int64)
+        shift, wq, bq = integer_layer(w, b, transpose, "hyper decoder")
         spec = {"kind": "conv_transpose" if transpose else "conv", "stride": conv.stride[0],
                 "padding": conv.padding[0], "shift": shift, "relu": i < len(convs) - 1}
         if transpose:
             spec["output_padding"] = conv.output_padding[0]
         specs.append(spec)
-        arrays[f"w{i}"], arrays[f"b{i}"] = _smallest_int(wq), _smallest_int(bq)
+        arrays[f"w{i}"], arrays[f"b{i}"] = smallest_int(wq), smallest_int(bq)
     return specs, arrays
+
+
+def integer_layer(w: np.ndarray, b: np.ndarray, transpose: bool, what: str) -> tuple[int, np.ndarray, np.ndarray]:
+    """float64 conv weights (out, in, kh, kw) (transposed: (in, out, kh, kw)) and bias -> (s, W_q, b_q) for
+    exact integer evaluation on activations below 2^26 in units of 2^-16: W_q = round(W · 2^s), b_q =
+    round(b · 2^(s + 16)), s the largest (≤ 20) keeping K · max|W_q| · 2^26 + max|b_q| < 2^52, then lowered
+    while that leaves weights over 16 bits and the largest at least 1024 (see _integer_hyper_decoder).
+    ExportError when no shift fits."""
+    k = (w.shape[0] if transpose else w.shape[1]) * w.shape[2] * w.shape[3]
+    for shift in range(20, -1, -1):
+        wq = np.rint(w * 2.0 ** shift).astype(np.int64)
+        bq = np.rint(b * 2.0 ** (shift + HYPER_FRAC_BITS)).astype(np.int64)
+        if k * int(np.abs(wq).max()) * (1 << HYPER_ACT_BITS) + int(np.abs(bq).max()) < 1 << (EXACT_BITS - 1):
+            break
+    else:
+        raise ExportError(f"{what} weights too large for exact integer evaluation")
+    while shift > 0 and int(np.abs(np.rint(w * 2.0 ** (shift - 1))).max()) >= 1024 and int(np.abs(wq).max()) > 32767:
+        shift -= 1  # 16-bit weights (a lower shift only shrinks both terms of the bound)
+        wq = np.rint(w * 2.0 ** shift).astype(np.int64)
+        bq = np.rint(b * 2.0 ** (shift + HYPER_FRAC_BITS)).astype(np.int64)
+    return shift, wq, bq
 
 
 def _export_hyper(model: nn.Module, tmp: Path, latent: dict[str, Any], ckpt: dict[str, Any],
@@ -447,7 +457,7 @@ def _export_hyper(model: nn.Module, tmp: Path, latent: dict[str, Any], ckpt: dic
     return {"hyper_encoder": "hyper_encoder.onnx", "hyper_decoder": "hyper_decoder.npz"}
 
 
-def _smallest_int(a: np.ndarray) -> np.ndarray:
+def smallest_int(a: np.ndarray) -> np.ndarray:
     """The integers of a in the narrowest of int16 / int32 / int64 that holds them all (the hyper decoder's
     weights mostly fit 16 bits; the runtime reads any integer dtype as int64)."""
     for t in (np.int16, np.int32):

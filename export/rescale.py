@@ -40,7 +40,7 @@ MIN_OPSET = 18  # Resize's antialias attribute
 CUBIC_A = -0.5  # Keys' cubic convolution parameter (Pillow BICUBIC); ONNX's default is -0.75
 CUBIC_REACH = 2  # taps each side of a cubic kernel, in the units of the grid it reads (× 1/s when shrinking)
 NETWORK_FILES = ("encoder", "decoder")
-COPIED_FILES = ("hyper_encoder", "hyper_decoder")  # these read and write latents only: unchanged
+COPIED_FILES = ("hyper_encoder", "hyper_decoder", "channel_context")  # these read and write latents only: unchanged
 DROPPED = ("int8_variants", "int8", "speed", "verification", "graph", "tile_context", "calibration",
            "fp16")  # figures of the source's graphs (and a detector's banks); re-measured or left out
 

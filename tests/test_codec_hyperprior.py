@@ -799,7 +799,7 @@ def test_coder_5_shrinks_real_photos_and_decodes_in_another_process(tmp_path):
         assert coder == 5 and old_coder in (3, 4) and len(payload) <= len(old)
         sizes.append((len(payload), len(old)))
         data = codec.compress(image)
-        assert parse(data)[0].coder == 5
+        assert parse(data)[0].coder in (5, 6) and len(parse(data)[1]) <= len(payload)  # coder 6: its channel context
         (tmp_path / f"{i}.ael").write_bytes(data)
         np.save(tmp_path / f"{i}.npy", q)
     assert sum(new for new, _ in sizes) < 0.99 * sum(old for _, old in sizes)  # 1.5 % and 1.3 % when written
