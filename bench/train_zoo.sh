@@ -30,6 +30,16 @@ refit() {
     --out "$out" --steps "$steps" --lr 5e-4 --threads ${THREADS:-1} "$@" $resume
 }
 
+# CKPT OUT DATA STEPS MODEL...: a channel context (coder 6) trained on CKPT's frozen latents (aekit fit-context, resumes
+# an interrupted one, skips a finished one), then added to each exported MODEL folder (aekit add-context; same model id)
+context() {
+  local ckpt=$1 out=$2 data=$3 steps=$4; shift 4
+  local resume=""; [[ -f $out/last.pt ]] && resume="--resume"
+  [[ -f $out/context.pt ]] || nice -n 19 aekit fit-context "$ckpt" "$data" --out "$out" --steps "$steps" \
+    --threads ${THREADS:-1} --seed 0 --val-data "${data%/train}/test" $resume
+  for m in "$@"; do nice -n 19 aekit add-context "$m" "$out/context.pt" --force; done
+}
+
 export_model() {  # NAME: runs/zoo/NAME/best.pt -> models/zoo/NAME (fp32 ONNX + manifest) -> aekit/zoo/NAME + card
   nice -n 19 aekit export "runs/zoo/$1/best.pt" --out "models/zoo/$1" --force
   [[ ${CARDS:-1} == 1 ]] && nice -n 19 python -m aekit.bench.zoo build "$1"  # held-out evaluate, card.json
@@ -123,6 +133,9 @@ for r in 9; do
     rf10=runs/zoo/photos-r$r-hp-s10
     RDATA=data/photos-plus/train refit runs/zoo/photos-r$r-hp-s9 $rf10 2000
     nice -n 19 aekit export $rf10/best.pt --out models/zoo/photos-r$r --force
+    # stage 11: a channel context (Minnen & Singh 2020; coder 6) on stage 10's frozen latents, 3,000 steps on the 28
+    # photos (recorded: on `aekit import photos-r9`'s checkpoint, the same weights; 38 min on one thread)
+    need photos-r$r && context $rf10/best.pt runs/zoo/photos-r$r-ctx data/photos-plus/train 3000 models/zoo/photos-r$r
     # int8 variants of both networks (aekit compress/decompress --int8: the same model id, 2.3-2.7x faster networks)
     need photos-r$r && nice -n 19 aekit add-int8 models/zoo/photos-r$r --encoder --calib-data data/photos/train \
       --int8-check-data data/photos/test

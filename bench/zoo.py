@@ -74,6 +74,12 @@ PHOTO_MORE_CMD = ("aekit data photos data/photos-plus --more && "  # photos-r9's
                   "aekit refit-hyperprior runs/r9p/ft/best.pt data/photos-plus/train --out runs/r9p/rf --steps 2000 --lr 5e-4 "
                   "--threads 2")
 
+# photos-r9's channel context (coder 6, session 19), as recorded: on the import of the shipped stage-10 model (the
+# same weights as runs/r9p/rf/best.pt), then added to the exported folder (same model id)
+PHOTO_CONTEXT_CMD = ("aekit import photos-r9 --out runs/r4g3/imported.pt && aekit fit-context runs/r4g3/imported.pt "
+                     "data/photos-plus/train --out runs/ctx-r9 --steps 3000 --threads 1 --val-data data/photos-plus/test && "
+                     "aekit add-context models/r9p runs/ctx-r9/context.pt")
+
 FM_CMD = ("aekit train data/fmnist/train --resize none --channels 1 --width 32 --batch-size 64 --max-images 10000 "
           "--epochs 8 --ratio {r} --threads 1 --seed 0 --out runs/zoo/{name}")
 FM_RD_ARGS = ("data/fmnist/train --arch gdn --channels 1 --ratio {r} --factor {f} --width 64 --res-blocks 2 --resize none "
@@ -142,7 +148,7 @@ SPECS: dict[str, Spec] = {
                           "stage 8)",
         PHOTO_CMD.format(r=r) + " && " + finetune_cmd(f"runs/photos-hp-r{r}-s6", f"models/photos-r{r}-s6", "runs/r9n", 0.01,
                                                         30, 50) + " && "
-        + PHOTO_MORE_CMD, "runs/r9p/rf", "data/photos/test",
+        + PHOTO_MORE_CMD + " && " + PHOTO_CONTEXT_CMD, "runs/r9p/rf", "data/photos/test",
         "the 5 held-out photos of aekit data photos", "skimage:astronaut",
         ["Trained on 28 photos (16 up to stage 8): figures on the 5 held-out photos are the honest ones; the bundled "
          "photos it trained on (marked by aekit demo) flatter it.",
@@ -150,10 +156,14 @@ SPECS: dict[str, Spec] = {
          "thread, and three 2,000-step hyperprior refits; time above): it beats JPEG on the held-out photos "
          "(BD-rate above) but not WebP or AVIF, and it saturates at high rates (about 32.5 dB), where JPEG and the "
          "linear klt baseline reach higher PSNR (trained at one rate weight, 0.01).",
-         "The hyperprior has no autoregressive context; on large flat regions zstd can still code the symbols "
-         "smaller than its ANS stream (the coder keeps the smallest of the two and raw).",
+         "A channel context (coder 6, since 2026-12-02: 4 slices of 12 channels, channel_context.npz; aekit "
+         "fit-context on the frozen latents, 3,000 steps, 39 min on one thread) corrects the hyperprior's mean and "
+         "scale from the slices decoded before; no spatial autoregressive network (coder 5's neighbour classes are "
+         "per-image shifts). On large flat regions zstd can still code the symbols smaller than the ANS stream (the "
+         "coder keeps the smallest and raw).",
          "fp32 ONNX; the tables in manifest.json and the hashes of hyper_encoder.onnx / hyper_decoder.npz pin every "
-         "quality (the model id hashes them). Decoding runs the integer hyper decoder in numpy (float64 BLAS).",
+         "quality (the model id hashes them); channel_context.npz is pinned by its hash in the manifest and in every "
+         "coder-6 file. Decoding runs the integer hyper decoder and context in numpy (float64 BLAS).",
          "Gray images are coded as RGB (replicated) and decoded back to gray: more bytes than a gray model would need.",
          "Replaced on 2026-12-02 the same recipe without stages 9 and 10 (model id 6f48305802d7aa0e, trained on the "
          "16 photos only), which this one beats by 0.1 dB at equal bytes on these photos (BD-rate -2.6 %); that one "
@@ -339,11 +349,13 @@ def fmnist_heldout(n: int = 100) -> None:
                     shutil.copy(f, FMNIST_HELDOUT / split / cls / f.name)
 
 
-def heldout(results: dict[str, Any], m: dict[str, Any], source: str) -> dict[str, Any]:
-    """The card's held-out section from an `aekit evaluate` results.json: this model's points vs JPEG/WebP/klt."""
+def heldout(results: dict[str, Any], m: dict[str, Any], source: str, path: str | None = None) -> dict[str, Any]:
+    """The card's held-out section from an `aekit evaluate` results.json: this model's points vs JPEG/WebP/klt.
+    path: only the rows of the model given as this -m argument (two folders of one id in one run: one with a
+    channel context, one without)."""
     points = []
     for e in results["models"]:
-        if e.get("model_id") != m["model_id"]:
+        if e.get("model_id") != m["model_id"] or (path is not None and e.get("model") != path):
             continue
         label = f"q{e['quality']}" if e.get("quality") else f"L{e['levels']}"
         points.append({"label": label, "quality": e.get("quality"), "levels": e.get("levels"),
@@ -356,7 +368,8 @@ def heldout(results: dict[str, Any], m: dict[str, Any], source: str) -> dict[str
     dq = (m.get("entropy") or {}).get("default_quality") if isinstance(m.get("entropy"), dict) else None
     default = next((p for p in points if dq and p["quality"] == dq), None) or next(
         (p for p in points if p["levels"] == m["latent"]["levels"]), points[-1])
-    paths = {e["model"] for e in results["models"] if e.get("model_id") == m["model_id"]}
+    paths = {e["model"] for e in results["models"] if e.get("model_id") == m["model_id"]
+             and (path is None or e.get("model") == path)}
     bd = next((b for b in results.get("bd", []) if b.get("model") in paths), {})
     return {"set": results.get("name") or results.get("data"), "images": results.get("images"), "results": source,
             "command": (results.get("config") or {}).get("command"), "points": points, "default": default,
@@ -402,7 +415,8 @@ def evaluate_argv(name: str, m: dict[str, Any], out: Path | str, compare: list[s
     return argv
 
 
-def build(name: str, src: Path, eval_json: Path | None, compare: list[str] | None = None) -> Path:
+def build(name: str, src: Path, eval_json: Path | None, compare: list[str] | None = None,
+          path: str | None = None) -> Path:
     spec, dest = SPECS[name], zoo.ZOO_DIR / name
     m = load_manifest(src)
     if spec.task == "detector" and not m.get("calibration"):  # calibrate the exported folder, then ship it
@@ -415,7 +429,8 @@ def build(name: str, src: Path, eval_json: Path | None, compare: list[str] | Non
     for f in dest.iterdir():
         f.unlink()
     shipped = {k: v for k, v in m["files"].items()
-               if k in ("encoder", "decoder", "hyper_encoder", "hyper_decoder", "encoder_int8", "decoder_int8")}
+               if k in ("encoder", "decoder", "hyper_encoder", "hyper_decoder", "encoder_int8", "decoder_int8",
+                        "channel_context")}
     for f in [*shipped.values(), "manifest.json"] + (["calibration.npz"] if (src / "calibration.npz").is_file() else []):
         shutil.copy(src / f, dest / f)
     clean = dict(m)
@@ -433,7 +448,7 @@ def build(name: str, src: Path, eval_json: Path | None, compare: list[str] | Non
         results["config"]["command"] = "aekit " + shlex.join(argv)
         atomic_write_bytes(eval_json, (json.dumps(results, indent=1) + "\n").encode())
     same = old_speed if before and _network_hashes(dest) == before else None
-    card = make_card(name, spec, m, dest, json.loads(eval_json.read_text()), str(eval_json), same)
+    card = make_card(name, spec, m, dest, json.loads(eval_json.read_text()), str(eval_json), same, path)
     if spec.task == "detector":
         card["detector"] = detector_figures(dest, m, out)
     (dest / zoo.CARD).write_text(json.dumps(card, indent=1) + "\n")
@@ -489,11 +504,11 @@ def _network_hashes(d: Path) -> dict[str, str]:
 
 
 def make_card(name: str, spec: Spec, m: dict[str, Any], dest: Path, results: dict[str, Any], source: str,
-              speed: dict[str, Any] | None = None) -> dict[str, Any]:
+              speed: dict[str, Any] | None = None, path: str | None = None) -> dict[str, Any]:
     """The card; `speed`: the previous card's speed section, reused when encoder.onnx and decoder.onnx are
     byte-identical (a hyperprior refit changes only the hyper files), else measured here."""
     rt = roundtrip_psnr(dest, spec.roundtrip)
-    default = heldout(results, m, source)["default"]
+    default = heldout(results, m, source, path)["default"]
     if speed is not None:
         speed = {**speed, "at_default_quality": {k: default.get(k) for k in ("label", "psnr", "bpp")}}
         speed["measured_on"] = {**speed.get("measured_on", {}), "reused": "same encoder.onnx and decoder.onnx "
@@ -504,7 +519,7 @@ def make_card(name: str, spec: Spec, m: dict[str, Any], dest: Path, results: dic
                       "latent_channels": m["latent_channels"], "width": (m.get("model_config") or {}).get("width"),
                       **{k: (m.get("model_config") or {}).get(k) for k in ("encoder_width", "hyper_width")
                          if (m.get("model_config") or {}).get(k)}},
-            "training": training(name, spec, m), "heldout": heldout(results, m, source),
+            "training": training(name, spec, m), "heldout": heldout(results, m, source, path),
             "roundtrip": {"image": spec.roundtrip, "psnr_db": round(rt, 2), "floor_db": float(np.floor(rt * 10) / 10 - 0.5)},
             "limits": spec.limits, "speed": speed or speed_section(dest, m, default), **int8_section(m)}
 
@@ -521,14 +536,14 @@ def int8_section(m: dict[str, Any]) -> dict[str, Any]:
                               **({"encoder_fp32_nodes": v["encoder_fp32_nodes"]} if v.get("encoder_fp32_nodes") else {})}}
 
 
-def refresh(name: str, eval_json: Path | None = None) -> dict[str, Any]:
+def refresh(name: str, eval_json: Path | None = None, path: str | None = None) -> dict[str, Any]:
     """Bring a shipped model's card up to date with its folder after a change that keeps the model id
     (int8 variants added, tile contexts written, a new coder): files and the int8 summary, and with
     `eval_json` (an `aekit evaluate` results.json that includes this model id) the held-out figures."""
     d = zoo.ZOO_DIR / name
     card, m = load_card(name), load_manifest(d)
     if eval_json is not None:
-        card["heldout"] = heldout(json.loads(Path(eval_json).read_text()), m, str(eval_json))
+        card["heldout"] = heldout(json.loads(Path(eval_json).read_text()), m, str(eval_json), path)
         if isinstance(card.get("speed"), dict):
             card["speed"]["at_default_quality"] = {k: card["heldout"]["default"].get(k) for k in ("label", "psnr", "bpp")}
     if card.get("model_id") != m["model_id"]:
@@ -593,6 +608,7 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("name", choices=sorted(SPECS))
     b.add_argument("--from", dest="src", type=Path, help="exported model folder (default: models/zoo/NAME)")
     b.add_argument("--eval", type=Path, help="an existing `aekit evaluate` results.json with this model (default: run it)")
+    b.add_argument("--model-path", help="with --eval: only the rows of the model given as this -m argument")
     b.add_argument("--compare", action="append", default=[], help="more models for the held-out evaluation "
                    "(repeatable), e.g. the klt models: the card gets BD-rates against their envelope")
     r = sub.add_parser("readme", help="print the README's model table")
@@ -605,10 +621,11 @@ def main(argv: list[str] | None = None) -> int:
     rf.add_argument("name", nargs="*", default=[], help="shipped models (default: all)")
     rf.add_argument("--eval", type=Path, help="an `aekit evaluate` results.json with these models' ids: "
                     "re-record their held-out figures from it")
+    rf.add_argument("--model-path", help="with --eval: only the rows of the model given as this -m argument")
     args = ap.parse_args(argv)
     if args.cmd == "refresh":
         for n in args.name or zoo.names():
-            card = refresh(n, args.eval)
+            card = refresh(n, args.eval, args.model_path)
             print(n, json.dumps(card["heldout"]["default"] if args.eval else card.get("int8_variants")))
         return 0
     if args.cmd == "speed":
@@ -622,7 +639,7 @@ def main(argv: list[str] | None = None) -> int:
         bad = [b for n in (args.name or [n for n in zoo.names() if n in SPECS]) for b in verify(n)]
         print("\n".join(bad) or "card figures reproduced within 0.2 dB")
         return 1 if bad else 0
-    build(args.name, args.src or Path("models/zoo") / args.name, args.eval, args.compare)
+    build(args.name, args.src or Path("models/zoo") / args.name, args.eval, args.compare, args.model_path)
     return 0
 
 

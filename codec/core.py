@@ -60,6 +60,7 @@ class CodecConfig:
     int8: bool = False  # run the model's int8 encoder / decoder variants where it ships them (faster on CPU, a little less exact)
     smallest: bool = False  # spend time for smaller files: zstd trial at ZSTD_LEVEL_SMALLEST instead of ZSTD_LEVEL
     rdoq: float = RDOQ_T  # rate-distortion models: RDOQ's price of a bit in Δ² (aekit.export.entropy); 0: plain rounding
+    channel_context: bool = True  # models with a channel context: also try coder 6 (smaller files, slower compress)
 
     @property
     def n_workers(self) -> int:
@@ -207,6 +208,8 @@ class Codec:
         if not 0 <= self.cfg.rdoq <= 1:
             raise CodecError(f"rdoq {self.cfg.rdoq} outside 0..1 (the price of a bit in squared steps)")
         self.rdoq = self.cfg.rdoq if self.rd else 0.0
+        if not self.cfg.channel_context and getattr(self.em, "context", None) is not None:
+            self.em.context = None  # coder 3/4/5 only (every reader decodes those)
         self.model_id, self.channels, self.factor = self.rt.model_id, self.rt.channels, self.rt.factor
 
     def load(self, path: str | Path, lazy: bool = False) -> tuple[np.ndarray | LazyPixels, str]:

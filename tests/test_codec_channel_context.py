@@ -298,3 +298,19 @@ def test_evaluate_decodes_each_model_with_its_own_folder_when_two_share_an_id(ct
                  "-o", str(tmp_path / "out")]) == 0
     rows = json.loads((tmp_path / "out" / "results.json").read_text())["models"]
     assert len(rows) == 2 and rows[0]["model_id"] == rows[1]["model_id"] and rows[0]["psnr"] == rows[1]["psnr"]
+
+
+def test_compress_no_channel_context_writes_coder_5(tmp_path):
+    """`aekit compress --no-channel-context` (faster) writes the coder-5 file; the default the smaller coder-6 one."""
+    import skimage.data
+    from PIL import Image
+
+    from aekit.codec.format import parse
+
+    Image.fromarray(skimage.data.astronaut()).save(tmp_path / "a.png")
+    assert main(["compress", str(tmp_path / "a.png"), "-m", "photos-r9", "-o", str(tmp_path / "a.ael")]) == 0
+    assert main(["compress", str(tmp_path / "a.png"), "-m", "photos-r9", "-o", str(tmp_path / "b.ael"),
+                 "--no-channel-context"]) == 0
+    (h6, p6), (h5, p5) = (parse((tmp_path / n).read_bytes()) for n in ("a.ael", "b.ael"))
+    assert (h6.coder, h5.coder) == (6, 5) and len(p6) < len(p5)
+    assert main(["decompress", str(tmp_path / "b.ael"), "-o", str(tmp_path / "b.png")]) == 0
