@@ -517,6 +517,16 @@ class HyperpriorEntropyModel:
             q[a:a + o.size] = k
         return q.reshape(cy, h, w)
 
+    def _pop_z(self, payload: bytes, h: int, w: int) -> tuple[Any, np.ndarray]:
+        """An ANS stream's coder (coders 5 and 6) with ẑ (c_z, ceil(h/4), ceil(w/4)) popped; EntropyError for a
+        payload that is not whole 32-bit words (constriction's errors are the caller's to translate)."""
+        zc, zh, zw = self.z_shape(h, w)
+        if len(payload) % 4:
+            raise EntropyError(f"ANS payload of {len(payload)} bytes is not a whole number of 32-bit words")
+        zm = self._models("z")
+        coder = _constriction().stream.stack.AnsCoder(np.frombuffer(payload, dtype="<u4").astype(np.uint32))
+        return coder, np.stack([coder.decode(zm[c], zh * zw) for c in range(zc)]).reshape(zc, zh, zw).astype(np.uint8)
+
     def _decode_context(self, payload: bytes, shape: tuple[int, int, int], offsets: np.ndarray,
                         shifts: np.ndarray) -> np.ndarray:
         """Coder 5's ANS part -> uint8 ŷ symbols (c_y, h, w): ẑ, then the three passes of `context_passes`, each
@@ -524,15 +534,10 @@ class HyperpriorEntropyModel:
         cy, h, w = shape
         if cy * h * w > CONTEXT_MAX_SYMBOLS:
             raise EntropyError(f"coder 5 payload for {cy * h * w} symbols (at most {CONTEXT_MAX_SYMBOLS})")
-        zc, zh, zw = self.z_shape(h, w)
-        if len(payload) % 4:
-            raise EntropyError(f"ANS payload of {len(payload)} bytes is not a whole number of 32-bit words")
-        ym, zm = self._models("y"), self._models("z")
-        half = (self.levels - 1) // 2
+        ym, half = self._models("y"), (self.levels - 1) // 2
         k = np.zeros((cy, h, w), dtype=np.int16)
         try:
-            coder = _constriction().stream.stack.AnsCoder(np.frombuffer(payload, dtype="<u4").astype(np.uint32))
-            z = np.stack([coder.decode(zm[c], zh * zw) for c in range(zc)]).reshape(zc, zh, zw).astype(np.uint8)
+            coder, z = self._pop_z(payload, h, w)
             table, base = self.decoder.tables(z, h, w, self.thresholds, self.step4)
             apply_offsets(base, offsets)
             for where, t, b in _context_tables(k, table, base, shifts):  # pass by pass: k fills as it goes
@@ -589,16 +594,11 @@ class HyperpriorEntropyModel:
             raise EntropyError(f"coder 6 payload for {cy * h * w} symbols (at most {CONTEXT_MAX_SYMBOLS})")
         rest, offsets = _split_offsets(payload[CONTEXT_ID_BYTES:], cy, allow_none=True)
         payload, shifts = _split_shifts(rest, allow_none=True)
-        zc, zh, zw = self.z_shape(h, w)
-        if len(payload) % 4:
-            raise EntropyError(f"ANS payload of {len(payload)} bytes is not a whole number of 32-bit words")
-        ym, zm = self._models("y"), self._models("z")
-        half = (self.levels - 1) // 2
+        ym, half = self._models("y"), (self.levels - 1) // 2
         k = np.zeros((cy, h, w), dtype=np.int16)
         ctx, per = self.context, self.context.per
         try:
-            coder = _constriction().stream.stack.AnsCoder(np.frombuffer(payload, dtype="<u4").astype(np.uint32))
-            z = np.stack([coder.decode(zm[c], zh * zw) for c in range(zc)]).reshape(zc, zh, zw).astype(np.uint8)
+            coder, z = self._pop_z(payload, h, w)
             mu, ls = self.decoder.params(z, h, w)
             for s in range(ctx.slices):
                 ks = k[s * per:(s + 1) * per]  # a view: the passes fill k

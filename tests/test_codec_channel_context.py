@@ -149,17 +149,6 @@ def test_add_context_refuses_other_models_and_other_files(ctx_model, tmp_path, t
         assert says in err and len(err.strip().splitlines()) == 1, err
 
 
-def _with_version(data: bytes, payload: bytes, version: int) -> bytes:
-    """The file with its version byte set and the CRC recomputed (the parser's semantic check must refuse it)."""
-    import zlib
-
-    forged = bytearray(data)
-    forged[4] = version
-    crc_at = len(data) - len(payload) - 4
-    forged[crc_at:crc_at + 4] = zlib.crc32(bytes(forged[crc_at + 4:]), zlib.crc32(bytes(forged[:crc_at]))).to_bytes(4, "little")
-    return bytes(forged)
-
-
 def _coder_6_file(codec, image):
     from aekit.codec.format import pack
     from aekit.export.entropy import CODER_CHANNEL_CONTEXT
@@ -172,6 +161,7 @@ def _coder_6_file(codec, image):
 def test_coder_6_files_are_version_6_and_decode_here_and_in_another_process(ctx_model, rgb_photos, tmp_path):
     import aekit.codec.core as core
     from aekit.codec.format import LatentFormatError, parse
+    from test_codec_hyperprior import _with_version  # the version byte set, the CRC recomputed
 
     codec = core.Codec(ctx_model[0])
     data, q, payload = _coder_6_file(codec, rgb_photos[0][:200, :232])
@@ -314,3 +304,18 @@ def test_compress_no_channel_context_writes_coder_5(tmp_path):
     (h6, p6), (h5, p5) = (parse((tmp_path / n).read_bytes()) for n in ("a.ael", "b.ael"))
     assert (h6.coder, h5.coder) == (6, 5) and len(p6) < len(p5)
     assert main(["decompress", str(tmp_path / "b.ael"), "-o", str(tmp_path / "b.png")]) == 0
+
+
+def test_rescale_carries_the_channel_context(ctx_model, rgb_photos, tmp_path):
+    """aekit rescale copies channel_context.npz (it reads latents only) and the rescaled model codes coder 6."""
+    import aekit.codec.core as core
+    from aekit.codec.format import parse
+
+    out = tmp_path / "r4"
+    assert main(["rescale", str(ctx_model[0]), "--ratio", "4", "--out", str(out), "--check-images", "2"]) == 0
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["files"]["channel_context"] == "channel_context.npz" and m["ratio"] == 4
+    assert m["channel_context"]["sha256"] == json.loads((ctx_model[0] / "manifest.json").read_text())["channel_context"]["sha256"]
+    codec = core.Codec(out)
+    data, q, _ = _coder_6_file(codec, rgb_photos[2][:128, :160])
+    assert parse(data)[0].coder == 6 and np.array_equal(core.Decoder([out]).symbols(data)[1], q)
