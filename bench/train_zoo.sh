@@ -187,7 +187,7 @@ for spec in "photos-r4 photos-r9 0.01 50 photos-plus 9" "photos-r4-hq photos-r9-
   RDATA=data/$data/train refit runs/zoo/$g $rf 2000
   nice -n 19 aekit export $rf/best.pt --out models/zoo/$g --force
   # photos-r4's channel context (coder 6): on the 1.5x grid's latents, 2,500 steps; aekit rescale below carries it
-  # (recorded: on runs/r4g3/rf/best.pt, the same refit, added to the rescaled folder; 45 min on one thread)
+  # (recorded: on runs/r4g3/rf/best.pt, the same refit, added to the rescaled folder; 66 min on one shared thread)
   [[ $name == photos-r4 ]] && context $rf/best.pt runs/zoo/$g-ctx data/$data/train 2500 models/zoo/$g
 done
 # photos-r4 and photos-r4-hq: those two transforms on a grid 1.5x as fine (aekit rescale: 48 channels at H/8 of the

@@ -197,6 +197,10 @@ SPECS: dict[str, Spec] = {
           "Above about 0.37 bpp (33.7 dB) use photos-r4-hq (same ratio and format): it goes on to 36.9 dB where this "
           "model stops at 34.1 dB. Below about 0.27 bpp photos-r9 (1/9) gives 0.44-3.5 dB more at equal bytes."),
          "Below WebP and AVIF on the held-out photos (BD-rate above).",
+         *([] if hq else ["A channel context (coder 6, since 2026-12-02: channel_context.npz, aekit fit-context on the "
+                          "1.5x grid's frozen latents, 2,500 steps) corrects the hyperprior from the channel slices "
+                          "decoded before: files 2-3 % smaller from q6 up, compress and decompress slower "
+                          "(aekit compress --no-channel-context keeps coder 5)."]),
          "int8 variants of both networks (aekit add-int8 on the rescaled graphs, resampling included; "
          "`aekit compress/decompress --int8`; figures above): its own, not the source's."]
         + (["Replaced on 2026-12-01 photos-r9-hq rescaled without fine-tuning (model id ea66e7ef7dacbf5d), then the "
