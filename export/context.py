@@ -28,8 +28,8 @@ from typing import Any
 import numpy as np
 
 from aekit.export.entropy import CODER_CHANNEL_CONTEXT, EntropyError
-from aekit.export.hyperprior import (EXACT_BITS, HYPER_ACT_BITS, HYPER_FRAC_BITS, _blas_controller, _conv_blocks,
-                                     _wmat, choose_tables)
+from aekit.export.hyperprior import (EXACT_BITS, HYPER_ACT_BITS, HYPER_FRAC_BITS, _conv_blocks, _wmat, choose_tables,
+                                     one_blas_thread)
 
 log = logging.getLogger(__name__)
 
@@ -85,15 +85,8 @@ class IntegerChannelContext:
 
         mu, log_scale: h_s's int64 accumulators (c_y, h, w) in units of 2^-f (IntegerHyperDecoder.params);
         sym: int16 k = q − 127 (c_y, h, w), read only in slices < k; thresholds, step4: the quality's."""
-        libs = [lib for lib in _blas_controller().lib_controllers if lib.user_api == "blas"]
-        before = [lib.num_threads for lib in libs]
-        for lib in libs:
-            lib.set_num_threads(1)
-        try:
+        with one_blas_thread():
             o = self._run(k, mu, log_scale, sym, f, step4)
-        finally:
-            for lib, n in zip(libs, before):
-                lib.set_num_threads(n)
         lo, hi = k * self.per, (k + 1) * self.per
         up = np.int64(1) << np.int64(f - HYPER_FRAC_BITS)
         mu2 = mu[lo:hi] + o[:self.per] * up
@@ -226,12 +219,13 @@ def _check(m: dict[str, Any], path: Path, specs: list, arrays: dict[str, np.ndar
     rt = Runtime(m["_dir"], device="cpu")
     ys = [rt.encode(im[None]) for im in crops]
     spec = {"channels": m["latent_channels"], "slices": len(specs), "layers": specs}
+    ctx_id = hashlib.sha256(path.read_bytes()).digest()[:CONTEXT_ID_BYTES]
     rows = []
     for entry in m["entropy"]["qualities"]:
         q_no = int(entry["quality"])
         qz, em = Quantiser.of(m, None, q_no), EntropyModel.from_manifest(m, rt.levels, q_no)
         em.context = IntegerChannelContext(spec, arrays)
-        em.context.id = bytes.fromhex(hashlib.sha256(path.read_bytes()).hexdigest())[:CONTEXT_ID_BYTES]
+        em.context.id = ctx_id
         before = after = 0
         for y in ys:
             sym = qz.quantise(y)[0]

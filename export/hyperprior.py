@@ -11,6 +11,7 @@ coder, the tables' arithmetic and the zstd / raw fallbacks are aekit.export.entr
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import mmap
@@ -144,15 +145,8 @@ class IntegerHyperDecoder:
                step4: int, split: bool = False) -> tuple[Any, Any]:
         """See _tables; BLAS limited to one thread (codec workers run one thread each, issue 17; the result
         is exact at any thread count, so a concurrent call restoring the count early changes only speed)."""
-        libs = [lib for lib in _blas_controller().lib_controllers if lib.user_api == "blas"]
-        before = [lib.num_threads for lib in libs]
-        for lib in libs:
-            lib.set_num_threads(1)
-        try:
+        with one_blas_thread():
             return self._tables(z_sym, h, w, thresholds, step4, split=split)
-        finally:
-            for lib, n in zip(libs, before):
-                lib.set_num_threads(n)
 
     @functools.cached_property
     def halo(self) -> int:
@@ -199,17 +193,10 @@ class IntegerHyperDecoder:
         2^-frac_bits (the integers `tables` chooses from; the channel context of coder 6 corrects them)."""
         cy = self.layers[-1][5].size // 2
         mu, ls = np.empty((cy, h, w), dtype=np.int64), np.empty((cy, h, w), dtype=np.int64)
-        libs = [lib for lib in _blas_controller().lib_controllers if lib.user_api == "blas"]
-        before = [lib.num_threads for lib in libs]
-        for lib in libs:
-            lib.set_num_threads(1)
-        try:
+        with one_blas_thread():
             for a0, a1, acc in self._bands(z_sym, h, w, 0):
                 mu[:, a0:a1] = acc[..., :cy].transpose(2, 0, 1)
                 ls[:, a0:a1] = acc[..., cy:].transpose(2, 0, 1)
-        finally:
-            for lib, n in zip(libs, before):
-                lib.set_num_threads(n)
         return mu, ls
 
     def _bands(self, z_sym: np.ndarray, h: int, w: int, band: int) -> Iterator[tuple[int, int, np.ndarray]]:
@@ -920,6 +907,21 @@ def _conv_blocks(a: np.ndarray, part: tuple, bias: np.ndarray, out_h: int, out_w
         acc = cols @ wmat  # exact: integers < 2^53
         acc += bias
         yield r0, acc.reshape(r1 - r0, out_w, -1)
+
+
+@contextlib.contextmanager
+def one_blas_thread() -> Iterator[None]:
+    """BLAS limited to one thread while inside (codec workers run one thread each, issue 17; the integer networks'
+    results are exact at any thread count, so a concurrent call restoring the count early changes only speed)."""
+    libs = [lib for lib in _blas_controller().lib_controllers if lib.user_api == "blas"]
+    before = [lib.num_threads for lib in libs]
+    for lib in libs:
+        lib.set_num_threads(1)
+    try:
+        yield
+    finally:
+        for lib, n in zip(libs, before):
+            lib.set_num_threads(n)
 
 
 @functools.lru_cache(maxsize=1)
