@@ -76,7 +76,7 @@ def sources() -> list[tuple[str, bytes, str]]:
 
     from aekit.codec.core import Codec
     from aekit.codec.format import pack
-    from aekit.export.entropy import CODER_CHANNEL_CONTEXT
+    from aekit.export.entropy import CODER_CHANNEL_CONTEXT, CODER_CHANNEL_SPATIAL, CODER_SPATIAL
     from aekit.export.manifest import resolve_model
 
     out = []
@@ -91,6 +91,11 @@ def sources() -> list[tuple[str, bytes, str]]:
         crop = skimage.data.coffee()[100:228, 200:328]
         q = ph.symbols(crop[None])[0]
         out.append(("photos-r9", pack(ph.header(128, 128, "RGB", CODER_CHANNEL_CONTEXT), ph.em._encode_context(q)),
+                    str(ph.rt.dir)))
+        out.append(("photos-r9", pack(ph.header(128, 128, "RGB", CODER_CHANNEL_SPATIAL),
+                                      ph.em._encode_channel(q)[CODER_CHANNEL_SPATIAL]), str(ph.rt.dir)))
+        z, table, base = ph.em._side(q)  # coder 7 (spatial prediction) written whatever the smallest coder is
+        out.append(("photos-r9", pack(ph.header(128, 128, "RGB", CODER_SPATIAL), ph.em._encode_spatial(q, z, table, base)),
                     str(ph.rt.dir)))
     return out
 

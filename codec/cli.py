@@ -94,6 +94,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-channel-context", dest="channel_context", action="store_false",
                    help="models with a channel context (photos-r9, photos-r4): do not try coder 6 (files 2-5 %% "
                         "larger, compress about 1.5x faster; README: Codec quality)")
+    p.add_argument("--no-spatial-context", dest="spatial_context", action="store_false",
+                   help="rate-distortion models: do not try coders 7/8 (the neighbours' prediction of the mean; "
+                        "format version 7): files 0-10 %% larger, readable by aekit before version 7")
     p.add_argument("--int8", action="store_true",
                    help="encode with the model's int8 encoder where it ships one (the photo models: 1.6-1.9x "
                         "faster compress; other symbols than fp32, slightly different files; `aekit info MODEL`)")
@@ -154,7 +157,8 @@ def job_configs(args: argparse.Namespace):
                        quality=getattr(args, "quality", 0), workers=args.workers, memory_mb=args.memory_mb,
                        smallest=args.smallest, int8=getattr(args, "int8", False),
                        rdoq=getattr(args, "rdoq", CodecConfig.rdoq),
-                       channel_context=getattr(args, "channel_context", True))
+                       channel_context=getattr(args, "channel_context", True),
+                       spatial_context=getattr(args, "spatial_context", True))
     jcfg = JobConfig(overwrite=args.overwrite, workers=args.workers, progress=args.progress,
                      out_format=getattr(args, "out_format", "png"), held_mb=args.held_mb, smallest=args.smallest)
     return ccfg, jcfg

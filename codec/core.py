@@ -61,6 +61,7 @@ class CodecConfig:
     smallest: bool = False  # spend time for smaller files: zstd trial at ZSTD_LEVEL_SMALLEST instead of ZSTD_LEVEL
     rdoq: float = RDOQ_T  # rate-distortion models: RDOQ's price of a bit in Δ² (aekit.export.entropy); 0: plain rounding
     channel_context: bool = True  # models with a channel context: also try coder 6 (smaller files, slower compress)
+    spatial_context: bool = True  # rate-distortion models: also try coders 7/8, the neighbours' mean prediction (version 7)
 
     @property
     def n_workers(self) -> int:
@@ -210,6 +211,8 @@ class Codec:
         self.rdoq = self.cfg.rdoq if self.rd else 0.0
         if not self.cfg.channel_context and getattr(self.em, "context", None) is not None:
             self.em.context = None  # coder 3/4/5 only (every reader decodes those)
+        if not self.cfg.spatial_context and hasattr(self.em, "spatial"):
+            self.em.spatial = False  # no coder 7/8: files readers before format version 7 decode
         self.model_id, self.channels, self.factor = self.rt.model_id, self.rt.channels, self.rt.factor
 
     def load(self, path: str | Path, lazy: bool = False) -> tuple[np.ndarray | LazyPixels, str]:

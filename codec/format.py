@@ -10,12 +10,13 @@ from __future__ import annotations
 import zlib
 from dataclasses import dataclass
 
-from aekit.export.entropy import CODER_CHANNEL_CONTEXT, CODER_HYPER, CODER_HYPER_CONTEXT, CODER_HYPER_OFFSETS, CODER_NAMES
+from aekit.export.entropy import (CODER_CHANNEL_CONTEXT, CODER_CHANNEL_SPATIAL, CODER_HYPER, CODER_HYPER_CONTEXT,
+                                  CODER_HYPER_OFFSETS, CODER_NAMES, CODER_SPATIAL)
 
 MAGIC = b"\x89AEL"  # high bit first: never valid text, like PNG's signature
-VERSION = 6  # the newest version, written for coder 6; each file is written at the lowest version its coder allows
-READ_VERSIONS = (1, 2, 3, 4, 5, 6)  # 2 = 1 + a quality byte; 3 = 2 + coder 3 (hyperprior); 4 = 3 + coder 4 (mean offsets);
-# 5 = 4 + coder 5 (spatial context); 6 = 5 + coder 6 (channel context)
+VERSION = 7  # the newest version, written for coders 7 and 8; each file is written at the lowest version its coder allows
+READ_VERSIONS = (1, 2, 3, 4, 5, 6, 7)  # 2 = 1 + a quality byte; 3 = 2 + coder 3 (hyperprior); 4 = 3 + coder 4 (mean offsets);
+# 5 = 4 + coder 5 (spatial context); 6 = 5 + coder 6 (channel context); 7 = 6 + coders 7 and 8 (spatial prediction)
 SUFFIX = ".ael"
 MODES = {0: "L", 1: "RGB"}  # stored image mode -> PIL mode
 MODE_CODES = {v: k for k, v in MODES.items()}
@@ -63,11 +64,13 @@ def _varint(n: int) -> bytes:
 
 
 def version_for(coder: int) -> int:
-    """The version a file with this coder is written as: 6 for the channel-context coder, 5 for the hyperprior
+    """The version a file with this coder is written as: 7 for the spatial-prediction coders 7 and 8, 6 for the
+    channel-context coder, 5 for the hyperprior
     coder with spatial context,
     4 for the hyperprior coder with mean offsets, 3 for the hyperprior coder, else 2 (so older readers keep
     reading every file their coders can)."""
-    return {CODER_CHANNEL_CONTEXT: 6, CODER_HYPER_CONTEXT: 5, CODER_HYPER_OFFSETS: 4, CODER_HYPER: 3}.get(coder, 2)
+    return {CODER_SPATIAL: 7, CODER_CHANNEL_SPATIAL: 7, CODER_CHANNEL_CONTEXT: 6, CODER_HYPER_CONTEXT: 5,
+            CODER_HYPER_OFFSETS: 4, CODER_HYPER: 3}.get(coder, 2)
 
 
 def pack(h: LatentHeader, payload: bytes) -> bytes:
@@ -155,7 +158,8 @@ def parse(data: bytes, name: str = "<bytes>") -> tuple[LatentHeader, bytes]:
     if zlib.crc32(payload, zlib.crc32(r.data[:crc_at])) != crc:
         raise r.fail("checksum mismatch (file corrupted)")
     _check_fields(r, height, width, mode_code, factor, c, lh, lw, levels, quantiser, coder, flags)
-    if coder in (CODER_HYPER, CODER_HYPER_OFFSETS, CODER_HYPER_CONTEXT, CODER_CHANNEL_CONTEXT) and \
+    if coder in (CODER_HYPER, CODER_HYPER_OFFSETS, CODER_HYPER_CONTEXT, CODER_CHANNEL_CONTEXT, CODER_SPATIAL,
+                 CODER_CHANNEL_SPATIAL) and \
             (version < version_for(coder) or quantiser != QUANT_INTEGER):
         raise r.fail(f"entropy coder {coder} needs format version {version_for(coder)} and the integer quantiser")
     if (quantiser == QUANT_INTEGER) != (quality > 0):

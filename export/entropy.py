@@ -27,9 +27,12 @@ CODER_HYPER = 3  # payload = one ANS stream: ẑ under the factorized prior, the
 CODER_HYPER_OFFSETS = 4  # payload = per-channel offsets of the hyperprior's mean, then coder 3's stream under them
 CODER_HYPER_CONTEXT = 5  # payload = coder 4's offsets, spatial context shifts, then a three-pass stream
 CODER_CHANNEL_CONTEXT = 6  # payload = the channel context's id, then ẑ and ŷ slice by slice under its tables
+CODER_SPATIAL = 7  # payload = coder 4's offsets, the spatial prediction's parameters, then a four-pass stream
+CODER_CHANNEL_SPATIAL = 8  # payload = coder 6's id and offsets, coder 7's parameters, then each slice in four passes
 CODER_NAMES = {CODER_RAW: "raw", CODER_ZSTD: "zstd", CODER_ANS: "ans-categorical", CODER_HYPER: "ans-hyperprior",
                CODER_HYPER_OFFSETS: "ans-hyperprior-offsets", CODER_HYPER_CONTEXT: "ans-hyperprior-context",
-               CODER_CHANNEL_CONTEXT: "ans-channel-context"}
+               CODER_CHANNEL_CONTEXT: "ans-channel-context", CODER_SPATIAL: "ans-hyperprior-spatial",
+               CODER_CHANNEL_SPATIAL: "ans-channel-spatial"}
 
 # constriction's default categorical model works with 24-bit fixed-point probabilities.
 PRECISION = 24

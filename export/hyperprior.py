@@ -24,7 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from aekit.export.entropy import (CODER_CHANNEL_CONTEXT, CODER_HYPER, CODER_HYPER_CONTEXT, CODER_HYPER_OFFSETS, PRECISION, RDOQ_MAX_SYMBOLS,
+from aekit.export.entropy import (CODER_CHANNEL_CONTEXT, CODER_CHANNEL_SPATIAL, CODER_HYPER, CODER_HYPER_CONTEXT,
+                                  CODER_HYPER_OFFSETS, CODER_SPATIAL, PRECISION, RDOQ_MAX_SYMBOLS,
                                   RDOQ_T, ZSTD_GATE, ZSTD_LEVEL, EntropyError, _check_symbols, _constriction,
                                   _decode_symbols, _smallest, _untrim, integer_table, quality_entry,
                                   rdoq_choose)
@@ -248,6 +249,7 @@ class HyperpriorEntropyModel:
     encoder_path: Path
     channels: int  # c_y
     context: Any = None  # aekit.export.context.IntegerChannelContext of the model folder (coder 6), or None
+    spatial: bool = True  # also try coder 7 (and 8 with a context): the spatial prediction of the mean
     _cache: dict[str, list[Any]] = field(default_factory=dict, repr=False, compare=False)
     # RDOQ's (ẑ, table, base) for the symbols it returned, keyed by their digest: the coder codes them under
     # the very tables RDOQ chose them by instead of running h_a and h_s again (RDOQ_SIDE_KEEP at most)
@@ -360,12 +362,16 @@ class HyperpriorEntropyModel:
         (aekit.export.entropy._smallest: zstd_gate skips a hopeless full zstd trial)."""
         q = _check_symbols(symbols, self.channels, self.levels)
         try:
-            if self.context is not None and q.size <= CONTEXT_MAX_SYMBOLS:  # coder 6 too: the smaller one wins
-                side = self._side_for_coding(q, split=False)
-                z = side[0]
-                coder, payload = self._encode_hyper_best(q, side)
-                return _smallest(q, {coder: lambda _: payload,
-                                     CODER_CHANNEL_CONTEXT: lambda _: self._encode_context(q, z)}, zstd_level, zstd_gate)
+            if (self.context is not None or self.spatial) and q.size <= CONTEXT_MAX_SYMBOLS:  # the smallest one wins
+                z, table, base = self._side_for_coding(q, split=False)
+                base0 = base.copy() if self.spatial else None  # _encode_hyper_best applies its offsets in place
+                coder, payload = self._encode_hyper_best(q, (z, table, base))
+                own = {coder: payload}
+                if self.spatial:
+                    own[CODER_SPATIAL] = self._encode_spatial(q, z, table, base0)
+                if self.context is not None:
+                    own.update(self._encode_channel(q, z, spatial=self.spatial))
+                return _smallest(q, {c: (lambda _, p=p: p) for c, p in own.items()}, zstd_level, zstd_gate)
             coder, payload = self._encode_hyper_best(q)
         except ImportError:  # constriction missing: zstd and raw still work
             return _smallest(q, {}, zstd_level, zstd_gate)
@@ -382,11 +388,18 @@ class HyperpriorEntropyModel:
         def with_context(data: bytes, n: int) -> np.ndarray:
             rest, offsets = _split_offsets(data, shp[0], allow_none=True)
             ans, shifts = _split_shifts(rest)
-            return self._decode_context(ans, shp, offsets, shifts).ravel()
+            return self._decode_context(ans, shp, offsets, lambda k, t, b: _context_tables(k, t, b, shifts)).ravel()
+
+        def with_spatial(data: bytes, n: int) -> np.ndarray:
+            rest, offsets = _split_offsets(data, shp[0], allow_none=True)
+            ans, params = _split_spatial(rest)
+            return self._decode_context(ans, shp, offsets, lambda k, t, b: _spatial_tables(k, t, b, params),
+                                        coder=CODER_SPATIAL).ravel()
 
         own = {CODER_HYPER: lambda data, n: self._decode_hyper(data, shp).ravel(), CODER_HYPER_OFFSETS: with_offsets,
-               CODER_HYPER_CONTEXT: with_context,
-               CODER_CHANNEL_CONTEXT: lambda data, n: self._decode_channel_context(data, shp).ravel()}
+               CODER_HYPER_CONTEXT: with_context, CODER_SPATIAL: with_spatial,
+               CODER_CHANNEL_CONTEXT: lambda data, n: self._decode_channel_context(data, shp).ravel(),
+               CODER_CHANNEL_SPATIAL: lambda data, n: self._decode_channel_context(data, shp, spatial=True).ravel()}
         return _decode_symbols(own, coder_id, payload, shape, self.channels, self.levels)
 
     def _models(self, which: str) -> list[Any]:
@@ -418,13 +431,8 @@ class HyperpriorEntropyModel:
         whole = q.size <= CONTEXT_MAX_SYMBOLS  # coder 5 needs whole arrays; larger latents keep the split path
         z, table, base = side if side is not None else self._side_for_coding(q, split=not whole)  # split: per-channel arrays _group frees
         log2p = np.log2(self.scale_tables) - PRECISION
-        off = mean_offsets(q, table, base, log2p)
-        nz = np.flatnonzero(off)
-        side = np.empty(len(nz), dtype=[("c", "<u2"), ("o", "i1")])
-        side["c"], side["o"] = nz, off[nz]
-        head = len(nz).to_bytes(2, "little") + side.tobytes() if len(nz) else b""
-        if len(nz):
-            apply_offsets(base, off)
+        head = _offset_head(q, table, base, log2p)
+        head = b"" if head == b"\0\0" else head
         if whole:
             k = q.astype(np.int16) - np.int16((self.levels - 1) // 2)
             shifts = context_shifts(k, table, base, log2p, extra_bits=0 if head else 16)
@@ -433,6 +441,16 @@ class HyperpriorEntropyModel:
                     self._code(z, *_context_groups(k, table, base, shifts))
         start, grouped = self._group(q, table, base)  # empties the lists: 2 bytes per symbol (268 MB at 178 Mpx, 1/4)
         return (CODER_HYPER_OFFSETS if head else CODER_HYPER), head + self._code(z, (start, grouped))
+
+    def _encode_spatial(self, q: np.ndarray, z: np.ndarray, table: np.ndarray, base: np.ndarray) -> bytes:
+        """Coder 7's payload of ŷ symbols (c_y, h, w) under the hyperprior's (ẑ, table, base) (base: shifted in
+        place by coder 4's offsets): the offset list (count may be 0), the spatial parameters, then ẑ and the
+        four passes in one ANS stream (codec/FORMAT.md)."""
+        log2p = np.log2(self.scale_tables) - PRECISION
+        head = _offset_head(q, table, base, log2p)
+        k = q.astype(np.int16) - np.int16((self.levels - 1) // 2)
+        params = spatial_params(k, table, base, log2p)
+        return head + _spatial_bytes(params) + self._code(z, *_pass_groups(k, _spatial_tables(k, table, base, params)))
 
     def _ans(self, q: np.ndarray, z: np.ndarray, table: np.ndarray, base: np.ndarray) -> bytes:
         """The ANS words of ẑ and of ŷ under (table, base) (both (c_y, h, w))."""
@@ -515,23 +533,24 @@ class HyperpriorEntropyModel:
         return coder, np.stack([coder.decode(zm[c], zh * zw) for c in range(zc)]).reshape(zc, zh, zw).astype(np.uint8)
 
     def _decode_context(self, payload: bytes, shape: tuple[int, int, int], offsets: np.ndarray,
-                        shifts: np.ndarray) -> np.ndarray:
-        """Coder 5's ANS part -> uint8 ŷ symbols (c_y, h, w): ẑ, then the three passes of `context_passes`, each
-        under the tables its context classes shift to (codec/FORMAT.md)."""
+                        passes: Any, coder: int = CODER_HYPER_CONTEXT) -> np.ndarray:
+        """Coder 5's or 7's ANS part -> uint8 ŷ symbols (c_y, h, w): ẑ, then the passes `passes(k, table, base)`
+        yields (_context_tables' three, each under the tables its context classes shift to, or _spatial_tables'
+        four; codec/FORMAT.md)."""
         cy, h, w = shape
         if cy * h * w > CONTEXT_MAX_SYMBOLS:
-            raise EntropyError(f"coder 5 payload for {cy * h * w} symbols (at most {CONTEXT_MAX_SYMBOLS})")
+            raise EntropyError(f"coder {coder} payload for {cy * h * w} symbols (at most {CONTEXT_MAX_SYMBOLS})")
         ym, half = self._models("y"), (self.levels - 1) // 2
         k = np.zeros((cy, h, w), dtype=np.int16)
         try:
-            coder, z = self._pop_z(payload, h, w)
+            ans, z = self._pop_z(payload, h, w)
             table, base = self.decoder.tables(z, h, w, self.thresholds, self.step4)
             apply_offsets(base, offsets)
-            for where, t, b in _context_tables(k, table, base, shifts):  # pass by pass: k fills as it goes
-                k[:, where] = _pop_pass(coder, ym, t) - 254 + b
+            for where, t, b in passes(k, table, base):  # pass by pass: k fills as it goes
+                k[:, where] = _pop_pass(ans, ym, t) - 254 + b
         except (ValueError, RuntimeError, OverflowError) as e:
             raise EntropyError(f"corrupt ANS payload ({e})") from None
-        if not coder.is_empty():
+        if not ans.is_empty():
             raise EntropyError("corrupt ANS payload (data left over after the last symbol)")
         if k.min(initial=0) < -half or k.max(initial=0) > self.levels - 1 - half:
             raise EntropyError(f"decoded symbol outside 0..{self.levels - 1} (corrupt payload)")
@@ -542,6 +561,12 @@ class HyperpriorEntropyModel:
         """Coder 6's payload of ŷ symbols (c_y, h, w) (codec/FORMAT.md): the context id, coder 4's offset list and
         coder 5's class shifts chosen on the tables the channel context gives, then one ANS stream of ẑ and of the
         slices in turn, each in coder 5's three passes. z: ẑ if known."""
+        return self._encode_channel(q, z, spatial=False)[CODER_CHANNEL_CONTEXT]
+
+    def _encode_channel(self, q: np.ndarray, z: np.ndarray | None = None, spatial: bool = True) -> dict[int, bytes]:
+        """{6: coder 6's payload, 8: coder 8's (spatial=True)} of ŷ symbols (c_y, h, w), the channel context's
+        tables computed once for both: coder 8 is coder 6 with coder 7's four passes and parameters in place of
+        coder 5's passes and shifts. z: ẑ if known."""
         z = self.hyper_symbols(q) if z is None else z
         mu, ls = self.decoder.params(z, q.shape[1], q.shape[2])
         k = q.astype(np.int16) - np.int16((self.levels - 1) // 2)
@@ -551,25 +576,26 @@ class HyperpriorEntropyModel:
             sl = slice(s * per, (s + 1) * per)
             table[sl], base[sl] = ctx.slice_tables(s, mu, ls, k, self.decoder.frac_bits, self.thresholds, self.step4)
         log2p = np.log2(self.scale_tables) - PRECISION
-        off = mean_offsets(q, table, base, log2p)
-        apply_offsets(base, off)
-        nz = np.flatnonzero(off)
-        side = np.empty(len(nz), dtype=[("c", "<u2"), ("o", "i1")])
-        side["c"], side["o"] = nz, off[nz]
+        head = ctx.id + _offset_head(q, table, base, log2p)
         shifts = context_shifts(k, table, base, log2p)
         if shifts is None:
             shifts = np.zeros((CONTEXT_CLASSES, 2), np.int16)
-        passes = []
-        for s in range(ctx.slices):
-            sl = slice(s * per, (s + 1) * per)
-            passes += _context_groups(k[sl], table[sl], base[sl], shifts)
-        return ctx.id + len(nz).to_bytes(2, "little") + side.tobytes() + _shift_bytes(shifts) + self._code(z, *passes)
+        slices = [slice(s * per, (s + 1) * per) for s in range(ctx.slices)]
+        out = {CODER_CHANNEL_CONTEXT: head + _shift_bytes(shifts) + self._code(
+            z, *[g for sl in slices for g in _context_groups(k[sl], table[sl], base[sl], shifts)])}
+        if spatial:
+            params = spatial_params(k, table, base, log2p)
+            out[CODER_CHANNEL_SPATIAL] = head + _spatial_bytes(params) + self._code(
+                z, *[g for sl in slices for g in _pass_groups(k[sl], _spatial_tables(k[sl], table[sl], base[sl], params))])
+        return out
 
-    def _decode_channel_context(self, payload: bytes, shape: tuple[int, int, int]) -> np.ndarray:
-        """Coder 6's payload -> uint8 ŷ symbols (c_y, h, w): ẑ, then slice by slice, each slice's tables from the
-        context network on the slices before it (with the offsets), coded in coder 5's three passes."""
+    def _decode_channel_context(self, payload: bytes, shape: tuple[int, int, int], spatial: bool = False) -> np.ndarray:
+        """Coder 6's payload (coder 8's: spatial=True) -> uint8 ŷ symbols (c_y, h, w): ẑ, then slice by slice, each
+        slice's tables from the context network on the slices before it (with the offsets), coded in coder 5's
+        three passes (coder 7's four)."""
         from aekit.export.context import CONTEXT_ID_BYTES
 
+        coder = CODER_CHANNEL_SPATIAL if spatial else CODER_CHANNEL_CONTEXT
         cy, h, w = shape
         got = payload[:CONTEXT_ID_BYTES].hex()
         if self.context is None:
@@ -578,27 +604,31 @@ class HyperpriorEntropyModel:
         if payload[:CONTEXT_ID_BYTES] != self.context.id:
             raise EntropyError(f"coded with channel context {got}; this model folder has {self.context.id.hex()}")
         if cy * h * w > CONTEXT_MAX_SYMBOLS:
-            raise EntropyError(f"coder 6 payload for {cy * h * w} symbols (at most {CONTEXT_MAX_SYMBOLS})")
+            raise EntropyError(f"coder {coder} payload for {cy * h * w} symbols (at most {CONTEXT_MAX_SYMBOLS})")
         rest, offsets = _split_offsets(payload[CONTEXT_ID_BYTES:], cy, allow_none=True)
-        payload, shifts = _split_shifts(rest, allow_none=True)
+        if spatial:
+            payload, params = _split_spatial(rest)
+        else:
+            payload, shifts = _split_shifts(rest, allow_none=True)
         ym, half = self._models("y"), (self.levels - 1) // 2
         k = np.zeros((cy, h, w), dtype=np.int16)
         ctx, per = self.context, self.context.per
         try:
-            coder, z = self._pop_z(payload, h, w)
+            ans, z = self._pop_z(payload, h, w)
             mu, ls = self.decoder.params(z, h, w)
             for s in range(ctx.slices):
                 ks = k[s * per:(s + 1) * per]  # a view: the passes fill k
                 table, base = ctx.slice_tables(s, mu, ls, k, self.decoder.frac_bits, self.thresholds, self.step4)
                 apply_offsets(base, offsets[s * per:(s + 1) * per])
-                for where, t, b in _context_tables(ks, table, base, shifts):
-                    v = _pop_pass(coder, ym, t) - 254 + b
+                passes = _spatial_tables(ks, table, base, params) if spatial else _context_tables(ks, table, base, shifts)
+                for where, t, b in passes:
+                    v = _pop_pass(ans, ym, t) - 254 + b
                     if v.min(initial=0) < -half or v.max(initial=0) > self.levels - 1 - half:
                         raise EntropyError(f"decoded symbol outside 0..{self.levels - 1} (corrupt payload)")
                     ks[:, where] = v
         except (ValueError, RuntimeError, OverflowError) as e:
             raise EntropyError(f"corrupt ANS payload ({e})") from None
-        if not coder.is_empty():
+        if not ans.is_empty():
             raise EntropyError("corrupt ANS payload (data left over after the last symbol)")
         return (k + half).astype(np.uint8)
 
@@ -751,11 +781,7 @@ def _context_groups(k: np.ndarray, table: np.ndarray, base: np.ndarray,
                     shifts: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
     """Coder 5's three passes (start, grouped) of d = k − b + 254 under each pass's (shifted) tables, grouped
     by table (C order of (c_y, h, w) within a group)."""
-    out = []
-    for where, t, b in _context_tables(k, table, base, shifts):
-        t, d = t.ravel(), (k[:, where] - b + 254).ravel()
-        out.append((_group_starts(t, 256), d[np.argsort(t, kind="stable")].astype(np.int16)))
-    return out
+    return _pass_groups(k, _context_tables(k, table, base, shifts))
 
 
 def _pop_pass(coder: Any, ym: list[Any], tables: np.ndarray) -> np.ndarray:
@@ -776,6 +802,148 @@ def _pop_groups(coder: Any, ym: list[Any], start: np.ndarray) -> np.ndarray:
             b = min(a + GROUP_CHUNK, int(start[g + 1]))
             grouped[a:b] = coder.decode(ym[g], b - a)
     return grouped
+
+
+# Coder 7: a spatial context that predicts the mean from the neighbours. Coder 5's classes only shift a
+# table by a constant per class; on smooth content (skies, out-of-focus backgrounds, the 1/4 models' finer grid)
+# whole regions of a channel sit one or two steps off the hyperprior's mean, and the neighbours already coded
+# show by how much. ŷ is coded in four interleaved passes (a checkerboard, He et al., "Checkerboard context model
+# for efficient learned image compression", CVPR 2021, applied twice): pass 0 = even row and column with
+# (r/2 + c/2) even; pass 1 = the other even-even positions, which see their four neighbours at distance 2 (all
+# pass 0); pass 2 = odd row and column (four diagonal neighbours, passes 0-1); pass 3 = the rest (four direct
+# neighbours, passes 0-2). For an element of pass p ≥ 1, with the residuals R = 4k − m of its N neighbours inside
+# the latent (same channel; m = 4·base + φ, the table's mean in quarter steps): the prediction
+# P = floor((2·ΣR + N) / (2N)) (the mean, rounded half up), the spread D = max |R_n − P| and the class
+# min(D >> 1, 7). Per (pass, class) the file carries (Δj, a): the element's mean moves by floor((a·P + 2) / 4)
+# quarter steps (a = 0..4: a quarter to all of the prediction) and its scale index by Δj, as coder 5's shifts
+# (shifted_tables). Integers only, so both sides compute the same tables. Chosen per image by the encoder.
+SPATIAL_PASSES = 4
+SPATIAL_CLASSES = 8  # per context pass (1, 2, 3): min(D >> 1, 7)
+SPATIAL_SLOTS = 3 * SPATIAL_CLASSES  # (pass − 1)·8 + class; the file's mask has one bit each
+SPATIAL_A_MAX = 4  # a = 0..4: the share of the prediction P the mean takes, in quarters
+SPATIAL_DJ = np.arange(-12, 5, dtype=np.int16)  # scale index shifts the encoder tries (smooth regions want far lower)
+_SPATIAL_NEIGHBOURS = (None, ((-2, 0), (2, 0), (0, -2), (0, 2)), _DIAGONAL, _DIRECT)
+
+
+def spatial_passes(h: int, w: int) -> np.ndarray:
+    """int8 (h, w): each position's coder-7 pass 0..3 (see above). Every neighbour of a pass-p position inside
+    the latent lies in an earlier pass, and each pass ≥ 1 position has at least one."""
+    r, c = np.indices((h, w))
+    even = (r % 2 == 0) & (c % 2 == 0)
+    return np.where(even, (r // 2 + c // 2) % 2, np.where((r % 2 == 1) & (c % 2 == 1), 2, 3)).astype(np.int8)
+
+
+def _neighbour(h: int, w: int, dr: int, dc: int) -> tuple[tuple[slice, slice], tuple[slice, slice]]:
+    """(src, dst) slices of (h, w) planes: dst[i] has its neighbour at (r + dr, c + dc) in src[i]."""
+    return ((slice(max(0, dr), h + min(0, dr)), slice(max(0, dc), w + min(0, dc))),
+            (slice(max(0, -dr), h + min(0, -dr)), slice(max(0, -dc), w + min(0, -dc))))
+
+
+def spatial_prediction(k: np.ndarray, m: np.ndarray, p: int) -> tuple[np.ndarray, np.ndarray]:
+    """int16 symbols k = q − 127 (c_y, h, w) (read at pass p's neighbours only) and int16 quarter-step means m ->
+    (P, class): int32 and int8 (c_y, h, w), meaningful at pass p's positions (coder 7, above)."""
+    c, h, w = k.shape
+    r = 4 * k.astype(np.int32) - m
+    s, n = np.zeros((c, h, w), np.int32), np.zeros((h, w), np.int32)
+    for dr, dc in _SPATIAL_NEIGHBOURS[p]:
+        src, dst = _neighbour(h, w, dr, dc)
+        s[:, dst[0], dst[1]] += r[:, src[0], src[1]]
+        n[dst] += 1
+    pred = (2 * s + n) // (2 * np.maximum(n, 1))  # floor division: the mean rounded half up
+    dev = np.zeros((c, h, w), np.int32)
+    for dr, dc in _SPATIAL_NEIGHBOURS[p]:
+        src, dst = _neighbour(h, w, dr, dc)
+        np.maximum(dev[:, dst[0], dst[1]], np.abs(r[:, src[0], src[1]] - pred[:, dst[0], dst[1]]),
+                   out=dev[:, dst[0], dst[1]])
+    return pred, np.minimum(dev >> 1, SPATIAL_CLASSES - 1).astype(np.int8)
+
+
+def _spatial_tables(k: np.ndarray, table: np.ndarray, base: np.ndarray,
+                    params: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Coder 7's passes in coding order: (where, t, b) as _context_tables', under the (Δj, a) params (24, 2) of
+    each (pass, class). A generator: the decoder fills k with a pass's symbols before the next pass is formed."""
+    passes = spatial_passes(*k.shape[1:])
+    m = 4 * base.astype(np.int16) + (table & 3).astype(np.int16)
+    for p in range(SPATIAL_PASSES):
+        where = passes == p
+        t, b = table[:, where], base[:, where].astype(np.int16)
+        if p:
+            pred, cls = spatial_prediction(k, m, p)
+            slot = cls[:, where].astype(np.int64) + SPATIAL_CLASSES * (p - 1)
+            dm = (params[slot, 1].astype(np.int32) * pred[:, where] + 2) >> 2
+            t, b = shifted_tables(t, b, np.stack([params[slot, 0].astype(np.int32), dm], axis=-1))
+        yield where, t, b
+
+
+def spatial_params(k: np.ndarray, table: np.ndarray, base: np.ndarray, log2p: np.ndarray) -> np.ndarray:
+    """Coder 7's (Δj, a) per (pass, class), int16 (24, 2), chosen for these symbols: per class a coordinate
+    search over a (Δj = 0), then Δj (SPATIAL_DJ), then a again, on the exact code lengths under the tables
+    (log2p: (256, 509) log2 probabilities); a slot keeps its pair where that saves more than its 16 bits.
+    k: int16 symbols q − 127, table, base: (c_y, h, w) (base with any coder-4 offsets). Deterministic."""
+    params = np.zeros((SPATIAL_SLOTS, 2), np.int16)
+    passes = spatial_passes(*k.shape[1:])
+    m = 4 * base.astype(np.int16) + (table & 3).astype(np.int16)
+    a_all = np.arange(SPATIAL_A_MAX + 1, dtype=np.int32)
+    for p in range(1, SPATIAL_PASSES):
+        where = passes == p
+        if not where.any():
+            continue
+        pred, cls = spatial_prediction(k, m, p)
+        tt, bb, kk = table[:, where].ravel(), base[:, where].ravel().astype(np.int16), k[:, where].ravel()
+        pr, cl = pred[:, where].ravel(), cls[:, where].ravel().astype(np.int64)
+
+        def bits(dj: np.ndarray, a: np.ndarray) -> np.ndarray:
+            """int (8,) Δj and a per class -> float (8,) bits of each class's symbols under them."""
+            t2, b2 = shifted_tables(tt, bb, np.stack([dj[cl].astype(np.int32), (a[cl] * pr + 2) >> 2], axis=-1))
+            return np.bincount(cl, weights=-log2p[t2, kk - b2 + 254], minlength=SPATIAL_CLASSES)
+
+        zero = np.zeros(SPATIAL_CLASSES, np.int32)
+        before = bits(zero, zero)
+        a = a_all[np.argmin([bits(zero, np.full(SPATIAL_CLASSES, v)) for v in a_all], axis=0)]
+        dj = SPATIAL_DJ[np.argmin([bits(np.full(SPATIAL_CLASSES, v), a) for v in SPATIAL_DJ], axis=0)].astype(np.int32)
+        a = a_all[np.argmin([bits(dj, np.full(SPATIAL_CLASSES, v)) for v in a_all], axis=0)]
+        gain = before - bits(dj, a)
+        keep = ((dj != 0) | (a != 0)) & (gain > 16)
+        sl = slice(SPATIAL_CLASSES * (p - 1), SPATIAL_CLASSES * p)
+        params[sl] = np.where(keep[:, None], np.stack([dj, a], axis=1), 0)
+    return params
+
+
+def _spatial_bytes(params: np.ndarray) -> bytes:
+    """Coder 7's side information: uint32 LE mask of the slots used, then (int8 Δj, uint8 a) each."""
+    used = np.flatnonzero(params.any(axis=1))
+    mask = int(sum(1 << int(s) for s in used))
+    return mask.to_bytes(4, "little") + params[used].astype(np.int8).tobytes()
+
+
+def _split_spatial(payload: bytes) -> tuple[bytes, np.ndarray]:
+    """Coder 7/8's payload after the offsets -> (ANS part, int16 params (24, 2)); EntropyError when malformed."""
+    if len(payload) < 4:
+        raise EntropyError("coder 7/8 payload too short for its spatial mask")
+    mask = int.from_bytes(payload[:4], "little")
+    used = [s for s in range(SPATIAL_SLOTS) if mask >> s & 1]
+    end = 4 + 2 * len(used)
+    if mask >> SPATIAL_SLOTS or len(payload) < end:
+        raise EntropyError(f"coder 7/8 spatial mask 0x{mask:08x} names a slot beyond {SPATIAL_SLOTS - 1}, "
+                           "or its parameters are cut off")
+    params = np.zeros((SPATIAL_SLOTS, 2), np.int16)
+    pairs = np.frombuffer(payload[4:end], dtype=np.int8).reshape(-1, 2).astype(np.int16)
+    if ((pairs[:, 1] < 0) | (pairs[:, 1] > SPATIAL_A_MAX)).any() or not pairs.any(axis=1).all():
+        raise EntropyError(f"coder 7/8 spatial parameters: a outside 0..{SPATIAL_A_MAX}, or a listed slot with "
+                           "Δj = a = 0")
+    params[used] = pairs
+    return payload[end:], params
+
+
+def _pass_groups(k: np.ndarray, tables: Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]
+                 ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Passes (where, t, b) of coder 5 or 7 -> their (start, grouped) of d = k − b + 254, grouped by table (C
+    order of (c_y, h, w) within a group)."""
+    out = []
+    for where, t, b in tables:
+        t, d = t.ravel(), (k[:, where] - b + 254).ravel()
+        out.append((_group_starts(t, 256), d[np.argsort(t, kind="stable")].astype(np.int16)))
+    return out
 
 
 # Coder 4: the hyperprior's integer mean base of channel c is shifted by an offset o_c sent in the file
@@ -808,6 +976,17 @@ def mean_offsets(q: np.ndarray, table: Any, base: Any, log2p: np.ndarray) -> np.
     if saving[o != 0].sum() <= 16 + 24 * np.count_nonzero(o):
         o[:] = 0
     return o.astype(np.int16)
+
+
+def _offset_head(q: np.ndarray, table: Any, base: Any, log2p: np.ndarray) -> bytes:
+    """Coder 4's offset list for these symbols (mean_offsets), applied to base in place: uint16 LE count (may be
+    0), then (uint16 channel, int8 offset) each, the channels ascending."""
+    off = mean_offsets(q, table, base, log2p)
+    nz = np.flatnonzero(off)
+    side = np.empty(len(nz), dtype=[("c", "<u2"), ("o", "i1")])
+    side["c"], side["o"] = nz, off[nz]
+    apply_offsets(base, off)
+    return len(nz).to_bytes(2, "little") + side.tobytes()
 
 
 def apply_offsets(base: Any, offsets: np.ndarray) -> None:

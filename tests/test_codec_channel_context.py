@@ -209,14 +209,15 @@ def test_coder_6_refuses_a_folder_without_or_with_another_context(ctx_model, hp_
 
 
 def test_compress_keeps_the_smaller_of_coder_5_and_coder_6(ctx_model, rgb_photos, monkeypatch):
-    """The writer codes both and keeps the smaller payload; latents over CONTEXT_MAX_SYMBOLS keep coder 3/4."""
+    """The writer codes both and keeps the smaller payload; latents over CONTEXT_MAX_SYMBOLS keep coder 3/4
+    (coders 7/8 off: tests/test_codec_spatial.py has them)."""
     import aekit.codec.core as core
     import aekit.export.entropy as entropy
     import aekit.export.hyperprior as hyperprior
     from aekit.codec.format import parse
 
     best = max(q["quality"] for q in json.loads((ctx_model[0] / "manifest.json").read_text())["entropy"]["qualities"])
-    codec = core.Codec(ctx_model[0], core.CodecConfig(quality=best))
+    codec = core.Codec(ctx_model[0], core.CodecConfig(quality=best, spatial_context=False))
     image = rgb_photos[2][:240, :300]
     q = codec.symbols(image[None])[0]
     z, table, base = codec.em._side_for_coding(q, False)  # the ẑ and tables RDOQ chose q under, as compress uses them
@@ -237,7 +238,8 @@ def test_compress_keeps_the_smaller_of_coder_5_and_coder_6(ctx_model, rgb_photos
 
 def test_the_shipped_photos_r9_context_shrinks_real_photos_and_decodes_in_another_process(tmp_path):
     """photos-r9's channel context at its default quality on scikit-image's astronaut and coffee: compress picks
-    coder 6, smaller than coder 5 by over 2 % together; another process with other threads decodes the symbols."""
+    coder 6, smaller than coder 5 by over 2 % together; another process with other threads decodes the symbols
+    (coders 7/8 off)."""
     import skimage.data
 
     import aekit.codec.core as core
@@ -245,7 +247,7 @@ def test_the_shipped_photos_r9_context_shrinks_real_photos_and_decodes_in_anothe
     from aekit.export.manifest import resolve_model
 
     model = resolve_model("photos-r9")
-    codec = core.Codec(model, core.CodecConfig(workers=1))
+    codec = core.Codec(model, core.CodecConfig(workers=1, spatial_context=False))
     assert codec.em.context is not None
     new = old = 0
     for i, image in enumerate((skimage.data.astronaut(), skimage.data.coffee())):
@@ -291,7 +293,8 @@ def test_evaluate_decodes_each_model_with_its_own_folder_when_two_share_an_id(ct
 
 
 def test_compress_no_channel_context_writes_coder_5(tmp_path):
-    """`aekit compress --no-channel-context` (faster) writes the coder-5 file; the default the smaller coder-6 one."""
+    """`aekit compress --no-channel-context` (faster) writes the coder-5 file, with --no-spatial-context too (the
+    reader before version 7); the default the smaller coder-8 one, --no-spatial-context alone coder 6."""
     import skimage.data
     from PIL import Image
 
@@ -300,9 +303,12 @@ def test_compress_no_channel_context_writes_coder_5(tmp_path):
     Image.fromarray(skimage.data.astronaut()).save(tmp_path / "a.png")
     assert main(["compress", str(tmp_path / "a.png"), "-m", "photos-r9", "-o", str(tmp_path / "a.ael")]) == 0
     assert main(["compress", str(tmp_path / "a.png"), "-m", "photos-r9", "-o", str(tmp_path / "b.ael"),
-                 "--no-channel-context"]) == 0
-    (h6, p6), (h5, p5) = (parse((tmp_path / n).read_bytes()) for n in ("a.ael", "b.ael"))
-    assert (h6.coder, h5.coder) == (6, 5) and len(p6) < len(p5)
+                 "--no-channel-context", "--no-spatial-context"]) == 0
+    assert main(["compress", str(tmp_path / "a.png"), "-m", "photos-r9", "-o", str(tmp_path / "c.ael"),
+                 "--no-spatial-context"]) == 0
+    (h8, p8), (h5, p5), (h6, p6) = (parse((tmp_path / n).read_bytes()) for n in ("a.ael", "b.ael", "c.ael"))
+    assert (h8.coder, h6.coder, h5.coder) == (8, 6, 5) and len(p8) < len(p6) < len(p5)
+    assert main(["decompress", str(tmp_path / "a.ael"), "-o", str(tmp_path / "a8.png")]) == 0
     assert main(["decompress", str(tmp_path / "b.ael"), "-o", str(tmp_path / "b.png")]) == 0
 
 

@@ -785,7 +785,7 @@ def test_coder_5_shrinks_real_photos_and_decodes_in_another_process(tmp_path):
     from aekit.export.manifest import resolve_model
 
     model = resolve_model("photos-r9")
-    codec = core.Codec(model, core.CodecConfig(workers=1))
+    codec = core.Codec(model, core.CodecConfig(workers=1, spatial_context=False))  # coders 7/8: test_codec_spatial.py
     sizes = []
     for i, image in enumerate((skimage.data.astronaut(), skimage.data.coffee())):
         q = codec.symbols(image[None])[0]
