@@ -31,12 +31,13 @@ refit() {
 }
 
 # CKPT OUT DATA STEPS MODEL...: a channel context (coder 6) trained on CKPT's frozen latents (aekit fit-context, resumes
-# an interrupted one, skips a finished one), then added to each exported MODEL folder (aekit add-context; same model id)
+# an interrupted one, skips a finished one), then added to each exported MODEL folder (aekit add-context; same model id).
+# CTX_WIDTH: its hidden channels (default 96; the hq models' are 48, half the bytes: the zoo's 50 MB budget)
 context() {
   local ckpt=$1 out=$2 data=$3 steps=$4; shift 4
   local resume=""; [[ -f $out/last.pt ]] && resume="--resume"
   [[ -f $out/context.pt ]] || nice -n 19 aekit fit-context "$ckpt" "$data" --out "$out" --steps "$steps" \
-    --threads ${THREADS:-1} --seed 0 --val-data "${data%/train}/test" $resume
+    --threads ${THREADS:-1} --seed 0 --width ${CTX_WIDTH:-96} --val-data "${data%/train}/test" $resume
   for m in "$@"; do nice -n 19 aekit add-context "$m" "$out/context.pt" --force; done
 }
 
@@ -164,6 +165,11 @@ if need photos-r9-hq || need photos-r4-hq; then
   # an int8 decoder only: with the int8 encoder too it lost 0.54 dB on the held-out photos (refused at 0.3; 0.39 dB
   # after the second fine-tune). photos-r4-hq's transform starts from this export (since session 16).
   need photos-r9-hq && nice -n 19 aekit add-int8 models/zoo/photos-r9-hq --calib-data data/photos/train --int8-check-data data/photos/test
+  # its channel context (coder 6/8; session 20): 48 hidden channels, 3,000 steps on the 28 photos (recorded: on `aekit
+  # import photos-r9-hq`'s checkpoint, the same weights; 40 min on one shared thread)
+  [[ -d data/photos-plus/test ]] || aekit data photos data/photos-plus --more
+  need photos-r9-hq && CTX_WIDTH=48 context $rf2/best.pt runs/zoo/photos-r9-hq-ctx data/photos-plus/train 3000 \
+    models/zoo/photos-r9-hq
   [[ ${CARDS:-1} == 1 ]] && need photos-r9-hq && nice -n 19 python -m aekit.bench.zoo build photos-r9-hq
 fi
 # The 1/4 models' transforms: photos-r9's and photos-r9-hq's (aekit import of the exports above) fine-tuned on the
@@ -189,6 +195,9 @@ for spec in "photos-r4 photos-r9 0.01 50 photos-plus 9" "photos-r4-hq photos-r9-
   # photos-r4's channel context (coder 6): on the 1.5x grid's latents, 2,500 steps; aekit rescale below carries it
   # (recorded: on runs/r4g3/rf/best.pt, the same refit, added to the rescaled folder; 66 min on one shared thread)
   [[ $name == photos-r4 ]] && context $rf/best.pt runs/zoo/$g-ctx data/$data/train 2500 models/zoo/$g
+  # photos-r4-hq's (session 20): 48 hidden channels, on the 28 photos (recorded: runs/r4hq2/rf/best.pt, this refit)
+  [[ $name == photos-r4-hq ]] && { [[ -d data/photos-plus/test ]] || aekit data photos data/photos-plus --more; } && \
+    CTX_WIDTH=48 context $rf/best.pt runs/zoo/$g-ctx data/photos-plus/train 2500 models/zoo/$g
 done
 # photos-r4 and photos-r4-hq: those two transforms on a grid 1.5x as fine (aekit rescale: 48 channels at H/8 of the
 # image, exactly 1/4; bicubic resampling in the graphs, the same tables).

@@ -80,6 +80,17 @@ PHOTO_CONTEXT_CMD = ("aekit import photos-r9 --out runs/r4g3/imported.pt && aeki
                      "data/photos-plus/train --out runs/ctx-r9 --steps 3000 --threads 1 --val-data data/photos-plus/test && "
                      "aekit add-context models/r9p runs/ctx-r9/context.pt")
 
+# coders 7 and 8 (session 20), the same for every photo model (the coder, not the model)
+SPATIAL_LIMIT = ("Coders 7 and 8 (format version 7, since 2026-12-02): the neighbours already decoded predict each "
+                 "element's mean (four interleaved passes, 24 per-image class parameters), on top of the hyperprior "
+                 "(7) or a channel context (8); compress keeps the smallest of coders 3-8, zstd and raw. `aekit "
+                 "compress --no-spatial-context` writes files that aekit before format version 7 reads.")
+# the hq models' channel contexts (session 20): 48 hidden channels (half the others' width, 0.5 MB: the zoo budget)
+PHOTO_HQ_CONTEXT_CMD = ("aekit import photos-r9-hq --out runs/ctx-r9hq/imported.pt && aekit fit-context "
+                        "runs/ctx-r9hq/imported.pt data/photos-plus/train --out runs/ctx-r9hq --steps 3000 --width 48 "
+                        "--threads 1 --seed 0 --val-data data/photos-plus/test && aekit add-context models/photos-r9-hq "
+                        "runs/ctx-r9hq/context.pt")
+
 FM_CMD = ("aekit train data/fmnist/train --resize none --channels 1 --width 32 --batch-size 64 --max-images 10000 "
           "--epochs 8 --ratio {r} --threads 1 --seed 0 --out runs/zoo/{name}")
 FM_RD_ARGS = ("data/fmnist/train --arch gdn --channels 1 --ratio {r} --factor {f} --width 64 --res-blocks 2 --resize none "
@@ -158,9 +169,10 @@ SPECS: dict[str, Spec] = {
          "linear klt baseline reach higher PSNR (trained at one rate weight, 0.01).",
          "A channel context (coder 6, since 2026-12-02: 4 slices of 12 channels, channel_context.npz; aekit "
          "fit-context on the frozen latents, 3,000 steps, 39 min on one thread) corrects the hyperprior's mean and "
-         "scale from the slices decoded before; no spatial autoregressive network (coder 5's neighbour classes are "
-         "per-image shifts). On large flat regions zstd can still code the symbols smaller than the ANS stream (the "
-         "coder keeps the smallest and raw).",
+         "scale from the slices decoded before; no trained spatial network (coders 5 and 7 adapt per image). On "
+         "large flat regions zstd can still code the symbols smaller than the ANS stream (the coder keeps the "
+         "smallest and raw).",
+         SPATIAL_LIMIT,
          "fp32 ONNX; the tables in manifest.json and the hashes of hyper_encoder.onnx / hyper_decoder.npz pin every "
          "quality (the model id hashes them); channel_context.npz is pinned by its hash in the manifest and in every "
          "coder-6 file. Decoding runs the integer hyper decoder and context in numpy (float64 BLAS).",
@@ -197,10 +209,17 @@ SPECS: dict[str, Spec] = {
           "Above about 0.37 bpp (33.7 dB) use photos-r4-hq (same ratio and format): it goes on to 36.9 dB where this "
           "model stops at 34.1 dB. Below about 0.27 bpp photos-r9 (1/9) gives 0.44-3.5 dB more at equal bytes."),
          "Below WebP and AVIF on the held-out photos (BD-rate above).",
-         *([] if hq else ["A channel context (coder 6, since 2026-12-02: channel_context.npz, aekit fit-context on the "
-                          "1.5x grid's frozen latents, 2,500 steps) corrects the hyperprior from the channel slices "
-                          "decoded before: files 2-3 % smaller from q6 up, compress and decompress slower "
-                          "(aekit compress --no-channel-context keeps coder 5)."]),
+         ("A channel context (coder 6/8, since 2026-12-02: 48 hidden channels, channel_context.npz, 0.5 MB; aekit "
+          "fit-context runs/r4hq2/rf/best.pt data/photos-plus/train --out runs/ctx-r4hq --steps 2500 --width 48 --seed 0 "
+          "on the 1.5x grid's frozen latents of the 28 photos, 2,086 s on one shared thread, then aekit add-context) "
+          "corrects the hyperprior from the channel slices decoded before: with coder 8 the files are 4-9 % smaller "
+          "from q3 up than coder 5's (BD-rate -4.9 %, codec/RESULTS.md)."
+          if hq else
+          "A channel context (coder 6, since 2026-12-02: channel_context.npz, aekit fit-context on the "
+          "1.5x grid's frozen latents, 2,500 steps) corrects the hyperprior from the channel slices "
+          "decoded before: files 2-3 % smaller from q6 up, compress and decompress slower "
+          "(aekit compress --no-channel-context keeps coder 5)."),
+         SPATIAL_LIMIT,
          "int8 variants of both networks (aekit add-int8 on the rescaled graphs, resampling included; "
          "`aekit compress/decompress --int8`; figures above): its own, not the source's."]
         + (["Replaced on 2026-12-01 photos-r9-hq rescaled without fine-tuning (model id ea66e7ef7dacbf5d), then the "
@@ -237,8 +256,14 @@ SPECS: dict[str, Spec] = {
          "For high rates (its default quality spends about twice photos-r9's bytes); at low rates photos-r9 is "
          "the better model (codec/RESULTS.md compares them).",
          "CPU-trained: the fine-tunes ran on one shared CPU thread within 80- and 40-minute budgets (time above).",
+         "A channel context (coder 6/8, since 2026-12-02: 4 slices of 12 channels, 48 hidden channels, "
+         "channel_context.npz, 0.5 MB; aekit fit-context on the frozen latents of the 28 photos, 3,000 steps, 40 min "
+         "on one shared thread: " + PHOTO_HQ_CONTEXT_CMD + ") corrects the hyperprior from the slices decoded before: "
+         "with coder 8 the files are 3-8 % smaller from q2 up than coder 5's (BD-rate -5.1 %, codec/RESULTS.md).",
+         SPATIAL_LIMIT,
          "fp32 ONNX; the tables in manifest.json and the hashes of hyper_encoder.onnx / hyper_decoder.npz pin every "
-         "quality (the model id hashes them).",
+         "quality (the model id hashes them); channel_context.npz is pinned by its hash in the manifest and in every "
+         "coder-6/8 file.",
          "Replaced on 2026-12-01 the same recipe without the second fine-tune and refit (model id 674cf98f5f4ee67e), "
          "which this one beats by 0.04-0.13 dB at equal bytes on these photos (BD-rate -1.5 %). Files written with it "
          "decode only with its folder (git history of aekit/zoo/photos-r9-hq)."],
@@ -269,7 +294,8 @@ SPECS: dict[str, Spec] = {
          "same everywhere: h_a's ReLUs stopped firing while the new g_a was still random), so it was retrained "
          "from a fresh init on the frozen transforms (aekit refit-hyperprior --reinit, 12,000 steps).",
          "The tables in manifest.json and the hashes of hyper_encoder.onnx (fp16-stored) / hyper_decoder.npz pin "
-         "every quality (the model id hashes them)."],
+         "every quality (the model id hashes them).",
+         SPATIAL_LIMIT],
         "16 photos (aekit data photos, train split: 14 trained on, 2 validate)",
         export_args="--int8 --int8-encoder --weights fp16 --calib-data data/photos/train "
                     "--int8-check-data data/photos/test"),
@@ -542,7 +568,7 @@ def int8_section(m: dict[str, Any]) -> dict[str, Any]:
 
 def refresh(name: str, eval_json: Path | None = None, path: str | None = None) -> dict[str, Any]:
     """Bring a shipped model's card up to date with its folder after a change that keeps the model id
-    (int8 variants added, tile contexts written, a new coder): files and the int8 summary, and with
+    (int8 variants added, tile contexts written, a new coder): files, limits (SPECS) and the int8 summary, and with
     `eval_json` (an `aekit evaluate` results.json that includes this model id) the held-out figures."""
     d = zoo.ZOO_DIR / name
     card, m = load_card(name), load_manifest(d)
@@ -554,7 +580,7 @@ def refresh(name: str, eval_json: Path | None = None, path: str | None = None) -
         raise SystemExit(f"{name}: the card is for model {card.get('model_id')}, the folder holds {m['model_id']}: "
                          "rebuild it (python -m aekit.bench.zoo build)")
     card.pop("int8_variants", None)
-    card.update(files=folder_files(d), **int8_section(m))
+    card.update(files=folder_files(d), limits=SPECS[name].limits, **int8_section(m))
     (d / zoo.CARD).write_text(json.dumps(card, indent=1) + "\n")
     return card
 
