@@ -11,6 +11,7 @@ import json
 import shutil
 
 import numpy as np
+import pytest
 
 from aekit.cli import main
 from aekit.codec.core import Decoder
@@ -76,3 +77,25 @@ def test_v5_coder_5_file_still_decodes_with_the_shipped_photos_r9():
     assert q.shape == (48, 11, 11)
     assert hashlib.sha256(np.ascontiguousarray(q).tobytes()).hexdigest() == \
         "e4b0eedac7cc83ea7b5bd6458746a5f0fbb89afd827ff212edaa338cf93ace83"
+
+
+V7 = ROOT_TESTS / "fixtures" / "v7"
+
+
+@pytest.mark.parametrize("name,fixture,coder,digest", [
+    ("photos-r9", "astronaut-256-coder8.png.ael", "ans-channel-spatial",
+     "261bb1745ff51d9193263ad77f596d2fd5fb71ce2ebe151d2167ac384dda5e88"),
+    ("photos-r9-fast", "astronaut-256-coder7.png.ael", "ans-hyperprior-spatial",
+     "15752854555e3fa4a6a528edf91ff7505a8c03dc4823b3e1e7e0b0a131ea03ef"),
+])
+def test_v7_coder_7_and_8_files_still_decode_with_the_shipped_models(name, fixture, coder, digest):
+    """tests/fixtures/v7 (README there): a coder-8 file of photos-r9 and a coder-7 file of photos-r9-fast decode to
+    the symbols they were written with; a change of coder 7/8's layout, passes or prediction rule fails here."""
+    from aekit.export.manifest import resolve_model
+
+    model = resolve_model(name)
+    d = describe(V7 / fixture, [model])
+    assert (d["format_version"], d["coder"]) == (7, coder)
+    _, q = Decoder([model]).symbols((V7 / fixture).read_bytes())
+    assert q.shape == (48, 22, 22)
+    assert hashlib.sha256(np.ascontiguousarray(q).tobytes()).hexdigest() == digest
