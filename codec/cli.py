@@ -96,7 +96,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "larger, compress about 1.5x faster; README: Codec quality)")
     p.add_argument("--no-spatial-context", dest="spatial_context", action="store_false",
                    help="rate-distortion models: do not try coders 7/8 (the neighbours' prediction of the mean; "
-                        "format version 7): files 0-10 %% larger, readable by aekit before version 7")
+                        "format version 7): files readable by aekit before version 7, 2-5 %% larger on the held-out "
+                        "photos (BD-rate) and up to a quarter larger on smooth ones")
     p.add_argument("--int8", action="store_true",
                    help="encode with the model's int8 encoder where it ships one (the photo models: 1.6-1.9x "
                         "faster compress; other symbols than fp32, slightly different files; `aekit info MODEL`)")
