@@ -215,6 +215,12 @@ def _main(argv: list[str] | None = None) -> int:
     except (CLIError, FileNotFoundError, ValueError) as e:
         print(f"aekit {args.command}: error: {e}", file=sys.stderr)
         return EXIT_ERROR
+    except OSError as e:  # a folder it may not write, a read-only or full disk: one line, never exit 1's meaning
+        if isinstance(e, BrokenPipeError):
+            raise  # `aekit … | head`: main's own handling (exit 141)
+        where = f": {e.filename}" if getattr(e, "filename", None) else ""
+        print(f"aekit {args.command}: error: {e.strerror or e}{where}", file=sys.stderr)
+        return EXIT_ERROR
     except Exception as e:  # known error types of the packages carry their own messages
         if type(e).__name__.endswith("Error") and type(e).__module__.split(".")[0] in KNOWN_PACKAGES:
             print(f"aekit {args.command}: error: {e}", file=sys.stderr)

@@ -60,3 +60,12 @@ def test_unknown_option_names_the_subcommand_usage(argv, usage, capsys):
     err = capsys.readouterr().err
     assert e.value.code == 2 and err.startswith(usage) and err.rstrip().endswith("unrecognized arguments: --bogus")
     assert err.count("error:") == 1
+
+
+def test_an_output_that_cannot_be_written_is_one_line_and_exit_2(tmp_path, capsys):
+    """An OSError (a file in the way, a read-only or full disk, no permission) is the job's error, not exit 1's
+    "found something", and not a traceback."""
+    (tmp_path / "a-file").write_text("x")
+    assert main(["data", "samples", str(tmp_path / "a-file" / "photos")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("aekit data: error: ") and "a-file" in err[0], err
