@@ -97,6 +97,7 @@ def sources() -> list[tuple[str, bytes, str]]:
         z, table, base = ph.em._side(q)  # coder 7 (spatial prediction) written whatever the smallest coder is
         out.append(("photos-r9", pack(ph.header(128, 128, "RGB", CODER_SPATIAL), ph.em._encode_spatial(q, z, table, base)),
                     str(ph.rt.dir)))
+    out.append(("photos-r9", ph.compress(skimage.data.rocket()[:256, :256]), str(ph.rt.dir)))  # a post-filter (version 8)
     return out
 
 

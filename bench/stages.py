@@ -43,12 +43,14 @@ class Stages:
         self.images, self.y = images, y
         if self.codec is not None:
             self.mode = "L" if images.shape[3] == 1 else "RGB"
-            self.files = [self.pack(q) for q in self.codec.quantise(y)]  # with RDOQ, as compress
+            # with RDOQ and the post-filter, as compress writes them
+            self.files = [self.pack(q, im) for q, im in zip(self.codec.quantise(y), images)]
 
-    def pack(self, q: np.ndarray) -> bytes:
-        """Symbols (c_y, h, w) of one image of the current size -> its .ael file (Codec.pack)."""
+    def pack(self, q: np.ndarray, image: np.ndarray | None = None) -> bytes:
+        """Symbols (c_y, h, w) of one image of the current size -> its .ael file (Codec.pack; with its pixels, the
+        post-filter is fitted as compress fits it; without, the entropy coder alone)."""
         h, w = self.images.shape[1:3]
-        return self.codec.pack(q, h, w, self.mode)
+        return self.codec.pack(q, h, w, self.mode, image)
 
     def symbols(self, indexes: np.ndarray) -> np.ndarray:
         """The files at indexes -> their symbols (B, c_y, h, w), as `aekit decompress` reads them."""

@@ -71,8 +71,9 @@ def compress_file(src: str | Path, dst: str | Path, model: str | Path | Codec, *
         image, mode = codec.load(src, lazy=True)
         h, w = image.shape[:2]
         q = codec.symbols([image], packed=True)[0]
+        pixels = np.asarray(image) if codec.filters(h, w) else None  # kept for the post-filter's fit
         del image  # a large image's pixels go before its symbols are unpacked and coded (issue 17)
-        data = codec.pack(np.asarray(q), h, w, mode)
+        data = codec.pack(np.asarray(q), h, w, mode, pixels)
     except Exception as e:
         raise wrap_errors(src, e) from None
     return atomic_write_bytes(dst, data)

@@ -98,6 +98,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="rate-distortion models: do not try coders 7/8 (the neighbours' prediction of the mean; "
                         "format version 7): files readable by aekit before version 7, 2-5 %% larger on the held-out "
                         "photos (BD-rate) and up to a quarter larger on smooth ones")
+    p.add_argument("--no-post-filter", dest="post_filter", action="store_false",
+                   help="do not fit and store the per-image post-filter (format version 8; README: Codec quality): "
+                        "compress about twice as fast, files readable by aekit before version 8, about 10 %% more "
+                        "bytes for the same PSNR on the held-out photos")
     p.add_argument("--int8", action="store_true",
                    help="encode with the model's int8 encoder where it ships one (the photo models: 1.6-1.9x "
                         "faster compress; other symbols than fp32, slightly different files; `aekit info MODEL`)")
@@ -159,7 +163,8 @@ def job_configs(args: argparse.Namespace):
                        smallest=args.smallest, int8=getattr(args, "int8", False),
                        rdoq=getattr(args, "rdoq", CodecConfig.rdoq),
                        channel_context=getattr(args, "channel_context", True),
-                       spatial_context=getattr(args, "spatial_context", True))
+                       spatial_context=getattr(args, "spatial_context", True),
+                       post_filter=getattr(args, "post_filter", True))
     jcfg = JobConfig(overwrite=args.overwrite, workers=args.workers, progress=args.progress,
                      out_format=getattr(args, "out_format", "png"), held_mb=args.held_mb, smallest=args.smallest)
     return ccfg, jcfg

@@ -23,6 +23,8 @@ from typing import Any, Iterator
 import numpy as np
 
 from aekit.images import DEFAULT_MAX_PIXELS, ImageError, ImageLimitError, LazyPixels, load_for_channels
+from aekit.codec.postfilter import FIT_MAX_PIXELS, PostFilter, apply_rows, choose
+from aekit.codec.postfilter import apply as apply_filter
 from aekit.codec.format import FLAG_TILED, QUANT_INTEGER, QUANT_TANH_UNIFORM, LatentFormatError, LatentHeader, pack, parse
 from aekit.export.entropy import (RDOQ_MAX_SYMBOLS, RDOQ_T, ZSTD_GATE, ZSTD_LEVEL, ZSTD_LEVEL_SMALLEST, EntropyError,
                                   EntropyModel)
@@ -62,6 +64,7 @@ class CodecConfig:
     rdoq: float = RDOQ_T  # rate-distortion models: RDOQ's price of a bit in Δ² (aekit.export.entropy); 0: plain rounding
     channel_context: bool = True  # models with a channel context: also try coder 6 (smaller files, slower compress)
     spatial_context: bool = True  # rate-distortion models: also try coders 7/8, the neighbours' mean prediction (version 7)
+    post_filter: bool = True  # fit a per-image post-filter to the decoded pixels and store it where it pays (version 8)
 
     @property
     def n_workers(self) -> int:
@@ -214,6 +217,7 @@ class Codec:
         if not self.cfg.spatial_context and hasattr(self.em, "spatial"):
             self.em.spatial = False  # no coder 7/8: files readers before format version 7 decode
         self.model_id, self.channels, self.factor = self.rt.model_id, self.rt.channels, self.rt.factor
+        self._lock, self._decoder = threading.Lock(), None  # the Decoder of `decoded` for tiled images, made once
 
     def load(self, path: str | Path, lazy: bool = False) -> tuple[np.ndarray | LazyPixels, str]:
         """Image file -> (uint8 (H, W, C), mode) for this model. lazy=True: an image this codec tiles
@@ -310,18 +314,42 @@ class Codec:
             return self.em.rdoq(q, res, self.rdoq)
         return q if q is not None else out
 
-    def header(self, height: int, width: int, mode: str, coder: int) -> LatentHeader:
+    def header(self, height: int, width: int, mode: str, coder: int, post_filter: bytes = b"") -> LatentHeader:
         return LatentHeader(
             model_id=self.model_id, height=height, width=width, mode=mode, factor=self.factor,
             latent_shape=self.rt.latent_shape(height, width), levels=self.levels,
             quantiser=QUANT_INTEGER if self.rd else QUANT_TANH_UNIFORM, coder=coder,
-            flags=FLAG_TILED if self.tiled(height, width) else 0, quality=self.quality,
+            flags=FLAG_TILED if self.tiled(height, width) else 0, quality=self.quality, post_filter=post_filter,
         )
 
-    def pack(self, q: np.ndarray, height: int, width: int, mode: str) -> bytes:
-        """Symbols (c_y, h, w) of one image -> .ael file bytes."""
+    def filters(self, height: int, width: int) -> bool:
+        """Images of this size get a post-filter fitted (CodecConfig.post_filter; up to FIT_MAX_PIXELS, and not the
+        large images coded tile by tile above full_res_max_pixels: their pixels go before the coder runs)."""
+        return self.cfg.post_filter and height * width <= min(FIT_MAX_PIXELS, self.cfg.full_res_max_pixels)
+
+    def decoded(self, q: np.ndarray, header: LatentHeader) -> np.ndarray:
+        """Symbols (c_y, h, w) -> uint8 (H, W, C) of the model's channels, as Decoder.reconstruct decodes them before
+        any post-filter (tiled the same way when the image is); this codec's runtime and tables are reused."""
+        if not self.tiled(header.height, header.width):
+            return self.rt.decode(self.quantiser.dequantise(q[None]), header.height, header.width)[0]
+        with self._lock:
+            if self._decoder is None:
+                self._decoder = Decoder([self.rt.dir], self.cfg)
+                self._decoder._runtimes[self.model_id] = self.rt
+                self._decoder._entropy[(self.model_id, self.levels, self.quality)] = (self.em, self.quantiser)
+        return self._decoder._reconstruct(header, q[None])[0]
+
+    def pack(self, q: np.ndarray, height: int, width: int, mode: str, image: np.ndarray | None = None) -> bytes:
+        """Symbols (c_y, h, w) of one image -> .ael file bytes. image: its uint8 pixels (H, W, C) as coded (the
+        model's channels): the encoder then decodes q, fits a post-filter to them (codec/postfilter.py) and stores
+        it where it pays for its bytes (format version 8); None, tiled images or post_filter=False: no filter."""
         coder, payload = self.em.encode(q, self.zstd_level, None if self.cfg.smallest else ZSTD_GATE)
         data = pack(self.header(height, width, mode, coder), payload)  # refuses what parse would refuse
+        if image is not None and self.filters(height, width):
+            x_hat = self.decoded(q, self.header(height, width, mode, coder))  # what a decoder gets
+            flt, _ = choose(np.asarray(image), x_hat, len(data))
+            if flt is not None:
+                data = pack(self.header(height, width, mode, coder, flt.to_bytes()), payload)
         parse(data, "<written file>")  # read the header back: writer and reader agree
         return data
 
@@ -329,7 +357,8 @@ class Codec:
         """uint8 (B, H, W, C) images of one size (or a list of them, see symbols) -> one .ael file content each."""
         q = self.symbols(images)
         h, w = images[0].shape[:2]
-        return [self.pack(qi, h, w, m) for qi, m in zip(q, modes)]
+        keep = self.filters(h, w)
+        return [self.pack(qi, h, w, m, np.asarray(images[i]) if keep else None) for i, (qi, m) in enumerate(zip(q, modes))]
 
     def compress(self, image: np.ndarray, mode: str | None = None) -> bytes:
         """uint8 (H, W, C) -> .ael bytes; C may be 1 for an RGB model (replicated, mode "L")."""
@@ -417,17 +446,30 @@ class Decoder:
         rd = m["latent"].get("quantiser") == "integer"
         if rd != (h.quantiser == QUANT_INTEGER) or (rd and h.levels != m["latent"]["levels"]):
             raise CodecError(f"{name}: quantiser {h.quantiser} with {h.levels} levels does not fit model {h.model_id}")
+        if h.post_filter and h.post_filter[0] != m["channels"]:
+            raise CodecError(f"{name}: post-filter for {h.post_filter[0]} channels, model {h.model_id} decodes "
+                             f"{m['channels']}")
         try:
             em, _ = self.entropy(h.model_id, h.levels, h.quality)
             return h, em.decode(h.coder, payload, h.latent_shape)
         except EntropyError as e:
             raise CodecError(f"{name}: {e}") from None
 
-    def reconstruct(self, header: LatentHeader, q: np.ndarray) -> np.ndarray:
+    def reconstruct(self, header: LatentHeader, q: np.ndarray, headers: list[LatentHeader] | None = None) -> np.ndarray:
         """Symbols (B, c_y, h, w) of images sharing header's model and size -> uint8 (B, H, W, C) in its mode.
 
-        Batches are split to the call budget; tiled images are decoded tile by tile, tiles in parallel.
+        Batches are split to the call budget; tiled images are decoded tile by tile, tiles in parallel. Each
+        image's post-filter (version 8) is its own: headers[i]'s when given (a batch of several files), else
+        header's for every image.
         """
+        out = self._reconstruct(header, q)
+        for i, h in enumerate(headers or [header] * len(out)):
+            if h.post_filter:
+                out[i] = apply_filter(out[i], PostFilter.from_bytes(h.post_filter)[0])
+        return np.stack([restore_mode(o, header.mode) for o in out]) if header.mode == "L" else out
+
+    def _reconstruct(self, header: LatentHeader, q: np.ndarray) -> np.ndarray:
+        """reconstruct before the post-filter and the mode: uint8 (B, H, W, C) of the model's channels."""
         rt = self.runtime(header.model_id)
         _, quantiser = self.entropy(header.model_id, header.levels, header.quality)
         H, W = header.height, header.width
@@ -436,7 +478,7 @@ class Decoder:
         else:
             n = self.batch_limit(header)
             out = np.concatenate([rt.decode(quantiser.dequantise(q[i:i + n]), H, W) for i in range(0, len(q), n)])
-        return np.stack([restore_mode(o, header.mode) for o in out]) if header.mode == "L" else out
+        return out
 
     def _tile_grid(self, rt: Runtime, q: np.ndarray) -> tuple[list[tuple], list[tuple]]:
         """(row spans, column spans) of tile_spans for decoding symbols q (c_y, h, w) in tiles of the budget."""
@@ -477,7 +519,10 @@ class Decoder:
             return
         rt = self.runtime(header.model_id)
         _, quantiser = self.entropy(header.model_id, header.levels, header.quality)
-        for band in self._tile_rows(rt, quantiser, q, header.height, header.width):
+        bands = self._tile_rows(rt, quantiser, q, header.height, header.width)
+        if header.post_filter:  # each band once the filter's rows below it are decoded
+            bands = apply_rows(bands, PostFilter.from_bytes(header.post_filter)[0])
+        for band in bands:
             yield restore_mode(band, header.mode) if header.mode == "L" else band
 
     def decompress(self, data: bytes, name: str = "<bytes>") -> tuple[np.ndarray, LatentHeader]:

@@ -1,4 +1,4 @@
-"""The latent file format (.ael), version 6 (reads 1 to 5 too): pack and parse, nothing else (no torch, no ONNX).
+"""The latent file format (.ael), version 8 (reads 1 to 7 too): pack and parse, nothing else (no torch, no ONNX).
 
 Byte layout, checks and the bit-exactness contract are documented in codec/FORMAT.md;
 `parse` is the only reader and refuses anything that is not a well-formed file with one
@@ -14,17 +14,19 @@ from aekit.export.entropy import (CODER_CHANNEL_CONTEXT, CODER_CHANNEL_SPATIAL, 
                                   CODER_HYPER_OFFSETS, CODER_NAMES, CODER_SPATIAL)
 
 MAGIC = b"\x89AEL"  # high bit first: never valid text, like PNG's signature
-VERSION = 7  # the newest version, written for coders 7 and 8; each file is written at the lowest version its coder allows
-READ_VERSIONS = (1, 2, 3, 4, 5, 6, 7)  # 2 = 1 + a quality byte; 3 = 2 + coder 3 (hyperprior); 4 = 3 + coder 4 (mean offsets);
-# 5 = 4 + coder 5 (spatial context); 6 = 5 + coder 6 (channel context); 7 = 6 + coders 7 and 8 (spatial prediction)
+VERSION = 8  # the newest version, written for files with a post-filter; each file is written at the lowest version it allows
+READ_VERSIONS = (1, 2, 3, 4, 5, 6, 7, 8)  # 2 = 1 + a quality byte; 3 = 2 + coder 3 (hyperprior); 4 = 3 + coder 4 (mean offsets);
+# 5 = 4 + coder 5 (spatial context); 6 = 5 + coder 6 (channel context); 7 = 6 + coders 7 and 8 (spatial prediction);
+# 8 = 7 + the post-filter block (flag bit 1)
 SUFFIX = ".ael"
 MODES = {0: "L", 1: "RGB"}  # stored image mode -> PIL mode
 MODE_CODES = {v: k for k, v in MODES.items()}
 QUANT_TANH_UNIFORM = 1  # y in [-1, 1]; q = round((y + 1) * (L - 1) / 2); y_hat = q * 2 / (L - 1) - 1
 QUANT_INTEGER = 2  # RD models: q = clip(round(y / step), -h, h) + h, h = (L - 1) // 2; step from the quality
 QUANTISERS = (QUANT_TANH_UNIFORM, QUANT_INTEGER)
-KNOWN_FLAGS = 0x01  # bit 0: encoded in overlapping tiles (informational; the latent is one map)
+KNOWN_FLAGS = 0x03  # bit 0: encoded in overlapping tiles (informational; the latent is one map); bit 1: post-filter
 FLAG_TILED = 0x01
+FLAG_FILTER = 0x02  # version 8: the payload starts with a post-filter block (codec/postfilter.py)
 MAX_DIM = 1 << 20  # pixels per side; far above any real image, far below overflow
 MAX_PIXELS = 1 << 31  # height * width accepted by the parser (decoders apply their own limit)
 MAX_VARINT_BYTES = 5  # unsigned LEB128 of values < 2**35
@@ -47,6 +49,7 @@ class LatentHeader:
     coder: int = 0  # aekit.export.entropy.CODER_* id
     flags: int = 0
     quality: int = 0  # QUANT_INTEGER: the model's quality (table set and step) used; 0 for tanh models
+    post_filter: bytes = b""  # version 8: the post-filter block (codec/postfilter.PostFilter.to_bytes), b"" for none
 
     @property
     def n_symbols(self) -> int:
@@ -63,12 +66,14 @@ def _varint(n: int) -> bytes:
             return bytes(out)
 
 
-def version_for(coder: int) -> int:
+def version_for(coder: int, post_filter: bool = False) -> int:
     """The version a file with this coder is written as: 7 for the spatial-prediction coders 7 and 8, 6 for the
     channel-context coder, 5 for the hyperprior
     coder with spatial context,
     4 for the hyperprior coder with mean offsets, 3 for the hyperprior coder, else 2 (so older readers keep
-    reading every file their coders can)."""
+    reading every file their coders can); 8 for any file with a post-filter."""
+    if post_filter:
+        return 8
     return {CODER_SPATIAL: 7, CODER_CHANNEL_SPATIAL: 7, CODER_CHANNEL_CONTEXT: 6, CODER_HYPER_CONTEXT: 5,
             CODER_HYPER_OFFSETS: 4, CODER_HYPER: 3}.get(coder, 2)
 
@@ -87,11 +92,15 @@ def pack(h: LatentHeader, payload: bytes) -> bytes:
                   h.coder, h.flags)
     if (h.quantiser == QUANT_INTEGER) != (h.quality > 0):
         raise r.fail(f"quality {h.quality} does not fit quantiser {h.quantiser}")
+    flags = (h.flags & ~FLAG_FILTER) | (FLAG_FILTER if h.post_filter else 0)
+    if h.post_filter:
+        _split_filter(r, h.post_filter)  # a well-formed block, nothing after it
+    payload = h.post_filter + payload
     head = b"".join([
-        MAGIC, bytes([version_for(h.coder)]), bytes.fromhex(h.model_id),
+        MAGIC, bytes([version_for(h.coder, bool(h.post_filter))]), bytes.fromhex(h.model_id),
         _varint(h.height), _varint(h.width),
         bytes([MODE_CODES[h.mode], h.factor, c]), _varint(lh), _varint(lw),
-        _varint(h.levels), bytes([h.quantiser, h.quality, h.coder, h.flags]), _varint(len(payload)),
+        _varint(h.levels), bytes([h.quantiser, h.quality, h.coder, flags]), _varint(len(payload)),
     ])
     crc = zlib.crc32(payload, zlib.crc32(head))
     return head + crc.to_bytes(4, "little") + payload
@@ -164,9 +173,29 @@ def parse(data: bytes, name: str = "<bytes>") -> tuple[LatentHeader, bytes]:
         raise r.fail(f"entropy coder {coder} needs format version {version_for(coder)} and the integer quantiser")
     if (quantiser == QUANT_INTEGER) != (quality > 0):
         raise r.fail(f"quality {quality} does not fit quantiser {quantiser} (integer quantiser needs quality >= 1)")
+    block = b""
+    if flags & FLAG_FILTER:
+        if version < 8:
+            raise r.fail(f"post-filter flag in a version-{version} file (the post-filter needs version 8)")
+        used = _split_filter(r, payload, whole=False)
+        block, payload = payload[:used], payload[used:]
     header = LatentHeader(model_id, height, width, MODES[mode_code], factor, (c, lh, lw), levels,
-                          quantiser, coder, flags, quality)
+                          quantiser, coder, flags, quality, block)
     return header, payload
+
+
+def _split_filter(r: _Reader, data: bytes, whole: bool = True) -> int:
+    """Bytes the post-filter block at data's start takes (whole: data must be exactly the block); the reader's
+    LatentFormatError naming the problem when it is malformed."""
+    from aekit.codec.postfilter import PostFilter
+
+    try:
+        _, used = PostFilter.from_bytes(data)
+    except ValueError as e:
+        raise r.fail(str(e)) from None
+    if whole and used != len(data):
+        raise r.fail(f"post-filter block of {len(data)} bytes, its header announces {used}")
+    return used
 
 
 def _check_fields(r: _Reader, height: int, width: int, mode_code: int, factor: int, c: int,

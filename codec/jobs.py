@@ -617,11 +617,14 @@ def compress_tree(src: str | Path, dst: str | Path, codec: Codec, jcfg: JobConfi
         h, w = images[0].shape[:2]
         modes = [it.data[1] for it in items]
         q = codec.symbols(images, packed=True)  # a tiled image's: compressed while its pixels are alive
+        keep = codec.filters(h, w)  # images decoded whole keep their pixels for the post-filter's fit
+        pixels = [np.asarray(images[i]) for i in range(len(items))] if keep else [None] * len(items)
         del images
         for it in items:
             it.data = None  # the pixels go before the entropy coder runs (a 178 Mpx photo's are 534 MB)
-        for it, qi, mode in zip(items, q, modes):
-            p.write(it, lambda d=codec.pack(np.asarray(qi), h, w, mode): d, h * w * (1 if mode == "L" else 3))
+        for i, (it, qi, mode) in enumerate(zip(items, q, modes)):
+            p.write(it, lambda d=codec.pack(np.asarray(qi), h, w, mode, pixels[i]): d, h * w * (1 if mode == "L" else 3))
+            pixels[i] = None
 
     with _progress(total, jcfg.progress, "img") as bar:
         p = _Pipeline(report, jcfg, bar, ledger)
@@ -672,7 +675,7 @@ def decompress_tree(src: str | Path, dst: str | Path, decoder: Decoder, jcfg: Jo
             c = 1 if h.mode == "L" else decoder.runtime(h.model_id).channels
             p.write_stream(it, lambda f: stream_png(decoder, h, q, f, png_level), h.height * h.width * c)
             return
-        out = decoder.reconstruct(h, np.stack([it.data[1] for it in items]))  # (B, H, W, C)
+        out = decoder.reconstruct(h, np.stack([it.data[1] for it in items]), [it.data[0] for it in items])  # (B, H, W, C)
         for it, img in zip(items, out):
             it.data = None
             p.write(it, lambda a=img, d=it.dst: encode_image_file(a, d, png_level), img.size)

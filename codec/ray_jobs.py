@@ -252,7 +252,8 @@ class DecompressJob:
 
         for idx in groups(items, key, self.cfg.batch_size):
             try:
-                images = dec.reconstruct(items[idx[0]][2][0], np.stack([items[i][2][1] for i in idx]))
+                images = dec.reconstruct(items[idx[0]][2][0], np.stack([items[i][2][1] for i in idx]),
+                                         [items[i][2][0] for i in idx])
                 for i, img in zip(idx, images):
                     out[i] = (encode_image_file(img, Path(items[i][1])), {"pixel_bytes": int(img.size)}, "")
             except Exception as e:  # noqa: BLE001

@@ -99,3 +99,26 @@ def test_v7_coder_7_and_8_files_still_decode_with_the_shipped_models(name, fixtu
     _, q = Decoder([model]).symbols((V7 / fixture).read_bytes())
     assert q.shape == (48, 22, 22)
     assert hashlib.sha256(np.ascontiguousarray(q).tobytes()).hexdigest() == digest
+
+
+V8 = ROOT_TESTS / "fixtures" / "v8"
+
+
+def test_v8_post_filter_file_still_decodes_with_the_shipped_model():
+    """tests/fixtures/v8 (README there): a photos-r9 file with a post-filter block decodes to the symbols and the
+    block it was written with, and its decoded pixels are the rule applied to the networks' output."""
+    from aekit.codec.format import parse
+    from aekit.codec.postfilter import PostFilter, apply
+    from aekit.export.manifest import resolve_model
+
+    model = resolve_model("photos-r9")
+    data = (V8 / "rocket-256-postfilter.png.ael").read_bytes()
+    h, _ = parse(data)
+    assert (data[4], h.coder, len(h.post_filter)) == (8, 8, 39)
+    assert hashlib.sha256(h.post_filter).hexdigest() == "84c28e85aa27b114745d970141a478278e41dcb8efca412b563b1fa3a917083c"
+    dec = Decoder([model])
+    _, q = dec.symbols(data)
+    assert hashlib.sha256(np.ascontiguousarray(q).tobytes()).hexdigest() == \
+        "063bb435bfa7682b48bf1b2e0216b8aaee9c5dd4553868c4b60af20f429b9b8d"
+    raw = dec._reconstruct(h, q[None])[0]
+    assert np.array_equal(dec.reconstruct(h, q[None])[0], apply(raw, PostFilter.from_bytes(h.post_filter)[0]))

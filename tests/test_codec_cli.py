@@ -184,7 +184,7 @@ def test_decompress_bad_latents_and_model_search(tiny_model, src_tree, tmp_path,
     (lat / "truncated.png.ael").write_bytes(data[: len(data) // 2])
     (lat / "flipped.png.ael").write_bytes(data[:-3] + bytes([data[-3] ^ 4]) + data[-2:])
     (lat / "foreign.png.ael").write_bytes(b"PK\x03\x04" + b"\x00" * 60)
-    (lat / "future.png.ael").write_bytes(data[:4] + b"\x08" + data[5:])
+    (lat / "future.png.ael").write_bytes(data[:4] + b"\x09" + data[5:])
     other = tiny_model(3, 4)  # a real model file whose model is not on the search path
     from aekit.codec.core import Codec
 
@@ -196,7 +196,7 @@ def test_decompress_bad_latents_and_model_search(tiny_model, src_tree, tmp_path,
     err = capsys.readouterr().err
     failed = [ln for ln in err.splitlines() if ln.startswith("failed: ")]
     expect = {"truncated": "truncated file", "flipped": "checksum mismatch", "foreign": "not an aekit latent file",
-              "future": "version 8 is not supported", "unknown": "not found in"}
+              "future": "version 9 is not supported", "unknown": "not found in"}
     assert len(failed) == len(expect), err
     for name, why in expect.items():
         assert any(f"{name}.png.ael" in ln and why in ln for ln in failed), (name, failed)

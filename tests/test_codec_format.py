@@ -99,7 +99,7 @@ def test_pack_parse_round_trip(models):
     (lambda d: d + b"\x00", "unexpected bytes after the payload"),
     (lambda d: b"GIF89a" + d[6:], "not an aekit latent file"),
     (lambda d: b"\x89PNG\r\n\x1a\n" + d[8:], "not an aekit latent file"),
-    (lambda d: d[:4] + b"\x08" + d[5:], "version 8 is not supported .*a newer aekit.s file, or a corrupt header"),
+    (lambda d: d[:4] + b"\x09" + d[5:], "version 9 is not supported .*a newer aekit.s file, or a corrupt header"),
     (lambda d: d[:-2] + bytes([d[-2] ^ 0x10]) + d[-1:], "checksum mismatch"),
     (lambda d: d[:6] + bytes([d[6] ^ 1]) + d[7:], "checksum mismatch"),
     (lambda d: b"", "truncated file"),

@@ -10,6 +10,8 @@ from aekit.metrics import psnr
 from aekit.codec import compress_file, decompress_file, read_latents
 from aekit.codec.core import Codec, CodecConfig, CodecError, Decoder
 from aekit.codec.format import parse
+from aekit.codec.postfilter import PostFilter
+from aekit.codec.postfilter import apply as apply_filter
 from aekit.export.runtime import Runtime
 
 MODELS = [(1, 4), (1, 9), (3, 4), (3, 9)]
@@ -26,7 +28,8 @@ def real_image(channels: int, gray_dir, rgb_photos, h: int, w: int) -> np.ndarra
 @pytest.mark.parametrize("channels,ratio", MODELS)
 @pytest.mark.parametrize("h,w", [(28, 28), (31, 45), (1, 7), (61, 13)])
 def test_round_trip_matches_the_onnx_model_exactly(tiny_model, gray_dir, rgb_photos, channels, ratio, h, w):
-    """Decoded pixels equal the runtime's own 8-bit round trip, symbols equal the encoder's."""
+    """Decoded pixels equal the runtime's own 8-bit round trip (through the file's post-filter, if it has one),
+    symbols equal the encoder's."""
     model = tiny_model(channels, ratio)
     codec, dec = Codec(model), Decoder([model])
     image = real_image(channels, gray_dir, rgb_photos, h, w)
@@ -35,9 +38,13 @@ def test_round_trip_matches_the_onnx_model_exactly(tiny_model, gray_dir, rgb_pho
     assert np.array_equal(q, codec.symbols(image[None])[0])  # cross-check: decoded symbols == encoder's
     out, _ = dec.decompress(data)
     assert out.shape == image.shape and out.dtype == np.uint8
-    assert np.array_equal(out, Runtime(model).reconstruct(image[None])[0])
+    own = Runtime(model).reconstruct(image[None])[0]
+    if header.post_filter:
+        own = apply_filter(own, PostFilter.from_bytes(header.post_filter)[0])
+    assert np.array_equal(out, own)
     c, lh, lw = header.latent_shape
-    assert len(data) <= c * lh * lw + 40  # never above the plain 8-bit symbols plus header
+    assert len(data) <= c * lh * lw + 40 + len(header.post_filter)  # never above the 8-bit symbols plus header
+    assert len(header.post_filter) <= 99
 
 
 @pytest.mark.parametrize("channels,ratio", MODELS)
@@ -56,7 +63,7 @@ def test_size_bound_on_real_images(tiny_model, gray_dir, photos_dir, channels, r
         header, payload = parse(data)
         raw = im.size
         assert len(payload) <= raw // ratio, (im.shape, len(payload), raw // ratio)
-        assert len(data) - len(payload) <= 40
+        assert len(data) - len(payload) - len(header.post_filter) <= 40 and len(header.post_filter) <= 99
 
 
 def test_gray_image_through_rgb_model_keeps_its_mode(tiny_model, tmp_path, gray_dir):
@@ -104,7 +111,7 @@ def test_tiled_coding_is_close_to_full_resolution(tiny_model, rgb_photos, channe
     one full-resolution call, so tiling leaves no seam."""
     model = tiny_model(channels, ratio)
     image = rgb_photos[0][:300, :260]
-    full_codec, full_dec = Codec(model), Decoder([model])
+    full_codec, full_dec = Codec(model, CodecConfig(post_filter=False)), Decoder([model])  # tiled images get none
     cfg = CodecConfig(full_res_max_pixels=0, tile_px=96)
     tiled_codec, tiled_dec = Codec(model, cfg), Decoder([model], cfg)
     full, _ = full_dec.decompress(full_codec.compress(image))
@@ -172,9 +179,10 @@ def test_tiled_symbols_can_be_gathered_packed(tiny_model, rgb_photos, workers):
 
 @pytest.mark.parametrize("workers", [1, 2])
 def test_folder_compress_lets_go_of_the_pixels_before_coding(tiny_model, rgb_photos, tmp_path, monkeypatch, workers):
-    """No reference to a loaded image outlives its encoder pass: when the entropy coder runs (Codec.pack), the
-    pixels (a tiled image's LazyPixels, or a small image's array) are already freed, with one worker (flush runs
-    inside the router's call, where a local name or the load's future once kept a 178 Mpx image alive) and two."""
+    """No reference to a tiled image's pixels outlives its encoder pass: when the entropy coder runs (Codec.pack),
+    a tiled image's LazyPixels are already freed, with one worker (flush runs inside the router's call, where a
+    local name or the load's future once kept a 178 Mpx image alive) and two. An image decoded whole (at most
+    full_res_max_pixels) keeps its array until pack, which fits the post-filter to it, and not after."""
     import gc
     import weakref
 
@@ -195,17 +203,19 @@ def test_folder_compress_lets_go_of_the_pixels_before_coding(tiny_model, rgb_pho
         loaded.append((arr.shape[:2], weakref.ref(arr)))
         return arr, mode
 
-    def pack(self, q, h, w, mode):
+    def pack(self, q, h, w, mode, image=None):
         gc.collect()
-        live_at_pack.append([r() is not None for shape, r in loaded if shape == (h, w)])  # this image's pixels
-        return real_pack(self, q, h, w, mode)
+        live_at_pack.append(((h, w), [r() is not None for shape, r in loaded if shape == (h, w)]))  # its pixels
+        return real_pack(self, q, h, w, mode, image)
 
     monkeypatch.setattr(Codec, "load", load)
     monkeypatch.setattr(Codec, "pack", pack)
     report = jobs.compress_tree(src, tmp_path / "out", codec, jobs.JobConfig(workers=workers, window=1, progress=False))
-    assert report.ok == 2 and len(loaded) == 2 and live_at_pack == [[False], [False]]
+    assert report.ok == 2 and len(loaded) == 2 and dict(live_at_pack) == {(300, 260): [False], (40, 40): [True]}
+    gc.collect()
+    assert all(r() is None for _, r in loaded)  # and the small image's pixels go once it is packed
     compress_file(src / "big.png", tmp_path / "one.ael", codec)  # the API too: the pixels go before the coder
-    assert live_at_pack[-1] == [False, False]
+    assert live_at_pack[-1] == ((300, 260), [False, False])
 
 
 def test_write_png_rows_round_trips_and_refuses_wrong_bands():
@@ -282,7 +292,8 @@ def test_fewer_levels_make_smaller_exact_files(tiny_model, gray_dir):
     """--levels: requantised latents round-trip exactly and code smaller on real images."""
     model = tiny_model(1, 4)
     images = [load_image(p, 1)[0] for p in sorted((gray_dir / "test").rglob("*.png"))[:32]]
-    full, coarse, dec = Codec(model), Codec(model, CodecConfig(levels=16)), Decoder([model])
+    plain = CodecConfig(post_filter=False)  # the networks' output itself, compared below
+    full, coarse, dec = Codec(model, plain), Codec(model, CodecConfig(levels=16, post_filter=False)), Decoder([model])
     rt = Runtime(model)
     sizes = {16: 0, 256: 0}
     for im in images:

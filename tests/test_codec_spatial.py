@@ -69,7 +69,7 @@ def _shipped(name, **cfg):
     from aekit.export.manifest import resolve_model
 
     model = resolve_model(name)
-    return model, core.Codec(model, core.CodecConfig(workers=1, **cfg))
+    return model, core.Codec(model, core.CodecConfig(workers=1, **{"post_filter": False, **cfg}))  # coders only
 
 
 def test_coder_7_and_8_shrink_a_smooth_real_photo_and_decode_in_another_process(tmp_path):

@@ -1,0 +1,135 @@
+"""The post-filter of format version 8 (codec/postfilter.py, codec/FORMAT.md "Post-filter"): the integer rule against a
+tap-by-tap reference, row bands against the whole image, the block's refusals, and a real photo through compress."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from aekit.codec import postfilter as pf
+from aekit.codec.format import FLAG_FILTER, LatentFormatError, parse
+
+
+def _reference(x: np.ndarray, f: pf.PostFilter) -> np.ndarray:
+    """FORMAT.md's rule, one pixel and one tap at a time in Python integers."""
+    h, w, ch = x.shape
+    out = np.empty_like(x)
+
+    def px(r: int, c: int, k: int) -> int:
+        return int(x[min(max(r, 0), h - 1), min(max(c, 0), w - 1), k])
+
+    for k in range(ch):
+        for r in range(h):
+            for c in range(w):
+                feats = [px(r, c, k) - 128]
+                feats += [px(r + dy, c + dx, k) + px(r - dy, c - dx, k) - 2 * px(r, c, k) for dy, dx in pf.pairs(f.radius)]
+                feats += [px(r, c, o) - px(r, c, k) for o in range(ch) if o != k] + [1]
+                acc = sum(int(a) * int(b) for a, b in zip(feats, f.taps[k]))
+                out[r, c, k] = min(255, max(0, px(r, c, k) + ((acc + (1 << (f.frac - 1))) >> f.frac)))
+    return out
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("radius", [0, 1, 2, 3])
+def test_rule_matches_the_reference_and_row_bands_match_the_whole(channels, radius):
+    rng = np.random.default_rng(radius + 10 * channels)
+    x = rng.integers(0, 256, (17, 13, channels), dtype=np.uint8)
+    taps = rng.integers(-32768, 32768, (channels, pf.n_taps(radius, channels))).astype(np.int16)  # extreme taps
+    f = pf.PostFilter(radius, 10, taps)
+    whole = pf.apply(x, f)
+    assert np.array_equal(whole, _reference(x, f))
+    for cuts in ([1] * 17, [2, 1, 14], [17], [5, 5, 7]):
+        bands = np.split(x, np.cumsum(cuts)[:-1])
+        assert np.array_equal(np.concatenate(list(pf.apply_rows(iter(bands), f))), whole), cuts
+
+
+def test_pairs_are_the_documented_diamond():
+    assert pf.pairs(1) == [(0, 1), (1, 0)]
+    assert pf.pairs(2) == [(0, 1), (1, 0), (0, 2), (1, -1), (1, 1), (2, 0)]
+    assert len(pf.pairs(3)) == 12 and pf.pairs(3)[:6] == pf.pairs(2)
+    assert [pf.n_taps(r, 3) for r in range(4)] == [4, 6, 10, 16]
+
+
+def test_block_round_trip_and_refusals():
+    f = pf.PostFilter(2, 10, np.arange(30, dtype=np.int16).reshape(3, 10) - 15)
+    block = f.to_bytes()
+    assert len(block) == 3 + 2 * 30
+    g, used = pf.PostFilter.from_bytes(block + b"coder bytes")
+    assert used == len(block) and np.array_equal(g.taps, f.taps) and (g.radius, g.frac) == (2, 10)
+    for bad, why in ((bytes([2]) + block[1:], "2 channels"), (block[:1] + bytes([4]) + block[2:], "radius 4"),
+                     (block[:2] + bytes([0]) + block[3:], "0 fraction bits"), (block[:-1], "cut off"), (b"\x03", "cut off")):
+        with pytest.raises(ValueError, match=why):
+            pf.PostFilter.from_bytes(bad)
+
+
+def test_choose_keeps_nothing_where_nothing_is_gained():
+    x = np.random.default_rng(0).integers(0, 256, (24, 24, 3), dtype=np.uint8)
+    assert pf.choose(x, x.copy(), 500) == (None, 0.0)  # a perfect decode
+    noisy = np.clip(x.astype(int) + np.random.default_rng(1).integers(-1, 2, x.shape), 0, 255).astype(np.uint8)
+    assert pf.choose(x, noisy, 40)[0] is None  # white noise: no linear filter of x̂ pays 39+ bytes on a 40-byte file
+    assert not pf.worth(0.1, 63, 1000) and pf.worth(0.5, 63, 1000)
+
+
+@pytest.fixture(scope="module")
+def rocket_files():
+    """scikit-image's rocket (256², sky and walls) through the shipped photos-r9 at its default quality, with and
+    without the post-filter."""
+    import skimage.data
+
+    from aekit.codec.core import Codec, CodecConfig
+    from aekit.export.manifest import resolve_model
+
+    model = resolve_model("photos-r9")
+    image = skimage.data.rocket()[:256, :256]
+    with_f = Codec(model, CodecConfig(workers=1)).compress(image)
+    without = Codec(model, CodecConfig(workers=1, post_filter=False)).compress(image)
+    return model, image, with_f, without
+
+
+def test_a_real_photo_gets_a_filter_that_pays_for_its_bytes(rocket_files):
+    from aekit.codec.core import Decoder
+    from aekit.metrics import psnr
+
+    model, image, with_f, without = rocket_files
+    (h, payload), (h0, payload0) = parse(with_f), parse(without)
+    assert (with_f[4], h.flags & FLAG_FILTER, without[4], h0.flags & FLAG_FILTER) == (8, FLAG_FILTER, 7, 0)
+    assert payload == payload0 and h.coder == h0.coder  # the same symbols and coder: the block is all that is added
+    assert len(with_f) == len(without) + len(h.post_filter)
+    dec = Decoder([model])
+    gain = psnr(image, dec.decompress(with_f)[0]) - psnr(image, dec.decompress(without)[0])
+    assert gain > pf.SLOPE_DB_PER_DOUBLING * np.log2(len(with_f) / len(without)) and gain > 0.2, gain
+
+
+def test_a_tiled_decode_streams_the_same_filtered_rows(rocket_files):
+    from aekit.codec.core import CodecConfig, Decoder
+
+    model, _, with_f, _ = rocket_files
+    whole = Decoder([model]).decompress(with_f)[0]
+    tiled = Decoder([model], CodecConfig(full_res_max_pixels=1 << 12, tile_px=96, workers=1))
+    h, q = tiled.symbols(with_f)
+    assert tiled.tiled(h)
+    rows = list(tiled.reconstruct_rows(h, q))
+    assert len(rows) > 1
+    assert np.array_equal(np.concatenate(rows), tiled.reconstruct(h, q[None])[0])
+    assert np.abs(np.concatenate(rows).astype(int) - whole).max() <= 2  # tiles: the same pixels up to float noise
+
+
+def test_malformed_blocks_are_refused_with_one_line(rocket_files, monkeypatch):
+    import dataclasses
+
+    import aekit.codec.format as fmt
+    from aekit.codec.core import CodecError, Decoder
+    from aekit.codec.format import pack
+
+    model, _, with_f, without = rocket_files
+    h, payload = parse(with_f)
+    gray = pf.PostFilter(1, 10, np.zeros((1, pf.n_taps(1, 1)), np.int16)).to_bytes()
+    odd = pack(dataclasses.replace(h, post_filter=gray), payload)
+    with pytest.raises(CodecError, match="odd.ael: post-filter for 1 channels, model .* decodes 3"):
+        Decoder([model]).symbols(odd, "odd.ael")
+    with pytest.raises(LatentFormatError, match="<header>: post-filter block cut off"):
+        pack(dataclasses.replace(h, post_filter=h.post_filter[:-1]), payload)
+    monkeypatch.setattr(fmt, "version_for", lambda coder, post_filter=False: 7)  # a writer that forgets the version
+    old = pack(h, payload)
+    with pytest.raises(LatentFormatError, match="^old.ael: post-filter flag in a version-7 file"):
+        parse(old, "old.ael")
