@@ -84,17 +84,20 @@ def model_codec(model: str) -> tuple[Path, Any]:
     model's int8 variants; NAME[:int8]:coder4 is only for `speed` (the coder before coder 5, see there);
     NAME…:rdoq0 rounds y plainly (no RDOQ, as before it existed); NAME…:coder5 compresses without the model's
     channel context (no coder 6, as before it existed; decoding is the same code either way); NAME…:coder6 without
-    the spatial prediction (no coder 7/8, as before format version 7; with :coder5, coder 5 alone)."""
+    the spatial prediction (no coder 7/8, as before format version 7; with :coder5, coder 5 alone); NAME…:nofilter
+    without the post-filter (as before format version 8)."""
     from aekit.codec.core import Codec, CodecConfig
     from aekit.export.manifest import resolve_model
 
     name, *flags = model.split(":")
-    if set(flags) - {"int8", "coder4", "coder5", "coder6", "rdoq0"}:
+    if set(flags) - {"int8", "coder4", "coder5", "coder6", "rdoq0", "nofilter"}:
         raise ValueError(f"{model}: unknown model suffix (NAME, NAME:int8, NAME:coder4, NAME:coder5, NAME:coder6, "
-                         "NAME:rdoq0, combined)")
+                         "NAME:rdoq0, NAME:nofilter, combined)")
     folder = resolve_model(name)
     extra = {"rdoq": 0.0} if "rdoq0" in flags else {}
-    if flags and set(flags) - {"int8", "rdoq0"}:
+    if "nofilter" in flags:
+        extra["post_filter"] = False
+    if flags and set(flags) - {"int8", "rdoq0", "nofilter"}:
         extra["spatial_context"] = False  # the older coders: no coder 7/8
     codec = Codec(folder, CodecConfig(device="cpu", threads=1, workers=1, int8="int8" in flags, **extra))
     if "coder5" in flags or "coder4" in flags:

@@ -68,28 +68,27 @@ class PostFilter:
         return cls(r, f, taps), 3 + 2 * n
 
 
-def _features(x: np.ndarray, top: int, rows: int, c: int, radius: int, dtype: type = np.float64) -> np.ndarray:
-    """Features (rows·W, n) of channel c for image rows top .. top + rows of x (uint8 (H, W, C)), neighbours
-    outside x replaced by the nearest edge pixel: x_c − 128, x_c(p + d) + x_c(p − d) − 2·x_c(p) per pair,
-    x_k − x_c per other channel k, 1. Integers (exact in float64)."""
+def _features(x: np.ndarray, top: int, rows: int, c: int, radius: int) -> np.ndarray:
+    """float64 features (n, rows·W) of channel c for image rows top .. top + rows of x (uint8 (H, W, C)), one row
+    per tap, neighbours outside x replaced by the nearest edge pixel: x_c − 128, x_c(p + d) + x_c(p − d) −
+    2·x_c(p) per pair, x_k − x_c per other channel k, 1 (FORMAT.md's features; integers, exact in float64)."""
     h, w, ch = x.shape
     r = radius
     lo, hi = max(0, top - r), min(h, top + rows + r)
-    band = np.pad(x[lo:hi, :, c].astype(dtype), ((r - (top - lo), r - (hi - top - rows)), (r, r)), mode="edge")
+    band = np.pad(x[lo:hi, :, c].astype(np.float64), ((r - (top - lo), r - (hi - top - rows)), (r, r)), mode="edge")
     centre = band[r:r + rows, r:r + w]
-    out = np.empty((rows, w, n_taps(radius, ch)), dtype)
-    out[..., 0] = centre - 128
+    out = np.empty((n_taps(radius, ch), rows, w))
+    np.subtract(centre, 128, out=out[0])
     for i, (dy, dx) in enumerate(pairs(radius), 1):
-        np.add(band[r + dy:r + dy + rows, r + dx:r + dx + w], band[r - dy:r - dy + rows, r - dx:r - dx + w],
-               out=out[..., i])
-        out[..., i] -= 2 * centre
+        np.add(band[r + dy:r + dy + rows, r + dx:r + dx + w], band[r - dy:r - dy + rows, r - dx:r - dx + w], out=out[i])
+        out[i] -= 2 * centre
     i = 1 + len(pairs(radius))
     for k in range(ch):
         if k != c:
-            np.subtract(x[top:top + rows, :, k], centre, out=out[..., i], dtype=dtype, casting="unsafe")
+            np.subtract(x[top:top + rows, :, k], centre, out=out[i])
             i += 1
-    out[..., i] = 1
-    return out.reshape(rows * w, -1)
+    out[i] = 1
+    return out.reshape(len(out), -1)
 
 
 def _band_rows(h: int, w: int) -> int:
@@ -113,13 +112,27 @@ def apply(x_hat: np.ndarray, flt: PostFilter) -> np.ndarray:
 
 def _apply_band(x: np.ndarray, top: int, rows: int, flt: PostFilter, dst: np.ndarray) -> None:
     """Rows top .. top + rows of x filtered into dst; rows of x outside them are real neighbours, rows beyond x's
-    ends are the edge (replicated). The sums run in float64: every partial sum is an integer below 2^53, so the
-    result is exact and the same in any summation order."""
-    w = x.shape[1]
-    for c in range(flt.channels):
-        acc = (_features(x, top, rows, c, flt.radius) @ flt.taps[c].astype(np.float64)).astype(np.int64)
-        corr = (acc + (1 << (flt.frac - 1))) >> flt.frac
-        dst[..., c] = np.clip(x[top:top + rows, :, c].astype(np.int64) + corr.reshape(rows, w), 0, 255)
+    ends are the edge (replicated). Summed tap by tap in int32: every term is below 2^15 · 510 and at most 16 of
+    them, so no sum overflows and the result is exact."""
+    h, w, ch = x.shape
+    r = flt.radius
+    lo, hi = max(0, top - r), min(h, top + rows + r)
+    pad = ((r - (top - lo), r - (hi - top - rows)), (r, r))
+    for c in range(ch):
+        band = np.pad(x[lo:hi, :, c].astype(np.int32), pad, mode="edge")
+        centre = band[r:r + rows, r:r + w]
+        taps = [int(v) for v in flt.taps[c]]
+        acc = np.full((rows, w), taps[-1] + (1 << (flt.frac - 1)), np.int32)  # bias and the rounding offset
+        acc += taps[0] * (centre - 128)
+        for t, (dy, dx) in zip(taps[1:], pairs(r)):
+            if t:
+                acc += t * (band[r + dy:r + dy + rows, r + dx:r + dx + w] + band[r - dy:r - dy + rows, r - dx:r - dx + w]
+                            - 2 * centre)
+        others = [k for k in range(ch) if k != c]
+        for t, k in zip(taps[1 + len(pairs(r)):-1], others):
+            if t:
+                acc += t * (x[top:top + rows, :, k].astype(np.int32) - centre)
+        dst[..., c] = np.clip(centre + (acc >> flt.frac), 0, 255)
 
 
 def apply_rows(bands: Iterator[np.ndarray], flt: PostFilter) -> Iterator[np.ndarray]:
@@ -155,10 +168,10 @@ def choose(x: np.ndarray, x_hat: np.ndarray, file_bytes: int) -> tuple[PostFilte
     for c in range(ch):
         for top in range(0, h, step):
             rows = min(step, h - top)
-            a = _features(x_hat, top, rows, c, MAX_RADIUS)
+            a = _features(x_hat, top, rows, c, MAX_RADIUS)  # (n, rows·W)
             t = (x[top:top + rows, :, c].astype(np.float64) - x_hat[top:top + rows, :, c]).reshape(-1)
-            gs[c] += a.T @ a
-            bs[c] += a.T @ t
+            gs[c] += a @ a.T
+            bs[c] += a @ t
             e0 += float(t @ t)
     if e0 == 0:
         return None, 0.0
