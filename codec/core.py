@@ -323,9 +323,9 @@ class Codec:
         )
 
     def filters(self, height: int, width: int) -> bool:
-        """Images of this size get a post-filter fitted (CodecConfig.post_filter; up to FIT_MAX_PIXELS, and not the
-        large images coded tile by tile above full_res_max_pixels: their pixels go before the coder runs)."""
-        return self.cfg.post_filter and height * width <= min(FIT_MAX_PIXELS, self.cfg.full_res_max_pixels)
+        """Images of this size get a post-filter fitted (CodecConfig.post_filter; up to FIT_MAX_PIXELS, whether coded
+        whole or in tiles: the same filter either way; larger ones' pixels go before the coder runs, issue 17)."""
+        return self.cfg.post_filter and height * width <= FIT_MAX_PIXELS
 
     def decoded(self, q: np.ndarray, header: LatentHeader) -> np.ndarray:
         """Symbols (c_y, h, w) -> uint8 (H, W, C) of the model's channels, as Decoder.reconstruct decodes them before

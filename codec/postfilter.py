@@ -20,7 +20,7 @@ F_RANGE = (1, 15)  # F the reader accepts
 SLOPE_DB_PER_DOUBLING = 3.0  # PSNR the shipped photo models gain per doubling of bytes (their RD curves): a filter of
 # s bytes on a B-byte file is kept when it gains more than 3·log2(1 + s/B) dB
 FIT_BAND_PIXELS = 1 << 18  # pixels per band of the normal equations (bounds the feature matrix to 2^18 × 16 float64)
-FIT_MAX_PIXELS = 1 << 22  # the encoder fits a filter only for images decoded whole (not tiled)
+FIT_MAX_PIXELS = 1 << 22  # the encoder fits a filter only up to this size (larger images' pixels go before coding)
 
 
 def pairs(radius: int) -> list[tuple[int, int]]:

@@ -115,6 +115,8 @@ def test_v8_post_filter_file_still_decodes_with_the_shipped_model():
     data = (V8 / "rocket-256-postfilter.png.ael").read_bytes()
     h, _ = parse(data)
     assert (data[4], h.coder, len(h.post_filter)) == (8, 8, 39)
+    d = describe(V8 / "rocket-256-postfilter.png.ael")  # aekit dump
+    assert (d["format_version"], d["flags"], d["post_filter_bytes"], d["header_bytes"]) == (8, ["filter"], 39, 34)
     assert hashlib.sha256(h.post_filter).hexdigest() == "84c28e85aa27b114745d970141a478278e41dcb8efca412b563b1fa3a917083c"
     dec = Decoder([model])
     _, q = dec.symbols(data)

@@ -111,8 +111,8 @@ def test_tiled_coding_is_close_to_full_resolution(tiny_model, rgb_photos, channe
     one full-resolution call, so tiling leaves no seam."""
     model = tiny_model(channels, ratio)
     image = rgb_photos[0][:300, :260]
-    full_codec, full_dec = Codec(model, CodecConfig(post_filter=False)), Decoder([model])  # tiled images get none
-    cfg = CodecConfig(full_res_max_pixels=0, tile_px=96)
+    full_codec, full_dec = Codec(model, CodecConfig(post_filter=False)), Decoder([model])  # the networks' seams
+    cfg = CodecConfig(full_res_max_pixels=0, tile_px=96, post_filter=False)
     tiled_codec, tiled_dec = Codec(model, cfg), Decoder([model], cfg)
     full, _ = full_dec.decompress(full_codec.compress(image))
     data = tiled_codec.compress(image)
@@ -179,10 +179,11 @@ def test_tiled_symbols_can_be_gathered_packed(tiny_model, rgb_photos, workers):
 
 @pytest.mark.parametrize("workers", [1, 2])
 def test_folder_compress_lets_go_of_the_pixels_before_coding(tiny_model, rgb_photos, tmp_path, monkeypatch, workers):
-    """No reference to a tiled image's pixels outlives its encoder pass: when the entropy coder runs (Codec.pack),
-    a tiled image's LazyPixels are already freed, with one worker (flush runs inside the router's call, where a
-    local name or the load's future once kept a 178 Mpx image alive) and two. An image decoded whole (at most
-    full_res_max_pixels) keeps its array until pack, which fits the post-filter to it, and not after."""
+    """No reference to a large image's pixels outlives its encoder pass: when the entropy coder runs (Codec.pack),
+    the LazyPixels of a tiled image above the post-filter's limit (FIT_MAX_PIXELS, here lowered to 50²) are already
+    freed, with one worker (flush runs inside the router's call, where a local name or the load's future once kept a
+    178 Mpx image alive) and two. An image within the limit keeps its array until pack, which fits the post-filter
+    to it, and not after."""
     import gc
     import weakref
 
@@ -195,6 +196,7 @@ def test_folder_compress_lets_go_of_the_pixels_before_coding(tiny_model, rgb_pho
     Image.fromarray(rgb_photos[0][:300, :260]).save(src / "big.png")
     Image.fromarray(rgb_photos[1][:40, :40]).save(src / "small.png")
     codec = Codec(model, CodecConfig(full_res_max_pixels=50 * 50, tile_px=96))
+    monkeypatch.setattr("aekit.codec.core.FIT_MAX_PIXELS", 50 * 50)
     loaded, live_at_pack = [], []
     real_load, real_pack = Codec.load, Codec.pack
 
