@@ -30,13 +30,15 @@ class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
     argparse's ArgumentDefaultsHelpFormatter appends it to every option with help text, so an
     option whose help already names its default in words ("(default: only on a terminal)")
-    or whose default is None (unset) got a second, meaningless "(default: None)".
+    or whose default is None (unset) got a second, meaningless "(default: None)", and a switch such as
+    `--no-post-filter` a misleading "(default: True)".
     """
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if action.default is None or "default" in text or "%(default)" in text:
-            return text
+        if action.default is None or "default" in text or "%(default)" in text or \
+                isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+            return text  # a switch: "(default: True)" after --no-… reads as if it were on
         return super()._get_help_string(action)
 
 

@@ -345,6 +345,13 @@ def screen_folder(model: str | Path, src: str | Path, out: str | Path, cls: str 
             check_output_folder(Path(folder), what)
     det = Detector(model, alpha=alpha, device=cfg.device, batch_size=cfg.batch_size, threads=cfg.threads)
     if not det.classes_:
+        from aekit import zoo
+
+        if zoo.contains(model):  # calibration writes into the folder: a shipped model is calibrated as a copy
+            name = Path(model).resolve().name
+            raise CalibrationError(f"{model}: not calibrated, and a shipped model is calibrated as a copy: `cp -r "
+                                   f"{model} models/{name} && aekit calibrate models/{name} NORMAL_DIR`, then "
+                                   f"screen with models/{name}")
         raise CalibrationError(f"{model}: not calibrated; run `aekit calibrate {model} NORMAL_DIR` first")
     if cls:
         det.class_calibration(cls)  # an explicit unknown/uncalibrated class is a usage error

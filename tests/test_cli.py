@@ -69,3 +69,9 @@ def test_an_output_that_cannot_be_written_is_one_line_and_exit_2(tmp_path, capsy
     assert main(["data", "samples", str(tmp_path / "a-file" / "photos")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("aekit data: error: ") and "a-file" in err[0], err
+
+
+def test_switches_do_not_show_a_misleading_default():
+    (name, p), = [(n, p) for n, p in subparsers(build_parser()) if n == "aekit compress"]
+    text = " ".join(p.format_help().split())
+    assert "--no-post-filter" in text and "(default: True)" not in text and "(default: False)" not in text

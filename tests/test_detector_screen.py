@@ -400,3 +400,16 @@ def test_rerun_after_a_killed_screen_cleans_its_temp_files_and_resumes(model, no
     scored.clear()
     run(capsys, "screen", model, normal, "--out", tmp_path / "k", "--maps", maps)
     assert len(scored) == len(lines) and not killed.exists()
+
+
+def test_an_uncalibrated_shipped_model_is_screened_after_calibrating_a_copy(tmp_path, capsys):
+    """The hint names what works: calibration writes into the folder, so a shipped model is calibrated as a copy."""
+    from PIL import Image
+
+    from aekit.cli import main
+
+    (tmp_path / "in").mkdir()
+    Image.new("RGB", (48, 48)).save(tmp_path / "in" / "a.png")
+    assert main(["screen", "photos-r9", str(tmp_path / "in"), "--out", str(tmp_path / "s.jsonl")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cp -r " in err[0] and "aekit calibrate models/photos-r9 NORMAL_DIR" in err[0], err
