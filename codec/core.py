@@ -16,7 +16,7 @@ import logging
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -342,14 +342,15 @@ class Codec:
     def pack(self, q: np.ndarray, height: int, width: int, mode: str, image: np.ndarray | None = None) -> bytes:
         """Symbols (c_y, h, w) of one image -> .ael file bytes. image: its uint8 pixels (H, W, C) as coded (the
         model's channels): the encoder then decodes q, fits a post-filter to them (codec/postfilter.py) and stores
-        it where it pays for its bytes (format version 8); None, tiled images or post_filter=False: no filter."""
+        it where it pays for its bytes (format version 8); None, images above FIT_MAX_PIXELS or post_filter=False: no
+        filter."""
         coder, payload = self.em.encode(q, self.zstd_level, None if self.cfg.smallest else ZSTD_GATE)
-        data = pack(self.header(height, width, mode, coder), payload)  # refuses what parse would refuse
+        header = self.header(height, width, mode, coder)
+        data = pack(header, payload)  # refuses what parse would refuse
         if image is not None and self.filters(height, width):
-            x_hat = self.decoded(q, self.header(height, width, mode, coder))  # what a decoder gets
-            flt, _ = choose(np.asarray(image), x_hat, len(data))
+            flt, _ = choose(np.asarray(image), self.decoded(q, header), len(data))  # fitted to what a decoder gets
             if flt is not None:
-                data = pack(self.header(height, width, mode, coder, flt.to_bytes()), payload)
+                data = pack(replace(header, post_filter=flt.to_bytes()), payload)
         parse(data, "<written file>")  # read the header back: writer and reader agree
         return data
 
