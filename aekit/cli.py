@@ -19,6 +19,16 @@ from typing import Callable
 
 EXIT_OK, EXIT_FOUND, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
 EXIT_BROKEN_PIPE = 128 + 13  # as a process killed by SIGPIPE
+EXIT_TERMINATED = 128 + 15  # SIGTERM (kill, a scheduler's stop): the same clean-up as Ctrl-C, then this code
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM raised in the main thread, so a stopped job unwinds as after Ctrl-C: temp files removed,
+    records so far kept for the rerun."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated()
 
 
 class CLIError(Exception):
@@ -173,12 +183,20 @@ def _register(eps: list, sub: argparse._SubParsersAction) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run one command; a closed stdout (a pager or `head` that stopped reading) ends it quietly."""
+    """Run one command; a closed stdout (a pager or `head` that stopped reading) ends it quietly; SIGTERM
+    stops it as Ctrl-C does (no temp files left), exit 143."""
+    import signal
+    import threading
+
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
     try:
         try:
             return _main(argv)
         finally:  # also after argparse's SystemExit (--help): a closed pipe surfaces here, not at exit
             sys.stdout.flush()
+            if main_thread:
+                signal.signal(signal.SIGTERM, previous)
     except BrokenPipeError:
         try:  # point stdout at /dev/null so the interpreter's final flush cannot fail again
             fd = os.open(os.devnull, os.O_WRONLY)
@@ -211,6 +229,9 @@ def _main(argv: list[str] | None = None) -> int:
     shown, warnings.showwarning = warnings.showwarning, _show_warning
     try:
         return int(args.func(args) or 0)
+    except Terminated:
+        print("aekit: terminated", file=sys.stderr)
+        return EXIT_TERMINATED
     except KeyboardInterrupt:
         print("aekit: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -114,7 +114,8 @@ def scan_folder(root: str | Path, report: Callable[[str], None] = warn,
             files.append(p)
     if not files:
         bad = f"{unusable} unusable image entries (named above), " if unusable else ""
-        raise ImageError(f"{display(root)}: no image files found ({bad}{len(skipped)} other files)")
+        raise ImageError(f"{display(root)}: no image files found ({bad}{len(skipped)} other "
+                         f"file{'' if len(skipped) == 1 else 's'} ignored)")
     top_level = [p for p in files if p.parent == root]
     nested = [p for p in files if p.parent != root]
     if nested and top_level:
@@ -664,14 +665,18 @@ def save_image(arr: np.ndarray, path: str | Path) -> Path:
 
 def check_output_folder(folder: Path, what: str = "", make: bool = False) -> None:
     """Check a job's output folder before any work: ValueError naming it (after `what`, e.g. "--maps")
-    when it, or a folder above it, is a file; make=True also makes it (ValueError if that fails).
-    Jobs call this so a bad output path is one line and exit 2, not a failure per input."""
+    when it, or a folder above it, is a file, or when it (or, not there yet, the nearest folder above it)
+    cannot be written (no permission, a read-only file system); make=True also makes it (ValueError if
+    that fails). Jobs call this so a bad output path is one line and exit 2, not a failure per input."""
     name = f"{what} {folder}" if what else str(folder)
     for p in (folder, *folder.parents):
         if p.exists():
             if not p.is_dir():
                 raise ValueError(f"{name}: " + ("exists and is not a folder" if p == folder else
                                                 f"cannot be made: {p} is a file"))
+            if not os.access(p, os.W_OK | os.X_OK):
+                raise ValueError(f"{name}: " + ("not writable (no permission or a read-only file system)"
+                                                if p == folder else f"cannot be made: {p} is not writable"))
             break
     if make:
         try:

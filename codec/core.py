@@ -22,7 +22,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from aekit.images import DEFAULT_MAX_PIXELS, ImageError, ImageLimitError, LazyPixels, load_for_channels
+from aekit.images import DEFAULT_MAX_PIXELS, ImageError, ImageLimitError, LazyPixels, display, load_for_channels
 from aekit.codec.postfilter import FIT_MAX_PIXELS, PostFilter, apply_rows, choose
 from aekit.codec.postfilter import apply as apply_filter
 from aekit.codec.format import FLAG_TILED, QUANT_INTEGER, QUANT_TANH_UNIFORM, LatentFormatError, LatentHeader, pack, parse
@@ -593,9 +593,11 @@ def _padded_pixels(header: LatentHeader) -> int:
 
 
 def wrap_errors(name: str | Path, exc: Exception) -> Exception:
-    """Any expected failure -> one-line CodecError naming the file (others pass through)."""
+    """Any expected failure -> one-line CodecError naming the file once (a non-UTF-8 name as images.display
+    prints it: \\xNN escapes); others pass through."""
+    shown = display(name)
     if isinstance(exc, (CodecError, ImageError, LatentFormatError)):
-        return exc if str(name) in str(exc) else CodecError(f"{name}: {exc}")
+        return exc if (str(name) in str(exc) or shown in str(exc)) else CodecError(f"{shown}: {exc}")
     if isinstance(exc, (ModelError, EntropyError, OSError)):
-        return CodecError(f"{name}: {exc}")
+        return CodecError(f"{shown}: {exc}")
     return exc

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from aekit import zoo
 from aekit.images import atomic_write_bytes, load_image, save_image
 from aekit.metrics import psnr
 
@@ -58,8 +59,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
         t0 = time.perf_counter()
         rows = zoo_roundtrip(model, photos, out)
         print_rows(model, rows, time.perf_counter() - t0)
-    print(f"\nlatents in {out / 'latents'}, decoded images in {out / 'restored'}; "
-          "`aekit models show photos-r4` has the held-out figures and how the model was trained")
+    shipped = [m for m in args.model if str(m) in zoo.names()]
+    print(f"\nlatents in {out / 'latents'}, decoded images in {out / 'restored'}"
+          + (f"; `aekit models show {shipped[0]}` has the held-out figures and how the model was trained"
+             if shipped else ""))
     return train_own(Path(args.train), out, args) if args.train else 0
 
 

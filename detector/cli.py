@@ -240,7 +240,8 @@ def cmd_screen(args: argparse.Namespace) -> int:
         print(f"WARNING: {msg}", file=sys.stderr)
     for msg in rep.failed:
         print(f"error: {msg}", file=sys.stderr)
-    print(f"{'class':24s} {'images':>7s} {'flagged':>8s} {'errors':>7s} {'threshold':>11s}  (score {rep.score}, alpha {rep.alpha:g})")
+    print(f"{'class':24s} {'images':>7s} {'flagged':>8s} {'errors':>7s} {'threshold':>11s}  "
+          f"(score {rep.score or 'none: no class calibrated'}, alpha {rep.alpha:g})")
     for c, s in sorted(rep.per_class.items()):
         t = _fmt(s.threshold) if s.calibrated else "-"
         print(f"{c:24s} {s.n:7d} {s.flagged:8d} {s.errors:7d} {t:>11s}")

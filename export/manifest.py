@@ -306,6 +306,14 @@ def _describe_speed(m: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _data_shown(data: str | None) -> str:
+    """The training folder as `aekit info` shows it: as recorded when it is on this machine, else its last
+    three parts (the trainer's absolute path means nothing here), marked so."""
+    if not data or Path(data).is_dir():
+        return str(data)
+    return f"{Path(*Path(data).parts[-3:])} (the trainer's folder, not on this machine)"
+
+
 def describe(m: dict[str, Any]) -> str:
     """A readable multi-line summary of a manifest (`aekit info`)."""
     lat, tr = m["latent"], m.get("training", {})
@@ -342,7 +350,7 @@ def describe(m: dict[str, Any]) -> str:
         stages = (f" (its last stage; {whole['epochs']} epochs, {whole['time_s']} s over all stages: "
                   "aekit models show)") if isinstance(whole, dict) and whole.get("epochs") and whole.get("time_s") \
             and whole["epochs"] != tr.get("epochs") else ""
-        lines.append(f"trained      on {tr.get('data')} ({tr.get('n_train')} train / {tr.get('n_val')} val images), "
+        lines.append(f"trained      on {_data_shown(tr.get('data'))} ({tr.get('n_train')} train / {tr.get('n_val')} val images), "
                      f"{tr.get('epochs')} epochs, loss {tr.get('loss')}, best val PSNR "
                      f"{tr.get('best_val_psnr', float('nan')):.2f} dB, {tr.get('train_time_s')} s on {tr.get('device')}"
                      + stages)

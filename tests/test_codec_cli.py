@@ -117,14 +117,26 @@ def test_jobs_never_replace_files_they_did_not_write(tiny_model, src_tree, tmp_p
     assert len(recs) == 12 and not any(r.get("intent") for r in recs)  # compacted: whole records only
 
 
-def test_bad_output_folder_empty_source_and_option_bounds(tiny_model, src_tree, tmp_path, capsys):
-    """A folder job whose -o is a file fails at once with one line (no file encoded); a source folder
+def test_bad_output_folder_empty_source_and_option_bounds(tiny_model, src_tree, tmp_path, capsys, monkeypatch):
+    """A folder job whose -o is a file or cannot be written fails at once with one line (no file encoded); a source folder
     without a single image warns; budgets and counts below their bounds are usage errors (exit 2)."""
     model = tiny_model(1, 4)
     (tmp_path / "taken.txt").write_text("x")
     assert run("compress", src_tree, "-m", model, "-o", tmp_path / "taken.txt") == 2
     err = capsys.readouterr().err
     assert "taken.txt: exists and is not a folder" in err and "compressed" not in err
+    locked = tmp_path / "locked"  # an output folder that cannot be written (chmod does not stop root: simulated)
+    locked.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: False if Path(p) == locked else real_access(p, mode))
+    assert run("compress", src_tree, "-m", model, "-o", locked) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{locked}: not writable" in err and ".part" not in err and not any(locked.iterdir())
+    assert run("compress", src_tree, "-m", model, "-o", locked / "sub") == 2
+    assert f"cannot be made: {locked} is not writable" in capsys.readouterr().err
+    assert run("evaluate", src_tree, "-m", model, "-o", locked) == 2  # at once, not after the evaluation
+    assert f"-o {locked}: not writable" in capsys.readouterr().err
+    monkeypatch.undo()
     empty = tmp_path / "notes"
     empty.mkdir()
     (empty / "a.txt").write_text("no images here")

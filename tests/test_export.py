@@ -97,3 +97,9 @@ def test_info_and_find_model(tiny_model, tmp_path, capsys):
         find_model("0000", [model.parent])
     assert main(["info", str(tmp_path)]) == 2
     assert "not an aekit model folder" in capsys.readouterr().err
+    from aekit.export.manifest import describe
+
+    m = load_manifest(model)
+    assert f"trained      on {m['training']['data']} (" in describe(m)  # the folder is here: shown as recorded
+    m["training"]["data"] = "/home/trainer/work/data/photos/train"  # a shipped model's: not on this machine
+    assert "trained      on data/photos/train (the trainer's folder, not on this machine) (" in describe(m)

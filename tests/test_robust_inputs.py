@@ -90,6 +90,17 @@ def test_link_loops_fifos_and_non_utf8_names_are_skipped_with_one_line(tmp_path,
         scan_folder(tmp_path / "loop.png")
 
 
+def test_a_non_utf8_name_is_named_once_in_a_compress_failure(tmp_path):
+    from aekit.codec.core import CodecError, wrap_errors
+
+    bad = Path(os.fsdecode(os.fsencode(tmp_path) + b"/caf\xe9.png"))
+    for exc in (ImageError(f"{tmp_path}/caf\\xe9.png: file name is not valid UTF-8; rename the file"),
+                OSError("disk full"), CodecError("model refused it")):
+        line = str(wrap_errors(bad, exc))
+        line.encode("utf-8")  # printable as it is
+        assert line.count("caf") == 1 and line.startswith(f"{tmp_path}/caf\\xe9.png: "), line
+
+
 def test_a_folder_of_only_unusable_entries_says_so(tmp_path):
     os.symlink("a.png", tmp_path / "a.png")
     with pytest.raises(ImageError, match="no image files found \\(1 unusable image entries"):

@@ -160,6 +160,33 @@ def test_kill_and_resume_leaves_nothing_behind(tiny_model, tmp_path):
     assert len(recs) == 12 and len({r["out"] for r in recs}) == 12
 
 
+def test_sigterm_stops_a_compress_cleanly_with_exit_143(tiny_model, tmp_path):
+    """SIGTERM (kill, a scheduler's stop) mid-way: one line, exit 143, no .part files left, the rerun completes."""
+    model, src, out = tiny_model(1, 4), make_sources(tmp_path / "src", 12), tmp_path / "lat"
+    code = ("import sys, time\n"
+            "from aekit.codec.core import Codec\n"
+            "real = Codec.symbols\n"
+            "def slow(self, images, **kw):\n"
+            "    time.sleep(0.4)\n"
+            "    return real(self, images, **kw)\n"
+            "Codec.symbols = slow\n"
+            "from aekit.cli import main\n"
+            f"sys.exit(main(['compress', {str(src)!r}, '-m', {str(model)!r}, '-o', {str(out)!r},"
+            " '--workers', '1', '--batch-size', '1']))")
+    p = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.monotonic() + 120
+    while len(list(out.rglob("*.ael"))) < 3 and p.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    p.terminate()
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 143 and err.strip().splitlines()[-1] == "aekit: terminated", err
+    assert 0 < len(list(out.rglob("*.ael"))) < 12
+    assert not list(out.rglob("*.part"))
+    assert run("compress", src, "-m", model, "-o", out) == 0
+    assert len(list(out.rglob("*.ael"))) == 12
+
+
 def test_denoise_resumes_by_the_same_rules(tiny_model, tmp_path, capsys):
     model, src, out = tiny_model(1, 4), make_sources(tmp_path / "src", 4), tmp_path / "rec"
     assert run("denoise", src, "-m", model, "-o", out) == 0

@@ -239,6 +239,7 @@ def test_demo_round_trips_bundled_photos_with_the_zoo(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path), "--model", "photos-r9", "--limit", "2"]) == 0
     out = capsys.readouterr().out
     assert "astronaut.png" in out and "held out" in out and "JPEG" in out  # astronaut is in PHOTO_TEST
+    assert "`aekit models show photos-r9`" in out  # the hint names the model the demo ran
     assert (tmp_path / "latents" / "photos-r9" / "astronaut.png.ael").is_file()
     assert (tmp_path / "restored" / "photos-r9" / "astronaut.png").is_file()
 
