@@ -132,23 +132,32 @@ def test_temp_files_of_a_killed_run_are_removed(tiny_model, tmp_path, capsys):
     assert len(list(out.rglob("*.ael"))) == 6
 
 
-def test_kill_and_resume_leaves_nothing_behind(tiny_model, tmp_path):
-    """SIGKILL a compress run mid-way (writes slowed down), rerun: complete, no leftovers, no stale."""
-    model, src, out = tiny_model(1, 4), make_sources(tmp_path / "src", 12), tmp_path / "lat"
-    code = ("import sys, time, aekit.codec.jobs as j\n"
-            "real = j.atomic_write_bytes\n"
-            "def slow(path, data):\n"
-            "    time.sleep(0.4)\n"
-            "    return real(path, data)\n"
-            "j.atomic_write_bytes = slow\n"
+def _slow_compress_after_3(src: Path, model: Path, out: Path, module: str, attr: str,
+                           stderr: int = subprocess.PIPE) -> subprocess.Popen:
+    """A compress of src in another process with module's attr ("name" or "Class.method") slowed by 0.4 s a call
+    (one worker, batches of 1), returned once 3 outputs have landed (or it ended), for the caller to stop it
+    mid-way; stderr a text pipe unless told otherwise."""
+    *path, last = attr.split(".")
+    code = (f"import importlib, sys, time\nowner = importlib.import_module({module!r})\n"
+            f"for part in {path!r}:\n    owner = getattr(owner, part)\n"
+            f"real = getattr(owner, {last!r})\n"
+            "def slow(*a, **kw):\n    time.sleep(0.4)\n    return real(*a, **kw)\n"
+            f"setattr(owner, {last!r}, slow)\n"
             "from aekit.cli import main\n"
             f"sys.exit(main(['compress', {str(src)!r}, '-m', {str(model)!r}, '-o', {str(out)!r},"
             " '--workers', '1', '--batch-size', '1']))")
-    p = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.DEVNULL,
+    p = subprocess.Popen([sys.executable, "-c", code], stderr=stderr, text=True,
                          env={**os.environ, "OMP_NUM_THREADS": "1"})
     deadline = time.monotonic() + 120
     while len(list(out.rglob("*.ael"))) < 3 and p.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
+    return p
+
+
+def test_kill_and_resume_leaves_nothing_behind(tiny_model, tmp_path):
+    """SIGKILL a compress run mid-way (writes slowed down), rerun: complete, no leftovers, no stale."""
+    model, src, out = tiny_model(1, 4), make_sources(tmp_path / "src", 12), tmp_path / "lat"
+    p = _slow_compress_after_3(src, model, out, "aekit.codec.jobs", "atomic_write_bytes", subprocess.DEVNULL)
     p.kill()
     p.wait()
     done = len(list(out.rglob("*.ael")))
@@ -163,21 +172,7 @@ def test_kill_and_resume_leaves_nothing_behind(tiny_model, tmp_path):
 def test_sigterm_stops_a_compress_cleanly_with_exit_143(tiny_model, tmp_path):
     """SIGTERM (kill, a scheduler's stop) mid-way: one line, exit 143, no .part files left, the rerun completes."""
     model, src, out = tiny_model(1, 4), make_sources(tmp_path / "src", 12), tmp_path / "lat"
-    code = ("import sys, time\n"
-            "from aekit.codec.core import Codec\n"
-            "real = Codec.symbols\n"
-            "def slow(self, images, **kw):\n"
-            "    time.sleep(0.4)\n"
-            "    return real(self, images, **kw)\n"
-            "Codec.symbols = slow\n"
-            "from aekit.cli import main\n"
-            f"sys.exit(main(['compress', {str(src)!r}, '-m', {str(model)!r}, '-o', {str(out)!r},"
-            " '--workers', '1', '--batch-size', '1']))")
-    p = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True,
-                         env={**os.environ, "OMP_NUM_THREADS": "1"})
-    deadline = time.monotonic() + 120
-    while len(list(out.rglob("*.ael"))) < 3 and p.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
+    p = _slow_compress_after_3(src, model, out, "aekit.codec.core", "Codec.symbols")
     p.terminate()
     _, err = p.communicate(timeout=60)
     assert p.returncode == 143 and err.strip().splitlines()[-1] == "aekit: terminated", err
