@@ -13,6 +13,7 @@ import argparse
 import logging
 import os
 import sys
+import threading
 import warnings
 from importlib.metadata import entry_points
 from typing import Callable
@@ -27,7 +28,11 @@ class Terminated(KeyboardInterrupt):
     records so far kept for the rerun."""
 
 
+_TERMINATED = threading.Event()  # set by the handler: a SIGTERM that a library wrapped in its own error still counts
+
+
 def _terminate(signum: int, frame: object) -> None:
+    _TERMINATED.set()
     raise Terminated()
 
 
@@ -184,11 +189,12 @@ def _register(eps: list, sub: argparse._SubParsersAction) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Run one command; a closed stdout (a pager or `head` that stopped reading) ends it quietly; SIGTERM
-    stops it as Ctrl-C does (no temp files left), exit 143."""
+    stops it as Ctrl-C does (no temp files left), exit 143, whenever it arrives (also while the command line is
+    built or a library starts, which may wrap it in an error of its own)."""
     import signal
-    import threading
 
     main_thread = threading.current_thread() is threading.main_thread()
+    _TERMINATED.clear()
     previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
     try:
         try:
@@ -205,6 +211,11 @@ def main(argv: list[str] | None = None) -> int:
         except (OSError, ValueError):  # stdout without a descriptor (a test's capture)
             pass
         return EXIT_BROKEN_PIPE
+    except (Terminated, Exception):  # a SIGTERM before _main's handlers, or wrapped (ImportError: init failed)
+        if not _TERMINATED.is_set():
+            raise
+        print("aekit: terminated", file=sys.stderr)
+        return EXIT_TERMINATED
 
 
 def _command_parser(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:

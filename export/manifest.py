@@ -306,12 +306,12 @@ def _describe_speed(m: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _data_shown(data: str | None) -> str:
-    """The training folder as `aekit info` shows it: as recorded when it is on this machine, else its last
-    three parts (the trainer's absolute path means nothing here), marked so."""
+def _data_shown(data: str | None) -> tuple[str, str]:
+    """The training folder as `aekit info` shows it, and a note: as recorded when it is on this machine, else its
+    last three parts (the trainer's absolute path means nothing here) and a note saying so."""
     if not data or Path(data).is_dir():
-        return str(data)
-    return f"{Path(*Path(data).parts[-3:])} (the trainer's folder, not on this machine)"
+        return str(data), ""
+    return str(Path(*Path(data).parts[-3:])), "; the trainer's folder, not on this machine"
 
 
 def describe(m: dict[str, Any]) -> str:
@@ -346,11 +346,14 @@ def describe(m: dict[str, Any]) -> str:
                      f"encoder {v.get('encoder_max_abs_err'):.2e}, decoder {v.get('decoder_max_abs_err'):.2e}")
     lines += _describe_speed(m)
     if tr:
-        whole = _card(m).get("training") or {}
+        card = _card(m)
+        whole = card.get("training") or {}
         stages = (f" (its last stage; {whole['epochs']} epochs, {whole['time_s']} s over all stages: "
-                  "aekit models show)") if isinstance(whole, dict) and whole.get("epochs") and whole.get("time_s") \
+                  f"aekit models show {card.get('name') or ''}".rstrip() + ")") \
+            if isinstance(whole, dict) and whole.get("epochs") and whole.get("time_s") \
             and whole["epochs"] != tr.get("epochs") else ""
-        lines.append(f"trained      on {_data_shown(tr.get('data'))} ({tr.get('n_train')} train / {tr.get('n_val')} val images), "
+        data, where = _data_shown(tr.get("data"))
+        lines.append(f"trained      on {data} ({tr.get('n_train')} train / {tr.get('n_val')} val images{where}), "
                      f"{tr.get('epochs')} epochs, loss {tr.get('loss')}, best val PSNR "
                      f"{tr.get('best_val_psnr', float('nan')):.2f} dB, {tr.get('train_time_s')} s on {tr.get('device')}"
                      + stages)

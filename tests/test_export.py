@@ -102,4 +102,4 @@ def test_info_and_find_model(tiny_model, tmp_path, capsys):
     m = load_manifest(model)
     assert f"trained      on {m['training']['data']} (" in describe(m)  # the folder is here: shown as recorded
     m["training"]["data"] = "/home/trainer/work/data/photos/train"  # a shipped model's: not on this machine
-    assert "trained      on data/photos/train (the trainer's folder, not on this machine) (" in describe(m)
+    assert "trained      on data/photos/train (" in describe(m) and "; the trainer's folder, not on this machine)" in describe(m)

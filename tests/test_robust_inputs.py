@@ -229,6 +229,34 @@ def test_train_cli_prints_and_records_its_choices(tmp_path, capsys):
     assert cfg["model"]["channels"] == 3 and cfg["train"]["data_cfg"]["size"] == 28
 
 
+@pytest.mark.parametrize("where", ["building the command line", "inside a library's own error"])
+def test_a_sigterm_at_any_moment_is_one_line_and_exit_143(where, monkeypatch, capsys):
+    """A SIGTERM while the parser is built (before _main's handlers) or that a library wraps in an error of its own
+    (onnxruntime's start-up: `ImportError: initialization failed`) is still `aekit: terminated`, exit 143."""
+    import signal
+
+    import aekit.cli as c
+
+    def sigterm_now(*a, **kw):
+        os.kill(os.getpid(), signal.SIGTERM)  # the handler main() installed raises Terminated here
+        raise AssertionError("SIGTERM was not handled")
+
+    def wrapped(args):
+        try:
+            sigterm_now()
+        except BaseException as e:
+            raise ImportError("initialization failed") from e
+
+    if where == "building the command line":
+        monkeypatch.setattr(c, "build_parser", sigterm_now)
+    else:
+        monkeypatch.setattr(c, "cmd_data", wrapped)
+    before = signal.getsignal(signal.SIGTERM)
+    assert c.main(["data", "samples", "unused"]) == 143
+    assert capsys.readouterr().err.splitlines()[-1] == "aekit: terminated"
+    assert signal.getsignal(signal.SIGTERM) is before  # the caller's handler is back
+
+
 def test_closed_stdout_ends_quietly():
     """`aekit ... | head`: exit 141 as after SIGPIPE, no BrokenPipeError traceback."""
     code = ("import sys, aekit.cli as c\n"
