@@ -137,9 +137,6 @@ def process_gpu_memory_bytes(pid: int | None = None) -> int | None:
 
 def _malloc_trim() -> None:
     """glibc keeps freed memory in its heap (RSS stays high after a big batch); give it back."""
-    try:
-        import ctypes
+    from aekit.machine import release_free_heap
 
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
+    release_free_heap()

@@ -335,7 +335,7 @@ class Codec:
         with self._lock:
             if self._decoder is None:
                 self._decoder = Decoder([self.rt.dir], self.cfg)
-                self._decoder._runtimes[self.model_id] = self.rt
+                self._decoder.share_runtime(self.rt)
                 self._decoder._entropy[(self.model_id, self.levels, self.quality)] = (self.em, self.quantiser)
         return self._decoder._reconstruct(header, q[None])[0]
 
@@ -412,6 +412,12 @@ class Decoder:
                 self._entropy[key] = (EntropyModel.from_manifest(m, levels, quality or None),
                                       Quantiser.of(m, levels, quality or None))
             return self._entropy[key]
+
+    def share_runtime(self, rt: Runtime) -> None:
+        """Decode rt's model with rt itself: a process that also compresses with it (Codec.decoded, serve) then
+        holds one set of ONNX sessions and their memory arenas, not two."""
+        with self._lock:
+            self._runtimes[rt.model_id] = rt
 
     def runtime(self, model_id: str) -> Runtime:
         with self._lock:

@@ -601,6 +601,8 @@ def compress_tree(src: str | Path, dst: str | Path, codec: Codec, jcfg: JobConfi
     """Compress an image file or folder tree into mirrored .ael files (dst/rel + '.ael')."""
     jcfg, report, t0 = jcfg or JobConfig(), JobReport("compressed"), time.monotonic()
     total, items = plan(Path(src), Path(dst), is_image_name, lambda rel: rel.with_name(rel.name + SUFFIX), report)
+    if Path(src).is_file() and is_image_name(Path(dst)) and not Path(dst).is_dir():
+        log.warning("warning: %s: a latent file (.ael) is written under an image's name", display(dst))
     ledger = start_job(Path(src), Path(dst), recipe("compress", codec, **({"smallest": True} if codec.cfg.smallest else {}),
                                                     **({"int8": True} if codec.rt.encoder_file != codec.rt.manifest["files"]["encoder"] else {})))
 

@@ -19,7 +19,7 @@ FRAC_BITS = 10  # taps in units of 2^-F
 F_RANGE = (1, 15)  # F the reader accepts
 SLOPE_DB_PER_DOUBLING = 3.0  # PSNR the shipped photo models gain per doubling of bytes (their RD curves): a filter of
 # s bytes on a B-byte file is kept when it gains more than 3·log2(1 + s/B) dB
-FIT_BAND_PIXELS = 1 << 18  # pixels per band of the normal equations (bounds the feature matrix to 2^18 × 16 float64)
+FIT_BAND_PIXELS = 1 << 16  # pixels per band of the normal equations (bounds the feature matrix to 2^16 × 16 float64, 8 MB)
 FIT_MAX_PIXELS = 1 << 22  # the encoder fits a filter only up to this size (larger images' pixels go before coding)
 
 
@@ -195,10 +195,21 @@ def choose(x: np.ndarray, x_hat: np.ndarray, file_bytes: int) -> tuple[PostFilte
     return (best, gain) if worth(gain, len(best.to_bytes()), file_bytes) else (None, 0.0)
 
 
+def _sse(x: np.ndarray, y: np.ndarray) -> int:
+    """Sum of squared differences of two uint8 arrays (H, W, C), exact, in row bands of FIT_BAND_PIXELS (a
+    whole-image float64 copy of a 4-Mpx photo would hold 100 MB per operand while serve codes two at once)."""
+    h, w = x.shape[:2]
+    step = _band_rows(h, w)
+    total = 0
+    for top in range(0, h, step):
+        d = (x[top:top + step].astype(np.int64) - y[top:top + step]).ravel()
+        total += int(d @ d)
+    return total
+
+
 def psnr_gain(x: np.ndarray, x_hat: np.ndarray, filtered: np.ndarray) -> float:
     """PSNR of `filtered` minus PSNR of `x_hat` against x, in dB (+inf when x_hat had errors and filtered none)."""
-    e0 = np.square(x.astype(np.float64) - x_hat).sum()
-    e1 = np.square(x.astype(np.float64) - filtered).sum()
+    e0, e1 = _sse(x, x_hat), _sse(x, filtered)
     if e1 == 0:
         return float("inf") if e0 > 0 else 0.0
     return float(10 * np.log10(max(e0, 1e-12) / e1))

@@ -22,6 +22,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, Response
 from starlette.concurrency import run_in_threadpool
 
+from aekit.machine import release_free_heap
 from aekit.metrics import psnr
 from aekit.codec.jobs import encode_image_file
 from aekit.serve.config import ServeConfig
@@ -81,6 +82,7 @@ class Slots:
         self.cfg = cfg
         self.heavy = asyncio.Semaphore(max(1, cfg.max_concurrent))
         self.waiting = 0  # requests queued for a slot (one event loop: no lock needed)
+        self.busy = 0  # requests holding a slot
 
     async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
         """fn(*args) in a worker thread; 503 after the request timeout."""
@@ -108,11 +110,15 @@ class Slots:
             raise ApiError(503, f"no free slot within {cfg.request_timeout_s:g} s; retry later") from None
         finally:
             self.waiting -= 1
+        self.busy += 1
         try:
             up = await read_upload(request, cfg.max_upload_bytes)
             return up, await self.run(fn, up)
         finally:
+            self.busy -= 1
             self.heavy.release()
+            if self.busy == 0 and self.waiting == 0:  # idle after a burst: the images' freed pages go back to the
+                release_free_heap()  # OS (glibc keeps them otherwise: RSS stayed at the burst's peak)
 
 
 def create_app(cfg: ServeConfig) -> FastAPI:

@@ -109,6 +109,7 @@ class ModelStore:
             labels = [c for c, ims in self.calibration_set.items() for _ in ims]
             det.fit(images, labels)  # in memory: the operator's model folder is never written
         decoder = Decoder([model_dir, self.versions_dir, Path(self.cfg.model).resolve()], self.codec_cfg)
+        decoder.share_runtime(codec.rt)  # the post-filter's fit decodes too: one decoder session for both
         self.versions[codec.model_id] = version
         return Snapshot(version, model_dir, codec.model_id, manifest, codec, det, decoder)
 

@@ -224,6 +224,11 @@ def test_single_files(tiny_model, gray_dir, tmp_path, capsys):
     assert run("decompress", tmp_path / "one.ael", "-o", tmp_path / "one.png", "-m", model) == 0
     assert Image.open(tmp_path / "one.png").size == (28, 28)
     assert run("compress", tmp_path / "nope.png", "-m", model, "-o", tmp_path / "x.ael") == 2
+    capsys.readouterr()
+    assert run("compress", src, "-m", model, "-o", tmp_path / "looks.png") == 0  # written, but said
+    assert f"warning: {tmp_path / 'looks.png'}: a latent file (.ael) is written under an image's name" in \
+        capsys.readouterr().err
+    assert (tmp_path / "looks.png").read_bytes() == (tmp_path / "one.ael").read_bytes()
 
 
 def test_runtime_commands_do_not_import_torch(tiny_model, gray_dir, tmp_path):
