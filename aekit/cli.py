@@ -241,8 +241,7 @@ def _main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except Terminated:
-        print("aekit: terminated", file=sys.stderr)
-        return EXIT_TERMINATED
+        raise  # main() reports it (also when it arrives before this try)
     except KeyboardInterrupt:
         print("aekit: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
