@@ -13,7 +13,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from aekit.machine import cpu_name
+from aekit.machine import cpu_name, release_free_heap
 
 LIBRARIES = ("aekit", "numpy", "pillow", "onnx", "onnxruntime-gpu", "onnxruntime", "torch", "torchvision",
              "constriction", "zstandard", "tensorrt")
@@ -86,7 +86,7 @@ class HostPeakMemory:
     """
 
     def reset(self) -> bool:
-        _malloc_trim()  # hand freed heap back to the OS first, or earlier settings' garbage counts as ours
+        release_free_heap()  # hand freed heap back to the OS first, or earlier settings' garbage counts as ours
         try:
             Path("/proc/self/clear_refs").write_text("5")
             return True
@@ -133,10 +133,3 @@ def process_gpu_memory_bytes(pid: int | None = None) -> int | None:
     except (OSError, ValueError, subprocess.TimeoutExpired):
         pass
     return gpu_memory_used_bytes()  # pid namespaces can hide our pid from nvidia-smi
-
-
-def _malloc_trim() -> None:
-    """glibc keeps freed memory in its heap (RSS stays high after a big batch); give it back."""
-    from aekit.machine import release_free_heap
-
-    release_free_heap()
