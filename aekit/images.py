@@ -36,6 +36,12 @@ class ImageError(Exception):
     """A file that cannot be used as an image; the message names the file and the reason."""
 
 
+class EmptySourceError(ImageError):
+    """A source folder with no image file at all (nor an unusable image entry): folder jobs that code or
+    screen what arrives treat it as a warning (exit 0), jobs that need images (training, calibration) as
+    an error."""
+
+
 class ImageLimitError(ImageError):
     """An image refused by a size limit (pixels, decompression bomb): the input is too big, not broken."""
 
@@ -93,6 +99,9 @@ def scan_folder(root: str | Path, report: Callable[[str], None] = warn,
     Image-named entries that cannot be read as files (see entry_problem: links that loop
     or dangle, non-UTF-8 names, FIFOs) are left out, each reported as one line through
     `report`. Returns (samples sorted by path, class names sorted, skipped non-image files).
+    Raises FileNotFoundError (no such path), EmptySourceError (a folder without any image
+    entry) or ImageError (only unusable image entries; images both at the top level and in
+    class subfolders; a single file that is not a usable image).
     """
     root = Path(root)
     if not root.exists() and not root.is_symlink():
@@ -114,8 +123,9 @@ def scan_folder(root: str | Path, report: Callable[[str], None] = warn,
             files.append(p)
     if not files:
         bad = f"{unusable} unusable image entries (named above), " if unusable else ""
-        raise ImageError(f"{display(root)}: no image files found ({bad}{len(skipped)} other "
-                         f"file{'' if len(skipped) == 1 else 's'} ignored)")
+        error = ImageError if unusable else EmptySourceError  # unusable entries are failures, not nothing
+        raise error(f"{display(root)}: no image files found ({bad}{len(skipped)} other "
+                    f"file{'' if len(skipped) == 1 else 's'} ignored)")
     top_level = [p for p in files if p.parent == root]
     nested = [p for p in files if p.parent != root]
     if nested and top_level:

@@ -271,8 +271,8 @@ def plan(src: Path, dst: Path, want: Callable[[Path], bool], out_name: Callable[
         return 1, iter([Item(src, target)])
     if not src.is_dir():
         raise FileNotFoundError(f"{src}: no such file or folder")
-    check_output_folder(dst, make=True)
     total = sum(1 for p, _ in walk(src, want) if p is not None)  # paths only, not kept
+    check_output_folder(dst, make=total > 0)  # checked either way; not made for a job with nothing to write
     if total == 0:
         report.empty_source = display(src)
 

@@ -1,6 +1,7 @@
 """Subcommands `aekit calibrate`, `aekit screen`, `aekit bench-detect` and `aekit detector {train-per-class, evaluate}`.
 
-Exit codes of screen (for pipelines): 0 nothing flagged; 1 at least one image flagged;
+Exit codes of screen (for pipelines): 0 nothing flagged (also a source folder with no image:
+a warning, nothing written, as in the codec's folder jobs); 1 at least one image flagged;
 2 errors (bad usage, unknown or uncalibrated class, unreadable/unusable files: the job goes
 on past them, records them and still writes its outputs), and any unexpected failure (one line,
 never 1). Calibrate: 0 ok, 2 failed files (calibrated on the rest) or too few images for alpha
@@ -240,6 +241,8 @@ def cmd_screen(args: argparse.Namespace) -> int:
         print(f"WARNING: {msg}", file=sys.stderr)
     for msg in rep.failed:
         print(f"error: {msg}", file=sys.stderr)
+    if not rep.outputs:  # a source without images: the warning above, nothing written, exit 0
+        return rep.exit_code
     print(f"{'class':24s} {'images':>7s} {'flagged':>8s} {'errors':>7s} {'threshold':>11s}  "
           f"(score {rep.score or 'none: no class calibrated'}, alpha {rep.alpha:g})")
     for c, s in sorted(rep.per_class.items()):

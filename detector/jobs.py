@@ -25,11 +25,11 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from aekit.images import (FILE_MODE, ImageError, Sample, _fsync_dir, _pid_alive, atomic_write_bytes, check_output_folder,
+from aekit.images import (FILE_MODE, EmptySourceError, ImageError, Sample, _fsync_dir, _pid_alive, atomic_write_bytes, check_output_folder,
                           load_for_channels, scan_folder)
 from aekit.detector.calibration import CalibrationError, too_small_message
 from aekit.detector.heatmap import write_heatmap, write_map
@@ -65,11 +65,34 @@ def load_for_model(path: Path, channels: int, factor: int) -> np.ndarray:
     return arr
 
 
-def labelled(src: str | Path, cls: str | None) -> tuple[list[Sample], list[str | None], list[Path]]:
-    """Samples under src and their classes: --class for all, else class subfolders, else None (flat)."""
-    samples, classes, skipped = scan_folder(src)
+def labelled(src: str | Path, cls: str | None, report: Callable[[str], None] | None = None,
+             ) -> tuple[list[Sample], list[str | None], list[Path]]:
+    """Samples under src and their classes: --class for all, else class subfolders, else None (flat).
+    Unusable image entries (aekit.images.scan_folder) go to `report` (default: a warning line each)."""
+    samples, classes, skipped = scan_folder(src) if report is None else scan_folder(src, report)
     labels = [cls if cls else (s.label or None) for s in samples]
     return samples, labels, skipped
+
+
+def screen_sources(src: str | Path, cls: str | None, alpha: float,
+                   listing: Callable[[], tuple[list[Sample], list[str | None], list[Path]]] | None = None,
+                   ) -> tuple[list[Sample], list[str | None], ScreenReport]:
+    """What a screen job reads, and its report started: the samples and their classes, the non-image
+    files as warnings, and each unusable image entry (a non-UTF-8 name, a dangling link, a FIFO) as a
+    failure (exit 2), as compress counts them. A source with no image entry at all is not an error:
+    EmptySourceError propagates for the caller to end the job with a warning (exit 0), as the codec's
+    folder jobs do. `listing` replaces the local walk (Ray's fsspec URLs)."""
+    unusable: list[str] = []
+    samples, labels, skipped = listing() if listing else labelled(
+        src, cls, lambda msg: unusable.append(msg.removeprefix("skipped ") + " (not screened)"))
+    report = ScreenReport(alpha=alpha, warnings=[f"{p}: not an image file (skipped)" for p in skipped],
+                          failed=unusable)
+    return samples, labels, report
+
+
+def empty_screen(alpha: float, e: EmptySourceError) -> ScreenReport:
+    """The report of a screen whose source holds no image: one warning, no outputs written (exit 0)."""
+    return ScreenReport(alpha=alpha, warnings=[f"{e}; nothing was screened"])
 
 
 def load_chunks(samples: list[Sample], channels: int, factor: int, cfg: ScreenConfig
@@ -355,9 +378,11 @@ def screen_folder(model: str | Path, src: str | Path, out: str | Path, cls: str 
         raise CalibrationError(f"{model}: not calibrated; run `aekit calibrate {model} NORMAL_DIR` first")
     if cls:
         det.class_calibration(cls)  # an explicit unknown/uncalibrated class is a usage error
-    samples, labels, skipped = labelled(src, cls)
+    try:
+        samples, labels, report = screen_sources(src, cls, det.alpha_)
+    except EmptySourceError as e:
+        return empty_screen(det.alpha_, e)
     labels = [c or det.default_class() for c in labels]
-    report = ScreenReport(alpha=det.alpha_, warnings=[f"{p}: not an image file (skipped)" for p in skipped])
     writer = RecordWriter(out)
     files = MapWriter(cfg.workers)
     try:

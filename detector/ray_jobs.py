@@ -9,6 +9,7 @@ a killed screen reuses the still-valid records of its temp file exactly as the l
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import posixpath
@@ -18,11 +19,11 @@ from typing import Any
 
 import numpy as np
 
-from aekit.images import ImageError, NamedBytes, Sample, atomic_write_bytes, check_output_folder, is_image_name
+from aekit.images import EmptySourceError, ImageError, NamedBytes, Sample, atomic_write_bytes, check_output_folder, is_image_name
 from aekit.detector.calibration import CalibrationError
 from aekit.detector.heatmap import map_files, write_heatmap, write_map_files
 from aekit.detector.jobs import (ClassSummary, ScreenConfig, RecordWriter, ScreenReport, _calibrated, _factor, _note_shape,
-                           _reuse, labelled, load_for_model)
+                           _reuse, empty_screen, load_for_model, screen_sources)
 from aekit.detector.model import Detector
 from aekit.export.engine_ray import Listing, RayConfig, filesystem, list_tree, run_files
 
@@ -66,7 +67,7 @@ def _labelled_url(src: str, cls: str | None) -> tuple[list[Sample], list[str | N
     """labelled() for an fsspec URL: class subfolders (first path component) or a flat folder."""
     listing = list_tree(src, None, lambda rel: is_image_name(Path(rel)), lambda rel: rel)
     if not listing.todo:
-        raise ImageError(f"{src}: no image files found ({listing.ignored} other "
+        raise EmptySourceError(f"{src}: no image files found ({listing.ignored} other "
                          f"file{'' if listing.ignored == 1 else 's'} ignored)")
     rels = [posixpath.relpath(path, filesystem(src)[1]) for _, path, _ in listing.todo]
     nested = any("/" in r for r in rels)
@@ -93,9 +94,12 @@ def screen_folder_ray(model: str | Path, src: str, out: str | Path, cls: str | N
     if cls:
         det.class_calibration(cls)  # an explicit unknown/uncalibrated class is a usage error
     url = "://" in str(src)
-    samples, labels, skipped = _labelled_url(str(src), cls) if url else labelled(src, cls)
+    try:
+        samples, labels, report = screen_sources(
+            src, cls, det.alpha_, functools.partial(_labelled_url, str(src), cls) if url else None)
+    except EmptySourceError as e:
+        return empty_screen(det.alpha_, e)
     labels = [c or det.default_class() for c in labels]
-    report = ScreenReport(alpha=det.alpha_, warnings=[f"{p}: not an image file (skipped)" for p in skipped])
     writer = RecordWriter(out)
     try:
         usable = _calibrated(det, samples, labels, report, writer)

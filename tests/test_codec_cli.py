@@ -142,6 +142,8 @@ def test_bad_output_folder_empty_source_and_option_bounds(tiny_model, src_tree, 
     (empty / "a.txt").write_text("no images here")
     assert run("compress", empty, "-m", model, "-o", tmp_path / "lat") == 0
     assert "warning: " in (err := capsys.readouterr().err) and "no images found (1 other file ignored)" in err
+    assert not (tmp_path / "lat").exists()  # nothing to write: no output folder made either
+    (tmp_path / "lat").mkdir()
     assert run("decompress", tmp_path / "lat", "-o", tmp_path / "dec", "-m", tmp_path / "no-such-models") == 2
     assert "no-such-models: no such model or folder" in capsys.readouterr().err
     for opt, value in (("--memory-mb", "1"), ("--workers", "-1"), ("--batch-size", "0")):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -151,6 +152,21 @@ def test_exit_codes_and_heatmaps(model, normal, tmp_path, capsys):
     recs = records(tmp_path / "odd2")
     assert len(recs) == 3 and sum(r["error"] is not None for r in recs) == 1
     assert sum(bool(r["is_anomaly"]) for r in recs) == 1
+    # a non-UTF-8 name is an error of the job (exit 2, named once in \xNN form, in the summary), as in compress
+    (odd / "broken.png").unlink()
+    with open(os.fsencode(odd) + b"/caf\xe9.png", "wb") as f:
+        f.write(files[2].read_bytes())
+    rc, out, err = run(capsys, "screen", model, odd, "--out", tmp_path / "odd3")
+    assert rc == 2 and err.count("caf") == 1 and f"{odd}/caf\\xe9.png: file name is not valid UTF-8" in err, err
+    assert "1 image(s) flagged" in out and len(records(tmp_path / "odd3")) == 2
+    assert json.loads(Path(f"{tmp_path / 'odd3'}.summary.json").read_text())["exit_code"] == 2
+    # a source folder without images: a warning, nothing written, exit 0 (the codec's folder jobs' rule)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("no images")
+    rc, out, err = run(capsys, "screen", model, empty, "--class", "trouser", "--out", tmp_path / "e" / "s")
+    assert rc == 0 and out == "" and "no image files found (1 other file ignored); nothing was screened" in err
+    assert not (tmp_path / "e").exists()
 
 
 def test_alpha_override_recomputes_thresholds_from_stored_scores(model, normal, tmp_path, capsys):
