@@ -223,6 +223,13 @@ def test_screen_matches_local_engine(ray_cluster, tiny_model, gray_dir, src_tree
     summaries = [json.loads((tmp_path / f"{k}.summary.json").read_text()) for k in ("local", "ray")]
     assert summaries[0] == summaries[1]
     assert "broken.png" in capsys.readouterr().err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for engine in ([], ["--engine", "ray"]):  # no image: a warning, nothing written, exit 0 on both engines
+        out = tmp_path / "none" / ("ray" if engine else "local")
+        assert main(["screen", str(det), str(empty), "--class", "coins", "--out", str(out)] + engine) == 0
+        assert "no image files found (0 other files ignored); nothing was screened" in capsys.readouterr().err
+        assert not (tmp_path / "none").exists()
 
 
 def test_screen_resumes_a_killed_screen_as_the_local_engine(ray_cluster, tiny_model, gray_dir, src_tree, tmp_path,
