@@ -10,9 +10,11 @@ under AEKIT_REQUIRE_DATA=1 (CI), where a missing dataset fails them instead.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -42,8 +44,18 @@ def pytest_sessionstart(session):
             raise pytest.UsageError(f"AEKIT_REQUIRE_DATA=1 but not installed: {', '.join(missing)} (apt-get install -y ...)")
 
 
+# Under pytest-xdist (`-n 2 --dist loadgroup`, the README's test command) each module's tests run on one worker, so
+# its module fixtures are made once; the modules that start a local Ray cluster share one worker (two clusters at
+# once would each take the machine's cores), and the longest modules are handed out first.
+RAY_MODULES = ("test_ray_engine", "test_detector_ray_maps")
+FIRST_MODULES = ("test_robust_serve", "test_aekit_techniques", "test_codec_rd", "test_codec_hyperprior",
+                 "test_codec_channel_context", "test_rescale", "test_import", "test_export_lean", "test_serve_learn")
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
 def pytest_collection_modifyitems(config, items):
-    """Real Fashion-MNIST tests get the `fmnist` marker; `gpu` tests are skipped where no GPU is visible."""
+    """Real Fashion-MNIST tests get the `fmnist` marker; `gpu` tests are skipped where no GPU is visible;
+    every test gets its xdist group (its module, or "ray") and the longest modules come first."""
     from aekit.export.runtime import gpu_visible
 
     no_gpu = None if gpu_visible() else pytest.mark.skip(reason="no CUDA GPU visible")
@@ -52,6 +64,29 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.fmnist)
         if no_gpu and item.get_closest_marker("gpu"):
             item.add_marker(no_gpu)
+        module = item.module.__name__ if getattr(item, "module", None) else item.nodeid.split("::")[0]
+        item.add_marker(pytest.mark.xdist_group("ray" if module in RAY_MODULES else module))
+    rank = {m: i for i, m in enumerate(FIRST_MODULES)}
+    items.sort(key=lambda it: rank.get(getattr(it.module, "__name__", ""), len(rank)))  # stable: order kept within
+
+
+def shared_dir(tmp_path_factory, name: str, make: Callable[[Path], object]) -> Path:
+    """A session folder made once per test run: with pytest-xdist, the first worker that asks makes it (`make(out)`)
+    while the others wait on a file lock, then all use it; without xdist, the session's own temp folder."""
+    from filelock import FileLock
+
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the run's folder, above each worker's own
+    out = root / "shared" / name
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(f"{out}.lock"):
+        if not (out.parent / f"{name}.done").exists():
+            shutil.rmtree(out, ignore_errors=True)
+            out.mkdir()
+            make(out)
+            (out.parent / f"{name}.done").touch()
+    return out
 
 
 def require_fmnist() -> None:
@@ -88,7 +123,7 @@ def write_gray_classes(out: Path, train: int = 64, test: int = 32, side: int = 2
 @pytest.fixture(scope="session")
 def gray_dir(tmp_path_factory) -> Path:
     """Ten classes of 28x28 gray patches of scikit-image's photos: train/ (64 each), test/ (32 each)."""
-    return write_gray_classes(tmp_path_factory.mktemp("gray"))
+    return shared_dir(tmp_path_factory, "gray", write_gray_classes)
 
 
 @pytest.fixture(scope="session")
@@ -97,9 +132,7 @@ def fmnist_dir(tmp_path_factory) -> Path:
     require_fmnist()
     from aekit.datasets import fashion_mnist
 
-    out = tmp_path_factory.mktemp("fmnist")
-    fashion_mnist(out, limit=600)
-    return out
+    return shared_dir(tmp_path_factory, "fmnist", lambda out: fashion_mnist(out, limit=600))
 
 
 @pytest.fixture(scope="session")
@@ -107,9 +140,7 @@ def photos_dir(tmp_path_factory) -> Path:
     """The photos bundled with scikit-image and scikit-learn (16 files, gray and RGB)."""
     from aekit.datasets import sample_photos
 
-    out = tmp_path_factory.mktemp("photos")
-    sample_photos(out)
-    return out
+    return shared_dir(tmp_path_factory, "photos", sample_photos)
 
 
 @pytest.fixture(scope="session")
@@ -130,11 +161,13 @@ def hp_model(tmp_path_factory, photos_dir) -> Path:
     from aekit.export.onnx import export_model
     from aekit.train import TrainConfig, train
 
-    run = tmp_path_factory.mktemp("hp-run")
-    tcfg = TrainConfig(data=str(photos_dir), out=str(run), epochs=3, batch_size=8, lr=1e-3, seed=0, rate_weight=0.01,
-                       data_cfg=DataConfig(resize="random-crop", size=96, repeat=2, workers=2))
-    train(tcfg, ModelConfig(arch="gdn-hp", channels=3, ratio=9, width=16))
-    return export_model(run / "best.pt", tmp_path_factory.mktemp("hp-model") / "hp-r9", speed=False)
+    def make(root: Path) -> None:
+        tcfg = TrainConfig(data=str(photos_dir), out=str(root / "run"), epochs=3, batch_size=8, lr=1e-3, seed=0,
+                           rate_weight=0.01, data_cfg=DataConfig(resize="random-crop", size=96, repeat=2, workers=2))
+        train(tcfg, ModelConfig(arch="gdn-hp", channels=3, ratio=9, width=16))
+        export_model(root / "run" / "best.pt", root / "hp-r9", speed=False)
+
+    return shared_dir(tmp_path_factory, "hp-model", make) / "hp-r9"
 
 
 @pytest.fixture(scope="session")
@@ -150,36 +183,32 @@ def train_tiny(tmp_path_factory):
         from aekit.data import DataConfig
         from aekit.train import TrainConfig, train
 
-        out = tmp_path_factory.mktemp(f"run-c{channels}-r{ratio}{data}")
         if channels == 1 and data == "fmnist":  # for tests whose scores assume Fashion-MNIST-like images
-            src = tmp_path_factory.getbasetemp() / "tiny-fmnist"
-            if not src.exists():
-                require_fmnist()
-                from aekit.datasets import fashion_mnist
+            require_fmnist()
+            from aekit.datasets import fashion_mnist
 
-                fashion_mnist(src, limit=256)
+            src = shared_dir(tmp_path_factory, "tiny-fmnist", lambda out: fashion_mnist(out, limit=256))
             dcfg = DataConfig(resize="none", workers=2)
             folder = str(src / "train")
         elif channels == 1:
-            src = tmp_path_factory.getbasetemp() / "tiny-gray"
-            if not src.exists():
-                write_gray_classes(src, train=26, test=0)
+            src = shared_dir(tmp_path_factory, "tiny-gray", lambda out: write_gray_classes(out, train=26, test=0))
             dcfg = DataConfig(resize="none", workers=2)
             folder = str(src / "train")
         else:
             from aekit.datasets import sample_photos
 
-            data = tmp_path_factory.getbasetemp() / "tiny-photos"
-            if not data.exists():
-                sample_photos(data)
             dcfg = DataConfig(resize="random-crop", size=48, repeat=4, workers=2)
-            folder = str(data)
+            folder = str(shared_dir(tmp_path_factory, "tiny-photos", sample_photos))
         mcfg = ModelConfig(channels=channels, ratio=ratio, width=over.pop("width", 8), blocks=over.pop("blocks", 0), **over)
-        tcfg = TrainConfig(data=folder, out=str(out), epochs=3, batch_size=16, lr=3e-3, seed=0,
-                           data_cfg=dcfg, hist_images=256)
-        train(tcfg, mcfg)
-        cache[key] = out
-        return out
+
+        def make_run(out: Path) -> None:
+            tcfg = TrainConfig(data=folder, out=str(out), epochs=3, batch_size=16, lr=3e-3, seed=0,
+                               data_cfg=dcfg, hist_images=256)
+            train(tcfg, mcfg)
+
+        name = f"run-c{channels}-r{ratio}{data}" + "".join(f"-{k}{v}" for k, v in key[3])
+        cache[key] = shared_dir(tmp_path_factory, name, make_run)
+        return cache[key]
 
     return make
 
@@ -195,8 +224,9 @@ def tiny_model(train_tiny, tmp_path_factory):
             from aekit.export.onnx import export_model
 
             run = train_tiny(channels, ratio, data)
-            out = tmp_path_factory.mktemp(f"model-c{channels}-r{ratio}{data}") / "model"
-            cache[(channels, ratio, data)] = export_model(run / "best.pt", out)
+            name = f"model-c{channels}-r{ratio}{data}"
+            cache[(channels, ratio, data)] = shared_dir(
+                tmp_path_factory, name, lambda out: export_model(run / "best.pt", out / "model")) / "model"
         return cache[(channels, ratio, data)]
 
     return make
