@@ -17,10 +17,26 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
-import pytest
 
-from aekit.datasets import FASHION_MNIST_DIRS
+def _share_cores_among_xdist_workers() -> None:
+    """Under pytest-xdist, worker i of n runs on every n-th usable core from the i-th (2 cores, 2 workers: one
+    each), and so do the processes it starts: aekit sizes torch's and onnxruntime's threads by the affinity
+    mask (aekit.machine.usable_cores), so two workers never run 2 + 2 spinning threads on 2 cores."""
+    worker, n = os.environ.get("PYTEST_XDIST_WORKER", ""), int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if not worker.startswith("gw") or n < 2 or not hasattr(os, "sched_setaffinity"):
+        return
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) >= n:
+        os.sched_setaffinity(0, cores[int(worker[2:]) % n::n])
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+_share_cores_among_xdist_workers()  # before numpy/torch start their thread pools
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from aekit.datasets import FASHION_MNIST_DIRS  # noqa: E402
 
 ROOT_TESTS = Path(__file__).resolve().parent
 HAVE_FMNIST = any(Path(d).is_dir() for d in FASHION_MNIST_DIRS)
