@@ -216,13 +216,31 @@ class ClassSummary:
     errors: int = 0  # files that could not be scored
     calibrated: bool = False  # the class has a calibration (else its images are errors)
     threshold: float | None = None  # at the alpha used (None: infinite or uncalibrated)
-    score_sum: float = 0.0
+    score_partials: list[float] = field(default_factory=list)  # the scores' exact sum (see add)
     min_p: float = 1.0
 
+    def add(self, score: float, flagged: bool, p_value: float) -> None:
+        """Count one scored image. The scores' sum is kept exact, as non-overlapping partials (Shewchuk 1997,
+        the algorithm of Python's math.fsum), so mean_score is the same to the last bit in whatever order
+        the images were scored: a resumed screen's summary equals a fresh one's."""
+        self.n, self.flagged, self.min_p = self.n + 1, self.flagged + bool(flagged), min(self.min_p, p_value)
+        x, i = float(score), 0
+        for y in self.score_partials:
+            if abs(x) < abs(y):
+                x, y = y, x
+            hi = x + y
+            lo = y - (hi - x)
+            if lo:
+                self.score_partials[i] = lo
+                i += 1
+            x = hi
+        self.score_partials[i:] = [x]
+
     def to_dict(self) -> dict[str, Any]:
+        mean = math.fsum(self.score_partials) / self.n if self.n else None
         return {"n": self.n, "flagged": self.flagged, "flagged_fraction": self.flagged / self.n if self.n else 0.0,
                 "errors": self.errors, "calibrated": self.calibrated, "threshold": self.threshold,
-                "mean_score": self.score_sum / self.n if self.n else None, "min_p_value": self.min_p}
+                "mean_score": mean, "min_p_value": self.min_p}
 
 
 @dataclass
@@ -463,9 +481,7 @@ def _reuse(det: Detector, samples: list[Sample], labels: list[str], usable: set[
             continue
         _note_shape(report, c, cc.image_shape, (rec.get("height"), rec.get("width")))
         s = report.per_class[c]
-        flag = bool(rec["score"] > t)
-        s.n, s.flagged, s.score_sum = s.n + 1, s.flagged + flag, s.score_sum + rec["score"]
-        s.min_p = min(s.min_p, float(cc.p_values(np.array([rec["score"]]))[0]))
+        s.add(rec["score"], rec["score"] > t, float(cc.p_values(np.array([rec["score"]]))[0]))
         writer.write(rec)
         done.add(i)
     if writer.leftover:
@@ -554,7 +570,7 @@ def _screen_chunk(det, samples, labels, chunk, usable, report, writer, heatmaps,
         t, p = cc.threshold(det.alpha_), float(cc.p_values(scores[k : k + 1])[0])
         flag = bool(scores[k] > t)
         s = report.per_class[c]
-        s.n, s.flagged, s.score_sum, s.min_p = s.n + 1, s.flagged + flag, s.score_sum + scores[k], min(s.min_p, p)
+        s.add(float(scores[k]), flag, p)
         writer.write({"path": str(samples[i].path), "class": c, "score": float(scores[k]),
                       "threshold": None if math.isinf(t) else t, "p_value": p, "is_anomaly": flag, "error": None,
                       "rel": str(samples[i].rel), "height": im.shape[0], "width": im.shape[1],

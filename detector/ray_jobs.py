@@ -142,7 +142,7 @@ def _record(det: Detector, sample: Sample, c: str, row: dict[str, Any], report: 
     score = m["score"]
     t, p = cc.threshold(det.alpha_), float(cc.p_values(np.array([score]))[0])
     flag = bool(score > t)
-    s.n, s.flagged, s.score_sum, s.min_p = s.n + 1, s.flagged + flag, s.score_sum + score, min(s.min_p, p)
+    s.add(score, flag, p)
     writer.write({"path": str(sample.path), "class": c, "score": score, "threshold": None if math.isinf(t) else t,
                   "p_value": p, "is_anomaly": flag, "error": None, "rel": str(sample.rel),
                   "height": m["height"], "width": m["width"], "model_id": m["model_id"]})

@@ -429,3 +429,21 @@ def test_an_uncalibrated_shipped_model_is_screened_after_calibrating_a_copy(tmp_
     assert main(["screen", "photos-r9", str(tmp_path / "in"), "--out", str(tmp_path / "s.jsonl")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "cp -r " in err[0] and "aekit calibrate models/photos-r9 NORMAL_DIR" in err[0], err
+
+
+def test_the_summarys_mean_score_is_the_same_in_any_scoring_order():
+    """A resumed screen adds the reused records first: its mean_score must still equal a fresh run's to the bit."""
+    import math
+
+    from aekit.detector.jobs import ClassSummary
+
+    rng = np.random.default_rng(0)
+    scores = (rng.random(500) * 10.0 ** rng.integers(-8, 3, 500)).tolist()
+    means = []
+    for order in (scores, scores[::-1], sorted(scores), rng.permutation(scores).tolist()):
+        s = ClassSummary()
+        for x in order:
+            s.add(x, x > 1.0, 0.5)
+        means.append(s.to_dict()["mean_score"])
+    assert len(set(means)) == 1 and means[0] == math.fsum(scores) / len(scores)
+    assert s.to_dict()["flagged"] == sum(x > 1.0 for x in scores) and s.to_dict()["n"] == 500
