@@ -30,7 +30,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from aekit.images import (FILE_MODE, EmptySourceError, ImageError, Sample, _fsync_dir, _pid_alive, atomic_write_bytes, check_output_folder,
-                          load_for_channels, scan_folder)
+                          load_for_channels, scan_folder, warn)
 from aekit.detector.calibration import CalibrationError, too_small_message
 from aekit.detector.heatmap import write_heatmap, write_map
 from aekit.detector.model import ClassScores, Detector, DetectorError
@@ -65,11 +65,11 @@ def load_for_model(path: Path, channels: int, factor: int) -> np.ndarray:
     return arr
 
 
-def labelled(src: str | Path, cls: str | None, report: Callable[[str], None] | None = None,
+def labelled(src: str | Path, cls: str | None, report: Callable[[str], None] = warn,
              ) -> tuple[list[Sample], list[str | None], list[Path]]:
     """Samples under src and their classes: --class for all, else class subfolders, else None (flat).
     Unusable image entries (aekit.images.scan_folder) go to `report` (default: a warning line each)."""
-    samples, classes, skipped = scan_folder(src) if report is None else scan_folder(src, report)
+    samples, classes, skipped = scan_folder(src, report)
     labels = [cls if cls else (s.label or None) for s in samples]
     return samples, labels, skipped
 

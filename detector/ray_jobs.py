@@ -68,7 +68,7 @@ def _labelled_url(src: str, cls: str | None) -> tuple[list[Sample], list[str | N
     listing = list_tree(src, None, lambda rel: is_image_name(Path(rel)), lambda rel: rel)
     if not listing.todo:
         raise EmptySourceError(f"{src}: no image files found ({listing.ignored} other "
-                         f"file{'' if listing.ignored == 1 else 's'} ignored)")
+                               f"file{'' if listing.ignored == 1 else 's'} ignored)")
     rels = [posixpath.relpath(path, filesystem(src)[1]) for _, path, _ in listing.todo]
     nested = any("/" in r for r in rels)
     if nested and not all("/" in r for r in rels):

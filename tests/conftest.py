@@ -80,10 +80,16 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.fmnist)
         if no_gpu and item.get_closest_marker("gpu"):
             item.add_marker(no_gpu)
-        module = item.module.__name__ if getattr(item, "module", None) else item.nodeid.split("::")[0]
+        module = _module(item)
         item.add_marker(pytest.mark.xdist_group("ray" if module in RAY_MODULES else module))
     rank = {m: i for i, m in enumerate(FIRST_MODULES)}
-    items.sort(key=lambda it: rank.get(getattr(it.module, "__name__", ""), len(rank)))  # stable: order kept within
+    items.sort(key=lambda it: rank.get(_module(it), len(rank)))  # stable: order kept within
+
+
+def _module(item) -> str:
+    """The test module's name (test_codec_rd), or the file part of the node id for items without one."""
+    module = getattr(item, "module", None)
+    return module.__name__ if module is not None else item.nodeid.split("::")[0]
 
 
 def shared_dir(tmp_path_factory, name: str, make: Callable[[Path], object]) -> Path:
