@@ -28,7 +28,7 @@ from aekit.codec.postfilter import apply as apply_filter
 from aekit.codec.format import FLAG_TILED, QUANT_INTEGER, QUANT_TANH_UNIFORM, LatentFormatError, LatentHeader, pack, parse
 from aekit.export.entropy import (RDOQ_MAX_SYMBOLS, RDOQ_T, ZSTD_GATE, ZSTD_LEVEL, ZSTD_LEVEL_SMALLEST, EntropyError,
                                   EntropyModel)
-from aekit.export.manifest import ModelError, find_model, load_manifest
+from aekit.export.manifest import ModelError, find_model, load_model_as
 from aekit.export.runtime import ActivationEstimate, MemoryGate, Quantiser, Runtime
 from aekit.machine import usable_cores
 
@@ -400,7 +400,7 @@ class Decoder:
                     logging.getLogger(__name__).warning(
                         "model %s is not in %s: decoding with the shipped model %s (the files name it)", model_id,
                         ", ".join(map(str, self.search)), folder.name)
-                self._models[model_id] = load_manifest(folder)
+                self._models[model_id] = load_model_as(folder, model_id)  # a superseded id: its qualities only
             return self._models[model_id]
 
     def entropy(self, model_id: str, levels: int, quality: int = 0) -> tuple[EntropyModel, Quantiser]:

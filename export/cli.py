@@ -24,6 +24,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     from aekit.export.context import register as register_context  # aekit add-context (coder 6)
 
     register_context(sub)
+    from aekit.export.quality import register as register_quality  # aekit add-quality (finer steps, same networks)
+
+    register_quality(sub)
     p = sub.add_parser("export", help="export a checkpoint to ONNX (encoder, decoder, manifest)",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("checkpoint", help="checkpoint file, e.g. runs/NAME/best.pt")

@@ -29,6 +29,7 @@ SHARED_TABLES_VERSION = 2  # a manifest that names a shared table set (SHARED_TA
 SHARED_TABLES = {"gaussian-v1": "gaussian_scale_tables_v1.json.gz"}
 MAX_MANIFEST_BYTES = 64 << 20  # larger manifest files are refused before they are read
 REQUIRED_KEYS = ("model_id", "channels", "ratio", "factor", "latent_channels", "latent", "files")
+SUPERSEDES_KEY = "supersedes"  # ids of the models this one extends (aekit add-quality), whose files it decodes
 
 
 class ModelError(Exception):
@@ -89,8 +90,40 @@ def load_manifest(model_dir: str | Path) -> dict[str, Any]:
     if computed != m["model_id"]:
         raise ModelError(f"{path}: model_id {m['model_id']} does not match its files (they hash to {computed}): "
                          "the ONNX files or entropy tables were changed or swapped; re-export the model")
+    _check_supersedes(m, path)
     m["_dir"] = str(path.parent.resolve())
     return m
+
+
+def superseded_view(m: dict[str, Any], n: int, model_id: str) -> dict[str, Any]:
+    """The manifest m had with only its first n qualities, under model_id (a shallow copy): the model
+    `aekit add-quality` extended into m. Its tables and networks are m's, so it decodes that model's files."""
+    ent = m["entropy"]
+    return {**m, "model_id": model_id, "entropy": {**ent, "qualities": ent["qualities"][:n]}}
+
+
+def _check_supersedes(m: dict[str, Any], path: Path) -> None:
+    """m["supersedes"] (written by aekit add-quality): [{"model_id": ID, "qualities": n}, ...], each the id that
+    m's files and first n qualities hash to. Verified here like the model id itself, so a folder decodes an
+    older id's files only where it holds that model exactly; ModelError otherwise."""
+    sup = m.get(SUPERSEDES_KEY)
+    if sup is None:
+        return
+    qualities = (m.get("entropy") or {}).get("qualities") if isinstance(m.get("entropy"), dict) else None
+    if not isinstance(sup, list) or not isinstance(qualities, list):
+        raise ModelError(f"{path}: {SUPERSEDES_KEY} needs a list and a model with quality tables")
+    default = m["entropy"].get("default_quality")
+    for e in sup:
+        n = e.get("qualities") if isinstance(e, dict) else None
+        mid = e.get("model_id") if isinstance(e, dict) else None
+        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n < len(qualities) or not isinstance(mid, str):
+            raise ModelError(f"{path}: {SUPERSEDES_KEY} entry {e!r} is not a model id and a quality count "
+                             f"below {len(qualities)}")
+        view = superseded_view(m, n, mid)
+        if not (isinstance(default, int) and default <= n) or _verified_id(
+                path.parent / m["files"]["encoder"], path.parent / m["files"]["decoder"], entropy_bytes(view)) != mid:
+            raise ModelError(f"{path}: {SUPERSEDES_KEY} names model {mid}, which this folder's files and first {n} "
+                             "qualities are not (changed or copied from another model); re-run aekit add-quality")
 
 
 def _check_values(m: dict[str, Any], path: Path) -> None:
@@ -128,12 +161,23 @@ def _check_values(m: dict[str, Any], path: Path) -> None:
 
 
 _ID_CACHE: dict[tuple, str] = {}  # (files' path, size, mtime) + entropy bytes -> id: hash each model once
+_FILES_HASH: dict[tuple, Any] = {}  # (files' path, size, mtime) -> SHA-256 state after both ONNX files
 
 
 def _verified_id(encoder: Path, decoder: Path, extra: bytes) -> str:
-    key = tuple((str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in (encoder, decoder)) + (hashlib.sha256(extra).digest(),)
+    """model_id_of(encoder, decoder, extra), the ONNX files read and hashed once per process (a folder's
+    superseded ids hash the same files with other entropy bytes)."""
+    files = tuple((str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in (encoder, decoder))
+    key = files + (hashlib.sha256(extra).digest(),)
     if key not in _ID_CACHE:
-        _ID_CACHE[key] = model_id_of(encoder, decoder, extra)
+        if files not in _FILES_HASH:
+            h = hashlib.sha256()
+            for p in (encoder, decoder):
+                h.update(Path(p).read_bytes())
+            _FILES_HASH[files] = h
+        h = _FILES_HASH[files].copy()
+        h.update(extra)
+        _ID_CACHE[key] = h.hexdigest()[:16]
     return _ID_CACHE[key]
 
 
@@ -209,9 +253,11 @@ def find_model(model_id: str, search: list[str | Path]) -> Path:
     """The model folder with this id: each search path is a model folder or a folder of them.
 
     The shipped models (aekit/zoo) are searched after `search`, so files written with a zoo model
-    decode anywhere without flags.
+    decode anywhere without flags. A folder whose manifest supersedes the id (aekit add-quality: the
+    same networks and tables with more qualities) is taken when no folder has the id itself;
+    load_model_as gives its manifest as that model's.
     """
-    seen, bad = [], []  # ids of the models found; why the folders that are not models were skipped
+    seen, bad, extends = [], [], None  # ids of the models found; why folders were skipped; a superseding folder
     search = [*search, zoo.ZOO_DIR]
     for root in map(Path, search):
         candidates = [root] if (root / MANIFEST_NAME).is_file() else sorted(
@@ -219,17 +265,33 @@ def find_model(model_id: str, search: list[str | Path]) -> Path:
         ) if root.is_dir() else []
         for c in candidates:
             try:
-                mid = load_manifest(c)["model_id"]
+                m = load_manifest(c)
             except ModelError as e:
                 bad.append(str(e))
                 continue
-            if mid == model_id:
+            if m["model_id"] == model_id:
                 return c
-            seen.append(mid)
+            if extends is None and any(e["model_id"] == model_id for e in m.get(SUPERSEDES_KEY) or []):
+                extends = c
+            seen.append(m["model_id"])
+    if extends is not None:
+        return extends
     where = ", ".join(map(str, search[:-1])) + (", " if len(search) > 1 else "") + "the shipped models"
     have = ", ".join(seen) if seen else "none"
     skipped = f"; skipped {len(bad)} unusable model folder(s): {bad[0]}" if bad else ""
     raise ModelError(f"model {model_id} not found in {where} (have: {have}){skipped}")
+
+
+def load_model_as(folder: str | Path, model_id: str) -> dict[str, Any]:
+    """load_manifest(folder) as the manifest of model_id: the folder's own, or the view of a model it supersedes
+    (its first n qualities). ModelError when the folder is neither."""
+    m = load_manifest(folder)
+    if m["model_id"] == model_id:
+        return m
+    for e in m.get(SUPERSEDES_KEY) or []:
+        if e["model_id"] == model_id:
+            return superseded_view(m, e["qualities"], model_id)
+    raise ModelError(f"{folder}: holds model {m['model_id']}, not {model_id}")
 
 
 def _num(x: Any) -> str:

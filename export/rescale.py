@@ -150,19 +150,25 @@ def check_crops(m: dict[str, Any], n: int, side: int, folder: str | Path | None 
         return centre_crops(tmp, int(m["channels"]), n, side), "the photos bundled with scikit-image and scikit-learn"
 
 
-def rd_points(model_dir: Path, crops: list[np.ndarray]) -> dict[int, tuple[float, float, float]]:
+def rd_points(model_dir: Path, crops: list[np.ndarray], manifest: dict[str, Any] | None = None,
+              qualities: list[int] | None = None, verify: bool = False) -> dict[int, tuple[float, float, float]]:
     """{quality: (D, R, PSNR)} of a rate-distortion model on crops, as the codec codes them by default (RDOQ,
     the smallest payload): D the mean squared error on the model's [-1, 1] scale (its training objective's
-    D), R payload bits per pixel (headers left out), PSNR the per-image mean in dB on uint8 pixels."""
+    D), R payload bits per pixel (headers left out), PSNR the per-image mean in dB on uint8 pixels.
+    manifest: the tables to code with (default the folder's: a candidate one, e.g. aekit add-quality's, with
+    the folder's networks); qualities: these only (default all); verify: decode every payload and raise
+    ValueError where it does not give back its symbols."""
     from aekit.export.entropy import RDOQ_MAX_SYMBOLS, RDOQ_T, EntropyModel
     from aekit.export.runtime import Quantiser, Runtime
 
     rt = Runtime(model_dir, device="cpu")
-    m = rt.manifest
+    m = rt.manifest if manifest is None else manifest
     ys = [rt.encode(im[None]) for im in crops]
     out = {}
     for entry in m["entropy"]["qualities"]:
         q = int(entry["quality"])
+        if qualities is not None and q not in qualities:
+            continue
         qz, em = Quantiser.of(m, None, q), EntropyModel.from_manifest(m, rt.levels, q)
         d = bits = px = 0.0
         psnrs = []
@@ -170,7 +176,11 @@ def rd_points(model_dir: Path, crops: list[np.ndarray]) -> dict[int, tuple[float
             sym = qz.quantise(y)[0]
             if sym.size <= RDOQ_MAX_SYMBOLS:
                 sym = em.rdoq(sym, qz.residual(y)[0], RDOQ_T)
-            bits += 8 * len(em.encode(sym)[1])
+            coder, payload = em.encode(sym)
+            if verify and not np.array_equal(em.decode(coder, payload, sym.shape), sym):
+                raise ValueError(f"model {m.get('model_id')}: quality {q}'s payload (coder {coder}) does not decode "
+                                 "to its symbols")
+            bits += 8 * len(payload)
             x_hat = rt.decode(qz.dequantise(sym[None]), *im.shape[:2])[0].astype(np.float64)
             mse = float(((x_hat - im) ** 2).mean())
             d += mse / 127.5 ** 2

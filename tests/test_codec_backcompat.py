@@ -124,3 +124,26 @@ def test_v8_post_filter_file_still_decodes_with_the_shipped_model():
         "063bb435bfa7682b48bf1b2e0216b8aaee9c5dd4553868c4b60af20f429b9b8d"
     raw = dec._reconstruct(h, q[None])[0]
     assert np.array_equal(dec.reconstruct(h, q[None])[0], apply(raw, PostFilter.from_bytes(h.post_filter)[0]))
+
+
+SUPERSEDED = ROOT_TESTS / "fixtures" / "superseded"
+
+
+def test_a_file_of_a_superseded_id_decodes_with_the_shipped_model_that_extends_it():
+    """tests/fixtures/superseded (README there): written by the 12-quality photos-r4-hq; the shipped one has 13."""
+    from skimage.data import rocket
+
+    from aekit.export.manifest import load_manifest
+    from aekit.zoo import path
+
+    data = (SUPERSEDED / "rocket-128-r4hq-q12.png.ael").read_bytes()
+    shipped = load_manifest(path("photos-r4-hq"))
+    assert {"model_id": "82670443a70af481", "qualities": 12} in shipped["supersedes"]
+    assert shipped["model_id"] != "82670443a70af481" and len(shipped["entropy"]["qualities"]) > 12
+    decoder = Decoder([])
+    header, q = decoder.symbols(data)
+    assert (header.model_id, header.quality) == ("82670443a70af481", 12)
+    assert hashlib.sha256(np.ascontiguousarray(q).tobytes()).hexdigest() == \
+        "b2f02695a6c5b7bf1284c2087ff89ac9c876f11bf623d4f189312f560ee1094f"
+    decoded, _ = decoder.decompress(data)
+    assert psnr(rocket()[:128, :128], decoded) > 32.0
