@@ -310,8 +310,10 @@ def _describe_latent(m: dict[str, Any]) -> str:
     coder = (f"scale hyperprior: 64 Gaussian tables, z ({hyper.get('channels')} ch at 1/{hyper.get('factor')} of y) "
              f"under the factorized prior, integer h_s (index agreement {hyper.get('index_agreement')})"
              if isinstance(hyper, dict) else "factorized prior tables per quality")
+    sup = "".join(f"\nsupersedes   model {e['model_id']} (its qualities 1..{e['qualities']}; aekit add-quality): "
+                  "its files decode with this folder" for e in m.get(SUPERSEDES_KEY) or [])
     return (f"latent       integer, {lat['quantise']}; {coder}\n"
-            f"qualities    {qs}; default {ent.get('default_quality')} (--quality; higher = better, larger)")
+            f"qualities    {qs}; default {ent.get('default_quality')} (--quality; higher = better, larger){sup}")
 
 
 def _fp32_layers(int8: dict[str, Any]) -> str:

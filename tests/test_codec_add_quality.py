@@ -42,6 +42,9 @@ def test_added_quality_follows_the_export_rule_and_gets_a_new_id_that_supersedes
     assert q["thresholds"] == [int(np.floor((np.log(s) + np.log(0.5)) * 2.0 ** frac)) for s in scale_table()[:-1]]
     assert q["check"]["psnr"] > max(e["check"]["psnr"] for e in old["entropy"]["qualities"]) - 1.0
     assert f"quality {n + 1}: step 0.5" in stdout and f"decodes files of model {old['model_id']}" in stdout
+    from aekit.export.manifest import describe
+
+    assert f"supersedes   model {old['model_id']} (its qualities 1..{n}" in describe(new)
 
 
 def test_the_extended_folder_decodes_the_old_ids_files_unchanged_and_codes_its_new_quality(extended, rgb_photos,
