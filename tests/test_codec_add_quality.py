@@ -83,6 +83,22 @@ def test_the_old_id_keeps_only_its_own_qualities(extended):
         dec.entropy(old_id, 255, n + 1)
 
 
+def test_a_second_extension_keeps_every_older_id(extended, tmp_path, monkeypatch):
+    import aekit.export.onnx as onnx_export
+    from aekit.codec.core import Decoder
+    from aekit.export.manifest import load_manifest
+
+    monkeypatch.setattr(onnx_export, "MAX_CLIPPED", 1.0)  # the small model's y may clip at 0.25: allowed here
+    assert main(["add-quality", str(extended[1]), "--step", "0.25", "--out", str(tmp_path / "m" / "hp")]) == 0
+    first, second = load_manifest(extended[1]), load_manifest(tmp_path / "m" / "hp")
+    n = len(first["entropy"]["qualities"])
+    assert second["supersedes"] == [*first["supersedes"], {"model_id": first["model_id"], "qualities": n}]
+    dec = Decoder([tmp_path / "m"])
+    for e in second["supersedes"]:
+        assert len(dec.model(e["model_id"])["entropy"]["qualities"]) == e["qualities"]
+    assert len(dec.model(second["model_id"])["entropy"]["qualities"]) == n + 1
+
+
 def test_a_tampered_supersedes_entry_is_refused(extended, tmp_path):
     from aekit.export.manifest import ModelError, load_manifest
 
