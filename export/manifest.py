@@ -30,6 +30,7 @@ SHARED_TABLES = {"gaussian-v1": "gaussian_scale_tables_v1.json.gz"}
 MAX_MANIFEST_BYTES = 64 << 20  # larger manifest files are refused before they are read
 REQUIRED_KEYS = ("model_id", "channels", "ratio", "factor", "latent_channels", "latent", "files")
 SUPERSEDES_KEY = "supersedes"  # ids of the models this one extends (aekit add-quality), whose files it decodes
+MAX_SUPERSEDES = 64  # longer lists are refused (each entry is verified by hashing)
 
 
 class ModelError(Exception):
@@ -112,6 +113,8 @@ def _check_supersedes(m: dict[str, Any], path: Path) -> None:
     qualities = (m.get("entropy") or {}).get("qualities") if isinstance(m.get("entropy"), dict) else None
     if not isinstance(sup, list) or not isinstance(qualities, list):
         raise ModelError(f"{path}: {SUPERSEDES_KEY} needs a list and a model with quality tables")
+    if len(sup) > MAX_SUPERSEDES:  # each entry hashes the entropy JSON once more
+        raise ModelError(f"{path}: {SUPERSEDES_KEY} lists {len(sup)} models (at most {MAX_SUPERSEDES})")
     default = m["entropy"].get("default_quality")
     for e in sup:
         n = e.get("qualities") if isinstance(e, dict) else None

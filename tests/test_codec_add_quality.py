@@ -102,6 +102,13 @@ def test_a_second_extension_keeps_every_older_id(extended, tmp_path, monkeypatch
 def test_a_tampered_supersedes_entry_is_refused(extended, tmp_path):
     from aekit.export.manifest import ModelError, load_manifest
 
+    d = tmp_path / "long"
+    shutil.copytree(extended[1], d)
+    m = json.loads((d / "manifest.json").read_text())
+    m["supersedes"] = m["supersedes"] * 65
+    (d / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(ModelError, match="supersedes lists 65 models"):
+        load_manifest(d)
     for change in ({"qualities": 1}, {"model_id": "0123456789abcdef"}, {"qualities": 99}):
         d = tmp_path / "m"
         shutil.rmtree(d, ignore_errors=True)
