@@ -516,6 +516,7 @@ def training(name: str, spec: Spec, m: dict[str, Any]) -> dict[str, Any]:
               + (f" {src.export_args}" if src.export_args else ""))
     if spec.rescaled:
         export += f" && aekit rescale models/zoo/{spec.rescaled} --ratio {m['ratio']} --out models/zoo/{name}"
+    export += add_quality_cmd(name, m)
     return {"data": spec.data, "split": spec.split, "command": src.command,
             "export_command": export,
             "seed": config.get("seed", 0), "epochs": epochs, "time_s": seconds,
@@ -570,6 +571,16 @@ def int8_section(m: dict[str, Any]) -> dict[str, Any]:
                               **({"encoder_fp32_nodes": v["encoder_fp32_nodes"]} if v.get("encoder_fp32_nodes") else {})}}
 
 
+def add_quality_cmd(name: str, m: dict[str, Any]) -> str:
+    """' && aekit add-quality models/zoo/NAME --step ...' for the qualities a model got after export (the ones past
+    its first superseded model's), else ''."""
+    sup = m.get("supersedes") or []
+    if not sup:
+        return ""
+    steps = " ".join(f"--step {q['step']:g}" for q in m["entropy"]["qualities"][sup[0]["qualities"]:])
+    return f" && aekit add-quality models/zoo/{name} {steps}"
+
+
 def refresh(name: str, eval_json: Path | None = None, path: str | None = None) -> dict[str, Any]:
     """Bring a shipped model's card up to date with its folder after a change that keeps the model id
     (int8 variants added, tile contexts written, a new coder) or extends it (aekit add-quality: the card's id is one
@@ -583,6 +594,9 @@ def refresh(name: str, eval_json: Path | None = None, path: str | None = None) -
             card["speed"]["at_default_quality"] = {k: card["heldout"]["default"].get(k) for k in ("label", "psnr", "bpp")}
     if card.get("model_id") in {e["model_id"] for e in m.get("supersedes") or []}:
         card["model_id"] = m["model_id"]  # aekit add-quality: the same networks with more qualities
+        tr = card.get("training") or {}
+        if isinstance(tr.get("export_command"), str):
+            tr["export_command"] = tr["export_command"].split(" && aekit add-quality ")[0] + add_quality_cmd(name, m)
     if card.get("model_id") != m["model_id"]:
         raise SystemExit(f"{name}: the card is for model {card.get('model_id')}, the folder holds {m['model_id']}: "
                          "rebuild it (python -m aekit.bench.zoo build)")
