@@ -15,7 +15,6 @@ aekit finds it for files written with the old id and decodes them with the old q
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import shutil
 import tempfile
@@ -103,6 +102,7 @@ def add_qualities(model_dir: str | Path, steps: list[float], images: str | Path 
     new["model_id"] = model_id_of(src / m["files"]["encoder"], src / m["files"]["decoder"], entropy_bytes(new))
     if out is None:
         save_manifest(src, new)
+        load_manifest(src)  # the new id and supersedes entries verify against the folder
         dest = src
     else:
         dest = Path(out)
@@ -115,7 +115,6 @@ def add_qualities(model_dir: str | Path, steps: list[float], images: str | Path 
             if dest.exists():
                 shutil.rmtree(dest)
             staged.replace(dest)
-    load_manifest(dest)
     return {"model_id": new["model_id"], "folder": str(dest), "supersedes": new[SUPERSEDES_KEY],
             "check_images": source, "qualities": added}
 
