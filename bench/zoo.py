@@ -93,11 +93,11 @@ PHOTO_HQ_CONTEXT_CMD = ("aekit import photos-r9-hq --out runs/ctx-r9hq/imported.
 
 FM_CMD = ("aekit train data/fmnist/train --resize none --channels 1 --width 32 --batch-size 64 --max-images 10000 "
           "--epochs 8 --ratio {r} --threads 1 --seed 0 --out runs/zoo/{name}")
-FM_RD_ARGS = ("data/fmnist/train --arch gdn --channels 1 --ratio {r} --factor {f} --width 64 --res-blocks 2 --resize none "
+FM_RD_ARGS = ("data/fmnist/train --arch gdn --channels 1 --ratio {r} --factor {f} --width 64 --res-blocks {b} --resize none "
               "--batch-size 64 --lr 5e-4 --clip-grad 1.0 --rate-weight 0.0005 --threads 1 --seed 0 --out runs/zoo/fmnist-r{r}")
-FM4 = FM_RD_ARGS.format(r=4, f=4).replace("--res-blocks 2", "--res-blocks 4")
+FM4 = FM_RD_ARGS.format(r=4, f=4, b=4)
 FM_RD_CMD = f"aekit train {FM4} --epochs 5 --stop-after 2 && aekit train {FM4} --epochs 12 --time-budget 100 --resume"
-FM9_RD_CMD = f"aekit train {FM_RD_ARGS.format(r=9, f=6)} --epochs 22 --time-budget 45"
+FM9_RD_CMD = f"aekit train {FM_RD_ARGS.format(r=9, f=6, b=2)} --epochs 22 --time-budget 45"
 FM9_RD_LIMITS = ["Trained for 17 epochs (47 min on one shared core; the 45-minute budget stopped a 22-epoch cosine "
                  "schedule early) at one rate weight (0.0005): PSNR saturates near 25.8 dB from quality 9 up.",
                  "Every file is smaller than WebP's smallest (120 B, 1.23 bpp, 23.9 dB on this set): from 89 B (q7) "
