@@ -159,7 +159,8 @@ def choose(x: np.ndarray, x_hat: np.ndarray, file_bytes: int) -> tuple[PostFilte
     """Original and decoded uint8 (H, W, C), the file's bytes without a filter -> (the filter to store, or None;
     its PSNR gain in dB). Least squares (a Wiener filter) for every radius 0..MAX_RADIUS from one set of normal
     equations accumulated in bands (bounded memory); the radius with the best gain after the price of its bytes
-    (`worth`'s slope) is rounded to 2^-FRAC_BITS, applied with the integer rule and kept if it still pays."""
+    (`worth`'s slope) is rounded to 2^-F (F = FRAC_BITS, fewer where a tap would not fit an int16: `frac_bits`), applied
+    with the integer rule and kept if it still pays."""
     h, w, ch = x.shape
     n = n_taps(MAX_RADIUS, ch)
     n_pairs = len(pairs(MAX_RADIUS))
@@ -187,12 +188,28 @@ def choose(x: np.ndarray, x_hat: np.ndarray, file_bytes: int) -> tuple[PostFilte
         size = 3 + 2 * taps.size
         j = gain - SLOPE_DB_PER_DOUBLING * float(np.log2(1 + size / max(1, file_bytes)))
         if j > best_j:
-            best, best_j = PostFilter(r, FRAC_BITS, np.clip(np.rint(taps * (1 << FRAC_BITS)), -32768, 32767)
-                                      .astype(np.int16)), j
+            best, best_j = quantise(r, taps), j
     if best is None:
         return None, 0.0
     gain = psnr_gain(x, x_hat, apply(x_hat, best))
     return (best, gain) if worth(gain, len(best.to_bytes()), file_bytes) else (None, 0.0)
+
+
+def frac_bits(taps: np.ndarray) -> int:
+    """The fraction bits F for float taps: FRAC_BITS, or fewer where a tap would not fit an int16 at FRAC_BITS (a
+    large bias or colour correction at coarse steps: Fashion-MNIST or photos at 0.01 bpp), down to F_RANGE[0]."""
+    peak = float(np.max(np.abs(taps))) if taps.size else 0.0
+    f = FRAC_BITS
+    while f > F_RANGE[0] and np.rint(peak * (1 << f)) > 32767:
+        f -= 1
+    return f
+
+
+def quantise(radius: int, taps: np.ndarray) -> PostFilter:
+    """Float taps (C, n) -> the filter with integer taps at frac_bits(taps) fraction bits (clipped to int16 only
+    where even F_RANGE[0] bits cannot hold them)."""
+    f = frac_bits(taps)
+    return PostFilter(radius, f, np.clip(np.rint(taps * (1 << f)), -32768, 32767).astype(np.int16))
 
 
 def _sse(x: np.ndarray, y: np.ndarray) -> int:

@@ -70,6 +70,41 @@ def test_choose_keeps_nothing_where_nothing_is_gained():
     assert not pf.worth(0.1, 63, 1000) and pf.worth(0.5, 63, 1000)
 
 
+def test_large_taps_take_fewer_fraction_bits_instead_of_clipping():
+    assert pf.frac_bits(np.array([[0.5, -31.9]])) == pf.FRAC_BITS  # 31.9 · 2^10 fits an int16
+    assert pf.frac_bits(np.array([[0.5, 40.0]])) == 9 and pf.frac_bits(np.array([[-100.0]])) == 8
+    assert pf.frac_bits(np.zeros((3, 4))) == pf.FRAC_BITS
+    # a colour cast of 70 grey levels (a bias tap of 70 · 2^10, over an int16 at F = 10) is corrected, not clipped
+    rng = np.random.default_rng(3)
+    x = rng.integers(90, 256, (32, 32, 3), dtype=np.uint8)
+    x_hat = x.copy()
+    x_hat[..., 0] -= 70
+    f, gain = pf.choose(x, x_hat, 200)
+    assert f is not None and f.radius == 0 and f.frac == 8, f
+    assert np.abs(pf.apply(x_hat, f).astype(int) - x).max() <= 1 and gain > 30
+
+
+def test_a_coarse_photo_gets_its_colour_back():
+    """photos-r9 at quality 1 (0.01 bpp) washes coffee's colour out; the least-squares colour correction needs a bias
+    above 32 grey levels, which F = 10 cannot hold (until session 26 the taps were clipped: chroma ratio 0.87)."""
+    import skimage.data
+
+    from aekit.codec.core import Codec, CodecConfig, Decoder
+    from aekit.export.manifest import resolve_model
+    from aekit.metrics import chroma_ratio, psnr
+
+    model = resolve_model("photos-r9")
+    image = skimage.data.coffee()
+    with_f = Codec(model, CodecConfig(workers=1, quality=1)).compress(image)
+    without = Codec(model, CodecConfig(workers=1, quality=1, post_filter=False)).compress(image)
+    h, _ = parse(with_f)
+    assert h.post_filter and h.post_filter[2] < pf.FRAC_BITS, h.post_filter[:3]
+    dec = Decoder([model])
+    x_f, x_0 = dec.decompress(with_f)[0], dec.decompress(without)[0]
+    assert 0.95 <= chroma_ratio(image, x_f) <= 1.05 and chroma_ratio(image, x_0) < 0.9
+    assert psnr(image, x_f) - psnr(image, x_0) > pf.SLOPE_DB_PER_DOUBLING * np.log2(len(with_f) / len(without))
+
+
 @pytest.fixture(scope="module")
 def rocket_files():
     """scikit-image's rocket (256², sky and walls) through the shipped photos-r9 at its default quality, with and
