@@ -71,7 +71,7 @@ def compress_file(src: str | Path, dst: str | Path, model: str | Path | Codec, *
         image, mode = codec.load(src, lazy=True)
         h, w = image.shape[:2]
         q = codec.symbols([image], packed=True)[0]
-        pixels = np.asarray(image) if codec.filters(h, w) else None  # kept for the post-filter's fit
+        pixels = codec.fit_input(image)  # kept for the post-filter's fit: the pixels, or a large image's windows
         del image  # a large image's pixels go before its symbols are unpacked and coded (issue 17)
         data = codec.pack(np.asarray(q), h, w, mode, pixels)
     except Exception as e:

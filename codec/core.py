@@ -23,7 +23,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from aekit.images import DEFAULT_MAX_PIXELS, ImageError, ImageLimitError, LazyPixels, display, load_for_channels
-from aekit.codec.postfilter import FIT_MAX_PIXELS, PostFilter, apply_rows, choose
+from aekit.codec.postfilter import FIT_MAX_PIXELS, FIT_WINDOW_PX, MAX_RADIUS, PostFilter, Window, apply_rows, choose, choose_windows
 from aekit.codec.postfilter import apply as apply_filter
 from aekit.codec.format import FLAG_TILED, QUANT_INTEGER, QUANT_TANH_UNIFORM, LatentFormatError, LatentHeader, pack, parse
 from aekit.export.entropy import (RDOQ_MAX_SYMBOLS, RDOQ_T, ZSTD_GATE, ZSTD_LEVEL, ZSTD_LEVEL_SMALLEST, EntropyError,
@@ -183,6 +183,40 @@ class TilePool:
         return list(self._pool.map(fn, jobs))
 
 
+@dataclass(frozen=True)
+class FitSample:
+    """What the encoder keeps of an image above FIT_MAX_PIXELS to fit its post-filter once the pixels are gone
+    (Codec.fit_input): per window, the latent box decoded (rows a..b, columns c..d), the pixel box kept (y0..y1,
+    x0..x1, inside the decoded one), the margin of that box around the window's inner pixels (top, bottom, left,
+    right) and the original uint8 pixels of the box."""
+
+    height: int
+    width: int
+    windows: list[tuple[tuple[int, int, int, int], tuple[int, int, int, int], tuple[int, int, int, int], np.ndarray]]
+
+
+def fit_windows(height: int, width: int, factor: int, budget: int,
+                side: int = FIT_WINDOW_PX) -> list[tuple[int, int, int, int]]:
+    """Latent boxes (r0, r1, c0, c1) of the windows a large image's post-filter is fitted on: squares of about
+    `side` pixels (whole latent units, inside the image's whole latent rows and columns), as many as `budget`
+    pixels hold, on a grid spread evenly over the image from edge to edge, not overlapping. [] when the image has
+    no whole latent row or column."""
+    lh, lw = height // factor, width // factor
+    s = max(1, min(side, int(np.sqrt(budget))) // factor)
+    sr, sc = min(s, lh), min(s, lw)
+    if sr == 0 or sc == 0:
+        return []
+    k = max(1, budget // (sr * sc * factor * factor))
+    # the grid (rows gr × columns gc) of the most windows within k, its shape nearest the image's
+    grids = [(gr, max(1, min(lw // sc, k // gr))) for gr in range(1, min(k, lh // sr) + 1)]
+    gr, gc = max(grids, key=lambda g: (g[0] * g[1], -abs(np.log(g[0] * lw / (g[1] * lh)))))
+
+    def starts(n_latent: int, size: int, n: int) -> list[int]:
+        return [(n_latent - size) // 2] if n == 1 else [round(i * (n_latent - size) / (n - 1)) for i in range(n)]
+
+    return [(r, r + sr, c, c + sc) for r in starts(lh, sr, gr) for c in starts(lw, sc, gc)]
+
+
 class Codec:
     """Compress images with one exported model (thread-safe: folder jobs call it from several workers)."""
 
@@ -323,9 +357,47 @@ class Codec:
         )
 
     def filters(self, height: int, width: int) -> bool:
-        """Images of this size get a post-filter fitted (CodecConfig.post_filter; up to FIT_MAX_PIXELS, whether coded
-        whole or in tiles: the same filter either way; larger ones' pixels go before the coder runs, issue 17)."""
+        """Images of this size get a post-filter fitted to all their pixels (CodecConfig.post_filter; up to
+        FIT_MAX_PIXELS, whether coded whole or in tiles: the same filter either way). Larger ones get one fitted to
+        a sample of windows (`fit_input`), since their pixels go before the coder runs (issue 17)."""
         return self.cfg.post_filter and height * width <= FIT_MAX_PIXELS
+
+    def fit_input(self, image: np.ndarray | LazyPixels) -> np.ndarray | FitSample | None:
+        """What `pack` fits the post-filter to, taken from an image's pixels (H, W, C) before they are released:
+        the pixels themselves up to FIT_MAX_PIXELS; above, a FitSample (windows spread over the image, about
+        FIT_MAX_PIXELS in all, each copied with the margin its decode and the filter's taps need); None when
+        CodecConfig.post_filter is off."""
+        if not self.cfg.post_filter:
+            return None
+        h, w = image.shape[:2]
+        if self.filters(h, w):
+            return np.asarray(image)
+        ctx = tile_context(self.rt, "decoder", self.cfg) + 1  # the decoder's reach, and one unit for the filter's
+        boxes = []
+        for r0, r1, c0, c1 in fit_windows(h, w, self.factor, FIT_MAX_PIXELS):
+            a, b = max(0, r0 - ctx), min(h // self.factor, r1 + ctx)  # latent rows and columns decoded
+            c, d = max(0, c0 - ctx), min(w // self.factor, c1 + ctx)
+            boxes.append(((a, b, c, d), (r0, r1, c0, c1)))
+        f, m = self.factor, MAX_RADIUS  # the filter's reach in pixels
+        sample = []
+        for (a, b, c, d), (r0, r1, c0, c1) in boxes:
+            y0, y1 = max(a * f, r0 * f - m), min(b * f, r1 * f + m)  # the inner box and the filter's reach
+            x0, x1 = max(c * f, c0 * f - m), min(d * f, c1 * f + m)
+            sample.append(((a, b, c, d), (y0, y1, x0, x1), (r0 * f - y0, y1 - r1 * f, c0 * f - x0, x1 - c1 * f),
+                           np.array(image[y0:y1, x0:x1])))
+        return FitSample(h, w, sample)
+
+    def choose_sampled(self, q: np.ndarray, header: LatentHeader, sample: FitSample,
+                       file_bytes: int) -> PostFilter | None:
+        """The post-filter fitted to a FitSample: each window's symbols (with their decode margin) decoded on
+        their own, as Decoder.reconstruct decodes the whole latent up to float noise, then `choose_windows`."""
+        f, windows = self.factor, []
+        for (a, b, c, d), (y0, y1, x0, x1), margin, x in sample.windows:
+            part = replace(header, height=(b - a) * f, width=(d - c) * f, latent_shape=(q.shape[0], b - a, d - c),
+                           flags=0, post_filter=b"")
+            x_hat = self.decoded(np.ascontiguousarray(q[:, a:b, c:d]), part)[y0 - a * f:y1 - a * f, x0 - c * f:x1 - c * f]
+            windows.append(Window(x, x_hat, margin))
+        return choose_windows(windows, file_bytes)[0]
 
     def decoded(self, q: np.ndarray, header: LatentHeader) -> np.ndarray:
         """Symbols (c_y, h, w) -> uint8 (H, W, C) of the model's channels, as Decoder.reconstruct decodes them before
@@ -339,18 +411,22 @@ class Codec:
                 self._decoder._entropy[(self.model_id, self.levels, self.quality)] = (self.em, self.quantiser)
         return self._decoder._reconstruct(header, q[None])[0]
 
-    def pack(self, q: np.ndarray, height: int, width: int, mode: str, image: np.ndarray | None = None) -> bytes:
+    def pack(self, q: np.ndarray, height: int, width: int, mode: str,
+             image: np.ndarray | FitSample | None = None) -> bytes:
         """Symbols (c_y, h, w) of one image -> .ael file bytes. image: its uint8 pixels (H, W, C) as coded (the
-        model's channels): the encoder then decodes q, fits a post-filter to them (codec/postfilter.py) and stores
-        it where it pays for its bytes (format version 8); None, images above FIT_MAX_PIXELS or post_filter=False: no
-        filter."""
+        model's channels), or for an image above FIT_MAX_PIXELS the FitSample `fit_input` took from them: the
+        encoder then decodes q (there: the sample's windows), fits a post-filter (codec/postfilter.py) and stores
+        it where it pays for its bytes (format version 8); None or post_filter=False: no filter."""
         coder, payload = self.em.encode(q, self.zstd_level, None if self.cfg.smallest else ZSTD_GATE)
         header = self.header(height, width, mode, coder)
         data = pack(header, payload)  # refuses what parse would refuse
-        if image is not None and self.filters(height, width):
+        flt = None
+        if isinstance(image, FitSample):
+            flt = self.choose_sampled(q, header, image, len(data))
+        elif image is not None and self.filters(height, width):
             flt, _ = choose(np.asarray(image), self.decoded(q, header), len(data))  # fitted to what a decoder gets
-            if flt is not None:
-                data = pack(replace(header, post_filter=flt.to_bytes()), payload)
+        if flt is not None:
+            data = pack(replace(header, post_filter=flt.to_bytes()), payload)
         parse(data, "<written file>")  # read the header back: writer and reader agree
         return data
 
@@ -358,8 +434,7 @@ class Codec:
         """uint8 (B, H, W, C) images of one size (or a list of them, see symbols) -> one .ael file content each."""
         q = self.symbols(images)
         h, w = images[0].shape[:2]
-        keep = self.filters(h, w)
-        return [self.pack(qi, h, w, m, np.asarray(images[i]) if keep else None) for i, (qi, m) in enumerate(zip(q, modes))]
+        return [self.pack(qi, h, w, m, self.fit_input(images[i])) for i, (qi, m) in enumerate(zip(q, modes))]
 
     def compress(self, image: np.ndarray, mode: str | None = None) -> bytes:
         """uint8 (H, W, C) -> .ael bytes; C may be 1 for an RGB model (replicated, mode "L")."""

@@ -619,8 +619,8 @@ def compress_tree(src: str | Path, dst: str | Path, codec: Codec, jcfg: JobConfi
         h, w = images[0].shape[:2]
         modes = [it.data[1] for it in items]
         q = codec.symbols(images, packed=True)  # a tiled image's: compressed while its pixels are alive
-        keep = codec.filters(h, w)  # images decoded whole keep their pixels for the post-filter's fit
-        pixels = [np.asarray(images[i]) for i in range(len(items))] if keep else [None] * len(items)
+        # kept for the post-filter's fit: the pixels, or windows of a large image's (Codec.fit_input)
+        pixels = [codec.fit_input(images[i]) for i in range(len(items))]
         del images
         for it in items:
             it.data = None  # the pixels go before the entropy coder runs (a 178 Mpx photo's are 534 MB)

@@ -20,7 +20,9 @@ F_RANGE = (1, 15)  # F the reader accepts
 SLOPE_DB_PER_DOUBLING = 3.0  # PSNR the shipped photo models gain per doubling of bytes (their RD curves): a filter of
 # s bytes on a B-byte file is kept when it gains more than 3·log2(1 + s/B) dB
 FIT_BAND_PIXELS = 1 << 16  # pixels per band of the normal equations (bounds the feature matrix to 2^16 × 16 float64, 8 MB)
-FIT_MAX_PIXELS = 1 << 22  # the encoder fits a filter only up to this size (larger images' pixels go before coding)
+FIT_MAX_PIXELS = 1 << 22  # the encoder fits a filter to all pixels up to this size; larger images' pixels go before
+# coding, so it keeps windows of about FIT_WINDOW_PX² pixels, FIT_MAX_PIXELS in all, and fits to those (codec/core.py)
+FIT_WINDOW_PX = 512
 
 
 def pairs(radius: int) -> list[tuple[int, int]]:
@@ -161,19 +163,47 @@ def choose(x: np.ndarray, x_hat: np.ndarray, file_bytes: int) -> tuple[PostFilte
     equations accumulated in bands (bounded memory); the radius with the best gain after the price of its bytes
     (`worth`'s slope) is rounded to 2^-F (F = FRAC_BITS, fewer where a tap would not fit an int16: `frac_bits`), applied
     with the integer rule and kept if it still pays."""
-    h, w, ch = x.shape
+    return choose_windows([Window(x, x_hat)], file_bytes)
+
+
+@dataclass(frozen=True)
+class Window:
+    """A part of an image to fit the filter on: original x and decoded x_hat, uint8 (h, w, C) each, of which only
+    the inner box — `margin` = (top, bottom, left, right) pixels in from each side — is fitted and measured; the
+    margin gives the inner pixels their real neighbours (the whole image: no margin, its edges replicated)."""
+
+    x: np.ndarray
+    x_hat: np.ndarray
+    margin: tuple[int, int, int, int] = (0, 0, 0, 0)
+
+    def inner(self, a: np.ndarray) -> np.ndarray:
+        t, b, l, r = self.margin
+        return a[t:a.shape[0] - b, l:a.shape[1] - r]
+
+
+def choose_windows(windows: list[Window], file_bytes: int) -> tuple[PostFilter | None, float]:
+    """`choose` on the inner boxes of several windows of one image together (the encoder's sample of an image too
+    large to keep whole, Codec.fit_input): one set of normal equations over all of them, the gain measured on them
+    with the integer rule and held against the whole file's bytes. (None, 0.0) without windows."""
+    if not windows:
+        return None, 0.0
+    ch = windows[0].x.shape[2]
     n = n_taps(MAX_RADIUS, ch)
     n_pairs = len(pairs(MAX_RADIUS))
-    step = _band_rows(h, w)
     gs, bs, e0 = np.zeros((ch, n, n)), np.zeros((ch, n)), 0.0
-    for c in range(ch):
-        for top in range(0, h, step):
-            rows = min(step, h - top)
-            a = _features(x_hat, top, rows, c, MAX_RADIUS)  # (n, rows·W)
-            t = (x[top:top + rows, :, c].astype(np.float64) - x_hat[top:top + rows, :, c]).reshape(-1)
-            gs[c] += a @ a.T
-            bs[c] += a @ t
-            e0 += float(t @ t)
+    for win in windows:
+        x, x_hat = win.x, win.x_hat
+        h, w = x.shape[:2]
+        t0, b0, l0, r0 = win.margin
+        step = _band_rows(h, w)
+        for c in range(ch):
+            for top in range(t0, h - b0, step):
+                rows = min(step, h - b0 - top)
+                a = _features(x_hat, top, rows, c, MAX_RADIUS).reshape(n, rows, w)[:, :, l0:w - r0].reshape(n, -1)
+                t = (x[top:top + rows, l0:w - r0, c].astype(np.float64) - x_hat[top:top + rows, l0:w - r0, c]).reshape(-1)
+                gs[c] += a @ a.T
+                bs[c] += a @ t
+                e0 += float(t @ t)
     if e0 == 0:
         return None, 0.0
     best, best_j = None, 0.0
@@ -191,7 +221,9 @@ def choose(x: np.ndarray, x_hat: np.ndarray, file_bytes: int) -> tuple[PostFilte
             best, best_j = quantise(r, taps), j
     if best is None:
         return None, 0.0
-    gain = psnr_gain(x, x_hat, apply(x_hat, best))
+    e_before = sum(_sse(win.inner(win.x), win.inner(win.x_hat)) for win in windows)
+    e_after = sum(_sse(win.inner(win.x), win.inner(apply(win.x_hat, best))) for win in windows)
+    gain = float("inf") if e_after == 0 else float(10 * np.log10(max(e_before, 1e-12) / e_after))
     return (best, gain) if worth(gain, len(best.to_bytes()), file_bytes) else (None, 0.0)
 
 

@@ -168,3 +168,55 @@ def test_malformed_blocks_are_refused_with_one_line(rocket_files, monkeypatch):
     old = pack(h, payload)
     with pytest.raises(LatentFormatError, match="^old.ael: post-filter flag in a version-7 file"):
         parse(old, "old.ael")
+
+
+def test_fit_windows_spread_over_the_image_without_overlap():
+    from aekit.codec.core import fit_windows
+
+    boxes = fit_windows(3000, 4000, 8, 1 << 22)  # a 12 Mpx photo at factor 8: 16 windows of 512² (64 latent units)
+    assert len(boxes) == 16 and all((r1 - r0, c1 - c0) == (64, 64) for r0, r1, c0, c1 in boxes)
+    rows, cols = sorted({b[0] for b in boxes}), sorted({b[2] for b in boxes})
+    assert rows[0] == 0 and rows[-1] + 64 == 3000 // 8 and cols[0] == 0 and cols[-1] + 64 == 4000 // 8  # edge to edge
+    assert all(b - a >= 64 for a, b in zip(rows, rows[1:])) and all(b - a >= 64 for a, b in zip(cols, cols[1:]))
+    assert sum((r1 - r0) * (c1 - c0) * 64 for r0, r1, c0, c1 in boxes) <= 1 << 22
+    strip = fit_windows(20, 300000, 8, 1 << 22)  # a strip 20 px high: windows as high as its 2 whole latent rows
+    assert strip and all((r0, r1) == (0, 2) for r0, r1, _, _ in strip)
+    assert fit_windows(5, 10 ** 7, 8, 1 << 22) == []  # no whole latent row
+
+
+def test_a_large_image_gets_a_filter_fitted_to_windows(monkeypatch, tmp_path):
+    """Above FIT_MAX_PIXELS (here lowered so that astronaut, 512², is "large") the encoder keeps windows of the
+    original, fits the filter to their decode, and the file decodes (whole, or streamed in tiles) with it: nearly
+    the gain of the filter fitted to the whole image. compress_file (lazy pixels, tiles) writes the same file."""
+    import skimage.data
+    from PIL import Image
+
+    import aekit.codec.core as core
+    from aekit.codec.api import compress_file
+    from aekit.codec.core import Codec, CodecConfig, Decoder, FitSample
+    from aekit.export.manifest import resolve_model
+    from aekit.metrics import psnr
+
+    model = resolve_model("photos-r9")
+    image = skimage.data.astronaut()
+    whole = Codec(model, CodecConfig(workers=1)).compress(image)
+    without = Codec(model, CodecConfig(workers=1, post_filter=False)).compress(image)
+    monkeypatch.setattr(core, "FIT_MAX_PIXELS", 1 << 16)
+    codec = Codec(model, CodecConfig(workers=1))
+    sample = codec.fit_input(image)
+    assert isinstance(sample, FitSample) and len(sample.windows) == 1
+    sampled = codec.compress(image)
+    h, _ = parse(sampled)
+    assert h.post_filter and len(sampled) == len(whole)
+    dec = Decoder([model])
+    p0, p_whole, p_sampled = (psnr(image, dec.decompress(d)[0]) for d in (without, whole, sampled))
+    assert p_sampled - p0 > 0.6 * (p_whole - p0) > 0, (p0, p_whole, p_sampled)
+    Image.fromarray(image).save(tmp_path / "a.png")
+    tiled = Codec(model, CodecConfig(workers=2, full_res_max_pixels=1 << 16, tile_px=192))
+    out = compress_file(tmp_path / "a.png", tmp_path / "a.ael", tiled)
+    ht, _ = parse(out.read_bytes())
+    assert ht.post_filter and ht.flags & 1  # tiled and filtered
+    streamed = np.concatenate(list(Decoder([model], CodecConfig(full_res_max_pixels=1 << 16, tile_px=192))
+                                   .reconstruct_rows(*Decoder([model]).symbols(out.read_bytes()))))
+    assert psnr(image, streamed) - p0 > 0.6 * (p_whole - p0)
+
