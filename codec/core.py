@@ -190,8 +190,6 @@ class FitSample:
     x0..x1, inside the decoded one), the margin of that box around the window's inner pixels (top, bottom, left,
     right) and the original uint8 pixels of the box."""
 
-    height: int
-    width: int
     windows: list[tuple[tuple[int, int, int, int], tuple[int, int, int, int], tuple[int, int, int, int], np.ndarray]]
 
 
@@ -372,20 +370,17 @@ class Codec:
         h, w = image.shape[:2]
         if self.filters(h, w):
             return np.asarray(image)
-        ctx = tile_context(self.rt, "decoder", self.cfg) + 1  # the decoder's reach, and one unit for the filter's
-        boxes = []
-        for r0, r1, c0, c1 in fit_windows(h, w, self.factor, FIT_MAX_PIXELS):
-            a, b = max(0, r0 - ctx), min(h // self.factor, r1 + ctx)  # latent rows and columns decoded
-            c, d = max(0, c0 - ctx), min(w // self.factor, c1 + ctx)
-            boxes.append(((a, b, c, d), (r0, r1, c0, c1)))
-        f, m = self.factor, MAX_RADIUS  # the filter's reach in pixels
-        sample = []
-        for (a, b, c, d), (r0, r1, c0, c1) in boxes:
-            y0, y1 = max(a * f, r0 * f - m), min(b * f, r1 * f + m)  # the inner box and the filter's reach
+        f, m = self.factor, MAX_RADIUS  # m: the filter's reach in pixels
+        ctx = tile_context(self.rt, "decoder", self.cfg) + 1  # latent units: the decoder's reach and the filter's
+        windows = []
+        for r0, r1, c0, c1 in fit_windows(h, w, f, FIT_MAX_PIXELS):
+            a, b = max(0, r0 - ctx), min(h // f, r1 + ctx)  # latent rows and columns decoded
+            c, d = max(0, c0 - ctx), min(w // f, c1 + ctx)
+            y0, y1 = max(a * f, r0 * f - m), min(b * f, r1 * f + m)  # pixels kept: the window and the filter's reach
             x0, x1 = max(c * f, c0 * f - m), min(d * f, c1 * f + m)
-            sample.append(((a, b, c, d), (y0, y1, x0, x1), (r0 * f - y0, y1 - r1 * f, c0 * f - x0, x1 - c1 * f),
-                           np.array(image[y0:y1, x0:x1])))
-        return FitSample(h, w, sample)
+            windows.append(((a, b, c, d), (y0, y1, x0, x1), (r0 * f - y0, y1 - r1 * f, c0 * f - x0, x1 - c1 * f),
+                            np.array(image[y0:y1, x0:x1])))
+        return FitSample(windows)
 
     def choose_sampled(self, q: np.ndarray, header: LatentHeader, sample: FitSample,
                        file_bytes: int) -> PostFilter | None:
