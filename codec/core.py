@@ -392,6 +392,7 @@ class Codec:
                            flags=0, post_filter=b"")
             x_hat = self.decoded(np.ascontiguousarray(q[:, a:b, c:d]), part)[y0 - a * f:y1 - a * f, x0 - c * f:x1 - c * f]
             windows.append(Window(x, x_hat, margin))
+        self.rt.release_memory("decoder")  # the windows' activations need not stay while the file is written
         return choose_windows(windows, file_bytes)[0]
 
     def decoded(self, q: np.ndarray, header: LatentHeader) -> np.ndarray:

@@ -21,8 +21,9 @@ SLOPE_DB_PER_DOUBLING = 3.0  # PSNR the shipped photo models gain per doubling o
 # s bytes on a B-byte file is kept when it gains more than 3·log2(1 + s/B) dB
 FIT_BAND_PIXELS = 1 << 16  # pixels per band of the normal equations (bounds the feature matrix to 2^16 × 16 float64, 8 MB)
 FIT_MAX_PIXELS = 1 << 22  # the encoder fits a filter to all pixels up to this size; larger images' pixels go before
-# coding, so it keeps windows of about FIT_WINDOW_PX² pixels, FIT_MAX_PIXELS in all, and fits to those (codec/core.py)
-FIT_WINDOW_PX = 512
+# coding, so it keeps windows of about FIT_WINDOW_PX² pixels, FIT_MAX_PIXELS in all, and fits to those (codec/core.py);
+# 256² keeps each window's decoder call small (its arena adds to what the coder holds: peak RSS, issue 17)
+FIT_WINDOW_PX = 256
 
 
 def pairs(radius: int) -> list[tuple[int, int]]:

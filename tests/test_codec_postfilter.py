@@ -173,7 +173,8 @@ def test_malformed_blocks_are_refused_with_one_line(rocket_files, monkeypatch):
 def test_fit_windows_spread_over_the_image_without_overlap():
     from aekit.codec.core import fit_windows
 
-    boxes = fit_windows(3000, 4000, 8, 1 << 22)  # a 12 Mpx photo at factor 8: 16 windows of 512² (64 latent units)
+    assert len(fit_windows(3000, 4000, 8, 1 << 22)) == 64  # a 12 Mpx photo at factor 8: 64 windows of 256²
+    boxes = fit_windows(3000, 4000, 8, 1 << 22, side=512)  # or 16 of 512² (64 latent units)
     assert len(boxes) == 16 and all((r1 - r0, c1 - c0) == (64, 64) for r0, r1, c0, c1 in boxes)
     rows, cols = sorted({b[0] for b in boxes}), sorted({b[2] for b in boxes})
     assert rows[0] == 0 and rows[-1] + 64 == 3000 // 8 and cols[0] == 0 and cols[-1] + 64 == 4000 // 8  # edge to edge
