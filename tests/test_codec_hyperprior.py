@@ -299,7 +299,8 @@ def test_compress_decodes_what_the_trained_model_decodes(hp_model, rgb_photos):
     best = max(q["quality"] for q in m["entropy"]["qualities"])
     step = next(q["step"] for q in m["entropy"]["qualities"] if q["quality"] == best)
     image = rgb_photos[2][:240, :360]
-    data = core.Codec(hp_model, core.CodecConfig(quality=best)).compress(image)
+    # the networks' output: no post-filter (on this seconds-old model it corrects a large colour error)
+    data = core.Codec(hp_model, core.CodecConfig(quality=best, post_filter=False)).compress(image)
     x, h = core.Decoder([hp_model]).decompress(data)
     assert x.shape == image.shape and h.quality == best
     model, _ = load_model(m["training"]["checkpoint"])
