@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 
 def _sse_rows(decoder: Any, data: bytes, original: np.ndarray) -> tuple[int, int]:
@@ -65,7 +68,7 @@ def run(images: list[Path], models: list[str]) -> list[dict[str, Any]]:
                     row[label] = {"bytes": len(data), "bpp": 8 * len(data) / (original.shape[0] * original.shape[1]),
                                   "psnr": float(10 * np.log10(255.0 ** 2 * n / max(sse, 1))),
                                   "filter": {"radius": block[1], "frac_bits": block[2], "bytes": len(block)} if block else None}
-                    print(f"{name} {path.name} {label}: {len(data)} B, {row[label]['psnr']:.3f} dB", flush=True)
+                    log.info("%s %s %s: %d B, %.3f dB", name, path.name, label, len(data), row[label]["psnr"])
                 rows.append(row)
     return rows
 
@@ -90,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("-m", "--model", action="append", required=True)
     p.add_argument("--out", type=Path, required=True, help="OUT.json and OUT.md are written")
     args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     rows = run(args.images, args.model)
     command = "python -m aekit.bench.postfilter_large " + " ".join(sys.argv[1:] if argv is None else argv)
     env = environment("cpu")

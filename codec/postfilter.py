@@ -222,9 +222,8 @@ def choose_windows(windows: list[Window], file_bytes: int) -> tuple[PostFilter |
             best, best_j = quantise(r, taps), j
     if best is None:
         return None, 0.0
-    e_before = sum(_sse(win.inner(win.x), win.inner(win.x_hat)) for win in windows)
-    e_after = sum(_sse(win.inner(win.x), win.inner(apply(win.x_hat, best))) for win in windows)
-    gain = float("inf") if e_after == 0 else float(10 * np.log10(max(e_before, 1e-12) / e_after))
+    gain = gain_db(sum(_sse(win.inner(win.x), win.inner(win.x_hat)) for win in windows),
+                   sum(_sse(win.inner(win.x), win.inner(apply(win.x_hat, best))) for win in windows))
     return (best, gain) if worth(gain, len(best.to_bytes()), file_bytes) else (None, 0.0)
 
 
@@ -257,12 +256,12 @@ def _sse(x: np.ndarray, y: np.ndarray) -> int:
     return total
 
 
-def psnr_gain(x: np.ndarray, x_hat: np.ndarray, filtered: np.ndarray) -> float:
-    """PSNR of `filtered` minus PSNR of `x_hat` against x, in dB (+inf when x_hat had errors and filtered none)."""
-    e0, e1 = _sse(x, x_hat), _sse(x, filtered)
-    if e1 == 0:
-        return float("inf") if e0 > 0 else 0.0
-    return float(10 * np.log10(max(e0, 1e-12) / e1))
+def gain_db(e_before: int, e_after: int) -> float:
+    """PSNR gain in dB of a filter that takes the sum of squared errors from e_before to e_after (+inf when it
+    leaves none of them, 0.0 when there were none)."""
+    if e_after == 0:
+        return float("inf") if e_before > 0 else 0.0
+    return float(10 * np.log10(max(e_before, 1e-12) / e_after))
 
 
 def worth(gain_db: float, filter_bytes: int, file_bytes: int) -> bool:
