@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from aekit.codec import postfilter as pf
-from aekit.codec.format import FLAG_FILTER, LatentFormatError, parse
+from aekit.codec.format import FLAG_FILTER, FLAG_TILED, LatentFormatError, parse
 
 
 def _reference(x: np.ndarray, f: pf.PostFilter) -> np.ndarray:
@@ -216,7 +216,7 @@ def test_a_large_image_gets_a_filter_fitted_to_windows(monkeypatch, tmp_path):
     tiled = Codec(model, CodecConfig(workers=2, full_res_max_pixels=1 << 16, tile_px=192))
     out = compress_file(tmp_path / "a.png", tmp_path / "a.ael", tiled)
     ht, _ = parse(out.read_bytes())
-    assert ht.post_filter and ht.flags & 1  # tiled and filtered
+    assert ht.post_filter and ht.flags & FLAG_TILED  # tiled and filtered
     streamed = np.concatenate(list(Decoder([model], CodecConfig(full_res_max_pixels=1 << 16, tile_px=192))
                                    .reconstruct_rows(*Decoder([model]).symbols(out.read_bytes()))))
     assert psnr(image, streamed) - p0 > 0.6 * (p_whole - p0)
