@@ -251,3 +251,18 @@ def test_calibrate_refuses_to_write_into_the_package(tmp_path, monkeypatch, caps
     assert main(["calibrate", "fmnist-detect", str(_gray_images(tmp_path / "normal" / "trouser"))]) == 2
     assert "calibrate a copy" in capsys.readouterr().err
     assert (zoo.path("fmnist-detect") / "manifest.json").read_bytes() == before
+
+
+def test_gpu_recipe_names_shipped_models_and_refuses_others():
+    """bench/train_gpu.sh (the prepared device run): parses, and an unknown model is one line and exit 2 before
+    anything installs or trains. Its end-to-end check is `DEVICE=cpu SMOKE=1 bash bench/train_gpu.sh photos-r4 0.2`
+    (minutes on a CPU: not part of the suite)."""
+    import re
+    import subprocess
+
+    script = Path(__file__).resolve().parents[1] / "bench" / "train_gpu.sh"
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    names = re.findall(r"^  (photos-[\w-]+)\)", script.read_text(), re.M)
+    assert names and all(n in EXPECTED for n in names)
+    r = subprocess.run(["bash", str(script), "photos-r5"], capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "unknown model photos-r5" in r.stderr
