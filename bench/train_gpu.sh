@@ -85,7 +85,7 @@ cmd="aekit train data/photos-plus/train --arch gdn-hp --channels 3 --ratio 9 --w
 say "$cmd --init-from $src_ckpt --stop-after 1"
 $cmd --init-from "$src_ckpt" --stop-after 1
 n=$(python -c "
-import csv, math
+import csv
 t = float(list(csv.DictReader(open('$run/log.csv')))[-1]['epoch_time_s'])
 print(max(2, min(400, int($minutes * 60 // t))))")
 say "first epoch timed: $n epochs in $minutes minutes"
