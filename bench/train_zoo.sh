@@ -41,9 +41,9 @@ context() {
   for m in "$@"; do nice -n 19 aekit add-context "$m" "$out/context.pt" --force; done
 }
 
-export_model() {  # NAME [more aekit export args]: runs/zoo/NAME/best.pt -> models/zoo/NAME -> aekit/zoo/NAME + card
+export_model() {  # NAME [more aekit export args]: runs/zoo/RUN/best.pt (RUN: default NAME) -> models/zoo/NAME -> aekit/zoo/NAME + card
   local name=$1; shift
-  nice -n 19 aekit export "runs/zoo/$name/best.pt" --out "models/zoo/$name" --force "$@"
+  nice -n 19 aekit export "runs/zoo/${RUN:-$name}/best.pt" --out "models/zoo/$name" --force "$@"
   [[ ${CARDS:-1} == 1 ]] && nice -n 19 python -m aekit.bench.zoo build "$name"  # held-out evaluate, card.json
   return 0
 }
@@ -74,8 +74,7 @@ if need fmnist-r4; then
   train fmnist-r4 $FMRD4 --epochs 12 --time-budget 100
   [[ -f runs/zoo/fmnist-r4-s2/last.pt ]] || init="--init-from runs/zoo/fmnist-r4/best.pt"
   train fmnist-r4-s2 ${FMRD4/--lr 5e-4/--lr 2e-4} --epochs 8 --time-budget 62 ${init:-}; unset init
-  nice -n 19 aekit export runs/zoo/fmnist-r4-s2/best.pt --out models/zoo/fmnist-r4 --force --weights fp16
-  [[ ${CARDS:-1} == 1 ]] && nice -n 19 python -m aekit.bench.zoo build fmnist-r4
+  RUN=fmnist-r4-s2 export_model fmnist-r4 --weights fp16
 fi
 # fmnist-r9: the same design at 1/9, H/6 (4 channels: 5 x 5 positions on a 28² image padded to 30²), one run
 # of at most 22 epochs within a 45-minute budget.
