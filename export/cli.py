@@ -150,9 +150,14 @@ def cmd_import(args: argparse.Namespace) -> int:
     rec = import_model(args.model, args.out, force=args.force)
     errors = ", ".join(f"{k[:-6]} {v:.1e}" for k, v in rec.items() if k.endswith("_error"))
     lam = f" --rate-weight {rec['rate_weight']:g}" if rec.get("rate_weight") else ""
+    r = rec.get("rescaled")
+    grid = f" --grid-scale {r['grid_scale']:g}" if r else ""
     print(f"{args.out}: {rec['arch']} model {rec['model_id']} as a checkpoint (max relative error against the "
-          f"graphs: {errors}; prior {rec['prior_excess_bits']:.4f} bits/symbol over its tables)\n"
-          f"fine-tune it: aekit train DATA {train_flags(rec['model_config'])} --init-from {args.out}{lam} --out RUN")
+          f"graphs: {errors}; prior {rec['prior_excess_bits']:.4f} bits/symbol over its tables)"
+          + (f"; a rescaled model: its source transform ({r['from']}, {r['from_model_id']}) on a grid "
+             f"{r['grid_scale']:g}x as fine" if r else "") + "\n"
+          f"fine-tune it: aekit train DATA {train_flags(rec['model_config'])}{grid} --init-from {args.out}{lam} "
+          "--out RUN" + (f" (then aekit export, aekit rescale --ratio {r['ratio']})" if r else ""))
     return 0
 
 

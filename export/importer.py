@@ -21,9 +21,16 @@ checkpoint's function needs, so the checkpoint is rebuilt from it:
   to those tables by minimising the cross-entropy Σ p_table · −log2 p_model over every symbol (and, for
   y's prior, every quality step's table set); the checkpoint records the bits per symbol it is off by.
 
+A rescaled model (`aekit rescale`: photos-r4, photos-r4-hq) imports as its source transform: the Resize
+nodes rescale added before the encoder and after the decoder (export/rescale.py) are taken out of the graphs
+again, the model config gets the source's ratio back, and the checkpoint records the grid (`grid_scale`:
+1.5 for photos-r4) that `aekit train`, `refit-hyperprior` and `fit-context` then read, so a fine-tune goes
+on where the 1/4 model's own stage left off; export it and `aekit rescale` it again to ship it.
+
 The result is checked before it is written: the rebuilt g_a and g_s against onnxruntime on real images
-(relative error ≤ IMPORT_TOLERANCE), h_s against the integer decoder. Int8-only models (photos-r9-fast),
-rescaled ones (import their source) and the tanh-latent architectures are refused with a one-line reason.
+(relative error ≤ IMPORT_TOLERANCE; a rescaled model's against its source graphs), h_s against the integer
+decoder. Int8-only models (photos-r9-fast) and the tanh-latent architectures are refused with a one-line
+reason.
 """
 
 from __future__ import annotations
@@ -59,16 +66,45 @@ def _constants(model: Any) -> dict[str, np.ndarray]:
     return {k: np.asarray(v, dtype=np.float32) for k, v in const.items()}
 
 
-def graph_layers(path: str | Path) -> list[tuple[str, np.ndarray, np.ndarray]]:
-    """An exported encoder/decoder/hyper-encoder graph -> its layers in graph order:
-    ("conv" | "conv_transpose" | "gdn", weight float32, bias float32).
+RESCALE_PREFIXES = ("rescale_in/", "rescale_out/")  # export/rescale.py's names for the nodes it adds
 
-    A "gdn" layer is a 1×1 Conv fed by Mul(t, t): weight γ (C, C, 1, 1), bias β (C,) of aekit.layers.GDN.
-    Raises ImportModelError for ops outside what the gdn/klt transforms export (e.g. an int8 graph).
-    """
+
+def source_graph(path: str | Path, io: dict[str, str] | None = None) -> Any:
+    """The ONNX graph at path, with the Resize aekit rescale added (export/rescale.py: the nodes reading or
+    writing "rescale_in/*" before an encoder, "rescale_out/*" after a decoder) taken out again: the source
+    model's graph, input `io["input"]` and output `io["output"]` as before. A graph without them comes back
+    as loaded. Returns an onnx.ModelProto."""
     import onnx
 
     model = onnx.load(str(path))
+    g = model.graph
+    added = [n for n in g.node if any(t.startswith(RESCALE_PREFIXES) for t in (*n.input, *n.output))]
+    if not added:
+        return model
+    io = io or {"input": g.input[0].name, "output": g.output[0].name}
+    names = {f"{io['input']}/resampled": io["input"], f"{io['output']}/native": io["output"]}
+    keep = [n for n in g.node if n not in added]
+    for n in keep:
+        n.input[:] = [names.get(t, t) for t in n.input]
+        n.output[:] = [names.get(t, t) for t in n.output]
+    del g.node[:]
+    g.node.extend(keep)
+    for t in [t for t in g.initializer if t.name.startswith(RESCALE_PREFIXES)]:
+        g.initializer.remove(t)
+    return model
+
+
+def graph_layers(path: str | Path | Any) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """An exported encoder/decoder/hyper-encoder graph (a path, or an onnx.ModelProto: source_graph's) ->
+    its layers in graph order: ("conv" | "conv_transpose" | "gdn", weight float32, bias float32).
+
+    A "gdn" layer is a 1×1 Conv fed by Mul(t, t): weight γ (C, C, 1, 1), bias β (C,) of aekit.layers.GDN.
+    Raises ImportModelError for ops outside what the gdn/klt transforms export (e.g. an int8 graph, or a
+    rescaled one not passed through source_graph).
+    """
+    import onnx
+
+    model = onnx.load(str(path)) if isinstance(path, (str, Path)) else path
     const = _constants(model)
     producer = {o: n for n in model.graph.node for o in n.output}
     layers: list[tuple[str, np.ndarray, np.ndarray]] = []
@@ -230,7 +266,8 @@ def import_model(model: str | Path, out: str | Path, force: bool = False) -> dic
 
     Returns the checkpoint's "imported" record: source folder and model id, the check's relative errors
     of y and x̂ (and h_s), the prior's excess bits per symbol, the model config and the rate weight at
-    which the source's default quality is optimal (source_lambda). Raises ImportModelError (folder: reason)
+    which the source's default quality is optimal (source_lambda); for a rescaled model also "rescaled"
+    (source name and id, grid scale). Raises ImportModelError (folder: reason)
     for a model it cannot import, a rebuilt model that does not reproduce the graphs, or an existing
     `out` without force; ModelError (aekit.export.manifest) for a folder that is not a model.
     """
@@ -248,10 +285,15 @@ def import_model(model: str | Path, out: str | Path, force: bool = False) -> dic
     m = load_manifest(folder)
     cfg_dict = dict(m.get("model_config") or {})
     arch = cfg_dict.get("arch")
-    if m.get("rescaled"):
-        src = m["rescaled"]
-        raise ImportModelError(f"{folder}: a rescaled model (aekit rescale of {src.get('from')}, "
-                               f"{src.get('from_model_id')}): its networks are the source's, import that model")
+    rescaled = m.get("rescaled") or None
+    if rescaled:  # the source transform, run on a grid `scale` times as fine
+        try:
+            cfg_dict["ratio"], multiple, grid = int(rescaled["from_ratio"]), int(rescaled["from_factor"]), \
+                float(rescaled["scale"])
+        except (KeyError, TypeError, ValueError):
+            raise ImportModelError(f"{folder}: its 'rescaled' record lacks from_ratio, from_factor or scale") from None
+    else:
+        multiple, grid = int(m["padding"]["multiple"]), 1.0
     if arch not in IMPORT_ARCHS or (m.get("latent") or {}).get("quantiser") != "integer":
         raise ImportModelError(f"{folder}: arch {arch!r}: only rate-distortion models ({', '.join(IMPORT_ARCHS)}) "
                                "can be imported")
@@ -265,12 +307,18 @@ def import_model(model: str | Path, out: str | Path, force: bool = False) -> dic
     except (TypeError, ValueError) as e:
         raise ImportModelError(f"{folder}: model_config does not build a model ({e})") from None
     net = build_model(cfg).eval()
-    _load_sequence(net.encoder, graph_layers(folder / files["encoder"]), f"{folder}/{files['encoder']}")
-    _load_sequence(net.decoder, graph_layers(folder / files["decoder"]), f"{folder}/{files['decoder']}")
+    io = {"encoder": {"input": "x", "output": "y"}, "decoder": {"input": "y_hat", "output": "x_hat"},
+          **(m.get("io") or {})}
+    graphs = {part: source_graph(folder / files[part], io[part]) for part in ("encoder", "decoder")}
+    _load_sequence(net.encoder, graph_layers(graphs["encoder"]), f"{folder}/{files['encoder']}")
+    _load_sequence(net.decoder, graph_layers(graphs["decoder"]), f"{folder}/{files['decoder']}")
     if hasattr(net, "y_gain"):
         split_gain(net)
     record: dict[str, Any] = {"from": str(folder), "model_id": m.get("model_id"), "arch": arch,
                               "model_config": cfg.to_dict()}
+    if rescaled:
+        record["rescaled"] = {"from": rescaled.get("from"), "from_model_id": rescaled.get("from_model_id"),
+                              "grid_scale": grid, "ratio": int(m["ratio"])}
     half = (int(m["latent"]["levels"]) - 1) // 2
     if cfg.hyperprior:
         hyper = m["entropy"]["hyper"]
@@ -283,14 +331,17 @@ def import_model(model: str | Path, out: str | Path, force: bool = False) -> dic
     torch.manual_seed(0)
     record["prior_excess_bits"] = round(fit_prior_to_tables(net.entropy, targets), 5)
 
-    # the check: the rebuilt networks against onnxruntime on real images
-    from aekit.export.runtime import cached_session, select_providers
+    # the check: the rebuilt networks against onnxruntime on real images (a rescaled model's source graphs)
+    import onnxruntime
+
+    sessions = {part: onnxruntime.InferenceSession(graphs[part].SerializeToString(), providers=["CPUExecutionProvider"])
+                for part in graphs}
 
     def ort(part: str, feed: np.ndarray) -> np.ndarray:
-        sess = cached_session(folder / files[part], select_providers("cpu"))
+        sess = sessions[part]
         return sess.run(None, {sess.get_inputs()[0].name: feed})[0]
 
-    images = _check_images(cfg.channels, int(m["padding"]["multiple"]))
+    images = _check_images(cfg.channels, multiple)
     x = (images.astype(np.float32) / 127.5 - 1).transpose(0, 3, 1, 2).copy()
     with torch.no_grad():
         y_ort = ort("encoder", x)
@@ -316,12 +367,16 @@ def import_model(model: str | Path, out: str | Path, force: bool = False) -> dic
     lam = source_lambda(m)
     record["rate_weight"] = None if lam is None else float(f"{lam:.3g}")
     training = dict(m.get("training") or {})
+    train_config: dict[str, Any] = {} if lam is None else {"rate_weight": record["rate_weight"]}
+    summary: dict[str, Any] = {**training, "imported": record}
+    if rescaled:  # aekit train --init-from, refit-hyperprior and fit-context read the grid from here
+        train_config["grid_scale"] = summary["grid_scale"] = grid
     save_checkpoint(out, {"model_config": cfg.to_dict(), "state_dict": net.state_dict(),
                           # 0-based, as aekit train saves it (the summary's best_epoch counts from 1)
                           "epoch": max(0, int(training.get("best_epoch") or training.get("epochs") or 1) - 1),
-                          "history": [], "summary": {**training, "imported": record}, "latent_hist": [],
+                          "history": [], "summary": summary, "latent_hist": [],
                           # an export of this checkpoint chooses its default quality at this λ (export/onnx.py)
-                          "train_config": {} if lam is None else {"rate_weight": record["rate_weight"]}})
+                          "train_config": train_config})
     return record
 
 
@@ -345,8 +400,13 @@ def train_flags(model_config: dict[str, Any]) -> str:
 def source_lambda(m: dict[str, Any]) -> float | None:
     """The rate weight λ at which the model's default quality minimises D + λ·R on its export's own check
     (each quality's "check": mean PSNR and bpp on real crops; D = 4 · 10^(−PSNR/10), the MSE on [−1, 1] that
-    training minimises), by aekit.export.rescale.implied_lambda; None without those figures."""
+    training minimises), by aekit.export.rescale.implied_lambda; None without those figures. A rescaled
+    model's is the one its rescale recorded for the source's default (rescaled.default_quality.lambda)."""
     from aekit.export.rescale import implied_lambda
+
+    dq = (m.get("rescaled") or {}).get("default_quality")
+    if isinstance(dq, dict) and isinstance(dq.get("lambda"), (int, float)):
+        return float(dq["lambda"])
 
     ent = m.get("entropy") or {}
     points = {int(q["quality"]): (4 * 10 ** (-float(q["check"]["psnr"]) / 10), float(q["check"]["bpp"]))

@@ -91,7 +91,6 @@ def test_a_factorized_model_with_residual_units_imports(gray_dir, tmp_path):
 
 
 @pytest.mark.parametrize("name,why", [
-    ("photos-r4-hq", "a rescaled model (aekit rescale of photos-r9-hq"),
     ("photos-r9-fast", "its encoder ships as int8 only"),
     ("fmnist-detect", "arch 'dcgan': only rate-distortion models"),
 ])
@@ -99,6 +98,33 @@ def test_models_it_cannot_import_get_one_line_and_exit_2(name, why, tmp_path, ca
     assert main(["import", name, "--out", str(tmp_path / "x.pt")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and why in err[0] and not (tmp_path / "x.pt").exists()
+
+
+def test_a_rescaled_model_imports_as_its_source_transform_on_the_finer_grid(tmp_path, capsys):
+    """photos-r4 (aekit rescale of photos-r9-g15 by 1.5): the checkpoint is the 1/9 source transform with grid_scale
+    1.5, and that transform run on the image resampled 1.5x (Pillow's bicubic, as the graph's Resize) gives the
+    shipped 1/4 model's y."""
+    from aekit.export.manifest import resolve_model
+    from aekit.export.runtime import Runtime
+    from aekit.images import resample_matrix
+
+    out = tmp_path / "r4.pt"
+    assert main(["import", "photos-r4", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "a rescaled model: its source transform (photos-r9-g15" in text and "--ratio 9 --width 128 --grid-scale 1.5 " \
+        in text and "aekit rescale --ratio 4" in text
+    net, ckpt = load_model(out)
+    rec = ckpt["summary"]["imported"]
+    assert rec["rescaled"]["grid_scale"] == 1.5 and rec["model_config"]["ratio"] == 9 and net.factor == 12
+    assert ckpt["train_config"]["grid_scale"] == 1.5 and ckpt["summary"]["grid_scale"] == 1.5
+    images = _images()  # 96 × 120: a multiple of photos-r4's 8 -> 144 × 180 on the source's grid, a multiple of 12
+    x = images.astype(np.float32) / 127.5 - 1
+    x = np.einsum("ph,bhwc,qw->bcpq", resample_matrix(96, 144), x, resample_matrix(120, 180)).astype(np.float32)
+    with torch.no_grad():
+        y = net.encode(torch.from_numpy(x)).numpy()
+    y_ref = Runtime(resolve_model("photos-r4"), "cpu").encode(images)
+    assert y.shape == y_ref.shape == (2, 48, 12, 15)
+    np.testing.assert_allclose(y, y_ref, atol=1e-3 * np.abs(y_ref).max())
 
 
 def test_cli_prints_the_train_command_and_refuses_to_overwrite(hp_run, tmp_path, capsys):
