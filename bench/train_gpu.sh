@@ -2,8 +2,9 @@
 # One prepared GPU run for a photo model (issue 13: "where a GPU is available, train there too with one prepared
 # script and record both recipes side by side"). It repeats the last CPU stages of bench/train_zoo.sh's recipe for
 # NAME, with the training step on the GPU and far more crops than a CPU session can afford:
-#   the shipped source transform (aekit import)  ->  trained on end to end on the 28 photos of
-#   `aekit data photos --more` (photos-r4/-hq: on the 1.5x grid, --grid-scale 1.5, as their CPU fine-tunes)
+#   the shipped model's transform (aekit import NAME; a 1/4 model imports as its 1/9 source transform with
+#   grid_scale 1.5)  ->  trained on end to end on the 28 photos of `aekit data photos --more` (photos-r4/-hq: on the
+#   1.5x grid, --grid-scale 1.5, as their CPU fine-tunes)
 #   ->  its hyperprior refitted at every quality step (CPU threads)  ->  exported  ->  (1/4) aekit rescale.
 # The channel context, the int8 variants, the evaluation and the card stay on the CPU afterwards (bench/train_zoo.sh's
 # context/add-int8 steps, `aekit evaluate`, `python -m aekit.bench.zoo refresh`): they need no GPU.
@@ -11,8 +12,8 @@
 # On the device machine (the `run` tool: a bare image with torch (CUDA), onnx, onnxscript, numpy and pillow, a
 # CPU-only onnxruntime, no network; one call at most 10 minutes):
 #   here first: aekit data photos data/photos-plus --more          (the 28 training photos, 19 MB)
-#               aekit import photos-r9 --out runs/gpu-src/photos-r9-imported.pt   (10 MB; its check reads
-#                 scikit-image's photos, which the device image lacks; photos-r9-hq for the -hq models)
+#               aekit import NAME --out runs/gpu-src/NAME-imported.pt   (10 MB; its check reads
+#                 scikit-image's photos, which the device image lacks)
 #               pip download --only-binary=:all: --python-version 3.12 --platform manylinux2014_x86_64 --no-deps \
 #                 constriction zstandard tqdm threadpoolctl -d .whl     (6 MB: the project's runtime needs)
 #   carry:   data/photos-plus  runs/gpu-src  .whl
@@ -29,8 +30,8 @@ cd "$(dirname "$0")/.."
 name=${1:?usage: bash bench/train_gpu.sh NAME [MINUTES]  (NAME: photos-r4 photos-r4-hq photos-r9 photos-r9-hq)}
 minutes=${2:-6}
 case $name in
-  photos-r4)    src=photos-r9;    rw=0.01;   grid=1.5 ;;
-  photos-r4-hq) src=photos-r9-hq; rw=0.0025; grid=1.5 ;;
+  photos-r4)    src=photos-r4;    rw=0.01;   grid=1.5 ;;
+  photos-r4-hq) src=photos-r4-hq; rw=0.0025; grid=1.5 ;;
   photos-r9)    src=photos-r9;    rw=0.01;   grid=1 ;;
   photos-r9-hq) src=photos-r9-hq; rw=0.0025; grid=1 ;;
   *) echo "bench/train_gpu.sh: unknown model $name (photos-r4 photos-r4-hq photos-r9 photos-r9-hq)" >&2; exit 2 ;;
