@@ -307,8 +307,9 @@ def import_model(model: str | Path, out: str | Path, force: bool = False) -> dic
     except (TypeError, ValueError) as e:
         raise ImportModelError(f"{folder}: model_config does not build a model ({e})") from None
     net = build_model(cfg).eval()
-    io = {"encoder": {"input": "x", "output": "y"}, "decoder": {"input": "y_hat", "output": "x_hat"},
-          **(m.get("io") or {})}
+    from aekit.export.rescale import graph_io
+
+    io = graph_io(m)
     graphs = {part: source_graph(folder / files[part], io[part]) for part in ("encoder", "decoder")}
     _load_sequence(net.encoder, graph_layers(graphs["encoder"]), f"{folder}/{files['encoder']}")
     _load_sequence(net.decoder, graph_layers(graphs["decoder"]), f"{folder}/{files['decoder']}")

@@ -45,6 +45,13 @@ DROPPED = ("int8_variants", "int8", "speed", "verification", "graph", "tile_cont
            "fp16")  # figures of the source's graphs (and a detector's banks); re-measured or left out
 
 
+def graph_io(m: dict[str, Any]) -> dict[str, dict[str, str]]:
+    """The encoder's and decoder's input and output names of manifest m ("io"; the exporter's x -> y and
+    y_hat -> x_hat where an older manifest has none)."""
+    return {"encoder": {"input": "x", "output": "y"}, "decoder": {"input": "y_hat", "output": "x_hat"},
+            **(m.get("io") or {})}
+
+
 def rescaled_factor(m: dict[str, Any], ratio: int) -> int:
     """The factor f' giving `ratio` to a model of manifest m: f'²·C = ratio·c_y.
 
@@ -277,8 +284,7 @@ def rescale_model(src: str | Path, out: str | Path, ratio: int, force: bool = Fa
     out = Path(out)
     if out.exists() and not force:
         raise ModelError(f"{out}: exists (use --force to replace it)")
-    io = {"encoder": {"input": "x", "output": "y"}, "decoder": {"input": "y_hat", "output": "x_hat"},
-          **(m.get("io") or {})}
+    io = graph_io(m)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     tmp.chmod(DIR_MODE)  # mkdtemp made it private (as export_model does)
