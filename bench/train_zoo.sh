@@ -201,27 +201,25 @@ for spec in "photos-r4 photos-r9 0.01 50 photos-plus 9" "photos-r4-hq photos-r9-
   rf=runs/zoo/$g-rf
   RDATA=data/$data/train refit runs/zoo/$g $rf 2000
   nice -n 19 aekit export $rf/best.pt --out models/zoo/$g --force
-  if [[ $name == photos-r4 ]]; then
-    # stage 3 (session 28): that transform (shipped as photos-r4 da91c8e3a04f7b79 until then) trained on from where
-    # it stopped, a full cosine from lr 5e-5 over 13 epochs, and refitted again. Recorded: the import of the shipped
-    # photos-r4 (`aekit import photos-r4`: the same weights as this export, with grid_scale 1.5), 13 epochs in 42 min
-    # on one thread, the refit on two.
-    [[ -f runs/zoo/photos-r4-s3/last.pt ]] || { nice -n 19 aekit import models/zoo/$g --force \
-      --out runs/zoo/photos-r4-imported.pt; init="--init-from runs/zoo/photos-r4-imported.pt"; }
-    train photos-r4-s3 data/$data/train --arch gdn-hp --channels 3 --ratio 9 --width 128 --size 192 \
-      --resize random-crop --repeat $repeat --batch-size 8 --epochs 13 --time-budget 50 --lr 5e-5 --freeze-epochs 0 \
-      --clip-grad 1.0 --rate-weight $rw --grid-scale 1.5 ${init:-}
-    unset init
-    rf=runs/zoo/photos-r4-s3-rf
-    RDATA=data/$data/train refit runs/zoo/photos-r4-s3 $rf 2000
-    nice -n 19 aekit export $rf/best.pt --out models/zoo/$g --force
-  fi
+  # stage 3: that transform trained on from where it stopped, a full cosine from lr 5e-5 over 13 epochs on the 28
+  # photos (9 crops of each an epoch), and refitted again. Recorded: the import of the shipped model (`aekit import
+  # photos-r4`: the same weights as this export, with grid_scale 1.5), 13 epochs on one thread (photos-r4: session 28,
+  # 42 min, replacing da91c8e3a04f7b79; photos-r4-hq: session 29, replacing 8316e7329d5d798b), the refit on two.
+  [[ -f runs/zoo/$name-s3/last.pt ]] || { nice -n 19 aekit import models/zoo/$g --force \
+    --out runs/zoo/$name-imported.pt; init="--init-from runs/zoo/$name-imported.pt"; }
+  train $name-s3 data/photos-plus/train --arch gdn-hp --channels 3 --ratio 9 --width 128 --size 192 \
+    --resize random-crop --repeat 9 --batch-size 8 --epochs 13 --time-budget $budget --lr 5e-5 \
+    --freeze-epochs 0 --clip-grad 1.0 --rate-weight $rw --grid-scale 1.5 ${init:-}
+  unset init
+  rf=runs/zoo/$name-s3-rf
+  RDATA=data/photos-plus/train refit runs/zoo/$name-s3 $rf 2000
+  nice -n 19 aekit export $rf/best.pt --out models/zoo/$g --force
   # photos-r4's channel context (coder 6): on the 1.5x grid's latents of stage 3, 2,500 steps; aekit rescale below
   # carries it (recorded: runs/zoo/photos-r4-s3-ctx on this refit, two threads)
-  [[ $name == photos-r4 ]] && context $rf/best.pt runs/zoo/photos-r4-s3-ctx data/$data/train 2500 models/zoo/$g
-  # photos-r4-hq's (session 20): 48 hidden channels, on the 28 photos (recorded: runs/r4hq2/rf/best.pt, this refit)
-  [[ $name == photos-r4-hq ]] && { [[ -d data/photos-plus/test ]] || aekit data photos data/photos-plus --more; } && \
-    CTX_WIDTH=48 context $rf/best.pt runs/zoo/$g-ctx data/photos-plus/train 2500 models/zoo/$g
+  [[ $name == photos-r4 ]] && context $rf/best.pt runs/zoo/photos-r4-s3-ctx data/photos-plus/train 2500 models/zoo/$g
+  # photos-r4-hq's: 48 hidden channels (recorded: runs/zoo/photos-r4-hq-s3-ctx on this refit, two threads)
+  [[ $name == photos-r4-hq ]] && CTX_WIDTH=48 context $rf/best.pt runs/zoo/$name-s3-ctx data/photos-plus/train 2500 \
+    models/zoo/$g
 done
 # photos-r4 and photos-r4-hq: those two transforms on a grid 1.5x as fine (aekit rescale: 48 channels at H/8 of the
 # image, exactly 1/4; bicubic resampling in the graphs, the same tables).

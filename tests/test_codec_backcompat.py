@@ -130,7 +130,8 @@ SUPERSEDED = ROOT_TESTS / "fixtures" / "superseded"
 
 
 def test_a_file_of_a_superseded_id_decodes_with_the_shipped_model_that_extends_it():
-    """tests/fixtures/superseded (README there): written by the 12-quality photos-r4-hq; the shipped one has 13."""
+    """tests/fixtures/superseded (README there): written by the 12-quality photos-r4-hq (stage 3, ff02b379671728a9);
+    the shipped one has 13 and another id."""
     from skimage.data import rocket
 
     from aekit.export.manifest import load_manifest
@@ -138,12 +139,12 @@ def test_a_file_of_a_superseded_id_decodes_with_the_shipped_model_that_extends_i
 
     data = (SUPERSEDED / "rocket-128-r4hq-q12.png.ael").read_bytes()
     shipped = load_manifest(path("photos-r4-hq"))
-    assert {"model_id": "82670443a70af481", "qualities": 12} in shipped["supersedes"]
-    assert shipped["model_id"] != "82670443a70af481" and len(shipped["entropy"]["qualities"]) > 12
+    assert {"model_id": "ff02b379671728a9", "qualities": 12} in shipped["supersedes"]
+    assert shipped["model_id"] != "ff02b379671728a9" and len(shipped["entropy"]["qualities"]) > 12
     decoder = Decoder([])
     header, q = decoder.symbols(data)
-    assert (header.model_id, header.quality) == ("82670443a70af481", 12)
+    assert (header.model_id, header.quality) == ("ff02b379671728a9", 12)
     assert hashlib.sha256(np.ascontiguousarray(q).tobytes()).hexdigest() == \
-        "b2f02695a6c5b7bf1284c2087ff89ac9c876f11bf623d4f189312f560ee1094f"
+        "c1a5f95c9d965a79fa0db435852a35cd63c51257c4d1fea13fef11d81934c978"
     decoded, _ = decoder.decompress(data)
     assert psnr(rocket()[:128, :128], decoded) > 32.0

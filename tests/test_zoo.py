@@ -91,7 +91,7 @@ def test_info_shows_the_int8_variants(capsys):
     assert main(["info", "photos-r9"]) == 0
     out = capsys.readouterr().out
     assert "int8 variant encoder + decoder" in out and "kept in fp32" not in out
-    for name, src in (("photos-r4", "photos-r9-g15 (64699ffc51a6b58a"), ("photos-r4-hq", "photos-r9-hq-g15 (78e069cc1e2a85d3")):
+    for name, src in (("photos-r4", "photos-r9-g15 (64699ffc51a6b58a"), ("photos-r4-hq", "photos-r9-hq-g15 (30f743a3f472a721")):
         assert main(["info", name]) == 0
         out = capsys.readouterr().out
         assert "int8 variant encoder + decoder" in out and f"rescaled     {src}, 1/9 at H/12) on a grid 1.5x" in out
