@@ -86,11 +86,6 @@ SPATIAL_LIMIT = ("Coders 7 and 8 (format version 7, since 2026-12-02): the neigh
                  "element's mean (four interleaved passes, 24 per-image class parameters), on top of the hyperprior "
                  "(7) or a channel context (8); compress keeps the smallest of coders 3-8, zstd and raw. `aekit "
                  "compress --no-spatial-context` writes files that aekit before format version 7 reads.")
-# the hq models' channel contexts (session 20): 48 hidden channels (half the others' width, 0.5 MB: the zoo budget)
-PHOTO_HQ_CONTEXT_CMD = ("aekit import photos-r9-hq --out runs/ctx-r9hq/imported.pt && aekit fit-context "
-                        "runs/ctx-r9hq/imported.pt data/photos-plus/train --out runs/ctx-r9hq --steps 3000 --width 48 "
-                        "--threads 1 --seed 0 --val-data data/photos-plus/test && aekit add-context models/photos-r9-hq "
-                        "runs/ctx-r9hq/context.pt")
 
 FM_CMD = ("aekit train data/fmnist/train --resize none --channels 1 --width 32 --batch-size 64 --max-images 10000 "
           "--epochs 8 --ratio {r} --threads 1 --seed 0 --out runs/zoo/{name}")
@@ -144,19 +139,21 @@ class Spec:
     rescaled: str = ""  # `aekit rescale` of this shipped model (its recipe and run), not trained itself
 
 
-def stage3_cmd(name: str, rate_weight: float, budget: int, context_width: int) -> str:
-    """Stage 3 of a 1/4 photo model (photos-r4: session 28, photos-r4-hq: session 29): the shipped model imported (a
-    rescaled model imports as its source transform with grid_scale 1.5), trained on the 28 photos with a full cosine,
-    refitted, its channel context fitted again."""
+def stage3_cmd(name: str, rate_weight: float, budget: int, context_width: int, grid_scale: float = 1.5,
+               context_steps: int = 2500) -> str:
+    """Stage 3 of a photo model (photos-r4: session 28, photos-r4-hq and photos-r9-hq: session 29): the shipped model
+    imported (a rescaled model imports as its source transform with grid_scale 1.5), trained on the 28 photos with a
+    full cosine, refitted, its channel context fitted again."""
     run = f"runs/zoo/{name}"
+    grid = f" --grid-scale {grid_scale:g}" if grid_scale != 1 else ""
     return (f"aekit import {name} --out {run}-imported.pt && aekit train data/photos-plus/train "
             "--arch gdn-hp --channels 3 --ratio 9 --width 128 --size 192 --resize random-crop --repeat 9 "
             f"--batch-size 8 --epochs 13 --time-budget {budget} --lr 5e-5 --freeze-epochs 0 --clip-grad 1.0 "
-            f"--rate-weight {rate_weight:g} --grid-scale 1.5 --init-from {run}-imported.pt --threads 1 --seed 0 "
+            f"--rate-weight {rate_weight:g}{grid} --init-from {run}-imported.pt --threads 1 --seed 0 "
             f"--out {run}-s3 && aekit refit-hyperprior {run}-s3/best.pt "
             f"data/photos-plus/train --out {run}-s3-rf --steps 2000 --lr 5e-4 --threads 2 && "
             f"aekit fit-context {run}-s3-rf/best.pt data/photos-plus/train --out {run}-s3-ctx "
-            f"--steps 2500 --threads 2 --seed 0 --width {context_width} --val-data data/photos-plus/test")
+            f"--steps {context_steps} --threads 2 --seed 0 --width {context_width} --val-data data/photos-plus/test")
 
 # Sources of rescaled zoo models that are not shipped themselves (recipe and run for the card's training section).
 SOURCES: dict[str, Spec] = {
@@ -212,8 +209,8 @@ SPECS: dict[str, Spec] = {
          "16 photos only), which this one beats by 0.1 dB at equal bytes on these photos (BD-rate -2.6 %); that one "
          "had replaced on 2026-12-01 the recipe without stages 7 and 8 (ba27f75af0f30e5c). Files written with either "
          "decode only with its folder (git history of aekit/zoo/photos-r9)."]
-        + (["Above about 0.25 bpp (32.4 dB) use photos-r9-hq (same ratio and format, trained at a lower rate weight): "
-            "it reaches 34.8 dB at 0.51 bpp where this model stops at 32.6 dB; below that this model is better."]
+        + (["Above about 0.23 bpp (32.6 dB) use photos-r9-hq (same ratio and format, trained at a lower rate weight): "
+            "it reaches 35.1 dB at 0.49 bpp where this model stops at 33.0 dB; below that this model is better."]
            if r == 9 else []),
         "28 photos (aekit data photos --more, train split: 25 trained on, 3 validate)")
       for r in (9,)},
@@ -284,33 +281,42 @@ SPECS: dict[str, Spec] = {
     "photos-r9-hq": Spec(
         "codec", "RGB photo codec for high rates, latent 1/9 of the raw pixels: photos-r9's recipe to stage 5, then "
                  "fine-tuned end to end at a 4x lower rate weight (0.0025) and its hyperprior refitted (gdn-hp; "
-                 "same file format, --quality as photos-r9).",
-        PHOTO_TRAIN, "held out by name: astronaut, coffee, LadyBird, Storm, GreenMeadow (aekit.datasets.PHOTO_TEST); "
-                     "training validated on 2 of the 16 training photos (the seeded 10 % split)",
+                 "same file format, --quality as photos-r9); then aekit import photos-r9-hq and 13 more epochs on 28 "
+                 "photos, refitted again (stage 3).",
+        PHOTO_TRAIN_HQ_S3, "held out by name: astronaut, coffee, LadyBird, Storm, GreenMeadow (aekit.datasets.PHOTO_TEST); "
+                           "training validated on 2 of the 16 training photos (the seeded 10 % split); stage 3 on 3 of "
+                           "the 28 (the same split of aekit data photos --more)",
         PHOTO_CMD.format(r=9).rsplit(" && aekit refit-hyperprior", 1)[0] + " && "
         "aekit train data/photos/train --arch gdn-hp --ratio 9 --width 128 --out runs/photos-hq-r9 --size 192 "
         "--resize random-crop --repeat 16 --batch-size 8 --epochs 90 --time-budget 80 --lr 2e-4 --freeze-epochs 0 "
         "--clip-grad 1.0 --rate-weight 0.0025 --threads 1 --seed 0 --init-from runs/photos-hp-r9-s5/last.pt && "
         "aekit refit-hyperprior runs/photos-hq-r9/best.pt data/photos/train --out runs/photos-hq-r9-rf "
         "--steps 2000 --lr 5e-4 --threads 1 && " + finetune_cmd("runs/photos-hq-r9-rf", "models/photos-r9-hq-rf", "runs/r9hqn",
-                                                      0.0025, 30, 40, refit_threads=1),
-        "runs/r9hqn/rf", "data/photos/test", "the 5 held-out photos of aekit data photos", "skimage:astronaut",
-        ["Trained on 16 photos: figures on the 5 held-out photos are the honest ones.",
+                                                      0.0025, 30, 40, refit_threads=1)
+        + " && " + stage3_cmd("photos-r9-hq", 0.0025, 40, 48, grid_scale=1, context_steps=3000),
+        "runs/zoo/photos-r9-hq-s3-rf", "data/photos/test", "the 5 held-out photos of aekit data photos", "skimage:astronaut",
+        ["Trained on 16 photos, in stage 3 on 28: figures on the 5 held-out photos are the honest ones.",
          "For high rates (its default quality spends about twice photos-r9's bytes); at low rates photos-r9 is "
          "the better model (codec/RESULTS.md compares them).",
-         "CPU-trained: the fine-tunes ran on one shared CPU thread within 80- and 40-minute budgets (time above).",
+         "CPU-trained: the fine-tunes ran on one shared CPU thread within 80-, 40- and 40-minute budgets (time above).",
          "A channel context (coder 6/8, since 2026-12-02: 4 slices of 12 channels, 48 hidden channels, "
-         "channel_context.npz, 0.5 MB; aekit fit-context on the frozen latents of the 28 photos, 3,000 steps, 40 min "
-         "on one shared thread: " + PHOTO_HQ_CONTEXT_CMD + ") corrects the hyperprior from the slices decoded before: "
-         "with coder 8 the files are 3-8 % smaller from q2 up than coder 5's (BD-rate -5.1 %, codec/RESULTS.md).",
+         "channel_context.npz, 0.5 MB; fitted again on stage 3's frozen latents of the 28 photos, 3,000 steps, 313 s "
+         "on two threads, then aekit add-context; ideal bits on the held-out photos -5.5 to -7.4 % against the "
+         "hyperprior alone) corrects the hyperprior from the slices decoded before: with coder 8 the files were 3-8 % "
+         "smaller from q2 up than coder 5's when it was added (BD-rate -5.1 %, codec/RESULTS.md).",
          SPATIAL_LIMIT,
          "fp32 ONNX; the tables in manifest.json and the hashes of hyper_encoder.onnx / hyper_decoder.npz pin every "
          "quality (the model id hashes them); channel_context.npz is pinned by its hash in the manifest and in every "
          "coder-6/8 file.",
-         "Replaced on 2026-12-01 the same recipe without the second fine-tune and refit (model id 674cf98f5f4ee67e), "
-         "which this one beats by 0.04-0.13 dB at equal bytes on these photos (BD-rate -1.5 %). Files written with it "
-         "decode only with its folder (git history of aekit/zoo/photos-r9-hq)."],
-        "16 photos (aekit data photos, train split: 14 trained on, 2 validate)"),
+         "Replaced on 2026-12-01 the same recipe without the second fine-tune and refit (model id 674cf98f5f4ee67e; "
+         "the second fine-tune beat it by 0.04-0.13 dB at equal bytes on these photos, BD-rate -1.5 %), then on 2026-12-03 "
+         "that recipe (2ec402bfed4b5d69, stage 2), which this one (13 more epochs from it on the 28 photos, a full "
+         "cosine, refitted, its channel context fitted again; stage 3) beats by up to 0.14 dB at equal bytes on these "
+         "photos (BD-rate -1.6 %; level at q11-q12). Files written with either decode only with its folder (git "
+         "history of aekit/zoo/photos-r9-hq)."],
+        "28 photos (aekit data photos --more, train split: 25 trained on, 3 validate; 16 up to stage 2)",
+        export_args="&& aekit add-int8 models/zoo/photos-r9-hq --calib-data data/photos/train --int8-check-data "
+                    "data/photos/test && aekit add-context models/zoo/photos-r9-hq runs/zoo/photos-r9-hq-s3-ctx/context.pt"),
     "photos-r9-fast": Spec(
         "codec", "RGB photo codec for fast compress, latent 1/9 of the raw pixels: the decoder g_s of photos-r9's stage 6 "
                  "(photos-r9 until 2026-12-01), frozen (the same weights), behind a half-width analysis transform "
