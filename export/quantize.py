@@ -90,10 +90,13 @@ class _Reader:
         pass
 
 
-def quantize_int8(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]], keep_fp32: list[str] | None = None) -> Path:
+def quantize_int8(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]], keep_fp32: list[str] | None = None,
+                  wide: list[str] | None = None) -> Path:
     """Static QDQ quantisation of src to dst: per-channel int8 weights in the 7-bit range (reduce_range),
     uint8 activations (min/max calibrated on feeds: the inputs the network really receives); the nodes
-    named in keep_fp32 stay fp32 (their inputs are dequantised, their outputs not quantised). Returns dst.
+    named in keep_fp32 stay fp32 (their inputs are dequantised, their outputs not quantised); the tensors
+    named in wide (an encoder's output y) are quantised to uint16 instead of uint8 (onnxruntime's
+    TensorQuantOverrides; the graph is raised to opset 21, whose QuantizeLinear takes 16 bits). Returns dst.
 
     Why 7 bits: on x86 CPUs without VNNI (AVX2 or AVX-512 alone) onnxruntime's u8s8 kernels add pairs
     of uint8 × int8 products in int16 (vpmaddubsw), which saturates with full-range 8-bit weights
@@ -111,7 +114,9 @@ def quantize_int8(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]], keep
         quantize_static(str(src), str(dst), _Reader(feeds), quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, reduce_range=True,
                         calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=list(keep_fp32 or []),
-                        extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
+                        extra_options={"ActivationSymmetric": False, "WeightSymmetric": True,
+                                       **({"TensorQuantOverrides": {t: [{"quant_type": QuantType.QUInt16}]
+                                                                    for t in wide}} if wide else {})})
     finally:
         root.disabled = was
         root.removeHandler(quiet)
@@ -123,6 +128,13 @@ def _run(sess: Any, name: str, x: np.ndarray) -> np.ndarray:
 
 
 PASS_THROUGH = {"Identity", "Transpose", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Cast"}
+
+
+def output_tensors(path: Path) -> list[str]:
+    """Names of a network's graph outputs (an encoder's: ["y"])."""
+    import onnx
+
+    return [o.name for o in onnx.load(str(path), load_external_data=False).graph.output]
 
 
 def output_layers(path: Path) -> list[str]:
@@ -175,14 +187,21 @@ def int8_export(tmp: Path, images_calib: list[np.ndarray], images_check: list[np
         return float(np.mean(p32) - np.mean(p8)), p32, p8, p_vs, changed
 
     keep: list[str] = []
+    wide: list[str] = []
     if cfg.encoder:
         quantize_int8(tmp / "encoder.onnx", tmp / "encoder_int8.onnx", [{"x": x} for x in xs])
     loss, p32, p8, p_vs, changed = check(one_thread_session(tmp / "encoder_int8.onnx") if cfg.encoder else enc32)
     if cfg.encoder and not loss <= cfg.max_loss_db:
-        # mixed precision: keep the layer that produces y in fp32. Its 8-bit per-tensor output spans y's whole
-        # range in 255 steps, coarser than a fine quality's step Δ, so it flips symbols; the layer is small (at y's
-        # resolution) and the rest of the encoder stays int8.
-        keep = output_layers(tmp / "encoder.onnx")
+        # mixed precision, first: y itself in 16 bits. Its 8-bit per-tensor output spans y's whole range in 255
+        # steps, coarser than a fine quality's step Δ, so it flips symbols; 65,535 steps do not, and every weight
+        # stays int8 (photos-r9 stage 12: 0.50 dB lost in 8 bits, 0.15 dB with y in 16, 0.16 dB with the layer in
+        # fp32, which doubles the file: RESULTS.md, session 30).
+        wide = output_tensors(tmp / "encoder.onnx")
+        quantize_int8(tmp / "encoder.onnx", tmp / "encoder_int8.onnx", [{"x": x} for x in xs], wide=wide)
+        loss, p32, p8, p_vs, changed = check(one_thread_session(tmp / "encoder_int8.onnx"))
+    if cfg.encoder and not loss <= cfg.max_loss_db:
+        # then the layer that produces y in fp32 (small: at y's resolution); the rest of the encoder stays int8.
+        keep, wide = output_layers(tmp / "encoder.onnx"), []
         if keep:  # (an unnamed output layer: nothing to keep, the same quantisation would fail again)
             quantize_int8(tmp / "encoder.onnx", tmp / "encoder_int8.onnx", [{"x": x} for x in xs], keep)
             loss, p32, p8, p_vs, changed = check(one_thread_session(tmp / "encoder_int8.onnx"))
@@ -196,8 +215,9 @@ def int8_export(tmp: Path, images_calib: list[np.ndarray], images_check: list[np
     return {"parts": ["encoder", "decoder"] if cfg.encoder else ["decoder"],
             "scheme": "onnxruntime static QDQ: int8 weights per output channel (symmetric, 7-bit range: "
                       "reduce_range), uint8 activations per tensor, min/max calibration"
-                      + (f"; the encoder's output layer ({', '.join(keep)}) in fp32" if keep else ""),
-            **({"encoder_fp32_nodes": keep} if cfg.encoder else {}),
+                      + (f"; the encoder's output layer ({', '.join(keep)}) in fp32" if keep else "")
+                      + (f"; the encoder's output ({', '.join(wide)}) in uint16" if wide else ""),
+            **({"encoder_fp32_nodes": keep, "encoder_uint16_tensors": wide} if cfg.encoder else {}),
             "calibration_images": len(images_calib), "check_images": len(images_check),
             "psnr_fp32_db": round(float(np.mean(p32)), 3), "psnr_int8_db": round(float(np.mean(p8)), 3),
             "psnr_loss_db": round(loss, 3), "max_loss_db": cfg.max_loss_db,

@@ -582,10 +582,11 @@ def test_add_int8_variants_keep_the_model_and_decode_its_files(hp_model, rgb_pho
     assert "encoder_int8" not in load_manifest(model)["files"] and not (model / "encoder_int8.onnx").exists()
 
 
-def test_add_int8_encoder_retries_with_its_output_layer_in_fp32(hp_model, tmp_path, photos_dir, capsys, monkeypatch):
-    """An int8 encoder that fails the check is quantised once more with the layer producing y kept in fp32
-    (output_layers: the Conv whose output is y); if that fails too, the error names the kept layer and the
-    folder is unchanged."""
+def test_add_int8_encoder_retries_with_y_in_16_bits_then_its_output_layer_in_fp32(hp_model, tmp_path, photos_dir,
+                                                                                  capsys, monkeypatch):
+    """An int8 encoder that fails the check is quantised once more with y quantised to 16 bits (output_tensors),
+    then with the layer producing y kept in fp32 (output_layers: the Conv whose output is y); if that fails too,
+    the error names the kept layer and the folder is unchanged."""
     import shutil
 
     import onnx
@@ -599,14 +600,47 @@ def test_add_int8_encoder_retries_with_its_output_layer_in_fp32(hp_model, tmp_pa
     model = tmp_path / "hp"
     shutil.copytree(hp_model, model)
     calls, real = [], qz.quantize_int8
-    monkeypatch.setattr(qz, "quantize_int8", lambda src, dst, feeds, keep=None: calls.append((src.name, keep)) or
-                        real(src, dst, feeds, keep))
+    monkeypatch.setattr(qz, "quantize_int8", lambda src, dst, feeds, keep=None, wide=None:
+                        calls.append((src.name, keep, wide)) or real(src, dst, feeds, keep, wide))
+    assert qz.output_tensors(hp_model / "encoder.onnx") == ["y"]
     assert main(["add-int8", str(model), "--encoder", "--calib-data", str(photos_dir), "--int8-max-loss", "-5"]) == 2
-    assert calls == [("decoder.onnx", None), ("encoder.onnx", None), ("encoder.onnx", [last])]
+    assert calls == [("decoder.onnx", None, None), ("encoder.onnx", None, None), ("encoder.onnx", None, ["y"]),
+                     ("encoder.onnx", [last], None)]
     err = capsys.readouterr().err
     assert f"the encoder's {last} kept in fp32" in err and "over --int8-max-loss -5 dB" in err
     assert (model / "manifest.json").read_bytes() == (hp_model / "manifest.json").read_bytes()
     assert not (model / "encoder_int8.onnx").exists()
+
+
+def test_an_encoder_with_y_in_16_bits_keeps_int8_weights_and_is_closer_to_fp32(hp_model, rgb_photos, tmp_path):
+    """quantize_int8(..., wide=["y"]): the QuantizeLinear of y is uint16 (opset 21), every conv weight stays int8,
+    and y comes out nearer the fp32 encoder's than with y in 8 bits (the coarse 8-bit output is what flips
+    symbols at fine qualities)."""
+    import onnx
+    import onnxruntime as ort
+
+    import aekit.export.quantize as qz
+    from aekit.export.manifest import load_manifest
+    from aekit.images import pad_to_multiple, to_model_input
+
+    factor = load_manifest(hp_model)["factor"]
+    xs = [pad_to_multiple(to_model_input(im[None, :128, :128]), factor) for im in rgb_photos[:3]]
+    feeds = [{"x": x} for x in xs]
+    q8 = qz.quantize_int8(hp_model / "encoder.onnx", tmp_path / "e8.onnx", feeds)
+    q16 = qz.quantize_int8(hp_model / "encoder.onnx", tmp_path / "e16.onnx", feeds, wide=["y"])
+    g = onnx.load(str(q16)).graph
+    zp = {i.name: i.data_type for i in g.initializer}
+    [qy] = [n for n in g.node if n.op_type == "QuantizeLinear" and n.input[0] == "y_QuantizeLinear_Input"]
+    assert zp[qy.input[2]] == onnx.TensorProto.UINT16 and qy.domain == ""  # the standard op (opset 21)
+    convs = [n for n in g.node if n.op_type == "Conv"]
+    weights = {n.output[0]: n for n in g.node if n.op_type == "DequantizeLinear"}
+    assert convs and all(c.input[1] in weights for c in convs)  # every weight comes through a DequantizeLinear
+    ref = ort.InferenceSession(str(hp_model / "encoder.onnx"), providers=["CPUExecutionProvider"])
+    err = {}
+    for name, path in (("8", q8), ("16", q16)):
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        err[name] = max(float(np.abs(sess.run(None, f)[0] - ref.run(None, f)[0]).max()) for f in feeds)
+    assert err["16"] < err["8"]
 
 
 def test_a_rerun_at_another_quality_redoes_the_files(hp_model, rgb_photos, tmp_path, capsys):
