@@ -82,7 +82,7 @@ def tmp_zoo(tmp_path, monkeypatch):
 
 def test_info_shows_the_int8_variants(capsys):
     """`aekit info` of the shipped photo models names their int8 variants (7-bit weights since session 10):
-    photos-r9 both networks, photos-r9-hq its decoder only (with its encoder too, even with the output layer
+    photos-r9 both networks (its encoder's y in 16 bits), photos-r9-hq its decoder only (with its encoder too, even with the output layer
     in fp32, it lost 0.36 dB, over the 0.3 dB limit); photos-r4 and photos-r4-hq (photos-r9 and photos-r9-hq, each
     fine-tuned on the 1.5x grid, rescaled) both networks, their own (added to the rescaled graphs), and say what they were rescaled from."""
     assert main(["info", "photos-r9-hq"]) == 0
@@ -91,7 +91,8 @@ def test_info_shows_the_int8_variants(capsys):
     assert main(["info", "photos-r9"]) == 0
     out = capsys.readouterr().out
     assert "int8 variant encoder + decoder" in out and "kept in fp32" not in out
-    for name, src in (("photos-r4", "photos-r9-g15 (64699ffc51a6b58a"), ("photos-r4-hq", "photos-r9-hq-g15 (30f743a3f472a721")):
+    assert "the encoder's output y in uint16" in out  # stage 12's encoder: y in 16 bits (0.50 dB lost in 8)
+    for name, src in (("photos-r4", "photos-r9-g15-s4 (45807c3dc924917e"), ("photos-r4-hq", "photos-r9-hq-g15 (30f743a3f472a721")):
         assert main(["info", name]) == 0
         out = capsys.readouterr().out
         assert "int8 variant encoder + decoder" in out and f"rescaled     {src}, 1/9 at H/12) on a grid 1.5x" in out
