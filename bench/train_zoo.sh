@@ -237,35 +237,27 @@ for spec in "photos-r4 photos-r9 0.01 50 photos-plus 9 photos-r9-s10" \
   # photos (9 crops of each an epoch), and refitted again. Recorded: the import of the shipped model (`aekit import
   # photos-r4`: the same weights as this export, with grid_scale 1.5), 13 epochs on one thread (photos-r4: session 28,
   # 42 min, replacing da91c8e3a04f7b79; photos-r4-hq: session 29, replacing 8316e7329d5d798b), the refit on two.
-  [[ -f runs/zoo/$name-s3/last.pt ]] || { nice -n 19 aekit import models/zoo/$g --force \
-    --out runs/zoo/$name-imported.pt; init="--init-from runs/zoo/$name-imported.pt"; }
-  train $name-s3 data/photos-plus/train --arch gdn-hp --channels 3 --ratio 9 --width 128 --size 192 \
-    --resize random-crop --repeat 9 --batch-size 8 --epochs 13 --time-budget $budget --lr 5e-5 \
-    --freeze-epochs 0 --clip-grad 1.0 --rate-weight $rw --grid-scale 1.5 ${init:-}
-  unset init
-  rf=runs/zoo/$name-s3-rf
-  RDATA=data/photos-plus/train refit runs/zoo/$name-s3 $rf 2000
-  nice -n 19 aekit export $rf/best.pt --out models/zoo/$g --force
-  if [[ $name == photos-r4 ]]; then
-    # stage 4 (session 30): stage 3's recipe once more, from stage 3. Recorded: the import of the shipped stage-3
-    # photos-r4 (2bd865caed87b543: the same weights as this export, with grid_scale 1.5), 13 epochs on one thread
-    # (31 min, best.pt = epoch 13), the refit and the channel context on two.
-    [[ -f runs/zoo/$name-s4/last.pt ]] || { nice -n 19 aekit import models/zoo/$g --force \
-      --out runs/zoo/$name-s4-imported.pt; init="--init-from runs/zoo/$name-s4-imported.pt"; }
-    train $name-s4 data/photos-plus/train --arch gdn-hp --channels 3 --ratio 9 --width 128 --size 192 \
+  # stage 4 (photos-r4, session 30): stage 3's recipe once more, from stage 3. Recorded: the import of the shipped
+  # stage-3 photos-r4 (2bd865caed87b543: the same weights as its export, with grid_scale 1.5), 13 epochs on one thread
+  # (31 min, best.pt = epoch 13), the refit and the channel context on two.
+  stages="s3"; [[ $name == photos-r4 ]] && stages="s3 s4"
+  for st in $stages; do
+    imp=runs/zoo/$name-imported.pt; [[ $st == s3 ]] || imp=runs/zoo/$name-$st-imported.pt
+    [[ -f runs/zoo/$name-$st/last.pt ]] || { nice -n 19 aekit import models/zoo/$g --force --out $imp
+                                             init="--init-from $imp"; }
+    train $name-$st data/photos-plus/train --arch gdn-hp --channels 3 --ratio 9 --width 128 --size 192 \
       --resize random-crop --repeat 9 --batch-size 8 --epochs 13 --time-budget $budget --lr 5e-5 \
       --freeze-epochs 0 --clip-grad 1.0 --rate-weight $rw --grid-scale 1.5 ${init:-}
     unset init
-    rf=runs/zoo/$name-s4-rf
-    RDATA=data/photos-plus/train refit runs/zoo/$name-s4 $rf 2000
+    rf=runs/zoo/$name-$st-rf
+    RDATA=data/photos-plus/train refit runs/zoo/$name-$st $rf 2000
     nice -n 19 aekit export $rf/best.pt --out models/zoo/$g --force
-    # photos-r4's channel context (coder 6): on the 1.5x grid's latents of stage 4, 2,500 steps; aekit rescale below
-    # carries it (recorded: runs/zoo/photos-r4-s4-ctx on this refit, two threads)
-    context $rf/best.pt runs/zoo/photos-r4-s4-ctx data/photos-plus/train 2500 models/zoo/$g
-  fi
-  # photos-r4-hq's: 48 hidden channels (recorded: runs/zoo/photos-r4-hq-s3-ctx on this refit, two threads)
-  [[ $name == photos-r4-hq ]] && CTX_WIDTH=48 context $rf/best.pt runs/zoo/$name-s3-ctx data/photos-plus/train 2500 \
-    models/zoo/$g
+  done
+  # the channel context (coder 6/8) on the 1.5x grid's latents of the last stage, 2,500 steps; aekit rescale below
+  # carries it (recorded: runs/zoo/photos-r4-s4-ctx and runs/zoo/photos-r4-hq-s3-ctx on those refits, two threads;
+  # photos-r4-hq's with 48 hidden channels)
+  width=96; [[ $name == photos-r4-hq ]] && width=48
+  CTX_WIDTH=$width context $rf/best.pt runs/zoo/$name-$st-ctx data/photos-plus/train 2500 models/zoo/$g
 done
 # photos-r4 and photos-r4-hq: those two transforms on a grid 1.5x as fine (aekit rescale: 48 channels at H/8 of the
 # image, exactly 1/4; bicubic resampling in the graphs, the same tables).
