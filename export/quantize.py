@@ -188,8 +188,9 @@ def int8_export(tmp: Path, images_calib: list[np.ndarray], images_check: list[np
 
     keep: list[str] = []
     wide: list[str] = []
+    feeds = [{"x": x} for x in xs]  # the encoder's calibration inputs, for each quantisation below
     if cfg.encoder:
-        quantize_int8(tmp / "encoder.onnx", tmp / "encoder_int8.onnx", [{"x": x} for x in xs])
+        quantize_int8(tmp / "encoder.onnx", tmp / "encoder_int8.onnx", feeds)
     loss, p32, p8, p_vs, changed = check(one_thread_session(tmp / "encoder_int8.onnx") if cfg.encoder else enc32)
     if cfg.encoder and not loss <= cfg.max_loss_db:
         # mixed precision, first: y itself in 16 bits. Its 8-bit per-tensor output spans y's whole range in 255
@@ -197,13 +198,13 @@ def int8_export(tmp: Path, images_calib: list[np.ndarray], images_check: list[np
         # stays int8 (photos-r9 stage 12: 0.50 dB lost in 8 bits, 0.15 dB with y in 16, 0.16 dB with the layer in
         # fp32, which doubles the file: RESULTS.md, session 30).
         wide = output_tensors(tmp / "encoder.onnx")
-        quantize_int8(tmp / "encoder.onnx", tmp / "encoder_int8.onnx", [{"x": x} for x in xs], wide=wide)
+        quantize_int8(tmp / "encoder.onnx", tmp / "encoder_int8.onnx", feeds, wide=wide)
         loss, p32, p8, p_vs, changed = check(one_thread_session(tmp / "encoder_int8.onnx"))
     if cfg.encoder and not loss <= cfg.max_loss_db:
         # then the layer that produces y in fp32 (small: at y's resolution); the rest of the encoder stays int8.
         keep, wide = output_layers(tmp / "encoder.onnx"), []
         if keep:  # (an unnamed output layer: nothing to keep, the same quantisation would fail again)
-            quantize_int8(tmp / "encoder.onnx", tmp / "encoder_int8.onnx", [{"x": x} for x in xs], keep)
+            quantize_int8(tmp / "encoder.onnx", tmp / "encoder_int8.onnx", feeds, keep)
             loss, p32, p8, p_vs, changed = check(one_thread_session(tmp / "encoder_int8.onnx"))
     parts = "encoder and decoder" if cfg.encoder else "decoder"
     if not loss <= cfg.max_loss_db:
