@@ -320,11 +320,13 @@ def _describe_latent(m: dict[str, Any]) -> str:
 
 
 def _fp32_layers(int8: dict[str, Any]) -> str:
-    """'; the encoder's output layer NAME kept in fp32' (or '; the encoder's output y in uint16') for an int8
-    section whose encoder needed it (aekit add-int8 --encoder)."""
+    """'; the encoder's output layer NAME kept in fp32' (or '; the encoder's output y in uint16', '; the
+    decoder's input y_hat in uint16') for an int8 section whose networks needed it (aekit add-int8)."""
     nodes, wide = int8.get("encoder_fp32_nodes"), int8.get("encoder_uint16_tensors")
+    dwide = int8.get("decoder_uint16_tensors")
     return ((f"; the encoder's output layer {', '.join(nodes)} kept in fp32" if nodes else "")
-            + (f"; the encoder's output {', '.join(wide)} in uint16" if wide else ""))
+            + (f"; the encoder's output {', '.join(wide)} in uint16" if wide else "")
+            + (f"; the decoder's input {', '.join(dwide)} in uint16" if dwide else ""))
 
 
 def _card(m: dict[str, Any]) -> dict[str, Any]:

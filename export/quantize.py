@@ -95,8 +95,9 @@ def quantize_int8(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]], keep
     """Static QDQ quantisation of src to dst: per-channel int8 weights in the 7-bit range (reduce_range),
     uint8 activations (min/max calibrated on feeds: the inputs the network really receives); the nodes
     named in keep_fp32 stay fp32 (their inputs are dequantised, their outputs not quantised); the tensors
-    named in wide (an encoder's output y) are quantised to uint16 instead of uint8 (onnxruntime's
-    TensorQuantOverrides; the graph is raised to opset 21, whose QuantizeLinear takes 16 bits). Returns dst.
+    named in wide (an encoder's output y, a decoder's input y_hat) are quantised to uint16 instead of uint8
+    (onnxruntime's TensorQuantOverrides; the graph is raised to opset 21, whose QuantizeLinear takes 16 bits).
+    Returns dst.
 
     Why 7 bits: on x86 CPUs without VNNI (AVX2 or AVX-512 alone) onnxruntime's u8s8 kernels add pairs
     of uint8 × int8 products in int16 (vpmaddubsw), which saturates with full-range 8-bit weights
@@ -137,6 +138,15 @@ def output_tensors(path: Path) -> list[str]:
     return [o.name for o in onnx.load(str(path), load_external_data=False).graph.output]
 
 
+def input_tensors(path: Path) -> list[str]:
+    """Names of a network's graph inputs that are not initializers (a decoder's: ["y_hat"])."""
+    import onnx
+
+    g = onnx.load(str(path), load_external_data=False).graph
+    weights = {i.name for i in g.initializer}
+    return [i.name for i in g.input if i.name not in weights]
+
+
 def output_layers(path: Path) -> list[str]:
     """Names of the nodes that compute a network's outputs: for each graph output, its producer, or
     through layout-only ops (Transpose, Reshape, ...) the node before them. For an encoder these are the
@@ -169,10 +179,12 @@ def int8_export(tmp: Path, images_calib: list[np.ndarray], images_check: list[np
     enc32 = one_thread_session(tmp / "encoder.onnx")
     xs = [pad_to_multiple(to_model_input(im[None]), factor) for im in images_calib]
     ys = [quantiser.dequantise(quantiser.quantise(_run(enc32, "x", x))) for x in xs]
-    quantize_int8(tmp / "decoder.onnx", tmp / "decoder_int8.onnx", [{"y_hat": y} for y in ys])
-    dec32, dec8 = one_thread_session(tmp / "decoder.onnx"), one_thread_session(tmp / "decoder_int8.onnx")
+    dfeeds = [{"y_hat": y} for y in ys]  # the decoder's calibration inputs
+    quantize_int8(tmp / "decoder.onnx", tmp / "decoder_int8.onnx", dfeeds)
+    dec32 = one_thread_session(tmp / "decoder.onnx")
 
     def check(enc8: Any) -> tuple[float, list[float], list[float], list[float], int]:
+        dec8 = one_thread_session(tmp / "decoder_int8.onnx")
         p32, p8, p_vs, changed = [], [], [], 0
         for im in images_check:
             h, w = im.shape[:2]
@@ -188,18 +200,24 @@ def int8_export(tmp: Path, images_calib: list[np.ndarray], images_check: list[np
 
     keep: list[str] = []
     wide: list[str] = []
+    dwide: list[str] = []
     feeds = [{"x": x} for x in xs]  # the encoder's calibration inputs, for each quantisation below
     if cfg.encoder:
         quantize_int8(tmp / "encoder.onnx", tmp / "encoder_int8.onnx", feeds)
     loss, p32, p8, p_vs, changed = check(one_thread_session(tmp / "encoder_int8.onnx") if cfg.encoder else enc32)
-    if cfg.encoder and not loss <= cfg.max_loss_db:
-        # mixed precision, first: y itself in 16 bits. Its 8-bit per-tensor output spans y's whole range in 255
-        # steps, coarser than a fine quality's step Δ, so it flips symbols; 65,535 steps do not, and every weight
-        # stays int8 (photos-r9 stage 12: 0.50 dB lost in 8 bits, 0.15 dB with y in 16, 0.16 dB with the layer in
-        # fp32, which doubles the file: RESULTS.md, session 30).
-        wide = output_tensors(tmp / "encoder.onnx")
-        quantize_int8(tmp / "encoder.onnx", tmp / "encoder_int8.onnx", feeds, wide=wide)
-        loss, p32, p8, p_vs, changed = check(one_thread_session(tmp / "encoder_int8.onnx"))
+    if not loss <= cfg.max_loss_db:
+        # mixed precision, first: the latent itself in 16 bits, on both sides (every weight stays int8). The
+        # encoder's 8-bit per-tensor output spans y's whole range in 255 steps, coarser than a fine quality's step
+        # Δ, so it flips symbols; the decoder's 8-bit input rounds ŷ = q·Δ to that grid too (Δ of 0.5 beside a
+        # range of about ±60); 65,535 steps do neither (photos-r9 stage 12: 0.50 dB lost in 8 bits, 0.15 dB with y
+        # in 16, 0.16 dB with the layer in fp32, which doubles the file; photos-r4-hq stage 4's decoder: 0.30 dB
+        # in 8 bits: RESULTS.md, sessions 30-31).
+        dwide = input_tensors(tmp / "decoder.onnx")
+        quantize_int8(tmp / "decoder.onnx", tmp / "decoder_int8.onnx", dfeeds, wide=dwide)
+        if cfg.encoder:
+            wide = output_tensors(tmp / "encoder.onnx")
+            quantize_int8(tmp / "encoder.onnx", tmp / "encoder_int8.onnx", feeds, wide=wide)
+        loss, p32, p8, p_vs, changed = check(one_thread_session(tmp / "encoder_int8.onnx") if cfg.encoder else enc32)
     if cfg.encoder and not loss <= cfg.max_loss_db:
         # then the layer that produces y in fp32 (small: at y's resolution); the rest of the encoder stays int8.
         keep, wide = output_layers(tmp / "encoder.onnx"), []
@@ -217,8 +235,10 @@ def int8_export(tmp: Path, images_calib: list[np.ndarray], images_check: list[np
             "scheme": "onnxruntime static QDQ: int8 weights per output channel (symmetric, 7-bit range: "
                       "reduce_range), uint8 activations per tensor, min/max calibration"
                       + (f"; the encoder's output layer ({', '.join(keep)}) in fp32" if keep else "")
-                      + (f"; the encoder's output ({', '.join(wide)}) in uint16" if wide else ""),
+                      + (f"; the encoder's output ({', '.join(wide)}) in uint16" if wide else "")
+                      + (f"; the decoder's input ({', '.join(dwide)}) in uint16" if dwide else ""),
             **({"encoder_fp32_nodes": keep, "encoder_uint16_tensors": wide} if cfg.encoder else {}),
+            "decoder_uint16_tensors": dwide,
             "calibration_images": len(images_calib), "check_images": len(images_check),
             "psnr_fp32_db": round(float(np.mean(p32)), 3), "psnr_int8_db": round(float(np.mean(p8)), 3),
             "psnr_loss_db": round(loss, 3), "max_loss_db": cfg.max_loss_db,

@@ -582,11 +582,13 @@ def test_add_int8_variants_keep_the_model_and_decode_its_files(hp_model, rgb_pho
     assert "encoder_int8" not in load_manifest(model)["files"] and not (model / "encoder_int8.onnx").exists()
 
 
-def test_add_int8_encoder_retries_with_y_in_16_bits_then_its_output_layer_in_fp32(hp_model, tmp_path, photos_dir,
-                                                                                  capsys, monkeypatch):
-    """An int8 encoder that fails the check is quantised once more with y quantised to 16 bits (output_tensors),
-    then with the layer producing y kept in fp32 (output_layers: the Conv whose output is y); if that fails too,
-    the error names the kept layer and the folder is unchanged."""
+def test_add_int8_retries_with_the_latent_in_16_bits_then_the_encoder_output_layer_in_fp32(hp_model, tmp_path,
+                                                                                         photos_dir, capsys,
+                                                                                         monkeypatch):
+    """int8 networks that fail the check are quantised once more with the latent in 16 bits on both sides (the
+    decoder's input y_hat: input_tensors; the encoder's output y: output_tensors), then with the layer producing
+    y kept in fp32 (output_layers: the Conv whose output is y); if that fails too, the error names the kept layer
+    and the folder is unchanged."""
     import shutil
 
     import onnx
@@ -604,12 +606,17 @@ def test_add_int8_encoder_retries_with_y_in_16_bits_then_its_output_layer_in_fp3
                         calls.append((src.name, keep, wide)) or real(src, dst, feeds, keep, wide))
     assert qz.output_tensors(hp_model / "encoder.onnx") == ["y"]
     assert main(["add-int8", str(model), "--encoder", "--calib-data", str(photos_dir), "--int8-max-loss", "-5"]) == 2
-    assert calls == [("decoder.onnx", None, None), ("encoder.onnx", None, None), ("encoder.onnx", None, ["y"]),
-                     ("encoder.onnx", [last], None)]
+    assert qz.input_tensors(hp_model / "decoder.onnx") == ["y_hat"]
+    assert calls == [("decoder.onnx", None, None), ("encoder.onnx", None, None), ("decoder.onnx", None, ["y_hat"]),
+                     ("encoder.onnx", None, ["y"]), ("encoder.onnx", [last], None)]
     err = capsys.readouterr().err
     assert f"the encoder's {last} kept in fp32" in err and "over --int8-max-loss -5 dB" in err
     assert (model / "manifest.json").read_bytes() == (hp_model / "manifest.json").read_bytes()
     assert not (model / "encoder_int8.onnx").exists()
+    calls.clear()  # a decoder alone: retried with y_hat in 16 bits, then refused
+    assert main(["add-int8", str(model), "--calib-data", str(photos_dir), "--int8-max-loss", "-5"]) == 2
+    assert calls == [("decoder.onnx", None, None), ("decoder.onnx", None, ["y_hat"])]
+    assert "int8 decoder loses" in capsys.readouterr().err and not (model / "decoder_int8.onnx").exists()
 
 
 def test_an_encoder_with_y_in_16_bits_keeps_int8_weights_and_is_closer_to_fp32(hp_model, rgb_photos, tmp_path):
@@ -640,6 +647,39 @@ def test_an_encoder_with_y_in_16_bits_keeps_int8_weights_and_is_closer_to_fp32(h
     for name, path in (("8", q8), ("16", q16)):
         sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         err[name] = max(float(np.abs(sess.run(None, f)[0] - ref.run(None, f)[0]).max()) for f in feeds)
+    assert err["16"] < err["8"]
+
+
+def test_a_decoder_with_y_hat_in_16_bits_keeps_int8_weights_and_is_closer_to_fp32(hp_model, rgb_photos, tmp_path):
+    """quantize_int8(decoder, wide=["y_hat"]): the QuantizeLinear of the input y_hat is uint16, every conv weight
+    stays int8, and x_hat comes out nearer the fp32 decoder's than with y_hat in 8 bits (the 8-bit grid over
+    y_hat's range is coarser than a fine quality's step)."""
+    import onnx
+    import onnxruntime as ort
+
+    import aekit.export.quantize as qz
+    from aekit.export.manifest import load_manifest
+    from aekit.images import pad_to_multiple, to_model_input
+
+    factor = load_manifest(hp_model)["factor"]
+    enc = ort.InferenceSession(str(hp_model / "encoder.onnx"), providers=["CPUExecutionProvider"])
+    ys = [enc.run(None, {"x": pad_to_multiple(to_model_input(im[None, :128, :128]), factor)})[0]
+          for im in rgb_photos[:3]]
+    feeds = [{"y_hat": np.round(y * 40) / 4} for y in ys]  # a wide range (as a fine quality's) in steps of 0.25
+    q8 = qz.quantize_int8(hp_model / "decoder.onnx", tmp_path / "d8.onnx", feeds)
+    q16 = qz.quantize_int8(hp_model / "decoder.onnx", tmp_path / "d16.onnx", feeds, wide=["y_hat"])
+    g = onnx.load(str(q16)).graph
+    zp = {i.name: i.data_type for i in g.initializer}
+    [qy] = [n for n in g.node if n.op_type == "QuantizeLinear" and n.input[0] == "y_hat"]
+    assert zp[qy.input[2]] == onnx.TensorProto.UINT16
+    weights = {n.output[0] for n in g.node if n.op_type == "DequantizeLinear"}
+    convs = [n for n in g.node if n.op_type in ("Conv", "ConvTranspose")]
+    assert convs and all(c.input[1] in weights for c in convs)
+    ref = ort.InferenceSession(str(hp_model / "decoder.onnx"), providers=["CPUExecutionProvider"])
+    err = {}
+    for name, path in (("8", q8), ("16", q16)):
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        err[name] = np.mean([float(np.abs(sess.run(None, f)[0] - ref.run(None, f)[0]).mean()) for f in feeds])
     assert err["16"] < err["8"]
 
 
