@@ -237,11 +237,11 @@ for spec in "photos-r4 photos-r9 0.01 50 photos-plus 9 photos-r9-s10" \
   # photos (9 crops of each an epoch), and refitted again. Recorded: the import of the shipped model (`aekit import
   # photos-r4`: the same weights as this export, with grid_scale 1.5), 13 epochs on one thread (photos-r4: session 28,
   # 42 min, replacing da91c8e3a04f7b79; photos-r4-hq: session 29, replacing 8316e7329d5d798b), the refit on two.
-  # stage 4 (photos-r4, session 30): stage 3's recipe once more, from stage 3. Recorded: the import of the shipped
-  # stage-3 photos-r4 (2bd865caed87b543: the same weights as its export, with grid_scale 1.5), 13 epochs on one thread
-  # (31 min, best.pt = epoch 13), the refit and the channel context on two.
-  stages="s3"; [[ $name == photos-r4 ]] && stages="s3 s4"
-  for st in $stages; do
+  # stage 4 (photos-r4: session 30; photos-r4-hq: session 31): stage 3's recipe once more, from stage 3. Recorded:
+  # the import of the shipped stage-3 model (photos-r4 2bd865caed87b543, photos-r4-hq 87955549998305e2: the same
+  # weights as its export, with grid_scale 1.5), 13 epochs on one thread (31 min each; best.pt = epoch 13 and 12),
+  # the refit and the channel context on two.
+  for st in s3 s4; do
     imp=runs/zoo/$name-imported.pt; [[ $st == s3 ]] || imp=runs/zoo/$name-$st-imported.pt
     [[ -f runs/zoo/$name-$st/last.pt ]] || { nice -n 19 aekit import models/zoo/$g --force --out $imp
                                              init="--init-from $imp"; }
@@ -254,7 +254,7 @@ for spec in "photos-r4 photos-r9 0.01 50 photos-plus 9 photos-r9-s10" \
     nice -n 19 aekit export $rf/best.pt --out models/zoo/$g --force
   done
   # the channel context (coder 6/8) on the 1.5x grid's latents of the last stage, 2,500 steps; aekit rescale below
-  # carries it (recorded: runs/zoo/photos-r4-s4-ctx and runs/zoo/photos-r4-hq-s3-ctx on those refits, two threads;
+  # carries it (recorded: runs/zoo/photos-r4-s4-ctx and runs/zoo/photos-r4-hq-s4-ctx on those refits, two threads;
   # photos-r4-hq's with 48 hidden channels)
   width=96; [[ $name == photos-r4-hq ]] && width=48
   CTX_WIDTH=$width context $rf/best.pt runs/zoo/$name-$st-ctx data/photos-plus/train 2500 models/zoo/$g

@@ -82,9 +82,10 @@ def tmp_zoo(tmp_path, monkeypatch):
 
 def test_info_shows_the_int8_variants(capsys):
     """`aekit info` of the shipped photo models names their int8 variants (7-bit weights since session 10):
-    photos-r9 both networks (its encoder's y in 16 bits), photos-r9-hq its decoder only (with its encoder too, even with the output layer
-    in fp32, it lost 0.36 dB, over the 0.3 dB limit); photos-r4 and photos-r4-hq (photos-r9 and photos-r9-hq, each
-    fine-tuned on the 1.5x grid, rescaled) both networks, their own (added to the rescaled graphs), and say what they were rescaled from."""
+    photos-r9 both networks (its encoder's y in 16 bits), photos-r9-hq its decoder only (with its encoder too, even
+    with the output layer in fp32, it lost 0.36 dB, over the 0.3 dB limit); photos-r4 and photos-r4-hq (photos-r9
+    and photos-r9-hq, each fine-tuned on the 1.5x grid, rescaled) both networks, their own (added to the rescaled
+    graphs; photos-r4-hq's with the latent in 16 bits on both sides), and say what they were rescaled from."""
     assert main(["info", "photos-r9-hq"]) == 0
     out = capsys.readouterr().out
     assert "int8 variant decoder (" in out and "encoder_int8" not in out
@@ -92,10 +93,12 @@ def test_info_shows_the_int8_variants(capsys):
     out = capsys.readouterr().out
     assert "int8 variant encoder + decoder" in out and "kept in fp32" not in out
     assert "the encoder's output y in uint16" in out  # stage 12's encoder: y in 16 bits (0.50 dB lost in 8)
-    for name, src in (("photos-r4", "photos-r9-g15-s4 (45807c3dc924917e"), ("photos-r4-hq", "photos-r9-hq-g15 (30f743a3f472a721")):
+    for name, src in (("photos-r4", "photos-r9-g15-s4 (45807c3dc924917e"),
+                      ("photos-r4-hq", "photos-r9-hq-g15-s4 (22bfd75ed9078f9c")):
         assert main(["info", name]) == 0
         out = capsys.readouterr().out
         assert "int8 variant encoder + decoder" in out and f"rescaled     {src}, 1/9 at H/12) on a grid 1.5x" in out
+    assert "the decoder's input y_hat in uint16" in out  # photos-r4-hq stage 4: 0.30 dB lost with y_hat in 8 bits
 
 
 def test_info_agrees_with_the_card(capsys):
