@@ -145,7 +145,8 @@ def stage3_cmd(name: str, rate_weight: float, budget: int, context_width: int, g
     12, run folders runs/zoo/photos-r9-s11*: session 29): the shipped model imported (a rescaled model imports as its
     source transform with grid_scale 1.5), trained on the 28 photos with a full cosine, refitted, its channel context
     fitted again. stage: the run folders' suffix; imported: the imported checkpoint (default runs/zoo/NAME-imported.pt).
-    photos-r4's stage 4 (session 30) and photos-r4-hq's (session 31) are the same stage once more (stage="s4")."""
+    photos-r4's stage 4 (session 30) and photos-r4-hq's (session 31) are the same stage once more (stage="s4"), and
+    photos-r4's stage 5 (session 31) once more again (stage="s5")."""
     run, out = f"runs/zoo/{name}", f"runs/zoo/{name}-{stage}"
     imported = imported or f"{run}-imported.pt"
     grid = f" --grid-scale {grid_scale:g}" if grid_scale != 1 else ""
@@ -162,14 +163,15 @@ def stage3_cmd(name: str, rate_weight: float, budget: int, context_width: int, g
 SOURCES: dict[str, Spec] = {
     "photos-r9-g15": Spec(
         "codec", "photos-r9's transform fine-tuned on crops enlarged 1.5x (the grid photos-r4 runs it on), then trained "
-                 "on again from the shipped photos-r4 (stages 3 and 4)", PHOTO_TRAIN_MORE,
+                 "on again from the shipped photos-r4 (stages 3 to 5)", PHOTO_TRAIN_MORE,
         "as photos-r9",
         finetune_cmd("runs/r9p/rf", "models/r9p", "runs/r4g3", 0.01, 45, 50, grid_scale=1.5,
                      data="data/photos-plus/train", repeat=9)  # photos-r9 stage 10 (session 18)
         + " && " + stage3_cmd("photos-r4", 0.01, 50, 96)
-        + " && " + stage3_cmd("photos-r4", 0.01, 50, 96, stage="s4", imported="runs/zoo/photos-r4-s4-imported.pt"),
-        "runs/zoo/photos-r4-s4-rf", "data/photos/test", "the 5 held-out photos of aekit data photos", "skimage:astronaut",
-        export_args="&& aekit add-context models/zoo/photos-r9-g15 runs/zoo/photos-r4-s4-ctx/context.pt"),
+        + " && " + stage3_cmd("photos-r4", 0.01, 50, 96, stage="s4", imported="runs/zoo/photos-r4-s4-imported.pt")
+        + " && " + stage3_cmd("photos-r4", 0.01, 50, 96, stage="s5", imported="runs/zoo/photos-r4-s5-imported.pt"),
+        "runs/zoo/photos-r4-s5-rf", "data/photos/test", "the 5 held-out photos of aekit data photos", "skimage:astronaut",
+        export_args="&& aekit add-context models/zoo/photos-r9-g15 runs/zoo/photos-r4-s5-ctx/context.pt"),
     "photos-r9-hq-g15": Spec(
         "codec", "photos-r9-hq's transform fine-tuned on crops enlarged 1.5x (the grid photos-r4-hq runs it on), then "
                  "trained on again from the shipped photos-r4-hq (stages 3 and 4)",
@@ -235,7 +237,7 @@ SPECS: dict[str, Spec] = {
                  f"refitted on that grid (gdn-hp; --quality as {'photos-r9-hq' if hq else 'photos-r9'}): aekit import "
                  f"{'photos-r9-hq' if hq else 'photos-r9'}, aekit train --grid-scale 1.5 ({8 if hq else 9} epochs), "
                  f"aekit refit-hyperprior (stage 2); then aekit import {name} and 13 more epochs on that grid, "
-                 "refitted again (stage 3; and once more from stage 3: stage 4).",
+                 f"refitted again (stage 3; and once more from stage 3: stage 4{'' if hq else '; and from stage 4: stage 5'}).",
         PHOTO_TRAIN_HQ_S3 if hq else PHOTO_TRAIN_MORE,
         "held out by name: astronaut, coffee, LadyBird, Storm, GreenMeadow (aekit.datasets.PHOTO_TEST); "
         + ("training validated on 2 of the 16 training photos (the seeded 10 % split); stage 3 on 3 of the 28 "
@@ -247,10 +249,10 @@ SPECS: dict[str, Spec] = {
          "The 1/9 transform sees each image 1.5x enlarged, so compress and decompress run its networks on 2.25x the "
          "pixels (speed above). A transform trained from scratch at 1/4 might do better; the factor-16 one trained "
          "here saturated near 30 dB.",
-         ("For high rates (photos-r9-hq's transform): from about 0.35 bpp (34.3 dB) up, where photos-r4 flattens; "
+         ("For high rates (photos-r9-hq's transform): from about 0.36 bpp (34.4 dB) up, where photos-r4 flattens; "
           "below that photos-r4 is the better model, by up to 1.0 dB." if hq else
-          "Above about 0.35 bpp (34.3 dB) use photos-r4-hq (same ratio and format): it goes on to 37.8 dB where this "
-          "model stops at 34.6 dB. Below about 0.23 bpp photos-r9 (1/9) gives up to 1.9 dB more at equal bytes."),
+          "Above about 0.36 bpp (34.4 dB) use photos-r4-hq (same ratio and format): it goes on to 37.8 dB where this "
+          "model stops at 34.6 dB. Below about 0.23 bpp photos-r9 (1/9) gives up to 1.2 dB more at equal bytes."),
          "Below WebP and AVIF on the held-out photos (BD-rate above).",
          ("A channel context (coder 6/8, since 2026-12-02: 48 hidden channels, channel_context.npz, 0.5 MB; fitted "
           "again on stage 4's frozen latents of the 28 photos on the 1.5x grid, 2,500 steps, 460 s on two threads, "
@@ -282,15 +284,15 @@ SPECS: dict[str, Spec] = {
             "bpp) are 0.01-0.03 dB above it: 30 of its 33 points beaten (stage 3: 32; a step of 0.25 would overflow "
             "the 8-bit symbols). The 12-quality model's id is a96da5e1db1f45b7; this folder decodes its files too "
             "(manifest: supersedes)."] if hq else
-           ["Borders: within 1 dB of the interior at every quality (from 0.59 dB below to 0.58 dB above; "
+           ["Borders: within 1 dB of the interior at every quality (from 0.55 dB below to 0.58 dB above; "
             "codec/RESULTS.md).",
             "Replaced on 2026-12-01 the factor-16 photos-r4 (192 channels at H/16, model id 6abf8b05b7e9998c), then "
             "photos-r9 rescaled without fine-tuning (5b61c380e6b8b494), then the same grid fine-tune of photos-r9's "
             "stage 6 (9813318f28e74f87), then on 2026-12-02 that of stage 8 on the 16 photos (6a3954dd65bce934), "
             "then on 2026-12-03 that of stage 10 on 28 photos (da91c8e3a04f7b79, stage 2), then 13 more epochs from "
-            "it (2bd865caed87b543, stage 3; BD-rate -2.3 %), which this one (13 more epochs from stage 3, a full cosine; "
-            "stage 4) beats on these photos by BD-rate -1.3 % (-0.06 to +0.17 dB at equal bytes, q2-q12). Files "
-            "written with any of "
+            "it (2bd865caed87b543, stage 3; BD-rate -2.3 %), then 13 more from stage 3 (2a3d3c774377b85d, stage 4; "
+            "BD-rate -1.3 %), which this one (13 more epochs from stage 4, a full cosine; stage 5) beats on these "
+            "photos by BD-rate -1.3 % (-0.02 to +0.18 dB at equal bytes, q2-q12). Files written with any of "
             "them decode only with its folder (git history of aekit/zoo/photos-r4)."]),
         "28 photos (aekit data photos --more, train split: 25 trained on, 3 validate; 16 up to stage 2)" if hq else
         "28 photos (aekit data photos --more, train split: 25 trained on, 3 validate)", rescaled=src)
