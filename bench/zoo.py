@@ -147,7 +147,7 @@ def stage3_cmd(name: str, rate_weight: float, budget: int, context_width: int, g
     fitted again. stage: the run folders' suffix; imported: the imported checkpoint (default runs/zoo/NAME-imported.pt).
     photos-r4's stage 4 (session 30) and photos-r4-hq's (session 31) are the same stage once more (stage="s4"), and
     photos-r4's stage 5 (session 31) once more again (stage="s5"); photos-r9's stage 13 (session 31) is stage="s13",
-    its stage 14 (trained in session 31, shipped in session 32) stage="s14"."""
+    its stage 14 (trained in session 31, shipped in session 32) stage="s14"; photos-r4's stage 6 (session 32) "s6"."""
     run, out = f"runs/zoo/{name}", f"runs/zoo/{name}-{stage}"
     imported = imported or f"{run}-imported.pt"
     grid = f" --grid-scale {grid_scale:g}" if grid_scale != 1 else ""
@@ -164,15 +164,16 @@ def stage3_cmd(name: str, rate_weight: float, budget: int, context_width: int, g
 SOURCES: dict[str, Spec] = {
     "photos-r9-g15": Spec(
         "codec", "photos-r9's transform fine-tuned on crops enlarged 1.5x (the grid photos-r4 runs it on), then trained "
-                 "on again from the shipped photos-r4 (stages 3 to 5)", PHOTO_TRAIN_MORE,
+                 "on again from the shipped photos-r4 (stages 3 to 6)", PHOTO_TRAIN_MORE,
         "as photos-r9",
         finetune_cmd("runs/r9p/rf", "models/r9p", "runs/r4g3", 0.01, 45, 50, grid_scale=1.5,
                      data="data/photos-plus/train", repeat=9)  # photos-r9 stage 10 (session 18)
         + " && " + stage3_cmd("photos-r4", 0.01, 50, 96)
         + " && " + stage3_cmd("photos-r4", 0.01, 50, 96, stage="s4", imported="runs/zoo/photos-r4-s4-imported.pt")
-        + " && " + stage3_cmd("photos-r4", 0.01, 50, 96, stage="s5", imported="runs/zoo/photos-r4-s5-imported.pt"),
-        "runs/zoo/photos-r4-s5-rf", "data/photos/test", "the 5 held-out photos of aekit data photos", "skimage:astronaut",
-        export_args="&& aekit add-context models/zoo/photos-r9-g15 runs/zoo/photos-r4-s5-ctx/context.pt"),
+        + " && " + stage3_cmd("photos-r4", 0.01, 50, 96, stage="s5", imported="runs/zoo/photos-r4-s5-imported.pt")
+        + " && " + stage3_cmd("photos-r4", 0.01, 50, 96, stage="s6", imported="runs/zoo/photos-r4-s6-imported.pt"),
+        "runs/zoo/photos-r4-s6-rf", "data/photos/test", "the 5 held-out photos of aekit data photos", "skimage:astronaut",
+        export_args="&& aekit add-context models/zoo/photos-r9-g15 runs/zoo/photos-r4-s6-ctx/context.pt"),
     "photos-r9-hq-g15": Spec(
         "codec", "photos-r9-hq's transform fine-tuned on crops enlarged 1.5x (the grid photos-r4-hq runs it on), then "
                  "trained on again from the shipped photos-r4-hq (stages 3 and 4)",
@@ -245,7 +246,7 @@ SPECS: dict[str, Spec] = {
                  f"refitted on that grid (gdn-hp; --quality as {'photos-r9-hq' if hq else 'photos-r9'}): aekit import "
                  f"{'photos-r9-hq' if hq else 'photos-r9'}, aekit train --grid-scale 1.5 ({8 if hq else 9} epochs), "
                  f"aekit refit-hyperprior (stage 2); then aekit import {name} and 13 more epochs on that grid, "
-                 f"refitted again (stage 3; and once more from stage 3: stage 4{'' if hq else '; and from stage 4: stage 5'}).",
+                 f"refitted again (stage 3; and once more from stage 3: stage 4{'' if hq else '; and from stage 4: stage 5; and from stage 5: stage 6'}).",
         PHOTO_TRAIN_HQ_S3 if hq else PHOTO_TRAIN_MORE,
         "held out by name: astronaut, coffee, LadyBird, Storm, GreenMeadow (aekit.datasets.PHOTO_TEST); "
         + ("training validated on 2 of the 16 training photos (the seeded 10 % split); stage 3 on 3 of the 28 "
@@ -260,7 +261,8 @@ SPECS: dict[str, Spec] = {
          ("For high rates (photos-r9-hq's transform): from about 0.36 bpp (34.4 dB) up, where photos-r4 flattens; "
           "below that photos-r4 is the better model, by up to 1.0 dB." if hq else
           "Above about 0.36 bpp (34.4 dB) use photos-r4-hq (same ratio and format): it goes on to 37.8 dB where this "
-          "model stops at 34.6 dB. Below about 0.23 bpp photos-r9 (1/9) gives up to 1.2 dB more at equal bytes."),
+          "model stops at 34.6 dB. Below about 0.23 bpp photos-r9 (1/9) gives 0.4-2.0 dB more at equal bytes "
+          "(the most at the lowest rates)."),
          "Below WebP and AVIF on the held-out photos (BD-rate above).",
          ("A channel context (coder 6/8, since 2026-12-02: 48 hidden channels, channel_context.npz, 0.5 MB; fitted "
           "again on stage 4's frozen latents of the 28 photos on the 1.5x grid, 2,500 steps, 460 s on two threads, "
@@ -292,15 +294,16 @@ SPECS: dict[str, Spec] = {
             "bpp) are 0.01-0.03 dB above it: 30 of its 33 points beaten (stage 3: 32; a step of 0.25 would overflow "
             "the 8-bit symbols). The 12-quality model's id is a96da5e1db1f45b7; this folder decodes its files too "
             "(manifest: supersedes)."] if hq else
-           ["Borders: within 1 dB of the interior at every quality (from 0.55 dB below to 0.58 dB above; "
+           ["Borders: within 1 dB of the interior at every quality (from 0.47 dB below to 0.53 dB above; "
             "codec/RESULTS.md).",
             "Replaced on 2026-12-01 the factor-16 photos-r4 (192 channels at H/16, model id 6abf8b05b7e9998c), then "
             "photos-r9 rescaled without fine-tuning (5b61c380e6b8b494), then the same grid fine-tune of photos-r9's "
             "stage 6 (9813318f28e74f87), then on 2026-12-02 that of stage 8 on the 16 photos (6a3954dd65bce934), "
             "then on 2026-12-03 that of stage 10 on 28 photos (da91c8e3a04f7b79, stage 2), then 13 more epochs from "
             "it (2bd865caed87b543, stage 3; BD-rate -2.3 %), then 13 more from stage 3 (2a3d3c774377b85d, stage 4; "
-            "BD-rate -1.3 %), which this one (13 more epochs from stage 4, a full cosine; stage 5) beats on these "
-            "photos by BD-rate -1.3 % (-0.02 to +0.18 dB at equal bytes, q2-q12). Files written with any of "
+            "BD-rate -1.3 %), then 13 more from stage 4 (9cd84a1f17928aac, stage 5; BD-rate -1.3 %), which this one "
+            "(13 more epochs from stage 5, a full cosine; stage 6) beats on these photos by BD-rate -0.6 % (-0.05 "
+            "to +0.09 dB at equal bytes, q2-q12). Files written with any of "
             "them decode only with its folder (git history of aekit/zoo/photos-r4)."]),
         "28 photos (aekit data photos --more, train split: 25 trained on, 3 validate; 16 up to stage 2)" if hq else
         "28 photos (aekit data photos --more, train split: 25 trained on, 3 validate)", rescaled=src)
