@@ -266,8 +266,10 @@ for spec in "photos-r4 photos-r9 0.01 50 photos-plus 9 photos-r9-s10" \
   # weights as its export, with grid_scale 1.5), 13 epochs on one thread (31 min each; best.pt = epoch 13 and 12),
   # the refit and the channel context on two. stage 5 (photos-r4, session 31): once more, from the shipped stage 4
   # (2a3d3c774377b85d; 13 epochs, 34 min beside another run, best.pt = epoch 13). stage 6 (photos-r4, session 32):
-  # once more, from the shipped stage 5 (9cd84a1f17928aac; 13 epochs, 30 min alone, best.pt = epoch 13).
-  stages="s3 s4"; [[ $name == photos-r4 ]] && stages="s3 s4 s5 s6"
+  # once more, from the shipped stage 5 (9cd84a1f17928aac; 13 epochs, 30 min alone, best.pt = epoch 13). stage 5
+  # (photos-r4-hq, session 32): once more, from the shipped stage 4 (614e16b3f7820384; 13 epochs, 30 min alone,
+  # best.pt = epoch 12).
+  stages="s3 s4 s5"; [[ $name == photos-r4 ]] && stages="s3 s4 s5 s6"
   for st in $stages; do
     imp=runs/zoo/$name-imported.pt; [[ $st == s3 ]] || imp=runs/zoo/$name-$st-imported.pt
     [[ -f runs/zoo/$name-$st/last.pt ]] || { nice -n 19 aekit import models/zoo/$g --force --out $imp
@@ -281,7 +283,7 @@ for spec in "photos-r4 photos-r9 0.01 50 photos-plus 9 photos-r9-s10" \
     nice -n 19 aekit export $rf/best.pt --out models/zoo/$g --force
   done
   # the channel context (coder 6/8) on the 1.5x grid's latents of the last stage, 2,500 steps; aekit rescale below
-  # carries it (recorded: runs/zoo/photos-r4-s6-ctx and runs/zoo/photos-r4-hq-s4-ctx on those refits, two threads;
+  # carries it (recorded: runs/zoo/photos-r4-s6-ctx and runs/zoo/photos-r4-hq-s5-ctx on those refits, two threads;
   # photos-r4-hq's with 48 hidden channels)
   width=96; [[ $name == photos-r4-hq ]] && width=48
   CTX_WIDTH=$width context $rf/best.pt runs/zoo/$name-$st-ctx data/photos-plus/train 2500 models/zoo/$g

@@ -147,7 +147,8 @@ def stage3_cmd(name: str, rate_weight: float, budget: int, context_width: int, g
     fitted again. stage: the run folders' suffix; imported: the imported checkpoint (default runs/zoo/NAME-imported.pt).
     photos-r4's stage 4 (session 30) and photos-r4-hq's (session 31) are the same stage once more (stage="s4"), and
     photos-r4's stage 5 (session 31) once more again (stage="s5"); photos-r9's stage 13 (session 31) is stage="s13",
-    its stage 14 (trained in session 31, shipped in session 32) stage="s14"; photos-r4's stage 6 (session 32) "s6"."""
+    its stage 14 (trained in session 31, shipped in session 32) stage="s14"; photos-r4's stage 6 and photos-r4-hq's
+    stage 5 (session 32) "s6" and "s5"."""
     run, out = f"runs/zoo/{name}", f"runs/zoo/{name}-{stage}"
     imported = imported or f"{run}-imported.pt"
     grid = f" --grid-scale {grid_scale:g}" if grid_scale != 1 else ""
@@ -176,14 +177,16 @@ SOURCES: dict[str, Spec] = {
         export_args="&& aekit add-context models/zoo/photos-r9-g15 runs/zoo/photos-r4-s6-ctx/context.pt"),
     "photos-r9-hq-g15": Spec(
         "codec", "photos-r9-hq's transform fine-tuned on crops enlarged 1.5x (the grid photos-r4-hq runs it on), then "
-                 "trained on again from the shipped photos-r4-hq (stages 3 and 4)",
+                 "trained on again from the shipped photos-r4-hq (stages 3 to 5)",
         PHOTO_TRAIN_HQ_S3, "as photos-r9-hq; stage 3 validated on 3 of the 28 photos",
         finetune_cmd("runs/r9hqn/rf", "models/r9hqn", "runs/r4hq2", 0.0025, 45, 45, grid_scale=1.5)  # stage 2 (session 16)
         + " && " + stage3_cmd("photos-r4-hq", 0.0025, 45, 48)
         + " && " + stage3_cmd("photos-r4-hq", 0.0025, 45, 48, stage="s4",
-                              imported="runs/zoo/photos-r4-hq-s4-imported.pt"),
-        "runs/zoo/photos-r4-hq-s4-rf", "data/photos/test", "the 5 held-out photos of aekit data photos", "skimage:astronaut",
-        export_args="&& aekit add-context models/zoo/photos-r9-hq-g15 runs/zoo/photos-r4-hq-s4-ctx/context.pt"),
+                              imported="runs/zoo/photos-r4-hq-s4-imported.pt")
+        + " && " + stage3_cmd("photos-r4-hq", 0.0025, 45, 48, stage="s5",
+                              imported="runs/zoo/photos-r4-hq-s5-imported.pt"),
+        "runs/zoo/photos-r4-hq-s5-rf", "data/photos/test", "the 5 held-out photos of aekit data photos", "skimage:astronaut",
+        export_args="&& aekit add-context models/zoo/photos-r9-hq-g15 runs/zoo/photos-r4-hq-s5-ctx/context.pt"),
 }
 
 SPECS: dict[str, Spec] = {
@@ -246,7 +249,7 @@ SPECS: dict[str, Spec] = {
                  f"refitted on that grid (gdn-hp; --quality as {'photos-r9-hq' if hq else 'photos-r9'}): aekit import "
                  f"{'photos-r9-hq' if hq else 'photos-r9'}, aekit train --grid-scale 1.5 ({8 if hq else 9} epochs), "
                  f"aekit refit-hyperprior (stage 2); then aekit import {name} and 13 more epochs on that grid, "
-                 f"refitted again (stage 3; and once more from stage 3: stage 4{'' if hq else '; and from stage 4: stage 5; and from stage 5: stage 6'}).",
+                 f"refitted again (stage 3; and once more from stage 3: stage 4; and from stage 4: stage 5{'' if hq else '; and from stage 5: stage 6'}).",
         PHOTO_TRAIN_HQ_S3 if hq else PHOTO_TRAIN_MORE,
         "held out by name: astronaut, coffee, LadyBird, Storm, GreenMeadow (aekit.datasets.PHOTO_TEST); "
         + ("training validated on 2 of the 16 training photos (the seeded 10 % split); stage 3 on 3 of the 28 "
@@ -259,14 +262,14 @@ SPECS: dict[str, Spec] = {
          "pixels (speed above). A transform trained from scratch at 1/4 might do better; the factor-16 one trained "
          "here saturated near 30 dB.",
          ("For high rates (photos-r9-hq's transform): from about 0.36 bpp (34.4 dB) up, where photos-r4 flattens; "
-          "below that photos-r4 is the better model, by up to 1.0 dB." if hq else
+          "below that photos-r4 is the better model, by up to 1.2 dB." if hq else
           "Above about 0.36 bpp (34.4 dB) use photos-r4-hq (same ratio and format): it goes on to 37.8 dB where this "
           "model stops at 34.6 dB. Below about 0.23 bpp photos-r9 (1/9) gives 0.4-2.0 dB more at equal bytes "
           "(the most at the lowest rates)."),
          "Below WebP and AVIF on the held-out photos (BD-rate above).",
          ("A channel context (coder 6/8, since 2026-12-02: 48 hidden channels, channel_context.npz, 0.5 MB; fitted "
-          "again on stage 4's frozen latents of the 28 photos on the 1.5x grid, 2,500 steps, 460 s on two threads, "
-          "then aekit add-context; ideal bits on the held-out photos -7.1 to -8.9 % against the hyperprior alone) "
+          "again on stage 5's frozen latents of the 28 photos on the 1.5x grid, 2,500 steps, 316 s on two threads, "
+          "then aekit add-context; ideal bits on the held-out photos -6.9 to -8.2 % against the hyperprior alone) "
           "corrects the hyperprior from the channel slices decoded before: with coder 8 the files were 4-9 % smaller "
           "from q3 up than coder 5's when it was added (BD-rate -4.9 %, codec/RESULTS.md)."
           if hq else
@@ -285,14 +288,14 @@ SPECS: dict[str, Spec] = {
             "curve ends at 36.9 dB (0.83 bpp); the model without the grid fine-tune reached 37.1 dB (0.93 bpp). Files "
             "written with any of them decode only with its folder (git history of aekit/zoo/photos-r4-hq).",
             "Replaced on 2026-12-03 that model with a 13th quality (8316e7329d5d798b, stage 2), then 13 more epochs "
-            "from it on the 28 photos (87955549998305e2, stage 3; BD-rate -3.0 %), which this one (13 more epochs "
-            "from stage 3, a full cosine, refitted, its channel context fitted again; stage 4) beats by 0.04-0.11 dB "
-            "at equal bytes at every quality on these photos (BD-rate -1.6 %). Files written with those decode only "
-            "with their folders.",
-            "A 13th quality (step 0.5, aekit add-quality, since session 24; added again to stages 3 and 4): 37.81 dB "
-            "at 0.98 bpp on the held-out photos. The klt baseline's three finest points (37.82-37.84 dB at 1.81-1.85 "
+            "from it on the 28 photos (87955549998305e2, stage 3; BD-rate -3.0 %), then 13 more from stage 3 "
+            "(614e16b3f7820384, stage 4; BD-rate -1.6 %), which this one (13 more epochs from stage 4, a full cosine, "
+            "refitted, its channel context fitted again; stage 5) beats by 0.01-0.15 dB at equal bytes at every "
+            "quality on these photos (BD-rate -1.2 %). Files written with those decode only with their folders.",
+            "A 13th quality (step 0.5, aekit add-quality, since session 24; added again to stages 3 to 5): 37.81 "
+            "dB at 0.96 bpp on the held-out photos. The klt baseline's three finest points (37.82-37.84 dB at 1.81-1.85 "
             "bpp) are 0.01-0.03 dB above it: 30 of its 33 points beaten (stage 3: 32; a step of 0.25 would overflow "
-            "the 8-bit symbols). The 12-quality model's id is a96da5e1db1f45b7; this folder decodes its files too "
+            "the 8-bit symbols). The 12-quality model's id is 45ed2772436a5f41; this folder decodes its files too "
             "(manifest: supersedes)."] if hq else
            ["Borders: within 1 dB of the interior at every quality (from 0.47 dB below to 0.53 dB above; "
             "codec/RESULTS.md).",

@@ -130,7 +130,7 @@ SUPERSEDED = ROOT_TESTS / "fixtures" / "superseded"
 
 
 def test_a_file_of_a_superseded_id_decodes_with_the_shipped_model_that_extends_it():
-    """tests/fixtures/superseded (README there): written by the 12-quality photos-r4-hq (stage 4, a96da5e1db1f45b7);
+    """tests/fixtures/superseded (README there): written by the 12-quality photos-r4-hq (stage 5, 45ed2772436a5f41);
     the shipped one has 13 and another id."""
     from skimage.data import rocket
 
@@ -139,12 +139,12 @@ def test_a_file_of_a_superseded_id_decodes_with_the_shipped_model_that_extends_i
 
     data = (SUPERSEDED / "rocket-128-r4hq-q12.png.ael").read_bytes()
     shipped = load_manifest(path("photos-r4-hq"))
-    assert {"model_id": "a96da5e1db1f45b7", "qualities": 12} in shipped["supersedes"]
-    assert shipped["model_id"] != "a96da5e1db1f45b7" and len(shipped["entropy"]["qualities"]) > 12
+    assert {"model_id": "45ed2772436a5f41", "qualities": 12} in shipped["supersedes"]
+    assert shipped["model_id"] != "45ed2772436a5f41" and len(shipped["entropy"]["qualities"]) > 12
     decoder = Decoder([])
     header, q = decoder.symbols(data)
-    assert (header.model_id, header.quality) == ("a96da5e1db1f45b7", 12)
+    assert (header.model_id, header.quality) == ("45ed2772436a5f41", 12)
     assert hashlib.sha256(np.ascontiguousarray(q).tobytes()).hexdigest() == \
-        "e488245f2d33f8c52e5f5d8619b876546c32fb7d4d303ad3e14096eb3eb9155a"
+        "b4780acf212cc20d266997ef0756fef479c9ea942c623ef463e4faa62d267eb2"
     decoded, _ = decoder.decompress(data)
     assert psnr(rocket()[:128, :128], decoded) > 32.0

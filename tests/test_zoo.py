@@ -94,7 +94,7 @@ def test_info_shows_the_int8_variants(capsys):
     assert "int8 variant encoder + decoder" in out and "kept in fp32" not in out
     assert "the encoder's output y in uint16" in out  # stage 12's encoder: y in 16 bits (0.50 dB lost in 8)
     for name, src in (("photos-r4", "photos-r9-g15-s6 (fe639500760cf9ce"),
-                      ("photos-r4-hq", "photos-r9-hq-g15-s4 (22bfd75ed9078f9c")):
+                      ("photos-r4-hq", "photos-r9-hq-g15-s5 (2e762ce5b4a3707b")):
         assert main(["info", name]) == 0
         out = capsys.readouterr().out
         assert "int8 variant encoder + decoder" in out and f"rescaled     {src}, 1/9 at H/12) on a grid 1.5x" in out
