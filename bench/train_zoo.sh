@@ -162,30 +162,26 @@ for r in 9; do
     RDATA=data/photos-plus/train refit runs/zoo/photos-r$r-s11 $rf12 2000
     nice -n 19 aekit export $rf12/best.pt --out models/zoo/photos-r$r-s12 --force
     context $rf12/best.pt runs/zoo/photos-r$r-s11-ctx data/photos-plus/train 3000 models/zoo/photos-r$r-s12
-    # stage 13 (run folders photos-r9-s13*; session 31): the same once more from stage 12. Recorded: the import of
-    # the shipped stage-12 photos-r9 (1896348a2f037ece: the same weights as that export), 13 epochs, 653 s on one
-    # thread, best.pt = epoch 12; the refit (201 s) and the context (375 s) on two.
-    [[ -f runs/zoo/photos-r$r-s13/last.pt ]] || { nice -n 19 aekit import models/zoo/photos-r$r-s12 --force \
-      --out runs/zoo/photos-r$r-s13-imported.pt; init="--init-from runs/zoo/photos-r$r-s13-imported.pt"; }
-    train photos-r$r-s13 data/photos-plus/train --arch gdn-hp --channels 3 --ratio $r --width 128 --size 192 \
-      --resize random-crop --repeat 9 --batch-size 8 --epochs 13 --time-budget 40 --lr 5e-5 --freeze-epochs 0 \
-      --clip-grad 1.0 --rate-weight 0.01 ${init:-}; unset init
-    rf13=runs/zoo/photos-r$r-s13-rf
-    RDATA=data/photos-plus/train refit runs/zoo/photos-r$r-s13 $rf13 2000
-    nice -n 19 aekit export $rf13/best.pt --out models/zoo/photos-r$r-s13 --force
-    context $rf13/best.pt runs/zoo/photos-r$r-s13-ctx data/photos-plus/train 3000 models/zoo/photos-r$r-s13
-    # stage 14 (run folders photos-r9-s14*; trained in session 31, shipped in session 32): once more from stage 13.
-    # Recorded: the import of the shipped stage-13 photos-r9 (69667b37d55c1871: the same weights as that export), 13
-    # epochs, 643 s on one thread, best.pt = epoch 11; the refit (208 s) and the context (390 s) on two.
-    [[ -f runs/zoo/photos-r$r-s14/last.pt ]] || { nice -n 19 aekit import models/zoo/photos-r$r-s13 --force \
-      --out runs/zoo/photos-r$r-s14-imported.pt; init="--init-from runs/zoo/photos-r$r-s14-imported.pt"; }
-    train photos-r$r-s14 data/photos-plus/train --arch gdn-hp --channels 3 --ratio $r --width 128 --size 192 \
-      --resize random-crop --repeat 9 --batch-size 8 --epochs 13 --time-budget 40 --lr 5e-5 --freeze-epochs 0 \
-      --clip-grad 1.0 --rate-weight 0.01 ${init:-}; unset init
-    rf14=runs/zoo/photos-r$r-s14-rf
-    RDATA=data/photos-plus/train refit runs/zoo/photos-r$r-s14 $rf14 2000
-    nice -n 19 aekit export $rf14/best.pt --out models/zoo/photos-r$r --force
-    context $rf14/best.pt runs/zoo/photos-r$r-s14-ctx data/photos-plus/train 3000 models/zoo/photos-r$r
+    # stages 13 and 14 (run folders photos-r9-s13*, photos-r9-s14*): the same once more from the stage before, each
+    # exported (stage 13 as models/zoo/photos-r9-s13, stage 14 as the shipped photos-r9) with its channel context.
+    # Recorded: stage 13 (session 31): the import of the shipped stage-12 photos-r9 (1896348a2f037ece: the same
+    # weights as that export), 13 epochs, 653 s on one thread, best.pt = epoch 12; the refit (201 s) and the context
+    # (375 s) on two. Stage 14 (trained in session 31, shipped in session 32): the import of the shipped stage-13
+    # photos-r9 (69667b37d55c1871), 13 epochs, 643 s, best.pt = epoch 11; the refit (208 s) and the context (390 s).
+    prev=s12
+    for st in s13 s14; do
+      out=models/zoo/photos-r$r-$st; [[ $st == s14 ]] && out=models/zoo/photos-r$r
+      [[ -f runs/zoo/photos-r$r-$st/last.pt ]] || { nice -n 19 aekit import models/zoo/photos-r$r-$prev --force \
+        --out runs/zoo/photos-r$r-$st-imported.pt; init="--init-from runs/zoo/photos-r$r-$st-imported.pt"; }
+      train photos-r$r-$st data/photos-plus/train --arch gdn-hp --channels 3 --ratio $r --width 128 --size 192 \
+        --resize random-crop --repeat 9 --batch-size 8 --epochs 13 --time-budget 40 --lr 5e-5 --freeze-epochs 0 \
+        --clip-grad 1.0 --rate-weight 0.01 ${init:-}; unset init
+      rf=runs/zoo/photos-r$r-$st-rf
+      RDATA=data/photos-plus/train refit runs/zoo/photos-r$r-$st $rf 2000
+      nice -n 19 aekit export $rf/best.pt --out $out --force
+      context $rf/best.pt runs/zoo/photos-r$r-$st-ctx data/photos-plus/train 3000 $out
+      prev=$st
+    done
     # int8 variants of both networks (aekit compress/decompress --int8: the same model id, 2.0-2.4x faster networks;
     # the latent in 16 bits on both sides: stage 12's encoder lost 0.50 dB with y in 8, stage 13's pair failed in 8)
     nice -n 19 aekit add-int8 models/zoo/photos-r$r --encoder --calib-data data/photos/train \
