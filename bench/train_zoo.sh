@@ -262,7 +262,7 @@ for spec in "photos-r4 photos-r9 0.01 50 photos-plus 9 photos-r9-s10" \
   # weights as its export, with grid_scale 1.5), 13 epochs on one thread (31 min each; best.pt = epoch 13 and 12),
   # the refit and the channel context on two. stage 5 (photos-r4, session 31): once more, from the shipped stage 4
   # (2a3d3c774377b85d; 13 epochs, 34 min beside another run, best.pt = epoch 13). stage 6 (photos-r4, session 32):
-  # once more, from the shipped stage 5 (9cd84a1f17928aac; 13 epochs, 30 min alone, best.pt = epoch 13). stage 5
+  # once more, from the shipped stage 5 (9cd84a1f17928aac; 13 epochs, 30 min beside some tests, best.pt = epoch 13). stage 5
   # (photos-r4-hq, session 32): once more, from the shipped stage 4 (614e16b3f7820384; 13 epochs, 30 min alone,
   # best.pt = epoch 12).
   stages="s3 s4 s5"; [[ $name == photos-r4 ]] && stages="s3 s4 s5 s6"
